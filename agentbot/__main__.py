@@ -1,0 +1,55 @@
+"""Command line: serve (default), rules, explain, outbox, register, inboxes, check."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from .config import ConfigError, load
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m agentbot", description="Chatwoot agent bot that hands conversations to humans.")
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("serve", help="run the web server (default)")
+    sub.add_parser("rules", help="print the effective rules per inbox")
+    ex = sub.add_parser("explain", help="print the decision for one delivery without calling Chatwoot")
+    ex.add_argument("payload", help="a delivery body as JSON file")
+    ex.add_argument("--at", help="ISO time to decide at (default: now)")
+    ob = sub.add_parser("outbox", help="list dead letters")
+    ob.add_argument("--retry", action="store_true", help="re-queue every dead letter")
+    reg = sub.add_parser("register", help="create or update the agent bot in Chatwoot and connect inboxes")
+    reg.add_argument("--url", help="the bot's public webhook URL, e.g. https://bot.example.com/webhook")
+    reg.add_argument("--inbox", type=int, action="append", default=[], help="inbox id (repeatable)")
+    reg.add_argument("--name", default="Handoff bot")
+    reg.add_argument("--detach", action="store_true", help="disconnect the bot from the given inboxes")
+    sub.add_parser("inboxes", help="list the account's inboxes and their bots")
+    sub.add_parser("check", help="verify the configuration against Chatwoot")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command or "serve"
+    try:
+        settings = load()
+        if command == "serve":
+            from .serve import serve
+
+            settings.require("chatwoot_url", "chatwoot_bot_token")
+            serve(settings)
+            return 0
+        if command in ("rules", "explain", "outbox"):
+            from . import explain
+
+            return asyncio.run(getattr(explain, command)(settings, args))
+        from . import admin
+
+        return asyncio.run(getattr(admin, command)(settings, args))
+    except ConfigError as exc:
+        print(f"agentbot: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""What the bot does to a conversation: jobs of ordered steps, kept in the outbox until done."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Step ops and their Chatwoot calls (see chatwoot.py):
+#   team {team_id}            POST assignments {"team_id"}
+#   assign {assignee_id, fallback_team_id?, fallback?}  POST assignments {"assignee_id"}
+#   priority {priority}       POST toggle_priority
+#   status {status}           POST toggle_status
+#   note {content}            POST messages (private)
+#   message {content}         POST messages (public)
+Step = dict[str, Any]
+
+
+@dataclass
+class Job:
+    """One decision's calls for one conversation, carried out in order; `step` is the progress."""
+
+    account_id: int
+    display_id: int
+    reason: str
+    steps: list[Step]
+    step: int = 0
+    context: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+    created_at: float = 0.0
+    next_at: float = 0.0
+    error: str | None = None
+    rule: str = ""
+    id: str = ""
+
+    @property
+    def conversation_key(self) -> str:
+        return f"{self.account_id}:{self.display_id}"
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def loads(cls, text: str | bytes) -> Job:
+        return cls(**json.loads(text))
+
+    def describe(self) -> str:
+        ops = ", ".join(_step_words(s) for s in self.steps)
+        return f"conversation {self.conversation_key}: {ops}"
+
+
+def _step_words(step: Step) -> str:
+    op = step["op"]
+    if op == "status":
+        return f"set {step['status']}"
+    if op in ("note", "message"):
+        return f"{'private note' if op == 'note' else 'message'} {step['content']!r}"
+    if op == "assign":
+        return f"assign agent {step['assignee_id']}"
+    if op == "team":
+        return f"assign team {step['team_id']}"
+    return f"priority {step['priority']}"

@@ -1,0 +1,69 @@
+"""Build the aiohttp application: routes, the shared client session, store and outbox lifecycle."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import aiohttp
+from aiohttp import web
+
+from .chatwoot import Chatwoot
+from .config import Settings
+from .metrics import Metrics
+from .outbox import Outbox
+from .service import Handoffs
+from .store import Store, open_store
+from .webhook import MAX_BODY, receive
+
+SHUTDOWN_GRACE = 7.0  # outbox grace on SIGTERM; with aiohttp's own shutdown this stays under 10 s
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Bot:
+    """Everything one running app holds; created on start-up, closed on clean-up."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow, store: Store | None = None):
+        self.settings, self.clock = settings, clock
+        self.store = store or open_store(settings.store_url)
+        self.metrics = Metrics()
+
+    async def lifecycle(self, app: web.Application):
+        s = self.settings
+        await self.store.open()
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30))
+        token = s.chatwoot_bot_token.get_secret_value() if s.chatwoot_bot_token else None
+        self.chatwoot = Chatwoot(self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics)
+        self.outbox = Outbox(self.store, self.chatwoot, self.metrics, self.clock, s.action_max_age)
+        self.handoffs = Handoffs(s, self.store, self.chatwoot, self.metrics, self.clock, self.outbox.wake)
+        self.outbox.start()
+        yield
+        await self.outbox.stop(SHUTDOWN_GRACE)
+        await self.session.close()
+        await self.store.close()
+
+
+BOT = web.AppKey("bot", Bot)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    bot = request.app[BOT]
+    return web.json_response({"status": "ok", "outbox": await bot.store.depth()})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    bot = request.app[BOT]
+    bot.metrics.outbox_depth.set(await bot.store.depth())
+    return web.Response(body=bot.metrics.render(), content_type="text/plain", charset="utf-8")
+
+
+def build_app(settings: Settings, clock: Callable[[], datetime] = utcnow, store: Store | None = None) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
+    app[BOT] = Bot(settings, clock, store)
+    app.router.add_post("/webhook", receive)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.cleanup_ctx.append(app[BOT].lifecycle)
+    return app

@@ -1,0 +1,118 @@
+"""The Chatwoot API client: one method per endpoint the bot calls, errors mapped to ChatwootError."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+
+from .metrics import Metrics
+
+FINAL_STATUSES = {400, 401, 403, 404, 422}
+
+
+class ChatwootError(Exception):
+    """A call failed; `final` says whether trying again can help."""
+
+    def __init__(self, endpoint: str, status: int | None, detail: str, retry_after: float | None = None):
+        self.endpoint, self.status, self.detail, self.retry_after = endpoint, status, detail, retry_after
+        super().__init__(f"{endpoint}: {status or 'no answer'} {detail}".strip())
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+class Chatwoot:
+    """Talks only to `base_url`; paths are built here and nowhere else."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str | None,
+                 timeout: float = 10.0, metrics: Metrics | None = None):
+        self.session, self.base_url, self.token = session, base_url, token
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.metrics = metrics
+
+    async def _call(self, method: str, endpoint: str, path: str, body: Any = None, token: str | None = None) -> Any:
+        headers = {"api_access_token": token or self.token or "", "Accept": "application/json"}
+        started, status = time.perf_counter(), "error"
+        try:
+            async with self.session.request(method, self.base_url + path, json=body, headers=headers,
+                                            timeout=self.timeout, allow_redirects=False) as resp:
+                status = str(resp.status)
+                text = await resp.text()
+                if resp.status >= 300:
+                    raise ChatwootError(endpoint, resp.status, text[:200], _retry_after(resp.headers.get("Retry-After")))
+                if not text.strip():
+                    return None
+                try:
+                    return await resp.json(content_type=None)
+                except ValueError:
+                    return None
+        except asyncio.TimeoutError:
+            status = "timeout"
+            raise ChatwootError(endpoint, None, "timed out") from None
+        except aiohttp.ClientError as exc:
+            raise ChatwootError(endpoint, None, f"{type(exc).__name__}: {exc}") from None
+        finally:
+            if self.metrics:
+                self.metrics.observe_call(endpoint, status, time.perf_counter() - started)
+
+    # The agent bot token's endpoints (chatwoot-contract.md §3.2/3.3).
+    def _conv(self, account: int, display_id: int) -> str:
+        return f"/api/v1/accounts/{int(account)}/conversations/{int(display_id)}"
+
+    async def toggle_status(self, account: int, display_id: int, status: str) -> Any:
+        return await self._call("POST", "toggle_status", self._conv(account, display_id) + "/toggle_status", {"status": status})
+
+    async def toggle_priority(self, account: int, display_id: int, priority: str) -> Any:
+        return await self._call("POST", "toggle_priority", self._conv(account, display_id) + "/toggle_priority", {"priority": priority})
+
+    async def create_message(self, account: int, display_id: int, content: str, private: bool) -> Any:
+        body = {"content": content, "message_type": "outgoing", "private": private}
+        return await self._call("POST", "messages", self._conv(account, display_id) + "/messages", body)
+
+    async def assign(self, account: int, display_id: int, **body: int | None) -> Any:
+        return await self._call("POST", "assignments", self._conv(account, display_id) + "/assignments", body)
+
+    async def probe_bot_token(self, account: int) -> None:
+        """A harmless bot-token call: 404 for conversation 0 means the token was accepted."""
+        try:
+            await self._call("POST", "toggle_typing_status", self._conv(account, 0) + "/toggle_typing_status",
+                             {"typing_status": "off"})
+        except ChatwootError as exc:
+            if exc.status != 404:
+                raise
+
+    # A user (administrator) token's endpoints: look-ups and set-up.
+    async def contact_conversations(self, account: int, contact_id: int, token: str) -> list[dict]:
+        data = await self._call("GET", "contact_conversations", f"/api/v1/accounts/{int(account)}/contacts/{int(contact_id)}/conversations", token=token)
+        return (data or {}).get("payload") or []
+
+    async def list_inboxes(self, account: int, token: str) -> list[dict]:
+        data = await self._call("GET", "inboxes", f"/api/v1/accounts/{int(account)}/inboxes", token=token)
+        return (data or {}).get("payload") or []
+
+    async def inbox_agent_bot(self, account: int, inbox_id: int, token: str) -> dict:
+        data = await self._call("GET", "inbox_agent_bot", f"/api/v1/accounts/{int(account)}/inboxes/{int(inbox_id)}/agent_bot", token=token)
+        return (data or {}).get("agent_bot") or {}
+
+    async def set_agent_bot(self, account: int, inbox_id: int, bot_id: int | None, token: str) -> None:
+        await self._call("POST", "set_agent_bot", f"/api/v1/accounts/{int(account)}/inboxes/{int(inbox_id)}/set_agent_bot",
+                         {"agent_bot": bot_id}, token=token)
+
+    async def list_agent_bots(self, account: int, token: str) -> list[dict]:
+        return await self._call("GET", "agent_bots", f"/api/v1/accounts/{int(account)}/agent_bots", token=token) or []
+
+    async def save_agent_bot(self, account: int, token: str, bot_id: int | None, **fields: Any) -> dict:
+        path = f"/api/v1/accounts/{int(account)}/agent_bots"
+        if bot_id is None:
+            return await self._call("POST", "agent_bots", path, fields, token=token)
+        return await self._call("PATCH", "agent_bots", f"{path}/{int(bot_id)}", fields, token=token)

@@ -1,0 +1,278 @@
+"""Settings: every environment variable, parsed and validated once at start-up."""
+from __future__ import annotations
+
+import os
+import string
+from datetime import date
+from functools import cached_property
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .rules.hours import EXAMPLE as HOURS_EXAMPLE
+from .rules.hours import Hours, parse_week
+from .rules.keywords import compile_keywords, fold
+
+PLACEHOLDERS = {"name", "reason", "conversation_id"}
+CommaList = Annotated[list[str], NoDecode]
+IdList = Annotated[list[int], NoDecode]
+Priority = Literal["low", "medium", "high", "urgent"]
+
+# A good value for each variable, shown when a value is refused.
+EXAMPLES = {
+    "chatwoot_url": "https://chat.example.com",
+    "chatwoot_bot_token": "the agent bot's access token (Settings → Bots)",
+    "store_url": "sqlite:///agentbot.sqlite3, redis://localhost:6379/0 or memory://",
+    "port": "8080",
+    "log_level": "INFO",
+    "log_format": "text or json",
+    "action_max_age": "86400",
+    "chatwoot_timeout": "10",
+    "chatwoot_account_id": "1",
+    "chatwoot_account_ids": "1,2",
+    "inbox_ids": "3,5",
+    "ignore_inbox_ids": "4",
+    "handoff_keywords": "human,agent,atendente,humano",
+    "handoff_after_messages": "3",
+    "handoff_after_seconds": "300",
+    "business_hours": HOURS_EXAMPLE,
+    "timezone": "Europe/Lisbon",
+    "closed_dates": "2026-12-25,2027-01-01",
+    "groups": "open, ignore or rules",
+    "handoff_team_id": "2",
+    "handoff_assignee_id": "5",
+    "handoff_priority": "low, medium, high or urgent",
+    "handoff_attributes": "plan=enterprise,tier=gold",
+    "handoff_languages": "de,fr",
+    "keep_languages": "en,pt",
+    "bot_command": "#bot",
+}
+TEMPLATE_EXAMPLE = "Hi {name}, a person will answer you here shortly."
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message is the one line the operator sees."""
+
+
+def _split(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _check_template(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid template ({exc})") from None
+    unknown = fields - PLACEHOLDERS
+    if unknown:
+        raise ValueError(f"unknown placeholder {{{sorted(unknown)[0]}}}; use {{name}}, {{reason}} or {{conversation_id}}")
+    return value
+
+
+class Rules(BaseModel):
+    """The handoff rules; every field may be overridden per inbox with `INBOX_<id>_<NAME>`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    handoff_returning: bool = True
+    handoff_note: bool = True
+    handoff_all: bool = False
+    handoff_keywords: CommaList = Field(default_factory=list)
+    handoff_after_messages: int | None = Field(default=None, ge=1)
+    handoff_after_seconds: int | None = Field(default=None, ge=1)
+    handoff_on_agent_reply: bool = True
+    handoff_labels: CommaList = Field(default_factory=list)
+    handoff_attributes: CommaList = Field(default_factory=list)
+    handoff_languages: CommaList = Field(default_factory=list)
+    keep_languages: CommaList = Field(default_factory=list)
+    business_hours: str | None = None
+    timezone: str = "UTC"
+    closed_dates: Annotated[list[date], NoDecode] = Field(default_factory=list)
+    away_message: str | None = None
+    groups: Literal["open", "ignore", "rules"] = "rules"
+    handoff_team_id: int | None = None
+    handoff_assignee_id: int | None = None
+    handoff_priority: Priority | None = None
+    handoff_message: str | None = None
+    returning_message: str | None = None
+    greeting_message: str | None = None
+    bot_command: str = "#bot"
+
+    _split_lists = field_validator(
+        "handoff_keywords", "handoff_labels", "handoff_attributes", "handoff_languages",
+        "keep_languages", "closed_dates", mode="before",
+    )(_split)
+    _templates = field_validator(
+        "away_message", "handoff_message", "returning_message", "greeting_message"
+    )(_check_template)
+
+    @field_validator("business_hours")
+    @classmethod
+    def _hours(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            parse_week(value)
+            return value
+        return None
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @field_validator("handoff_attributes")
+    @classmethod
+    def _pairs(cls, value: list[str]) -> list[str]:
+        for pair in value:
+            if "=" not in pair or not pair.split("=", 1)[0].strip():
+                raise ValueError(f"{pair!r} is not name=value")
+        return value
+
+    @field_validator("handoff_languages", "keep_languages")
+    @classmethod
+    def _languages(cls, value: list[str]) -> list[str]:
+        return [v.lower() for v in value]
+
+    @cached_property
+    def hours(self) -> Hours | None:
+        if not self.business_hours:
+            return None
+        return Hours(parse_week(self.business_hours), ZoneInfo(self.timezone), frozenset(self.closed_dates))
+
+    @cached_property
+    def keyword_pattern(self):
+        return compile_keywords(self.handoff_keywords)
+
+    @cached_property
+    def attributes(self) -> dict[str, str]:
+        pairs = (p.split("=", 1) for p in self.handoff_attributes)
+        return {k.strip(): v.strip() for k, v in pairs}
+
+    @cached_property
+    def labels(self) -> set[str]:
+        return {fold(label) for label in self.handoff_labels}
+
+
+RULE_FIELDS = set(Rules.model_fields)
+
+
+class Settings(BaseSettings, Rules):
+    """Connection settings plus the global rules, read from the environment and `.env`."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **_sources):
+        # load() merges `.env` and the environment itself, so tests can pass their own mapping.
+        return (init_settings,)
+
+    chatwoot_url: str | None = None
+    chatwoot_bot_token: SecretStr | None = None
+    chatwoot_bot_secret: SecretStr | None = None
+    chatwoot_api_token: SecretStr | None = None
+    chatwoot_account_id: int | None = None
+    chatwoot_account_ids: IdList = Field(default_factory=list)
+    chatwoot_timeout: float = Field(default=10.0, gt=0, le=60)
+    store_url: str = "sqlite:///agentbot.sqlite3"
+    port: int = Field(default=8080, ge=1, le=65535)
+    log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    action_max_age: int = Field(default=86400, ge=60)
+    inbox_ids: IdList = Field(default_factory=list)
+    ignore_inbox_ids: IdList = Field(default_factory=list)
+
+    _split_ids = field_validator("chatwoot_account_ids", "inbox_ids", "ignore_inbox_ids", mode="before")(_split)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("chatwoot_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1].strip("/")) == 0:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("store_url")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "redis://", "rediss://", "memory://")):
+            raise ValueError(f"{value!r} is not sqlite:///…, redis://… or memory://")
+        return value
+
+    # Per-inbox rules, filled by load().
+    overrides: dict[int, Rules] = Field(default_factory=dict, exclude=True)
+
+    def rules_for(self, inbox_id: int | None) -> Rules:
+        return self.overrides.get(inbox_id, self) if inbox_id is not None else self
+
+    def acts_on(self, account_id: int, inbox_id: int | None) -> bool:
+        if self.chatwoot_account_ids and account_id not in self.chatwoot_account_ids:
+            return False
+        if inbox_id in self.ignore_inbox_ids:
+            return False
+        return not self.inbox_ids or inbox_id in self.inbox_ids
+
+    def require(self, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) is None:
+                raise ConfigError(f"{name.upper()}: missing (example: {EXAMPLES[name]})")
+
+
+def _describe(exc: ValidationError, prefix: str = "") -> str:
+    err = exc.errors()[0]
+    field = str(err["loc"][0]) if err["loc"] else "?"
+    message = err["msg"].removeprefix("Value error, ")
+    secret = field in {"chatwoot_bot_token", "chatwoot_bot_secret", "chatwoot_api_token"}
+    if err["type"] != "value_error" and not secret and "input" in err:
+        message = f"{message}: {err['input']!r}"
+    example = EXAMPLES.get(field, TEMPLATE_EXAMPLE if field.endswith("_message") else None)
+    hint = f" (example: {example})" if example else ""
+    return f"{prefix}{field.upper()}: {message}{hint}"
+
+
+def _inbox_overrides(environ: dict[str, str]) -> dict[int, dict[str, str]]:
+    found: dict[int, dict[str, str]] = {}
+    for key, value in environ.items():
+        head, _, rest = key.upper().partition("_")
+        if head != "INBOX" or "_" not in rest:
+            continue
+        inbox, _, name = rest.partition("_")
+        if not inbox.isdigit():
+            continue
+        if name.lower() not in RULE_FIELDS:
+            raise ConfigError(f"{key}: {name} is not a rule that can be set per inbox (example: INBOX_{inbox}_HANDOFF_ALL=true)")
+        found.setdefault(int(inbox), {})[name.lower()] = value
+    return found
+
+
+def load(environ: dict[str, str] | None = None, env_file: str | None = ".env") -> Settings:
+    """Read and validate everything; raise ConfigError with one line naming the variable."""
+    if environ is None:
+        file_values = dotenv_values(env_file) if env_file and os.path.exists(env_file) else {}
+        environ = {**{k: v for k, v in file_values.items() if v is not None}, **os.environ}
+    try:
+        settings = Settings(**{k.lower(): v for k, v in environ.items() if k.lower() in Settings.model_fields})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    base = settings.model_dump(include=RULE_FIELDS)
+    for inbox, values in _inbox_overrides(environ).items():
+        try:
+            settings.overrides[inbox] = Rules(**{**base, **values})
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, f"INBOX_{inbox}_")) from None
+    return settings

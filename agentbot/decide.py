@@ -1,0 +1,252 @@
+"""The decision core: (delivery, facts, now, rules) → Decision. Pure: no I/O, clock passed in."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from .actions import Job, Step
+from .config import Rules, Settings
+from .events import Conversation, Delivery, Message
+from .facts import ConversationState, Facts, Resolved
+from .rules.keywords import find_keyword
+
+CANCEL = -1.0  # timer value meaning "drop the conversation's timer"
+
+
+@dataclass
+class Decision:
+    outcome: str  # handoff, defer, keep, pending, record, ignore
+    reason: str
+    rule: str = ""  # the rule that fired, for metrics and notes
+    state: ConversationState | None = None  # new state to store; None = unchanged
+    jobs: list[Job] = field(default_factory=list)
+    timer: tuple[float, Job] | float | None = None  # (due, job) to set, CANCEL, or None
+    resolved: Resolved | None = None  # remember this contact's resolved conversation
+
+    @property
+    def writes(self) -> bool:
+        return bool(self.state or self.jobs or self.timer or self.resolved)
+
+    def describe(self) -> str:
+        lines = [f"{self.outcome}: {self.reason}"]
+        lines += [f"  then {job.describe()}" for job in self.jobs]
+        if isinstance(self.timer, tuple):
+            due = datetime.fromtimestamp(self.timer[0]).astimezone()
+            lines.append(f"  timer at {due.isoformat(timespec='seconds')}: {self.timer[1].describe()}")
+        elif self.timer == CANCEL:
+            lines.append("  drop the conversation's timer")
+        return "\n".join(lines)
+
+
+def ignore(reason: str) -> Decision:
+    return Decision("ignore", reason)
+
+
+def triage(d: Delivery, settings: Settings) -> str | None:
+    """Why the delivery needs nothing, whatever the bot remembers; None when facts are needed."""
+    c, m = d.conversation, d.message
+    if c is None:
+        return f"{d.event} is not an event the bot acts on"
+    if not settings.acts_on(c.account_id, c.inbox_id):
+        return f"account {c.account_id} / inbox {c.inbox_id} is not handled by this bot"
+    if m is None:
+        return f"{d.event} with status pending needs nothing" if c.status == "pending" else None
+    if d.event != "message_created":
+        return "message_updated (receipts and edits) is not new customer input"
+    rules = settings.rules_for(c.inbox_id)
+    if c.is_group and rules.groups == "ignore":
+        return "WhatsApp group (GROUPS=ignore)"
+    if m.private:
+        command = m.sender.kind == "user" and (m.content or "").strip() == rules.bot_command
+        return None if command and c.status == "open" else "private note"
+    if c.status != "pending":
+        return f"conversation is {c.status}, not pending"
+    if c.is_evolution_system or (c.is_group and rules.groups == "open") or m.kind == "incoming":
+        return None
+    if m.sender.kind == "agent_bot":
+        return "the bot's own message"
+    if not (m.sender.kind == "user" or (m.source_id or "").startswith("WAID:")):
+        return f"{m.kind} message not sent by a person"
+    return None if rules.handoff_on_agent_reply else "agent reply (HANDOFF_ON_AGENT_REPLY is off)"
+
+
+def decide(d: Delivery, facts: Facts, now: datetime, settings: Settings) -> Decision:
+    why_not = triage(d, settings)
+    if why_not:
+        return ignore(why_not)
+    c, m = d.conversation, d.message
+    assert c is not None
+    rules = settings.rules_for(c.inbox_id)
+    if m is None:
+        return _conversation_event(d.event, c, facts.state, now)
+    if m.private:
+        return _give_back(c, m, facts.state, now)
+    if facts.state.handed_off:
+        return ignore("handoff already decided for this pending conversation")
+    if c.is_group and rules.groups == "open":
+        return _handoff(c, facts, now, rules, "group", "WhatsApp group (GROUPS=open)", deferrable=False)
+    if c.is_evolution_system:
+        job = Job(c.account_id, c.display_id, "Evolution API system contact", [{"op": "status", "status": "open"}],
+                  created_at=now.timestamp(), rule="system")
+        return Decision("handoff", job.reason, "system", replace(facts.state, handed_off=True), [job])
+    if m.kind != "incoming":
+        who = m.sender.name or "an agent (from the phone)"
+        return _handoff(c, facts, now, rules, "agent_reply", f"{who} replied while the conversation was pending",
+                        deferrable=False, human_took_over=True)
+    return _incoming(c, m, facts, now, rules)
+
+
+def _conversation_event(event: str, c: Conversation, state: ConversationState, now: datetime) -> Decision:
+    if c.status == "resolved":
+        assignee = c.assignee.id if c.assignee and c.assignee.kind == "user" else None
+        on = now.date().isoformat()
+        record = Resolved(c.display_id, on, assignee) if c.contact.id is not None else None
+        new = state.new_period(resolved_on=on)
+        return Decision("record", f"{event}: conversation resolved", state=new, timer=CANCEL, resolved=record)
+    if c.status in ("open", "snoozed") and state.in_period:
+        return Decision("record", f"{event}: conversation is {c.status}", state=state.new_period(), timer=CANCEL)
+    return ignore(f"{event} with status {c.status} needs nothing")
+
+
+def _give_back(c: Conversation, m: Message, state: ConversationState, now: datetime) -> Decision:
+    job = Job(c.account_id, c.display_id, f"{m.sender.name or 'An agent'} gave the conversation back to the bot",
+              [{"op": "status", "status": "pending"}], created_at=now.timestamp(), rule="bot_command")
+    return Decision("pending", job.reason, "bot_command", state.new_period(), [job], CANCEL)
+
+
+def _incoming(c: Conversation, m: Message, facts: Facts, now: datetime, rules: Rules) -> Decision:
+    state = replace(facts.state, incoming=facts.state.incoming + 1)
+    returning = returning_reason(c, facts) if rules.handoff_returning else None
+    fired = _first_rule(c, m, state, rules, returning)
+    if fired:
+        rule, reason = fired
+        return _handoff(c, replace(facts, state=state), now, rules, rule, reason, returning=bool(returning and rule == "returning"))
+    jobs: list[Job] = []
+    if rules.greeting_message and not state.greeted:
+        jobs.append(_job(c, "greeting", [{"op": "message", "content": _render(rules.greeting_message, c, "new customer")}], now))
+        state = replace(state, greeted=True)
+    timer = None
+    if rules.handoff_after_seconds and state.timer_due is None:
+        start = m.created_at or now
+        due = _adjust_to_hours(start + timedelta(seconds=rules.handoff_after_seconds), rules)
+        reason = f"Customer waited {rules.handoff_after_seconds} s in pending"
+        job = _handoff_job(c, facts, now, rules, reason, returning=False)
+        job.rule = "wait"
+        timer = (due.timestamp(), job)
+        state = replace(state, timer_due=timer[0])
+    return Decision("keep", "new customer: no rule fired, conversation stays pending", state=state, jobs=jobs, timer=timer)
+
+
+def returning_reason(c: Conversation, facts: Facts) -> str | None:
+    """Why this customer counts as returning, cheapest evidence first; None for a new customer."""
+    if facts.state.resolved_on:
+        return f"Returning customer: conversation #{c.display_id} was resolved on {facts.state.resolved_on}"
+    if c.first_reply_at:
+        return f"Returning customer: conversation #{c.display_id} had an agent reply on {c.first_reply_at[:10]}"
+    if c.assignee and c.assignee.kind == "user":
+        return f"Returning customer: conversation #{c.display_id} is assigned to {c.assignee.name or 'an agent'}"
+    p = facts.previous
+    if p:
+        where = " (found in Chatwoot)" if p.source == "chatwoot" else ""
+        return f"Returning customer: conversation #{p.display_id} was resolved on {p.on}{where}"
+    return None
+
+
+def _first_rule(c: Conversation, m: Message, state: ConversationState, rules: Rules, returning: str | None):
+    if rules.handoff_all:
+        return "all", "Every conversation goes to humans (HANDOFF_ALL)"
+    if returning:
+        return "returning", returning
+    for label in c.labels:
+        if label.casefold() in rules.labels:
+            return "label", f'Conversation has the label "{label}"'
+    for name, value in rules.attributes.items():
+        if name in c.attributes and str(c.attributes[name]).casefold() == value.casefold():
+            return "attribute", f"Customer attribute {name}={c.attributes[name]}"
+    if c.language and (rules.handoff_languages or rules.keep_languages):
+        primary = c.language.split("-")[0]
+        if c.language in rules.handoff_languages or primary in rules.handoff_languages:
+            return "language", f'Customer language "{c.language}" goes to humans'
+        if rules.keep_languages and not (c.language in rules.keep_languages or primary in rules.keep_languages):
+            return "language", f'Customer language "{c.language}" is not one the bot answers ({", ".join(rules.keep_languages)})'
+    word = find_keyword(rules.keyword_pattern, m.content)
+    if word:
+        return "keyword", f'Customer asked for a person ("{word}")'
+    if rules.handoff_after_messages and state.incoming >= rules.handoff_after_messages:
+        return "messages", f"Customer sent {state.incoming} messages while pending"
+    return None
+
+
+def _handoff(c: Conversation, facts: Facts, now: datetime, rules: Rules, rule: str, reason: str,
+             *, deferrable: bool = True, returning: bool = False, human_took_over: bool = False) -> Decision:
+    state = replace(facts.state, handed_off=True, timer_due=None)
+    job = _handoff_job(c, facts, now, rules, reason, returning, human_took_over)
+    job.rule = rule
+    hours = rules.hours
+    if deferrable and hours and not hours.is_open(now):
+        opening = hours.next_open(now)
+        if opening is not None:
+            job.reason = f"{reason} (deferred from closed hours)"
+            jobs: list[Job] = []
+            period = opening.isoformat()
+            if rules.away_message and facts.state.away_period != period:
+                jobs.append(_job(c, "away message", [{"op": "message", "content": _render(rules.away_message, c, reason)}], now))
+                state = replace(state, away_period=period)
+            state = replace(state, timer_due=opening.timestamp())
+            when = opening.strftime("%Y-%m-%d %H:%M %Z")
+            return Decision("defer", f"{reason}; outside business hours, deferred to {when}", rule, state, jobs, (opening.timestamp(), job))
+    return Decision("handoff", reason, rule, state, [job], CANCEL if facts.state.timer_due else None)
+
+
+def _handoff_job(c: Conversation, facts: Facts, now: datetime, rules: Rules, reason: str, returning: bool,
+                 human_took_over: bool = False) -> Job:
+    before: list[Step] = []
+    agent: list[Step] = []
+    remark = ""
+    if not human_took_over:
+        if rules.handoff_team_id is not None:
+            before.append({"op": "team", "team_id": rules.handoff_team_id})
+        if rules.handoff_assignee_id is not None:
+            agent.append({"op": "assign", "assignee_id": rules.handoff_assignee_id})
+        elif returning:
+            agent, remark = _keep_previous_agent(c, facts, rules)
+        if rules.handoff_priority:
+            before.append({"op": "priority", "priority": rules.handoff_priority})
+    # Assign before opening (Chatwoot auto-assigns on open), except on a bot-owned conversation
+    # (v4.16+), where a human assignment would itself open it and bypass the bot handoff.
+    bot_owned = c.assignee is not None and c.assignee.kind == "agent_bot"
+    steps = before + ([] if bot_owned else agent) + [{"op": "status", "status": "open"}] + (agent if bot_owned else [])
+    if rules.handoff_note:
+        steps.append({"op": "note", "content": reason + remark})
+    message = (rules.returning_message or rules.handoff_message) if returning else rules.handoff_message
+    if message and not human_took_over:
+        steps.append({"op": "message", "content": _render(message, c, reason)})
+    return Job(c.account_id, c.display_id, reason, steps, created_at=now.timestamp())
+
+
+def _keep_previous_agent(c: Conversation, facts: Facts, rules: Rules) -> tuple[list[Step], str]:
+    """Returning customers keep their agent; an offline agent falls back to the team or auto-assignment."""
+    fallback = f"team {rules.handoff_team_id}" if rules.handoff_team_id is not None else "Chatwoot's auto-assignment"
+    if c.assignee and c.assignee.kind == "user":
+        if c.assignee.availability in (None, "online"):
+            return [], ""
+        return [{"op": "assign", "assignee_id": None}], \
+            f". {c.assignee.name or 'The previous agent'} is {c.assignee.availability}; handed to {fallback} instead."
+    if facts.previous and facts.previous.assignee_id is not None:
+        return [{"op": "assign", "assignee_id": facts.previous.assignee_id, "fallback": fallback}], ""
+    return [], ""
+
+
+def _job(c: Conversation, reason: str, steps: list[Step], now: datetime) -> Job:
+    return Job(c.account_id, c.display_id, reason, steps, created_at=now.timestamp())
+
+
+def _render(template: str, c: Conversation, reason: str) -> str:
+    return template.format(name=c.contact.name, reason=reason, conversation_id=c.display_id)
+
+
+def _adjust_to_hours(due: datetime, rules: Rules) -> datetime:
+    hours = rules.hours
+    if hours and not hours.is_open(due):
+        return hours.next_open(due) or due
+    return due

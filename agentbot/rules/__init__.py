@@ -1,0 +1,1 @@
+"""Rule families: each module parses its setting and answers one question about a delivery."""

@@ -1,0 +1,116 @@
+"""One delivery, end to end: facts from the store (and Chatwoot look-ups), decision, durable commit."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import date, datetime
+
+from loguru import logger
+
+from .chatwoot import Chatwoot, ChatwootError
+from .config import Settings
+from .decide import CANCEL, Decision, decide, returning_reason, triage
+from .events import Conversation, Delivery
+from .facts import Facts, Resolved
+from .metrics import Metrics
+from .store import Commit, Store
+
+LOOKUP_TTL = 3600.0  # one Chatwoot look-up per contact per hour
+LOOKUP_TIMEOUT = 2.0  # the look-up happens before the webhook answers; Chatwoot waits 5 s
+
+
+def contact_key(c: Conversation) -> str | None:
+    return f"{c.account_id}:{c.contact.id}" if c.contact.id is not None else None
+
+
+class Handoffs:
+    """Decides what to do with deliveries and writes it to the outbox; never calls Chatwoot's write API."""
+
+    def __init__(self, settings: Settings, store: Store, chatwoot: Chatwoot | None, metrics: Metrics,
+                 clock: Callable[[], datetime], on_commit: Callable[[], None] = lambda: None):
+        self.settings, self.store, self.chatwoot, self.metrics = settings, store, chatwoot, metrics
+        self.clock, self.on_commit = clock, on_commit
+
+    async def facts(self, d: Delivery, look_up: bool = True) -> Facts:
+        c = d.conversation
+        assert c is not None
+        state, previous = await self.store.load(c.key, contact_key(c))
+        facts = Facts(state, previous)
+        if look_up and self._worth_looking_up(d, facts):
+            facts = Facts(state, await self._look_up(c))
+        return facts
+
+    def _worth_looking_up(self, d: Delivery, facts: Facts) -> bool:
+        c, m = d.conversation, d.message
+        rules = self.settings.rules_for(c.inbox_id)
+        return bool(
+            self.settings.chatwoot_api_token and self.chatwoot and m and m.kind == "incoming"
+            and rules.handoff_returning and not facts.state.handed_off and c.contact.id is not None
+            and returning_reason(c, facts) is None
+        )
+
+    async def _look_up(self, c: Conversation) -> Resolved | None:
+        """The contact's latest other resolved conversation in Chatwoot (user token), cached for an hour."""
+        key, now = contact_key(c), self.clock().timestamp()
+        cached, value = await self.store.recall(key, now)
+        if cached:
+            return value
+        token = self.settings.chatwoot_api_token.get_secret_value()
+        try:
+            found = await asyncio.wait_for(self.chatwoot.contact_conversations(c.account_id, c.contact.id, token), LOOKUP_TIMEOUT)
+        except (ChatwootError, asyncio.TimeoutError) as exc:
+            logger.warning("conversation {}: contact look-up failed ({}); treating the customer as new", c.key, exc or "timed out")
+            return None
+        resolved = [x for x in found if x.get("status") == "resolved" and x.get("id") != c.display_id]
+        best = max(resolved, key=lambda x: x.get("last_activity_at") or x.get("timestamp") or 0, default=None)
+        value = None
+        if best:
+            when = best.get("last_activity_at") or best.get("timestamp") or now
+            assignee = ((best.get("meta") or {}).get("assignee") or {}).get("id")
+            value = Resolved(int(best["id"]), date.fromtimestamp(when).isoformat(), assignee, "chatwoot")
+        await self.store.remember(key, value, LOOKUP_TTL, now)
+        return value
+
+    async def handle(self, d: Delivery) -> Decision:
+        why_not = triage(d, self.settings)
+        if why_not:
+            decision = Decision("ignore", why_not)
+        else:
+            c = d.conversation
+            async with self.store.lock(c.key):
+                if await self.store.seen(d.dedup_key):
+                    decision = Decision("duplicate", f"delivery {d.dedup_key} was handled before")
+                else:
+                    decision = decide(d, await self.facts(d), self.clock(), self.settings)
+                    if decision.writes and not await self._commit(d, decision):
+                        decision = Decision("duplicate", f"delivery {d.dedup_key} was handled before")
+        self._report(d, decision)
+        return decision
+
+    async def _commit(self, d: Delivery, decision: Decision) -> bool:
+        c = d.conversation
+        commit = Commit(
+            dedup_key=d.dedup_key,
+            conversation_key=c.key,
+            state=decision.state,
+            jobs=decision.jobs,
+            timer=decision.timer if isinstance(decision.timer, tuple) else None,
+            cancel_timer=decision.timer is not None,
+            contact_key=contact_key(c),
+            resolved=decision.resolved,
+        )
+        done = await self.store.commit(commit, self.clock().timestamp())
+        if done and decision.jobs:
+            self.on_commit()
+        return done
+
+    def _report(self, d: Delivery, decision: Decision) -> None:
+        self.metrics.deliveries.labels(d.event, decision.outcome).inc()
+        if decision.outcome in ("ignore", "duplicate"):
+            logger.debug("{} {}: {}", d.event, decision.outcome, decision.reason)
+            return
+        self.metrics.decisions.labels(decision.outcome, decision.rule or "-").inc()
+        logger.info("conversation {}: {}: {}", d.conversation.key, decision.outcome, decision.reason)
+
+
+__all__ = ["CANCEL", "Handoffs"]

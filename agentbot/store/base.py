@@ -1,0 +1,95 @@
+"""The store interface: facts, deduplication, the outbox, timers, dead letters and locks."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+
+from ..actions import Job
+from ..facts import ConversationState, Resolved
+
+DEDUP_TTL = 24 * 3600
+STATE_TTL = 90 * 24 * 3600  # what the bot remembers of a conversation or contact
+LEASE = 60.0  # seconds a claimed job belongs to one worker (Redis; survives a crashed instance)
+
+
+@dataclass
+class Commit:
+    """Everything one decision writes, applied atomically and only if the delivery is new."""
+
+    dedup_key: str
+    conversation_key: str
+    state: ConversationState | None = None
+    jobs: list[Job] = field(default_factory=list)
+    timer: tuple[float, Job] | None = None
+    cancel_timer: bool = False
+    contact_key: str | None = None
+    resolved: Resolved | None = None
+
+
+class Store(ABC):
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def load(self, conversation_key: str, contact_key: str | None) -> tuple[ConversationState, Resolved | None]: ...
+
+    @abstractmethod
+    async def seen(self, dedup_key: str) -> bool:
+        """Was this delivery already committed?"""
+
+    @abstractmethod
+    async def commit(self, commit: Commit, now: float) -> bool:
+        """Apply a decision; False (and nothing written) when the delivery was seen before."""
+
+    @abstractmethod
+    async def remember(self, contact_key: str, resolved: Resolved | None, ttl: float, now: float) -> None:
+        """Cache a Chatwoot look-up (None = the contact has no resolved conversation)."""
+
+    @abstractmethod
+    async def recall(self, contact_key: str, now: float) -> tuple[bool, Resolved | None]:
+        """(cached?, value) of a look-up."""
+
+    @abstractmethod
+    def lock(self, conversation_key: str) -> AbstractAsyncContextManager:
+        """One decision per conversation at a time (across instances where the backend is shared)."""
+
+    # the outbox
+    @abstractmethod
+    async def claim(self, now: float) -> Job | None:
+        """The oldest due job of a conversation nobody is working on, now owned by the caller."""
+
+    @abstractmethod
+    async def progress(self, job: Job) -> None:
+        """Save a job's step and context after a step succeeded."""
+
+    @abstractmethod
+    async def finish(self, job: Job, now: float) -> None: ...
+
+    @abstractmethod
+    async def retry(self, job: Job) -> None:
+        """Put the job back with its new attempts, error and next_at."""
+
+    @abstractmethod
+    async def bury(self, job: Job, now: float) -> None:
+        """Move the job to the dead letters; the conversation's next job may run."""
+
+    @abstractmethod
+    async def dead_letters(self) -> list[Job]: ...
+
+    @abstractmethod
+    async def requeue_dead(self, now: float) -> int: ...
+
+    @abstractmethod
+    async def depth(self) -> int:
+        """Jobs waiting in the outbox (not counting timers or dead letters)."""
+
+    @abstractmethod
+    async def fire_timers(self, now: float) -> int:
+        """Move due timers' jobs into the outbox, each exactly once; returns how many."""
+
+    async def prune(self, now: float) -> None:
+        """Drop expired dedup keys and look-ups (backends with native TTLs need nothing)."""

@@ -1,0 +1,71 @@
+"""POST /webhook: size limit, signature, JSON → Delivery, then the decision; always a quick answer."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+from aiohttp import web
+from loguru import logger
+
+from .events import PayloadError, parse
+
+MAX_BODY = 1024 * 1024
+MAX_SKEW = 300  # seconds; older signed deliveries are refused as replays
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def signature_problem(secret: str, headers, body: bytes, now: float) -> str | None:
+    """None when `X-Chatwoot-Signature` is HMAC-SHA256("<timestamp>.<body>") and fresh."""
+    timestamp, given = headers.get("X-Chatwoot-Timestamp", ""), headers.get("X-Chatwoot-Signature", "")
+    if not timestamp or not given:
+        return "missing X-Chatwoot-Signature or X-Chatwoot-Timestamp"
+    try:
+        age = now - int(timestamp)
+    except ValueError:
+        return "X-Chatwoot-Timestamp is not a unix time"
+    if abs(age) > MAX_SKEW:
+        return "X-Chatwoot-Timestamp is outside the 5 minute window"
+    expected = "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected.encode(), given.encode()):
+        return "signature does not match"
+    return None
+
+
+async def receive(request: web.Request) -> web.Response:
+    from .app import BOT  # the app key; app.py imports this module
+
+    bot = request.app[BOT]
+    if (request.content_length or 0) > MAX_BODY:
+        return error(413, f"body larger than {MAX_BODY} bytes")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return error(413, f"body larger than {MAX_BODY} bytes")
+    secret = bot.settings.chatwoot_bot_secret
+    if secret is not None:
+        problem = signature_problem(secret.get_secret_value(), request.headers, body, bot.clock().timestamp())
+        if problem:
+            logger.warning("webhook refused: {}", problem)
+            return error(401, problem)
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return error(400, "body is not JSON")
+    if not isinstance(payload, dict):
+        return error(400, "body is not a JSON object")
+    delivery_id = request.headers.get("X-Chatwoot-Delivery")
+    try:
+        delivery = parse(payload, delivery_id)
+    except PayloadError as exc:
+        logger.warning("{} delivery {} acknowledged without acting: {}", payload.get("event"), delivery_id or "-", exc)
+        bot.metrics.deliveries.labels(str(payload.get("event"))[:40], "invalid").inc()
+        return web.json_response({"outcome": "ignore", "reason": str(exc)})
+    c = delivery.conversation
+    with logger.contextualize(account=c and c.account_id, inbox=c and c.inbox_id,
+                              conversation=c and c.display_id, delivery=delivery_id):
+        decision = await bot.handoffs.handle(delivery)
+    return web.json_response({"outcome": decision.outcome, "reason": decision.reason})

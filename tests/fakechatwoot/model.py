@@ -1,0 +1,166 @@
+"""The fake Chatwoot's data: accounts, inboxes, contacts, conversations, messages, and payload shapes."""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+PAYLOADS = Path(__file__).resolve().parents[3] / "shared" / "payloads"
+MESSAGE_TYPES = {"incoming": 0, "outgoing": 1, "activity": 2, "template": 3}
+
+
+def fixture(name: str) -> dict:
+    return json.loads((PAYLOADS / f"{name}.json").read_text())
+
+
+_MESSAGE = fixture("message_created_incoming_pending")
+_CONVERSATION = fixture("conversation_opened")
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class User:
+    id: int
+    name: str
+    token: str
+    role: str = "agent"  # or "administrator"
+    availability: str = "online"
+
+    def push(self) -> dict:
+        return {"id": self.id, "name": self.name, "available_name": self.name, "avatar_url": "", "type": "user",
+                "availability_status": self.availability, "thumbnail": ""}
+
+
+@dataclass
+class Bot:
+    id: int
+    name: str
+    token: str
+    account_id: int | None = 1
+    outgoing_url: str = ""
+    secret: str | None = None
+    description: str = ""
+
+    def push(self) -> dict:
+        return {"id": self.id, "name": self.name, "avatar_url": "", "type": "agent_bot"}
+
+    def json(self) -> dict:
+        return {"id": self.id, "name": self.name, "description": self.description, "thumbnail": "",
+                "outgoing_url": self.outgoing_url, "bot_type": "webhook", "bot_config": {}, "account_id": self.account_id,
+                "access_token": {"id": self.id * 10, "owner_type": "AgentBot", "owner_id": self.id, "token": self.token},
+                "secret": self.secret, "system_bot": self.account_id is None}
+
+
+@dataclass
+class Inbox:
+    id: int
+    name: str
+    channel: str = "Channel::WebWidget"
+    bot_id: int | None = None
+    single_conversation: bool = True  # lock_to_single_conversation / widget continuity
+
+
+@dataclass
+class Contact:
+    id: int
+    name: str
+    email: str | None = None
+    phone_number: str | None = None
+    identifier: str | None = None
+    blocked: bool = False
+    custom_attributes: dict = field(default_factory=dict)
+    additional_attributes: dict = field(default_factory=dict)
+
+    def push(self) -> dict:
+        return {"additional_attributes": self.additional_attributes, "custom_attributes": self.custom_attributes,
+                "email": self.email, "id": self.id, "identifier": self.identifier, "name": self.name,
+                "phone_number": self.phone_number, "thumbnail": "", "blocked": self.blocked, "type": "contact"}
+
+    def webhook(self, account: dict) -> dict:
+        data = self.push()
+        data.pop("type")
+        return {"account": account, **data, "avatar": ""}
+
+
+@dataclass
+class Message:
+    id: int
+    conversation: Conversation
+    content: str | None
+    message_type: str
+    private: bool
+    sender: dict | None
+    sender_type: str | None
+    source_id: str | None = None
+    created_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class Conversation:
+    account_id: int
+    display_id: int
+    inbox: Inbox
+    contact: Contact
+    status: str
+    assignee: User | None = None
+    bot_owner: Bot | None = None
+    team_id: int | None = None
+    priority: str | None = None
+    labels: list[str] = field(default_factory=list)
+    custom_attributes: dict = field(default_factory=dict)
+    first_reply_at: float | None = None
+    waiting_since: float | None = None
+    messages: list[Message] = field(default_factory=list)
+    created_at: float = field(default_factory=time.time)
+    browser_language: str | None = "en"
+
+    def latest(self) -> Message | None:
+        for m in reversed(self.messages):
+            if not m.private and m.message_type != "activity":
+                return m
+        return None
+
+    def push(self, teams: dict[int, dict]) -> dict:
+        """Conversation#webhook_data, shaped like the fixtures (contract §1.3)."""
+        data = copy.deepcopy(_CONVERSATION)
+        data.pop("event")
+        owner = self.assignee.push() if self.assignee else (self.bot_owner.push() if self.bot_owner else None)
+        latest = self.latest()
+        data.update({
+            "id": self.display_id, "inbox_id": self.inbox.id, "status": self.status, "channel": self.inbox.channel,
+            "labels": list(self.labels), "custom_attributes": dict(self.custom_attributes), "priority": self.priority,
+            "first_reply_created_at": iso(self.first_reply_at) if self.first_reply_at else None,
+            "waiting_since": int(self.waiting_since or 0), "created_at": int(self.created_at),
+            "updated_at": time.time(), "messages": [self._message_push(latest)] if latest else [],
+        })
+        data["additional_attributes"]["browser_language"] = self.browser_language
+        data["contact_inbox"].update({"contact_id": self.contact.id, "inbox_id": self.inbox.id})
+        data["meta"] = {"sender": self.contact.push(), "assignee": owner,
+                        "assignee_type": "User" if self.assignee else ("AgentBot" if self.bot_owner else None),
+                        "team": teams.get(self.team_id) if self.team_id else None, "hmac_verified": False}
+        return data
+
+    def _message_push(self, m: Message) -> dict:
+        return {"id": m.id, "content": m.content, "account_id": self.account_id, "inbox_id": self.inbox.id,
+                "conversation_id": self.display_id, "message_type": MESSAGE_TYPES[m.message_type],
+                "created_at": int(m.created_at), "updated_at": iso(m.created_at), "private": m.private,
+                "status": "sent", "source_id": m.source_id, "content_type": "text", "content_attributes": {},
+                "sender_type": m.sender_type, "sender_id": (m.sender or {}).get("id"), "sender": m.sender}
+
+
+def message_payload(m: Message, account: dict, teams: dict[int, dict], event: str) -> dict:
+    """Message#webhook_data + event, shaped like the fixtures (contract §1.2)."""
+    data = copy.deepcopy(_MESSAGE)
+    c = m.conversation
+    data.update({
+        "account": account, "content": m.content, "conversation": c.push(teams), "created_at": iso(m.created_at),
+        "id": m.id, "inbox": {"id": c.inbox.id, "name": c.inbox.name}, "message_type": m.message_type,
+        "private": m.private, "sender": m.sender, "source_id": m.source_id, "event": event,
+    })
+    return data

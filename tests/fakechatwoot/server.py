@@ -1,0 +1,510 @@
+"""A fake Chatwoot on loopback that holds the bot to Chatwoot's rules (../shared/chatwoot-contract.md).
+
+It plays both sides of Chatwoot: the API the bot calls (token checks with the exact error bodies,
+the bot-token allow list, status rules, events echoed back) and the delivery of agent-bot webhooks
+(signing, retries of 429/500, the failure fallback that opens a pending conversation).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from .model import Bot, Contact, Conversation, Inbox, Message, User, message_payload
+
+SIGN_IN = {"errors": ["You need to sign in or sign up before continuing."]}
+INVALID_TOKEN = {"error": "Invalid Access Token"}
+NOT_FOR_BOTS = {"error": "Access to this endpoint is not authorized for bots"}
+NOT_FOUND = {"error": "Resource could not be found"}
+BOT_NOT_IN_ACCOUNT = {"error": "Bot is not authorized to access this account"}
+NOT_ALLOWED = {"error": "You are not authorized to do this action"}
+FALLBACK_ACTIVITY = "Conversation was marked open by system due to an error with the agent bot."
+MESSAGE_EVENTS = {"message_created", "message_updated"}
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    endpoint: str
+    body: dict | None
+    status: int
+    caller: str  # "bot", "user" or "anonymous"
+
+
+@dataclass
+class Delivery:
+    event: str
+    display_id: int | None
+    payload: dict
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    answers: list[int | str] = field(default_factory=list)  # status codes, "timeout", "refused"
+    seconds: list[float] = field(default_factory=list)
+    done: bool = False
+
+
+@dataclass
+class Fault:
+    endpoint: str  # route name or "*"
+    times: int
+    status: int | None = None
+    hang: float = 0.0
+    retry_after: int | None = None
+    release: asyncio.Event | None = None
+
+
+class Refused(Exception):
+    pass
+
+
+class FakeChatwoot:
+    def __init__(self, *, webhook_timeout: float = 5.0, retry_delay: float = 0.2, signed: bool = True):
+        self.webhook_timeout, self.retry_delay = webhook_timeout, retry_delay
+        self.account = {"id": 1, "name": "Acme Support"}
+        self.users = {5: User(5, "Sam Rivera", "user-token-5", "administrator"), 6: User(6, "Ana Costa", "user-token-6")}
+        self.evolution_user = User(9, "Evolution API", "evolution-token")
+        self.users[9] = self.evolution_user
+        self.teams = {2: {"id": 2, "name": "Support", "description": "", "allow_auto_assign": True, "account_id": 1}}
+        self.bots = {7: Bot(7, "Triage Bot", "bot-token-7", secret="bot-secret-7" if signed else None)}
+        self.inboxes = {3: Inbox(3, "Website", bot_id=7), 4: Inbox(4, "WhatsApp", "Channel::Api", bot_id=7),
+                        5: Inbox(5, "Instagram", "Channel::Instagram", bot_id=7, single_conversation=False),
+                        9: Inbox(9, "Email", "Channel::Email")}
+        self.contacts: dict[int, Contact] = {}
+        self.conversations: dict[int, Conversation] = {}
+        self.calls: list[Call] = []
+        self.deliveries: list[Delivery] = []
+        self.status_log: list[tuple[int, str, str, str]] = []  # display id, from, to, by
+        self.faults: list[Fault] = []
+        self.bot_urls: list[str] = []  # round robin (a load balancer in front of several instances)
+        self._ids = itertools.count(1000)
+        self._display_ids = itertools.count(40)
+        self._contact_ids = itertools.count(58)
+        self._rr = itertools.count()
+        self._tasks: set[asyncio.Task] = set()
+        self._refusing = False
+        self.app = web.Application()
+        self.app.router.add_route("*", "/{tail:.*}", self._api)
+
+    # ---- running --------------------------------------------------------------------------
+    async def start(self, port: int = 0) -> str:
+        self.runner = web.AppRunner(self.app, handler_cancellation=False)
+        await self.runner.setup()
+        self.site = web.TCPSite(self.runner, "127.0.0.1", port)
+        await self.site.start()
+        self.port = self.site._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.session = aiohttp.ClientSession()
+        return self.url
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.session.close()
+        await self.runner.cleanup()
+
+    async def refuse_connections(self, seconds: float) -> None:
+        """Stop listening (connections are refused), then listen again on the same port."""
+        await self.site.stop()
+        self._refusing = True
+        await asyncio.sleep(seconds)
+        self.site = web.TCPSite(self.runner, "127.0.0.1", self.port)
+        await self.site.start()
+        self._refusing = False
+
+    def connect_bot(self, *urls: str, bot_id: int = 7) -> None:
+        self.bot_urls = list(urls)
+        self.bots[bot_id].outgoing_url = urls[0]
+
+    def fail(self, endpoint: str = "*", *, status: int | None = None, times: int = 1, hang: float = 0.0,
+             retry_after: int | None = None) -> Fault:
+        fault = Fault(endpoint, times, status, hang, retry_after)
+        self.faults.append(fault)
+        return fault
+
+    def hold(self, endpoint: str) -> Fault:
+        """Hold calls to `endpoint` until `fault.release.set()` (they are processed after)."""
+        fault = Fault(endpoint, 10**6, release=asyncio.Event())
+        self.faults.append(fault)
+        return fault
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    # ---- the world: customers, agents, the phone ------------------------------------------
+    def contact(self, name: str = "Maria Lopez", **fields) -> Contact:
+        c = Contact(next(self._contact_ids), name, **fields)
+        self.contacts[c.id] = c
+        return c
+
+    def conversation(self, display_id: int) -> Conversation:
+        return self.conversations[display_id]
+
+    def customer_writes(self, contact: Contact, text: str, inbox: int = 3) -> Message:
+        box = self.inboxes[inbox]
+        conv = self._current(contact, box)
+        if conv is None or (conv.status == "resolved" and not box.single_conversation):
+            conv = self._create_conversation(contact, box)
+        elif conv.status == "resolved" and not contact.blocked:
+            self._set_status(conv, "pending" if self._bot_active(box) else "open", "reopen")
+        elif conv.status == "snoozed":
+            self._set_status(conv, "open", "reopen")
+        if conv.waiting_since is None:
+            conv.waiting_since = time.time()
+        return self._add_message(conv, text, "incoming", contact.webhook(self.account), "Contact")
+
+    def agent_writes(self, display_id: int, text: str, user_id: int = 5, private: bool = False) -> Message:
+        conv, user = self.conversations[display_id], self.users[user_id]
+        if not private and conv.first_reply_at is None:
+            conv.first_reply_at = time.time()
+        sender = {"id": user.id, "name": user.name, "email": f"user{user.id}@acme.example", "type": "user"}
+        return self._add_message(conv, text, "outgoing", sender, "User", private=private)
+
+    def phone_writes(self, display_id: int, text: str) -> Message:
+        """A reply typed on the business's phone, posted by Evolution API with its user token."""
+        u = self.evolution_user
+        sender = {"id": u.id, "name": u.name, "email": "evolution@acme.example", "type": "user"}
+        return self._add_message(self.conversations[display_id], text, "outgoing", sender, "User",
+                                 source_id=f"WAID:{uuid.uuid4().hex[:20].upper()}")
+
+    def resolve(self, display_id: int, user_id: int = 5) -> None:
+        conv = self.conversations[display_id]
+        if conv.assignee is None:
+            conv.assignee = self.users[user_id]
+        conv.waiting_since = None
+        self._set_status(conv, "resolved", f"user:{user_id}")
+
+    def set_status(self, display_id: int, status: str, by: str = "user:5") -> None:
+        self._set_status(self.conversations[display_id], status, by)
+
+    def redeliver(self, delivery: Delivery) -> None:
+        """Send a delivery again with the same X-Chatwoot-Delivery (as Chatwoot's retry does)."""
+        self._spawn(self._deliver(delivery))
+
+    # ---- what happened ----------------------------------------------------------------------
+    def calls_to(self, endpoint: str, display_id: int | None = None, caller: str = "bot") -> list[Call]:
+        return [c for c in self.calls if c.endpoint == endpoint and c.caller == caller
+                and (display_id is None or f"/conversations/{display_id}/" in c.path + "/")]
+
+    def notes(self, display_id: int) -> list[str]:
+        return [m.content for m in self.conversations[display_id].messages if m.private and m.sender_type == "AgentBot"]
+
+    def bot_messages(self, display_id: int) -> list[str]:
+        return [m.content for m in self.conversations[display_id].messages if not m.private and m.sender_type == "AgentBot"]
+
+    def opened_by(self, display_id: int) -> list[str]:
+        return [by for d, _, to, by in self.status_log if d == display_id and to == "open"]
+
+    @property
+    def fallbacks(self) -> list[int]:
+        return [d for d, _, to, by in self.status_log if by == "fallback"]
+
+    # ---- conversations and events ---------------------------------------------------------
+    def _bot_active(self, box: Inbox) -> bool:
+        return box.bot_id is not None
+
+    def _current(self, contact: Contact, box: Inbox) -> Conversation | None:
+        mine = [c for c in self.conversations.values() if c.contact.id == contact.id and c.inbox.id == box.id]
+        return mine[-1] if mine else None
+
+    def _create_conversation(self, contact: Contact, box: Inbox) -> Conversation:
+        status = "resolved" if contact.blocked else ("pending" if self._bot_active(box) else "open")
+        owner = self.bots[box.bot_id] if box.bot_id and status == "pending" else None
+        conv = Conversation(1, next(self._display_ids), box, contact, status, bot_owner=owner)
+        self.conversations[conv.display_id] = conv
+        return conv
+
+    def _add_message(self, conv, text, kind, sender, sender_type, private=False, source_id=None) -> Message:
+        m = Message(next(self._ids), conv, text, kind, private, sender, sender_type, source_id)
+        conv.messages.append(m)
+        self._dispatch("message_created", message_payload(m, self.account, self.teams, "message_created"), conv)
+        return m
+
+    def _set_status(self, conv: Conversation, status: str, by: str) -> None:
+        before = conv.status
+        if before == status:
+            return
+        conv.status = status
+        self.status_log.append((conv.display_id, before, status, by))
+        changed = [{"status": {"previous_value": before, "current_value": status}}]
+        if status in ("open", "resolved"):
+            self._conversation_event(f"conversation_{'opened' if status == 'open' else 'resolved'}", conv)
+        self._conversation_event("conversation_status_changed", conv, changed)
+        self._conversation_event("conversation_updated", conv, changed)
+
+    def _conversation_event(self, event: str, conv: Conversation, changed: list | None = None) -> None:
+        payload = {**conv.push(self.teams), "event": event}
+        if event in ("conversation_status_changed", "conversation_updated"):
+            payload["changed_attributes"] = changed
+        self._dispatch(event, payload, conv)
+
+    def _dispatch(self, event: str, payload: dict, conv: Conversation) -> None:
+        bot = self.bots.get(conv.inbox.bot_id) if conv.inbox.bot_id else None
+        if bot is None or not bot.outgoing_url:
+            return
+        d = Delivery(event, conv.display_id, payload)
+        self.deliveries.append(d)
+        self._spawn(self._deliver(d))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, d: Delivery) -> None:
+        """Webhooks::Trigger: 429/500 retried (3 attempts), anything else non-2xx → fallback."""
+        conv = self.conversations.get(d.display_id)
+        bot = self.bots[conv.inbox.bot_id]
+        body = json.dumps(d.payload, separators=(",", ":")).encode()
+        for attempt in range(3):
+            answer = await self._post(bot, d, body)
+            if isinstance(answer, int) and 200 <= answer < 300:
+                d.done = True
+                return
+            if answer not in (429, 500) or attempt == 2:
+                break
+            await asyncio.sleep(self.retry_delay)
+        d.done = True
+        if d.event in MESSAGE_EVENTS and conv.status == "pending":
+            self._add_activity(conv)
+            self._set_status(conv, "open", "fallback")
+
+    async def _post(self, bot: Bot, d: Delivery, body: bytes) -> int | str:
+        url = self.bot_urls[next(self._rr) % len(self.bot_urls)] if self.bot_urls else bot.outgoing_url
+        headers = {"Content-Type": "application/json", "Accept": "application/json", "X-Chatwoot-Delivery": d.id}
+        if bot.secret:
+            ts = str(int(time.time()))
+            sig = hmac.new(bot.secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+            headers.update({"X-Chatwoot-Timestamp": ts, "X-Chatwoot-Signature": f"sha256={sig}"})
+        started = time.perf_counter()
+        try:
+            async with self.session.post(url, data=body, headers=headers,
+                                         timeout=aiohttp.ClientTimeout(total=self.webhook_timeout)) as resp:
+                answer: int | str = resp.status
+        except asyncio.TimeoutError:
+            answer = "timeout"
+        except aiohttp.ClientError:
+            answer = "refused"
+        d.answers.append(answer)
+        d.seconds.append(time.perf_counter() - started)
+        return answer
+
+    def _add_activity(self, conv: Conversation) -> None:
+        conv.messages.append(Message(next(self._ids), conv, FALLBACK_ACTIVITY, "activity", False, None, None))
+
+    # ---- the API ----------------------------------------------------------------------------
+    async def _api(self, request: web.Request) -> web.StreamResponse:
+        path, method = request.path, request.method
+        route = next(((name, rx, bot_ok, admin, fn) for m, rx, name, bot_ok, admin, fn in ROUTES
+                      if m == method and (match := rx.fullmatch(path))), None)
+        body = None
+        if request.can_read_body:
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+        name = route[0] if route else "unknown"
+        token = request.headers.get("api_access_token")
+        caller = "anonymous"
+        if token:
+            caller = "bot" if any(b.token == token for b in self.bots.values()) else (
+                "user" if any(u.token == token for u in self.users.values()) else "anonymous")
+
+        def answer(status: int, data=None, text: str | None = None, headers=None) -> web.Response:
+            self.calls.append(Call(method, path, name, body, status, caller))
+            if text is not None:
+                return web.Response(status=status, text=text, headers=headers)
+            if data is None:
+                return web.Response(status=status)
+            return web.json_response(data, status=status, headers=headers)
+
+        for fault in list(self.faults):
+            if fault.times > 0 and fault.endpoint in ("*", name):
+                fault.times -= 1
+                if fault.release is not None:
+                    fault.times += 1
+                    await fault.release.wait()
+                    break
+                if fault.hang:
+                    await asyncio.sleep(fault.hang)
+                if fault.status == 429:
+                    return answer(429, text="Retry later", headers={"Retry-After": str(fault.retry_after or 1)})
+                if fault.status:
+                    return answer(fault.status, {"error": "Internal Server Error"} if fault.status >= 500 else {"error": "fault"})
+                break
+        if route is None:
+            return answer(404, {"error": "Not Found"})
+        name, rx, bot_ok, admin_only, fn = route
+        match = rx.fullmatch(path)
+        if not token:
+            return answer(401, SIGN_IN)
+        bot = next((b for b in self.bots.values() if b.token == token), None)
+        user = next((u for u in self.users.values() if u.token == token), None)
+        if bot is None and user is None:
+            return answer(401, INVALID_TOKEN)
+        if bot is not None and not bot_ok:
+            return answer(401, NOT_FOR_BOTS)
+        if int(match["account"]) != self.account["id"]:
+            return answer(404, NOT_FOUND)
+        if bot is not None and bot.account_id != self.account["id"] and not any(i.bot_id == bot.id for i in self.inboxes.values()):
+            return answer(401, BOT_NOT_IN_ACCOUNT)
+        if admin_only and (user is None or user.role != "administrator"):
+            return answer(401, NOT_ALLOWED)
+        conv = None
+        if "conv" in match.groupdict():
+            conv = self.conversations.get(int(match["conv"]))
+            if conv is None:
+                return answer(404, NOT_FOUND)
+        status, data = fn(self, match, body or {}, bot or user, conv)
+        return answer(status, data)
+
+    # handlers: (fake, match, body, actor, conversation) → (status, json or None)
+    def _toggle_status(self, match, body, actor, conv):
+        status = body.get("status") or ("resolved" if conv.status == "open" else "open")
+        if status not in ("open", "resolved", "pending", "snoozed"):
+            return 500, {"error": f"'{status}' is not a valid status"}
+        success = True
+        if isinstance(actor, Bot) and conv.status == "pending" and status == "open":
+            conv.waiting_since = conv.waiting_since or time.time()  # bot_handoff!
+            conv.bot_owner = None
+            self._set_status(conv, "open", f"bot:{actor.id}")
+            success = None
+        else:
+            self._set_status(conv, status, f"{'bot' if isinstance(actor, Bot) else 'user'}:{actor.id}")
+        return 200, {"meta": {}, "payload": {"success": success, "conversation_id": conv.display_id,
+                                              "current_status": conv.status, "snoozed_until": None}}
+
+    def _toggle_priority(self, match, body, actor, conv):
+        priority = body.get("priority")
+        if priority not in (None, "low", "medium", "high", "urgent"):
+            return 500, {"error": f"'{priority}' is not a valid priority"}
+        conv.priority = priority
+        self._conversation_event("conversation_updated", conv, [{"priority": {"current_value": priority}}])
+        return 200, None
+
+    def _typing(self, match, body, actor, conv):
+        return 200, None
+
+    def _create_message(self, match, body, actor, conv):
+        kind = body.get("message_type", "outgoing")
+        if kind == "incoming" and conv.inbox.channel != "Channel::Api":
+            return 422, {"error": "Incoming messages are only allowed in Api inboxes"}
+        if not isinstance(body.get("content"), str) or not body["content"]:
+            return 422, {"error": "Content can't be blank"}
+        sender, stype = (actor.push(), "AgentBot") if isinstance(actor, Bot) else (
+            {"id": actor.id, "name": actor.name, "type": "user"}, "User")
+        m = self._add_message(conv, body["content"], kind, sender, stype, private=bool(body.get("private")))
+        return 200, {"id": m.id, "content": m.content, "inbox_id": conv.inbox.id, "conversation_id": conv.display_id,
+                     "message_type": 1, "content_type": "text", "status": "sent", "content_attributes": {},
+                     "created_at": int(m.created_at), "private": m.private, "source_id": None, "sender": sender}
+
+    def _assign(self, match, body, actor, conv):
+        if "assignee_id" in body:
+            user = self.users.get(body["assignee_id"]) if isinstance(body["assignee_id"], int) else None
+            was_bot_owned = conv.bot_owner is not None
+            conv.assignee = user
+            if user is not None:
+                conv.bot_owner = None
+                if was_bot_owned and conv.status == "pending":  # v4.16 human takeover (#14870)
+                    self._set_status(conv, "open", f"assignment:{user.id}")
+            self._conversation_event("conversation_updated", conv, [{"assignee_id": {"current_value": body["assignee_id"]}}])
+            if user is None:
+                return 200, None
+            return 200, {"id": user.id, "account_id": 1, "availability_status": user.availability, "auto_offline": True,
+                         "confirmed": True, "email": f"user{user.id}@acme.example", "available_name": user.name,
+                         "name": user.name, "role": user.role, "thumbnail": ""}
+        if "team_id" in body:
+            team = self.teams.get(body["team_id"])
+            conv.team_id = team["id"] if team else None
+            self._conversation_event("conversation_updated", conv, [{"team_id": {"current_value": conv.team_id}}])
+            return 200, team
+        return 200, None
+
+    def _show(self, match, body, actor, conv):
+        return 200, conv.push(self.teams)
+
+    def _contact_conversations(self, match, body, actor, conv):
+        cid = int(match["contact"])
+        mine = [c.push(self.teams) for c in self.conversations.values() if c.contact.id == cid]
+        return 200, {"payload": list(reversed(mine))[:20]}
+
+    def _list_conversations(self, match, body, actor, conv):
+        return 200, {"data": {"payload": [c.push(self.teams) for c in self.conversations.values()]}}
+
+    def _inboxes(self, match, body, actor, conv):
+        return 200, {"payload": [{"id": i.id, "name": i.name, "channel_type": i.channel} for i in self.inboxes.values()]}
+
+    def _inbox_bot(self, match, body, actor, conv):
+        inbox = self.inboxes.get(int(match["inbox"]))
+        if inbox is None:
+            return 404, NOT_FOUND
+        bot = self.bots.get(inbox.bot_id) if inbox.bot_id else None
+        return 200, {"agent_bot": bot.json() if bot else {}}
+
+    def _set_agent_bot(self, match, body, actor, conv):
+        inbox = self.inboxes.get(int(match["inbox"]))
+        if inbox is None:
+            return 404, NOT_FOUND
+        bot_id = body.get("agent_bot")
+        if bot_id is not None and bot_id not in self.bots:
+            return 404, NOT_FOUND
+        inbox.bot_id = bot_id
+        return 200, None
+
+    def _agent_bots(self, match, body, actor, conv):
+        return 200, [b.json() for b in self.bots.values()]
+
+    def _create_bot(self, match, body, actor, conv):
+        if not body.get("name"):
+            return 422, {"message": "Name can't be blank", "attributes": ["name"]}
+        bot_id = max(self.bots) + 1
+        bot = Bot(bot_id, body["name"], f"bot-token-{bot_id}", outgoing_url=body.get("outgoing_url", ""),
+                  secret=f"bot-secret-{bot_id}", description=body.get("description", ""))
+        self.bots[bot_id] = bot
+        return 200, bot.json()
+
+    def _update_bot(self, match, body, actor, conv):
+        bot = self.bots.get(int(match["bot"]))
+        if bot is None:
+            return 404, NOT_FOUND
+        for key in ("name", "outgoing_url", "description"):
+            if key in body:
+                setattr(bot, key, body[key])
+        return 200, bot.json()
+
+
+def _rx(pattern: str) -> re.Pattern[str]:
+    pattern = pattern.replace("{account}", r"(?P<account>\d+)").replace("{conv}", r"(?P<conv>\d+)")
+    pattern = pattern.replace("{contact}", r"(?P<contact>\d+)").replace("{inbox}", r"(?P<inbox>\d+)").replace("{bot}", r"(?P<bot>\d+)")
+    return re.compile("/api/v1/accounts/{account}".replace("{account}", r"(?P<account>\d+)") + pattern)
+
+
+F = FakeChatwoot
+# method, path, route name, allowed for bot tokens, administrators only, handler
+ROUTES = [
+    ("POST", _rx("/conversations/{conv}/toggle_status"), "toggle_status", True, False, F._toggle_status),
+    ("POST", _rx("/conversations/{conv}/toggle_priority"), "toggle_priority", True, False, F._toggle_priority),
+    ("POST", _rx("/conversations/{conv}/toggle_typing_status"), "toggle_typing_status", True, False, F._typing),
+    ("POST", _rx("/conversations/{conv}/messages"), "messages", True, False, F._create_message),
+    ("GET", _rx("/conversations/{conv}/messages"), "messages_index", False, False, F._show),
+    ("POST", _rx("/conversations/{conv}/assignments"), "assignments", True, False, F._assign),
+    ("GET", _rx("/conversations/{conv}"), "show", True, False, F._show),
+    ("GET", _rx("/conversations"), "conversations", False, False, F._list_conversations),
+    ("GET", _rx("/contacts/{contact}/conversations"), "contact_conversations", False, False, F._contact_conversations),
+    ("GET", _rx("/inboxes"), "inboxes", False, False, F._inboxes),
+    ("GET", _rx("/inboxes/{inbox}/agent_bot"), "inbox_agent_bot", False, False, F._inbox_bot),
+    ("POST", _rx("/inboxes/{inbox}/set_agent_bot"), "set_agent_bot", False, True, F._set_agent_bot),
+    ("GET", _rx("/agent_bots"), "agent_bots", False, False, F._agent_bots),
+    ("POST", _rx("/agent_bots"), "agent_bots_create", False, True, F._create_bot),
+    ("PATCH", _rx("/agent_bots/{bot}"), "agent_bots_update", False, True, F._update_bot),
+]

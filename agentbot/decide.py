@@ -83,6 +83,8 @@ def decide(d: Delivery, facts: Facts, now: datetime, settings: Settings) -> Deci
         return _give_back(c, m, facts.state, now)
     if facts.state.handed_off:
         return ignore("handoff already decided for this pending conversation")
+    if facts.state.left_pending_after is not None and m.id <= facts.state.left_pending_after:
+        return ignore("late delivery: the conversation left pending after this message was written")
     if c.is_group and rules.groups == "open":
         return _handoff(c, facts, now, rules, "group", "WhatsApp group (GROUPS=open)", deferrable=False)
     if c.is_evolution_system:
@@ -101,11 +103,18 @@ def _conversation_event(event: str, c: Conversation, state: ConversationState, n
         assignee = c.assignee.id if c.assignee and c.assignee.kind == "user" else None
         on = now.date().isoformat()
         record = Resolved(c.display_id, on, assignee) if c.contact.id is not None else None
-        new = state.new_period(resolved_on=on)
+        new = state.new_period(resolved_on=on, left_pending_after=_latest(c, state))
         return Decision("record", f"{event}: conversation resolved", state=new, timer=CANCEL, resolved=record)
     if c.status in ("open", "snoozed") and state.in_period:
-        return Decision("record", f"{event}: conversation is {c.status}", state=state.new_period(), timer=CANCEL)
+        new = state.new_period(left_pending_after=_latest(c, state))
+        return Decision("record", f"{event}: conversation is {c.status}", state=new, timer=CANCEL)
     return ignore(f"{event} with status {c.status} needs nothing")
+
+
+def _latest(c: Conversation, state: ConversationState) -> int | None:
+    """Messages up to this id were written before the conversation left pending; their status is stale."""
+    known = [i for i in (c.last_message_id, state.left_pending_after) if i is not None]
+    return max(known, default=None)
 
 
 def _give_back(c: Conversation, m: Message, state: ConversationState, now: datetime) -> Decision:

@@ -37,6 +37,7 @@ class Conversation:
     labels: tuple[str, ...] = ()
     attributes: dict[str, Any] = field(default_factory=dict)
     language: str | None = None
+    last_message_id: int | None = None  # messages[0]: the latest public message when the payload was built
 
     @property
     def key(self) -> str:
@@ -138,6 +139,7 @@ def parse_conversation(conv: Any, account_id: int | None) -> Conversation:
         labels=tuple(str(label) for label in conv.get("labels") or ()),
         attributes=attributes,
         language=_language(conv, contact),
+        last_message_id=_int(messages[0].get("id")) if messages and isinstance(messages[0], dict) else None,
     )
 
 

@@ -13,6 +13,7 @@ class ConversationState:
     incoming: int = 0  # customer messages in the current pending period
     timer_due: float | None = None
     away_period: str | None = None
+    left_pending_after: int | None = None  # last message id when the bot saw the conversation leave pending
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

@@ -113,3 +113,121 @@ async def start_bot(fake):
     yield start
     for b in running:
         await b.stop()
+
+
+@pytest.fixture
+def log_lines():
+    """Every loguru line the app writes during the test (level, message and context)."""
+    from loguru import logger
+
+    lines: list[str] = []
+    handler = logger.add(lambda m: lines.append(str(m)), level="DEBUG", format="{level} {message} {extra}")
+    yield lines
+    logger.remove(handler)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free port, for the whole session; flushed by `redis` per test."""
+    import shutil
+    import subprocess
+
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is not installed (.ci/run installs it: apt-get install redis-server)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(workdir)], stdout=subprocess.DEVNULL)
+    import redis as sync_redis
+
+    client = sync_redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except sync_redis.ConnectionError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.02)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def redis(redis_url):
+    import redis as sync_redis
+
+    sync_redis.Redis.from_url(redis_url).flushdb()
+    return redis_url
+
+
+class BotProcess:
+    """`python -m agentbot` as a separate process (for SIGKILL, SIGTERM and several instances)."""
+
+    def __init__(self, fake: FakeChatwoot, env: dict[str, str], cwd):
+        import os
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        keep = {k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_"))}
+        self.env = {**keep, "CHATWOOT_URL": fake.url, "CHATWOOT_BOT_TOKEN": "bot-token-7", "PORT": str(self.port),
+                    "LOG_LEVEL": "DEBUG", **env}
+        if fake.bots[7].secret:
+            self.env["CHATWOOT_BOT_SECRET"] = fake.bots[7].secret
+        self.cwd = cwd
+        self.log = cwd / f"bot-{self.port}.log"
+
+    async def start(self) -> BotProcess:
+        import sys
+
+        self.proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "agentbot", env=self.env, cwd=self.cwd,
+                                                         stderr=open(self.log, "ab"))
+
+        async def healthy():
+            return (await self.health()) is not None
+
+        await wait_for(healthy, 15, f"bot on port {self.port}")
+        return self
+
+    async def health(self) -> dict | None:
+        try:
+            async with aiohttp.ClientSession() as s, s.get(self.url + "/healthz") as r:
+                return await r.json()
+        except aiohttp.ClientError:
+            return None
+
+    async def stop(self, sig: int = 15, timeout: float = 15) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+
+@pytest.fixture
+async def processes(fake, tmp_path):
+    started: list[BotProcess] = []
+
+    async def start(connect: bool = True, **env: str) -> BotProcess:
+        p = BotProcess(fake, env, tmp_path)
+        if connect:  # before it starts: a restarted bot may act at once
+            fake.connect_bot(p.url + "/webhook")
+        await p.start()
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        if p.proc.returncode is None:
+            p.proc.kill()
+            await p.proc.wait()

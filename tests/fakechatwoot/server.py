@@ -39,6 +39,7 @@ class Call:
     body: dict | None
     status: int
     caller: str  # "bot", "user" or "anonymous"
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Fault:
     hang: float = 0.0
     retry_after: int | None = None
     release: asyncio.Event | None = None
+    waiting: int = 0  # calls being held right now
 
 
 class Refused(Exception):
@@ -333,7 +335,9 @@ class FakeChatwoot:
                 fault.times -= 1
                 if fault.release is not None:
                     fault.times += 1
+                    fault.waiting += 1
                     await fault.release.wait()
+                    fault.waiting -= 1
                     break
                 if fault.hang:
                     await asyncio.sleep(fault.hang)

@@ -1,0 +1,107 @@
+"""Start-up: settings are validated once; a bad value stops with exit 2 and one line naming it."""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from agentbot.config import ConfigError, Settings, load
+from tests.conftest import wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = {"CHATWOOT_URL": "https://chat.example.com", "CHATWOOT_BOT_TOKEN": "s3cr3t-token", "STORE_URL": "memory://"}
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_"))}
+    return subprocess.run([sys.executable, "-m", "agentbot", *args], env={**clean, **env}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("env, variable, example", [
+    ({"CHATWOOT_BOT_TOKEN": "s3cr3t-token"}, "CHATWOOT_URL", "https://chat.example.com"),
+    ({"CHATWOOT_URL": "https://chat.example.com"}, "CHATWOOT_BOT_TOKEN", "Settings"),
+    ({**GOOD, "CHATWOOT_URL": "chat.example.com"}, "CHATWOOT_URL", "https://"),
+    ({**GOOD, "PORT": "eighty"}, "PORT", "8080"),
+    ({**GOOD, "STORE_URL": "postgres://x"}, "STORE_URL", "sqlite:///"),
+    ({**GOOD, "BUSINESS_HOURS": "mon-fry 09:00-18:00"}, "BUSINESS_HOURS", "mon-fri 09:00-18:00"),
+    ({**GOOD, "BUSINESS_HOURS": "mon 09:00-25:00"}, "BUSINESS_HOURS", "'25:00'"),
+    ({**GOOD, "TIMEZONE": "Europe/Atlantis"}, "TIMEZONE", "Europe/Lisbon"),
+    ({**GOOD, "HANDOFF_PRIORITY": "extreme"}, "HANDOFF_PRIORITY", "urgent"),
+    ({**GOOD, "HANDOFF_TEAM_ID": "support"}, "HANDOFF_TEAM_ID", "'support'"),
+    ({**GOOD, "INBOX_3_HANDOFF_ASSIGNEE_ID": "x"}, "INBOX_3_HANDOFF_ASSIGNEE_ID", "'x'"),
+    ({**GOOD, "HANDOFF_MESSAGE": "Hi {customer}"}, "HANDOFF_MESSAGE", "{customer}"),
+    ({**GOOD, "INBOX_3_PORT": "1"}, "INBOX_3_PORT", "INBOX_3_HANDOFF_ALL"),
+    ({**GOOD, "HANDOFF_AFTER_MESSAGES": "0"}, "HANDOFF_AFTER_MESSAGES", "3"),
+    ({**GOOD, "CLOSED_DATES": "2026-02-30"}, "CLOSED_DATES", "2026-12-25"),
+    ({**GOOD, "LOG_LEVEL": "LOUD"}, "LOG_LEVEL", "INFO"),
+])
+def test_bad_settings_stop_start_up_with_one_line(env, variable, example):
+    result = run(env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"agentbot: configuration error: {variable}:")
+    assert example in lines[0]
+    assert "Traceback" not in result.stderr and "s3cr3t-token" not in result.stderr + result.stdout
+
+
+def test_env_file_is_read_and_environment_wins(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text("CHATWOOT_URL=https://from-file.example\nHANDOFF_ALL=true\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HANDOFF_ALL", "false")
+    settings = load()
+    assert settings.chatwoot_url == "https://from-file.example"
+    assert settings.handoff_all is False
+
+
+def test_per_inbox_overrides_apply_only_to_that_inbox():
+    s = load({**GOOD, "INBOX_3_HANDOFF_ALL": "true", "HANDOFF_KEYWORDS": "human"})
+    assert s.rules_for(3).handoff_all and not s.rules_for(4).handoff_all
+    assert s.rules_for(3).handoff_keywords == ["human"]
+
+
+def test_secrets_are_not_in_the_settings_repr():
+    s = load({**GOOD, "CHATWOOT_BOT_SECRET": "hush", "CHATWOOT_API_TOKEN": "user-tok"})
+    assert "s3cr3t-token" not in repr(s) and "hush" not in repr(s) and "user-tok" not in repr(s)
+
+
+def test_require_names_the_missing_variable():
+    with pytest.raises(ConfigError, match="^CHATWOOT_BOT_TOKEN: missing"):
+        load({"CHATWOOT_URL": "https://x.example"}).require("chatwoot_url", "chatwoot_bot_token")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_python_m_agentbot_serves_healthz_on_port(tmp_path):
+    port = _free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CHATWOOT_")}, **GOOD, "PORT": str(port),
+           "STORE_URL": f"sqlite:///{tmp_path}/bot.sqlite3"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "agentbot", env=env, cwd=tmp_path,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        async def healthy():
+            try:
+                async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/healthz") as r:
+                    return r.status == 200 and (await r.json())["status"] == "ok"
+            except aiohttp.ClientError:
+                return False
+
+        await wait_for(healthy, 10, "/healthz")
+    finally:
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+def test_settings_class_knows_every_documented_variable():
+    assert {"chatwoot_url", "handoff_returning", "handoff_note", "log_level", "store_url"} <= set(Settings.model_fields)

@@ -1,0 +1,89 @@
+"""The store interface, the same on SQLite and Redis: dedup, order per conversation, timers once."""
+from __future__ import annotations
+
+import pytest
+
+from agentbot.actions import Job
+from agentbot.facts import ConversationState, Resolved
+from agentbot.store import Commit, open_store
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def store(request, tmp_path):
+    if request.param == "redis":
+        url = request.getfixturevalue("redis")
+    else:
+        url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/s.sqlite3"
+    s = open_store(url)
+    await s.open()
+    yield s
+    await s.close()
+
+
+def job(display_id: int, reason: str = "r") -> Job:
+    return Job(1, display_id, reason, [{"op": "status", "status": "open"}])
+
+
+async def test_commit_is_once_per_delivery_and_saves_everything(store):
+    state = ConversationState(handed_off=True, incoming=2)
+    c = Commit("d:1", "1:42", state, [job(42)], contact_key="1:58", resolved=Resolved(38, "2026-11-20", 5))
+    assert await store.commit(c, 100.0) is True
+    assert await store.commit(c, 101.0) is False
+    assert await store.seen("d:1")
+    loaded, previous = await store.load("1:42", "1:58")
+    assert loaded == state and previous == Resolved(38, "2026-11-20", 5)
+    assert await store.depth() == 1
+
+
+async def test_jobs_of_one_conversation_run_in_order_and_one_at_a_time(store):
+    await store.commit(Commit("d:1", "1:1", jobs=[job(1, "first"), job(1, "second")]), 100.0)
+    await store.commit(Commit("d:2", "1:2", jobs=[job(2, "other")]), 100.0)
+    a = await store.claim(100.0)
+    b = await store.claim(100.0)
+    assert {a.reason, b.reason} == {"first", "other"}
+    assert await store.claim(100.0) is None  # "second" waits for "first"
+    first = a if a.reason == "first" else b
+    await store.finish(first, 100.0)
+    nxt = await store.claim(100.0)
+    assert nxt.reason == "second"
+
+
+async def test_retry_waits_until_next_at_and_keeps_progress(store):
+    await store.commit(Commit("d:1", "1:1", jobs=[job(1)]), 100.0)
+    j = await store.claim(100.0)
+    j.attempts, j.next_at, j.context = 1, 105.0, {"remark": "x"}
+    await store.retry(j)
+    assert await store.claim(104.0) is None
+    again = await store.claim(105.0)
+    assert again.attempts == 1 and again.context == {"remark": "x"}
+
+
+async def test_dead_letters_are_listed_and_requeued(store):
+    await store.commit(Commit("d:1", "1:1", jobs=[job(1, "doomed"), job(1, "next")]), 100.0)
+    j = await store.claim(100.0)
+    j.error = "401"
+    await store.bury(j, 100.0)
+    assert [d.reason for d in await store.dead_letters()] == ["doomed"]
+    assert (await store.claim(100.0)).reason == "next"
+    assert await store.requeue_dead(200.0) == 1
+    assert await store.dead_letters() == []
+
+
+async def test_timers_fire_once_and_can_be_cancelled(store):
+    await store.commit(Commit("d:1", "1:1", timer=(150.0, job(1, "late"))), 100.0)
+    await store.commit(Commit("d:2", "1:2", timer=(150.0, job(2, "cancelled"))), 100.0)
+    await store.commit(Commit("d:3", "1:2", cancel_timer=True), 101.0)
+    assert await store.fire_timers(149.0) == 0
+    assert await store.fire_timers(150.0) == 1
+    assert await store.fire_timers(151.0) == 0
+    fired = await store.claim(151.0)
+    assert fired.reason == "late" and fired.created_at == 150.0
+    assert await store.claim(151.0) is None
+
+
+async def test_lookups_are_cached(store):
+    assert await store.recall("1:58", 100.0) == (False, None)
+    await store.remember("1:58", None, 3600, 100.0)
+    assert await store.recall("1:58", 200.0) == (True, None)
+    await store.remember("1:59", Resolved(3, "2026-01-01", source="chatwoot"), 3600, 100.0)
+    assert (await store.recall("1:59", 200.0))[1].display_id == 3

@@ -1,0 +1,124 @@
+"""Bad input gets a clear answer and changes nothing; signatures are checked in a time window."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+
+from tests.conftest import wait_for
+from tests.fakechatwoot.model import fixture
+
+
+def signed(body: bytes, secret: str = "bot-secret-7", ts: int | None = None) -> dict:
+    ts = int(time.time()) if ts is None else ts
+    sig = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+    return {"X-Chatwoot-Timestamp": str(ts), "X-Chatwoot-Signature": f"sha256={sig}", "Content-Type": "application/json"}
+
+
+def reopened_body() -> bytes:
+    return json.dumps(fixture("message_created_incoming_reopened")).encode()
+
+
+async def assert_nothing_changed(fake, bot):
+    await bot.idle()
+    assert fake.calls == []
+    assert await bot.bot.store.depth() == 0
+
+
+async def test_a_valid_signed_delivery_acts(fake, start_bot):
+    maria = fake.contact()
+    fake.customer_writes(maria, "seed")  # conversation 40 exists; the fixture speaks of 42
+    bot = await start_bot()
+    body = fixture("message_created_incoming_reopened")
+    body["conversation"]["id"] = 40
+    raw = json.dumps(body).encode()
+    status, answer = await bot.post(raw, signed(raw))
+    assert status == 200 and answer["outcome"] == "handoff"
+    await wait_for(lambda: fake.conversation(40).status == "open", 1.0, "the handoff")
+
+
+async def test_body_that_is_not_json_gets_400(fake, start_bot):
+    bot = await start_bot()
+    raw = b"{not json"
+    status, answer = await bot.post(raw, signed(raw))
+    assert status == 400 and answer == {"error": "body is not JSON"}
+    await assert_nothing_changed(fake, bot)
+
+
+async def test_json_that_is_not_an_object_gets_400(fake, start_bot):
+    bot = await start_bot()
+    raw = b'[{"event": "message_created"}]'
+    status, answer = await bot.post(raw, signed(raw))
+    assert status == 400 and answer == {"error": "body is not a JSON object"}
+    await assert_nothing_changed(fake, bot)
+
+
+async def test_body_over_one_mebibyte_gets_413(fake, start_bot):
+    bot = await start_bot()
+    raw = json.dumps({"event": "message_created", "content": "x" * (1024 * 1024)}).encode()
+    status, answer = await bot.post(raw, signed(raw))
+    assert status == 413 and "larger than" in answer["error"]
+    await assert_nothing_changed(fake, bot)
+
+
+async def test_wrong_missing_or_stale_signature_gets_401(fake, start_bot):
+    bot = await start_bot()
+    raw = reopened_body()
+    cases = {
+        "wrong secret": signed(raw, secret="not-the-secret"),
+        "missing": {"Content-Type": "application/json"},
+        "stale": signed(raw, ts=int(time.time()) - 301),
+        "garbled time": {**signed(raw), "X-Chatwoot-Timestamp": "yesterday"},
+        "other body": signed(raw + b" "),
+    }
+    for name, headers in cases.items():
+        status, answer = await bot.post(raw, headers)
+        assert status == 401, name
+        assert "error" in answer, name
+    await assert_nothing_changed(fake, bot)
+
+
+async def test_unsigned_deliveries_are_accepted_without_a_secret(fake, start_bot):
+    fake.bots[7].secret = None
+    bot = await start_bot()
+    assert bot.settings.chatwoot_bot_secret is None
+    status, answer = await bot.post(fixture("message_created_outgoing"))
+    assert status == 200 and answer["outcome"] == "ignore"
+
+
+async def test_payload_missing_fields_is_acknowledged_without_acting(fake, start_bot, log_lines):
+    bot = await start_bot()
+    broken = fixture("message_created_incoming_reopened")
+    del broken["conversation"]["id"]
+    for body in (broken, {"event": "message_created"}, {"no": "event"}):
+        raw = json.dumps(body).encode()
+        status, answer = await bot.post(raw, signed(raw))
+        assert status == 200 and answer["outcome"] == "ignore"
+    await assert_nothing_changed(fake, bot)
+    warnings = [line for line in log_lines if line.startswith("WARNING") and "acknowledged without acting" in line]
+    assert len(warnings) == 3
+
+
+async def test_unknown_events_are_acknowledged(fake, start_bot):
+    bot = await start_bot()
+    for body in ({"event": "contact_created", "id": 1}, fixture("webwidget_triggered")):
+        raw = json.dumps(body).encode()
+        status, answer = await bot.post(raw, signed(raw))
+        assert status == 200 and answer["outcome"] == "ignore"
+    await assert_nothing_changed(fake, bot)
+
+
+async def test_secrets_never_reach_the_log(fake, start_bot, log_lines):
+    bot = await start_bot(CHATWOOT_API_TOKEN="user-token-5")
+    raw = reopened_body()
+    headers = signed(raw, secret="not-the-secret")
+    await bot.post(raw, headers)
+    fake.bots[7].token = "revoked"
+    fake.customer_writes(fake.contact(), "hi")
+    fake.agent_writes(40, "hello")
+    await bot.idle()
+    err = "\n".join(log_lines)
+    assert "CHATWOOT_BOT_TOKEN" in err  # the 401 is named, the token is not
+    for secret in ("bot-token-7", "bot-secret-7", "user-token-5", headers["X-Chatwoot-Signature"]):
+        assert secret not in err

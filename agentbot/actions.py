@@ -30,6 +30,7 @@ class Job:
     next_at: float = 0.0
     error: str | None = None
     rule: str = ""
+    trigger: int | None = None  # id of the message that led to the job
     id: str = ""
 
     @property

@@ -71,6 +71,15 @@ def triage(d: Delivery, settings: Settings) -> str | None:
 
 
 def decide(d: Delivery, facts: Facts, now: datetime, settings: Settings) -> Decision:
+    decision = _decide(d, facts, now, settings)
+    if d.message:
+        timer_job = [decision.timer[1]] if isinstance(decision.timer, tuple) else []
+        for job in decision.jobs + timer_job:
+            job.trigger = d.message.id
+    return decision
+
+
+def _decide(d: Delivery, facts: Facts, now: datetime, settings: Settings) -> Decision:
     why_not = triage(d, settings)
     if why_not:
         return ignore(why_not)
@@ -136,12 +145,11 @@ def _incoming(c: Conversation, m: Message, facts: Facts, now: datetime, rules: R
         state = replace(state, greeted=True)
     timer = None
     if rules.handoff_after_seconds and state.timer_due is None:
-        start = m.created_at or now
-        due = _adjust_to_hours(start + timedelta(seconds=rules.handoff_after_seconds), rules)
+        # Counted from the bot's clock at the first message (the delivery arrives within moments),
+        # so `explain --at` and tests with an injected clock see the same timer.
+        due = _adjust_to_hours(now + timedelta(seconds=rules.handoff_after_seconds), rules)
         reason = f"Customer waited {rules.handoff_after_seconds} s in pending"
-        job = _handoff_job(c, facts, now, rules, reason, returning=False)
-        job.rule = "wait"
-        timer = (due.timestamp(), job)
+        timer = (due.timestamp(), _handoff_job(c, facts, now, rules, reason, returning=False, rule="wait"))
         state = replace(state, timer_due=timer[0])
     return Decision("keep", "new customer: no rule fired, conversation stays pending", state=state, jobs=jobs, timer=timer)
 
@@ -189,26 +197,25 @@ def _first_rule(c: Conversation, m: Message, state: ConversationState, rules: Ru
 def _handoff(c: Conversation, facts: Facts, now: datetime, rules: Rules, rule: str, reason: str,
              *, deferrable: bool = True, returning: bool = False, human_took_over: bool = False) -> Decision:
     state = replace(facts.state, handed_off=True, timer_due=None)
-    job = _handoff_job(c, facts, now, rules, reason, returning, human_took_over)
-    job.rule = rule
     hours = rules.hours
-    if deferrable and hours and not hours.is_open(now):
-        opening = hours.next_open(now)
-        if opening is not None:
-            job.reason = f"{reason} (deferred from closed hours)"
-            jobs: list[Job] = []
-            period = opening.isoformat()
-            if rules.away_message and facts.state.away_period != period:
-                jobs.append(_job(c, "away message", [{"op": "message", "content": _render(rules.away_message, c, reason)}], now))
-                state = replace(state, away_period=period)
-            state = replace(state, timer_due=opening.timestamp())
-            when = opening.strftime("%Y-%m-%d %H:%M %Z")
-            return Decision("defer", f"{reason}; outside business hours, deferred to {when}", rule, state, jobs, (opening.timestamp(), job))
-    return Decision("handoff", reason, rule, state, [job], CANCEL if facts.state.timer_due else None)
+    opening = hours.next_open(now) if deferrable and hours and not hours.is_open(now) else None
+    if opening is None:
+        job = _handoff_job(c, facts, now, rules, reason, returning, human_took_over, rule)
+        return Decision("handoff", reason, rule, state, [job], CANCEL if facts.state.timer_due else None)
+    job = _handoff_job(c, facts, now, rules, f"{reason} (deferred from closed hours)", returning, False, rule)
+    jobs: list[Job] = []
+    period = opening.isoformat()
+    if rules.away_message and facts.state.away_period != period:
+        jobs.append(_job(c, "away message", [{"op": "message", "content": _render(rules.away_message, c, reason)}], now))
+        state = replace(state, away_period=period)
+    state = replace(state, timer_due=opening.timestamp())
+    when = opening.strftime("%Y-%m-%d %H:%M %Z")
+    return Decision("defer", f"{reason}; outside business hours, deferred to {when}", rule, state, jobs,
+                    (opening.timestamp(), job))
 
 
 def _handoff_job(c: Conversation, facts: Facts, now: datetime, rules: Rules, reason: str, returning: bool,
-                 human_took_over: bool = False) -> Job:
+                 human_took_over: bool = False, rule: str = "") -> Job:
     before: list[Step] = []
     agent: list[Step] = []
     remark = ""
@@ -230,7 +237,7 @@ def _handoff_job(c: Conversation, facts: Facts, now: datetime, rules: Rules, rea
     message = (rules.returning_message or rules.handoff_message) if returning else rules.handoff_message
     if message and not human_took_over:
         steps.append({"op": "message", "content": _render(message, c, reason)})
-    return Job(c.account_id, c.display_id, reason, steps, created_at=now.timestamp())
+    return Job(c.account_id, c.display_id, reason, steps, created_at=now.timestamp(), rule=rule)
 
 
 def _keep_previous_agent(c: Conversation, facts: Facts, rules: Rules) -> tuple[list[Step], str]:

@@ -97,6 +97,9 @@ class Outbox:
     async def run(self, job: Job) -> None:
         """Carry out the job's remaining steps; on failure reschedule it or make it a dead letter."""
         while job.step < len(job.steps):
+            if await self._overtaken(job):
+                await self.store.finish(job, self.now())
+                return
             try:
                 await self._do(job, job.steps[job.step])
             except ChatwootError as exc:
@@ -107,6 +110,17 @@ class Outbox:
                 await self.store.progress(job)
         await self.store.finish(job, self.now())
         logger.info("conversation {}: done: {} ({})", job.conversation_key, job.describe().split(": ", 1)[1], job.reason)
+
+    async def _overtaken(self, job: Job) -> bool:
+        """Don't open a conversation that left pending (opened or resolved by someone) after the decision."""
+        step = job.steps[job.step]
+        if step["op"] != "status" or step["status"] != "open" or job.trigger is None:
+            return False
+        state, _ = await self.store.load(job.conversation_key, None)
+        if state.left_pending_after is None or state.left_pending_after < job.trigger:
+            return False
+        logger.info("conversation {}: left pending before the handoff ran; dropped: {}", job.conversation_key, job.reason)
+        return True
 
     async def _failed(self, job: Job, exc: ChatwootError) -> None:
         job.attempts += 1

@@ -106,7 +106,9 @@ async def start_bot(fake):
     running: list[RunningBot] = []
 
     async def start(clock: Clock | None = None, **env: str) -> RunningBot:
-        b = await RunningBot(fake, env, clock or Clock()).start()
+        clock = clock or Clock()
+        fake.now = lambda: clock().timestamp()
+        b = await RunningBot(fake, env, clock).start()
         running.append(b)
         return b
 

@@ -99,6 +99,19 @@ async def test_revoked_bot_token_is_final_and_a_dead_letter(fake, start_bot, tmp
     assert_exactly_once(fake, [conv])
 
 
+async def test_a_handoff_overtaken_by_a_human_is_dropped(fake, start_bot):
+    maria, conv = returning(fake)
+    bot = await start_bot()
+    fake.fail("toggle_status", status=500, times=1)
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: fake.calls_to("toggle_status"), 2, "the first attempt")
+    fake.resolve(conv.display_id)  # an agent resolved it while the bot was retrying
+    await bot.idle()
+    assert conv.status == "resolved"
+    assert [c.status for c in fake.calls_to("toggle_status")] == [500]
+    assert fake.notes(conv.display_id) == [] and fake.fallbacks == []
+
+
 async def test_burst_of_fifty_messages_for_one_conversation(fake, start_bot):
     maria, conv = returning(fake)
     bot = await start_bot(GREETING_MESSAGE="Hello {name}")

@@ -1,0 +1,85 @@
+"""The rule families as plain functions: business hours with an injected clock, keyword matching."""
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from agentbot.rules.hours import Hours, parse_week
+from agentbot.rules.keywords import compile_keywords, find_keyword
+
+LISBON = ZoneInfo("Europe/Lisbon")
+HOURS = Hours(parse_week("mon-fri 09:00-18:00; sat 09:00-13:00"), LISBON, frozenset({date(2026, 12, 25)}))
+
+
+def at(*args, zone=LISBON) -> datetime:
+    return datetime(*args, tzinfo=zone)
+
+
+def test_closing_time():
+    assert HOURS.is_open(at(2026, 11, 25, 17, 59))
+    assert not HOURS.is_open(at(2026, 11, 25, 18, 0))
+    assert HOURS.next_open(at(2026, 11, 25, 18, 0)) == at(2026, 11, 26, 9, 0)
+
+
+def test_weekend():
+    assert HOURS.is_open(at(2026, 11, 28, 12, 59))  # Saturday morning
+    assert not HOURS.is_open(at(2026, 11, 28, 13, 0))
+    assert HOURS.next_open(at(2026, 11, 28, 13, 0)) == at(2026, 11, 30, 9, 0)  # Monday
+    assert HOURS.next_open(at(2026, 11, 29, 10, 0)) == at(2026, 11, 30, 9, 0)  # from Sunday
+
+
+def test_holiday():
+    assert not HOURS.is_open(at(2026, 12, 25, 10, 0))  # a Friday, but CLOSED_DATES
+    assert HOURS.next_open(at(2026, 12, 24, 18, 30)) == at(2026, 12, 26, 9, 0)
+
+
+def test_daylight_saving_change_keeps_local_opening_time():
+    # Lisbon moves from UTC+0 to UTC+1 on Sunday 2027-03-28.
+    opening = HOURS.next_open(at(2027, 3, 27, 13, 0))
+    assert opening == at(2027, 3, 29, 9, 0)
+    assert opening.astimezone(timezone.utc).hour == 8  # 09:00 WEST is 08:00 UTC
+    before = HOURS.next_open(at(2027, 3, 20, 13, 0))
+    assert before.astimezone(timezone.utc).hour == 9  # a week earlier 09:00 WET is 09:00 UTC
+    # New York falls back on 2026-11-01: an interval across the change is still measured in local time.
+    ny = Hours(parse_week("sun 00:00-24:00"), ZoneInfo("America/New_York"))
+    assert ny.is_open(datetime(2026, 11, 1, 5, 30, tzinfo=timezone.utc))  # 01:30 EDT
+    assert ny.is_open(datetime(2026, 11, 1, 6, 30, tzinfo=timezone.utc))  # 01:30 EST (the repeated hour)
+    assert not ny.is_open(datetime(2026, 11, 2, 5, 0, tzinfo=timezone.utc))  # Monday 00:00 EST
+
+
+def test_utc_instants_are_compared_in_the_zone():
+    assert HOURS.is_open(datetime(2026, 7, 1, 8, 30, tzinfo=timezone.utc))  # 09:30 in Lisbon summer
+    assert not HOURS.is_open(datetime(2026, 7, 1, 7, 30, tzinfo=timezone.utc))
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("mon-fry 09:00-18:00", "unknown weekday 'fry'"),
+    ("mon 9-18", "not HH:MM"),
+    ("mon 18:00-09:00", "end before they start"),
+    ("mon", "has no hours"),
+    ("", "no opening hours"),
+    ("tue 24:30-25:00", "'24:30'"),
+])
+def test_bad_business_hours_name_the_bad_part(text, problem):
+    with pytest.raises(ValueError, match=problem):
+        parse_week(text)
+
+
+def test_wrapping_day_ranges_and_24_00():
+    week = parse_week("fri-mon 20:00-24:00")
+    assert [bool(day) for day in week] == [True, False, False, False, True, True, True]
+
+
+@pytest.mark.parametrize("text, found", [
+    ("I want to talk to an Atendênte please", "atendente"),
+    ("HUMAN!", "human"),
+    ("agentic workflows are great", None),
+    ("my agent-id is 4", "agent"),
+    ("superhuman", None),
+    ("", None),
+])
+def test_keywords_ignore_case_and_accents_and_match_whole_words(text, found):
+    pattern = compile_keywords(["human", "agent", "atendente", "humano"])
+    assert find_keyword(pattern, text) == found

@@ -1,0 +1,313 @@
+"""End-to-end stories of issue 3: each rule fires when it should, stays quiet otherwise, acts once."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from tests.conftest import Clock, wait_for
+from tests.test_faults import returning
+
+
+def calls(fake, display_id):
+    """The bot's calls on one conversation, as (endpoint, body) in order."""
+    return [(c.endpoint, c.body) for c in fake.calls if c.caller == "bot" and f"/conversations/{display_id}/" in c.path]
+
+
+async def opened(bot, conv, timeout=2.0):
+    await wait_for(lambda: conv.status == "open", timeout, f"conversation {conv.display_id} to open")
+    await bot.idle()
+
+
+async def stays_pending(bot, conv):
+    await bot.idle()
+    assert conv.status == "pending"
+    assert [e for e, _ in calls(bot.fake, conv.display_id) if e == "toggle_status"] == []
+
+
+async def test_keywords_match_words_without_case_or_accents(fake, start_bot):
+    bot = await start_bot(HANDOFF_KEYWORDS="human,agent,atendente")
+    quiet = fake.customer_writes(fake.contact("A"), "I love agentic workflows").conversation
+    loud = fake.customer_writes(fake.contact("B"), "Quero falar com um ATENDÊNTE").conversation
+    await opened(bot, loud)
+    await stays_pending(bot, quiet)
+    assert fake.notes(loud.display_id) == ['Customer asked for a person ("atendente")']
+    assert fake.opened_by(loud.display_id) == ["bot:7"]
+
+
+async def test_after_n_messages(fake, start_bot):
+    bot = await start_bot(HANDOFF_AFTER_MESSAGES="3")
+    maria = fake.contact()
+    conv = fake.customer_writes(maria, "one").conversation
+    fake.customer_writes(maria, "two")
+    await stays_pending(bot, conv)
+    fake.customer_writes(maria, "three")
+    await opened(bot, conv)
+    assert fake.notes(conv.display_id) == ["Customer sent 3 messages while pending"]
+
+
+async def test_handoff_all_opens_at_the_first_message(fake, start_bot):
+    bot = await start_bot(HANDOFF_ALL="true")
+    conv = fake.customer_writes(fake.contact(), "hi").conversation
+    await opened(bot, conv)
+    assert fake.notes(conv.display_id) == ["Every conversation goes to humans (HANDOFF_ALL)"]
+
+
+async def test_wait_timer_fires_after_a_restart_and_is_dropped_when_opened(fake, start_bot, tmp_path):
+    t0 = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)
+    store = f"sqlite:///{tmp_path}/bot.sqlite3"
+    clock = Clock(t0)
+    bot = await start_bot(clock, STORE_URL=store, HANDOFF_AFTER_SECONDS="300")
+    waiting = fake.customer_writes(fake.contact("Waiting"), "hello?").conversation
+    taken = fake.customer_writes(fake.contact("Taken"), "hello?").conversation
+    await bot.idle()
+    fake.set_status(taken.display_id, "open")  # an agent took it: its timer is dropped
+    await bot.idle()
+    fake.set_status(taken.display_id, "pending", by="test")
+    clock.at = t0 + timedelta(seconds=299)
+    await stays_pending(bot, waiting)
+    await bot.stop()  # the bot is down when the timer comes due
+
+    later = Clock(t0 + timedelta(seconds=400))
+    bot = await start_bot(later, STORE_URL=store, HANDOFF_AFTER_SECONDS="300")
+    await opened(bot, waiting, timeout=5)
+    assert fake.notes(waiting.display_id) == ["Customer waited 300 s in pending"]
+    assert taken.status == "pending"
+    assert fake.opened_by(waiting.display_id) == ["bot:7"]
+
+
+async def test_business_hours_defer_with_one_away_message_then_open_at_opening_time(fake, start_bot, tmp_path):
+    saturday_evening = datetime(2026, 11, 28, 19, 0, tzinfo=timezone.utc)  # Lisbon: UTC+0 in winter
+    clock = Clock(saturday_evening)
+    env = dict(HANDOFF_KEYWORDS="human", BUSINESS_HOURS="mon-fri 09:00-18:00; sat 09:00-13:00",
+               TIMEZONE="Europe/Lisbon", AWAY_MESSAGE="We are closed, {name}. A person will answer from 09:00.",
+               STORE_URL=f"sqlite:///{tmp_path}/bot.sqlite3")
+    bot = await start_bot(clock, **env)
+    maria = fake.contact()
+    conv = fake.customer_writes(maria, "human please").conversation
+    await bot.idle()
+    fake.customer_writes(maria, "HUMAN!!")
+    await stays_pending(bot, conv)
+    assert fake.bot_messages(conv.display_id) == ["We are closed, Maria Lopez. A person will answer from 09:00."]
+    await bot.stop()
+
+    clock.at = datetime(2026, 11, 30, 8, 59, tzinfo=timezone.utc)  # Monday, a minute before opening
+    bot = await start_bot(clock, **env)
+    await stays_pending(bot, conv)
+    clock.at = datetime(2026, 11, 30, 9, 0, 1, tzinfo=timezone.utc)
+    await opened(bot, conv, timeout=5)
+    assert fake.notes(conv.display_id) == ['Customer asked for a person ("human") (deferred from closed hours)']
+    assert len(fake.bot_messages(conv.display_id)) == 1
+
+
+async def test_business_hours_open_during_opening_time(fake, start_bot):
+    clock = Clock(datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc))  # Wednesday morning
+    bot = await start_bot(clock, HANDOFF_ALL="true", BUSINESS_HOURS="mon-fri 09:00-18:00", AWAY_MESSAGE="closed")
+    conv = fake.customer_writes(fake.contact(), "hi").conversation
+    await opened(bot, conv)
+    assert fake.bot_messages(conv.display_id) == []
+
+
+async def test_agent_reply_and_phone_reply_open_but_the_bot_messages_do_not(fake, start_bot):
+    bot = await start_bot(GREETING_MESSAGE="Hi {name}!")
+    by_agent = fake.customer_writes(fake.contact("A"), "hi").conversation
+    by_phone = fake.customer_writes(fake.contact("B"), "hi", inbox=4).conversation
+    await bot.idle()
+    assert by_agent.status == by_phone.status == "pending"  # the greeting's echo changed nothing
+    fake.agent_writes(by_agent.display_id, "Hi, Sam here")
+    fake.phone_writes(by_phone.display_id, "oi, aqui é o dono da loja")
+    await opened(bot, by_agent)
+    await opened(bot, by_phone)
+    assert fake.notes(by_agent.display_id) == ["Sam Rivera replied while the conversation was pending"]
+    assert fake.notes(by_phone.display_id) == ["Evolution API replied while the conversation was pending"]
+
+
+async def test_agent_reply_rule_can_be_switched_off(fake, start_bot):
+    bot = await start_bot(HANDOFF_ON_AGENT_REPLY="false")
+    conv = fake.customer_writes(fake.contact(), "hi").conversation
+    await bot.idle()
+    fake.agent_writes(conv.display_id, "Hi")
+    await stays_pending(bot, conv)
+
+
+async def test_inbox_filters(fake, start_bot):
+    bot = await start_bot(HANDOFF_ALL="true", INBOX_IDS="3,4", IGNORE_INBOX_IDS="4")
+    handled = fake.customer_writes(fake.contact("A"), "hi", inbox=3).conversation
+    ignored = fake.customer_writes(fake.contact("B"), "hi", inbox=4).conversation
+    outside = fake.customer_writes(fake.contact("C"), "hi", inbox=5).conversation
+    await opened(bot, handled)
+    await stays_pending(bot, ignored)
+    await stays_pending(bot, outside)
+
+
+async def test_account_filter(fake, start_bot):
+    bot = await start_bot(HANDOFF_ALL="true", CHATWOOT_ACCOUNT_IDS="2")
+    conv = fake.customer_writes(fake.contact(), "hi").conversation
+    await stays_pending(bot, conv)
+
+
+async def test_whatsapp_groups(fake, start_bot):
+    bot = await start_bot(HANDOFF_ALL="true", GROUPS="ignore", INBOX_4_GROUPS="open", INBOX_4_HANDOFF_ALL="false")
+    ignored = fake.customer_writes(fake.contact("Team A", identifier="120363041@g.us"), "hi all", inbox=3).conversation
+    opened_group = fake.customer_writes(fake.contact("Team B", identifier="120363042@g.us"), "hi all", inbox=4).conversation
+    person = fake.customer_writes(fake.contact("Person", identifier="351911111111@s.whatsapp.net"), "hi", inbox=4).conversation
+    await opened(bot, opened_group)
+    await stays_pending(bot, ignored)
+    await stays_pending(bot, person)
+    assert fake.notes(opened_group.display_id) == ["WhatsApp group (GROUPS=open)"]
+
+
+async def test_evolution_system_contact_is_opened_and_never_messaged(fake, start_bot):
+    bot = await start_bot(GREETING_MESSAGE="Hello!", HANDOFF_MESSAGE="An agent will be with you", HANDOFF_TEAM_ID="2")
+    evolution = fake.contact("EvolutionAPI", phone_number="+123456")
+    conv = fake.customer_writes(evolution, "QR code: 2@abc...", inbox=4).conversation
+    await opened(bot, conv)
+    assert calls(fake, conv.display_id) == [("toggle_status", {"status": "open"})]
+    assert fake.bot_messages(conv.display_id) == [] and fake.notes(conv.display_id) == []
+
+
+async def test_handoff_actions_in_order_once(fake, start_bot):
+    bot = await start_bot(HANDOFF_KEYWORDS="human", HANDOFF_TEAM_ID="2", HANDOFF_ASSIGNEE_ID="6",
+                          HANDOFF_PRIORITY="high", HANDOFF_MESSAGE="Hi {name}, {reason}. Ticket #{conversation_id}.")
+    conv = fake.customer_writes(fake.contact(), "human").conversation
+    await opened(bot, conv)
+    reason = 'Customer asked for a person ("human")'
+    assert calls(fake, conv.display_id) == [
+        ("assignments", {"team_id": 2}),
+        ("toggle_priority", {"priority": "high"}),
+        ("toggle_status", {"status": "open"}),  # a human assignment would open a bot-owned conversation itself
+        ("assignments", {"assignee_id": 6}),
+        ("messages", {"content": reason, "message_type": "outgoing", "private": True}),
+        ("messages", {"content": f"Hi Maria Lopez, {reason}. Ticket #{conv.display_id}.", "message_type": "outgoing",
+                      "private": False}),
+    ]
+    assert conv.team_id == 2 and conv.assignee.id == 6 and conv.priority == "high"
+    assert fake.opened_by(conv.display_id) == ["bot:7"]
+
+
+async def test_returning_customer_keeps_previous_agent_and_gets_returning_message(fake, start_bot):
+    bot = await start_bot(HANDOFF_MESSAGE="generic", RETURNING_MESSAGE="Welcome back {name}!")
+    maria = fake.contact()
+    first = fake.customer_writes(maria, "hi", inbox=5).conversation
+    await bot.idle()
+    fake.agent_writes(first.display_id, "hello", user_id=6)
+    await bot.idle()
+    fake.resolve(first.display_id, user_id=6)
+    await bot.idle()
+    second = fake.customer_writes(maria, "me again", inbox=5).conversation
+    await opened(bot, second)
+    assert second.assignee.id == 6
+    assert fake.bot_messages(second.display_id) == ["Welcome back Maria Lopez!"]
+
+
+async def test_offline_previous_agent_falls_back_to_team_and_says_so(fake, start_bot):
+    bot = await start_bot(HANDOFF_TEAM_ID="2")
+    maria = fake.contact()
+    first = fake.customer_writes(maria, "hi", inbox=5).conversation
+    await bot.idle()
+    fake.conversation(first.display_id).assignee = fake.users[6]
+    fake.resolve(first.display_id, user_id=6)
+    await bot.idle()
+    fake.users[6].availability = "offline"
+    second = fake.customer_writes(maria, "me again", inbox=5).conversation
+    await opened(bot, second)
+    assert second.assignee is None and second.team_id == 2
+    [note] = fake.notes(second.display_id)
+    assert note.endswith("Ana Costa is offline; handed to team 2 instead.")
+
+
+async def test_offline_assignee_of_reopened_conversation_is_replaced(fake, start_bot):
+    maria = fake.contact()
+    conv = fake.customer_writes(maria, "hi").conversation
+    conv.assignee = fake.users[6]
+    fake.agent_writes(conv.display_id, "hello", user_id=6)
+    fake.resolve(conv.display_id, user_id=6)
+    fake.users[6].availability = "busy"
+    bot = await start_bot()
+    fake.customer_writes(maria, "again")
+    await opened(bot, conv)
+    assert conv.assignee is None
+    assert fake.notes(conv.display_id)[0].endswith("Ana Costa is busy; handed to Chatwoot's auto-assignment instead.")
+
+
+async def test_greeting_once_per_conversation_also_on_redelivery(fake, start_bot):
+    bot = await start_bot(GREETING_MESSAGE="Hello {name}, how can we help?")
+    maria = fake.contact()
+    conv = fake.customer_writes(maria, "hi").conversation
+    await bot.idle()
+    fake.customer_writes(maria, "are you there?")
+    await bot.idle()
+    for d in list(fake.deliveries):
+        fake.redeliver(d)
+    await bot.idle()
+    assert fake.bot_messages(conv.display_id) == ["Hello Maria Lopez, how can we help?"]
+    assert conv.status == "pending"
+
+
+async def test_labels_attributes_and_languages(fake, start_bot):
+    bot = await start_bot(HANDOFF_LABELS="vip", HANDOFF_ATTRIBUTES="plan=enterprise", KEEP_LANGUAGES="en,pt")
+    vip = fake.customer_writes(fake.contact("V"), "hi")
+    vip.conversation.labels.append("VIP")
+    plain = fake.customer_writes(fake.contact("P"), "hi").conversation
+    await bot.idle()
+    fake.customer_writes(vip.conversation.contact, "hello?")
+    rich = fake.customer_writes(fake.contact("E", custom_attributes={"plan": "Enterprise"}), "hi").conversation
+    german = fake.contact("G")
+    fake._create_conversation(german, fake.inboxes[3]).browser_language = "de"
+    fake.customer_writes(german, "Hallo")
+    brazilian = fake.contact("B")
+    fake._create_conversation(brazilian, fake.inboxes[3]).browser_language = "pt-BR"
+    fake.customer_writes(brazilian, "Olá")
+    await opened(bot, vip.conversation)
+    await opened(bot, rich)
+    de = next(c for c in fake.conversations.values() if c.contact is german)
+    br = next(c for c in fake.conversations.values() if c.contact is brazilian)
+    await opened(bot, de)
+    await stays_pending(bot, plain)
+    await stays_pending(bot, br)
+    assert fake.notes(vip.conversation.display_id) == ['Conversation has the label "VIP"']
+    assert fake.notes(rich.display_id) == ["Customer attribute plan=Enterprise"]
+    assert fake.notes(de.display_id) == ['Customer language "de" is not one the bot answers (en, pt)']
+
+
+async def test_handoff_languages(fake, start_bot):
+    bot = await start_bot(HANDOFF_LANGUAGES="fr")
+    french = fake.contact("F")
+    fake._create_conversation(french, fake.inboxes[3]).browser_language = "fr-CA"
+    conv = fake.customer_writes(french, "Bonjour").conversation
+    english = fake.customer_writes(fake.contact("E"), "Hello").conversation
+    await opened(bot, conv)
+    await stays_pending(bot, english)
+
+
+async def test_bot_command_gives_the_conversation_back(fake, start_bot):
+    bot = await start_bot(HANDOFF_KEYWORDS="human")
+    maria = fake.contact()
+    conv = fake.customer_writes(maria, "human").conversation
+    await opened(bot, conv)
+    fake.agent_writes(conv.display_id, "#bot", private=True)
+    await wait_for(lambda: conv.status == "pending", 2, "the give-back")
+    await bot.idle()
+    fake.customer_writes(maria, "thanks, one more question")
+    await bot.idle()
+    assert conv.status == "pending" and len(fake.calls_to("toggle_status")) == 2
+    fake.customer_writes(maria, "human again please")
+    await opened(bot, conv)
+    assert fake.opened_by(conv.display_id) == ["bot:7", "bot:7"]
+    assert [s for d, _, s, by in fake.status_log if d == conv.display_id and by == "bot:7"] == ["open", "pending", "open"]
+
+
+async def test_other_private_notes_and_notes_on_pending_do_nothing(fake, start_bot):
+    bot = await start_bot()
+    conv = fake.customer_writes(fake.contact(), "hi").conversation
+    await bot.idle()
+    fake.agent_writes(conv.display_id, "#bot", private=True)  # pending already: nothing to give back
+    fake.agent_writes(conv.display_id, "#bot please", private=True)
+    await stays_pending(bot, conv)
+    assert calls(fake, conv.display_id) == []
+
+
+async def test_per_inbox_override(fake, start_bot):
+    bot = await start_bot(INBOX_4_HANDOFF_ALL="true")
+    website = fake.customer_writes(fake.contact("W"), "hi", inbox=3).conversation
+    whatsapp = fake.customer_writes(fake.contact("Z"), "hi", inbox=4).conversation
+    await opened(bot, whatsapp)
+    await stays_pending(bot, website)

@@ -25,6 +25,8 @@ Priority = Literal["low", "medium", "high", "urgent"]
 EXAMPLES = {
     "chatwoot_url": "https://chat.example.com",
     "chatwoot_bot_token": "the agent bot's access token (Settings → Bots)",
+    "chatwoot_bot_secret": "the agent bot's webhook secret (Chatwoot 4.13+)",
+    "chatwoot_api_token": "an administrator's access token (Profile settings → Access token)",
     "store_url": "sqlite:///agentbot.sqlite3, redis://localhost:6379/0 or memory://",
     "port": "8080",
     "log_level": "INFO",
@@ -265,6 +267,8 @@ def load(environ: dict[str, str] | None = None, env_file: str | None = ".env") -
     if environ is None:
         file_values = dotenv_values(env_file) if env_file and os.path.exists(env_file) else {}
         environ = {**{k: v for k, v in file_values.items() if v is not None}, **os.environ}
+    if not environ.get("STORE_URL") and environ.get("REDIS_URL"):  # a PaaS Redis add-on (Heroku, Render)
+        environ = {**environ, "STORE_URL": environ["REDIS_URL"]}
     try:
         settings = Settings(**{k.lower(): v for k, v in environ.items() if k.lower() in Settings.model_fields})
     except ValidationError as exc:

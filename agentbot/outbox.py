@@ -30,7 +30,6 @@ class Outbox:
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task] = []
-        self._busy = 0
 
     def now(self) -> float:
         return self.clock().timestamp()
@@ -68,16 +67,14 @@ class Outbox:
             if job is None:
                 await self._idle(POLL)
                 continue
-            self._busy += 1
             try:
-                await self.run(job)
+                with logger.contextualize(account=job.account_id, conversation=job.display_id):
+                    await self.run(job)
             except Exception:
                 logger.exception("outbox: job for conversation {} failed unexpectedly", job.conversation_key)
                 job.next_at = self.now() + backoff(job.attempts + 1, None)
                 job.attempts += 1
                 await self.store.retry(job)
-            finally:
-                self._busy -= 1
 
     async def _timers(self) -> None:
         ticks = 0

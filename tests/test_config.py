@@ -105,3 +105,9 @@ async def test_python_m_agentbot_serves_healthz_on_port(tmp_path):
 
 def test_settings_class_knows_every_documented_variable():
     assert {"chatwoot_url", "handoff_returning", "handoff_note", "log_level", "store_url"} <= set(Settings.model_fields)
+
+
+def test_redis_url_of_a_paas_add_on_is_the_store_unless_store_url_is_set():
+    assert load({"REDIS_URL": "redis://h:6379/0"}).store_url == "redis://h:6379/0"
+    assert load({"REDIS_URL": "redis://h:6379/0", "STORE_URL": "memory://"}).store_url == "memory://"
+    assert load({}).store_url == "sqlite:///agentbot.sqlite3"

@@ -1,6 +1,7 @@
 """`rules` and `explain`: what the CLI says is what the running bot does."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -9,6 +10,8 @@ from datetime import datetime
 
 import pytest
 
+from agentbot import explain as commands
+from agentbot.config import load
 from tests.conftest import Clock
 from tests.fakechatwoot.model import fixture
 from tests.test_config import ROOT
@@ -26,22 +29,35 @@ SETUPS = [
 ]
 
 
-def explain(env: dict[str, str], path, at: str) -> str:
+async def explain(env: dict[str, str], path, at: str, capsys) -> str:
+    """`python -m agentbot explain PATH --at AT`, run in-process (the CLI only parses and calls this)."""
+    settings = load({"STORE_URL": "memory://", **env})
+    assert await commands.explain(settings, argparse.Namespace(payload=str(path), at=at)) == 0
+    return capsys.readouterr().out
+
+
+def test_explain_command_line(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(fixture("message_created_incoming_reopened")))
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_"))}
-    result = subprocess.run([sys.executable, "-m", "agentbot", "explain", str(path), "--at", at],
-                            env={**clean, "STORE_URL": "memory://", **env}, cwd=ROOT, capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    result = subprocess.run([sys.executable, "-m", "agentbot", "explain", str(path), "--at", "2026-11-25T10:00:00Z"],
+                            env={**clean, "STORE_URL": "memory://", "HANDOFF_TEAM_ID": "2"}, cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)
+    assert result.stdout.splitlines() == [
+        "handoff: Returning customer: conversation #42 had an agent reply on 2026-09-30",
+        "  then conversation 1:42: assign team 2, set open, "
+        "private note 'Returning customer: conversation #42 had an agent reply on 2026-09-30'",
+    ]
 
 
 @pytest.mark.parametrize("env, at", SETUPS)
-async def test_explain_gives_the_same_decision_as_the_running_bot(fake, start_bot, tmp_path, env, at):
+async def test_explain_gives_the_same_decision_as_the_running_bot(fake, start_bot, tmp_path, env, at, capsys):
     for name in PAYLOADS:
         bot = await start_bot(Clock(datetime.fromisoformat(at)), **env)  # a fresh store, as explain's
         body = fixture(name)
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(body))
-        said = explain(env, path, at).splitlines()[0]
+        said = (await explain(env, path, at, capsys)).splitlines()[0]
         raw = json.dumps(body).encode()
         headers = signed(raw, ts=int(datetime.fromisoformat(at).timestamp()))
         status, answer = await bot.post(raw, headers)

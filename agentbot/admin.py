@@ -1,0 +1,159 @@
+"""Set-up commands against Chatwoot's account API: `register`, `inboxes` and `check`."""
+from __future__ import annotations
+
+import sys
+
+import aiohttp
+
+from .chatwoot import Chatwoot, ChatwootError
+from .config import ConfigError, Settings
+from .store import open_store
+
+
+class Failed(Exception):
+    """One line for the operator; the command exits with status 1."""
+
+
+def explain_error(exc: ChatwootError, settings: Settings) -> str:
+    detail = exc.detail
+    if exc.status is None:
+        return f"cannot reach CHATWOOT_URL={settings.chatwoot_url} ({detail})"
+    if exc.status == 401 and "Invalid Access Token" in detail:
+        return "Chatwoot refused CHATWOOT_API_TOKEN (Invalid Access Token): use an administrator's access token (Profile settings → Access token)"
+    if exc.status == 401 and "not authorized to do this action" in detail:
+        return "CHATWOOT_API_TOKEN belongs to a user without administrator rights; use an administrator's token"
+    if exc.status == 401 and "sign in" in detail:
+        return "Chatwoot did not receive the api_access_token header (a proxy dropping underscore headers? nginx: underscores_in_headers on)"
+    if exc.status == 404 and exc.endpoint in ("set_agent_bot", "inbox_agent_bot"):
+        return f"Chatwoot does not know that inbox in account {settings.chatwoot_account_id}"
+    if exc.status == 404:
+        return f"Chatwoot does not know account CHATWOOT_ACCOUNT_ID={settings.chatwoot_account_id} (or CHATWOOT_URL is not Chatwoot)"
+    return f"Chatwoot answered {exc.status} to {exc.endpoint}: {detail[:160]}"
+
+
+async def _run(settings: Settings, work) -> int:
+    async with aiohttp.ClientSession() as session:
+        token = settings.chatwoot_bot_token.get_secret_value() if settings.chatwoot_bot_token else None
+        chatwoot = Chatwoot(session, settings.chatwoot_url, token, settings.chatwoot_timeout)
+        try:
+            return await work(chatwoot)
+        except ChatwootError as exc:
+            print(f"agentbot: {explain_error(exc, settings)}", file=sys.stderr)
+        except Failed as exc:
+            print(f"agentbot: {exc}", file=sys.stderr)
+        return 1
+
+
+def _admin(settings: Settings) -> tuple[int, str]:
+    settings.require("chatwoot_url", "chatwoot_account_id", "chatwoot_api_token")
+    return settings.chatwoot_account_id, settings.chatwoot_api_token.get_secret_value()
+
+
+async def _known_inboxes(cw: Chatwoot, account: int, token: str, wanted: list[int]) -> dict[int, dict]:
+    inboxes = {i["id"]: i for i in await cw.list_inboxes(account, token)}
+    unknown = [i for i in wanted if i not in inboxes]
+    if unknown:
+        raise Failed(f"unknown inbox id {unknown[0]} in account {account}; `python -m agentbot inboxes` lists them")
+    return inboxes
+
+
+async def register(settings: Settings, args) -> int:
+    account, token = _admin(settings)
+    if not args.detach and not args.url:
+        raise ConfigError("--url: missing (example: --url https://bot.example.com/webhook)")
+
+    async def work(cw: Chatwoot) -> int:
+        inboxes = await _known_inboxes(cw, account, token, args.inbox)
+        if args.detach:
+            for inbox in args.inbox:
+                await cw.set_agent_bot(account, inbox, None, token)
+                print(f"Disconnected the bot from inbox {inbox} ({inboxes[inbox]['name']})")
+            return 0
+        bots = await cw.list_agent_bots(account, token)
+        mine = next((b for b in bots if b.get("name") == args.name and b.get("account_id") == account), None)
+        bot = await cw.save_agent_bot(account, token, mine and mine["id"], name=args.name, outgoing_url=args.url,
+                                      description="Hands conversations to humans (agentbot)")
+        print(f"{'Updated' if mine else 'Created'} agent bot {bot['name']!r} (id {bot['id']}) → {args.url}")
+        for inbox in args.inbox:
+            await cw.set_agent_bot(account, inbox, bot["id"], token)
+            print(f"Connected it to inbox {inbox} ({inboxes[inbox]['name']})")
+        print("\nSet these in the bot's environment:")
+        print(f"CHATWOOT_BOT_TOKEN={(bot.get('access_token') or {}).get('token', '')}")
+        if bot.get("secret"):
+            print(f"CHATWOOT_BOT_SECRET={bot['secret']}")
+        return 0
+
+    return await _run(settings, work)
+
+
+async def inboxes(settings: Settings, args) -> int:
+    account, token = _admin(settings)
+
+    async def work(cw: Chatwoot) -> int:
+        rows = []
+        for inbox in await cw.list_inboxes(account, token):
+            bot = await cw.inbox_agent_bot(account, inbox["id"], token)
+            label = f"{bot['name']} (bot {bot['id']})" if bot.get("id") else "no bot"
+            rows.append(f"{inbox['id']:>5}  {inbox.get('channel_type', '?'):<22}  {inbox['name']:<24}  {label}")
+        print(f"{'id':>5}  {'channel':<22}  {'name':<24}  agent bot")
+        print("\n".join(rows))
+        return 0
+
+    return await _run(settings, work)
+
+
+async def check(settings: Settings, args) -> int:
+    settings.require("chatwoot_url", "chatwoot_bot_token")
+    account = settings.chatwoot_account_id or (settings.chatwoot_account_ids or [None])[0]
+    results: list[tuple[bool, str]] = []
+
+    async def work(cw: Chatwoot) -> int:
+        if account is None:
+            results.append((False, "CHATWOOT_ACCOUNT_ID is not set: set it to check the token and inboxes"))
+        else:
+            try:
+                await cw.probe_bot_token(account)
+                results.append((True, f"Chatwoot at {settings.chatwoot_url} accepts CHATWOOT_BOT_TOKEN for account {account}"))
+            except ChatwootError as exc:
+                hint = "the token is wrong or revoked: copy it from Settings → Bots" if exc.status == 401 else explain_error(exc, settings)
+                results.append((False, f"CHATWOOT_BOT_TOKEN: {hint}"))
+            await _check_inboxes(cw, account)
+        await _check_store()
+        for ok, line in results:
+            print(f"{'OK  ' if ok else 'FAIL'} {line}")
+        return 0 if all(ok for ok, _ in results) else 1
+
+    async def _check_inboxes(cw: Chatwoot, account: int) -> None:
+        if not settings.inbox_ids:
+            results.append((True, "INBOX_IDS is empty: the bot acts in every inbox it is connected to"))
+            return
+        if settings.chatwoot_api_token is None:
+            results.append((False, "set CHATWOOT_API_TOKEN (an administrator's token) to check the inboxes in INBOX_IDS"))
+            return
+        token = settings.chatwoot_api_token.get_secret_value()
+        mine = settings.chatwoot_bot_token.get_secret_value()
+        try:
+            known = {i["id"] for i in await cw.list_inboxes(account, token)}
+            for inbox in settings.inbox_ids:
+                if inbox not in known:
+                    results.append((False, f"inbox {inbox} (INBOX_IDS) does not exist in account {account}"))
+                    continue
+                bot = await cw.inbox_agent_bot(account, inbox, token)
+                if (bot.get("access_token") or {}).get("token") == mine:
+                    results.append((True, f"inbox {inbox} has this bot"))
+                else:
+                    fix = "run `python -m agentbot register --inbox` or pick the bot in the inbox's settings"
+                    results.append((False, f"inbox {inbox} is not connected to this bot: {fix}"))
+        except ChatwootError as exc:
+            results.append((False, explain_error(exc, settings)))
+
+    async def _check_store() -> None:
+        store = open_store(settings.store_url)
+        try:
+            await store.open()
+            results.append((True, f"store {settings.store_url.split('://')[0]} is usable ({await store.depth()} jobs waiting)"))
+            await store.close()
+        except Exception as exc:
+            results.append((False, f"STORE_URL: cannot open the store ({type(exc).__name__}: {exc})"))
+
+    return await _run(settings, work)

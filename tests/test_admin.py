@@ -1,0 +1,98 @@
+"""`register`, `inboxes` and `check` against the fake Chatwoot's administrator endpoints."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from agentbot import admin
+from agentbot.config import ConfigError, load
+
+
+def settings(fake, **env):
+    return load({"CHATWOOT_URL": fake.url, "CHATWOOT_ACCOUNT_ID": "1", "CHATWOOT_API_TOKEN": "user-token-5",
+                 "STORE_URL": "memory://", **env})
+
+
+def reg(url="https://bot.example.com/webhook", inbox=(3, 4), name="Handoff bot", detach=False):
+    return argparse.Namespace(url=url, inbox=list(inbox), name=name, detach=detach)
+
+
+async def test_register_creates_the_bot_connects_inboxes_and_prints_env(fake, capsys):
+    fake.inboxes[3].bot_id = fake.inboxes[4].bot_id = None
+    assert await admin.register(settings(fake), reg()) == 0
+    out = capsys.readouterr().out
+    bot = next(b for b in fake.bots.values() if b.name == "Handoff bot")
+    assert bot.outgoing_url == "https://bot.example.com/webhook"
+    assert fake.inboxes[3].bot_id == fake.inboxes[4].bot_id == bot.id
+    assert f"CHATWOOT_BOT_TOKEN={bot.token}" in out and f"CHATWOOT_BOT_SECRET={bot.secret}" in out
+    assert [c.endpoint for c in fake.calls] == ["inboxes", "agent_bots", "agent_bots_create", "set_agent_bot", "set_agent_bot"]
+
+
+async def test_register_twice_updates_the_same_bot(fake, capsys):
+    await admin.register(settings(fake), reg())
+    count = len(fake.bots)
+    assert await admin.register(settings(fake), reg(url="https://new.example.com/webhook")) == 0
+    assert len(fake.bots) == count
+    bot = next(b for b in fake.bots.values() if b.name == "Handoff bot")
+    assert bot.outgoing_url == "https://new.example.com/webhook"
+    assert "Updated agent bot 'Handoff bot'" in capsys.readouterr().out
+
+
+async def test_detach_disconnects_the_inboxes(fake, capsys):
+    assert await admin.register(settings(fake), reg(url=None, inbox=[3], detach=True)) == 0
+    assert fake.inboxes[3].bot_id is None and fake.inboxes[4].bot_id == 7
+    assert "Disconnected the bot from inbox 3 (Website)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("env, inbox, line", [
+    ({"CHATWOOT_API_TOKEN": "nope"}, [3], "Chatwoot refused CHATWOOT_API_TOKEN (Invalid Access Token)"),
+    ({"CHATWOOT_API_TOKEN": "user-token-6"}, [3], "without administrator rights"),
+    ({}, [77], "unknown inbox id 77 in account 1"),
+    ({"CHATWOOT_ACCOUNT_ID": "9"}, [3], "does not know account CHATWOOT_ACCOUNT_ID=9"),
+    ({"CHATWOOT_API_TOKEN": "bot-token-7"}, [3], "Chatwoot answered 401 to inboxes"),
+])
+async def test_register_errors_are_one_clear_line(fake, capsys, env, inbox, line):
+    assert await admin.register(settings(fake, **env), reg(inbox=inbox)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and line in err[0], err
+
+
+async def test_register_with_wrong_url_is_one_line(fake, capsys):
+    s = settings(fake, CHATWOOT_URL="http://127.0.0.1:9")
+    assert await admin.register(s, reg()) == 1
+    assert "cannot reach CHATWOOT_URL=http://127.0.0.1:9" in capsys.readouterr().err
+
+
+async def test_register_needs_the_admin_settings(fake):
+    with pytest.raises(ConfigError, match="^CHATWOOT_API_TOKEN: missing"):
+        await admin.register(load({"CHATWOOT_URL": fake.url, "CHATWOOT_ACCOUNT_ID": "1"}), reg())
+    with pytest.raises(ConfigError, match="^--url: missing"):
+        await admin.register(settings(fake), reg(url=None))
+
+
+async def test_inboxes_lists_ids_channels_and_bots(fake, capsys):
+    assert await admin.inboxes(settings(fake), argparse.Namespace()) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["id", "channel", "name", "agent", "bot"]
+    assert any(line.split()[:3] == ["3", "Channel::WebWidget", "Website"] and "Triage Bot (bot 7)" in line for line in out)
+    assert any(line.split()[:3] == ["9", "Channel::Email", "Email"] and line.endswith("no bot") for line in out)
+
+
+async def test_check_reports_each_item(fake, capsys):
+    good = settings(fake, CHATWOOT_BOT_TOKEN="bot-token-7", INBOX_IDS="3,9,12")
+    assert await admin.check(good, argparse.Namespace()) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("OK   Chatwoot at") and "accepts CHATWOOT_BOT_TOKEN" in out[0]
+    assert "OK   inbox 3 has this bot" in out
+    assert any(line.startswith("FAIL inbox 9 is not connected to this bot") for line in out)
+    assert "FAIL inbox 12 (INBOX_IDS) does not exist in account 1" in out
+    assert out[-1].startswith("OK   store memory is usable")
+
+
+async def test_check_passes_and_names_a_bad_bot_token(fake, capsys):
+    assert await admin.check(settings(fake, CHATWOOT_BOT_TOKEN="bot-token-7", INBOX_IDS="3"), argparse.Namespace()) == 0
+    capsys.readouterr()
+    assert await admin.check(settings(fake, CHATWOOT_BOT_TOKEN="wrong"), argparse.Namespace()) == 1
+    out = capsys.readouterr().out
+    assert "FAIL CHATWOOT_BOT_TOKEN: the token is wrong or revoked" in out and "wrong" not in out.replace("wrong or", "")

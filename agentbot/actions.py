@@ -1,8 +1,9 @@
 """What the bot does to a conversation: jobs of ordered steps, kept in the outbox until done."""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+
+import orjson
 from typing import Any
 
 # Step ops and their Chatwoot calls (see chatwoot.py):
@@ -38,11 +39,11 @@ class Job:
         return f"{self.account_id}:{self.display_id}"
 
     def dumps(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        return orjson.dumps(self).decode()
 
     @classmethod
     def loads(cls, text: str | bytes) -> Job:
-        return cls(**json.loads(text))
+        return cls(**orjson.loads(text))
 
     def describe(self) -> str:
         ops = ", ".join(_step_words(s) for s in self.steps)

@@ -1,8 +1,9 @@
 """What the bot remembers about conversations and contacts (kept in the store as JSON)."""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
+
+import orjson
 
 
 @dataclass(frozen=True)
@@ -16,11 +17,11 @@ class ConversationState:
     left_pending_after: int | None = None  # last message id when the bot saw the conversation leave pending
 
     def dumps(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        return orjson.dumps(self).decode()
 
     @classmethod
     def loads(cls, text: str | bytes | None) -> ConversationState:
-        return cls(**json.loads(text)) if text else cls()
+        return cls(**orjson.loads(text)) if text else cls()
 
     def new_period(self, **changes) -> ConversationState:
         """The conversation left pending: forget this period's counters and timer."""
@@ -41,11 +42,11 @@ class Resolved:
     source: str = "seen"  # "seen" (conversation_resolved event) or "chatwoot" (look-up)
 
     def dumps(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        return orjson.dumps(self).decode()
 
     @classmethod
     def loads(cls, text: str | bytes | None) -> Resolved | None:
-        return cls(**json.loads(text)) if text else None
+        return cls(**orjson.loads(text)) if text else None
 
 
 @dataclass(frozen=True)

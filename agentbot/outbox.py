@@ -106,7 +106,7 @@ class Outbox:
             if job.step < len(job.steps):
                 await self.store.progress(job)
         await self.store.finish(job, self.now())
-        logger.info("conversation {}: done: {} ({})", job.conversation_key, job.describe().split(": ", 1)[1], job.reason)
+        logger.debug("conversation {}: done: {} ({})", job.conversation_key, job.describe().split(": ", 1)[1], job.reason)
 
     async def _overtaken(self, job: Job) -> bool:
         """Don't open a conversation that left pending (opened or resolved by someone) after the decision."""

@@ -78,12 +78,10 @@ class Handoffs:
         else:
             c = d.conversation
             async with self.store.lock(c.key):
-                if await self.store.seen(d.dedup_key):
+                decision = decide(d, await self.facts(d), self.clock(), self.settings)
+                # The commit is refused for a delivery seen before; a decision that writes nothing is harmless.
+                if decision.writes and not await self._commit(d, decision):
                     decision = Decision("duplicate", f"delivery {d.dedup_key} was handled before")
-                else:
-                    decision = decide(d, await self.facts(d), self.clock(), self.settings)
-                    if decision.writes and not await self._commit(d, decision):
-                        decision = Decision("duplicate", f"delivery {d.dedup_key} was handled before")
         self._report(d, decision)
         return decision
 
@@ -110,7 +108,9 @@ class Handoffs:
             logger.debug("{} {}: {}", d.event, decision.outcome, decision.reason)
             return
         self.metrics.decisions.labels(decision.outcome, decision.rule or "-").inc()
-        logger.info("conversation {}: {}: {}", d.conversation.key, decision.outcome, decision.reason)
+        # A handoff is logged at INFO when Chatwoot has it (outbox); what only updates memory is DEBUG.
+        quiet = decision.outcome in ("handoff", "record")
+        logger.log("DEBUG" if quiet else "INFO", "conversation {}: {}: {}", d.conversation.key, decision.outcome, decision.reason)
 
 
 __all__ = ["CANCEL", "Handoffs"]

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
+
+import orjson
 
 from aiohttp import web
 from loguru import logger
@@ -14,8 +15,12 @@ MAX_BODY = 1024 * 1024
 MAX_SKEW = 300  # seconds; older signed deliveries are refused as replays
 
 
+def answer(data: dict, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
 def error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    return answer({"error": message}, status)
 
 
 def signature_problem(secret: str, headers, body: bytes, now: float) -> str | None:
@@ -52,8 +57,8 @@ async def receive(request: web.Request) -> web.Response:
             logger.warning("webhook refused: {}", problem)
             return error(401, problem)
     try:
-        payload = json.loads(body)
-    except ValueError:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
         return error(400, "body is not JSON")
     if not isinstance(payload, dict):
         return error(400, "body is not a JSON object")
@@ -63,9 +68,9 @@ async def receive(request: web.Request) -> web.Response:
     except PayloadError as exc:
         logger.warning("{} delivery {} acknowledged without acting: {}", payload.get("event"), delivery_id or "-", exc)
         bot.metrics.deliveries.labels(str(payload.get("event"))[:40], "invalid").inc()
-        return web.json_response({"outcome": "ignore", "reason": str(exc)})
+        return answer({"outcome": "ignore", "reason": str(exc)})
     c = delivery.conversation
     with logger.contextualize(account=c and c.account_id, inbox=c and c.inbox_id,
                               conversation=c and c.display_id, delivery=delivery_id):
         decision = await bot.handoffs.handle(delivery)
-    return web.json_response({"outcome": decision.outcome, "reason": decision.reason})
+    return answer({"outcome": decision.outcome, "reason": decision.reason})

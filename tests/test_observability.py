@@ -51,17 +51,18 @@ async def test_json_logs_carry_the_ids_and_stdlib_logging_is_routed_in(fake, sta
         bot = await start_bot()
         fake.customer_writes(maria, "again")
         await wait_for(lambda: conv.status == "open", 2, "the handoff")
+        newcomer = fake.customer_writes(fake.contact("Ana"), "hello").conversation
         await bot.idle()
         logging.getLogger("aiohttp.server").error("something from aiohttp")
     finally:
         logger.remove()
         logger.add(sys.stderr)
     lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
-    handoff = next(line for line in lines if "handoff: Returning customer" in line["message"])
-    delivery = next(d for d in fake.deliveries if d.event == "message_created")
-    assert handoff["level"] == "INFO"
-    assert (handoff["account"], handoff["inbox"], handoff["conversation"], handoff["delivery"]) == (1, 3, conv.display_id, delivery.id)
-    opened = next(line for line in lines if "opened for humans" in line["message"])
-    assert opened["conversation"] == conv.display_id and opened["account"] == 1
+    kept = next(line for line in lines if "keep: new customer" in line["message"])
+    delivery = next(d for d in fake.deliveries if d.display_id == newcomer.display_id)
+    assert kept["level"] == "INFO"
+    assert (kept["account"], kept["inbox"], kept["conversation"], kept["delivery"]) == (1, 3, newcomer.display_id, delivery.id)
+    opened = next(line for line in lines if "opened for humans: Returning customer" in line["message"])
+    assert opened["level"] == "INFO" and opened["conversation"] == conv.display_id and opened["account"] == 1
     assert any(line["message"] == "something from aiohttp" and line["level"] == "ERROR" for line in lines)
     assert "bot-token-7" not in buffer.getvalue() and "bot-secret-7" not in buffer.getvalue()

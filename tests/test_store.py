@@ -29,7 +29,6 @@ async def test_commit_is_once_per_delivery_and_saves_everything(store):
     c = Commit("d:1", "1:42", state, [job(42)], contact_key="1:58", resolved=Resolved(38, "2026-11-20", 5))
     assert await store.commit(c, 100.0) is True
     assert await store.commit(c, 101.0) is False
-    assert await store.seen("d:1")
     loaded, previous = await store.load("1:42", "1:58")
     assert loaded == state and previous == Resolved(38, "2026-11-20", 5)
     assert await store.depth() == 1

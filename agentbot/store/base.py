@@ -37,9 +37,6 @@ class Store(ABC):
     @abstractmethod
     async def load(self, conversation_key: str, contact_key: str | None) -> tuple[ConversationState, Resolved | None]: ...
 
-    @abstractmethod
-    async def seen(self, dedup_key: str) -> bool:
-        """Was this delivery already committed?"""
 
     @abstractmethod
     async def commit(self, commit: Commit, now: float) -> bool:

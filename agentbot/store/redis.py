@@ -122,9 +122,6 @@ class RedisStore(Store):
         prev = Resolved.loads(values[1]) if contact_key else None
         return ConversationState.loads(values[0]), prev
 
-    async def seen(self, dedup_key):
-        return bool(await self.redis.exists(P + "seen:" + dedup_key))
-
     async def commit(self, c: Commit, now: float) -> bool:
         for job in c.jobs:
             job.created_at = job.created_at or now

@@ -51,9 +51,6 @@ class SQLiteStore(Store):
     def lock(self, conversation_key):
         return self._locks(conversation_key)
 
-    async def seen(self, dedup_key):
-        return self.db.execute("SELECT 1 FROM seen WHERE key=?", (dedup_key,)).fetchone() is not None
-
     async def commit(self, c: Commit, now: float) -> bool:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
@@ -112,23 +109,25 @@ class SQLiteStore(Store):
         self.db.execute("UPDATE jobs SET body=? WHERE id=?", (job.dumps(), int(job.id)))
 
     async def finish(self, job, now):
-        self.db.execute("DELETE FROM jobs WHERE id=?", (int(job.id),))
-        self._release(job.conversation_key, now)
-
-    def _release(self, conv: str, ready_at: float) -> None:
-        self._busy.discard(conv)
-        if self.db.execute("SELECT 1 FROM jobs WHERE conv=? AND dead=0 LIMIT 1", (conv,)).fetchone():
-            self.db.execute("UPDATE queues SET ready_at=? WHERE conv=?", (ready_at, conv))
-        else:
-            self.db.execute("DELETE FROM queues WHERE conv=?", (conv,))
+        self._release(job, now, "DELETE FROM jobs WHERE id=?", (int(job.id),))
 
     async def retry(self, job):
-        self.db.execute("UPDATE jobs SET body=? WHERE id=?", (job.dumps(), int(job.id)))
-        self._release(job.conversation_key, job.next_at)
+        self._release(job, job.next_at, "UPDATE jobs SET body=? WHERE id=?", (job.dumps(), int(job.id)))
 
     async def bury(self, job, now):
-        self.db.execute("UPDATE jobs SET body=?, dead=1 WHERE id=?", (job.dumps(), int(job.id)))
-        self._release(job.conversation_key, now)
+        self._release(job, now, "UPDATE jobs SET body=?, dead=1 WHERE id=?", (job.dumps(), int(job.id)))
+
+    def _release(self, job: Job, ready_at: float, sql: str, args: tuple) -> None:
+        """Apply `sql` to the job and reschedule its conversation's queue, in one transaction."""
+        conv = job.conversation_key
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute(sql, args)
+            if self.db.execute("SELECT 1 FROM jobs WHERE conv=? AND dead=0 LIMIT 1", (conv,)).fetchone():
+                self.db.execute("UPDATE queues SET ready_at=? WHERE conv=?", (ready_at, conv))
+            else:
+                self.db.execute("DELETE FROM queues WHERE conv=?", (conv,))
+        self._busy.discard(conv)
 
     async def dead_letters(self):
         rows = self.db.execute("SELECT id, body FROM jobs WHERE dead=1 ORDER BY id").fetchall()

@@ -1,0 +1,294 @@
+"""`python -m bench`: the bot, the ceiling and the usual way, measured in one run on loopback.
+
+For each target and workload a fresh server process is started next to a fast Chatwoot stand-in.
+Throughput (ignore and handoff paths) is driven by wrk (closed loop, C, one thread); latency under
+a fixed offered rate (mixed, and handoff latency) by an open-loop asyncio generator in this process.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from . import payloads
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = ("bot", "ceiling", "usual")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q / 100 * len(values)))]
+
+
+class Server:
+    """One target process; CPU time and peak RSS are read from /proc (gunicorn: master + workers)."""
+
+    def __init__(self, target: str, workload: str, standin: str, store: str, workdir: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "CHATWOOT_URL": standin, "CHATWOOT_BOT_TOKEN": "bench-token", "PORT": str(self.port),
+               "WORKLOAD": workload, "PYTHONPATH": str(ROOT)}
+        if target == "bot":
+            env["STORE_URL"] = store if store.startswith("redis") else f"sqlite:///{workdir}/bot-{self.port}.sqlite3"
+            if workload == "handoff":
+                env["HANDOFF_NOTE"] = "false"  # the references make the same one call
+            cmd = [sys.executable, "-m", "agentbot"]
+        elif target == "ceiling":
+            cmd = [sys.executable, "-m", "bench.ceiling", "--port", str(self.port)]
+        else:
+            cmd = [str(Path(sys.executable).with_name("gunicorn")), "-w", "2", "-b", f"127.0.0.1:{self.port}", "--log-level",
+                   "warning", "bench.usual:app"]
+        self.log = open(workdir / f"{target}-{workload}.log", "ab")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=self.log, stderr=self.log)
+
+    async def ready(self) -> float:
+        """Seconds from spawn to the first 200 on /healthz."""
+        async with aiohttp.ClientSession() as s:
+            while True:
+                try:
+                    async with s.get(self.url + "/healthz") as r:
+                        if r.status == 200:
+                            return time.perf_counter() - self.started
+                except aiohttp.ClientError:
+                    pass
+                if self.proc.poll() is not None or time.perf_counter() - self.started > 30:
+                    raise RuntimeError(f"{self.proc.args} did not start; see {self.log.name}")
+                await asyncio.sleep(0.005)
+
+    def pids(self) -> list[int]:
+        pids = [self.proc.pid]
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+            pids += [int(c) for c in children]
+        except OSError:
+            pass
+        return pids
+
+    def cpu_seconds(self) -> float:
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except OSError:
+                pass
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def peak_rss_mb(self) -> float:
+        total = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+        return total / 1024
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def run_wrk(url: str, workload: str, bodies_file: Path, seconds: int, connections: int) -> dict:
+    env = {**os.environ, "WORKLOAD": workload, "BODIES": str(bodies_file)}
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(ROOT / "bench" / "load.lua"),
+                          url + "/webhook"], env=env, capture_output=True, text=True, check=True).stdout
+    data = json.loads(next(line for line in reversed(out.splitlines()) if line.startswith("{")))
+    data["per_second"] = data["requests"] / data["seconds"]
+    return data
+
+
+async def records(standin: str) -> dict[int, float]:
+    async with aiohttp.ClientSession() as s, s.get(standin + "/_records") as r:
+        return {int(k): v for k, v in (await r.json()).items()}
+
+
+async def wait_arrivals(standin: str, wanted: set[int], timeout: float = 30) -> dict[int, float]:
+    got: dict[int, float] = {}
+    deadline = time.monotonic() + timeout
+    while not wanted <= set(got) and time.monotonic() < deadline:
+        got.update(await records(standin))
+        await asyncio.sleep(0.05)
+    return got
+
+
+async def open_loop(url: str, standin: str, rate: int, seconds: float, handoff_share: float, first_id: int) -> dict:
+    """Offer `rate` deliveries per second whatever the answers; measure webhook and handoff latency."""
+    ignore = [b.encode() for b in payloads.ignore_bodies()]
+    template = payloads.handoff_template()
+    rng = random.Random(7)
+    plan = []
+    for i in range(int(rate * seconds)):
+        if rng.random() < handoff_share:
+            plan.append((first_id + i, payloads.handoff_body(first_id + i, template)))
+        else:
+            plan.append((None, ignore[i % len(ignore)]))
+    latencies: list[float] = []
+    sent: dict[int, float] = {}
+    errors = 0
+    await records(standin)  # clear
+    connector = aiohttp.TCPConnector(limit=512)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def send(conv: int | None, body: bytes) -> None:
+            nonlocal errors
+            start = time.monotonic()
+            if conv is not None:
+                sent[conv] = start
+            try:
+                async with session.post(url + "/webhook", data=body, headers={"Content-Type": "application/json"}) as r:
+                    await r.read()
+                    errors += r.status != 200
+            except aiohttp.ClientError:
+                errors += 1
+            latencies.append(time.monotonic() - start)
+
+        tasks = []
+        t0 = time.monotonic()
+        for i, (conv, body) in enumerate(plan):
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(send(conv, body)))
+        await asyncio.gather(*tasks)
+    arrivals = await wait_arrivals(standin, set(sent))
+    handoff = [arrivals[c] - t for c, t in sent.items() if c in arrivals]
+    ms = lambda v: v * 1000  # noqa: E731
+    return {"offered_per_second": rate, "deliveries": len(plan), "errors": errors,
+            "p50_ms": ms(pct(latencies, 50)), "p99_ms": ms(pct(latencies, 99)), "max_ms": ms(max(latencies)),
+            "handoffs": len(sent), "handoffs_arrived": len(handoff),
+            "handoff_p50_ms": ms(pct(handoff, 50)) if handoff else None,
+            "handoff_p99_ms": ms(pct(handoff, 99)) if handoff else None}
+
+
+async def measure(target: str, args, standin: str, workdir: Path, files: dict[str, Path]) -> dict:
+    out: dict = {}
+    for workload in ("ignore", "handoff", "mixed"):
+        server = Server(target, workload, standin, args.store, workdir)
+        try:
+            cold = await server.ready()
+            out.setdefault("cold_start_ms", cold * 1000)
+            cpu0, t0 = server.cpu_seconds(), time.monotonic()
+            if workload == "mixed":
+                result = await open_loop(server.url, standin, args.rate, args.seconds, 0.10, 50_000_000)
+            else:
+                await records(standin)
+                result = run_wrk(server.url, workload, files[workload], args.seconds, args.connections)
+                if workload == "handoff":
+                    expected = result["requests"]
+                    done_at = time.monotonic()
+                    got = await wait_arrivals(standin, set(), timeout=0)
+                    while len(got) < expected and time.monotonic() - done_at < 60:
+                        await asyncio.sleep(0.1)
+                        got.update(await records(standin))
+                    result["handoffs_done"] = len(got)
+                    result["handoffs_per_second"] = len(got) / (result["seconds"] + time.monotonic() - done_at)
+                    latency = await open_loop(server.url, standin, args.rate, min(args.seconds, 5), 1.0, 80_000_000)
+                    result["handoff_p50_ms"], result["handoff_p99_ms"] = latency["handoff_p50_ms"], latency["handoff_p99_ms"]
+            result["server_cpu_percent"] = 100 * (server.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+            out[workload] = result
+            out["peak_rss_mb"] = max(out.get("peak_rss_mb", 0), server.peak_rss_mb())
+        finally:
+            server.stop()
+        print(f"  {target:8} {workload:8} {json.dumps(result)}", flush=True)
+    return out
+
+
+ROWS = [
+    ("ignore", "per_second", "ignore path: deliveries/s", True),
+    ("ignore", "p50_ms", "ignore path: webhook p50 ms (saturated)", False),
+    ("ignore", "p99_ms", "ignore path: webhook p99 ms (saturated)", False),
+    ("handoff", "per_second", "handoff path: deliveries/s", True),
+    ("handoff", "handoffs_per_second", "handoff path: toggle_status calls done/s", True),
+    ("handoff", "p99_ms", "handoff path: webhook p99 ms (saturated)", False),
+    ("handoff", "handoff_p50_ms", "handoff at {rate}/s: delivery → toggle_status p50 ms", False),
+    ("handoff", "handoff_p99_ms", "handoff at {rate}/s: delivery → toggle_status p99 ms", False),
+    ("mixed", "p50_ms", "mixed at {rate}/s: webhook p50 ms", False),
+    ("mixed", "p99_ms", "mixed at {rate}/s: webhook p99 ms", False),
+    ("mixed", "max_ms", "mixed at {rate}/s: webhook max ms", False),
+    ("mixed", "handoff_p50_ms", "mixed at {rate}/s: delivery → toggle_status p50 ms", False),
+    ("mixed", "handoff_p99_ms", "mixed at {rate}/s: delivery → toggle_status p99 ms", False),
+    (None, "peak_rss_mb", "peak RSS MB (usual: 2 workers + master)", False),
+    (None, "cold_start_ms", "cold start to first /healthz 200, ms", False),
+]
+
+
+def table(results: dict, rate: int) -> str:
+    lines = ["| figure | bot | ceiling | usual | bot/ceiling | bot/usual |", "|---|---:|---:|---:|---:|---:|"]
+    for workload, key, label, _ in ROWS:
+        vals = [(results[t][workload] if workload else results[t]).get(key) for t in TARGETS]
+        cells = [f"{v:,.1f}" if isinstance(v, (int, float)) else "–" for v in vals]
+        ratios = [f"{vals[0] / v:.2f}" if isinstance(vals[0], (int, float)) and isinstance(v, (int, float)) and v else "–"
+                  for v in vals[1:]]
+        lines.append(f"| {label.format(rate=rate)} | " + " | ".join(cells + ratios) + " |")
+    return "\n".join(lines)
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench")
+    p.add_argument("--store", default="sqlite", help="sqlite (default) or a redis://… URL for the bot")
+    p.add_argument("--seconds", type=int, default=10, help="seconds per throughput run and per mixed run")
+    p.add_argument("--rate", type=int, default=500, help="offered deliveries/s for the latency runs")
+    p.add_argument("--connections", type=int, default=32, help="wrk connections")
+    p.add_argument("--targets", default=",".join(TARGETS))
+    args = p.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="agentbot-bench-"))
+    files = {"ignore": workdir / "ignore.jsonl", "handoff": workdir / "handoff.jsonl"}
+    files["ignore"].write_text("\n".join(payloads.ignore_bodies()) + "\n")
+    files["handoff"].write_text(payloads.handoff_template() + "\n")
+    port = free_port()
+    standin = subprocess.Popen([sys.executable, "-m", "bench.standin", "--port", str(port)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    standin_url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(600):
+                try:
+                    async with s.get(standin_url + "/healthz"):
+                        break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.01)
+        results = {}
+        for target in args.targets.split(","):
+            print(f"measuring {target} …", flush=True)
+            results[target] = await measure(target, args, standin_url, workdir, files)
+    finally:
+        standin.terminate()
+        standin.wait(10)
+    report = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{os.cpu_count()} cores, {sys.platform}",
+              "python": sys.version.split()[0], "store": args.store, "seconds": args.seconds, "rate": args.rate,
+              "connections": args.connections, "results": results}
+    if set(TARGETS) <= set(results):
+        report["table"] = table(results, args.rate)
+        print("\n" + report["table"])
+    (ROOT / "bench" / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten to bench/results.json (logs in {workdir})")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

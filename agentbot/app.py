@@ -1,14 +1,16 @@
 """Build the aiohttp application: routes, the shared client session, store and outbox lifecycle."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import datetime, timezone
 
 import aiohttp
 from aiohttp import web
+from loguru import logger
 
 from .chatwoot import Chatwoot
-from .config import Settings
+from .config import ConfigError, Settings
 from .metrics import Metrics
 from .outbox import Outbox
 from .service import Handoffs
@@ -32,13 +34,18 @@ class Bot:
 
     async def lifecycle(self, app: web.Application):
         s = self.settings
-        await self.store.open()
+        try:
+            await self.store.open()
+        except Exception as exc:
+            scheme = s.store_url.split("://")[0]
+            raise ConfigError(f"STORE_URL: cannot open the {scheme} store ({type(exc).__name__}: {exc})") from None
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30))
         token = s.chatwoot_bot_token.get_secret_value() if s.chatwoot_bot_token else None
         self.chatwoot = Chatwoot(self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics)
         self.outbox = Outbox(self.store, self.chatwoot, self.metrics, self.clock, s.action_max_age)
         self.handoffs = Handoffs(s, self.store, self.chatwoot, self.metrics, self.clock, self.outbox.wake)
         self.outbox.start()
+        logger.info("agentbot ready on port {} (store: {}, Chatwoot: {})", s.port, s.store_url.split("://")[0], s.chatwoot_url)
         yield
         await self.outbox.stop(SHUTDOWN_GRACE)
         await self.session.close()
@@ -62,7 +69,7 @@ async def metrics(request: web.Request) -> web.Response:
 def build_app(settings: Settings, clock: Callable[[], datetime] = utcnow, store: Store | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[BOT] = Bot(settings, clock, store)
-    app.router.add_post("/webhook", receive)
+    app.router.add_post("/webhook", functools.partial(receive, app[BOT]))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.cleanup_ctx.append(app[BOT].lifecycle)

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .rules.hours import EXAMPLE as HOURS_EXAMPLE
@@ -216,11 +216,15 @@ class Settings(BaseSettings, Rules):
             raise ValueError(f"{value!r} is not sqlite:///…, redis://… or memory://")
         return value
 
-    # Per-inbox rules, filled by load().
-    overrides: dict[int, Rules] = Field(default_factory=dict, exclude=True)
+    _overrides: dict[int, Rules] = PrivateAttr(default_factory=dict)  # per-inbox rules, filled by load()
+
+    @property
+    def overrides(self) -> dict[int, Rules]:
+        return self._overrides
 
     def rules_for(self, inbox_id: int | None) -> Rules:
-        return self.overrides.get(inbox_id, self) if inbox_id is not None else self
+        overrides = self.__pydantic_private__["_overrides"]  # plain dict access: this runs per delivery
+        return overrides.get(inbox_id, self) if overrides else self
 
     def acts_on(self, account_id: int, inbox_id: int | None) -> bool:
         if self.chatwoot_account_ids and account_id not in self.chatwoot_account_ids:
@@ -276,7 +280,7 @@ def load(environ: dict[str, str] | None = None, env_file: str | None = ".env") -
     base = settings.model_dump(include=RULE_FIELDS)
     for inbox, values in _inbox_overrides(environ).items():
         try:
-            settings.overrides[inbox] = Rules(**{**base, **values})
+            settings._overrides[inbox] = Rules(**{**base, **values})
         except ValidationError as exc:
             raise ConfigError(_describe(exc, f"INBOX_{inbox}_")) from None
     return settings

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from .actions import Job, Step
 from .config import Rules, Settings
@@ -31,7 +31,7 @@ class Decision:
         lines = [f"{self.outcome}: {self.reason}"]
         lines += [f"  then {job.describe()}" for job in self.jobs]
         if isinstance(self.timer, tuple):
-            due = datetime.fromtimestamp(self.timer[0]).astimezone()
+            due = datetime.fromtimestamp(self.timer[0], timezone.utc)
             lines.append(f"  timer at {due.isoformat(timespec='seconds')}: {self.timer[1].describe()}")
         elif self.timer == CANCEL:
             lines.append("  drop the conversation's timer")
@@ -129,12 +129,13 @@ def _latest(c: Conversation, state: ConversationState) -> int | None:
 def _give_back(c: Conversation, m: Message, state: ConversationState, now: datetime) -> Decision:
     job = Job(c.account_id, c.display_id, f"{m.sender.name or 'An agent'} gave the conversation back to the bot",
               [{"op": "status", "status": "pending"}], created_at=now.timestamp(), rule="bot_command")
-    return Decision("pending", job.reason, "bot_command", state.new_period(), [job], CANCEL)
+    return Decision("pending", job.reason, "bot_command", state.new_period(given_back=True), [job], CANCEL)
 
 
 def _incoming(c: Conversation, m: Message, facts: Facts, now: datetime, rules: Rules) -> Decision:
     state = replace(facts.state, incoming=facts.state.incoming + 1)
-    returning = returning_reason(c, facts) if rules.handoff_returning else None
+    # After a give-back the customer's history has been seen by a human already: only other rules apply.
+    returning = returning_reason(c, facts) if rules.handoff_returning and not state.given_back else None
     fired = _first_rule(c, m, state, rules, returning)
     if fired:
         rule, reason = fired

@@ -7,6 +7,12 @@ from typing import Any
 
 MESSAGE_EVENTS = {"message_created", "message_updated"}
 CONVERSATION_EVENTS = {"conversation_opened", "conversation_resolved", "conversation_status_changed", "conversation_updated"}
+KNOWN_EVENTS = MESSAGE_EVENTS | CONVERSATION_EVENTS | {"webwidget_triggered"}
+
+
+def event_label(event: object) -> str:
+    """The event name for metrics; anything unknown is "other" so labels stay few."""
+    return event if isinstance(event, str) and event in KNOWN_EVENTS else "other"
 EVOLUTION_SYSTEM_PHONE = "+123456"
 
 
@@ -38,6 +44,7 @@ class Conversation:
     attributes: dict[str, Any] = field(default_factory=dict)
     language: str | None = None
     last_message_id: int | None = None  # messages[0]: the latest public message when the payload was built
+    updated_at: str = ""  # changes with every save: tells two events of one conversation apart
 
     @property
     def key(self) -> str:
@@ -74,9 +81,10 @@ class Delivery:
     def dedup_key(self) -> str:
         if self.delivery_id:
             return f"d:{self.delivery_id}"
-        msg = self.message.id if self.message else ""
-        conv = self.conversation.key if self.conversation else ""
-        return f"e:{self.event}:{msg}:{conv}"
+        c = self.conversation
+        if self.message:
+            return f"e:{self.event}:{self.message.id}:{c.key if c else ''}"
+        return f"e:{self.event}:{c.key if c else ''}:{c.updated_at if c else ''}"
 
 
 def _int(value: Any) -> int | None:
@@ -140,6 +148,7 @@ def parse_conversation(conv: Any, account_id: int | None) -> Conversation:
         attributes=attributes,
         language=_language(conv, contact),
         last_message_id=_int(messages[0].get("id")) if messages and isinstance(messages[0], dict) else None,
+        updated_at=str(conv.get("updated_at") or ""),
     )
 
 

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from .config import Rules, Settings
 from .decide import decide
 from .events import PayloadError, parse
+from .facts import Facts
 from .metrics import Metrics
 from .service import Handoffs
 from .store import open_store
@@ -73,18 +74,12 @@ async def explain(settings: Settings, args) -> int:
     await store.open()
     try:
         handoffs = Handoffs(settings, store, None, Metrics(), lambda: now)
-        facts = await handoffs.facts(delivery, look_up=False) if delivery.conversation else None
-        decision = decide(delivery, facts or _empty(), now, settings)
+        facts = await handoffs.facts(delivery, look_up=False) if delivery.conversation else Facts()
+        decision = decide(delivery, facts, now, settings)
     finally:
         await store.close()
     print(decision.describe())
     return 0
-
-
-def _empty():
-    from .facts import Facts
-
-    return Facts()
 
 
 async def outbox(settings: Settings, args) -> int:

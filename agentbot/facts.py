@@ -15,6 +15,7 @@ class ConversationState:
     timer_due: float | None = None
     away_period: str | None = None
     left_pending_after: int | None = None  # last message id when the bot saw the conversation leave pending
+    given_back: bool = False  # an agent gave it back to the bot (BOT_COMMAND) since it was last resolved
 
     def dumps(self) -> str:
         return orjson.dumps(self).decode()
@@ -25,7 +26,8 @@ class ConversationState:
 
     def new_period(self, **changes) -> ConversationState:
         """The conversation left pending: forget this period's counters and timer."""
-        return replace(self, handed_off=False, incoming=0, timer_due=None, away_period=None, **changes)
+        fresh = dict(handed_off=False, incoming=0, timer_due=None, away_period=None, given_back=False)
+        return replace(self, **{**fresh, **changes})
 
     @property
     def in_period(self) -> bool:

@@ -70,6 +70,10 @@ class Outbox:
             try:
                 with logger.contextualize(account=job.account_id, conversation=job.display_id):
                     await self.run(job)
+            except asyncio.CancelledError:  # shutdown: give the job back (its progress is saved) at once
+                job.next_at = self.now()
+                await asyncio.shield(self.store.retry(job))
+                raise
             except Exception:
                 logger.exception("outbox: job for conversation {} failed unexpectedly", job.conversation_key)
                 job.next_at = self.now() + backoff(job.attempts + 1, None)

@@ -11,8 +11,6 @@ from .logs import setup
 
 def serve(settings: Settings) -> None:
     setup(settings.log_level, settings.log_format)
-    store = settings.store_url.split("://")[0]
-    logger.info("agentbot listening on 0.0.0.0:{} (store: {}, Chatwoot: {})", settings.port, store, settings.chatwoot_url)
     web.run_app(build_app(settings), host="0.0.0.0", port=settings.port, access_log=None,
                 shutdown_timeout=1.5, print=None, handle_signals=True)
     logger.info("agentbot stopped")

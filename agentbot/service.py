@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import datetime, timezone
 
 from loguru import logger
 
 from .chatwoot import Chatwoot, ChatwootError
 from .config import Settings
-from .decide import CANCEL, Decision, decide, returning_reason, triage
-from .events import Conversation, Delivery
+from .decide import Decision, decide, returning_reason, triage
+from .events import Conversation, Delivery, event_label
 from .facts import Facts, Resolved
 from .metrics import Metrics
 from .store import Commit, Store
@@ -67,7 +67,8 @@ class Handoffs:
         if best:
             when = best.get("last_activity_at") or best.get("timestamp") or now
             assignee = ((best.get("meta") or {}).get("assignee") or {}).get("id")
-            value = Resolved(int(best["id"]), date.fromtimestamp(when).isoformat(), assignee, "chatwoot")
+            on = datetime.fromtimestamp(when, timezone.utc).date().isoformat()
+            value = Resolved(int(best["id"]), on, assignee, "chatwoot")
         await self.store.remember(key, value, LOOKUP_TTL, now)
         return value
 
@@ -103,7 +104,7 @@ class Handoffs:
         return done
 
     def _report(self, d: Delivery, decision: Decision) -> None:
-        self.metrics.deliveries.labels(d.event, decision.outcome).inc()
+        self.metrics.deliveries.labels(event_label(d.event), decision.outcome).inc()
         if decision.outcome in ("ignore", "duplicate"):
             logger.debug("{} {}: {}", d.event, decision.outcome, decision.reason)
             return
@@ -112,5 +113,3 @@ class Handoffs:
         quiet = decision.outcome in ("handoff", "record")
         logger.log("DEBUG" if quiet else "INFO", "conversation {}: {}: {}", d.conversation.key, decision.outcome, decision.reason)
 
-
-__all__ = ["CANCEL", "Handoffs"]

@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 from loguru import logger
 
-from .events import PayloadError, parse
+from .events import PayloadError, event_label, parse
 
 MAX_BODY = 1024 * 1024
 MAX_SKEW = 300  # seconds; older signed deliveries are refused as replays
@@ -40,10 +40,8 @@ def signature_problem(secret: str, headers, body: bytes, now: float) -> str | No
     return None
 
 
-async def receive(request: web.Request) -> web.Response:
-    from .app import BOT  # the app key; app.py imports this module
-
-    bot = request.app[BOT]
+async def receive(bot, request: web.Request) -> web.Response:
+    """The handler, bound to the app's Bot by app.py."""
     if (request.content_length or 0) > MAX_BODY:
         return error(413, f"body larger than {MAX_BODY} bytes")
     try:
@@ -67,10 +65,14 @@ async def receive(request: web.Request) -> web.Response:
         delivery = parse(payload, delivery_id)
     except PayloadError as exc:
         logger.warning("{} delivery {} acknowledged without acting: {}", payload.get("event"), delivery_id or "-", exc)
-        bot.metrics.deliveries.labels(str(payload.get("event"))[:40], "invalid").inc()
+        bot.metrics.deliveries.labels(event_label(payload.get("event")), "invalid").inc()
         return answer({"outcome": "ignore", "reason": str(exc)})
     c = delivery.conversation
     with logger.contextualize(account=c and c.account_id, inbox=c and c.inbox_id,
                               conversation=c and c.display_id, delivery=delivery_id):
-        decision = await bot.handoffs.handle(delivery)
+        try:
+            decision = await bot.handoffs.handle(delivery)
+        except Exception as exc:  # the store is unreachable, say: Chatwoot retries 500, then opens it
+            logger.exception("{} could not be handled: {}", delivery.event, exc)
+            return error(500, f"could not handle the delivery ({type(exc).__name__})")
     return answer({"outcome": decision.outcome, "reason": decision.reason})

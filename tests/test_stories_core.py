@@ -182,3 +182,16 @@ async def test_healthz_answers(fake, start_bot):
     bot = await start_bot()
     status, text = await bot.get("/healthz")
     assert status == 200 and '"status": "ok"' in text
+
+
+async def test_a_conversation_resolved_twice_is_recorded_twice_without_delivery_ids(fake, start_bot):
+    fake.bots[7].secret = None
+    bot = await start_bot()
+    from tests.fakechatwoot.model import fixture
+
+    first = fixture("conversation_resolved")
+    again = {**fixture("conversation_resolved"), "updated_at": first["updated_at"] + 86400}
+    for body in (first, first, again):  # a retry, then the same conversation resolved a day later
+        status, answer = await bot.post(body)
+        assert status == 200
+    assert answer["outcome"] == "record"

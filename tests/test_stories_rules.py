@@ -283,6 +283,7 @@ async def test_bot_command_gives_the_conversation_back(fake, start_bot):
     maria = fake.contact()
     conv = fake.customer_writes(maria, "human").conversation
     await opened(bot, conv)
+    fake.agent_writes(conv.display_id, "Sorted your address; the bot can take it from here.")
     fake.agent_writes(conv.display_id, "#bot", private=True)
     await wait_for(lambda: conv.status == "pending", 2, "the give-back")
     await bot.idle()

@@ -142,7 +142,8 @@ class RedisStore(Store):
         return (value is not None, Resolved.loads(value) if value else None)
 
     def lock(self, conversation_key):
-        return self.redis.lock(P + "lock:" + conversation_key, timeout=30, blocking_timeout=10)
+        # Held for milliseconds (at most the 2 s look-up); bounded so Chatwoot's 5 s deadline holds.
+        return self.redis.lock(P + "lock:" + conversation_key, timeout=10, blocking_timeout=3)
 
     async def claim(self, now):
         raw = await self._claim(args=[now, LEASE])

@@ -1,7 +1,6 @@
 """The fake Chatwoot's data: accounts, inboxes, contacts, conversations, messages, and payload shapes."""
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -16,8 +15,8 @@ def fixture(name: str) -> dict:
     return json.loads((PAYLOADS / f"{name}.json").read_text())
 
 
-_MESSAGE = fixture("message_created_incoming_pending")
-_CONVERSATION = fixture("conversation_opened")
+_MESSAGE = json.dumps(fixture("message_created_incoming_pending"))
+_CONVERSATION = json.dumps(fixture("conversation_opened"))  # parsed afresh for every payload (a deep copy)
 
 
 def iso(ts: float) -> str:
@@ -128,7 +127,7 @@ class Conversation:
 
     def push(self, teams: dict[int, dict]) -> dict:
         """Conversation#webhook_data, shaped like the fixtures (contract §1.3)."""
-        data = copy.deepcopy(_CONVERSATION)
+        data = json.loads(_CONVERSATION)
         data.pop("event")
         owner = self.assignee.push() if self.assignee else (self.bot_owner.push() if self.bot_owner else None)
         latest = self.latest()
@@ -156,7 +155,7 @@ class Conversation:
 
 def message_payload(m: Message, account: dict, teams: dict[int, dict], event: str) -> dict:
     """Message#webhook_data + event, shaped like the fixtures (contract §1.2)."""
-    data = copy.deepcopy(_MESSAGE)
+    data = json.loads(_MESSAGE)
     c = m.conversation
     data.update({
         "account": account, "content": m.content, "conversation": c.push(teams), "created_at": iso(m.created_at),

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 MESSAGE_EVENTS = {"message_created", "message_updated"}
@@ -38,13 +37,23 @@ class Conversation:
     contact_identifier: str | None = None
     contact_phone: str | None = None
     assignee: Person | None = None
-    team_id: int | None = None
     first_reply_at: str | None = None
-    labels: tuple[str, ...] = ()
-    attributes: dict[str, Any] = field(default_factory=dict)
-    language: str | None = None
     last_message_id: int | None = None  # messages[0]: the latest public message when the payload was built
     updated_at: str = ""  # changes with every save: tells two events of one conversation apart
+    raw: dict = field(default_factory=dict, compare=False, repr=False)  # for the fields few rules read
+
+    # Read only by the rules that need them, so most deliveries never pay for them.
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(str(label) for label in self.raw.get("labels") or ())
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        return {**(_contact(self.raw).get("custom_attributes") or {}), **(self.raw.get("custom_attributes") or {})}
+
+    @property
+    def language(self) -> str | None:
+        return _language(self.raw, _contact(self.raw))
 
     @property
     def key(self) -> str:
@@ -67,7 +76,6 @@ class Message:
     content: str | None
     sender: Person
     source_id: str | None
-    created_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +105,10 @@ def _person(data: Any, default_kind: str | None = None) -> Person:
     return Person(_int(data.get("id")), data.get("type") or default_kind, str(data.get("name") or ""), data.get("availability_status"))
 
 
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
-    except ValueError:
-        return None
+def _contact(conv: dict) -> dict:
+    meta = conv.get("meta")
+    sender = meta.get("sender") if isinstance(meta, dict) else None
+    return sender if isinstance(sender, dict) else {}
 
 
 def _language(conv: dict, contact: dict) -> str | None:
@@ -127,12 +132,10 @@ def parse_conversation(conv: Any, account_id: int | None) -> Conversation:
     if display_id is None or account_id is None or not isinstance(status, str):
         raise PayloadError("conversation id, account id or status missing")
     meta = conv.get("meta") if isinstance(conv.get("meta"), dict) else {}
-    contact = meta.get("sender") if isinstance(meta.get("sender"), dict) else {}
+    contact = _contact(conv)
     contact_id = _int(contact.get("id")) or _int((conv.get("contact_inbox") or {}).get("contact_id"))
     assignee = meta.get("assignee")
     assignee_kind = {"User": "user", "AgentBot": "agent_bot"}.get(meta.get("assignee_type") or "", None)
-    team = meta.get("team") if isinstance(meta.get("team"), dict) else {}
-    attributes = {**(contact.get("custom_attributes") or {}), **(conv.get("custom_attributes") or {})}
     return Conversation(
         account_id=account_id,
         display_id=display_id,
@@ -142,13 +145,10 @@ def parse_conversation(conv: Any, account_id: int | None) -> Conversation:
         contact_identifier=contact.get("identifier"),
         contact_phone=contact.get("phone_number"),
         assignee=_person(assignee, assignee_kind or "user") if isinstance(assignee, dict) and assignee else None,
-        team_id=_int(team.get("id")),
         first_reply_at=conv.get("first_reply_created_at") or None,
-        labels=tuple(str(label) for label in conv.get("labels") or ()),
-        attributes=attributes,
-        language=_language(conv, contact),
         last_message_id=_int(messages[0].get("id")) if messages and isinstance(messages[0], dict) else None,
         updated_at=str(conv.get("updated_at") or ""),
+        raw=conv,
     )
 
 
@@ -171,7 +171,6 @@ def parse(body: dict, delivery_id: str | None = None) -> Delivery:
             content=body.get("content") if isinstance(body.get("content"), str) else None,
             sender=_person(body.get("sender"), sender_kind),
             source_id=body.get("source_id") if isinstance(body.get("source_id"), str) else None,
-            created_at=_time(body.get("created_at")),
         )
         return Delivery(event, delivery_id, conversation, message)
     if event in CONVERSATION_EVENTS:

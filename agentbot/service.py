@@ -74,16 +74,19 @@ class Handoffs:
 
     async def handle(self, d: Delivery) -> Decision:
         why_not = triage(d, self.settings)
-        if why_not:
-            decision = Decision("ignore", why_not)
-        else:
-            c = d.conversation
+        if why_not:  # the bulk of deliveries: nothing to look up, nothing to say above DEBUG
+            self.metrics.deliveries.labels(event_label(d.event), "ignore").inc()
+            logger.debug("{} ignore: {}", d.event, why_not)
+            return Decision("ignore", why_not)
+        c = d.conversation
+        with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id,
+                                  delivery=d.delivery_id):
             async with self.store.lock(c.key):
                 decision = decide(d, await self.facts(d), self.clock(), self.settings)
                 # The commit is refused for a delivery seen before; a decision that writes nothing is harmless.
                 if decision.writes and not await self._commit(d, decision):
                     decision = Decision("duplicate", f"delivery {d.dedup_key} was handled before")
-        self._report(d, decision)
+            self._report(d, decision)
         return decision
 
     async def _commit(self, d: Delivery, decision: Decision) -> bool:

@@ -15,8 +15,11 @@ MAX_BODY = 1024 * 1024
 MAX_SKEW = 300  # seconds; older signed deliveries are refused as replays
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 def answer(data: dict, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+    return web.Response(body=orjson.dumps(data), status=status, headers=JSON)
 
 
 def error(status: int, message: str) -> web.Response:
@@ -67,12 +70,9 @@ async def receive(bot, request: web.Request) -> web.Response:
         logger.warning("{} delivery {} acknowledged without acting: {}", payload.get("event"), delivery_id or "-", exc)
         bot.metrics.deliveries.labels(event_label(payload.get("event")), "invalid").inc()
         return answer({"outcome": "ignore", "reason": str(exc)})
-    c = delivery.conversation
-    with logger.contextualize(account=c and c.account_id, inbox=c and c.inbox_id,
-                              conversation=c and c.display_id, delivery=delivery_id):
-        try:
-            decision = await bot.handoffs.handle(delivery)
-        except Exception as exc:  # the store is unreachable, say: Chatwoot retries 500, then opens it
-            logger.exception("{} could not be handled: {}", delivery.event, exc)
-            return error(500, f"could not handle the delivery ({type(exc).__name__})")
+    try:
+        decision = await bot.handoffs.handle(delivery)
+    except Exception as exc:  # the store is unreachable, say: Chatwoot retries 500, then opens it
+        logger.exception("{} delivery {} could not be handled: {}", delivery.event, delivery_id or "-", exc)
+        return error(500, f"could not handle the delivery ({type(exc).__name__})")
     return answer({"outcome": decision.outcome, "reason": decision.reason})

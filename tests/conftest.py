@@ -29,6 +29,15 @@ async def wait_for(condition: Callable[[], object], timeout: float = 5.0, what: 
         await asyncio.sleep(0.01)
 
 
+def returning(fake, name="Maria Lopez", inbox=3):
+    """A contact whose conversation was handled by an agent and resolved (before the bot ran)."""
+    contact = fake.contact(name)
+    conv = fake.customer_writes(contact, "Hi", inbox=inbox).conversation
+    fake.agent_writes(conv.display_id, "Hello")
+    fake.resolve(conv.display_id)
+    return contact, conv
+
+
 class Clock:
     """An injectable clock; real time unless set."""
 

@@ -12,18 +12,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from tests.conftest import wait_for
+from tests.conftest import returning, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def returning(fake, name="Maria Lopez", inbox=3):
-    """A contact whose conversation was handled by an agent and resolved (before the bot ran)."""
-    contact = fake.contact(name)
-    conv = fake.customer_writes(contact, "Hi", inbox=inbox).conversation
-    fake.agent_writes(conv.display_id, "Hello")
-    fake.resolve(conv.display_id)
-    return contact, conv
 
 
 def assert_exactly_once(fake, convs, bot_was_down=False):

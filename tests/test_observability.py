@@ -10,8 +10,7 @@ from loguru import logger
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentbot.logs import setup
-from tests.conftest import wait_for
-from tests.test_faults import returning
+from tests.conftest import returning, wait_for
 
 
 def samples(text: str) -> dict[tuple, float]:

@@ -1,9 +1,8 @@
 """End-to-end stories of issue 2: the real app against the fake Chatwoot, asserting on Chatwoot's state."""
 from __future__ import annotations
 
-import asyncio
 
-from tests.conftest import wait_for
+from tests.conftest import returning, wait_for
 
 
 async def test_new_customer_stays_pending(fake, start_bot):
@@ -130,10 +129,7 @@ async def test_resolve_is_recorded_and_conversation_events_are_acknowledged(fake
 
 
 async def test_duplicate_delivery_leads_to_one_handoff(fake, start_bot):
-    maria = fake.contact()
-    conv = fake.customer_writes(maria, "Hi").conversation
-    fake.agent_writes(conv.display_id, "Hello")
-    fake.resolve(conv.display_id)
+    maria, conv = returning(fake)
     bot = await start_bot()
     fake.customer_writes(maria, "Again")
     await wait_for(lambda: conv.status == "open", 1.0, "the handoff")
@@ -149,10 +145,7 @@ async def test_duplicate_delivery_leads_to_one_handoff(fake, start_bot):
 
 
 async def test_burst_of_messages_leads_to_one_handoff_and_one_note(fake, start_bot):
-    maria = fake.contact()
-    conv = fake.customer_writes(maria, "Hi").conversation
-    fake.agent_writes(conv.display_id, "Hello")
-    fake.resolve(conv.display_id)
+    maria, conv = returning(fake)
     bot = await start_bot()
     for i in range(20):
         fake.customer_writes(maria, f"message {i}")
@@ -164,10 +157,7 @@ async def test_burst_of_messages_leads_to_one_handoff_and_one_note(fake, start_b
 
 
 async def test_chatwoot_failing_twice_then_working(fake, start_bot):
-    maria = fake.contact()
-    conv = fake.customer_writes(maria, "Hi").conversation
-    fake.agent_writes(conv.display_id, "Hello")
-    fake.resolve(conv.display_id)
+    maria, conv = returning(fake)
     bot = await start_bot()
     fake.fail("toggle_status", status=500, times=2)
     fake.customer_writes(maria, "Again")

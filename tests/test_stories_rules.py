@@ -4,7 +4,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from tests.conftest import Clock, wait_for
-from tests.test_faults import returning
 
 
 def calls(fake, display_id):

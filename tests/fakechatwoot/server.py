@@ -82,6 +82,7 @@ class FakeChatwoot:
                         9: Inbox(9, "Email", "Channel::Email")}
         self.contacts: dict[int, Contact] = {}
         self.conversations: dict[int, Conversation] = {}
+        self._latest: dict[tuple[int, int], Conversation] = {}  # (contact, inbox) → newest conversation
         self.calls: list[Call] = []
         self.deliveries: list[Delivery] = []
         self.status_log: list[tuple[int, str, str, str]] = []  # display id, from, to, by
@@ -217,14 +218,14 @@ class FakeChatwoot:
         return box.bot_id is not None
 
     def _current(self, contact: Contact, box: Inbox) -> Conversation | None:
-        mine = [c for c in self.conversations.values() if c.contact.id == contact.id and c.inbox.id == box.id]
-        return mine[-1] if mine else None
+        return self._latest.get((contact.id, box.id))
 
     def _create_conversation(self, contact: Contact, box: Inbox) -> Conversation:
         status = "resolved" if contact.blocked else ("pending" if self._bot_active(box) else "open")
         owner = self.bots[box.bot_id] if box.bot_id and status == "pending" else None
         conv = Conversation(1, next(self._display_ids), box, contact, status, bot_owner=owner)
         self.conversations[conv.display_id] = conv
+        self._latest[(contact.id, box.id)] = conv
         return conv
 
     def _add_message(self, conv, text, kind, sender, sender_type, private=False, source_id=None) -> Message:

@@ -74,11 +74,9 @@ class Outbox:
                 job.next_at = self.now()
                 await asyncio.shield(self.store.retry(job))
                 raise
-            except Exception:
+            except Exception as exc:  # a bug or a store hiccup: retried like a failed call, within ACTION_MAX_AGE
                 logger.exception("outbox: job for conversation {} failed unexpectedly", job.conversation_key)
-                job.next_at = self.now() + backoff(job.attempts + 1, None)
-                job.attempts += 1
-                await self.store.retry(job)
+                await self._failed(job, ChatwootError("outbox", None, f"{type(exc).__name__}: {exc}"))
 
     async def _timers(self) -> None:
         ticks = 0
@@ -108,7 +106,7 @@ class Outbox:
                 return
             job.step += 1
             if job.step < len(job.steps):
-                await self.store.progress(job)
+                await self.store.progress(job, self.now())
         await self.store.finish(job, self.now())
         logger.debug("conversation {}: done: {} ({})", job.conversation_key, job.describe().split(": ", 1)[1], job.reason)
 

@@ -86,3 +86,14 @@ async def test_lookups_are_cached(store):
     assert await store.recall("1:58", 200.0) == (True, None)
     await store.remember("1:59", Resolved(3, "2026-01-01", source="chatwoot"), 3600, 100.0)
     assert (await store.recall("1:59", 200.0))[1].display_id == 3
+
+
+async def test_progress_is_saved_for_the_next_attempt(store):
+    await store.commit(Commit("d:1", "1:1", jobs=[Job(1, 1, "r", [{"op": "team", "team_id": 2}, {"op": "status", "status": "open"}])]), 100.0)
+    j = await store.claim(100.0)
+    j.step, j.context = 1, {"remark": "x"}
+    await store.progress(j, 100.0)
+    j.attempts, j.next_at = 1, 101.0
+    await store.retry(j)
+    again = await store.claim(101.0)
+    assert (again.step, again.context, again.attempts) == (1, {"remark": "x"}, 1)

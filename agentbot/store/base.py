@@ -60,8 +60,8 @@ class Store(ABC):
         """The oldest due job of a conversation nobody is working on, now owned by the caller."""
 
     @abstractmethod
-    async def progress(self, job: Job) -> None:
-        """Save a job's step and context after a step succeeded."""
+    async def progress(self, job: Job, now: float) -> None:
+        """Save a job's step and context after a step succeeded (and keep the claim alive)."""
 
     @abstractmethod
     async def finish(self, job: Job, now: float) -> None: ...

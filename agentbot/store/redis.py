@@ -153,8 +153,11 @@ class RedisStore(Store):
         job.id = job.id or f"{job.conversation_key}@{job.created_at}"
         return job
 
-    async def progress(self, job):
-        await self.redis.lset(P + "q:" + job.conversation_key, 0, job.dumps())
+    async def progress(self, job, now):
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lset(P + "q:" + job.conversation_key, 0, job.dumps())
+            pipe.zadd(P + "ready", {job.conversation_key: now + LEASE}, xx=True)  # renew the lease
+            await pipe.execute()
 
     async def finish(self, job, now):
         await self._release(args=[job.conversation_key, "done", "", now])

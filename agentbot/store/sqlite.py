@@ -105,7 +105,7 @@ class SQLiteStore(Store):
         job.id = str(head[0])
         return job
 
-    async def progress(self, job):
+    async def progress(self, job, now):
         self.db.execute("UPDATE jobs SET body=? WHERE id=?", (job.dumps(), int(job.id)))
 
     async def finish(self, job, now):

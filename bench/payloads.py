@@ -1,11 +1,11 @@
-"""Delivery bodies for the workloads, built from the real-shaped fixtures in ../shared/payloads."""
+"""Delivery bodies for the workloads, built from the real-shaped fixtures in tests/payloads."""
 from __future__ import annotations
 
 import copy
 import json
 from pathlib import Path
 
-PAYLOADS = Path(__file__).resolve().parents[2] / "shared" / "payloads"
+PAYLOADS = Path(__file__).resolve().parents[1] / "tests" / "payloads"
 TOKEN = "987654321"  # replaced by a unique number per delivery (conversation and message id)
 
 

@@ -81,11 +81,15 @@ class Handoffs:
         c = d.conversation
         with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id,
                                   delivery=d.delivery_id):
-            async with self.store.lock(c.key):
-                decision = decide(d, await self.facts(d), self.clock(), self.settings)
-                # The commit is refused for a delivery seen before; a decision that writes nothing is harmless.
-                if decision.writes and not await self._commit(d, decision):
-                    decision = Decision("duplicate", f"delivery {d.dedup_key} was handled before")
+            # First without the lock: most deliveries that need facts (events on open conversations,
+            # messages after a handoff) change nothing, and then one consistent read is enough.
+            decision = decide(d, await self.facts(d, look_up=False), self.clock(), self.settings)
+            if decision.writes:
+                async with self.store.lock(c.key):
+                    decision = decide(d, await self.facts(d), self.clock(), self.settings)
+                    # The commit is refused for a delivery seen before; one that writes nothing is harmless.
+                    if decision.writes and not await self._commit(d, decision):
+                        decision = Decision("duplicate", f"delivery {d.dedup_key} was handled before")
             self._report(d, decision)
         return decision
 

@@ -188,5 +188,5 @@ async def test_two_processes_sharing_redis_split_the_deliveries(fake, processes,
         [conv] = [c for c in fake.conversations.values() if c.contact.id == contact.id]
         assert fake.bot_messages(conv.display_id) == [f"Hello {contact.name}"] and conv.status == "pending"
     assert (await a.health())["outbox"] == 0 and (await b.health())["outbox"] == 0
-    logs = a.log.read_text() + b.log.read_text()
-    assert "handoff:" in a.log.read_text() and "handoff:" in b.log.read_text(), logs[-2000:]
+    for instance in (a, b):  # the deliveries really were split between the two
+        assert "message_created" in instance.log.read_text()

@@ -143,7 +143,7 @@ class RedisStore(Store):
 
     def lock(self, conversation_key):
         # Held for milliseconds (at most the 2 s look-up); bounded so Chatwoot's 5 s deadline holds.
-        return self.redis.lock(P + "lock:" + conversation_key, timeout=10, blocking_timeout=3)
+        return self.redis.lock(P + "lock:" + conversation_key, timeout=10, blocking_timeout=3, sleep=0.005)
 
     async def claim(self, now):
         raw = await self._claim(args=[now, LEASE])

@@ -81,10 +81,10 @@ class Handoffs:
         c = d.conversation
         with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id,
                                   delivery=d.delivery_id):
-            # First without the lock: most deliveries that need facts (events on open conversations,
-            # messages after a handoff) change nothing, and then one consistent read is enough.
-            decision = decide(d, await self.facts(d, look_up=False), self.clock(), self.settings)
-            if decision.writes:
+            # Conversation events on open conversations usually change nothing: decide those with one
+            # consistent read first, and take the lock only to write (it costs round trips on Redis).
+            decision = decide(d, await self.facts(d, look_up=False), self.clock(), self.settings) if d.message is None else None
+            if decision is None or decision.writes:
                 async with self.store.lock(c.key):
                     decision = decide(d, await self.facts(d), self.clock(), self.settings)
                     # The commit is refused for a delivery seen before; one that writes nothing is harmless.

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
-from typing import Any
 
 # Step ops and their Chatwoot calls (see chatwoot.py):
 #   team {team_id}            POST assignments {"team_id"}

@@ -5,7 +5,6 @@ import hashlib
 import hmac
 
 import orjson
-
 from aiohttp import web
 from loguru import logger
 
@@ -13,8 +12,6 @@ from .events import PayloadError, event_label, parse
 
 MAX_BODY = 1024 * 1024
 MAX_SKEW = 300  # seconds; older signed deliveries are refused as replays
-
-
 JSON = {"Content-Type": "application/json"}
 
 

@@ -1,7 +1,6 @@
 """End-to-end stories of issue 2: the real app against the fake Chatwoot, asserting on Chatwoot's state."""
 from __future__ import annotations
 
-
 from tests.conftest import returning, wait_for
 
 

@@ -97,8 +97,7 @@ def _decide(d: Delivery, facts: Facts, now: datetime, settings: Settings) -> Dec
     if c.is_group and rules.groups == "open":
         return _handoff(c, facts, now, rules, "group", "WhatsApp group (GROUPS=open)", deferrable=False)
     if c.is_evolution_system:
-        job = Job(c.account_id, c.display_id, "Evolution API system contact", [{"op": "status", "status": "open"}],
-                  created_at=now.timestamp(), rule="system")
+        job = _job(c, "Evolution API system contact", [{"op": "status", "status": "open"}], now, "system")
         return Decision("handoff", job.reason, "system", replace(facts.state, handed_off=True), [job])
     if m.kind != "incoming":
         who = m.sender.name or "an agent (from the phone)"
@@ -127,8 +126,8 @@ def _latest(c: Conversation, state: ConversationState) -> int | None:
 
 
 def _give_back(c: Conversation, m: Message, state: ConversationState, now: datetime) -> Decision:
-    job = Job(c.account_id, c.display_id, f"{m.sender.name or 'An agent'} gave the conversation back to the bot",
-              [{"op": "status", "status": "pending"}], created_at=now.timestamp(), rule="bot_command")
+    job = _job(c, f"{m.sender.name or 'An agent'} gave the conversation back to the bot",
+               [{"op": "status", "status": "pending"}], now, "bot_command")
     return Decision("pending", job.reason, "bot_command", state.new_period(given_back=True), [job], CANCEL)
 
 
@@ -238,7 +237,7 @@ def _handoff_job(c: Conversation, facts: Facts, now: datetime, rules: Rules, rea
     message = (rules.returning_message or rules.handoff_message) if returning else rules.handoff_message
     if message and not human_took_over:
         steps.append({"op": "message", "content": _render(message, c, reason)})
-    return Job(c.account_id, c.display_id, reason, steps, created_at=now.timestamp(), rule=rule)
+    return _job(c, reason, steps, now, rule)
 
 
 def _keep_previous_agent(c: Conversation, facts: Facts, rules: Rules) -> tuple[list[Step], str]:
@@ -254,8 +253,8 @@ def _keep_previous_agent(c: Conversation, facts: Facts, rules: Rules) -> tuple[l
     return [], ""
 
 
-def _job(c: Conversation, reason: str, steps: list[Step], now: datetime) -> Job:
-    return Job(c.account_id, c.display_id, reason, steps, created_at=now.timestamp())
+def _job(c: Conversation, reason: str, steps: list[Step], now: datetime, rule: str = "") -> Job:
+    return Job(c.account_id, c.display_id, reason, steps, created_at=now.timestamp(), rule=rule)
 
 
 def _render(template: str, c: Conversation, reason: str) -> str:

@@ -83,12 +83,13 @@ class Chatwoot:
         return await self._call("POST", "assignments", self._conv(account, display_id) + "/assignments", body)
 
     async def probe_bot_token(self, account: int) -> None:
-        """A harmless bot-token call: 404 for conversation 0 means the token was accepted."""
+        """A harmless bot-token call. The token was accepted when Chatwoot answers 404 for conversation 0,
+        or (before 4.13, where bots may not toggle typing) refuses the endpoint "for bots"."""
         try:
             await self._call("POST", "toggle_typing_status", self._conv(account, 0) + "/toggle_typing_status",
                              {"typing_status": "off"})
         except ChatwootError as exc:
-            if exc.status != 404:
+            if not (exc.status == 404 or (exc.status == 401 and "not authorized for bots" in exc.detail)):
                 raise
 
     # A user (administrator) token's endpoints: look-ups and set-up.

@@ -24,6 +24,11 @@ def backoff(attempts: int, retry_after: float | None) -> float:
     return max(random.uniform(delay / 2, delay), retry_after or 0.0)
 
 
+def _optional_refused(step: Step, exc: ChatwootError) -> bool:
+    """Team, agent and priority are extras: an older Chatwoot refusing them to bots must not stop the handoff."""
+    return step["op"] in ("team", "assign", "priority") and exc.status == 401 and "not authorized for bots" in exc.detail
+
+
 class Outbox:
     def __init__(self, store: Store, chatwoot: Chatwoot, metrics: Metrics, clock: Callable[[], datetime], max_age: float):
         self.store, self.chatwoot, self.metrics, self.clock, self.max_age = store, chatwoot, metrics, clock, max_age
@@ -99,11 +104,15 @@ class Outbox:
             if await self._overtaken(job):
                 await self.store.finish(job, self.now())
                 return
+            step = job.steps[job.step]
             try:
-                await self._do(job, job.steps[job.step])
+                await self._do(job, step)
             except ChatwootError as exc:
-                await self._failed(job, exc)
-                return
+                if not _optional_refused(step, exc):
+                    await self._failed(job, exc)
+                    return
+                logger.error("conversation {}: this Chatwoot does not let agent bots call {}; skipped the {} step "
+                             "(unset its HANDOFF_ setting or upgrade Chatwoot)", job.conversation_key, exc.endpoint, step["op"])
             job.step += 1
             if job.step < len(job.steps):
                 await self.store.progress(job, self.now())

@@ -96,3 +96,14 @@ async def test_check_passes_and_names_a_bad_bot_token(fake, capsys):
     assert await admin.check(settings(fake, CHATWOOT_BOT_TOKEN="wrong"), argparse.Namespace()) == 1
     out = capsys.readouterr().out
     assert "FAIL CHATWOOT_BOT_TOKEN: the token is wrong or revoked" in out and "wrong" not in out.replace("wrong or", "")
+
+
+async def test_check_accepts_the_bot_token_on_chatwoot_before_typing_was_allowed(fake, capsys, monkeypatch):
+    from tests.fakechatwoot import server
+
+    older = [(m, rx, name, False if name == "toggle_typing_status" else bot_ok, admin, fn)
+             for m, rx, name, bot_ok, admin, fn in server.ROUTES]
+    monkeypatch.setattr(server, "ROUTES", older)
+    assert await admin.check(settings(fake, CHATWOOT_BOT_TOKEN="bot-token-7"), argparse.Namespace()) == 0
+    assert [c.status for c in fake.calls if c.endpoint == "toggle_typing_status"] == [401]
+    assert "OK   Chatwoot at" in capsys.readouterr().out

@@ -311,3 +311,17 @@ async def test_per_inbox_override(fake, start_bot):
     whatsapp = fake.customer_writes(fake.contact("Z"), "hi", inbox=4).conversation
     await opened(bot, whatsapp)
     await stays_pending(bot, website)
+
+
+async def test_extras_refused_by_an_older_chatwoot_do_not_stop_the_handoff(fake, start_bot, monkeypatch, log_lines):
+    from tests.fakechatwoot import server
+
+    older = [(m, rx, name, False if name == "toggle_priority" else bot_ok, admin, fn)
+             for m, rx, name, bot_ok, admin, fn in server.ROUTES]
+    monkeypatch.setattr(server, "ROUTES", older)
+    bot = await start_bot(HANDOFF_ALL="true", HANDOFF_PRIORITY="urgent")
+    conv = fake.customer_writes(fake.contact(), "hi").conversation
+    await opened(bot, conv)
+    assert [(c.endpoint, c.status) for c in fake.calls][:2] == [("toggle_priority", 401), ("toggle_status", 200)]
+    assert len(fake.notes(conv.display_id)) == 1 and conv.priority is None
+    assert any(line.startswith("ERROR") and "does not let agent bots call toggle_priority" in line for line in log_lines)

@@ -74,16 +74,18 @@ class Handoffs:
 
     async def handle(self, d: Delivery) -> Decision:
         why_not = triage(d, self.settings)
-        if why_not:  # the bulk of deliveries: nothing to look up, nothing to say above DEBUG
-            self.metrics.deliveries.labels(event_label(d.event), "ignore").inc()
-            logger.debug("{} ignore: {}", d.event, why_not)
-            return Decision("ignore", why_not)
+        if why_not:  # the bulk of deliveries: nothing to look up, no log context needed
+            decision = Decision("ignore", why_not)
+            self._report(d, decision)
+            return decision
         c = d.conversation
         with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id,
                                   delivery=d.delivery_id):
             # Conversation events on open conversations usually change nothing: decide those with one
             # consistent read first, and take the lock only to write (it costs round trips on Redis).
-            decision = decide(d, await self.facts(d, look_up=False), self.clock(), self.settings) if d.message is None else None
+            decision = None
+            if d.message is None:
+                decision = decide(d, await self.facts(d, look_up=False), self.clock(), self.settings)
             if decision is None or decision.writes:
                 async with self.store.lock(c.key):
                     decision = decide(d, await self.facts(d), self.clock(), self.settings)

@@ -37,7 +37,6 @@ class Store(ABC):
     @abstractmethod
     async def load(self, conversation_key: str, contact_key: str | None) -> tuple[ConversationState, Resolved | None]: ...
 
-
     @abstractmethod
     async def commit(self, commit: Commit, now: float) -> bool:
         """Apply a decision; False (and nothing written) when the delivery was seen before."""

@@ -1,10 +1,9 @@
 """What the bot does to a conversation: jobs of ordered steps, kept in the outbox until done."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
+import msgspec
 
 # Step ops and their Chatwoot calls (see chatwoot.py):
 #   team {team_id}            POST assignments {"team_id"}
@@ -16,8 +15,7 @@ import orjson
 Step = dict[str, Any]
 
 
-@dataclass
-class Job:
+class Job(msgspec.Struct):
     """One decision's calls for one conversation, carried out in order; `step` is the progress."""
 
     account_id: int
@@ -25,7 +23,7 @@ class Job:
     reason: str
     steps: list[Step]
     step: int = 0
-    context: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = msgspec.field(default_factory=dict)
     attempts: int = 0
     created_at: float = 0.0
     next_at: float = 0.0
@@ -39,11 +37,11 @@ class Job:
         return f"{self.account_id}:{self.display_id}"
 
     def dumps(self) -> str:
-        return orjson.dumps(self).decode()
+        return msgspec.json.encode(self).decode()
 
     @classmethod
     def loads(cls, text: str | bytes) -> Job:
-        return cls(**orjson.loads(text))
+        return msgspec.json.decode(text, type=cls)
 
     def describe(self) -> str:
         ops = ", ".join(_step_words(s) for s in self.steps)

@@ -1,7 +1,9 @@
 """The decision core: (delivery, facts, now, rules) → Decision. Pure: no I/O, clock passed in."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+
+from msgspec.structs import replace
 from datetime import datetime, timedelta, timezone
 
 from .actions import Job, Step
@@ -13,7 +15,7 @@ from .rules.keywords import find_keyword
 CANCEL = -1.0  # timer value meaning "drop the conversation's timer"
 
 
-@dataclass
+@dataclass(slots=True)
 class Decision:
     outcome: str  # handoff, defer, keep, pending, record, ignore
     reason: str
@@ -174,18 +176,21 @@ def _first_rule(c: Conversation, m: Message, state: ConversationState, rules: Ru
         return "all", "Every conversation goes to humans (HANDOFF_ALL)"
     if returning:
         return "returning", returning
-    for label in c.labels:
+    # Labels, attributes and language are decoded from the payload only when a rule asks for them.
+    for label in c.labels if rules.labels else ():
         if label.casefold() in rules.labels:
             return "label", f'Conversation has the label "{label}"'
+    attributes = c.attributes if rules.attributes else {}
     for name, value in rules.attributes.items():
-        if name in c.attributes and str(c.attributes[name]).casefold() == value.casefold():
-            return "attribute", f"Customer attribute {name}={c.attributes[name]}"
-    if c.language and (rules.handoff_languages or rules.keep_languages):
-        primary = c.language.split("-")[0]
-        if c.language in rules.handoff_languages or primary in rules.handoff_languages:
-            return "language", f'Customer language "{c.language}" goes to humans'
-        if rules.keep_languages and not (c.language in rules.keep_languages or primary in rules.keep_languages):
-            return "language", f'Customer language "{c.language}" is not one the bot answers ({", ".join(rules.keep_languages)})'
+        if name in attributes and str(attributes[name]).casefold() == value.casefold():
+            return "attribute", f"Customer attribute {name}={attributes[name]}"
+    language = c.language if rules.handoff_languages or rules.keep_languages else None
+    if language:
+        primary = language.split("-")[0]
+        if language in rules.handoff_languages or primary in rules.handoff_languages:
+            return "language", f'Customer language "{language}" goes to humans'
+        if rules.keep_languages and not (language in rules.keep_languages or primary in rules.keep_languages):
+            return "language", f'Customer language "{language}" is not one the bot answers ({", ".join(rules.keep_languages)})'
     word = find_keyword(rules.keyword_pattern, m.content)
     if word:
         return "keyword", f'Customer asked for a person ("{word}")'

@@ -1,34 +1,104 @@
-"""Typed views of Chatwoot deliveries: only the fields the bot uses, tolerant of everything else."""
+"""Typed views of Chatwoot deliveries: only the fields the bot uses, decoded straight from the body.
+
+msgspec decodes the body into the wire structs below in one pass, validating the JSON and skipping
+every field they don't name; the rest of the bot sees the Delivery built from them.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
+
+import msgspec
+from msgspec import Raw, Struct
 
 MESSAGE_EVENTS = {"message_created", "message_updated"}
 CONVERSATION_EVENTS = {"conversation_opened", "conversation_resolved", "conversation_status_changed", "conversation_updated"}
 KNOWN_EVENTS = MESSAGE_EVENTS | CONVERSATION_EVENTS | {"webwidget_triggered"}
+EVOLUTION_SYSTEM_PHONE = "+123456"
+EMPTY = Raw(b"null")
 
 
 def event_label(event: object) -> str:
     """The event name for metrics; anything unknown is "other" so labels stay few."""
     return event if isinstance(event, str) and event in KNOWN_EVENTS else "other"
-EVOLUTION_SYSTEM_PHONE = "+123456"
+
+
+class BadBody(ValueError):
+    """The body is not a JSON object: answered 400."""
 
 
 class PayloadError(ValueError):
-    """The delivery lacks a field a decision needs."""
+    """The delivery lacks a field a decision needs, or has one of the wrong type: acknowledged, not acted on."""
+
+    def __init__(self, message: str, event: str | None = None):
+        super().__init__(message)
+        self.event = event
 
 
-@dataclass(frozen=True, slots=True)
-class Person:
+# What Chatwoot sends (only the fields the bot reads). Every field is optional here; `_conversation`
+# and `parse` say which ones a decision needs.
+class _Person(Struct):
+    id: int | None = None
+    type: str | None = None
+    name: str | None = None
+    availability_status: str | None = None
+    identifier: str | None = None
+    phone_number: str | None = None
+    custom_attributes: Raw = EMPTY
+    additional_attributes: Raw = EMPTY
+
+
+class _Meta(Struct):
+    sender: _Person | None = None
+    assignee: _Person | None = None
+    assignee_type: str | None = None
+
+
+class _Ref(Struct):
+    id: int | None = None
+    account_id: int | None = None
+    contact_id: int | None = None
+
+
+class _Conversation(Struct):
+    id: int | None = None
+    status: str | None = None
+    inbox_id: int | None = None
+    meta: _Meta | None = None
+    messages: list[_Ref] = []
+    contact_inbox: _Ref | None = None
+    account: _Ref | None = None
+    first_reply_created_at: str | float | None = None
+    updated_at: str | float | None = None
+    labels: Raw = EMPTY
+    custom_attributes: Raw = EMPTY
+    additional_attributes: Raw = EMPTY
+
+
+class _Body(_Conversation):
+    """A message event is a message with its conversation; a conversation event is the conversation."""
+
+    event: str | None = None
+    message_type: str | None = None
+    private: bool | None = False
+    content: str | None = None
+    source_id: str | None = None
+    sender: _Person | None = None
+    conversation: _Conversation | None = None
+
+
+_decode = msgspec.json.Decoder(_Body).decode
+
+
+# What the rest of the bot reads.
+class Person(Struct, frozen=True):
     id: int | None
     kind: str | None  # "contact", "user", "agent_bot" or None
     name: str = ""
     availability: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Conversation:
+class Conversation(Struct, frozen=True):
     account_id: int
     display_id: int
     inbox_id: int | None
@@ -37,23 +107,30 @@ class Conversation:
     contact_identifier: str | None = None
     contact_phone: str | None = None
     assignee: Person | None = None
-    first_reply_at: str | None = None
+    first_reply_at: str | None = None  # ISO 8601
     last_message_id: int | None = None  # messages[0]: the latest public message when the payload was built
     updated_at: str = ""  # changes with every save: tells two events of one conversation apart
-    raw: dict = field(default_factory=dict, compare=False, repr=False)  # for the fields few rules read
+    # Decoded only by the rules that read them, so most deliveries never pay for them.
+    raw_labels: Raw = EMPTY
+    raw_attributes: tuple[Raw, Raw] = (EMPTY, EMPTY)  # the contact's, then the conversation's
+    raw_languages: tuple[Raw, Raw, Raw] = (EMPTY, EMPTY, EMPTY)  # where a language may be, in order
 
-    # Read only by the rules that need them, so most deliveries never pay for them.
     @property
     def labels(self) -> tuple[str, ...]:
-        return tuple(str(label) for label in self.raw.get("labels") or ())
+        return tuple(str(label) for label in _loads(self.raw_labels, list))
 
     @property
     def attributes(self) -> dict[str, Any]:
-        return {**(_contact(self.raw).get("custom_attributes") or {}), **(self.raw.get("custom_attributes") or {})}
+        contact, conversation = (_loads(raw, dict) for raw in self.raw_attributes)
+        return {**contact, **conversation}
 
     @property
     def language(self) -> str | None:
-        return _language(self.raw, _contact(self.raw))
+        for source in (_loads(raw, dict) for raw in self.raw_languages):
+            for key in ("browser_language", "language", "locale"):
+                if isinstance(source.get(key), str) and source[key]:
+                    return source[key].lower().replace("_", "-")
+        return None
 
     @property
     def key(self) -> str:
@@ -68,8 +145,7 @@ class Conversation:
         return self.contact_phone == EVOLUTION_SYSTEM_PHONE
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(Struct, frozen=True):
     id: int
     kind: str  # "incoming", "outgoing", "template"
     private: bool
@@ -78,8 +154,7 @@ class Message:
     source_id: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(Struct, frozen=True):
     event: str
     delivery_id: str | None = None
     conversation: Conversation | None = None
@@ -95,84 +170,95 @@ class Delivery:
         return f"e:{self.event}:{c.key if c else ''}:{c.updated_at if c else ''}"
 
 
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _loads(raw: Raw, kind: type) -> Any:
+    value = msgspec.json.decode(raw)
+    return value if isinstance(value, kind) else kind()
 
 
-def _person(data: Any, default_kind: str | None = None) -> Person:
-    if not isinstance(data, dict):
-        return Person(None, None)
-    return Person(_int(data.get("id")), data.get("type") or default_kind, str(data.get("name") or ""), data.get("availability_status"))
+def _iso(when: str | float | None) -> str | None:
+    if isinstance(when, (int, float)) and when:
+        return datetime.fromtimestamp(when, timezone.utc).isoformat()
+    return when or None
 
 
-def _contact(conv: dict) -> dict:
-    meta = conv.get("meta")
-    sender = meta.get("sender") if isinstance(meta, dict) else None
-    return sender if isinstance(sender, dict) else {}
-
-
-def _language(conv: dict, contact: dict) -> str | None:
-    extra = conv.get("additional_attributes") or {}
-    for source in (extra, contact.get("custom_attributes") or {}, contact.get("additional_attributes") or {}):
-        for key in ("browser_language", "language", "locale"):
-            if isinstance(source, dict) and isinstance(source.get(key), str) and source[key]:
-                return source[key].lower().replace("_", "-")
-    return None
-
-
-def parse_conversation(conv: Any, account_id: int | None) -> Conversation:
-    if not isinstance(conv, dict):
+def _conversation(conv: _Conversation | None, account_id: int | None) -> Conversation:
+    if conv is None:
         raise PayloadError("no conversation object")
-    display_id, status = _int(conv.get("id")), conv.get("status")
-    messages = conv.get("messages") or []
-    if account_id is None and messages and isinstance(messages[0], dict):
-        account_id = _int(messages[0].get("account_id"))
-    if isinstance(conv.get("account"), dict) and account_id is None:
-        account_id = _int(conv["account"].get("id"))
-    if display_id is None or account_id is None or not isinstance(status, str):
+    first = conv.messages[0] if conv.messages else None
+    if account_id is None:
+        account_id = (first and first.account_id) or (conv.account and conv.account.id)
+    if conv.id is None or account_id is None or conv.status is None:
         raise PayloadError("conversation id, account id or status missing")
-    meta = conv.get("meta") if isinstance(conv.get("meta"), dict) else {}
-    contact = _contact(conv)
-    contact_id = _int(contact.get("id")) or _int((conv.get("contact_inbox") or {}).get("contact_id"))
-    assignee = meta.get("assignee")
-    assignee_kind = {"User": "user", "AgentBot": "agent_bot"}.get(meta.get("assignee_type") or "", None)
+    meta = conv.meta or _Meta()
+    contact = meta.sender or _Person()
+    assignee = meta.assignee
+    kind = (assignee and assignee.type) or {"AgentBot": "agent_bot"}.get(meta.assignee_type or "", "user")
     return Conversation(
         account_id=account_id,
-        display_id=display_id,
-        inbox_id=_int(conv.get("inbox_id")),
-        status=status,
-        contact=Person(contact_id, "contact", str(contact.get("name") or "")),
-        contact_identifier=contact.get("identifier"),
-        contact_phone=contact.get("phone_number"),
-        assignee=_person(assignee, assignee_kind or "user") if isinstance(assignee, dict) and assignee else None,
-        first_reply_at=conv.get("first_reply_created_at") or None,
-        last_message_id=_int(messages[0].get("id")) if messages and isinstance(messages[0], dict) else None,
-        updated_at=str(conv.get("updated_at") or ""),
-        raw=conv,
+        display_id=conv.id,
+        inbox_id=conv.inbox_id,
+        status=conv.status,
+        contact=Person(contact.id or (conv.contact_inbox and conv.contact_inbox.contact_id), "contact", contact.name or ""),
+        contact_identifier=contact.identifier,
+        contact_phone=contact.phone_number,
+        assignee=Person(assignee.id, kind, assignee.name or "", assignee.availability_status)
+        if assignee and assignee.id is not None else None,
+        first_reply_at=_iso(conv.first_reply_created_at),
+        last_message_id=first and first.id,
+        updated_at=str(conv.updated_at or ""),
+        raw_labels=conv.labels,
+        raw_attributes=(contact.custom_attributes, conv.custom_attributes),
+        raw_languages=(conv.additional_attributes, contact.custom_attributes, contact.additional_attributes),
     )
 
 
-def parse(body: dict, delivery_id: str | None = None) -> Delivery:
-    """Turn a delivery body into a Delivery; PayloadError when a needed field is missing."""
-    event = body.get("event")
-    if not isinstance(event, str):
-        raise PayloadError("no event name")
+def parse(body: bytes, delivery_id: str | None = None) -> Delivery:
+    """Turn a delivery body into a Delivery; BadBody when it is not a JSON object, PayloadError when a
+    field a decision needs is missing or of the wrong type."""
+    try:
+        wire = _decode(body)
+    except msgspec.ValidationError as exc:
+        return _unexpected(body, delivery_id, exc)
+    except msgspec.DecodeError:
+        raise BadBody("body is not JSON") from None
+    try:
+        return _delivery(wire, delivery_id)
+    except PayloadError as exc:
+        exc.event = wire.event
+        raise
+
+
+def _delivery(wire: _Body, delivery_id: str | None) -> Delivery:
+    event = wire.event
     if event in MESSAGE_EVENTS:
-        account = body.get("account") if isinstance(body.get("account"), dict) else {}
-        conversation = parse_conversation(body.get("conversation"), _int(account.get("id")))
-        kind, message_id = body.get("message_type"), _int(body.get("id"))
-        if kind not in ("incoming", "outgoing", "template") or message_id is None:
+        account_id = wire.account.id if wire.account else None
+        conversation = _conversation(wire.conversation, account_id)
+        if wire.message_type not in ("incoming", "outgoing", "template") or wire.id is None:
             raise PayloadError("message id or message_type missing")
-        sender_kind = "contact" if kind == "incoming" else None
+        sender = wire.sender or _Person()
         message = Message(
-            id=message_id,
-            kind=kind,
-            private=bool(body.get("private")),
-            content=body.get("content") if isinstance(body.get("content"), str) else None,
-            sender=_person(body.get("sender"), sender_kind),
-            source_id=body.get("source_id") if isinstance(body.get("source_id"), str) else None,
+            id=wire.id,
+            kind=wire.message_type,
+            private=bool(wire.private),
+            content=wire.content,
+            sender=Person(sender.id, sender.type or ("contact" if wire.message_type == "incoming" else None), sender.name or ""),
+            source_id=wire.source_id,
         )
         return Delivery(event, delivery_id, conversation, message)
     if event in CONVERSATION_EVENTS:
-        return Delivery(event, delivery_id, parse_conversation(body, None))
+        return Delivery(event, delivery_id, _conversation(wire, None))
+    if event is None:
+        raise PayloadError("no event name")
     return Delivery(event, delivery_id)
+
+
+def _unexpected(body: bytes, delivery_id: str | None, exc: msgspec.ValidationError) -> Delivery:
+    """The body didn't fit the wire structs: not an object (400), an event the bot doesn't read whose
+    fields look different (fine), or a field of the wrong type (PayloadError). Rare, so decoded twice."""
+    data = msgspec.json.decode(body)
+    if not isinstance(data, dict):
+        raise BadBody("body is not a JSON object")
+    event = data.get("event")
+    if isinstance(event, str) and event not in MESSAGE_EVENTS | CONVERSATION_EVENTS:
+        return Delivery(event, delivery_id)
+    raise PayloadError(str(exc), event if isinstance(event, str) else None)

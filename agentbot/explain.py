@@ -1,12 +1,12 @@
 """Commands that show what the bot would do: `rules`, `explain`, and `outbox` (dead letters)."""
 from __future__ import annotations
 
-import json
+
 from datetime import datetime, timezone
 
 from .config import Rules, Settings
 from .decide import decide
-from .events import PayloadError, parse
+from .events import BadBody, PayloadError, parse
 from .facts import Facts
 from .metrics import Metrics
 from .service import Handoffs
@@ -60,14 +60,14 @@ async def rules(settings: Settings, args) -> int:
 
 
 async def explain(settings: Settings, args) -> int:
-    with open(args.payload, encoding="utf-8") as f:
-        body = json.load(f)
+    with open(args.payload, "rb") as f:
+        body = f.read()
     now = datetime.fromisoformat(args.at) if args.at else datetime.now(timezone.utc)
     if now.tzinfo is None:
         now = now.replace(tzinfo=timezone.utc)
     try:
         delivery = parse(body)
-    except PayloadError as exc:
+    except (BadBody, PayloadError) as exc:
         print(f"ignore: {exc}")
         return 0
     store = open_store(settings.store_url)

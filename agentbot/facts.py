@@ -1,13 +1,11 @@
 """What the bot remembers about conversations and contacts (kept in the store as JSON)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import msgspec
+from msgspec.structs import replace
 
-import orjson
 
-
-@dataclass(frozen=True)
-class ConversationState:
+class ConversationState(msgspec.Struct, frozen=True):
     resolved_on: str | None = None  # date the bot saw this conversation resolved
     handed_off: bool = False  # a handoff was decided in the current pending period
     greeted: bool = False
@@ -18,11 +16,11 @@ class ConversationState:
     given_back: bool = False  # an agent gave it back to the bot (BOT_COMMAND) since it was last resolved
 
     def dumps(self) -> str:
-        return orjson.dumps(self).decode()
+        return msgspec.json.encode(self).decode()
 
     @classmethod
     def loads(cls, text: str | bytes | None) -> ConversationState:
-        return cls(**orjson.loads(text)) if text else cls()
+        return msgspec.json.decode(text, type=cls) if text else NEW
 
     def new_period(self, **changes) -> ConversationState:
         """The conversation left pending: forget this period's counters and timer."""
@@ -34,8 +32,10 @@ class ConversationState:
         return self.handed_off or bool(self.incoming) or self.timer_due is not None
 
 
-@dataclass(frozen=True)
-class Resolved:
+NEW = ConversationState()  # a conversation the bot knows nothing about
+
+
+class Resolved(msgspec.Struct, frozen=True):
     """A contact's resolved conversation, as seen by the bot or found in Chatwoot."""
 
     display_id: int
@@ -44,14 +44,13 @@ class Resolved:
     source: str = "seen"  # "seen" (conversation_resolved event) or "chatwoot" (look-up)
 
     def dumps(self) -> str:
-        return orjson.dumps(self).decode()
+        return msgspec.json.encode(self).decode()
 
     @classmethod
     def loads(cls, text: str | bytes | None) -> Resolved | None:
-        return cls(**orjson.loads(text)) if text else None
+        return msgspec.json.decode(text, type=cls) if text else None
 
 
-@dataclass(frozen=True)
-class Facts:
-    state: ConversationState = ConversationState()
+class Facts(msgspec.Struct, frozen=True):
+    state: ConversationState = NEW
     previous: Resolved | None = None  # the contact's last resolved conversation

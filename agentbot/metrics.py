@@ -15,6 +15,14 @@ class Metrics:
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
         self.outbox_depth = Gauge("agentbot_outbox_depth", "Jobs waiting in the outbox", registry=r)
         self.dead_letters = Counter("agentbot_dead_letters_total", "Jobs given up and kept as dead letters", registry=r)
+        self._delivered: dict[tuple[str, str], Counter] = {}  # few: known events × outcomes
+
+    def delivered(self, event: str, outcome: str) -> None:
+        """Count a delivery; called for every one, so the labelled child is looked up once."""
+        child = self._delivered.get((event, outcome))
+        if child is None:
+            child = self._delivered[event, outcome] = self.deliveries.labels(event, outcome)
+        child.inc()
 
     def observe_call(self, endpoint: str, status: str, seconds: float) -> None:
         self.calls.labels(endpoint, status).inc()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 
@@ -13,7 +14,7 @@ from .chatwoot import Chatwoot, ChatwootError
 from .metrics import Metrics
 from .store import Store
 
-WORKERS = 8
+WORKERS = 16
 POLL = 0.25  # seconds between looks at the store when nothing woke us (other instances, retries)
 BACKOFF_BASE, BACKOFF_CAP = 0.5, 60.0
 
@@ -32,15 +33,20 @@ def _optional_refused(step: Step, exc: ChatwootError) -> bool:
 class Outbox:
     def __init__(self, store: Store, chatwoot: Chatwoot, metrics: Metrics, clock: Callable[[], datetime], max_age: float):
         self.store, self.chatwoot, self.metrics, self.clock, self.max_age = store, chatwoot, metrics, clock, max_age
-        self._wake = asyncio.Event()
+        self._sleepers: deque[asyncio.Future] = deque()  # idle workers, woken one per new job
         self._stopping = False
         self._tasks: list[asyncio.Task] = []
 
     def now(self) -> float:
         return self.clock().timestamp()
 
-    def wake(self) -> None:
-        self._wake.set()
+    def wake(self, jobs: int = WORKERS) -> None:
+        """New work in the store: wake as many idle workers as there are jobs."""
+        while jobs > 0 and self._sleepers:
+            sleeper = self._sleepers.popleft()
+            if not sleeper.done():
+                sleeper.set_result(None)
+                jobs -= 1
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(WORKERS)]
@@ -56,11 +62,12 @@ class Outbox:
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def _idle(self, seconds: float) -> None:
+        sleeper = asyncio.get_running_loop().create_future()
+        self._sleepers.append(sleeper)
         try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            await asyncio.wait_for(sleeper, seconds)
         except asyncio.TimeoutError:
-            pass
-        self._wake.clear()
+            self._sleepers.remove(sleeper)
 
     async def _worker(self) -> None:
         while not self._stopping:
@@ -88,8 +95,9 @@ class Outbox:
         while not self._stopping:
             try:
                 now = self.now()
-                if await self.store.fire_timers(now):
-                    self.wake()
+                fired = await self.store.fire_timers(now)
+                if fired:
+                    self.wake(fired)
                 self.metrics.outbox_depth.set(await self.store.depth())
                 ticks += 1
                 if ticks % 1200 == 0:
@@ -145,7 +153,7 @@ class Outbox:
             logger.warning("conversation {}: {}; retry {} in {:.1f} s", job.conversation_key, exc, job.attempts,
                            job.next_at - self.now())
             await self.store.retry(job)
-            self.wake()
+            self.wake(1)
             return
         self.metrics.dead_letters.inc()
         await self.store.bury(job, self.now())

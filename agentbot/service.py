@@ -27,7 +27,7 @@ class Handoffs:
     """Decides what to do with deliveries and writes it to the outbox; never calls Chatwoot's write API."""
 
     def __init__(self, settings: Settings, store: Store, chatwoot: Chatwoot | None, metrics: Metrics,
-                 clock: Callable[[], datetime], on_commit: Callable[[], None] = lambda: None):
+                 clock: Callable[[], datetime], on_commit: Callable[[int], None] = lambda jobs: None):
         self.settings, self.store, self.chatwoot, self.metrics = settings, store, chatwoot, metrics
         self.clock, self.on_commit = clock, on_commit
 
@@ -74,26 +74,25 @@ class Handoffs:
 
     async def handle(self, d: Delivery) -> Decision:
         why_not = triage(d, self.settings)
-        if why_not:  # the bulk of deliveries: nothing to look up, no log context needed
-            decision = Decision("ignore", why_not)
-            self._report(d, decision)
-            return decision
+        if why_not:  # the bulk of deliveries: nothing to look up
+            return self._report(d, Decision("ignore", why_not))
         c = d.conversation
-        with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id,
-                                  delivery=d.delivery_id):
+        decision = None
+        if d.message is None:
             # Conversation events on open conversations usually change nothing: decide those with one
             # consistent read first, and take the lock only to write (it costs round trips on Redis).
-            decision = None
-            if d.message is None:
-                decision = decide(d, await self.facts(d, look_up=False), self.clock(), self.settings)
-            if decision is None or decision.writes:
-                async with self.store.lock(c.key):
-                    decision = decide(d, await self.facts(d), self.clock(), self.settings)
-                    # The commit is refused for a delivery seen before; one that writes nothing is harmless.
-                    if decision.writes and not await self._commit(d, decision):
-                        decision = Decision("duplicate", f"delivery {d.dedup_key} was handled before")
-            self._report(d, decision)
-        return decision
+            state, _ = await self.store.load(c.key, None)
+            decision = decide(d, Facts(state), self.clock(), self.settings)
+            if not decision.writes:
+                return self._report(d, decision)
+        with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id,
+                                  delivery=d.delivery_id):
+            async with self.store.lock(c.key):
+                decision = decide(d, await self.facts(d), self.clock(), self.settings)
+                # The commit is refused for a delivery seen before; one that writes nothing is harmless.
+                if decision.writes and not await self._commit(d, decision):
+                    decision = Decision("duplicate", f"delivery {d.dedup_key} was handled before")
+            return self._report(d, decision)
 
     async def _commit(self, d: Delivery, decision: Decision) -> bool:
         c = d.conversation
@@ -109,16 +108,17 @@ class Handoffs:
         )
         done = await self.store.commit(commit, self.clock().timestamp())
         if done and decision.jobs:
-            self.on_commit()
+            self.on_commit(len(decision.jobs))
         return done
 
-    def _report(self, d: Delivery, decision: Decision) -> None:
-        self.metrics.deliveries.labels(event_label(d.event), decision.outcome).inc()
+    def _report(self, d: Delivery, decision: Decision) -> Decision:
+        self.metrics.delivered(event_label(d.event), decision.outcome)
+        where = f"conversation {d.conversation.key}" if d.conversation else d.event
         if decision.outcome in ("ignore", "duplicate"):
-            logger.debug("{} {}: {}", d.event, decision.outcome, decision.reason)
-            return
+            logger.debug("{}: {} {}: {}", where, d.event, decision.outcome, decision.reason)
+            return decision
         self.metrics.decisions.labels(decision.outcome, decision.rule or "-").inc()
         # A handoff is logged at INFO when Chatwoot has it (outbox); what only updates memory is DEBUG.
         quiet = decision.outcome in ("handoff", "record")
-        logger.log("DEBUG" if quiet else "INFO", "conversation {}: {}: {}", d.conversation.key, decision.outcome, decision.reason)
-
+        logger.log("DEBUG" if quiet else "INFO", "{}: {}: {}", where, decision.outcome, decision.reason)
+        return decision

@@ -4,11 +4,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-import orjson
+import msgspec
 from aiohttp import web
 from loguru import logger
 
-from .events import PayloadError, event_label, parse
+from .events import BadBody, PayloadError, event_label, parse
 
 MAX_BODY = 1024 * 1024
 MAX_SKEW = 300  # seconds; older signed deliveries are refused as replays
@@ -16,7 +16,7 @@ JSON = {"Content-Type": "application/json"}
 
 
 def answer(data: dict, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, headers=JSON)
+    return web.Response(body=msgspec.json.encode(data), status=status, headers=JSON)
 
 
 def error(status: int, message: str) -> web.Response:
@@ -54,18 +54,14 @@ async def receive(bot, request: web.Request) -> web.Response:
         if problem:
             logger.warning("webhook refused: {}", problem)
             return error(401, problem)
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return error(400, "body is not JSON")
-    if not isinstance(payload, dict):
-        return error(400, "body is not a JSON object")
     delivery_id = request.headers.get("X-Chatwoot-Delivery")
     try:
-        delivery = parse(payload, delivery_id)
+        delivery = parse(body, delivery_id)
+    except BadBody as exc:
+        return error(400, str(exc))
     except PayloadError as exc:
-        logger.warning("{} delivery {} acknowledged without acting: {}", payload.get("event"), delivery_id or "-", exc)
-        bot.metrics.deliveries.labels(event_label(payload.get("event")), "invalid").inc()
+        logger.warning("{} delivery {} acknowledged without acting: {}", exc.event or "unnamed", delivery_id or "-", exc)
+        bot.metrics.delivered(event_label(exc.event), "invalid")
         return answer({"outcome": "ignore", "reason": str(exc)})
     try:
         decision = await bot.handoffs.handle(delivery)

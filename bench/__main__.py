@@ -12,6 +12,7 @@ import json
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from . import payloads
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("bot", "ceiling", "usual")
+WORKLOADS = ("ignore", "handoff", "mixed")
 
 
 def free_port() -> int:
@@ -185,36 +187,41 @@ async def open_loop(url: str, standin: str, rate: int, seconds: float, handoff_s
             "handoff_p99_ms": ms(pct(handoff, 99)) if handoff else None}
 
 
-async def measure(target: str, args, standin: str, workdir: Path, files: dict[str, Path]) -> dict:
-    out: dict = {}
-    for workload in ("ignore", "handoff", "mixed"):
-        server = Server(target, workload, standin, args.store, workdir)
-        try:
-            cold = await server.ready()
-            out.setdefault("cold_start_ms", cold * 1000)
-            cpu0, t0 = server.cpu_seconds(), time.monotonic()
-            if workload == "mixed":
-                result = await open_loop(server.url, standin, args.rate, args.seconds, 0.10, 50_000_000)
-            else:
-                await records(standin)
-                result = run_wrk(server.url, workload, files[workload], args.seconds, args.connections)
-                if workload == "handoff":
-                    expected = result["requests"]
-                    done_at = time.monotonic()
-                    got = await wait_arrivals(standin, set(), timeout=0)
-                    while len(got) < expected and time.monotonic() - done_at < 60:
-                        await asyncio.sleep(0.1)
-                        got.update(await records(standin))
-                    result["handoffs_done"] = len(got)
-                    result["handoffs_per_second"] = len(got) / (result["seconds"] + time.monotonic() - done_at)
-                    latency = await open_loop(server.url, standin, args.rate, min(args.seconds, 5), 1.0, 80_000_000)
-                    result["handoff_p50_ms"], result["handoff_p99_ms"] = latency["handoff_p50_ms"], latency["handoff_p99_ms"]
-            result["server_cpu_percent"] = 100 * (server.cpu_seconds() - cpu0) / (time.monotonic() - t0)
-            out[workload] = result
-            out["peak_rss_mb"] = max(out.get("peak_rss_mb", 0), server.peak_rss_mb())
-        finally:
-            server.stop()
-        print(f"  {target:8} {workload:8} {json.dumps(result)}", flush=True)
+async def measure(target: str, workload: str, args, standin: str, workdir: Path, files: dict[str, Path]) -> dict:
+    """One fresh server of `target`, one workload; figures plus its cold start and peak RSS."""
+    server = Server(target, workload, standin, args.store, workdir)
+    try:
+        result = {"cold_start_ms": await server.ready() * 1000}
+        cpu0, t0 = server.cpu_seconds(), time.monotonic()
+        if workload == "mixed":
+            result |= await open_loop(server.url, standin, args.rate, args.seconds, 0.10, 50_000_000)
+        else:
+            await records(standin)
+            result |= run_wrk(server.url, workload, files[workload], args.seconds, args.connections)
+            if workload == "handoff":
+                expected = result["requests"]
+                done_at = time.monotonic()
+                got = await wait_arrivals(standin, set(), timeout=0)
+                while len(got) < expected and time.monotonic() - done_at < 60:
+                    await asyncio.sleep(0.1)
+                    got.update(await records(standin))
+                result["handoffs_done"] = len(got)
+                result["handoffs_per_second"] = len(got) / (result["seconds"] + time.monotonic() - done_at)
+                latency = await open_loop(server.url, standin, args.rate, min(args.seconds, 5), 1.0, 80_000_000)
+                result["handoff_p50_ms"], result["handoff_p99_ms"] = latency["handoff_p50_ms"], latency["handoff_p99_ms"]
+        result["server_cpu_percent"] = 100 * (server.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+        result["peak_rss_mb"] = server.peak_rss_mb()
+    finally:
+        server.stop()
+    print(f"  {target:8} {workload:8} {json.dumps(result)}", flush=True)
+    return result
+
+
+def median_of(runs: list[dict]) -> dict:
+    """Each figure's median over the rounds (peak RSS: the highest)."""
+    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float))]
+    out = {k: statistics.median(r[k] for r in runs if r.get(k) is not None) for k in keys}
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
     return out
 
 
@@ -251,7 +258,8 @@ def table(results: dict, rate: int) -> str:
 async def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench")
     p.add_argument("--store", default="sqlite", help="sqlite (default) or a redis://… URL for the bot")
-    p.add_argument("--seconds", type=int, default=10, help="seconds per throughput run and per mixed run")
+    p.add_argument("--seconds", type=int, default=6, help="seconds per throughput run and per mixed run")
+    p.add_argument("--rounds", type=int, default=3, help="rounds; each figure is the median over them")
     p.add_argument("--rate", type=int, default=500, help="offered deliveries/s for the latency runs")
     p.add_argument("--connections", type=int, default=32, help="wrk connections")
     p.add_argument("--targets", default=",".join(TARGETS))
@@ -272,16 +280,26 @@ async def main() -> None:
                         break
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.01)
+        # Targets take turns within each round, so drift on this shared machine hits them alike;
+        # each figure is the median over the rounds.
+        targets = args.targets.split(",")
+        runs: dict[str, dict[str, list[dict]]] = {t: {w: [] for w in WORKLOADS} for t in targets}
+        for round_ in range(1, args.rounds + 1):
+            print(f"round {round_} of {args.rounds}", flush=True)
+            for workload in WORKLOADS:
+                for target in targets:
+                    runs[target][workload].append(await measure(target, workload, args, standin_url, workdir, files))
         results = {}
-        for target in args.targets.split(","):
-            print(f"measuring {target} …", flush=True)
-            results[target] = await measure(target, args, standin_url, workdir, files)
+        for target in targets:
+            results[target] = {w: median_of(runs[target][w]) for w in WORKLOADS}
+            results[target]["peak_rss_mb"] = max(results[target][w]["peak_rss_mb"] for w in WORKLOADS)
+            results[target]["cold_start_ms"] = statistics.median(r["cold_start_ms"] for w in WORKLOADS for r in runs[target][w])
     finally:
         standin.terminate()
         standin.wait(10)
     report = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{os.cpu_count()} cores, {sys.platform}",
               "python": sys.version.split()[0], "store": args.store, "seconds": args.seconds, "rate": args.rate,
-              "connections": args.connections, "results": results}
+              "connections": args.connections, "rounds": args.rounds, "results": results}
     if set(TARGETS) <= set(results):
         report["table"] = table(results, args.rate)
         print("\n" + report["table"])

@@ -1,6 +1,8 @@
 """The store interface, the same on SQLite and Redis: dedup, order per conversation, timers once."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from agentbot.actions import Job
@@ -97,3 +99,15 @@ async def test_progress_is_saved_for_the_next_attempt(store):
     await store.retry(j)
     again = await store.claim(101.0)
     assert (again.step, again.context, again.attempts) == (1, {"remark": "x"}, 1)
+
+
+async def test_concurrent_commits_all_land_and_one_failure_spoils_only_its_own(store):
+    # On SQLite, commits made in one turn of the event loop share a transaction (group commit).
+    broken = Commit("d:bad", "1:99", jobs=[None])  # not a job: this writer's statements fail
+    good = [Commit(f"d:{n}", f"1:{n}", ConversationState(incoming=n), [job(n)]) for n in range(1, 6)]
+    results = await asyncio.gather(*(store.commit(c, 100.0) for c in [*good[:2], broken, *good[2:]]), return_exceptions=True)
+    assert results[:2] + results[3:] == [True] * 5 and isinstance(results[2], Exception)
+    for n in range(1, 6):
+        assert (await store.load(f"1:{n}", None))[0] == ConversationState(incoming=n)
+    assert await store.depth() == 5
+    assert await store.commit(Commit("d:bad", "1:99"), 101.0) is True  # nothing of the failed one stayed

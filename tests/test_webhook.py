@@ -98,9 +98,23 @@ async def test_payload_missing_fields_is_acknowledged_without_acting(fake, start
     assert len(warnings) == 3
 
 
+async def test_field_of_the_wrong_type_is_acknowledged_without_acting_and_named(fake, start_bot, log_lines):
+    bot = await start_bot()
+    body = fixture("message_created_incoming_reopened")
+    body["conversation"]["inbox_id"] = "3"
+    raw = json.dumps(body).encode()
+    status, answer = await bot.post(raw, signed(raw))
+    assert status == 200 and answer["outcome"] == "ignore"
+    assert answer["reason"] == "Expected `int | null`, got `str` - at `$.conversation.inbox_id`"
+    await assert_nothing_changed(fake, bot)
+    assert any("acknowledged without acting" in line and "$.conversation.inbox_id" in line for line in log_lines)
+
+
 async def test_unknown_events_are_acknowledged(fake, start_bot):
     bot = await start_bot()
-    for body in ({"event": "contact_created", "id": 1}, fixture("webwidget_triggered")):
+    # Events the bot doesn't read may use its field names with other types: still a plain ignore.
+    for body in ({"event": "contact_created", "id": 1}, {"event": "contact_updated", "id": "c-1", "status": 3},
+                 fixture("webwidget_triggered")):
         raw = json.dumps(body).encode()
         status, answer = await bot.post(raw, signed(raw))
         assert status == 200 and answer["outcome"] == "ignore"

@@ -1,7 +1,10 @@
 """SQLite backend (embedded default, WAL mode, one process); `memory://` is SQLite in memory."""
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..actions import Job
 from ..facts import ConversationState, Resolved
@@ -9,27 +12,31 @@ from .base import DEDUP_TTL, STATE_TTL, Commit, Store
 from .locks import KeyedLocks
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, expires REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS conversations (key TEXT PRIMARY KEY, state TEXT NOT NULL, expires REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS contacts (key TEXT PRIMARY KEY, resolved TEXT NOT NULL, expires REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS lookups (key TEXT PRIMARY KEY, value TEXT, expires REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, conv TEXT NOT NULL, body TEXT NOT NULL, dead INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS conversations (key TEXT PRIMARY KEY, state TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS contacts (key TEXT PRIMARY KEY, resolved TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lookups (key TEXT PRIMARY KEY, value TEXT, expires REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY, conv TEXT NOT NULL, body TEXT NOT NULL, dead INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS jobs_conv ON jobs (conv, dead, id);
-CREATE TABLE IF NOT EXISTS queues (conv TEXT PRIMARY KEY, ready_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS queues (conv TEXT PRIMARY KEY, ready_at REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS queues_ready ON queues (ready_at);
-CREATE TABLE IF NOT EXISTS timers (conv TEXT PRIMARY KEY, due REAL NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS timers (conv TEXT PRIMARY KEY, due REAL NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS timers_due ON timers (due);
 """
+T = TypeVar("T")
 
 
 class SQLiteStore(Store):
-    # Calls are synchronous: each is a few indexed statements on a local file (microseconds),
-    # cheaper than handing them to a thread. Nothing awaits inside a transaction.
+    # Calls are synchronous: each is a few indexed statements on a local file, cheaper than handing
+    # them to a thread; nothing awaits inside a transaction. Writes made in the same turn of the event
+    # loop share one transaction (group commit): each page SQLite writes to the WAL is written once
+    # for all of them, and each caller still resumes only after its writes are committed.
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._locks = KeyedLocks()
         self._busy: set[str] = set()  # conversations whose head job a worker is running
+        self._writes: list[tuple[Callable[[], Any], asyncio.Future]] = []
 
     async def open(self) -> None:
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -38,40 +45,75 @@ class SQLiteStore(Store):
         self.db.executescript(SCHEMA)
 
     async def close(self) -> None:
+        self._flush()
         self.db.close()
 
+    async def _write(self, apply: Callable[[], T]) -> T:
+        """Run `apply` (statements only) in the next shared write transaction; return what it returned."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._writes.append((apply, future))
+        if len(self._writes) == 1:
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        writes, self._writes = self._writes, []
+        if not writes:
+            return
+        try:
+            results = [(True, value) for value in self._transaction([apply for apply, _ in writes])]
+        except Exception as exc:
+            # One writer's statements failed and took the shared transaction with them: give each its own.
+            results = [self._alone(apply) for apply, _ in writes] if len(writes) > 1 else [(False, exc)]
+        for (_, future), (ok, value) in zip(writes, results):
+            if not future.done():
+                future.set_result(value) if ok else future.set_exception(value)
+
+    def _transaction(self, applies: list[Callable[[], Any]]) -> list[Any]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            values = [apply() for apply in applies]
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        return values
+
+    def _alone(self, apply: Callable[[], Any]) -> tuple[bool, Any]:
+        try:
+            return True, self._transaction([apply])[0]
+        except Exception as exc:
+            return False, exc
+
     async def load(self, conversation_key, contact_key):
-        row = self.db.execute("SELECT state FROM conversations WHERE key=?", (conversation_key,)).fetchone()
-        prev = None
-        if contact_key:
-            hit = self.db.execute("SELECT resolved FROM contacts WHERE key=?", (contact_key,)).fetchone()
-            prev = Resolved.loads(hit[0]) if hit else None
-        return ConversationState.loads(row[0] if row else None), prev
+        state, prev = self.db.execute(
+            "SELECT (SELECT state FROM conversations WHERE key=?), (SELECT resolved FROM contacts WHERE key=?)",
+            (conversation_key, contact_key),
+        ).fetchone()
+        return ConversationState.loads(state), Resolved.loads(prev)
 
     def lock(self, conversation_key):
         return self._locks(conversation_key)
 
     async def commit(self, c: Commit, now: float) -> bool:
+        return await self._write(lambda: self._commit(c, now))
+
+    def _commit(self, c: Commit, now: float) -> bool:
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if db.execute("INSERT OR IGNORE INTO seen VALUES (?,?)", (c.dedup_key, now + DEDUP_TTL)).rowcount == 0:
-                db.execute("ROLLBACK")
-                return False
-            if c.state is not None:
-                db.execute("INSERT OR REPLACE INTO conversations VALUES (?,?,?)", (c.conversation_key, c.state.dumps(), now + STATE_TTL))
-            for job in c.jobs:
-                self._push(job, now)
-            if c.cancel_timer:
-                db.execute("DELETE FROM timers WHERE conv=?", (c.conversation_key,))
-            if c.timer:
-                db.execute("INSERT OR REPLACE INTO timers VALUES (?,?,?)", (c.conversation_key, c.timer[0], c.timer[1].dumps()))
-            if c.resolved and c.contact_key:
-                db.execute("INSERT OR REPLACE INTO contacts VALUES (?,?,?)", (c.contact_key, c.resolved.dumps(), now + STATE_TTL))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        if db.execute("INSERT OR IGNORE INTO seen VALUES (?,?)", (c.dedup_key, now + DEDUP_TTL)).rowcount == 0:
+            return False
+        if c.state is not None:
+            db.execute("INSERT OR REPLACE INTO conversations VALUES (?,?,?)", (c.conversation_key, c.state.dumps(), now + STATE_TTL))
+        for job in c.jobs:
+            self._push(job, now)
+        if c.cancel_timer:
+            db.execute("DELETE FROM timers WHERE conv=?", (c.conversation_key,))
+        if c.timer:
+            db.execute("INSERT OR REPLACE INTO timers VALUES (?,?,?)", (c.conversation_key, c.timer[0], c.timer[1].dumps()))
+        if c.resolved and c.contact_key:
+            db.execute("INSERT OR REPLACE INTO contacts VALUES (?,?,?)", (c.contact_key, c.resolved.dumps(), now + STATE_TTL))
         return True
 
     def _push(self, job: Job, now: float) -> None:
@@ -81,7 +123,7 @@ class SQLiteStore(Store):
 
     async def remember(self, contact_key, resolved, ttl, now):
         value = resolved.dumps() if resolved else None
-        self.db.execute("INSERT OR REPLACE INTO lookups VALUES (?,?,?)", (contact_key, value, now + ttl))
+        await self._write(lambda: self.db.execute("INSERT OR REPLACE INTO lookups VALUES (?,?,?)", (contact_key, value, now + ttl)))
 
     async def recall(self, contact_key, now):
         row = self.db.execute("SELECT value FROM lookups WHERE key=? AND expires>?", (contact_key, now)).fetchone()
@@ -90,44 +132,52 @@ class SQLiteStore(Store):
     async def claim(self, now):
         busy = tuple(self._busy)
         marks = ",".join("?" * len(busy))
-        row = self.db.execute(
-            f"SELECT conv FROM queues WHERE ready_at<=? AND conv NOT IN ({marks}) ORDER BY ready_at LIMIT 1",
-            (now, *busy),
-        ).fetchone()
-        if row is None:
-            return None
-        head = self.db.execute("SELECT id, body FROM jobs WHERE conv=? AND dead=0 ORDER BY id LIMIT 1", row).fetchone()
-        if head is None:
-            self.db.execute("DELETE FROM queues WHERE conv=?", row)
-            return await self.claim(now)
-        self._busy.add(row[0])
-        job = Job.loads(head[1])
-        job.id = str(head[0])
+        while True:
+            row = self.db.execute(
+                "SELECT q.conv, j.id, j.body FROM queues q LEFT JOIN jobs j "
+                "ON j.id = (SELECT id FROM jobs WHERE conv=q.conv AND dead=0 ORDER BY id LIMIT 1) "
+                f"WHERE q.ready_at<=? AND q.conv NOT IN ({marks}) ORDER BY q.ready_at LIMIT 1",
+                (now, *busy),
+            ).fetchone()
+            if row is None:
+                return None
+            conv, job_id, body = row
+            if job_id is not None:
+                break
+            self.db.execute("DELETE FROM queues WHERE conv=?", (conv,))  # its jobs are all done or dead
+        self._busy.add(conv)
+        job = Job.loads(body)
+        job.id = str(job_id)
         return job
 
     async def progress(self, job, now):
-        self.db.execute("UPDATE jobs SET body=? WHERE id=?", (job.dumps(), int(job.id)))
+        body = job.dumps()
+        await self._write(lambda: self.db.execute("UPDATE jobs SET body=? WHERE id=?", (body, int(job.id))))
 
     async def finish(self, job, now):
-        self._release(job, now, "DELETE FROM jobs WHERE id=?", (int(job.id),))
+        await self._release(job, now, "DELETE FROM jobs WHERE id=?", (int(job.id),))
 
     async def retry(self, job):
-        self._release(job, job.next_at, "UPDATE jobs SET body=? WHERE id=?", (job.dumps(), int(job.id)))
+        await self._release(job, job.next_at, "UPDATE jobs SET body=? WHERE id=?", (job.dumps(), int(job.id)))
 
     async def bury(self, job, now):
-        self._release(job, now, "UPDATE jobs SET body=?, dead=1 WHERE id=?", (job.dumps(), int(job.id)))
+        await self._release(job, now, "UPDATE jobs SET body=?, dead=1 WHERE id=?", (job.dumps(), int(job.id)))
 
-    def _release(self, job: Job, ready_at: float, sql: str, args: tuple) -> None:
+    async def _release(self, job: Job, ready_at: float, sql: str, args: tuple) -> None:
         """Apply `sql` to the job and reschedule its conversation's queue, in one transaction."""
         conv = job.conversation_key
-        with self.db:
-            self.db.execute("BEGIN")
+
+        def apply() -> None:
             self.db.execute(sql, args)
             if self.db.execute("SELECT 1 FROM jobs WHERE conv=? AND dead=0 LIMIT 1", (conv,)).fetchone():
                 self.db.execute("UPDATE queues SET ready_at=? WHERE conv=?", (ready_at, conv))
             else:
                 self.db.execute("DELETE FROM queues WHERE conv=?", (conv,))
-        self._busy.discard(conv)
+
+        try:
+            await self._write(apply)
+        finally:
+            self._busy.discard(conv)
 
     async def dead_letters(self):
         rows = self.db.execute("SELECT id, body FROM jobs WHERE dead=1 ORDER BY id").fetchall()

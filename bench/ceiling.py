@@ -14,7 +14,7 @@ import os
 import aiohttp
 from aiohttp import web
 
-from agentbot.serve import event_loop
+from agentbot.loop import event_loop  # the bot's event loop, without importing the bot
 
 CHATWOOT = os.environ["CHATWOOT_URL"]
 TOKEN = os.environ["CHATWOOT_BOT_TOKEN"]

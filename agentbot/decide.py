@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 
 from msgspec.structs import replace
-from datetime import datetime, timedelta, timezone
 
 from .actions import Job, Step
 from .config import Rules, Settings
@@ -52,7 +52,12 @@ def triage(d: Delivery, settings: Settings) -> str | None:
     if not settings.acts_on(c.account_id, c.inbox_id):
         return f"account {c.account_id} / inbox {c.inbox_id} is not handled by this bot"
     if m is None:
-        return f"{d.event} with status pending needs nothing" if c.status == "pending" else None
+        if c.status == "pending":
+            return f"{d.event} with status pending needs nothing"
+        # Chatwoot sends conversation_opened/resolved and conversation_status_changed for the same save.
+        if d.event == "conversation_updated" and c.status_changed is False:
+            return "conversation_updated without a status change needs nothing"
+        return None
     if d.event != "message_created":
         return "message_updated (receipts and edits) is not new customer input"
     rules = settings.rules_for(c.inbox_id)

@@ -73,6 +73,7 @@ class _Conversation(Struct):
     labels: Raw = EMPTY
     custom_attributes: Raw = EMPTY
     additional_attributes: Raw = EMPTY
+    changed_attributes: list[dict[str, Raw]] | None = None  # conversation events on Chatwoot 4.13+
 
 
 class _Body(_Conversation):
@@ -110,6 +111,7 @@ class Conversation(Struct, frozen=True):
     first_reply_at: str | None = None  # ISO 8601
     last_message_id: int | None = None  # messages[0]: the latest public message when the payload was built
     updated_at: str = ""  # changes with every save: tells two events of one conversation apart
+    status_changed: bool | None = None  # by the save this event reports; None: the payload doesn't say
     # Decoded only by the rules that read them, so most deliveries never pay for them.
     raw_labels: Raw = EMPTY
     raw_attributes: tuple[Raw, Raw] = (EMPTY, EMPTY)  # the contact's, then the conversation's
@@ -206,6 +208,7 @@ def _conversation(conv: _Conversation | None, account_id: int | None) -> Convers
         first_reply_at=_iso(conv.first_reply_created_at),
         last_message_id=first and first.id,
         updated_at=str(conv.updated_at or ""),
+        status_changed=None if conv.changed_attributes is None else any("status" in c for c in conv.changed_attributes),
         raw_labels=conv.labels,
         raw_attributes=(contact.custom_attributes, conv.custom_attributes),
         raw_languages=(conv.additional_attributes, contact.custom_attributes, contact.additional_attributes),

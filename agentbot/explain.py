@@ -1,7 +1,6 @@
 """Commands that show what the bot would do: `rules`, `explain`, and `outbox` (dead letters)."""
 from __future__ import annotations
 
-
 from datetime import datetime, timezone
 
 from .config import Rules, Settings

@@ -1,7 +1,11 @@
 """End-to-end stories of issue 2: the real app against the fake Chatwoot, asserting on Chatwoot's state."""
 from __future__ import annotations
 
+import json
+
 from tests.conftest import returning, wait_for
+from tests.fakechatwoot.model import fixture
+from tests.test_webhook import signed
 
 
 async def test_new_customer_stays_pending(fake, start_bot):
@@ -125,6 +129,24 @@ async def test_resolve_is_recorded_and_conversation_events_are_acknowledged(fake
     assert all(d.answers == [200] for d in fake.deliveries)
     state, previous = await bot.bot.store.load(f"1:{conv.display_id}", f"1:{maria.id}")
     assert state.resolved_on and previous.display_id == conv.display_id
+
+
+async def test_conversation_updated_without_a_status_change_needs_no_memory(fake, start_bot):
+    bot = await start_bot()
+    body = fixture("conversation_updated")
+    body["status"] = "resolved"
+    cases = [  # (changed_attributes, outcome): a label on a resolved conversation is not a resolve
+        ([{"labels": {"previous_value": [], "current_value": ["vip"]}}], "ignore"),
+        (None, "record"),  # Chatwoot before 4.13 doesn't say what changed: the bot reads its memory
+        ([{"status": {"previous_value": "open", "current_value": "resolved"}}], "record"),
+    ]
+    for n, (changed, outcome) in enumerate(cases):
+        raw = json.dumps({**body, "changed_attributes": changed, "updated_at": 1790931680.5 + n}).encode()
+        status, answer = await bot.post(raw, signed(raw))
+        assert (status, answer["outcome"]) == (200, outcome), changed
+        if outcome == "ignore":
+            assert answer["reason"] == "conversation_updated without a status change needs nothing"
+            assert (await bot.bot.store.load(f"1:{body['id']}", None))[0].resolved_on is None
 
 
 async def test_duplicate_delivery_leads_to_one_handoff(fake, start_bot):

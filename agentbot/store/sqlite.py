@@ -66,7 +66,7 @@ class SQLiteStore(Store):
         except Exception as exc:
             # One writer's statements failed and took the shared transaction with them: give each its own.
             results = [self._alone(apply) for apply, _ in writes] if len(writes) > 1 else [(False, exc)]
-        for (_, future), (ok, value) in zip(writes, results):
+        for (_, future), (ok, value) in zip(writes, results, strict=True):
             if not future.done():
                 future.set_result(value) if ok else future.set_exception(value)
 

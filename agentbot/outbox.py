@@ -67,7 +67,10 @@ class Outbox:
         try:
             await asyncio.wait_for(sleeper, seconds)
         except asyncio.TimeoutError:
-            self._sleepers.remove(sleeper)
+            pass
+        finally:  # wake() may have dropped it already while wait_for was cancelling it
+            if sleeper in self._sleepers:
+                self._sleepers.remove(sleeper)
 
     async def _worker(self) -> None:
         while not self._stopping:

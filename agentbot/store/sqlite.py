@@ -189,28 +189,35 @@ class SQLiteStore(Store):
         return jobs
 
     async def requeue_dead(self, now):
-        rows = self.db.execute("SELECT id, body FROM jobs WHERE dead=1").fetchall()
-        for row_id, body in rows:
-            job = Job.loads(body)
-            job.attempts, job.created_at, job.next_at, job.error = 0, now, now, None
-            self.db.execute("UPDATE jobs SET body=?, dead=0 WHERE id=?", (job.dumps(), row_id))
-            self.db.execute("INSERT OR REPLACE INTO queues VALUES (?,?)", (job.conversation_key, now))
-        return len(rows)
+        def apply() -> int:
+            rows = self.db.execute("SELECT id, body FROM jobs WHERE dead=1").fetchall()
+            for row_id, body in rows:
+                job = Job.loads(body)
+                job.attempts, job.created_at, job.next_at, job.error = 0, now, now, None
+                self.db.execute("UPDATE jobs SET body=?, dead=0 WHERE id=?", (job.dumps(), row_id))
+                self.db.execute("INSERT OR REPLACE INTO queues VALUES (?,?)", (job.conversation_key, now))
+            return len(rows)
+
+        return await self._write(apply)
 
     async def depth(self):
         return self.db.execute("SELECT count(*) FROM jobs WHERE dead=0").fetchone()[0]
 
     async def fire_timers(self, now):
-        due = self.db.execute("SELECT conv, body FROM timers WHERE due<=?", (now,)).fetchall()
-        for conv, body in due:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("DELETE FROM timers WHERE conv=?", (conv,))
-            job = Job.loads(body)
-            job.created_at = now
-            self._push(job, now)
-            self.db.execute("COMMIT")
-        return len(due)
+        def apply() -> int:
+            due = self.db.execute("SELECT conv, body FROM timers WHERE due<=?", (now,)).fetchall()
+            for conv, body in due:
+                self.db.execute("DELETE FROM timers WHERE conv=?", (conv,))
+                job = Job.loads(body)
+                job.created_at = now
+                self._push(job, now)
+            return len(due)
+
+        return await self._write(apply)
 
     async def prune(self, now):
-        for table in ("seen", "lookups", "conversations", "contacts"):
-            self.db.execute(f"DELETE FROM {table} WHERE expires<=?", (now,))
+        def apply() -> None:
+            for table in ("seen", "lookups", "conversations", "contacts"):
+                self.db.execute(f"DELETE FROM {table} WHERE expires<=?", (now,))
+
+        await self._write(apply)

@@ -34,7 +34,8 @@ class Handoffs:
     async def facts(self, d: Delivery, look_up: bool = True) -> Facts:
         c = d.conversation
         assert c is not None
-        state, previous = await self.store.load(c.key, contact_key(c))
+        # A conversation event's decision reads only the conversation; a message's also the contact's past.
+        state, previous = await self.store.load(c.key, contact_key(c) if d.message else None)
         facts = Facts(state, previous)
         if look_up and self._worth_looking_up(d, facts):
             facts = Facts(state, await self._look_up(c))
@@ -81,8 +82,7 @@ class Handoffs:
         if d.message is None:
             # Conversation events on open conversations usually change nothing: decide those with one
             # consistent read first, and take the lock only to write (it costs round trips on Redis).
-            state, _ = await self.store.load(c.key, None)
-            decision = decide(d, Facts(state), self.clock(), self.settings)
+            decision = decide(d, await self.facts(d, look_up=False), self.clock(), self.settings)
             if not decision.writes:
                 return self._report(d, decision)
         with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id,

@@ -226,27 +226,27 @@ def median_of(runs: list[dict]) -> dict:
 
 
 ROWS = [
-    ("ignore", "per_second", "ignore path: deliveries/s", True),
-    ("ignore", "p50_ms", "ignore path: webhook p50 ms (saturated)", False),
-    ("ignore", "p99_ms", "ignore path: webhook p99 ms (saturated)", False),
-    ("handoff", "per_second", "handoff path: deliveries/s", True),
-    ("handoff", "handoffs_per_second", "handoff path: toggle_status calls done/s", True),
-    ("handoff", "p99_ms", "handoff path: webhook p99 ms (saturated)", False),
-    ("handoff", "handoff_p50_ms", "handoff at {rate}/s: delivery → toggle_status p50 ms", False),
-    ("handoff", "handoff_p99_ms", "handoff at {rate}/s: delivery → toggle_status p99 ms", False),
-    ("mixed", "p50_ms", "mixed at {rate}/s: webhook p50 ms", False),
-    ("mixed", "p99_ms", "mixed at {rate}/s: webhook p99 ms", False),
-    ("mixed", "max_ms", "mixed at {rate}/s: webhook max ms", False),
-    ("mixed", "handoff_p50_ms", "mixed at {rate}/s: delivery → toggle_status p50 ms", False),
-    ("mixed", "handoff_p99_ms", "mixed at {rate}/s: delivery → toggle_status p99 ms", False),
-    (None, "peak_rss_mb", "peak RSS MB (usual: 2 workers + master)", False),
-    (None, "cold_start_ms", "cold start to first /healthz 200, ms", False),
+    ("ignore", "per_second", "ignore path: deliveries/s"),
+    ("ignore", "p50_ms", "ignore path: webhook p50 ms (saturated)"),
+    ("ignore", "p99_ms", "ignore path: webhook p99 ms (saturated)"),
+    ("handoff", "per_second", "handoff path: deliveries/s"),
+    ("handoff", "handoffs_per_second", "handoff path: toggle_status calls done/s"),
+    ("handoff", "p99_ms", "handoff path: webhook p99 ms (saturated)"),
+    ("handoff", "handoff_p50_ms", "handoff at {rate}/s: delivery → toggle_status p50 ms"),
+    ("handoff", "handoff_p99_ms", "handoff at {rate}/s: delivery → toggle_status p99 ms"),
+    ("mixed", "p50_ms", "mixed at {rate}/s: webhook p50 ms"),
+    ("mixed", "p99_ms", "mixed at {rate}/s: webhook p99 ms"),
+    ("mixed", "max_ms", "mixed at {rate}/s: webhook max ms"),
+    ("mixed", "handoff_p50_ms", "mixed at {rate}/s: delivery → toggle_status p50 ms"),
+    ("mixed", "handoff_p99_ms", "mixed at {rate}/s: delivery → toggle_status p99 ms"),
+    (None, "peak_rss_mb", "peak RSS MB (usual: 2 workers + master)"),
+    (None, "cold_start_ms", "cold start to first /healthz 200, ms"),
 ]
 
 
 def table(results: dict, rate: int) -> str:
     lines = ["| figure | bot | ceiling | usual | bot/ceiling | bot/usual |", "|---|---:|---:|---:|---:|---:|"]
-    for workload, key, label, _ in ROWS:
+    for workload, key, label in ROWS:
         vals = [(results[t][workload] if workload else results[t]).get(key) for t in TARGETS]
         cells = [f"{v:,.1f}" if isinstance(v, (int, float)) else "–" for v in vals]
         ratios = [f"{vals[0] / v:.2f}" if isinstance(vals[0], (int, float)) and isinstance(v, (int, float)) and v else "–"

@@ -56,8 +56,16 @@ BOT = web.AppKey("bot", Bot)
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 while deliveries can be decided and the outbox makes progress; 503 with the reason otherwise."""
     bot = request.app[BOT]
-    return web.json_response({"status": "ok", "outbox": await bot.store.depth()})
+    try:
+        depth = await bot.store.depth()
+    except Exception as exc:
+        return web.json_response({"status": "error", "reason": f"store: {type(exc).__name__}: {exc}"}, status=503)
+    problem = bot.outbox.problem()
+    if problem:
+        return web.json_response({"status": "error", "reason": problem, "outbox": depth}, status=503)
+    return web.json_response({"status": "ok", "outbox": depth})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import aiohttp
+import msgspec
 
 from .metrics import Metrics
 
@@ -13,15 +14,44 @@ FINAL_STATUSES = {400, 401, 403, 404, 422}
 
 
 class ChatwootError(Exception):
-    """A call failed; `final` says whether trying again can help."""
+    """A call failed; `final` says whether trying again can help, `maybe_applied` whether Chatwoot may
+    have carried it out all the same (no answer after the request went out, or a server error)."""
 
-    def __init__(self, endpoint: str, status: int | None, detail: str, retry_after: float | None = None):
+    def __init__(self, endpoint: str, status: int | None, detail: str, retry_after: float | None = None,
+                 sent: bool = True):
         self.endpoint, self.status, self.detail, self.retry_after = endpoint, status, detail, retry_after
+        self.sent = sent
         super().__init__(f"{endpoint}: {status or 'no answer'} {detail}".strip())
 
     @property
     def final(self) -> bool:
         return self.status in FINAL_STATUSES
+
+    @property
+    def maybe_applied(self) -> bool:
+        return self.sent and (self.status is None or self.status >= 500)
+
+    @property
+    def refused_to_bots(self) -> bool:
+        """This Chatwoot keeps the endpoint from agent bot tokens (older versions allow fewer)."""
+        return self.status == 401 and "not authorized for bots" in self.detail
+
+
+class MessageView(msgspec.Struct):
+    id: int = 0
+    content: str | None = None
+    private: bool = False
+    sender_type: str | None = None
+
+
+class ConversationView(msgspec.Struct):
+    """What GET /conversations/{id} says of a conversation (the API partial), as far as the outbox reads it."""
+
+    status: str = ""
+    last_non_activity_message: MessageView | None = None
+
+
+_conversation_view = msgspec.json.Decoder(ConversationView)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -40,17 +70,21 @@ class Chatwoot:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.metrics = metrics
 
-    async def _call(self, method: str, endpoint: str, path: str, body: Any = None, token: str | None = None) -> Any:
+    async def _call(self, method: str, endpoint: str, path: str, body: Any = None, token: str | None = None,
+                    decoder: Any = None) -> Any:
         headers = {"api_access_token": token or self.token or "", "Accept": "application/json"}
         started, status = time.perf_counter(), "error"
         try:
             async with self.session.request(method, self.base_url + path, json=body, headers=headers,
                                             timeout=self.timeout, allow_redirects=False) as resp:
                 status = str(resp.status)
-                text = await resp.text()
+                raw = await resp.read()
                 if resp.status >= 300:
+                    text = raw.decode(errors="replace")
                     raise ChatwootError(endpoint, resp.status, text[:200], _retry_after(resp.headers.get("Retry-After")))
-                if not text.strip():
+                if decoder is not None:
+                    return decoder(raw)
+                if not raw.strip():
                     return None
                 try:
                     return await resp.json(content_type=None)
@@ -59,8 +93,12 @@ class Chatwoot:
         except asyncio.TimeoutError:
             status = "timeout"
             raise ChatwootError(endpoint, None, "timed out") from None
+        except aiohttp.ClientConnectorError as exc:  # nothing reached Chatwoot
+            raise ChatwootError(endpoint, None, f"{type(exc).__name__}: {exc}", sent=False) from None
         except aiohttp.ClientError as exc:
             raise ChatwootError(endpoint, None, f"{type(exc).__name__}: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise ChatwootError(endpoint, None, f"unexpected answer: {exc}") from None
         finally:
             if self.metrics:
                 self.metrics.observe_call(endpoint, status, time.perf_counter() - started)
@@ -82,6 +120,10 @@ class Chatwoot:
     async def assign(self, account: int, display_id: int, **body: int | None) -> Any:
         return await self._call("POST", "assignments", self._conv(account, display_id) + "/assignments", body)
 
+    async def conversation(self, account: int, display_id: int) -> ConversationView:
+        """GET the conversation (bot tokens since Chatwoot 4.16, #14655; older ones are refused "for bots")."""
+        return await self._call("GET", "show", self._conv(account, display_id), decoder=_conversation_view.decode)
+
     async def probe_bot_token(self, account: int) -> None:
         """A harmless bot-token call. The token was accepted when Chatwoot answers 404 for conversation 0,
         or (before 4.13, where bots may not toggle typing) refuses the endpoint "for bots"."""
@@ -89,7 +131,7 @@ class Chatwoot:
             await self._call("POST", "toggle_typing_status", self._conv(account, 0) + "/toggle_typing_status",
                              {"typing_status": "off"})
         except ChatwootError as exc:
-            if not (exc.status == 404 or (exc.status == 401 and "not authorized for bots" in exc.detail)):
+            if not (exc.status == 404 or exc.refused_to_bots):
                 raise
 
     # A user (administrator) token's endpoints: look-ups and set-up.

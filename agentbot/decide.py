@@ -79,10 +79,13 @@ def triage(d: Delivery, settings: Settings) -> str | None:
 
 def decide(d: Delivery, facts: Facts, now: datetime, settings: Settings) -> Decision:
     decision = _decide(d, facts, now, settings)
-    if d.message:
+    m, c = d.message, d.conversation
+    if m and c:
         timer_job = [decision.timer[1]] if isinstance(decision.timer, tuple) else []
         for job in decision.jobs + timer_job:
-            job.trigger = d.message.id
+            job.trigger = m.id
+        if decision.state is not None:  # private notes never show as the conversation's latest message
+            decision.state = decision.state.saw(c.status, c.updated, None if m.private else m.id)
     return decision
 
 
@@ -114,6 +117,11 @@ def _decide(d: Delivery, facts: Facts, now: datetime, settings: Settings) -> Dec
 
 
 def _conversation_event(event: str, c: Conversation, state: ConversationState, now: datetime) -> Decision:
+    # Chatwoot delivers in no set order (Sidekiq): an event about an earlier save must not undo what the
+    # bot decided since, e.g. a resolve delivered after the customer's next message.
+    if state.is_older(c.updated, c.last_message_id):
+        return ignore(f"{event} is older than what the bot already acted on")
+    state = state.saw(c.status, c.updated, c.last_message_id)
     if c.status == "resolved":
         assignee = c.assignee.id if c.assignee and c.assignee.kind == "user" else None
         on = now.date().isoformat()
@@ -264,7 +272,8 @@ def _keep_previous_agent(c: Conversation, facts: Facts, rules: Rules) -> tuple[l
 
 
 def _job(c: Conversation, reason: str, steps: list[Step], now: datetime, rule: str = "") -> Job:
-    return Job(c.account_id, c.display_id, reason, steps, created_at=now.timestamp(), rule=rule)
+    return Job(c.account_id, c.display_id, reason, steps, created_at=now.timestamp(), rule=rule,
+               decided_at=now.timestamp())
 
 
 def _render(template: str, c: Conversation, reason: str) -> str:

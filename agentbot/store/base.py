@@ -10,7 +10,7 @@ from ..facts import ConversationState, Resolved
 
 DEDUP_TTL = 24 * 3600
 STATE_TTL = 90 * 24 * 3600  # what the bot remembers of a conversation or contact
-LEASE = 60.0  # seconds a claimed job belongs to one worker (Redis; survives a crashed instance)
+LEASE = 60.0  # seconds a claimed job belongs to one worker unless renewed (Redis; survives a crashed instance)
 
 
 @dataclass
@@ -53,24 +53,32 @@ class Store(ABC):
     def lock(self, conversation_key: str) -> AbstractAsyncContextManager:
         """One decision per conversation at a time (across instances where the backend is shared)."""
 
-    # the outbox
+    # the outbox. A claimed job belongs to the caller until it is finished, retried or buried, or (on a
+    # shared store) until its lease runs out; every call below returns False, and changes nothing, when
+    # the caller no longer owns the job.
     @abstractmethod
     async def claim(self, now: float) -> Job | None:
-        """The oldest due job of a conversation nobody is working on, now owned by the caller."""
+        """The oldest due job of a conversation nobody is working on, now owned by the caller. Its `unsure`
+        says whether an earlier run may have sent the current step's call; the store records, before
+        returning, that this run may send it."""
 
     @abstractmethod
-    async def progress(self, job: Job, now: float) -> None:
-        """Save a job's step and context after a step succeeded (and keep the claim alive)."""
+    async def renew(self, job: Job, now: float) -> bool:
+        """Keep the claim alive while a step takes long."""
 
     @abstractmethod
-    async def finish(self, job: Job, now: float) -> None: ...
+    async def progress(self, job: Job, now: float) -> bool:
+        """Save the job's step and context after a step succeeded; the next step counts as unsure."""
 
     @abstractmethod
-    async def retry(self, job: Job) -> None:
-        """Put the job back with its new attempts, error and next_at."""
+    async def finish(self, job: Job, now: float) -> bool: ...
 
     @abstractmethod
-    async def bury(self, job: Job, now: float) -> None:
+    async def retry(self, job: Job) -> bool:
+        """Put the job back with its new attempts, error, next_at and `unsure`."""
+
+    @abstractmethod
+    async def bury(self, job: Job, now: float) -> bool:
         """Move the job to the dead letters; the conversation's next job may run."""
 
     @abstractmethod

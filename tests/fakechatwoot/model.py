@@ -145,6 +145,39 @@ class Conversation:
                         "team": teams.get(self.team_id) if self.team_id else None, "hmac_verified": False}
         return data
 
+    def partial(self, teams: dict[int, dict]) -> dict:
+        """The API's conversation JSON (`api/v1/conversations/partials/_conversation.json.jbuilder`): what
+        GET /conversations/{id} and the conversation lists answer. Times are unix ints, 0 when unset;
+        `messages` holds the very last message (any kind), `last_non_activity_message` the last one that
+        is not an activity (private notes included)."""
+        last = self.messages[-1] if self.messages else None
+        last_chat = next((m for m in reversed(self.messages) if m.message_type != "activity"), None)
+        assignee = None
+        if self.assignee:
+            assignee = {"id": self.assignee.id, "account_id": self.account_id, "availability_status": self.assignee.availability,
+                        "auto_offline": True, "confirmed": True, "email": f"user{self.assignee.id}@acme.example",
+                        "available_name": self.assignee.name, "name": self.assignee.name, "role": self.assignee.role,
+                        "thumbnail": ""}
+        meta = {"sender": {k: v for k, v in self.contact.push().items() if k != "type"}, "channel": self.inbox.channel,
+                "hmac_verified": False}
+        if assignee:
+            meta["assignee"] = assignee
+        if self.team_id and self.team_id in teams:
+            meta["team"] = teams[self.team_id]
+        activity = int(self.messages[-1].created_at) if self.messages else int(self.created_at)
+        return {
+            "meta": meta, "id": self.display_id, "messages": [self._message_push(last)] if last else [],
+            "account_id": self.account_id, "uuid": f"00000000-0000-4000-8000-{self.display_id:012d}",
+            "additional_attributes": {"browser_language": self.browser_language}, "agent_last_seen_at": 0,
+            "assignee_last_seen_at": 0, "can_reply": True, "contact_last_seen_at": 0,
+            "custom_attributes": dict(self.custom_attributes), "inbox_id": self.inbox.id, "labels": list(self.labels),
+            "muted": self.contact.blocked, "snoozed_until": None, "status": self.status, "created_at": int(self.created_at),
+            "timestamp": activity, "first_reply_created_at": int(self.first_reply_at or 0), "unread_count": 0,
+            "last_non_activity_message": self._message_push(last_chat) if last_chat else None,
+            "last_activity_at": activity, "priority": self.priority, "waiting_since": int(self.waiting_since or 0),
+            "sla_policy_id": None,
+        }
+
     def _message_push(self, m: Message) -> dict:
         return {"id": m.id, "content": m.content, "account_id": self.account_id, "inbox_id": self.inbox.id,
                 "conversation_id": self.display_id, "message_type": MESSAGE_TYPES[m.message_type],

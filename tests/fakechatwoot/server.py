@@ -62,10 +62,18 @@ class Fault:
     retry_after: int | None = None
     release: asyncio.Event | None = None
     waiting: int = 0  # calls being held right now
+    applied: bool = False  # Chatwoot carries the call out, then hangs (`hang`) or drops the connection
+    drop: bool = False
 
 
-class Refused(Exception):
-    pass
+@dataclass
+class DeliveryHold:
+    predicate: object
+    event: asyncio.Event
+    held: list = field(default_factory=list)
+
+    def release(self) -> None:
+        self.event.set()
 
 
 class FakeChatwoot:
@@ -87,6 +95,7 @@ class FakeChatwoot:
         self.deliveries: list[Delivery] = []
         self.status_log: list[tuple[int, str, str, str]] = []  # display id, from, to, by
         self.faults: list[Fault] = []
+        self.delivery_holds: list[DeliveryHold] = []
         self.bot_urls: list[str] = []  # round robin (a load balancer in front of several instances)
         self._ids = itertools.count(1000)
         self._display_ids = itertools.count(40)
@@ -130,8 +139,10 @@ class FakeChatwoot:
         self.bots[bot_id].outgoing_url = urls[0]
 
     def fail(self, endpoint: str = "*", *, status: int | None = None, times: int = 1, hang: float = 0.0,
-             retry_after: int | None = None) -> Fault:
-        fault = Fault(endpoint, times, status, hang, retry_after)
+             retry_after: int | None = None, applied: bool = False, drop: bool = False) -> Fault:
+        """Make the next `times` calls to `endpoint` fail: answer `status`, hang `hang` seconds first, or
+        (`applied`) carry the call out and then hang or (`drop`) close the connection without an answer."""
+        fault = Fault(endpoint, times, status, hang, retry_after, applied=applied, drop=drop)
         self.faults.append(fault)
         return fault
 
@@ -190,6 +201,12 @@ class FakeChatwoot:
 
     def set_status(self, display_id: int, status: str, by: str = "user:5") -> None:
         self._set_status(self.conversations[display_id], status, by)
+
+    def hold_deliveries(self, predicate) -> DeliveryHold:
+        """Keep deliveries for which `predicate(delivery)` is true until `hold.release()` (Sidekiq lag)."""
+        hold = DeliveryHold(predicate, asyncio.Event())
+        self.delivery_holds.append(hold)
+        return hold
 
     def redeliver(self, delivery: Delivery) -> None:
         """Send a delivery again with the same X-Chatwoot-Delivery (as Chatwoot's retry does)."""
@@ -269,6 +286,10 @@ class FakeChatwoot:
         """Webhooks::Trigger: 429/500 retried (3 attempts), anything else non-2xx → fallback."""
         conv = self.conversations.get(d.display_id)
         bot = self.bots[conv.inbox.bot_id]
+        for hold in self.delivery_holds:
+            if not hold.event.is_set() and hold.predicate(d):
+                hold.held.append(d)
+                await hold.event.wait()
         body = json.dumps(d.payload, separators=(",", ":")).encode()
         for attempt in range(3):
             answer = await self._post(bot, d, body)
@@ -332,9 +353,13 @@ class FakeChatwoot:
                 return web.Response(status=status)
             return web.json_response(data, status=status, headers=headers)
 
+        after = None  # a fault that strikes once the call has been carried out
         for fault in list(self.faults):
             if fault.times > 0 and fault.endpoint in ("*", name):
                 fault.times -= 1
+                if fault.applied:
+                    after = fault
+                    break
                 if fault.release is not None:
                     fault.times += 1
                     fault.waiting += 1
@@ -372,7 +397,13 @@ class FakeChatwoot:
             if conv is None:
                 return answer(404, NOT_FOUND)
         status, data = fn(self, match, body or {}, bot or user, conv)
-        return answer(status, data)
+        response = answer(status, data)
+        if after is not None:
+            if after.hang:
+                await asyncio.sleep(after.hang)
+            if after.drop:
+                request.transport.close()
+        return response
 
     # handlers: (fake, match, body, actor, conversation) → (status, json or None)
     def _toggle_status(self, match, body, actor, conv):
@@ -437,7 +468,7 @@ class FakeChatwoot:
         return 200, None
 
     def _show(self, match, body, actor, conv):
-        return 200, conv.push(self.teams)
+        return 200, conv.partial(self.teams)
 
     def _contact_conversations(self, match, body, actor, conv):
         cid = int(match["contact"])

@@ -103,8 +103,10 @@ class RunningBot:
 
 
 @pytest.fixture
-async def fake():
-    f = FakeChatwoot()
+async def fake(request):
+    """The fake Chatwoot; a test module runs against several versions with
+    `pytestmark = pytest.mark.parametrize("fake", VERSIONS, indirect=True)`."""
+    f = FakeChatwoot(version=getattr(request, "param", "4.16"))
     await f.start()
     yield f
     await f.close()

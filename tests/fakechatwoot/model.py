@@ -63,6 +63,7 @@ class Inbox:
     channel: str = "Channel::WebWidget"
     bot_id: int | None = None
     single_conversation: bool = True  # lock_to_single_conversation / widget continuity
+    auto_assign: bool = True  # enable_auto_assignment: round robin among online agents when a conversation opens
 
 
 @dataclass
@@ -118,6 +119,8 @@ class Conversation:
     messages: list[Message] = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
     browser_language: str | None = "en"
+    updated_at: float = field(default_factory=time.time)  # bumped at every save, as Rails does
+    bot_owned_shape: bool = True  # Chatwoot 4.16+: meta.assignee may be the bot, with meta.assignee_type
 
     def latest(self) -> Message | None:
         for m in reversed(self.messages):
@@ -136,13 +139,16 @@ class Conversation:
             "labels": list(self.labels), "custom_attributes": dict(self.custom_attributes), "priority": self.priority,
             "first_reply_created_at": iso(self.first_reply_at) if self.first_reply_at else None,
             "waiting_since": int(self.waiting_since or 0), "created_at": int(self.created_at),
-            "updated_at": time.time(), "messages": [self._message_push(latest)] if latest else [],
+            "updated_at": self.updated_at, "messages": [self._message_push(latest)] if latest else [],
         })
         data["additional_attributes"]["browser_language"] = self.browser_language
         data["contact_inbox"].update({"contact_id": self.contact.id, "inbox_id": self.inbox.id})
         data["meta"] = {"sender": self.contact.push(), "assignee": owner,
                         "assignee_type": "User" if self.assignee else ("AgentBot" if self.bot_owner else None),
                         "team": teams.get(self.team_id) if self.team_id else None, "hmac_verified": False}
+        if not self.bot_owned_shape:  # before 4.16: only a human assignee, no assignee_type
+            data["meta"].pop("assignee_type")
+            data["meta"]["assignee"] = self.assignee.push() if self.assignee else None
         return data
 
     def partial(self, teams: dict[int, dict]) -> dict:

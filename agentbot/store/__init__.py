@@ -4,11 +4,12 @@ from __future__ import annotations
 from .base import Commit, Store
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, tls_verify: bool = True) -> Store:
+    """The store at `url`; `tls_verify=False` accepts a rediss:// server's unverifiable certificate."""
     if url.startswith(("redis://", "rediss://")):
         from .redis import RedisStore
 
-        return RedisStore(url)
+        return RedisStore(url, tls_verify)
     from .sqlite import SQLiteStore
 
     return SQLiteStore(":memory:" if url == "memory://" else url.removeprefix("sqlite:///"))

@@ -102,8 +102,11 @@ def _script(redis: Redis, body: str):
 
 
 class RedisStore(Store):
-    def __init__(self, url: str) -> None:
-        self.redis = Redis.from_url(url)
+    def __init__(self, url: str, tls_verify: bool = True) -> None:
+        # Managed Redis (Heroku) serves TLS with a self-signed certificate and rotates the URL: the
+        # choice is a setting, not part of the URL. (Hostname checks need a verified certificate.)
+        unverified = {"ssl_cert_reqs": "none", "ssl_check_hostname": False}
+        self.redis = Redis.from_url(url, **(unverified if url.startswith("rediss://") and not tls_verify else {}))
         self._commit = _script(self.redis, COMMIT)
         self._claim = _script(self.redis, CLAIM)
         self._release = _script(self.redis, RELEASE)

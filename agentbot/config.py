@@ -34,6 +34,7 @@ EXAMPLES = {
     "log_level": "INFO",
     "log_format": "text or json",
     "action_max_age": "86400",
+    "decision_log_size": "5000",
     "chatwoot_timeout": "10",
     "chatwoot_account_id": "1",
     "chatwoot_account_ids": "1,2",
@@ -193,6 +194,7 @@ class Settings(BaseSettings, Rules):
     log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     action_max_age: int = Field(default=86400, ge=60)
+    decision_log_size: int = Field(default=5000, ge=0, le=100_000)  # per account; 0 = no log
     inbox_ids: IdList = Field(default_factory=list)
     ignore_inbox_ids: IdList = Field(default_factory=list)
 

@@ -1,7 +1,7 @@
 """Where the bot keeps what it knows: one interface, an SQLite and a Redis backend."""
 from __future__ import annotations
 
-from .base import Commit, Store
+from .base import Commit, DecisionEntry, Store
 
 
 def open_store(url: str, tls_verify: bool = True) -> Store:
@@ -15,4 +15,4 @@ def open_store(url: str, tls_verify: bool = True) -> Store:
     return SQLiteStore(":memory:" if url == "memory://" else url.removeprefix("sqlite:///"))
 
 
-__all__ = ["Commit", "Store", "open_store"]
+__all__ = ["Commit", "DecisionEntry", "Store", "open_store"]

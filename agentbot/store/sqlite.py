@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from ..actions import Job
 from ..facts import ConversationState, Resolved
-from .base import DEDUP_TTL, STATE_TTL, Commit, Store
+from .base import DEDUP_TTL, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Store
 from .locks import KeyedLocks
 
 SCHEMA = """
@@ -22,6 +22,8 @@ CREATE TABLE IF NOT EXISTS queues (conv TEXT PRIMARY KEY, ready_at REAL NOT NULL
 CREATE INDEX IF NOT EXISTS queues_ready ON queues (ready_at);
 CREATE TABLE IF NOT EXISTS timers (conv TEXT PRIMARY KEY, due REAL NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS timers_due ON timers (due);
+CREATE TABLE IF NOT EXISTS decisions (id INTEGER PRIMARY KEY, account INTEGER NOT NULL, at REAL NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS decisions_account ON decisions (account, id);
 """
 T = TypeVar("T")
 
@@ -114,7 +116,15 @@ class SQLiteStore(Store):
             db.execute("INSERT OR REPLACE INTO timers VALUES (?,?,?)", (c.conversation_key, c.timer[0], c.timer[1].dumps()))
         if c.resolved and c.contact_key:
             db.execute("INSERT OR REPLACE INTO contacts VALUES (?,?,?)", (c.contact_key, c.resolved.dumps(), now + STATE_TTL))
+        if c.log is not None and c.log_size > 0:
+            self._log(c.log, c.log_size)
         return True
+
+    def _log(self, entry: DecisionEntry, size: int) -> None:
+        account = entry.account_id
+        self.db.execute("INSERT INTO decisions (account, at, body) VALUES (?,?,?)", (account, entry.at, entry.dumps()))
+        self.db.execute("DELETE FROM decisions WHERE account=? AND id<=(SELECT id FROM decisions WHERE account=? "
+                        "ORDER BY id DESC LIMIT 1 OFFSET ?)", (account, account, size))
 
     def _push(self, job: Job, now: float) -> None:
         job.created_at = job.created_at or now
@@ -203,6 +213,24 @@ class SQLiteStore(Store):
     async def depth(self):
         return self.db.execute("SELECT count(*) FROM jobs WHERE dead=0").fetchone()[0]
 
+    async def decisions(self, now):
+        rows = self.db.execute("SELECT body FROM decisions WHERE at>? ORDER BY at DESC, id DESC", (now - LOG_TTL,))
+        return [DecisionEntry.loads(body) for body, in rows]
+
+    async def requeue_one(self, job_id, now):
+        def apply() -> bool:
+            row = self.db.execute("SELECT body FROM jobs WHERE id=? AND dead=1", (int(job_id),)).fetchone() \
+                if job_id.isdigit() else None
+            if row is None:
+                return False
+            job = Job.loads(row[0])
+            job.attempts, job.created_at, job.next_at, job.error = 0, now, now, None
+            self.db.execute("UPDATE jobs SET body=?, dead=0 WHERE id=?", (job.dumps(), int(job_id)))
+            self.db.execute("INSERT OR REPLACE INTO queues VALUES (?,?)", (job.conversation_key, now))
+            return True
+
+        return await self._write(apply)
+
     async def fire_timers(self, now):
         def apply() -> int:
             due = self.db.execute("SELECT conv, body FROM timers WHERE due<=?", (now,)).fetchall()
@@ -219,5 +247,6 @@ class SQLiteStore(Store):
         def apply() -> None:
             for table in ("seen", "lookups", "conversations", "contacts"):
                 self.db.execute(f"DELETE FROM {table} WHERE expires<=?", (now,))
+            self.db.execute("DELETE FROM decisions WHERE at<=?", (now - LOG_TTL,))
 
         await self._write(apply)

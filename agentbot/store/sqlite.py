@@ -22,10 +22,11 @@ CREATE TABLE IF NOT EXISTS queues (conv TEXT PRIMARY KEY, ready_at REAL NOT NULL
 CREATE INDEX IF NOT EXISTS queues_ready ON queues (ready_at);
 CREATE TABLE IF NOT EXISTS timers (conv TEXT PRIMARY KEY, due REAL NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS timers_due ON timers (due);
-CREATE TABLE IF NOT EXISTS decisions (id INTEGER PRIMARY KEY, account INTEGER NOT NULL, at REAL NOT NULL, body TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS decisions_account ON decisions (account, id);
+CREATE TABLE IF NOT EXISTS decisions (account INTEGER NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, size INTEGER NOT NULL,
+  body TEXT NOT NULL, PRIMARY KEY (account, seq)) WITHOUT ROWID;
 """
 T = TypeVar("T")
+TRIM_EVERY = 64  # decision-log entries per account between deletions of the oldest
 
 
 class SQLiteStore(Store):
@@ -121,10 +122,14 @@ class SQLiteStore(Store):
         return True
 
     def _log(self, entry: DecisionEntry, size: int) -> None:
+        # A sequence per account makes the bound index seeks, whatever the size. Old entries are deleted
+        # every TRIM_EVERY entries (deleting one per commit dirtied one more page per transaction);
+        # decisions() never returns more than `size` per account.
         account = entry.account_id
-        self.db.execute("INSERT INTO decisions (account, at, body) VALUES (?,?,?)", (account, entry.at, entry.dumps()))
-        self.db.execute("DELETE FROM decisions WHERE account=? AND id<=(SELECT id FROM decisions WHERE account=? "
-                        "ORDER BY id DESC LIMIT 1 OFFSET ?)", (account, account, size))
+        seq = self.db.execute("SELECT coalesce(max(seq), 0) + 1 FROM decisions WHERE account=?", (account,)).fetchone()[0]
+        self.db.execute("INSERT INTO decisions VALUES (?,?,?,?,?)", (account, seq, entry.at, size, entry.dumps()))
+        if seq % TRIM_EVERY == 0:
+            self.db.execute("DELETE FROM decisions WHERE account=? AND seq<=?", (account, seq - size))
 
     def _push(self, job: Job, now: float) -> None:
         job.created_at = job.created_at or now
@@ -214,7 +219,11 @@ class SQLiteStore(Store):
         return self.db.execute("SELECT count(*) FROM jobs WHERE dead=0").fetchone()[0]
 
     async def decisions(self, now):
-        rows = self.db.execute("SELECT body FROM decisions WHERE at>? ORDER BY at DESC, id DESC", (now - LOG_TTL,))
+        # Per account only the newest `size` entries (the size in force at the newest entry).
+        rows = self.db.execute(
+            "SELECT body FROM decisions d JOIN (SELECT account, max(seq) AS top FROM decisions GROUP BY account) m "
+            "USING (account) WHERE d.at>? AND d.seq > m.top - (SELECT size FROM decisions WHERE account=d.account "
+            "AND seq=m.top) ORDER BY d.at DESC, d.seq DESC", (now - LOG_TTL,))
         return [DecisionEntry.loads(body) for body, in rows]
 
     async def requeue_one(self, job_id, now):

@@ -9,6 +9,7 @@ import aiohttp
 from aiohttp import web
 from loguru import logger
 
+from . import page
 from .chatwoot import Chatwoot
 from .config import ConfigError, Settings
 from .metrics import Metrics
@@ -75,5 +76,6 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utcnow, store:
     app.router.add_post("/webhook", functools.partial(receive, app[BOT]))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    page.setup(app, app[BOT])
     app.cleanup_ctx.append(app[BOT].lifecycle)
     return app

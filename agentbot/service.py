@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 
@@ -9,7 +10,7 @@ from loguru import logger
 
 from .chatwoot import Chatwoot, ChatwootError
 from .config import Settings
-from .decide import Decision, decide, returning_reason, triage
+from .decide import Decision, decide, operator_handoff, returning_reason, triage
 from .events import Conversation, Delivery, event_label
 from .facts import Facts, Resolved
 from .metrics import Metrics
@@ -95,6 +96,17 @@ class Handoffs:
                 if (decision.writes or decision.outcome in LOGGED) and not await self._commit(d, decision):
                     decision = Decision("duplicate", f"delivery {d.dedup_key} was handled before")
             return self._report(d, decision)
+
+    async def hand_off_now(self, c: Conversation, who: str) -> Decision:
+        """The operator page's button: queue the inbox's handoff for a conversation Chatwoot says is pending."""
+        d = Delivery("operator_handoff", f"operator:{uuid.uuid4()}", c)
+        with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id):
+            async with self.store.lock(c.key):
+                decision = operator_handoff(c, await self.facts(d, look_up=False), self.clock(), self.settings, who)
+                await self._commit(d, decision)
+            self.metrics.decisions.labels(decision.outcome, decision.rule).inc()
+            logger.info("conversation {}: handoff queued from the operator page: {}", c.key, decision.reason)
+            return decision
 
     async def _commit(self, d: Delivery, decision: Decision) -> bool:
         c, now = d.conversation, self.clock().timestamp()

@@ -32,6 +32,7 @@ class Bot:
         self.settings, self.clock = settings, clock
         self.store = store or open_store(settings.store_url, settings.redis_tls_verify)
         self.metrics = Metrics()
+        self.sweeper = None  # the sweep, when the app has one (page.panels.Sweeper); the operator page offers it
 
     async def lifecycle(self, app: web.Application):
         s = self.settings

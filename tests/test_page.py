@@ -178,3 +178,19 @@ async def test_the_page_fits_a_phone(fake, start_bot, browser):
     assert 0 < await browser.call(lambda: chart.size["width"]) <= inner
     await browser.script("window.scrollTo(0, 0)")
     await browser.shot("phone")
+
+
+async def test_after_signing_out_the_browser_sees_only_the_sign_in_form(fake, start_bot, browser):
+    maria, conv = returning(fake)
+    bot = await start_bot()
+    fake.customer_writes(maria, "Back again")
+    await wait_for(lambda: conv.status == "open", 5, "the handoff")
+    await signed_in(bot, browser)
+    assert "Maria Lopez" in await browser.text("#decisions")
+    await browser.click("#signout")
+    assert "Signed out." in await browser.text("#message")
+    for path in ("/", f"/?why={conv.display_id}", "/?outcome=handoff"):
+        await browser.go(bot.url + path)
+        page = await browser.text()
+        assert "Sign in with Chatwoot" in page and "Maria" not in page and not await browser.all("#health")
+    await browser.shot("signed-out")

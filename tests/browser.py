@@ -47,7 +47,7 @@ class Browser:
 
     async def click(self, css: str) -> None:
         """Click a button that submits a form, and wait until the next page has replaced this one."""
-        from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.common.exceptions import WebDriverException
 
         from tests.conftest import wait_for
 
@@ -57,9 +57,13 @@ class Browser:
         def replaced() -> bool:
             try:
                 old.tag_name
-            except StaleElementReferenceException:
+                return False
+            except WebDriverException:  # stale, or "does not belong to the document": the page changed
+                pass
+            try:
                 return self.driver.execute_script("return document.readyState") == "complete"
-            return False
+            except WebDriverException:  # still navigating
+                return False
 
         async def gone() -> bool:
             return await self.call(replaced)

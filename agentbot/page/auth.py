@@ -33,17 +33,21 @@ class Sessions:
 
     def __init__(self, settings: Settings):
         material = "\n".join(s.get_secret_value() for s in (settings.chatwoot_bot_token, settings.chatwoot_bot_secret) if s)
+        # Without key material (no CHATWOOT_BOT_TOKEN: never when serving) nobody can sign in.
         self._serializer = URLSafeSerializer(material, salt="agentbot operator session v1",
-                                             signer_kwargs={"key_derivation": "hmac", "digest_method": hashlib.sha256})
+                                             signer_kwargs={"key_derivation": "hmac", "digest_method": hashlib.sha256}) \
+            if material else None
 
     def issue(self, user_id: int, name: str, accounts: list[int], now: float) -> tuple[str, Session]:
+        if self._serializer is None:
+            raise Refused("the bot has no CHATWOOT_BOT_TOKEN to sign sessions with")
         session = Session(user_id, name, accounts, secrets.token_urlsafe(24), now + SESSION_SECONDS)
         return self._serializer.dumps(msgspec.to_builtins(session)), session
 
     def read(self, request: web.Request, now: float) -> tuple[Session | None, bool]:
         """(the session, whether a cookie was there but expired or invalid)."""
         raw = request.cookies.get(COOKIE)
-        if not raw:
+        if not raw or self._serializer is None:
             return None, False
         try:
             session = msgspec.convert(self._serializer.loads(raw), Session)

@@ -9,6 +9,7 @@ from aiohttp import web
 from loguru import logger
 
 from ..chatwoot import ChatwootError
+from ..events import PayloadError
 from ..facts import Facts
 from . import panels
 from .auth import Refused, Session, Sessions, SignInLimiter, admit, client_of, csrf_ok
@@ -108,7 +109,11 @@ async def _why(page: Page, session: Session, query, now, zone) -> dict | None:
                         "this Chatwoot does not let bots read a conversation (Chatwoot 4.16+ does)" if exc.status == 401 else
                         f"Chatwoot did not answer: {exc}")
         return why
-    contact = panels.as_conversation(live, account).contact
+    try:
+        contact = panels.as_conversation(live, account).contact
+    except PayloadError as exc:
+        why["error"] = f"Chatwoot's answer lacks what the bot reads ({exc})"
+        return why
     facts = Facts(state, None)
     decision = panels.decision_today(live, account, facts, now, bot.settings)
     why.update(status=live.get("status"), contact=contact.name, inbox=live.get("inbox_id"),
@@ -142,11 +147,11 @@ async def sign_in(request: web.Request) -> web.Response:
         if not token:
             raise Refused("paste your Chatwoot access token (Profile settings → Access token)")
         user_id, name, accounts = await admit(page.bot.chatwoot, page.bot.settings, token)
+        value, _ = page.sessions.issue(user_id, name, accounts, now)
     except Refused as exc:
         page.limiter.failed(client, now)
         logger.warning("operator page: sign-in refused from {}: {}", client, exc)
         return sign_in_form(request, f"Not signed in: {exc}.", 401)
-    value, _ = page.sessions.issue(user_id, name, accounts, now)
     logger.info("operator page: {} (user {}) signed in from {} for accounts {}", name, user_id, client, accounts)
     await _read_inboxes(page, token, accounts)
     response = redirect("/")
@@ -194,7 +199,11 @@ async def hand_off(request: web.Request) -> web.Response:
         raise web.HTTPBadGateway(text=f"Chatwoot did not answer: {exc}", headers=HEADERS) from None
     if live.get("status") != "pending":
         return redirect(back + "&done=not-pending#why")
-    await page.bot.handoffs.hand_off_now(panels.as_conversation(live, account), session.name)
+    try:
+        conversation = panels.as_conversation(live, account)
+    except PayloadError as exc:
+        raise web.HTTPBadGateway(text=f"Chatwoot's answer lacks what the bot reads ({exc})", headers=HEADERS) from None
+    await page.bot.handoffs.hand_off_now(conversation, session.name)
     return redirect(back + "&done=handoff#why")
 
 

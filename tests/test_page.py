@@ -113,6 +113,7 @@ async def test_after_a_returning_customer_the_page_lists_the_handoff_and_charts_
     assert found == [("returning", "1"), ("returning", "1")]  # the hour's bar and the day's bar
     height = await browser.call(bars[0].get_attribute, "height")
     assert float(height) > 50
+    assert "Decisions, last 24 hours: handoff 1" in await browser.text("#activity")
     await browser.shot("story")
 
     await browser.go(bot.url + "/?outcome=keep#decisions")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -109,8 +110,11 @@ def counts(bot) -> dict[str, int]:
 
 def activity(entries: list[DecisionEntry], now: datetime, zone: ZoneInfo) -> dict[str, Any]:
     palette = chart.colours(entries)
+    day, week = now.timestamp() - 86400, now.timestamp() - 7 * 86400
     return {"hourly": chart.per_hour(entries, now, zone, palette), "daily": chart.per_day(entries, now, zone, palette),
-            "legend": list(palette.items())}
+            "legend": list(palette.items()),
+            "outcomes": [(span, sorted(Counter(e.outcome for e in entries if e.at > since).items()))
+                         for span, since in (("last 24 hours", day), ("last 7 days", week))]}
 
 
 def decisions(entries: list[DecisionEntry], inbox: int | None, outcome: str | None) -> list[DecisionEntry]:

@@ -6,10 +6,11 @@ from datetime import timedelta
 
 import aiohttp
 
-from tests.browser import PHONE, browser, chromium  # noqa: F401 (fixtures)
+from tests import browser as browsers
 from tests.conftest import Clock, returning, wait_for
 
 ADMIN, AGENT = "user-token-5", "user-token-6"
+chromium, browser = browsers.chromium, browsers.browser  # the fixtures
 
 
 async def signed_in(bot, browser, token: str = ADMIN) -> None:
@@ -171,7 +172,7 @@ async def test_the_page_fits_a_phone(fake, start_bot, browser):
     fake.customer_writes(maria, "Hi again")
     await wait_for(lambda: conv.status == "open", 5, "the handoff")
     await bot.idle()
-    await browser.size(*PHONE)
+    await browser.size(*browsers.PHONE)
     await signed_in(bot, browser)
     inner, page_width = await browser.script("return [window.innerWidth, document.documentElement.scrollWidth]")
     assert page_width <= inner  # nothing sticks out sideways; wide tables scroll inside their box

@@ -5,7 +5,6 @@ import hashlib
 import hmac
 import secrets
 from collections import deque
-from dataclasses import dataclass
 
 import msgspec
 from aiohttp import web

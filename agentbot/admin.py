@@ -148,7 +148,7 @@ async def check(settings: Settings, args) -> int:
             results.append((False, explain_error(exc, settings)))
 
     async def _check_store() -> None:
-        store = open_store(settings.store_url)
+        store = open_store(settings.store_url, settings.redis_tls_verify)
         try:
             await store.open()
             results.append((True, f"store {settings.store_url.split('://')[0]} is usable ({await store.depth()} jobs waiting)"))

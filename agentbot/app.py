@@ -9,6 +9,7 @@ import aiohttp
 from aiohttp import web
 from loguru import logger
 
+from . import page
 from .chatwoot import Chatwoot
 from .config import ConfigError, Settings
 from .metrics import Metrics
@@ -29,8 +30,9 @@ class Bot:
 
     def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow, store: Store | None = None):
         self.settings, self.clock = settings, clock
-        self.store = store or open_store(settings.store_url)
+        self.store = store or open_store(settings.store_url, settings.redis_tls_verify)
         self.metrics = Metrics()
+        self.sweeper = None  # the sweep, when the app has one (page.panels.Sweeper); the operator page offers it
 
     async def lifecycle(self, app: web.Application):
         s = self.settings
@@ -38,7 +40,10 @@ class Bot:
             await self.store.open()
         except Exception as exc:
             scheme = s.store_url.split("://")[0]
-            raise ConfigError(f"STORE_URL: cannot open the {scheme} store ({type(exc).__name__}: {exc})") from None
+            hint = ""
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                hint = "; a managed Redis with a self-signed certificate (Heroku Redis) needs REDIS_TLS_VERIFY=false"
+            raise ConfigError(f"STORE_URL: cannot open the {scheme} store ({type(exc).__name__}: {exc}){hint}") from None
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30))
         token = s.chatwoot_bot_token.get_secret_value() if s.chatwoot_bot_token else None
         self.chatwoot = Chatwoot(self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics)
@@ -80,5 +85,6 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utcnow, store:
     app.router.add_post("/webhook", functools.partial(receive, app[BOT]))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    page.setup(app, app[BOT])
     app.cleanup_ctx.append(app[BOT].lifecycle)
     return app

@@ -124,6 +124,19 @@ class Chatwoot:
         """GET the conversation (bot tokens since Chatwoot 4.16, #14655; older ones are refused "for bots")."""
         return await self._call("GET", "show", self._conv(account, display_id), decoder=_conversation_view.decode)
 
+    async def conversation_json(self, account: int, display_id: int) -> dict:
+        """The same read as `conversation`, whole, for the operator page's decision of today."""
+        return await self._call("GET", "show", self._conv(account, display_id)) or {}
+
+    async def version(self) -> str | None:
+        """Chatwoot's version from its public `GET /api` (None when it doesn't say)."""
+        data = await self._call("GET", "api", "/api")
+        return data.get("version") if isinstance(data, dict) else None
+
+    async def profile(self, token: str) -> dict:
+        """The user behind `token`, with `accounts: [{id, name, role, …}]` (it also holds the token: never log it)."""
+        return await self._call("GET", "profile", "/api/v1/profile", token=token) or {}
+
     async def probe_bot_token(self, account: int) -> None:
         """A harmless bot-token call. The token was accepted when Chatwoot answers 404 for conversation 0,
         or (before 4.13, where bots may not toggle typing) refuses the endpoint "for bots"."""

@@ -212,6 +212,12 @@ def _first_rule(c: Conversation, m: Message, state: ConversationState, rules: Ru
     return None
 
 
+def operator_handoff(c: Conversation, facts: Facts, now: datetime, settings: Settings, who: str) -> Decision:
+    """An administrator's "hand off now" from the operator page: the inbox's handoff, at once."""
+    return _handoff(c, facts, now, settings.rules_for(c.inbox_id), "operator",
+                    f"{who} handed the conversation to humans from the bot's page", deferrable=False)
+
+
 def _handoff(c: Conversation, facts: Facts, now: datetime, rules: Rules, rule: str, reason: str,
              *, deferrable: bool = True, returning: bool = False, human_took_over: bool = False) -> Decision:
     state = replace(facts.state, handed_off=True, timer_due=None)

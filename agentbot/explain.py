@@ -69,7 +69,7 @@ async def explain(settings: Settings, args) -> int:
     except (BadBody, PayloadError) as exc:
         print(f"ignore: {exc}")
         return 0
-    store = open_store(settings.store_url)
+    store = open_store(settings.store_url, settings.redis_tls_verify)
     await store.open()
     try:
         handoffs = Handoffs(settings, store, None, Metrics(), lambda: now)
@@ -82,7 +82,7 @@ async def explain(settings: Settings, args) -> int:
 
 
 async def outbox(settings: Settings, args) -> int:
-    store = open_store(settings.store_url)
+    store = open_store(settings.store_url, settings.redis_tls_verify)
     await store.open()
     try:
         if args.retry:

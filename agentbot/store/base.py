@@ -5,12 +5,37 @@ from abc import ABC, abstractmethod
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
+import msgspec
+
 from ..actions import Job
 from ..facts import ConversationState, Resolved
 
 DEDUP_TTL = 24 * 3600
 STATE_TTL = 90 * 24 * 3600  # what the bot remembers of a conversation or contact
 LEASE = 60.0  # seconds a claimed job belongs to one worker unless renewed (Redis; survives a crashed instance)
+LOG_TTL = 7 * 24 * 3600  # how long the decision log keeps an entry
+
+
+class DecisionEntry(msgspec.Struct, frozen=True):
+    """One line of the decision log (what the operator page lists and charts)."""
+
+    at: float
+    account_id: int
+    inbox_id: int | None
+    display_id: int
+    contact: str
+    outcome: str  # handoff, defer, keep, pending
+    rule: str
+    reason: str
+    event: str
+    key: str  # the delivery's dedup key: tells two entries of one second apart
+
+    def dumps(self) -> str:
+        return msgspec.json.encode(self).decode()
+
+    @classmethod
+    def loads(cls, text: str | bytes) -> DecisionEntry:
+        return msgspec.json.decode(text, type=cls)
 
 
 @dataclass
@@ -25,6 +50,8 @@ class Commit:
     cancel_timer: bool = False
     contact_key: str | None = None
     resolved: Resolved | None = None
+    log: DecisionEntry | None = None  # the decision log's entry, kept with the decision
+    log_size: int = 0  # at most this many entries per account
 
 
 class Store(ABC):
@@ -94,6 +121,15 @@ class Store(ABC):
     @abstractmethod
     async def fire_timers(self, now: float) -> int:
         """Move due timers' jobs into the outbox, each exactly once; returns how many."""
+
+    # the decision log and the operator page
+    @abstractmethod
+    async def decisions(self, now: float) -> list[DecisionEntry]:
+        """The decision log of the last 7 days, newest first (at most log_size per account)."""
+
+    @abstractmethod
+    async def requeue_one(self, job_id: str, now: float) -> bool:
+        """Put one dead letter back in the outbox as new; False when there is no such dead letter."""
 
     async def prune(self, now: float) -> None:
         """Drop expired dedup keys and look-ups (backends with native TTLs need nothing)."""

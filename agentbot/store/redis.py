@@ -11,14 +11,15 @@ from redis.exceptions import ConnectionError, TimeoutError
 
 from ..actions import Job
 from ..facts import ConversationState, Resolved
-from .base import DEDUP_TTL, LEASE, STATE_TTL, Commit, Store
+from .base import DEDUP_TTL, LEASE, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Store
 
 P = "agentbot:"
 # Keys: seen:<dedup>, conv:<key>, contact:<key>, lookup:<key> (strings with TTLs);
 # q:<conv> (list of job JSON, head first); ready (zset conv → when its head may run or the
 # lease of the worker running it ends); owner:<conv> (the claim on its head job); unsure (hash);
 # timers (zset conv → due) + timer:<conv>; dead (list); depth (counter of queued jobs);
-# lock:<conv> (redis-py Lock).
+# lock:<conv> (redis-py Lock); log:<account> (zset entry JSON → time, the decision log) and
+# log-accounts (set of accounts with a log).
 
 PUSH = """
 local function push(conv, job, now)
@@ -39,6 +40,13 @@ if a.timer_job then
   redis.call('SET', P..'timer:'..a.conv, a.timer_job)
 end
 if a.resolved then redis.call('SET', P..'contact:'..a.contact, a.resolved, 'EX', a.state_ttl) end
+if a.log then
+  local k = P..'log:'..a.log_account
+  redis.call('ZADD', k, a.log_at, a.log)
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', a.now - a.log_ttl)
+  redis.call('ZREMRANGEBYRANK', k, 0, -(a.log_size + 1))
+  redis.call('SADD', P..'log-accounts', a.log_account)
+end
 return 1
 """
 
@@ -136,17 +144,35 @@ while true do
 end
 """
 
+REQUEUE_ONE = PUSH + """
+local id, now = ARGV[1], tonumber(ARGV[2])
+for _, job in ipairs(redis.call('LRANGE', P..'dead', 0, -1)) do
+  local j = cjson.decode(job)
+  if j.id == id then
+    redis.call('LREM', P..'dead', 1, job)
+    j.attempts, j.created_at, j.next_at, j.error = 0, now, now, cjson.null
+    push(j.account_id..':'..j.display_id, cjson.encode(j), now)
+    return 1
+  end
+end
+return 0
+"""
+
 
 def _script(redis: Redis, body: str):
     return redis.register_script(f"local P = {json.dumps(P)}\n{body}")
 
 
 class RedisStore(Store):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tls_verify: bool = True) -> None:
         # A restarted Redis drops every pooled connection: reconnect and send again (for about 2 s)
         # rather than fail the delivery or the outbox step that finds the dead connection first.
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=6)
-        self.redis = Redis.from_url(url, retry=retry, retry_on_error=[ConnectionError, TimeoutError])
+        # Managed Redis (Heroku) serves TLS with a self-signed certificate and rotates the URL: the
+        # choice is a setting, not part of the URL. (Hostname checks need a verified certificate.)
+        unverified = {"ssl_cert_reqs": "none", "ssl_check_hostname": False}
+        self.redis = Redis.from_url(url, retry=retry, retry_on_error=[ConnectionError, TimeoutError],
+                                    **(unverified if url.startswith("rediss://") and not tls_verify else {}))
         self._commit = _script(self.redis, COMMIT)
         self._claim = _script(self.redis, CLAIM)
         self._renew = _script(self.redis, RENEW)
@@ -154,6 +180,7 @@ class RedisStore(Store):
         self._release = _script(self.redis, RELEASE)
         self._fire = _script(self.redis, FIRE)
         self._requeue = _script(self.redis, REQUEUE)
+        self._requeue_one = _script(self.redis, REQUEUE_ONE)
 
     async def open(self) -> None:
         await self.redis.ping()
@@ -178,6 +205,8 @@ class RedisStore(Store):
             "resolved": c.resolved.dumps() if c.resolved and c.contact_key else None,
             "timer_due": c.timer[0] if c.timer else None, "timer_job": c.timer[1].dumps() if c.timer else None,
         }
+        if c.log is not None and c.log_size > 0:
+            args.update(log=c.log.dumps(), log_at=c.log.at, log_account=c.log.account_id, log_size=c.log_size, log_ttl=LOG_TTL)
         return bool(await self._commit(args=[json.dumps({k: v for k, v in args.items() if v is not None})]))
 
     async def remember(self, contact_key, resolved, ttl, now):
@@ -228,6 +257,17 @@ class RedisStore(Store):
 
     async def depth(self):
         return int(await self.redis.get(P + "depth") or 0)
+
+    async def decisions(self, now):
+        accounts = await self.redis.smembers(P + "log-accounts")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for account in sorted(accounts):
+                pipe.zrevrangebyscore(P + "log:" + account.decode(), "+inf", f"({now - LOG_TTL}")
+            found = [DecisionEntry.loads(raw) for raws in await pipe.execute() for raw in raws]
+        return sorted(found, key=lambda e: e.at, reverse=True)
+
+    async def requeue_one(self, job_id, now):
+        return bool(await self._requeue_one(args=[job_id, now]))
 
     async def fire_timers(self, now):
         return int(await self._fire(args=[now]))

@@ -11,7 +11,7 @@ from msgspec.structs import replace
 
 from ..actions import Job
 from ..facts import ConversationState, Resolved
-from .base import DEDUP_TTL, STATE_TTL, Commit, Store
+from .base import DEDUP_TTL, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Store
 from .locks import KeyedLocks
 
 SCHEMA = """
@@ -25,6 +25,8 @@ CREATE TABLE IF NOT EXISTS queues (conv TEXT PRIMARY KEY, ready_at REAL NOT NULL
 CREATE INDEX IF NOT EXISTS queues_ready ON queues (ready_at);
 CREATE TABLE IF NOT EXISTS timers (conv TEXT PRIMARY KEY, due REAL NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS timers_due ON timers (due);
+CREATE TABLE IF NOT EXISTS decisions (account INTEGER NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, size INTEGER NOT NULL,
+  body TEXT NOT NULL, PRIMARY KEY (account, seq)) WITHOUT ROWID;
 """
 T = TypeVar("T")
 PATIENCE = 3.0  # seconds a read or write waits for another connection's lock before it fails
@@ -33,6 +35,7 @@ BUSY_DELAYS = (0.002, 0.2)  # first and longest pause between tries while the da
 
 def _locked(exc: Exception) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+TRIM_EVERY = 64  # decision-log entries per account between deletions of the oldest
 
 
 class SQLiteStore(Store):
@@ -171,7 +174,19 @@ class SQLiteStore(Store):
             db.execute("INSERT OR REPLACE INTO timers VALUES (?,?,?)", (c.conversation_key, c.timer[0], c.timer[1].dumps()))
         if c.resolved and c.contact_key:
             db.execute("INSERT OR REPLACE INTO contacts VALUES (?,?,?)", (c.contact_key, c.resolved.dumps(), now + STATE_TTL))
+        if c.log is not None and c.log_size > 0:
+            self._log(c.log, c.log_size)
         return True
+
+    def _log(self, entry: DecisionEntry, size: int) -> None:
+        # A sequence per account makes the bound index seeks, whatever the size. Old entries are deleted
+        # every TRIM_EVERY entries (deleting one per commit dirtied one more page per transaction);
+        # decisions() never returns more than `size` per account.
+        account = entry.account_id
+        seq = self.db.execute("SELECT coalesce(max(seq), 0) + 1 FROM decisions WHERE account=?", (account,)).fetchone()[0]
+        self.db.execute("INSERT INTO decisions VALUES (?,?,?,?,?)", (account, seq, entry.at, size, entry.dumps()))
+        if seq % TRIM_EVERY == 0:
+            self.db.execute("DELETE FROM decisions WHERE account=? AND seq<=?", (account, seq - size))
 
     def _push(self, job: Job, now: float) -> None:
         job.created_at = job.created_at or now
@@ -275,6 +290,28 @@ class SQLiteStore(Store):
     async def depth(self):
         return await self._read(lambda: self.db.execute("SELECT count(*) FROM jobs WHERE dead=0").fetchone()[0])
 
+    async def decisions(self, now):
+        # Per account only the newest `size` entries (the size in force at the newest entry).
+        rows = self.db.execute(
+            "SELECT body FROM decisions d JOIN (SELECT account, max(seq) AS top FROM decisions GROUP BY account) m "
+            "USING (account) WHERE d.at>? AND d.seq > m.top - (SELECT size FROM decisions WHERE account=d.account "
+            "AND seq=m.top) ORDER BY d.at DESC, d.seq DESC", (now - LOG_TTL,))
+        return [DecisionEntry.loads(body) for body, in rows]
+
+    async def requeue_one(self, job_id, now):
+        def apply() -> bool:
+            row = self.db.execute("SELECT body FROM jobs WHERE id=? AND dead=1", (int(job_id),)).fetchone() \
+                if job_id.isdigit() else None
+            if row is None:
+                return False
+            job = Job.loads(row[0])
+            job.attempts, job.created_at, job.next_at, job.error = 0, now, now, None
+            self.db.execute("UPDATE jobs SET body=?, dead=0 WHERE id=?", (job.dumps(), int(job_id)))
+            self.db.execute("INSERT OR REPLACE INTO queues VALUES (?,?)", (job.conversation_key, now))
+            return True
+
+        return await self._write(apply)
+
     async def fire_timers(self, now):
         def apply() -> int:
             due = self.db.execute("SELECT conv, body FROM timers WHERE due<=?", (now,)).fetchall()
@@ -291,5 +328,6 @@ class SQLiteStore(Store):
         def apply() -> None:
             for table in ("seen", "lookups", "conversations", "contacts"):
                 self.db.execute(f"DELETE FROM {table} WHERE expires<=?", (now,))
+            self.db.execute("DELETE FROM decisions WHERE at<=?", (now - LOG_TTL,))
 
         await self._write(apply)

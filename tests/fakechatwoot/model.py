@@ -30,6 +30,7 @@ class User:
     token: str
     role: str = "agent"  # or "administrator"
     availability: str = "online"
+    roles: dict[int, str] | None = None  # account id → role; None: only the fake's account, with `role`
 
     def push(self) -> dict:
         return {"id": self.id, "name": self.name, "available_name": self.name, "avatar_url": "", "type": "user",

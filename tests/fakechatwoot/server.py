@@ -97,9 +97,11 @@ class FakeChatwoot:
         self.webhook_timeout, self.retry_delay = webhook_timeout, retry_delay
         signed = self.has("signed") if signed is None else signed
         self.account = {"id": 1, "name": "Acme Support"}
+        self.other_accounts = {2: "Other Shop"}  # exist in this Chatwoot; the bot is not in them
         self.users = {5: User(5, "Sam Rivera", "user-token-5", "administrator"), 6: User(6, "Ana Costa", "user-token-6")}
         self.evolution_user = User(9, "Evolution API", "evolution-token")
         self.users[9] = self.evolution_user
+        self.users[8] = User(8, "Olga Berg", "user-token-8", roles={2: "administrator"})  # admin elsewhere only
         self.teams = {2: {"id": 2, "name": "Support", "description": "", "allow_auto_assign": True, "account_id": 1}}
         self.bots = {7: Bot(7, "Triage Bot", "bot-token-7", secret="bot-secret-7" if signed else None)}
         self.inboxes = {3: Inbox(3, "Website", bot_id=7), 4: Inbox(4, "WhatsApp", "Channel::Api", bot_id=7),
@@ -410,7 +412,7 @@ class FakeChatwoot:
                 body = await request.json()
             except ValueError:
                 body = None
-        name = route[0] if route else "unknown"
+        name = route[0] if route else {"/api": "api", "/api/v1/profile": "profile"}.get(path, "unknown")
         token = request.headers.get("api_access_token")
         caller = "anonymous"
         if token:
@@ -447,6 +449,8 @@ class FakeChatwoot:
                     return answer(fault.status, {"error": "Internal Server Error"} if fault.status >= 500 else {"error": "fault"})
                 break
         bot_token = token is not None and any(b.token == token for b in self.bots.values())
+        if route is None and method == "GET" and name in ("api", "profile"):
+            return self._global(path, token, answer)
         if route is None:  # the bot gate comes before routing to a controller action
             return answer(401, NOT_FOR_BOTS) if bot_token else answer(404, {"error": "Not Found"})
         name, rx, bot_ok, admin_only, fn = route
@@ -461,6 +465,8 @@ class FakeChatwoot:
         if bot is not None and not bot_ok:
             return answer(401, NOT_FOR_BOTS)
         if int(match["account"]) != self.account["id"]:
+            if bot is not None and int(match["account"]) in self.other_accounts:  # exists, but not the bot's
+                return answer(401, BOT_NOT_IN_ACCOUNT)
             return answer(404, NOT_FOUND)
         if bot is not None and bot.account_id != self.account["id"] and not any(i.bot_id == bot.id for i in self.inboxes.values()):
             return answer(401, BOT_NOT_IN_ACCOUNT)
@@ -479,6 +485,35 @@ class FakeChatwoot:
             if after.drop:
                 request.transport.close()
         return response
+
+    def _global(self, path: str, token: str | None, answer) -> web.Response:
+        """`GET /api` (public: the version) and `GET /api/v1/profile` (a user token's own profile)."""
+        if path == "/api":
+            return answer(200, {"version": ".".join(map(str, self.version)) + ".0", "timestamp": "2026-11-26 04:00:00",
+                                "queue_services": "ok", "data_services": "ok"})
+        if not token:
+            return answer(401, SIGN_IN)
+        if any(b.token == token for b in self.bots.values()):
+            return answer(401, NOT_FOR_BOTS)
+        user = next((u for u in self.users.values() if u.token == token), None)
+        if user is None:
+            return answer(401, INVALID_TOKEN)
+        return answer(200, self._profile(user))
+
+    def _profile(self, user: User) -> dict:
+        """Chatwoot's api/v1/models/_user.json.jbuilder (it includes the user's own access token)."""
+        names = {self.account["id"]: self.account["name"], **self.other_accounts}
+        roles = user.roles or {self.account["id"]: user.role}
+        first = next(iter(roles))
+        return {
+            "access_token": user.token, "account_id": first, "available_name": user.name, "avatar_url": "",
+            "confirmed": True, "display_name": None, "message_signature": None, "email": f"user{user.id}@acme.example",
+            "id": user.id, "inviter_id": None, "name": user.name, "provider": "email", "pubsub_token": f"pubsub-{user.id}",
+            "role": roles[first], "ui_settings": {}, "uid": f"user{user.id}@acme.example", "type": "User",
+            "accounts": [{"id": a, "name": names[a], "status": "active", "active_at": "2026-11-26T04:00:00.000Z",
+                          "role": role, "permissions": [role], "availability": user.availability,
+                          "availability_status": user.availability, "auto_offline": True} for a, role in roles.items()],
+        }
 
     # handlers: (fake, match, body, actor, conversation) → (status, json or None)
     def _toggle_status(self, match, body, actor, conv):

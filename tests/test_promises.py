@@ -5,6 +5,7 @@ Each test failed on the code before the fix it names; each asserts on what the f
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import sqlite3
@@ -13,6 +14,9 @@ import time
 from datetime import datetime, timezone
 
 import aiohttp
+
+from agentbot import explain as commands
+from agentbot.config import load
 
 import pytest
 
@@ -179,7 +183,7 @@ async def test_a_late_give_back_does_not_undo_an_agents_resolve(fake, start_bot)
     assert [c.body["status"] for c in fake.calls_to("toggle_status") if c.status == 200] == ["open"]
 
 
-async def test_a_requeued_dead_greeting_is_not_sent_to_a_conversation_that_moved_on(fake, start_bot, tmp_path):
+async def test_a_requeued_dead_greeting_is_not_sent_to_a_conversation_that_moved_on(fake, start_bot, tmp_path, capsys):
     store = f"sqlite:///{tmp_path}/bot.sqlite3"
     bot = await start_bot(STORE_URL=store, GREETING_MESSAGE="Hello {name}")
     fake.bots[7].token = "revoked"
@@ -191,6 +195,8 @@ async def test_a_requeued_dead_greeting_is_not_sent_to_a_conversation_that_moved
     fake.resolve(conv.display_id)
     await bot.idle()
     await bot.stop()
+    assert await commands.outbox(load({"STORE_URL": store}), argparse.Namespace(retry=False)) == 0
+    assert "--retry would skip it: the conversation is resolved now" in capsys.readouterr().out
     fake.bots[7].token = "bot-token-7"
     bot = await start_bot(STORE_URL=store, GREETING_MESSAGE="Hello {name}")
     assert await bot.bot.store.requeue_dead(time.time()) == 1

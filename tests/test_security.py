@@ -197,3 +197,24 @@ async def test_a_burst_while_chatwoot_is_slow_is_answered_within_chatwoots_deadl
     assert fake.fallbacks == [] and conv.status == "pending"
     assert fake.max_lookups_in_flight == 1  # the failed look-up is remembered for the contact
     slow.release.set()
+
+
+async def test_a_delivery_whose_conversation_stays_locked_gets_500_in_time_and_the_retry_acts(fake, start_bot):
+    fake.bots[7].secret = None
+    maria, conv = returning(fake)
+    bot = await start_bot(WEBHOOK_TOKEN=TOKEN)
+    release = asyncio.Event()
+
+    async def another_instance_holds_the_conversation():
+        async with bot.bot.store.lock(f"1:{conv.display_id}"):
+            await release.wait()
+
+    holder = asyncio.create_task(another_instance_holds_the_conversation())
+    fake.customer_writes(maria, "me again")
+    delivery = fake.deliveries[-1]
+    await wait_for(lambda: delivery.answers, 6, "the first answer")
+    assert delivery.answers == [500] and delivery.seconds[0] < 5  # within Chatwoot's deadline: no fallback
+    release.set()
+    await holder
+    await wait_for(lambda: conv.status == "open", 6, "the retried delivery's handoff")
+    assert delivery.answers == [500, 200] and fake.opened_by(conv.display_id) == ["bot:7"]

@@ -78,8 +78,13 @@ async def metrics(request: web.Request) -> web.Response:
 def build_app(settings: Settings, clock: Callable[[], datetime] = utcnow, store: Store | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[BOT] = Bot(settings, clock, store)
-    # With a token, Chatwoot delivers to /webhook/<token> and /webhook does not exist (404).
-    app.router.add_post("/webhook/{token}" if settings.webhook_token else "/webhook", functools.partial(receive, app[BOT]))
+    # With a token, Chatwoot delivers to /webhook/<token> and /webhook does not exist (404). Every method
+    # reaches the handler there, so a wrong token is a 404 whatever the method (a 405 would tell the route).
+    handler = functools.partial(receive, app[BOT])
+    if settings.webhook_token:
+        app.router.add_route("*", "/webhook/{token}", handler)
+    else:
+        app.router.add_post("/webhook", handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.cleanup_ctx.append(app[BOT].lifecycle)

@@ -251,6 +251,13 @@ class Settings(BaseSettings, Rules):
             raise ValueError(f"shorter than {MIN_SECRET} characters, too easy to guess")
         return value
 
+    @field_validator("webhook_token")
+    @classmethod
+    def _url_safe(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9._~-]+", value.get_secret_value()):
+            raise ValueError("use only letters, digits and - . _ ~ (it is part of the webhook URL)")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:

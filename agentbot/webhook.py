@@ -58,6 +58,8 @@ async def receive(bot, request: web.Request) -> web.Response:
     verified = token_matches(bot.settings.webhook_token, request)
     if bot.settings.webhook_token is not None and not verified:
         raise web.HTTPNotFound()  # the same answer as any unknown path; the path is not echoed
+    if request.method != "POST":
+        raise web.HTTPMethodNotAllowed(request.method, ["POST"])
     if (request.content_length or 0) > MAX_BODY:
         return error(413, f"body larger than {MAX_BODY} bytes")
     try:

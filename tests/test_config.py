@@ -120,6 +120,7 @@ def test_redis_url_of_a_paas_add_on_is_the_store_unless_store_url_is_set():
 @pytest.mark.parametrize("env, variable, problem, hidden", [
     ({"CHATWOOT_BOT_SECRET": "bot-secret-7"}, "CHATWOOT_BOT_SECRET", "shorter than 16 characters", "bot-secret-7"),
     ({"WEBHOOK_TOKEN": "letmein"}, "WEBHOOK_TOKEN", "shorter than 16 characters", "letmein"),
+    ({"WEBHOOK_TOKEN": "a/b?c#d=e&f%g hij"}, "WEBHOOK_TOKEN", "only letters, digits", "a/b?c#d"),
     ({"BOT_COMMAND": " "}, "BOT_COMMAND", "must not be blank", None),
     ({"INBOX_3_BOT_COMMAND": ""}, "INBOX_3_BOT_COMMAND", "must not be blank", None),
     ({"STORE_URL": "sqlite:///"}, "STORE_URL", "needs a file path", None),

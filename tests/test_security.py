@@ -54,6 +54,11 @@ async def test_with_a_token_only_the_token_url_is_accepted(fake, start_bot, log_
         status, text = await raw_post(url, body, headers)
         assert status == 404, name
         assert TOKEN not in text and "webhook" not in text, name
+    async with aiohttp.ClientSession() as s:
+        async with s.get(bot.url + "/webhook/" + TOKEN[:-1] + "x") as r:
+            assert r.status == 404  # not 405: a wrong token tells nothing about the route
+        async with s.get(bot.url + f"/webhook/{TOKEN}") as r:
+            assert r.status == 405
     await nothing_changed(fake, bot)
     assert conv.status == "resolved"
 

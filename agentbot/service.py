@@ -93,8 +93,9 @@ class Handoffs:
         if cached:
             return value
         left = LOOKUP_TIMEOUT if deadline is None else min(LOOKUP_TIMEOUT, deadline - asyncio.get_running_loop().time())
-        if left <= 0.05 or self._lookups.locked() or not self._budget.take():
-            why = "no time left" if left <= 0.05 else "too many look-ups at once"
+        why = ("no time left" if left <= 0.05 else f"{LOOKUP_CONCURRENCY} look-ups at once" if self._lookups.locked()
+               else f"{LOOKUPS_PER_MINUTE} look-ups a minute" if not self._budget.take() else None)
+        if why:
             logger.debug("conversation {}: contact look-up skipped ({}); treating the customer as new", c.key, why)
             return None
         token = self.settings.chatwoot_api_token.get_secret_value()

@@ -1,10 +1,11 @@
 # For platforms that build containers (Fly, Render, Railway, Dokku with a Dockerfile).
 FROM python:3.11-slim
 
+# No STORE_URL here: it would shadow a platform's REDIS_URL. The default sqlite:///agentbot.sqlite3 is
+# relative to the working directory, /data (the volume).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PORT=8080 \
-    STORE_URL=sqlite:////data/agentbot.sqlite3
+    PORT=8080
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -14,6 +15,7 @@ RUN pip install --no-cache-dir . \
     && mkdir -p /data && chown agentbot /data
 
 USER agentbot
+WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=3s --start-period=5s \

@@ -1,12 +1,13 @@
 """Set-up commands against Chatwoot's account API: `register`, `inboxes` and `check`."""
 from __future__ import annotations
 
+import secrets
 import sys
 
 import aiohttp
 
 from .chatwoot import Chatwoot, ChatwootError
-from .config import ConfigError, Settings
+from .config import MIN_SECRET, ConfigError, Settings, mask, scrub
 from .store import open_store
 
 
@@ -57,10 +58,23 @@ async def _known_inboxes(cw: Chatwoot, account: int, token: str, wanted: list[in
     return inboxes
 
 
+def _webhook_token(settings: Settings, base: str, bot: dict | None) -> str:
+    """WEBHOOK_TOKEN, else the one already in the bot's URL (running `register` again changes nothing),
+    else a new one. It goes into the URL Chatwoot delivers to, so it works on every Chatwoot version."""
+    if settings.webhook_token:
+        return settings.webhook_token.get_secret_value()
+    current = (bot or {}).get("outgoing_url") or ""
+    tail = current.removeprefix(base + "/") if current.startswith(base + "/") else ""
+    if len(tail) >= MIN_SECRET and "/" not in tail:
+        return tail
+    return secrets.token_urlsafe(24)
+
+
 async def register(settings: Settings, args) -> int:
     account, token = _admin(settings)
     if not args.detach and not args.url:
         raise ConfigError("--url: missing (example: --url https://bot.example.com/webhook)")
+    base = (args.url or "").rstrip("/")
 
     async def work(cw: Chatwoot) -> int:
         inboxes = await _known_inboxes(cw, account, token, args.inbox)
@@ -71,15 +85,18 @@ async def register(settings: Settings, args) -> int:
             return 0
         bots = await cw.list_agent_bots(account, token)
         mine = next((b for b in bots if b.get("name") == args.name and b.get("account_id") == account), None)
-        bot = await cw.save_agent_bot(account, token, mine and mine["id"], name=args.name, outgoing_url=args.url,
+        webhook_token = _webhook_token(settings, base, mine)
+        url = f"{base}/{webhook_token}"
+        bot = await cw.save_agent_bot(account, token, mine and mine["id"], name=args.name, outgoing_url=url,
                                       description="Hands conversations to humans (agentbot)")
-        print(f"{'Updated' if mine else 'Created'} agent bot {bot['name']!r} (id {bot['id']}) → {args.url}")
+        print(f"{'Updated' if mine else 'Created'} agent bot {bot['name']!r} (id {bot['id']}) → {url}")
         for inbox in args.inbox:
             await cw.set_agent_bot(account, inbox, bot["id"], token)
             print(f"Connected it to inbox {inbox} ({inboxes[inbox]['name']})")
         print("\nSet these in the bot's environment:")
         print(f"CHATWOOT_BOT_TOKEN={(bot.get('access_token') or {}).get('token', '')}")
-        if bot.get("secret"):
+        print(f"WEBHOOK_TOKEN={webhook_token}")
+        if bot.get("secret"):  # Chatwoot 4.13+ signs deliveries
             print(f"CHATWOOT_BOT_SECRET={bot['secret']}")
         return 0
 
@@ -118,6 +135,7 @@ async def check(settings: Settings, args) -> int:
                 hint = "the token is wrong or revoked: copy it from Settings → Bots" if exc.status == 401 else explain_error(exc, settings)
                 results.append((False, f"CHATWOOT_BOT_TOKEN: {hint}"))
             await _check_inboxes(cw, account)
+        _check_protection()
         await _check_store()
         for ok, line in results:
             print(f"{'OK  ' if ok else 'FAIL'} {line}")
@@ -147,6 +165,16 @@ async def check(settings: Settings, args) -> int:
         except ChatwootError as exc:
             results.append((False, explain_error(exc, settings)))
 
+    def _check_protection() -> None:
+        if settings.chatwoot_bot_secret is None and settings.webhook_token is None:
+            results.append((False, "neither CHATWOOT_BOT_SECRET nor WEBHOOK_TOKEN is set: anyone who learns the webhook "
+                                   "URL can open, set pending and message conversations; run `python -m agentbot register` "
+                                   "for a WEBHOOK_TOKEN"))
+        else:
+            which = " and ".join(n for n, v in (("WEBHOOK_TOKEN", settings.webhook_token),
+                                               ("CHATWOOT_BOT_SECRET", settings.chatwoot_bot_secret)) if v)
+            results.append((True, f"deliveries are accepted only with {which}"))
+
     async def _check_store() -> None:
         store = open_store(settings.store_url, settings.redis_tls_verify)
         try:
@@ -154,6 +182,7 @@ async def check(settings: Settings, args) -> int:
             results.append((True, f"store {settings.store_url.split('://')[0]} is usable ({await store.depth()} jobs waiting)"))
             await store.close()
         except Exception as exc:
-            results.append((False, f"STORE_URL: cannot open the store ({type(exc).__name__}: {exc})"))
+            problem = scrub(f"{type(exc).__name__}: {exc}", settings.store_url)
+            results.append((False, f"STORE_URL: cannot open the store at {mask(settings.store_url)} ({problem})"))
 
     return await _run(settings, work)

@@ -11,13 +11,19 @@ from loguru import logger
 
 from . import page
 from .chatwoot import Chatwoot
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, mask, scrub
 from .metrics import Metrics
 from .outbox import Outbox
 from .service import Handoffs
 from .store import Store, open_store
 from .webhook import MAX_BODY, receive
 
+UNPROTECTED = (
+    "neither CHATWOOT_BOT_SECRET nor WEBHOOK_TOKEN is set: anyone who learns the webhook URL can make the bot "
+    "open any pending conversation its token reaches, set open conversations back to pending with a forged "
+    "#bot note, and post the handoff message or greeting to customers; set WEBHOOK_TOKEN (any Chatwoot: "
+    "`python -m agentbot register` makes one) or CHATWOOT_BOT_SECRET (Chatwoot 4.13+)"
+)
 SHUTDOWN_GRACE = 7.0  # outbox grace on SIGTERM; with aiohttp's own shutdown this stays under 10 s
 
 
@@ -43,14 +49,17 @@ class Bot:
             hint = ""
             if "CERTIFICATE_VERIFY_FAILED" in str(exc):
                 hint = "; a managed Redis with a self-signed certificate (Heroku Redis) needs REDIS_TLS_VERIFY=false"
-            raise ConfigError(f"STORE_URL: cannot open the {scheme} store ({type(exc).__name__}: {exc}){hint}") from None
+            problem = scrub(f"{type(exc).__name__}: {exc}", s.store_url)
+            raise ConfigError(f"STORE_URL: cannot open the {scheme} store at {mask(s.store_url)} ({problem}){hint}") from None
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30))
         token = s.chatwoot_bot_token.get_secret_value() if s.chatwoot_bot_token else None
         self.chatwoot = Chatwoot(self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics)
         self.outbox = Outbox(self.store, self.chatwoot, self.metrics, self.clock, s.action_max_age)
         self.handoffs = Handoffs(s, self.store, self.chatwoot, self.metrics, self.clock, self.outbox.wake)
         self.outbox.start()
-        logger.info("agentbot ready on port {} (store: {}, Chatwoot: {})", s.port, s.store_url.split("://")[0], s.chatwoot_url)
+        logger.info("agentbot ready on port {} (store: {}, Chatwoot: {})", s.port, mask(s.store_url), s.chatwoot_url)
+        if s.chatwoot_bot_secret is None and s.webhook_token is None:
+            logger.warning(UNPROTECTED)
         yield
         await self.outbox.stop(SHUTDOWN_GRACE)
         await self.session.close()
@@ -82,7 +91,13 @@ async def metrics(request: web.Request) -> web.Response:
 def build_app(settings: Settings, clock: Callable[[], datetime] = utcnow, store: Store | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[BOT] = Bot(settings, clock, store)
-    app.router.add_post("/webhook", functools.partial(receive, app[BOT]))
+    # With a token, Chatwoot delivers to /webhook/<token> and /webhook does not exist (404). Every method
+    # reaches the handler there, so a wrong token is a 404 whatever the method (a 405 would tell the route).
+    handler = functools.partial(receive, app[BOT])
+    if settings.webhook_token:
+        app.router.add_route("*", "/webhook/{token}", handler)
+    else:
+        app.router.add_post("/webhook", handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     page.setup(app, app[BOT])

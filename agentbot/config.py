@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import string
 from datetime import date
 from functools import cached_property
@@ -28,6 +29,7 @@ EXAMPLES = {
     "chatwoot_bot_token": "the agent bot's access token (Settings → Bots)",
     "chatwoot_bot_secret": "the agent bot's webhook secret (Chatwoot 4.13+)",
     "chatwoot_api_token": "an administrator's access token (Profile settings → Access token)",
+    "webhook_token": "a random string of 16 or more characters; `python -m agentbot register` makes one",
     "store_url": "sqlite:///agentbot.sqlite3, redis://localhost:6379/0 or memory://",
     "redis_tls_verify": "false",
     "port": "8080",
@@ -55,7 +57,14 @@ EXAMPLES = {
     "keep_languages": "en,pt",
     "bot_command": "#bot",
 }
+SECRETS = {"chatwoot_bot_token", "chatwoot_bot_secret", "chatwoot_api_token", "webhook_token"}
+MIN_SECRET = 16  # characters; Chatwoot's bot secrets have 24
 TEMPLATE_EXAMPLE = "Hi {name}, a person will answer you here shortly."
+
+
+def normal_language(tag: str) -> str:
+    """`pt_BR`, `pt-BR` and `PT-br` are one language tag: `pt-br`."""
+    return tag.strip().lower().replace("_", "-")
 
 
 class ConfigError(Exception):
@@ -66,6 +75,32 @@ def _split(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def _blank_is_unset(value: Any) -> Any:
+    """`NAME=` means the setting is off (or, per inbox, that the global one is off there)."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _zero_is_off(value: int | None) -> int | None:
+    return value or None
+
+
+def mask(url: str) -> str:
+    """A store URL fit for a message: the password (in the authority or the query) becomes ***."""
+    masked = re.sub(r"(//[^/@:]*:)[^/]*@", r"\1***@", url, count=1)
+    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", masked)
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` (an error about the store at `url`) with the URL's password replaced by ***."""
+    found = re.search(r"//[^/@:]*:([^/]*)@", url)
+    passwords = [found.group(1)] if found else []
+    passwords += re.findall(r"(?i)[?&]password=([^&]*)", url)
+    text = text.replace(url, mask(url))
+    for password in filter(None, passwords):
+        text = text.replace(password, "***")
+    return text
 
 
 def _check_template(value: str | None) -> str | None:
@@ -90,8 +125,8 @@ class Rules(BaseModel):
     handoff_note: bool = True
     handoff_all: bool = False
     handoff_keywords: CommaList = Field(default_factory=list)
-    handoff_after_messages: int | None = Field(default=None, ge=1)
-    handoff_after_seconds: int | None = Field(default=None, ge=1)
+    handoff_after_messages: int | None = Field(default=None, ge=0)  # 0 or blank: off
+    handoff_after_seconds: int | None = Field(default=None, ge=0)
     handoff_on_agent_reply: bool = True
     handoff_labels: CommaList = Field(default_factory=list)
     handoff_attributes: CommaList = Field(default_factory=list)
@@ -117,6 +152,18 @@ class Rules(BaseModel):
     _templates = field_validator(
         "away_message", "handoff_message", "returning_message", "greeting_message"
     )(_check_template)
+    _blank_optionals = field_validator(
+        "handoff_after_messages", "handoff_after_seconds", "handoff_team_id", "handoff_assignee_id",
+        "handoff_priority", mode="before",
+    )(_blank_is_unset)
+    _zero_counts = field_validator("handoff_after_messages", "handoff_after_seconds")(_zero_is_off)
+
+    @field_validator("bot_command")
+    @classmethod
+    def _command(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank (a blank command would match any note without text)")
+        return value.strip()
 
     @field_validator("business_hours")
     @classmethod
@@ -146,7 +193,7 @@ class Rules(BaseModel):
     @field_validator("handoff_languages", "keep_languages")
     @classmethod
     def _languages(cls, value: list[str]) -> list[str]:
-        return [v.lower() for v in value]
+        return [normal_language(v) for v in value]
 
     @cached_property
     def hours(self) -> Hours | None:
@@ -161,7 +208,7 @@ class Rules(BaseModel):
     @cached_property
     def attributes(self) -> dict[str, str]:
         pairs = (p.split("=", 1) for p in self.handoff_attributes)
-        return {k.strip(): v.strip() for k, v in pairs}
+        return {k.strip(): fold(v.strip()) for k, v in pairs}
 
     @cached_property
     def labels(self) -> set[str]:
@@ -185,6 +232,7 @@ class Settings(BaseSettings, Rules):
     chatwoot_bot_token: SecretStr | None = None
     chatwoot_bot_secret: SecretStr | None = None
     chatwoot_api_token: SecretStr | None = None
+    webhook_token: SecretStr | None = None
     chatwoot_account_id: int | None = None
     chatwoot_account_ids: IdList = Field(default_factory=list)
     # At most a third of the 60 s claim lease: a step makes up to three calls (a read, an assignment and its fallback).
@@ -200,6 +248,21 @@ class Settings(BaseSettings, Rules):
     ignore_inbox_ids: IdList = Field(default_factory=list)
 
     _split_ids = field_validator("chatwoot_account_ids", "inbox_ids", "ignore_inbox_ids", mode="before")(_split)
+
+    @field_validator("chatwoot_bot_secret", "webhook_token", mode="before")
+    @classmethod
+    def _shared_secret(cls, value: Any) -> Any:
+        value = _blank_is_unset(value)
+        if isinstance(value, str) and len(value) < MIN_SECRET:
+            raise ValueError(f"shorter than {MIN_SECRET} characters, too easy to guess")
+        return value
+
+    @field_validator("webhook_token")
+    @classmethod
+    def _url_safe(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9._~-]+", value.get_secret_value()):
+            raise ValueError("use only letters, digits and - . _ ~ (it is part of the webhook URL)")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -219,7 +282,9 @@ class Settings(BaseSettings, Rules):
     @classmethod
     def _store(cls, value: str) -> str:
         if not value.startswith(("sqlite:///", "redis://", "rediss://", "memory://")):
-            raise ValueError(f"{value!r} is not sqlite:///…, redis://… or memory://")
+            raise ValueError(f"{mask(value)!r} is not sqlite:///…, redis://… or memory://")
+        if value.startswith("sqlite:///") and not value.removeprefix("sqlite:///").strip():
+            raise ValueError("sqlite:/// needs a file path (an empty one would be a temporary database)")
         return value
 
     _overrides: dict[int, Rules] = PrivateAttr(default_factory=dict)  # per-inbox rules, filled by load()
@@ -249,7 +314,7 @@ def _describe(exc: ValidationError, prefix: str = "") -> str:
     err = exc.errors()[0]
     field = str(err["loc"][0]) if err["loc"] else "?"
     message = err["msg"].removeprefix("Value error, ")
-    secret = field in {"chatwoot_bot_token", "chatwoot_bot_secret", "chatwoot_api_token"}
+    secret = field in SECRETS | {"store_url"}
     if err["type"] != "value_error" and not secret and "input" in err:
         message = f"{message}: {err['input']!r}"
     example = EXAMPLES.get(field, TEMPLATE_EXAMPLE if field.endswith("_message") else None)

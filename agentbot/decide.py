@@ -10,7 +10,7 @@ from .actions import Job, Step
 from .config import Rules, Settings
 from .events import Conversation, Delivery, Message
 from .facts import ConversationState, Facts, Resolved
-from .rules.keywords import find_keyword
+from .rules.keywords import find_keyword, fold
 
 CANCEL = -1.0  # timer value meaning "drop the conversation's timer"
 
@@ -154,24 +154,35 @@ def _give_back(c: Conversation, m: Message, state: ConversationState, now: datet
 def _incoming(c: Conversation, m: Message, facts: Facts, now: datetime, rules: Rules) -> Decision:
     state = replace(facts.state, incoming=facts.state.incoming + 1)
     # After a give-back the customer's history has been seen by a human already: only other rules apply.
-    returning = returning_reason(c, facts) if rules.handoff_returning and not state.given_back else None
+    returning = returning_reason(c, facts) if rules.handoff_returning and not given_back(c, state) else None
     fired = _first_rule(c, m, state, rules, returning)
     if fired:
         rule, reason = fired
         return _handoff(c, replace(facts, state=state), now, rules, rule, reason, returning=bool(returning and rule == "returning"))
     jobs: list[Job] = []
-    if rules.greeting_message and not state.greeted:
+    if rules.greeting_message and not state.greeted and not c.is_group:
         jobs.append(_job(c, "greeting", [{"op": "message", "content": _render(rules.greeting_message, c, "new customer")}], now))
         state = replace(state, greeted=True)
     timer = None
     if rules.handoff_after_seconds and state.timer_due is None:
         # Counted from the bot's clock at the first message (the delivery arrives within moments),
         # so `explain --at` and tests with an injected clock see the same timer.
-        due = _adjust_to_hours(now + timedelta(seconds=rules.handoff_after_seconds), rules)
+        due = now + timedelta(seconds=rules.handoff_after_seconds)
+        due = due if c.is_group else _adjust_to_hours(due, rules)
         reason = f"Customer waited {rules.handoff_after_seconds} s in pending"
         timer = (due.timestamp(), _handoff_job(c, facts, now, rules, reason, returning=False, rule="wait"))
         state = replace(state, timer_due=timer[0])
     return Decision("keep", "new customer: no rule fired, conversation stays pending", state=state, jobs=jobs, timer=timer)
+
+
+def given_back(c: Conversation, state: ConversationState) -> bool:
+    """An agent gave the conversation back to the bot: with `BOT_COMMAND`, or (Chatwoot 4.16+) by assigning
+    it to the bot, which makes it bot-owned and pending though humans handled it (an agent replied, or the
+    bot saw it resolved or leave pending). A conversation bot-owned since its creation has none of that."""
+    if state.given_back:
+        return True
+    handled = c.first_reply_at is not None or state.resolved_on is not None or state.left_pending_after is not None
+    return c.bot_owned and handled
 
 
 def returning_reason(c: Conversation, facts: Facts) -> str | None:
@@ -196,11 +207,11 @@ def _first_rule(c: Conversation, m: Message, state: ConversationState, rules: Ru
         return "returning", returning
     # Labels, attributes and language are decoded from the payload only when a rule asks for them.
     for label in c.labels if rules.labels else ():
-        if label.casefold() in rules.labels:
+        if fold(label) in rules.labels:
             return "label", f'Conversation has the label "{label}"'
     attributes = c.attributes if rules.attributes else {}
     for name, value in rules.attributes.items():
-        if name in attributes and str(attributes[name]).casefold() == value.casefold():
+        if name in attributes and fold(str(attributes[name])) == value:
             return "attribute", f"Customer attribute {name}={attributes[name]}"
     language = c.language if rules.handoff_languages or rules.keep_languages else None
     if language:
@@ -227,6 +238,7 @@ def _handoff(c: Conversation, facts: Facts, now: datetime, rules: Rules, rule: s
              *, deferrable: bool = True, returning: bool = False, human_took_over: bool = False) -> Decision:
     state = replace(facts.state, handed_off=True, timer_due=None)
     hours = rules.hours
+    deferrable = deferrable and not c.is_group  # a group is only ever opened, at once
     opening = hours.next_open(now) if deferrable and hours and not hours.is_open(now) else None
     if opening is None:
         job = _handoff_job(c, facts, now, rules, reason, returning, human_took_over, rule)
@@ -245,6 +257,8 @@ def _handoff(c: Conversation, facts: Facts, now: datetime, rules: Rules, rule: s
 
 def _handoff_job(c: Conversation, facts: Facts, now: datetime, rules: Rules, reason: str, returning: bool,
                  human_took_over: bool = False, rule: str = "") -> Job:
+    if c.is_group:  # the whole group would read a message or a note: the status change is all it gets
+        return _job(c, reason, [{"op": "status", "status": "open"}], now, rule)
     before: list[Step] = []
     agent: list[Step] = []
     remark = ""
@@ -259,7 +273,7 @@ def _handoff_job(c: Conversation, facts: Facts, now: datetime, rules: Rules, rea
             before.append({"op": "priority", "priority": rules.handoff_priority})
     # Assign before opening (Chatwoot auto-assigns on open), except on a bot-owned conversation
     # (v4.16+), where a human assignment would itself open it and bypass the bot handoff.
-    bot_owned = c.assignee is not None and c.assignee.kind == "agent_bot"
+    bot_owned = c.bot_owned
     steps = before + ([] if bot_owned else agent) + [{"op": "status", "status": "open"}] + (agent if bot_owned else [])
     if rules.handoff_note:
         steps.append({"op": "note", "content": reason + remark})

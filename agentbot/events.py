@@ -108,6 +108,7 @@ class Conversation(Struct, frozen=True):
     contact_identifier: str | None = None
     contact_phone: str | None = None
     assignee: Person | None = None
+    bot_owned: bool = False  # Chatwoot 4.16+: the agent bot is the conversation's assignee
     first_reply_at: str | None = None  # ISO 8601
     last_message_id: int | None = None  # messages[0]: the latest public message when the payload was built
     updated_at: str = ""  # changes with every save: tells two events of one conversation apart
@@ -213,6 +214,7 @@ def _conversation(conv: _Conversation | None, account_id: int | None) -> Convers
         contact_phone=contact.phone_number,
         assignee=Person(assignee.id, kind, assignee.name or "", assignee.availability_status)
         if assignee and assignee.id is not None else None,
+        bot_owned=meta.assignee_type == "AgentBot" or kind == "agent_bot",
         first_reply_at=_iso(conv.first_reply_created_at),
         last_message_id=first and first.id,
         updated_at=str(conv.updated_at or ""),

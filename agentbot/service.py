@@ -2,23 +2,54 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 
 from loguru import logger
 
 from .chatwoot import Chatwoot, ChatwootError
 from .config import Settings
-from .decide import Decision, decide, operator_handoff, returning_reason, triage
+from .decide import Decision, decide, given_back, operator_handoff, returning_reason, triage
 from .events import Conversation, Delivery, event_label
 from .facts import Facts, Resolved
 from .metrics import Metrics
 from .store import Commit, DecisionEntry, Store
 
 LOOKUP_TTL = 3600.0  # one Chatwoot look-up per contact per hour
+FAILED_LOOKUP_TTL = 60.0  # a failed look-up is not repeated for the same contact for a minute
 LOOKUP_TIMEOUT = 2.0  # the look-up happens before the webhook answers; Chatwoot waits 5 s
 LOGGED = {"handoff", "defer", "keep", "pending"}  # decisions the operator page lists ("record" is bookkeeping)
+DELIVERY_BUDGET = 4.0  # seconds for the conversation lock plus the look-up, so the answer beats those 5 s
+# Look-ups spend the API token's share of Chatwoot's limit (3000 requests/minute per client): a few at
+# a time, and at most a fifth of that limit per minute, so a flood of (forged) deliveries from new
+# contacts cannot starve the bot's own handoffs. Beyond either, the customer counts as new.
+LOOKUP_CONCURRENCY = 4
+LOOKUPS_PER_MINUTE = 600
+LOOKUP_BURST = 20
+
+
+class Busy(Exception):
+    """The conversation's lock could not be had within the delivery's budget: answered 500, Chatwoot retries."""
+
+
+class LookupBudget:
+    """A token bucket: LOOKUP_BURST look-ups at once, refilled at LOOKUPS_PER_MINUTE."""
+
+    def __init__(self, per_minute: float = LOOKUPS_PER_MINUTE, burst: float = LOOKUP_BURST):
+        self.rate, self.burst = per_minute / 60.0, burst
+        self.tokens, self.at = burst, time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 def contact_key(c: Conversation) -> str | None:
@@ -32,15 +63,19 @@ class Handoffs:
                  clock: Callable[[], datetime], on_commit: Callable[[int], None] = lambda jobs: None):
         self.settings, self.store, self.chatwoot, self.metrics = settings, store, chatwoot, metrics
         self.clock, self.on_commit = clock, on_commit
+        self._lookups = asyncio.Semaphore(LOOKUP_CONCURRENCY)
+        self._budget = LookupBudget()
 
-    async def facts(self, d: Delivery, look_up: bool = True) -> Facts:
+    async def facts(self, d: Delivery, look_up: bool = True, deadline: float | None = None) -> Facts:
+        """What the bot knows; with `look_up`, also Chatwoot's answer about the contact, given by `deadline`
+        (the event loop's clock)."""
         c = d.conversation
         assert c is not None
         # A conversation event's decision reads only the conversation; a message's also the contact's past.
         state, previous = await self.store.load(c.key, contact_key(c) if d.message else None)
         facts = Facts(state, previous)
         if look_up and self._worth_looking_up(d, facts):
-            facts = Facts(state, await self._look_up(c))
+            facts = Facts(state, await self._look_up(c, deadline))
         return facts
 
     def _worth_looking_up(self, d: Delivery, facts: Facts) -> bool:
@@ -49,20 +84,30 @@ class Handoffs:
         return bool(
             self.settings.chatwoot_api_token and self.chatwoot and m and m.kind == "incoming"
             and rules.handoff_returning and not facts.state.handed_off and c.contact.id is not None
-            and returning_reason(c, facts) is None
+            and not given_back(c, facts.state) and returning_reason(c, facts) is None
         )
 
-    async def _look_up(self, c: Conversation) -> Resolved | None:
-        """The contact's latest other resolved conversation in Chatwoot (user token), cached for an hour."""
+    async def _look_up(self, c: Conversation, deadline: float | None) -> Resolved | None:
+        """The contact's latest other resolved conversation in Chatwoot (user token), cached for an hour;
+        a failure is cached for a minute. None (a new customer) when it cannot be asked in time."""
         key, now = contact_key(c), self.clock().timestamp()
         cached, value = await self.store.recall(key, now)
         if cached:
             return value
+        left = LOOKUP_TIMEOUT if deadline is None else min(LOOKUP_TIMEOUT, deadline - asyncio.get_running_loop().time())
+        why = ("no time left" if left <= 0.05 else f"{LOOKUP_CONCURRENCY} look-ups at once" if self._lookups.locked()
+               else f"{LOOKUPS_PER_MINUTE} look-ups a minute" if not self._budget.take() else None)
+        if why:
+            logger.debug("conversation {}: contact look-up skipped ({}); treating the customer as new", c.key, why)
+            return None
         token = self.settings.chatwoot_api_token.get_secret_value()
         try:
-            found = await asyncio.wait_for(self.chatwoot.contact_conversations(c.account_id, c.contact.id, token), LOOKUP_TIMEOUT)
+            async with self._lookups:
+                found = await asyncio.wait_for(self.chatwoot.contact_conversations(c.account_id, c.contact.id, token), left)
         except (ChatwootError, asyncio.TimeoutError) as exc:
-            logger.warning("conversation {}: contact look-up failed ({}); treating the customer as new", c.key, exc or "timed out")
+            logger.warning("conversation {}: contact look-up failed ({}); treating the customer as new for {:.0f} s",
+                           c.key, exc or "timed out", FAILED_LOOKUP_TTL)
+            await self.store.remember(key, None, FAILED_LOOKUP_TTL, now)
             return None
         resolved = [x for x in found if x.get("status") == "resolved" and x.get("id") != c.display_id]
         best = max(resolved, key=lambda x: x.get("last_activity_at") or x.get("timestamp") or 0, default=None)
@@ -87,15 +132,31 @@ class Handoffs:
             decision = decide(d, await self.facts(d, look_up=False), self.clock(), self.settings)
             if not decision.writes:
                 return self._report(d, decision)
+        deadline = asyncio.get_running_loop().time() + DELIVERY_BUDGET
         with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id,
                                   delivery=d.delivery_id):
-            async with self.store.lock(c.key):
-                decision = decide(d, await self.facts(d), self.clock(), self.settings)
+            async with self._locked(c.key, deadline):
+                decision = decide(d, await self.facts(d, deadline=deadline), self.clock(), self.settings)
                 # The commit is refused for a delivery seen before; one that writes nothing is harmless
                 # (unless it belongs in the decision log).
                 if (decision.writes or decision.outcome in LOGGED) and not await self._commit(d, decision):
                     decision = Decision("duplicate", f"delivery {d.dedup_key} was handled before")
             return self._report(d, decision)
+
+    @asynccontextmanager
+    async def _locked(self, key: str, deadline: float):
+        """The conversation's lock, waited for until `deadline` at most. The commit under it is not bounded:
+        cancelling a commit that may already be written would answer 500 for a delivery acted on."""
+        lock = self.store.lock(key)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await lock.__aenter__()
+        except TimeoutError:
+            raise Busy(f"conversation {key} is busy: its lock was not free within {DELIVERY_BUDGET:.0f} s") from None
+        try:
+            yield
+        finally:
+            await lock.__aexit__(None, None, None)
 
     async def hand_off_now(self, c: Conversation, who: str) -> Decision:
         """The operator page's button: queue the inbox's handoff for a conversation Chatwoot says is pending."""

@@ -1,4 +1,7 @@
-"""POST /webhook: size limit, signature, JSON → Delivery, then the decision; always a quick answer."""
+"""POST /webhook: token, size limit, signature, JSON → Delivery, then the decision; always a quick answer.
+
+Only a delivery proven to come from Chatwoot (the WEBHOOK_TOKEN in its path, or a valid signature)
+gets the decision in its answer; any other gets `{"ok": true}`, so an outsider learns nothing."""
 from __future__ import annotations
 
 import hashlib
@@ -9,10 +12,12 @@ from aiohttp import web
 from loguru import logger
 
 from .events import BadBody, PayloadError, event_label, parse
+from .service import Busy
 
 MAX_BODY = 1024 * 1024
 MAX_SKEW = 300  # seconds; older signed deliveries are refused as replays
 JSON = {"Content-Type": "application/json"}
+OK = b'{"ok":true}'
 
 
 def answer(data: dict, status: int = 200) -> web.Response:
@@ -40,8 +45,21 @@ def signature_problem(secret: str, headers, body: bytes, now: float) -> str | No
     return None
 
 
+def token_matches(expected, request: web.Request) -> bool:
+    """Constant-time comparison of the path's token with WEBHOOK_TOKEN (None: no token configured)."""
+    if expected is None:
+        return False
+    given = request.match_info.get("token", "")
+    return hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
+
+
 async def receive(bot, request: web.Request) -> web.Response:
     """The handler, bound to the app's Bot by app.py."""
+    verified = token_matches(bot.settings.webhook_token, request)
+    if bot.settings.webhook_token is not None and not verified:
+        raise web.HTTPNotFound()  # the same answer as any unknown path; the path is not echoed
+    if request.method != "POST":
+        raise web.HTTPMethodNotAllowed(request.method, ["POST"])
     if (request.content_length or 0) > MAX_BODY:
         return error(413, f"body larger than {MAX_BODY} bytes")
     try:
@@ -54,6 +72,7 @@ async def receive(bot, request: web.Request) -> web.Response:
         if problem:
             logger.warning("webhook refused: {}", problem)
             return error(401, problem)
+        verified = True
     delivery_id = request.headers.get("X-Chatwoot-Delivery")
     try:
         delivery = parse(body, delivery_id)
@@ -62,10 +81,17 @@ async def receive(bot, request: web.Request) -> web.Response:
     except PayloadError as exc:
         logger.warning("{} delivery {} acknowledged without acting: {}", exc.event or "unnamed", delivery_id or "-", exc)
         bot.metrics.delivered(event_label(exc.event), "invalid")
-        return answer({"outcome": "ignore", "reason": str(exc)})
+        return answer({"outcome": "ignore", "reason": str(exc)}) if verified else _ok()
     try:
         decision = await bot.handoffs.handle(delivery)
+    except Busy as exc:  # Chatwoot retries a 500 three seconds later
+        logger.warning("{} delivery {} answered 500: {}", delivery.event, delivery_id or "-", exc)
+        return error(500, "could not handle the delivery (Busy)")
     except Exception as exc:  # the store is unreachable, say: Chatwoot retries 500, then opens it
         logger.exception("{} delivery {} could not be handled: {}", delivery.event, delivery_id or "-", exc)
         return error(500, f"could not handle the delivery ({type(exc).__name__})")
-    return answer({"outcome": decision.outcome, "reason": decision.reason})
+    return answer({"outcome": decision.outcome, "reason": decision.reason}) if verified else _ok()
+
+
+def _ok() -> web.Response:
+    return web.Response(body=OK, headers=JSON)

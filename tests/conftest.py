@@ -33,6 +33,7 @@ def returning(fake, name="Maria Lopez", inbox=3):
     """A contact whose conversation was handled by an agent and resolved (before the bot ran)."""
     contact = fake.contact(name)
     conv = fake.customer_writes(contact, "Hi", inbox=inbox).conversation
+    conv.bot_owner = None  # an agent took it over (that ends the bot's ownership, Chatwoot 4.16+)
     fake.agent_writes(conv.display_id, "Hello")
     fake.resolve(conv.display_id)
     return contact, conv
@@ -65,8 +66,14 @@ class RunningBot:
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
         self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        self.fake.connect_bot(self.url + "/webhook")
+        self.fake.connect_bot(self.url + self.webhook_path)
         return self
+
+    @property
+    def webhook_path(self) -> str:
+        """Where Chatwoot delivers: `/webhook`, or `/webhook/<WEBHOOK_TOKEN>` when a token is set."""
+        token = self.settings.webhook_token
+        return "/webhook" + (f"/{token.get_secret_value()}" if token else "")
 
     async def stop(self) -> None:
         await self.runner.cleanup()
@@ -75,12 +82,12 @@ class RunningBot:
     def bot(self):
         return self.app[BOT]
 
-    async def post(self, body: bytes | str | dict, headers: dict | None = None) -> tuple[int, dict]:
+    async def post(self, body: bytes | str | dict, headers: dict | None = None, path: str | None = None) -> tuple[int, dict]:
         import json as _json
 
         data = _json.dumps(body).encode() if isinstance(body, dict) else body
         async with aiohttp.ClientSession() as s:
-            async with s.post(self.url + "/webhook", data=data, headers=headers or {}) as r:
+            async with s.post(self.url + (path or self.webhook_path), data=data, headers=headers or {}) as r:
                 return r.status, await r.json(content_type=None)
 
     async def get(self, path: str) -> tuple[int, str]:
@@ -280,7 +287,7 @@ async def processes(fake, tmp_path):
     async def start(connect: bool = True, **env: str) -> BotProcess:
         p = BotProcess(fake, env, tmp_path)
         if connect:  # before it starts: a restarted bot may act at once
-            fake.connect_bot(p.url + "/webhook")
+            fake.connect_bot(p.url + "/webhook" + (f"/{env['WEBHOOK_TOKEN']}" if env.get("WEBHOOK_TOKEN") else ""))
         await p.start()
         started.append(p)
         return p

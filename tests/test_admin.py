@@ -23,20 +23,30 @@ async def test_register_creates_the_bot_connects_inboxes_and_prints_env(fake, ca
     assert await admin.register(settings(fake), reg()) == 0
     out = capsys.readouterr().out
     bot = next(b for b in fake.bots.values() if b.name == "Handoff bot")
-    assert bot.outgoing_url == "https://bot.example.com/webhook"
+    token = bot.outgoing_url.removeprefix("https://bot.example.com/webhook/")
+    assert len(token) >= 16 and "/" not in token
     assert fake.inboxes[3].bot_id == fake.inboxes[4].bot_id == bot.id
+    assert f"→ https://bot.example.com/webhook/{token}" in out
     assert f"CHATWOOT_BOT_TOKEN={bot.token}" in out and f"CHATWOOT_BOT_SECRET={bot.secret}" in out
+    assert f"WEBHOOK_TOKEN={token}" in out
+    assert load({"CHATWOOT_URL": fake.url, "WEBHOOK_TOKEN": token}).webhook_token.get_secret_value() == token
     assert [c.endpoint for c in fake.calls] == ["inboxes", "agent_bots", "agent_bots_create", "set_agent_bot", "set_agent_bot"]
 
 
 async def test_register_twice_updates_the_same_bot(fake, capsys):
     await admin.register(settings(fake), reg())
     count = len(fake.bots)
+    bot = next(b for b in fake.bots.values() if b.name == "Handoff bot")
+    first = bot.outgoing_url
+    assert await admin.register(settings(fake), reg()) == 0
+    assert bot.outgoing_url == first  # the token in the URL is kept
     assert await admin.register(settings(fake), reg(url="https://new.example.com/webhook")) == 0
     assert len(fake.bots) == count
-    bot = next(b for b in fake.bots.values() if b.name == "Handoff bot")
-    assert bot.outgoing_url == "https://new.example.com/webhook"
+    assert bot.outgoing_url.startswith("https://new.example.com/webhook/")
     assert "Updated agent bot 'Handoff bot'" in capsys.readouterr().out
+    mine = "wh-3fK9pQ2mZx7LrT5vB8nC1dY6"
+    assert await admin.register(settings(fake, WEBHOOK_TOKEN=mine), reg()) == 0
+    assert bot.outgoing_url == f"https://bot.example.com/webhook/{mine}"
 
 
 async def test_detach_disconnects_the_inboxes(fake, capsys):
@@ -90,8 +100,18 @@ async def test_check_reports_each_item(fake, capsys):
     assert out[-1].startswith("OK   store memory is usable")
 
 
+async def test_check_fails_without_a_secret_or_token(fake, capsys):
+    assert await admin.check(settings(fake, CHATWOOT_BOT_TOKEN="bot-token-7"), argparse.Namespace()) == 1
+    out = capsys.readouterr().out
+    assert "FAIL neither CHATWOOT_BOT_SECRET nor WEBHOOK_TOKEN is set: anyone who learns the webhook URL" in out
+    for env in ({"WEBHOOK_TOKEN": "wh-3fK9pQ2mZx7LrT5vB8nC1dY6"}, {"CHATWOOT_BOT_SECRET": "bot-secret-7-6Ybq3sWkT2vN"}):
+        assert await admin.check(settings(fake, CHATWOOT_BOT_TOKEN="bot-token-7", **env), argparse.Namespace()) == 0
+        assert f"OK   deliveries are accepted only with {next(iter(env))}" in capsys.readouterr().out
+
+
 async def test_check_passes_and_names_a_bad_bot_token(fake, capsys):
-    assert await admin.check(settings(fake, CHATWOOT_BOT_TOKEN="bot-token-7", INBOX_IDS="3"), argparse.Namespace()) == 0
+    good = {"CHATWOOT_BOT_TOKEN": "bot-token-7", "INBOX_IDS": "3", "WEBHOOK_TOKEN": "wh-3fK9pQ2mZx7LrT5vB8nC1dY6"}
+    assert await admin.check(settings(fake, **good), argparse.Namespace()) == 0
     capsys.readouterr()
     assert await admin.check(settings(fake, CHATWOOT_BOT_TOKEN="wrong"), argparse.Namespace()) == 1
     out = capsys.readouterr().out
@@ -104,6 +124,7 @@ async def test_check_accepts_the_bot_token_on_chatwoot_before_typing_was_allowed
     older = [(m, rx, name, False if name == "toggle_typing_status" else bot_ok, admin, fn)
              for m, rx, name, bot_ok, admin, fn in server.ROUTES]
     monkeypatch.setattr(server, "ROUTES", older)
-    assert await admin.check(settings(fake, CHATWOOT_BOT_TOKEN="bot-token-7"), argparse.Namespace()) == 0
+    assert await admin.check(settings(fake, CHATWOOT_BOT_TOKEN="bot-token-7", WEBHOOK_TOKEN="wh-3fK9pQ2mZx7LrT5vB8nC1dY6"),
+                             argparse.Namespace()) == 0
     assert [c.status for c in fake.calls if c.endpoint == "toggle_typing_status"] == [401]
     assert "OK   Chatwoot at" in capsys.readouterr().out

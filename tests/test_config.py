@@ -38,7 +38,7 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     ({**GOOD, "INBOX_3_HANDOFF_ASSIGNEE_ID": "x"}, "INBOX_3_HANDOFF_ASSIGNEE_ID", "'x'"),
     ({**GOOD, "HANDOFF_MESSAGE": "Hi {customer}"}, "HANDOFF_MESSAGE", "{customer}"),
     ({**GOOD, "INBOX_3_PORT": "1"}, "INBOX_3_PORT", "INBOX_3_HANDOFF_ALL"),
-    ({**GOOD, "HANDOFF_AFTER_MESSAGES": "0"}, "HANDOFF_AFTER_MESSAGES", "3"),
+    ({**GOOD, "HANDOFF_AFTER_MESSAGES": "-1"}, "HANDOFF_AFTER_MESSAGES", "3"),
     ({**GOOD, "CLOSED_DATES": "2026-02-30"}, "CLOSED_DATES", "2026-12-25"),
     ({**GOOD, "LOG_LEVEL": "LOUD"}, "LOG_LEVEL", "INFO"),
     ({**GOOD, "CHATWOOT_TIMEOUT": "60"}, "CHATWOOT_TIMEOUT", "at most 20"),
@@ -71,8 +71,10 @@ def test_per_inbox_overrides_apply_only_to_that_inbox():
 
 
 def test_secrets_are_not_in_the_settings_repr():
-    s = load({**GOOD, "CHATWOOT_BOT_SECRET": "hush", "CHATWOOT_API_TOKEN": "user-tok"})
-    assert "s3cr3t-token" not in repr(s) and "hush" not in repr(s) and "user-tok" not in repr(s)
+    s = load({**GOOD, "CHATWOOT_BOT_SECRET": "hush-hush-hush-hush", "CHATWOOT_API_TOKEN": "user-tok",
+              "WEBHOOK_TOKEN": "wh-3fK9pQ2mZx7LrT5vB8nC1dY6"})
+    for secret in ("s3cr3t-token", "hush-hush", "user-tok", "wh-3fK9pQ2mZx7LrT5vB8nC1dY6"):
+        assert secret not in repr(s)
 
 
 def test_require_names_the_missing_variable():
@@ -114,3 +116,46 @@ def test_redis_url_of_a_paas_add_on_is_the_store_unless_store_url_is_set():
     assert load({"REDIS_URL": "redis://h:6379/0"}).store_url == "redis://h:6379/0"
     assert load({"REDIS_URL": "redis://h:6379/0", "STORE_URL": "memory://"}).store_url == "memory://"
     assert load({}).store_url == "sqlite:///agentbot.sqlite3"
+
+
+@pytest.mark.parametrize("env, variable, problem, hidden", [
+    ({"CHATWOOT_BOT_SECRET": "bot-secret-7"}, "CHATWOOT_BOT_SECRET", "shorter than 16 characters", "bot-secret-7"),
+    ({"WEBHOOK_TOKEN": "letmein"}, "WEBHOOK_TOKEN", "shorter than 16 characters", "letmein"),
+    ({"WEBHOOK_TOKEN": "a/b?c#d=e&f%g hij"}, "WEBHOOK_TOKEN", "only letters, digits", "a/b?c#d"),
+    ({"BOT_COMMAND": " "}, "BOT_COMMAND", "must not be blank", None),
+    ({"INBOX_3_BOT_COMMAND": ""}, "INBOX_3_BOT_COMMAND", "must not be blank", None),
+    ({"STORE_URL": "sqlite:///"}, "STORE_URL", "needs a file path", None),
+    ({"STORE_URL": "redis//:hunter2-pw@cache.example.com:6379/0"}, "STORE_URL", ":***@cache.example.com", "hunter2"),
+    ({"STORE_URL": "redis://:hunter2-pw@127.0.0.1:1/0"}, "STORE_URL", "cannot open the redis store at redis://:***@", "hunter2"),
+    ({"REDIS_URL": "redis://u:hunter2-pw@127.0.0.1:1/0?password=hunter2-pw"}, "STORE_URL", "password=***", "hunter2"),
+])
+def test_secrets_store_passwords_and_blank_commands_are_refused_without_printing_them(env, variable, problem, hidden):
+    result = run({**GOOD, "STORE_URL": "", **env} if "REDIS_URL" in env else {**GOOD, **env})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"agentbot: configuration error: {variable}:"), result.stderr
+    assert problem in lines[0]
+    assert hidden is None or hidden not in result.stderr + result.stdout
+
+
+def test_blank_secret_and_token_are_unset():
+    s = load({**GOOD, "CHATWOOT_BOT_SECRET": "", "WEBHOOK_TOKEN": "   "})
+    assert s.chatwoot_bot_secret is None and s.webhook_token is None
+
+
+def test_a_blank_per_inbox_value_switches_the_global_rule_off_there():
+    s = load({**GOOD, "HANDOFF_AFTER_SECONDS": "300", "HANDOFF_AFTER_MESSAGES": "3", "HANDOFF_TEAM_ID": "2",
+              "HANDOFF_PRIORITY": "high", "HANDOFF_ASSIGNEE_ID": "5", "INBOX_3_HANDOFF_AFTER_SECONDS": "",
+              "INBOX_3_HANDOFF_AFTER_MESSAGES": "", "INBOX_3_HANDOFF_TEAM_ID": "", "INBOX_3_HANDOFF_PRIORITY": " ",
+              "INBOX_3_HANDOFF_ASSIGNEE_ID": ""})
+    inbox3, other = s.rules_for(3), s.rules_for(4)
+    assert (inbox3.handoff_after_seconds, inbox3.handoff_after_messages, inbox3.handoff_team_id,
+            inbox3.handoff_priority, inbox3.handoff_assignee_id) == (None, None, None, None, None)
+    assert (other.handoff_after_seconds, other.handoff_after_messages, other.handoff_team_id,
+            other.handoff_priority, other.handoff_assignee_id) == (300, 3, 2, "high", 5)
+
+
+def test_zero_seconds_or_messages_means_off():
+    s = load({**GOOD, "HANDOFF_AFTER_SECONDS": "0", "HANDOFF_AFTER_MESSAGES": "0", "INBOX_3_HANDOFF_AFTER_SECONDS": "0"})
+    assert s.handoff_after_seconds is None and s.handoff_after_messages is None
+    assert s.rules_for(3).handoff_after_seconds is None

@@ -35,6 +35,12 @@ def test_dockerfile_essentials():
     assert kinds.index("USER") < kinds.index("CMD")
     env = " ".join(i[1] for i in instructions if i[0] == "ENV")
     assert "PORT=8080" in env.split()
+    # A STORE_URL baked into the image would shadow REDIS_URL (one SQLite per container when scaled);
+    # the default relative SQLite path lands in the volume because the process runs in it.
+    assert "STORE_URL" not in env
+    assert Settings.model_fields["store_url"].default == "sqlite:///agentbot.sqlite3"
+    workdir = [i[1] for i in instructions if i[0] == "WORKDIR"][-1]
+    assert workdir == "/data" and '["/data"]' in [i[1] for i in instructions if i[0] == "VOLUME"]
     health = next(i[1] for i in instructions if i[0] == "HEALTHCHECK")
     assert "/healthz" in health and "PORT" in health
     assert instructions[-1] == ["CMD", '["python", "-m", "agentbot"]']

@@ -36,7 +36,7 @@ async def test_the_session_cookie_is_httponly_strict_expiring_and_secure_behind_
 
 async def test_instances_with_the_same_settings_accept_each_others_sessions(fake, start_bot):
     one, two = await start_bot(), await start_bot()
-    other = await start_bot(CHATWOOT_BOT_SECRET="another-secret")  # other key material: not accepted
+    other = await start_bot(CHATWOOT_BOT_SECRET="another-secret-with-more-length")  # other key material: not accepted
     async with client() as s:
         assert (await sign_in(s, one.url)).status == 303
         cookie = s.cookie_jar.filter_cookies(URL(one.url))["agentbot_session"].value

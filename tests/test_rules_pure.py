@@ -83,3 +83,107 @@ def test_wrapping_day_ranges_and_24_00():
 def test_keywords_ignore_case_and_accents_and_match_whole_words(text, found):
     pattern = compile_keywords(["human", "agent", "atendente", "humano"])
     assert find_keyword(pattern, text) == found
+
+
+@pytest.mark.parametrize("keywords, text, found", [
+    (["人工"], "我要人工客服", "人工"),
+    (["オペレーター"], "オペレーターと話したい", "オペレーター"),
+    (["ｵﾍﾟﾚｰﾀｰ"], "オペレーターと話したい", "オペレーター"),  # half-width katakana folds to full width
+    (["พนักงาน"], "ขอคุยกับพนักงานหน่อยค่ะ", "พนักงาน"),
+    (["कम"], "मुझे कमी महसूस होती है", None),  # a vowel sign is part of the word
+    (["कम"], "यह कम है", "कम"),
+    (["i'd like a human"], "I’d like a human please", "i'd like a human"),
+    (["l’humain"], "je veux parler à l'humain", "l'humain"),
+    (["человек"], "Позовите ЧЕЛОВЕКА", None),
+    (["человека"], "Позовите ЧЕЛОВЕКА", "человека"),
+])
+def test_keywords_in_every_script(keywords, text, found):
+    assert find_keyword(compile_keywords(keywords), text) == found
+
+
+# Decisions as functions: real payload shapes, one rule at a time.
+import json  # noqa: E402
+
+from agentbot.config import load  # noqa: E402
+from agentbot.decide import decide  # noqa: E402
+from agentbot.events import parse  # noqa: E402
+from agentbot.facts import ConversationState, Facts  # noqa: E402
+from tests.fakechatwoot.model import fixture  # noqa: E402
+
+NOON = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+SUNDAY_NIGHT = datetime(2026, 11, 29, 23, 0, tzinfo=timezone.utc)
+
+
+def settings(**env):
+    return load({"CHATWOOT_URL": "https://chat.example.com", "CHATWOOT_BOT_TOKEN": "t", "STORE_URL": "memory://", **env},
+                env_file=None)
+
+
+def message(kind="pending", text="hello", **conversation):
+    body = fixture(f"message_created_incoming_{kind}")
+    body["content"] = text
+    meta = conversation.pop("meta", {})
+    sender = conversation.pop("sender", {})
+    body["conversation"].update(conversation)
+    body["conversation"]["meta"].update(meta)
+    body["conversation"]["meta"]["sender"].update(sender)
+    return parse(json.dumps(body).encode())
+
+
+def new_customer(**conversation):
+    """A pending conversation without an agent reply or a human assignee (bot-owned, as on 4.16.2+)."""
+    return message("pending", **conversation)
+
+
+def test_labels_fold_accents_on_both_sides():
+    d = new_customer(labels=["Urgência"])
+    decision = decide(d, Facts(), NOON, settings(HANDOFF_LABELS="urgência"))
+    assert decision.outcome == "handoff" and decision.rule == "label"
+
+
+def test_attribute_values_fold_accents_and_case():
+    d = new_customer(custom_attributes={"plan": "Prémium"})
+    decision = decide(d, Facts(), NOON, settings(HANDOFF_ATTRIBUTES="plan=premium"))
+    assert decision.outcome == "handoff" and decision.rule == "attribute"
+
+
+@pytest.mark.parametrize("configured", ["pt_BR", "pt-BR", "PT_br"])
+def test_language_tags_are_normalised(configured):
+    d = new_customer(additional_attributes={"browser_language": "pt-BR"})
+    assert decide(d, Facts(), NOON, settings(HANDOFF_LANGUAGES=configured)).rule == "language"
+    assert decide(d, Facts(), NOON, settings(KEEP_LANGUAGES=configured)).outcome == "keep"
+
+
+def test_given_back_by_assignment_the_agent_reply_no_longer_counts():
+    # Chatwoot 4.16+: an agent assigned the bot; the conversation is bot-owned and pending again.
+    bot = {"id": 7, "name": "Triage Bot", "type": "agent_bot"}
+    d = message("reopened", "thanks!", meta={"assignee": bot, "assignee_type": "AgentBot"})
+    assert d.conversation.first_reply_at is not None
+    decision = decide(d, Facts(), NOON, settings())
+    assert decision.outcome == "keep"
+    seen = Facts(ConversationState(resolved_on="2026-11-20", left_pending_after=900))
+    assert decide(d, seen, NOON, settings()).outcome == "keep"
+    # Other rules still apply, and a conversation bot-owned since its creation still finds the past.
+    assert decide(d, Facts(), NOON, settings(HANDOFF_KEYWORDS="thanks")).rule == "keyword"
+    human = message("reopened", "thanks!")
+    assert decide(human, Facts(), NOON, settings()).rule == "returning"
+
+
+@pytest.mark.parametrize("groups", ["open", "rules"])
+def test_a_whatsapp_group_gets_the_status_change_only(groups):
+    rules = settings(GROUPS=groups, HANDOFF_ALL="true", HANDOFF_TEAM_ID="2", HANDOFF_PRIORITY="high",
+                     HANDOFF_ASSIGNEE_ID="5", HANDOFF_MESSAGE="Thanks {name}", AWAY_MESSAGE="Closed",
+                     BUSINESS_HOURS="mon-fri 09:00-18:00")
+    d = new_customer(sender={"identifier": "120363041@g.us"})
+    decision = decide(d, Facts(), SUNDAY_NIGHT, rules)
+    assert decision.outcome == "handoff"
+    assert [job.steps for job in decision.jobs] == [[{"op": "status", "status": "open"}]]
+
+
+def test_a_whatsapp_group_is_never_greeted_or_deferred():
+    rules = settings(GREETING_MESSAGE="Hi {name}", HANDOFF_AFTER_SECONDS="300", BUSINESS_HOURS="mon-fri 09:00-18:00")
+    d = new_customer(sender={"identifier": "120363041@g.us"})
+    decision = decide(d, Facts(), SUNDAY_NIGHT, rules)
+    assert decision.outcome == "keep" and decision.jobs == []
+    due, job = decision.timer
+    assert due == SUNDAY_NIGHT.timestamp() + 300 and job.steps == [{"op": "status", "status": "open"}]

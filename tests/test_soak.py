@@ -28,6 +28,9 @@ def rss_mb(pid: int) -> float:
 
 async def test_soak(fake, processes, tmp_path):
     seconds = float(os.environ.get("SOAK_SECONDS", "600"))
+    # At this rate the bot makes more than Chatwoot's 3000 calls a minute per client: a deployment this
+    # busy safelists the bot (RACK_ATTACK_ALLOWED_IPS); the soak measures faults, not that limit.
+    fake.rate_limit = None
     rng = random.Random(42)
     prepared = []  # returning customers: an agent-handled, resolved conversation from before the bot
     for i in range(int(0.3 * RATE * seconds) + 10):

@@ -140,7 +140,7 @@ async def test_resolve_is_recorded_and_conversation_events_are_acknowledged(fake
 
 
 async def test_conversation_updated_without_a_status_change_needs_no_memory(fake, start_bot):
-    bot = await start_bot()
+    bot = await start_bot(WEBHOOK_TOKEN="a-token-only-chatwoot-knows")  # verified: the answer says why
     body = fixture("conversation_updated")
     body["status"] = "resolved"
     cases = [  # (changed_attributes, outcome): a label on a resolved conversation is not a resolve
@@ -205,7 +205,7 @@ async def test_healthz_answers(fake, start_bot):
 
 async def test_a_conversation_resolved_twice_is_recorded_twice_without_delivery_ids(fake, start_bot):
     fake.bots[7].secret = None
-    bot = await start_bot()
+    bot = await start_bot(WEBHOOK_TOKEN="wh-3fK9pQ2mZx7LrT5vB8nC1dY6")  # verified: the answer has the decision
     from tests.fakechatwoot.model import fixture
 
     first = fixture("conversation_resolved")

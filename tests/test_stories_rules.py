@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from tests.conftest import Clock, wait_for
+from tests.conftest import Clock, returning, wait_for
 
 
 def calls(fake, display_id):
@@ -151,7 +151,7 @@ async def test_whatsapp_groups(fake, start_bot):
     await opened(bot, opened_group)
     await stays_pending(bot, ignored)
     await stays_pending(bot, person)
-    assert fake.notes(opened_group.display_id) == ["WhatsApp group (GROUPS=open)"]
+    assert fake.notes(opened_group.display_id) == []  # the whole group would see nothing anyway: status only
 
 
 async def test_evolution_system_contact_is_opened_and_never_messaged(fake, start_bot):
@@ -326,3 +326,86 @@ async def test_extras_refused_by_an_older_chatwoot_do_not_stop_the_handoff(fake,
     assert [(c.endpoint, c.status) for c in fake.calls][:2] == [("toggle_priority", 401), ("toggle_status", 200)]
     assert len(fake.notes(conv.display_id)) == 1 and conv.priority is None
     assert any(line.startswith("ERROR") and "does not let agent bots call toggle_priority" in line for line in log_lines)
+
+
+async def test_an_agent_gives_back_by_assigning_the_bot_and_the_next_message_keeps_it_pending(fake, start_bot):
+    bot = await start_bot(HANDOFF_KEYWORDS="human")
+    maria, conv = returning(fake)
+    fake.customer_writes(maria, "me again")  # returning: opened for humans
+    await opened(bot, conv)
+    fake.agent_writes(conv.display_id, "Done; the bot takes it from here.")
+    fake.assign_to_bot(conv.display_id)  # Chatwoot 4.16+: assignee_type AgentBot, status pending
+    await bot.idle()
+    assert conv.status == "pending"
+    fake.customer_writes(maria, "thanks, one more question")
+    await stays_pending_after(bot, conv, toggles=1)
+    fake.customer_writes(maria, "human please")
+    await opened(bot, conv)
+    assert fake.opened_by(conv.display_id) == ["bot:7", "bot:7"]
+
+
+async def stays_pending_after(bot, conv, toggles):
+    await bot.idle()
+    assert conv.status == "pending"
+    assert len([e for e, _ in calls(bot.fake, conv.display_id) if e == "toggle_status"]) == toggles
+
+
+async def test_a_whatsapp_group_is_only_ever_opened(fake, start_bot):
+    closed = datetime(2026, 11, 29, 23, 0, tzinfo=timezone.utc)  # a Sunday night
+    bot = await start_bot(Clock(closed), HANDOFF_KEYWORDS="urgent", GREETING_MESSAGE="Hi {name}!",
+                          AWAY_MESSAGE="We're closed", BUSINESS_HOURS="mon-fri 09:00-18:00", HANDOFF_TEAM_ID="2",
+                          HANDOFF_PRIORITY="high", HANDOFF_MESSAGE="Thanks {name}", INBOX_5_GROUPS="open")
+    team = fake.contact("Team A", identifier="120363041@g.us")
+    ruled = fake.customer_writes(team, "good morning all", inbox=4).conversation
+    await bot.idle()
+    assert fake.bot_messages(ruled.display_id) == []  # no greeting for a group
+    fake.customer_writes(team, "urgent: the order is stuck", inbox=4)
+    await opened(bot, ruled)  # never deferred, though closed
+    at_once = fake.customer_writes(fake.contact("Team B", identifier="120363042@g.us"), "hi", inbox=5).conversation
+    await opened(bot, at_once)
+    for conv in (ruled, at_once):
+        assert [e for e, _ in calls(fake, conv.display_id)] == ["toggle_status"]
+        assert fake.bot_messages(conv.display_id) == [] and fake.notes(conv.display_id) == []
+        assert conv.team_id is None and conv.priority is None
+
+
+async def test_accents_on_both_sides_of_labels_and_attribute_values(fake, start_bot):
+    bot = await start_bot(HANDOFF_LABELS="urgência", HANDOFF_ATTRIBUTES="plan=premium")
+    labelled = fake.customer_writes(fake.contact("L"), "hi")
+    labelled.conversation.labels.append("urgência")
+    await bot.idle()
+    fake.customer_writes(labelled.conversation.contact, "hello?")
+    rich = fake.customer_writes(fake.contact("R", custom_attributes={"plan": "Prémium"}), "hi").conversation
+    await opened(bot, labelled.conversation)
+    await opened(bot, rich)
+    assert fake.notes(rich.display_id) == ["Customer attribute plan=Prémium"]
+
+
+async def test_keywords_in_scripts_without_spaces_and_with_typographic_apostrophes(fake, start_bot):
+    bot = await start_bot(HANDOFF_KEYWORDS="人工,オペレーター,พนักงาน,कम,i'd like a human")
+    chinese = fake.customer_writes(fake.contact("C"), "我要人工客服").conversation
+    japanese = fake.customer_writes(fake.contact("J"), "オペレーターと話したい").conversation
+    thai = fake.customer_writes(fake.contact("T"), "ขอคุยกับพนักงานหน่อยค่ะ").conversation
+    english = fake.customer_writes(fake.contact("E"), "I’d like a human, please").conversation
+    hindi = fake.customer_writes(fake.contact("H"), "मुझे कमी महसूस होती है").conversation
+    for conv in (chinese, japanese, thai, english):
+        await opened(bot, conv)
+    await stays_pending(bot, hindi)
+
+
+async def test_language_settings_written_with_an_underscore(fake, start_bot):
+    bot = await start_bot(HANDOFF_LANGUAGES="pt_BR")
+    brazilian = fake.contact("B")
+    fake._create_conversation(brazilian, fake.inboxes[3]).browser_language = "pt-BR"
+    conv = fake.customer_writes(brazilian, "Olá").conversation
+    await opened(bot, conv)
+    assert fake.notes(conv.display_id) == ['Customer language "pt-br" goes to humans']
+
+
+async def test_a_blank_inbox_value_switches_a_global_extra_off_in_that_inbox(fake, start_bot):
+    bot = await start_bot(HANDOFF_ALL="true", HANDOFF_TEAM_ID="2", INBOX_4_HANDOFF_TEAM_ID="")
+    website = fake.customer_writes(fake.contact("W"), "hi", inbox=3).conversation
+    whatsapp = fake.customer_writes(fake.contact("P", identifier="351911111111@s.whatsapp.net"), "hi", inbox=4).conversation
+    await opened(bot, website)
+    await opened(bot, whatsapp)
+    assert website.team_id == 2 and whatsapp.team_id is None

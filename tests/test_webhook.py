@@ -10,9 +10,10 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.fakechatwoot.model import fixture
+from tests.fakechatwoot.server import BOT_SECRET
 
 
-def signed(body: bytes, secret: str = "bot-secret-7", ts: int | None = None) -> dict:
+def signed(body: bytes, secret: str = BOT_SECRET, ts: int | None = None) -> dict:
     ts = int(time.time()) if ts is None else ts
     sig = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
     return {"X-Chatwoot-Timestamp": str(ts), "X-Chatwoot-Signature": f"sha256={sig}", "Content-Type": "application/json"}
@@ -79,7 +80,7 @@ async def test_wrong_missing_or_stale_signature_gets_401(fake, start_bot):
 
 async def test_unsigned_deliveries_are_accepted_without_a_secret(fake, start_bot):
     fake.bots[7].secret = None
-    bot = await start_bot()
+    bot = await start_bot(WEBHOOK_TOKEN="wh-3fK9pQ2mZx7LrT5vB8nC1dY6")
     assert bot.settings.chatwoot_bot_secret is None
     status, answer = await bot.post(fixture("message_created_outgoing"))
     assert status == 200 and answer["outcome"] == "ignore"

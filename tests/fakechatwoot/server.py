@@ -28,6 +28,8 @@ NOT_FOR_BOTS = {"error": "Access to this endpoint is not authorized for bots"}
 NOT_FOUND = {"error": "Resource could not be found"}
 BOT_NOT_IN_ACCOUNT = {"error": "Bot is not authorized to access this account"}
 NOT_ALLOWED = {"error": "You are not authorized to do this action"}
+RATE_LIMIT = 3000  # rack-attack `req/ip`: requests per client IP per minute (fixed window), then 429
+BOT_SECRET = "bot-secret-7-6Ybq3sWkT2vN"  # Chatwoot's `has_secure_token :secret`: 24 characters
 FALLBACK_ACTIVITY = "Conversation was marked open by system due to an error with the agent bot."
 MESSAGE_EVENTS = {"message_created", "message_updated"}
 
@@ -92,9 +94,9 @@ VERSIONS = ("4.6", "4.12", "4.16")
 
 class FakeChatwoot:
     def __init__(self, *, version: str = "4.16", webhook_timeout: float = 5.0, retry_delay: float = 0.2,
-                 signed: bool | None = None):
+                 signed: bool | None = None, rate_limit: int | None = RATE_LIMIT):
         self.version = tuple(int(part) for part in version.split("."))
-        self.webhook_timeout, self.retry_delay = webhook_timeout, retry_delay
+        self.webhook_timeout, self.retry_delay, self.rate_limit = webhook_timeout, retry_delay, rate_limit
         signed = self.has("signed") if signed is None else signed
         self.account = {"id": 1, "name": "Acme Support"}
         self.other_accounts = {2: "Other Shop"}  # exist in this Chatwoot; the bot is not in them
@@ -103,7 +105,7 @@ class FakeChatwoot:
         self.users[9] = self.evolution_user
         self.users[8] = User(8, "Olga Berg", "user-token-8", roles={2: "administrator"})  # admin elsewhere only
         self.teams = {2: {"id": 2, "name": "Support", "description": "", "allow_auto_assign": True, "account_id": 1}}
-        self.bots = {7: Bot(7, "Triage Bot", "bot-token-7", secret="bot-secret-7" if signed else None)}
+        self.bots = {7: Bot(7, "Triage Bot", "bot-token-7", secret=BOT_SECRET if signed else None)}
         self.inboxes = {3: Inbox(3, "Website", bot_id=7), 4: Inbox(4, "WhatsApp", "Channel::Api", bot_id=7),
                         5: Inbox(5, "Instagram", "Channel::Instagram", bot_id=7, single_conversation=False),
                         9: Inbox(9, "Email", "Channel::Email")}
@@ -127,6 +129,8 @@ class FakeChatwoot:
         self._reorder = 0.0  # deliveries delayed by up to this many seconds each (Sidekiq: no order)
         self._random = random.Random(0)
         self._auto_assign = itertools.count()
+        self._window: tuple[int, dict[str, int]] = (0, {})  # rate limit: (minute, requests per client IP)
+        self.lookups_in_flight = self.max_lookups_in_flight = 0  # contact_conversations calls at a time
         self.now = time.time  # Chatwoot's clock, for signatures; tests share an injected clock with the bot
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self._api)
@@ -256,6 +260,14 @@ class FakeChatwoot:
         hold = DeliveryHold(predicate, asyncio.Event())
         self.delivery_holds.append(hold)
         return hold
+    def assign_to_bot(self, display_id: int, bot_id: int = 7, user_id: int = 5) -> None:
+        """An agent hands the conversation back by assigning the bot (v4.16+, #14870)."""
+        self._assign_bot(self.conversations[display_id], self.bots[bot_id], f"user:{user_id}")
+
+    def _assign_bot(self, conv: Conversation, bot: Bot, by: str) -> None:
+        conv.assignee, conv.bot_owner = None, bot  # clears the human assignee, sets pending
+        self._set_status(conv, "pending", by)
+        self._conversation_event("conversation_updated", conv, [{"assignee_agent_bot_id": {"current_value": bot.id}}])
 
     def redeliver(self, delivery: Delivery) -> None:
         """Send a delivery again with the same X-Chatwoot-Delivery (as Chatwoot's retry does)."""
@@ -440,6 +452,30 @@ class FakeChatwoot:
                 return web.Response(status=status)
             return web.json_response(data, status=status, headers=headers)
 
+        if self._throttled(request.remote or "?"):
+            return answer(429, text="Retry later")  # rack-attack: text/plain, no Retry-After
+        if name == "contact_conversations":
+            self.lookups_in_flight += 1
+            self.max_lookups_in_flight = max(self.max_lookups_in_flight, self.lookups_in_flight)
+            try:
+                return await self._api_call(request, route, name, body, token, answer)
+            finally:
+                self.lookups_in_flight -= 1
+        return await self._api_call(request, route, name, body, token, answer)
+
+    def _throttled(self, client: str) -> bool:
+        """rack-attack's `req/ip` throttle: every request counts, fixed one-minute windows."""
+        if self.rate_limit is None:
+            return False
+        minute = int(time.time() // 60)
+        if self._window[0] != minute:
+            self._window = (minute, {})
+        counts = self._window[1]
+        counts[client] = counts.get(client, 0) + 1
+        return counts[client] > self.rate_limit
+
+    async def _api_call(self, request, route, name, body, token, answer) -> web.StreamResponse:
+        path, method = request.path, request.method
         after = None  # a fault that strikes once the call has been carried out
         for fault in list(self.faults):
             if fault.times > 0 and fault.endpoint in ("*", name):
@@ -468,7 +504,7 @@ class FakeChatwoot:
             return answer(401, NOT_FOR_BOTS) if bot_token else answer(404, {"error": "Not Found"})
         name, rx, bot_ok, admin_only, fn = route
         bot_ok = bot_ok and (name not in BOT_SINCE or self.has(BOT_SINCE[name]))
-        match = rx.fullmatch(path)
+        match = rx.fullmatch(request.path)
         if not token:
             return answer(401, SIGN_IN)
         bot = next((b for b in self.bots.values() if b.token == token), None)
@@ -569,6 +605,12 @@ class FakeChatwoot:
                      "created_at": int(m.created_at), "private": m.private, "source_id": None, "sender": sender}
 
     def _assign(self, match, body, actor, conv):
+        if body.get("assignee_type") == "AgentBot":
+            bot = self.bots.get(body.get("assignee_id"))
+            if bot is None:
+                return 404, NOT_FOUND
+            self._assign_bot(conv, bot, f"user:{actor.id}")
+            return 200, bot.push()
         if "assignee_id" in body:
             user = self.users.get(body["assignee_id"]) if isinstance(body["assignee_id"], int) else None
             was_bot_owned = conv.bot_owner is not None
@@ -630,7 +672,7 @@ class FakeChatwoot:
             return 422, {"message": "Name can't be blank", "attributes": ["name"]}
         bot_id = max(self.bots) + 1
         bot = Bot(bot_id, body["name"], f"bot-token-{bot_id}", outgoing_url=body.get("outgoing_url", ""),
-                  secret=f"bot-secret-{bot_id}", description=body.get("description", ""))
+                  secret=f"bot-secret-{bot_id}-{uuid.uuid4().hex[:12]}", description=body.get("description", ""))
         self.bots[bot_id] = bot
         return 200, bot.json()
 

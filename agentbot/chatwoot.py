@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import aiohttp
+from aiolimiter import AsyncLimiter
 
 from .metrics import Metrics
 
@@ -31,25 +32,50 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
+class Throttle:
+    """At most `rate` calls a second (0: no limit), and none while Chatwoot asked to wait (429 Retry-After)."""
+
+    def __init__(self, rate: float):
+        self.limiter = AsyncLimiter(rate, 1.0) if rate > 0 else None
+        self.resume_at = 0.0  # time.monotonic()
+
+    async def wait(self) -> None:
+        while (delay := self.resume_at - time.monotonic()) > 0:
+            await asyncio.sleep(delay)
+        if self.limiter:
+            await self.limiter.acquire()
+
+    def pause(self, seconds: float) -> None:
+        self.resume_at = max(self.resume_at, time.monotonic() + seconds)
+
+
 class Chatwoot:
     """Talks only to `base_url`; paths are built here and nowhere else."""
 
     def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str | None,
-                 timeout: float = 10.0, metrics: Metrics | None = None):
+                 timeout: float = 10.0, metrics: Metrics | None = None, throttle: Throttle | None = None):
         self.session, self.base_url, self.token = session, base_url, token
         self.timeout = aiohttp.ClientTimeout(total=timeout)
-        self.metrics = metrics
+        self.metrics, self.throttle = metrics, throttle
 
-    async def _call(self, method: str, endpoint: str, path: str, body: Any = None, token: str | None = None) -> Any:
+    async def _call(self, method: str, endpoint: str, path: str, body: Any = None, token: str | None = None,
+                    params: dict | None = None, raw: bool = False) -> Any:
         headers = {"api_access_token": token or self.token or "", "Accept": "application/json"}
+        if self.throttle:
+            await self.throttle.wait()
         started, status = time.perf_counter(), "error"
         try:
-            async with self.session.request(method, self.base_url + path, json=body, headers=headers,
+            async with self.session.request(method, self.base_url + path, json=body, headers=headers, params=params,
                                             timeout=self.timeout, allow_redirects=False) as resp:
                 status = str(resp.status)
+                if raw and resp.status < 300:
+                    return await resp.read()
                 text = await resp.text()
                 if resp.status >= 300:
-                    raise ChatwootError(endpoint, resp.status, text[:200], _retry_after(resp.headers.get("Retry-After")))
+                    retry_after = _retry_after(resp.headers.get("Retry-After"))
+                    if resp.status == 429 and self.throttle:
+                        self.throttle.pause(retry_after or 1.0)
+                    raise ChatwootError(endpoint, resp.status, text[:200], retry_after)
                 if not text.strip():
                     return None
                 try:
@@ -96,6 +122,18 @@ class Chatwoot:
     async def contact_conversations(self, account: int, contact_id: int, token: str) -> list[dict]:
         data = await self._call("GET", "contact_conversations", f"/api/v1/accounts/{int(account)}/contacts/{int(contact_id)}/conversations", token=token)
         return (data or {}).get("payload") or []
+
+    async def list_conversations(self, account: int, token: str, status: str, page: int, inbox_id: int | None = None) -> bytes:
+        """One page (25) of the account's conversations, newest activity first; decoded by events.parse_page."""
+        params = {"status": status, "assignee_type": "all", "page": str(int(page))}
+        if inbox_id is not None:
+            params["inbox_id"] = str(int(inbox_id))
+        return await self._call("GET", "conversations", f"/api/v1/accounts/{int(account)}/conversations", token=token,
+                                params=params, raw=True)
+
+    async def conversation_messages(self, account: int, display_id: int, token: str) -> bytes:
+        """The conversation's latest messages (20 on Chatwoot); decoded by events.parse_messages."""
+        return await self._call("GET", "messages_index", self._conv(account, display_id) + "/messages", token=token, raw=True)
 
     async def list_inboxes(self, account: int, token: str) -> list[dict]:
         data = await self._call("GET", "inboxes", f"/api/v1/accounts/{int(account)}/inboxes", token=token)

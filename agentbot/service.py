@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from loguru import logger
+from msgspec.structs import replace
 
 from .chatwoot import Chatwoot, ChatwootError
 from .config import Settings
@@ -30,6 +31,7 @@ class Handoffs:
                  clock: Callable[[], datetime], on_commit: Callable[[int], None] = lambda jobs: None):
         self.settings, self.store, self.chatwoot, self.metrics = settings, store, chatwoot, metrics
         self.clock, self.on_commit = clock, on_commit
+        self.live = 0  # deliveries being decided right now (the sweep gives way to them)
 
     async def facts(self, d: Delivery, look_up: bool = True) -> Facts:
         c = d.conversation
@@ -74,6 +76,13 @@ class Handoffs:
         return value
 
     async def handle(self, d: Delivery) -> Decision:
+        self.live += 1
+        try:
+            return await self._handle(d)
+        finally:
+            self.live -= 1
+
+    async def _handle(self, d: Delivery) -> Decision:
         why_not = triage(d, self.settings)
         if why_not:  # the bulk of deliveries: nothing to look up
             return self._report(d, Decision("ignore", why_not))
@@ -94,10 +103,35 @@ class Handoffs:
                     decision = Decision("duplicate", f"delivery {d.dedup_key} was handled before")
             return self._report(d, decision)
 
-    async def _commit(self, d: Delivery, decision: Decision) -> bool:
+    async def reconcile(self, d: Delivery, incoming: int | None, dry_run: bool = False) -> Decision:
+        """The sweep's way in: decide a listed conversation like a delivery of its last customer message, seen
+        before (no greeting, no away message), under the same lock and into the same store and outbox.
+        `incoming` is the customer's messages in this pending period, when the sweep counted them."""
+        why_not = triage(d, self.settings)
+        if why_not:
+            return Decision("ignore", why_not)
+        c = d.conversation
+        with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id):
+            async with self.store.lock(c.key):
+                facts = await self.facts(d)
+                stored = facts.state
+                if incoming is not None and incoming > stored.incoming:
+                    facts = replace(facts, state=replace(stored, incoming=incoming))
+                decision = decide(d, facts, self.clock(), self.settings, live=False)
+                if decision.state == stored:
+                    decision.state = None  # nothing new to remember: most kept conversations write nothing
+                if dry_run or not decision.writes:
+                    return decision
+                # Its own dedup key: one sweep decision per outcome for the customer's last message.
+                key = f"s:{c.key}:{d.message.id}:{decision.outcome}:{decision.rule}"
+                if not await self._commit(d, decision, key):
+                    decision = Decision("duplicate", f"the sweep decided conversation {c.key} this way before")
+            return decision
+
+    async def _commit(self, d: Delivery, decision: Decision, dedup_key: str | None = None) -> bool:
         c = d.conversation
         commit = Commit(
-            dedup_key=d.dedup_key,
+            dedup_key=dedup_key or d.dedup_key,
             conversation_key=c.key,
             state=decision.state,
             jobs=decision.jobs,

@@ -1,6 +1,7 @@
 """The store interface: facts, deduplication, the outbox, timers, dead letters and locks."""
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -87,5 +88,38 @@ class Store(ABC):
     async def fire_timers(self, now: float) -> int:
         """Move due timers' jobs into the outbox, each exactly once; returns how many."""
 
+    async def lease(self, name: str, ttl: float) -> Lease | None:
+        """Hold `name` (e.g. "sweep") for `ttl` seconds unless renewed; None while another holder has it.
+        This default holds within the process; backends shared by several instances override it."""
+        held = _LOCAL_LEASES.get((id(self), name), 0.0)
+        if held > time.monotonic():
+            return None
+        return _LocalLease((id(self), name), ttl)
+
     async def prune(self, now: float) -> None:
         """Drop expired dedup keys and look-ups (backends with native TTLs need nothing)."""
+
+
+class Lease:
+    """A held lease; `renew` before the ttl runs out, `release` when done."""
+
+    async def renew(self) -> bool:
+        return True
+
+    async def release(self) -> None: ...
+
+
+_LOCAL_LEASES: dict[tuple[int, str], float] = {}  # (store, name) → monotonic expiry
+
+
+class _LocalLease(Lease):
+    def __init__(self, key: tuple[int, str], ttl: float):
+        self.key, self.ttl = key, ttl
+        _LOCAL_LEASES[key] = time.monotonic() + ttl
+
+    async def renew(self) -> bool:
+        _LOCAL_LEASES[self.key] = time.monotonic() + self.ttl
+        return True
+
+    async def release(self) -> None:
+        _LOCAL_LEASES.pop(self.key, None)

@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 
 from redis.asyncio import Redis
+from redis.exceptions import LockError
 
 from ..actions import Job
 from ..facts import ConversationState, Resolved
-from .base import DEDUP_TTL, LEASE, STATE_TTL, Commit, Store
+from .base import DEDUP_TTL, LEASE, STATE_TTL, Commit, Lease, Store
 
 P = "agentbot:"
 # Keys: seen:<dedup>, conv:<key>, contact:<key>, lookup:<key> (strings with TTLs);
@@ -145,6 +146,10 @@ class RedisStore(Store):
         # Held for milliseconds (at most the 2 s look-up); bounded so Chatwoot's 5 s deadline holds.
         return self.redis.lock(P + "lock:" + conversation_key, timeout=10, blocking_timeout=3, sleep=0.005)
 
+    async def lease(self, name, ttl):
+        lock = self.redis.lock(P + "lease:" + name, timeout=ttl)
+        return _RedisLease(lock) if await lock.acquire(blocking=False) else None
+
     async def claim(self, now):
         raw = await self._claim(args=[now, LEASE])
         if not raw:
@@ -179,3 +184,23 @@ class RedisStore(Store):
 
     async def fire_timers(self, now):
         return int(await self._fire(args=[now]))
+
+
+class _RedisLease(Lease):
+    """One holder across all instances; the key expires if the holder dies without releasing it."""
+
+    def __init__(self, lock):
+        self.lock = lock
+
+    async def renew(self) -> bool:
+        try:
+            await self.lock.reacquire()
+            return True
+        except LockError:  # it expired, and someone else may hold it now
+            return False
+
+    async def release(self) -> None:
+        try:
+            await self.lock.release()
+        except LockError:  # expired already
+            pass

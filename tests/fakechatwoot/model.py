@@ -145,6 +145,43 @@ class Conversation:
                         "team": teams.get(self.team_id) if self.team_id else None, "hmac_verified": False}
         return data
 
+    def last_activity_at(self) -> float:
+        return max([self.created_at] + [m.created_at for m in self.messages])
+
+    def partial(self, teams: dict[int, dict]) -> dict:
+        """The conversation partial of the API (api/v1/conversations/partials/_conversation.json.jbuilder), used by
+        the conversation list and a contact's conversations: unix ints, 0 (not null) when unset; `messages` holds
+        the last message of any kind (a private note, an activity); `meta.assignee` is a human only."""
+        last = self.messages[-1] if self.messages else None
+        non_activity = next((m for m in reversed(self.messages) if m.message_type != "activity"), None)
+        contact = {k: v for k, v in self.contact.push().items() if k != "type"}
+        meta: dict = {"sender": {**contact, "availability_status": "offline", "created_at": int(self.created_at),
+                                 "last_activity_at": int(self.last_activity_at())},
+                      "channel": self.inbox.channel}
+        if self.assignee:
+            u = self.assignee
+            meta["assignee"] = {"id": u.id, "account_id": self.account_id, "availability_status": u.availability,
+                                "auto_offline": True, "confirmed": True, "email": f"user{u.id}@acme.example",
+                                "provider": "email", "available_name": u.name, "name": u.name, "role": u.role,
+                                "thumbnail": ""}
+        if self.team_id and self.team_id in teams:
+            meta["team"] = teams[self.team_id]
+        meta["hmac_verified"] = False
+        unread = sum(1 for m in self.messages if m.message_type == "incoming")
+        return {
+            "meta": meta, "id": self.display_id, "messages": [self._message_push(last)] if last else [],
+            "account_id": self.account_id, "uuid": f"00000000-0000-4000-8000-{self.display_id:012d}",
+            "additional_attributes": {"browser_language": self.browser_language}, "agent_last_seen_at": 0,
+            "assignee_last_seen_at": 0, "can_reply": True, "contact_last_seen_at": 0,
+            "custom_attributes": dict(self.custom_attributes), "inbox_id": self.inbox.id, "labels": list(self.labels),
+            "muted": False, "snoozed_until": None, "status": self.status, "created_at": int(self.created_at),
+            "updated_at": time.time(), "timestamp": int(self.last_activity_at()),
+            "first_reply_created_at": int(self.first_reply_at or 0), "unread_count": min(unread, 10),
+            "last_non_activity_message": self._message_push(non_activity) if non_activity else None,
+            "last_activity_at": int(self.last_activity_at()), "priority": self.priority,
+            "waiting_since": int(self.waiting_since or 0), "sla_policy_id": None,
+        }
+
     def _message_push(self, m: Message) -> dict:
         return {"id": m.id, "content": m.content, "account_id": self.account_id, "inbox_id": self.inbox.id,
                 "conversation_id": self.display_id, "message_type": MESSAGE_TYPES[m.message_type],

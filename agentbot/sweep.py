@@ -13,7 +13,7 @@ from msgspec.structs import replace
 
 from .chatwoot import Chatwoot, ChatwootError
 from .config import ConfigError, Settings
-from .events import Delivery, Listed, Message, PayloadError, parse_messages, parse_page
+from .events import Delivery, Listed, Message, PayloadError, Person, parse_messages, parse_page
 from .metrics import Metrics
 from .outbox import backoff
 from .service import Handoffs
@@ -106,6 +106,7 @@ class Sweeper:
         progress = progress or Progress()
         result, started = SweepResult(dry_run=dry_run), time.monotonic()
         self._lease, self._renewed = lease, time.monotonic()
+        logger.debug("sweep started{}", " (dry run)" if dry_run else "")
         try:
             found = await self._list_all(accounts, inboxes or self.settings.inbox_ids or [None], result, progress)
             for item in found:
@@ -189,7 +190,10 @@ class Sweeper:
         if trigger is None:
             return Swept(c.key, "kept", "no customer message", "no incoming message to decide on")
         waiting = c.waiting_since or first_at or trigger.created_at or None
-        d = Delivery("message_created", None, replace(c, waiting_since=waiting), trigger)
+        # The list doesn't show whether the inbox's bot owns the conversation (Chatwoot 4.16+), where assigning an
+        # agent before the handoff would open it without the bot: decide as if it did (open first, then assign).
+        owner = c.assignee or Person(None, "agent_bot", "the inbox's bot")
+        d = Delivery("message_created", None, replace(c, waiting_since=waiting, assignee=owner), trigger)
         decision = await self.handoffs.reconcile(d, incoming, dry_run)
         swept = _swept(c.key, decision)
         level = "INFO" if swept.outcome in ("opened", "deferred") and not dry_run else "DEBUG"
@@ -278,7 +282,7 @@ class SweepLoop:
             lease = await s.store.lease("sweep", LEASE_TTL)
             if lease is None:
                 s.metrics.sweeps.labels("busy").inc()
-                logger.debug("sweep: another instance is sweeping; skipped this one")
+                logger.debug("sweep: another sweep is running (this or another instance); skipped this one")
                 return None
             try:
                 return await s.run(s.accounts(), lease=lease)

@@ -1,0 +1,293 @@
+"""Issue 12: the sweep hands off pending conversations whose delivery never became a decision.
+
+The stories run the real app (and `python -m agentbot sweep` as a process) against the fake Chatwoot,
+whose conversation list has Chatwoot's pagination, filters, permissions and partial shape.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+from datetime import datetime, timezone
+
+from agentbot.config import load
+from agentbot.decide import decide
+from agentbot.events import Delivery, parse_page
+from agentbot.facts import Facts
+from tests.conftest import Clock, returning, wait_for
+
+USER = {"CHATWOOT_API_TOKEN": "user-token-5", "CHATWOOT_ACCOUNT_ID": "1"}
+AWAY = 120  # seconds: written while the bot was away, longer ago than the sweep leaves to deliveries
+
+
+def disconnected(fake) -> None:
+    """The bot is down or not connected yet: customers write, Chatwoot delivers nothing (4.6: no fallback)."""
+    fake.bots[7].outgoing_url = ""
+    fake.bot_urls = []
+
+
+def came_back(fake, name: str, text: str = "Hello again", inbox: int = 3):
+    contact, conv = returning(fake, name, inbox)
+    fake.customer_writes(contact, text, inbox=inbox)
+    return fake.conversation(conv.display_id) if inbox != 5 else fake._latest[(contact.id, inbox)]
+
+
+def new_customer(fake, name: str, text: str = "Hi, where is my order?", inbox: int = 3):
+    return fake.customer_writes(fake.contact(name), text, inbox=inbox).conversation
+
+
+def aged(fake, convs, seconds: float = AWAY):
+    for conv in convs:
+        fake.age(conv.display_id, seconds)
+    return convs
+
+
+def assert_handed_off_once(fake, convs):
+    for conv in convs:
+        assert conv.status == "open", conv.display_id
+        assert fake.opened_by(conv.display_id) == ["bot:7"], conv.display_id
+        assert len(fake.notes(conv.display_id)) == 1, conv.display_id
+
+
+async def sweep_cli(fake, tmp_path, *args: str, **env: str | None) -> tuple[int, str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_", "SWEEP_"))}
+    full = {**keep, "CHATWOOT_URL": fake.url, "CHATWOOT_BOT_TOKEN": "bot-token-7", **USER,
+            "STORE_URL": f"sqlite:///{tmp_path}/bot.sqlite3", "SWEEP_RATE": "0", **env}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agentbot", "sweep", *args, cwd=tmp_path,
+        env={k: v for k, v in full.items() if v is not None},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(), err.decode()
+
+
+def opened_keys(result: dict) -> set[str]:
+    return {c["key"] for c in result["conversations"] if c["outcome"] == "opened"}
+
+
+# ---- the fake's list endpoint is Chatwoot's -------------------------------------------------
+async def test_the_conversation_list_is_for_user_tokens_with_chatwoots_pages_and_shapes(fake):
+    import aiohttp
+
+    disconnected(fake)
+    convs = [new_customer(fake, f"C{i}") for i in range(30)]
+    fake.agent_writes(convs[0].display_id, "a private remark", private=True)
+    fake.set_status(convs[1].display_id, "open")
+    base = f"{fake.url}/api/v1/accounts/1/conversations"
+    async with aiohttp.ClientSession() as s:
+        async with s.get(base, params={"status": "pending"}, headers={"api_access_token": "bot-token-7"}) as r:
+            assert (r.status, await r.json()) == (401, {"error": "Access to this endpoint is not authorized for bots"})
+        pages = []
+        for page in (1, 2, 3):
+            async with s.get(base, params={"status": "pending", "assignee_type": "all", "inbox_id": "3", "page": str(page)},
+                             headers={"api_access_token": "user-token-5"}) as r:
+                pages.append(await r.json())
+    assert [len(p["data"]["payload"]) for p in pages] == [25, 4, 0]
+    assert pages[0]["data"]["meta"] == {"mine_count": 0, "assigned_count": 0, "unassigned_count": 29, "all_count": 29}
+    item = next(i for i in pages[0]["data"]["payload"] if i["id"] == convs[0].display_id)
+    assert item["first_reply_created_at"] == 0 and item["agent_last_seen_at"] == 0 and isinstance(item["waiting_since"], int)
+    assert item["messages"][0]["private"] is True  # the last message of any kind
+    assert item["last_non_activity_message"]["content"] == "a private remark"
+    total, listed, unreadable = parse_page(json.dumps(pages[0]).encode())
+    assert (total, len(listed), unreadable) == (29, 25, 0)
+    mine = next(x for x in listed if x.conversation.display_id == convs[0].display_id)
+    assert mine.conversation.first_reply_at is None and mine.conversation.waiting_since
+    assert [(m.kind, m.private) for m in mine.messages] == [("outgoing", True)]  # the sweep must read further
+
+
+def test_the_sweep_decides_without_greeting_and_counts_the_wait_from_waiting_since():
+    settings = load({"GREETING_MESSAGE": "Hi {name}!", "HANDOFF_AFTER_SECONDS": "600"})
+    now = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+    body = {"data": {"meta": {"all_count": 1}, "payload": [{
+        "id": 42, "account_id": 1, "inbox_id": 3, "status": "pending", "first_reply_created_at": 0,
+        "waiting_since": int(now.timestamp()) - 700, "last_activity_at": int(now.timestamp()) - 700,
+        "meta": {"sender": {"id": 58, "name": "Maria"}, "channel": "Channel::WebWidget"},
+        "messages": [{"id": 9, "message_type": 0, "private": False, "content": "hi", "account_id": 1,
+                      "created_at": int(now.timestamp()) - 700, "sender_type": "Contact", "sender": {"id": 58}}]}]}}
+    _, [listed], _ = parse_page(json.dumps(body).encode())
+    d = Delivery("message_created", None, listed.conversation, listed.messages[-1])
+    swept = decide(d, Facts(), now, settings, live=False)
+    assert (swept.outcome, swept.rule) == ("handoff", "wait")
+    live = decide(d, Facts(), now, settings)
+    assert live.outcome == "keep" and [j.reason for j in live.jobs] == ["greeting"]
+    later = decide(d, Facts(), datetime.fromtimestamp(now.timestamp() - 200, timezone.utc), settings, live=False)
+    assert later.outcome == "keep" and later.jobs == [] and later.timer[0] == now.timestamp() - 100
+
+
+# ---- the stories ---------------------------------------------------------------------------
+async def test_start_up_sweep_catches_up_on_what_was_written_while_the_bot_was_down(fake, start_bot):
+    disconnected(fake)
+    back = aged(fake, [came_back(fake, f"Returning {i}") for i in range(5)])
+    new = aged(fake, [new_customer(fake, f"New {i}") for i in range(5)])
+    assert fake.deliveries == []
+    bot = await start_bot(**USER, GREETING_MESSAGE="Hi {name}, a bot here.")
+    await wait_for(lambda: all(c.status == "open" for c in back), 10, "the start-up sweep's handoffs")
+    await bot.idle()
+    assert_handed_off_once(fake, back)
+    assert all("had an agent reply" in fake.notes(c.display_id)[0] for c in back)
+    assert [c.status for c in new] == ["pending"] * 5
+    assert all(fake.bot_messages(c.display_id) == [] for c in back + new)  # nothing greeted late
+    assert fake.fallbacks == []
+    _, metrics = await bot.get("/metrics")
+    assert 'agentbot_sweeps_total{outcome="done"} 1.0' in metrics
+    assert 'agentbot_sweep_conversations_total{outcome="opened"} 5.0' in metrics
+
+
+async def test_pending_before_the_bot_existed_dry_run_then_sweep_then_nothing(fake, start_bot, tmp_path):
+    disconnected(fake)
+    back = aged(fake, [came_back(fake, f"R{i}") for i in range(60)])
+    asked = aged(fake, [new_customer(fake, f"K{i}", "can I talk to a human please") for i in range(20)])
+    waited = aged(fake, [new_customer(fake, f"W{i}") for i in range(20)], 7200)
+    new = aged(fake, [new_customer(fake, f"N{i}") for i in range(200)])
+    rules = {"HANDOFF_KEYWORDS": "human", "HANDOFF_AFTER_SECONDS": "3600", "GREETING_MESSAGE": "Hi!", "AWAY_MESSAGE": "x"}
+    expected = {f"1:{c.display_id}" for c in back + asked + waited}
+
+    code, out, err = await sweep_cli(fake, tmp_path, "--dry-run", "--json", **rules)
+    assert code == 0, err
+    dry = json.loads(out)
+    assert dry["listed"] == 300 and opened_keys(dry) == expected
+    assert dry["counts"]["opened"] == {"returning": 60, "keyword": 20, "wait": 20}
+    assert fake.calls_to("toggle_status") == [] and fake.status_log[-1][2] == "pending"
+
+    bot = await start_bot(**USER, **rules, STORE_URL=f"sqlite:///{tmp_path}/bot.sqlite3", SWEEP_INTERVAL="0")
+    code, out, err = await sweep_cli(fake, tmp_path, **rules)
+    assert code == 0, err
+    assert "returning" in out and "60" in out  # the table
+    await wait_for(lambda: sum(c.status == "open" for c in back + asked + waited) == 100, 20, "100 handoffs")
+    await bot.idle()
+    assert_handed_off_once(fake, back + asked + waited)
+    assert [c.status for c in new] == ["pending"] * 200
+    assert all(fake.bot_messages(c.display_id) == [] for c in back + asked + waited + new)
+
+    calls = len(fake.calls_to("toggle_status")) + len(fake.calls_to("messages"))
+    code, out, err = await sweep_cli(fake, tmp_path, "--json", **rules)
+    assert code == 0, err
+    again = json.loads(out)
+    assert again["listed"] == 200 and again["counts"]["opened"] == {} and again["counts"]["deferred"] == {}
+    await bot.idle()
+    assert len(fake.calls_to("toggle_status")) + len(fake.calls_to("messages")) == calls
+
+
+async def test_handoff_all_turned_on_opens_every_pending_conversation(fake, start_bot):
+    disconnected(fake)
+    convs = aged(fake, [new_customer(fake, f"N{i}") for i in range(4)])
+    bot = await start_bot(**USER, SWEEP_INTERVAL="3600")
+    await wait_for(lambda: bot.bot.metrics.sweeps.labels("done")._value.get() == 1, 10, "the start-up sweep")
+    assert [c.status for c in convs] == ["pending"] * 4
+    await bot.stop()
+    bot = await start_bot(**USER, HANDOFF_ALL="true", SWEEP_INTERVAL="3600")
+    await wait_for(lambda: all(c.status == "open" for c in convs), 10, "HANDOFF_ALL's handoffs")
+    await bot.idle()
+    assert_handed_off_once(fake, convs)
+    assert fake.notes(convs[0].display_id) == ["Every conversation goes to humans (HANDOFF_ALL)"]
+
+
+async def test_handoff_all_outside_business_hours_defers_without_an_away_message(fake, start_bot, log_lines):
+    disconnected(fake)
+    convs = aged(fake, [new_customer(fake, f"N{i}") for i in range(3)])
+    clock = Clock(datetime(2035, 12, 29, 20, 0, tzinfo=timezone.utc))  # a Saturday evening, after the messages
+    bot = await start_bot(clock, **USER, HANDOFF_ALL="true", BUSINESS_HOURS="mon-fri 09:00-18:00",
+                          AWAY_MESSAGE="We are closed.", SWEEP_INTERVAL="3600")
+    swept = bot.bot.metrics.swept
+    await wait_for(lambda: swept.labels("deferred")._value.get() == 3, 10, "the start-up sweep to defer all three")
+    assert any("deferred to 2035-12-31 09:00" in line for line in log_lines)
+    await bot.idle()
+    assert [c.status for c in convs] == ["pending"] * 3
+    assert all(fake.bot_messages(c.display_id) == [] for c in convs)  # no away message
+    clock.at = datetime(2035, 12, 31, 9, 0, 1, tzinfo=timezone.utc)  # Monday, opening time: the timers fire
+    await wait_for(lambda: all(c.status == "open" for c in convs), 10, "the deferred handoffs at opening time")
+    await bot.idle()
+    assert_handed_off_once(fake, convs)
+    again = await bot.bot.sweeps.once()
+    assert again.listed == 0
+
+
+async def test_a_customer_writing_while_the_sweep_decides_their_conversation_gets_one_handoff(fake, start_bot):
+    disconnected(fake)
+    maria = fake.contact("Maria")
+    first = fake.customer_writes(maria, "Hi", inbox=5).conversation
+    fake.agent_writes(first.display_id, "Hello")
+    fake.resolve(first.display_id)
+    conv = fake.customer_writes(maria, "Me again", inbox=5).conversation  # a new conversation: the evidence is in Chatwoot
+    aged(fake, [first, conv])
+    held = fake.hold("contact_conversations")
+    bot = await start_bot(**USER)
+    await wait_for(lambda: held.waiting == 1, 5, "the sweep's contact look-up (under the conversation's lock)")
+    fake.customer_writes(maria, "Hello? Anyone?", inbox=5)
+    await wait_for(lambda: bot.bot.handoffs.live == 1, 5, "the live delivery waiting for the lock")
+    held.times = 0
+    held.release.set()
+    await wait_for(lambda: conv.status == "open", 5, "the handoff")
+    await bot.idle()
+    assert_handed_off_once(fake, [conv])
+    assert f"conversation #{first.display_id} was resolved" in fake.notes(conv.display_id)[0]
+
+
+async def test_two_instances_on_redis_never_sweep_at_once(fake, processes, redis, tmp_path):
+    disconnected(fake)
+    back = aged(fake, [came_back(fake, f"R{i}") for i in range(30)])
+    env = {**USER, "STORE_URL": redis, "SWEEP_INTERVAL": "1", "SWEEP_RATE": "50"}
+    a = await processes(**env)
+    b = await processes(**env)
+
+    def sweeps(p) -> list[tuple[str, str]]:
+        lines = p.log.read_text().splitlines()
+        starts = [ln[:23] for ln in lines if "sweep started" in ln]
+        ends = [ln[:23] for ln in lines if re.search(r"sweep (done|failed)", ln)]
+        return list(zip(starts, ends, strict=False))
+
+    await wait_for(lambda: len(sweeps(a)) >= 2 and len(sweeps(b)) >= 2, 30, "both instances to sweep twice")
+    await wait_for(lambda: all(c.status == "open" for c in back), 10, "the handoffs")
+    spans = sorted(sweeps(a) + sweeps(b))
+    assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:])), spans
+    assert_handed_off_once(fake, back)
+
+
+async def test_429_and_500_while_listing_pause_the_sweep_not_the_webhook(fake, start_bot):
+    disconnected(fake)
+    back = aged(fake, [came_back(fake, f"R{i}") for i in range(3)])
+    fake.fail("conversations", status=429, retry_after=2)
+    fake.fail("conversations", status=500)
+    bot = await start_bot(**USER, HANDOFF_KEYWORDS="human")
+    await wait_for(lambda: fake.calls_to("conversations", caller="user"), 5, "the sweep's first listing")
+    live = new_customer(fake, "Live", "human please")
+    await wait_for(lambda: live.status == "open", 5, "the live handoff while the sweep waits out Retry-After")
+    assert all(c.status == "pending" for c in back)  # the sweep is still paused
+    await wait_for(lambda: all(c.status == "open" for c in back), 15, "the sweep to complete")
+    await bot.idle()
+    assert [c.status for c in fake.calls_to("conversations", caller="user")][:3] == [429, 500, 200]
+    gap = [c.at for c in fake.calls_to("conversations", caller="user")]
+    assert gap[1] - gap[0] >= 1.9  # Retry-After honoured
+    assert_handed_off_once(fake, back + [live])
+    assert all(d.answers == [200] for d in fake.deliveries)
+
+
+# ---- the command's answers --------------------------------------------------------------------
+async def test_sweep_without_a_user_token_exits_2_naming_it(fake, tmp_path):
+    code, out, err = await sweep_cli(fake, tmp_path, CHATWOOT_API_TOKEN=None)
+    assert code == 2
+    assert "CHATWOOT_API_TOKEN" in err
+    assert fake.calls == []
+
+
+async def test_sweep_exits_1_when_chatwoot_refuses_or_fails(fake, tmp_path):
+    code, out, err = await sweep_cli(fake, tmp_path, "--json", CHATWOOT_API_TOKEN="bot-token-7")
+    assert code == 1
+    assert "not authorized for bots" in err
+    assert json.loads(out)["failures"]
+    fake.fail("conversations", status=500, times=10)
+    code, out, err = await sweep_cli(fake, tmp_path, "--dry-run")
+    assert code == 1 and "500" in err
+
+
+async def test_sweep_with_an_inbox_lists_only_that_inbox(fake, tmp_path):
+    disconnected(fake)
+    web = aged(fake, [came_back(fake, "W")])
+    wa = aged(fake, [came_back(fake, "A", inbox=4)])
+    code, out, err = await sweep_cli(fake, tmp_path, "--dry-run", "--json", "--inbox", "4")
+    assert code == 0, err
+    assert opened_keys(json.loads(out)) == {f"1:{wa[0].display_id}"}
+    assert {c.path for c in fake.calls_to("conversations", caller="user")} == {"/api/v1/accounts/1/conversations"}
+    assert web[0].status == wa[0].status == "pending"

@@ -5,8 +5,9 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 from loguru import logger
 from msgspec.structs import replace
@@ -20,6 +21,7 @@ from .service import Handoffs
 from .store import Store
 from .store.base import Lease
 
+T = TypeVar("T")
 PAGE_SIZE = 25  # Chatwoot's page of conversations
 RECENT = 30.0  # seconds: a conversation active this recently is left to its delivery (and Chatwoot's retries)
 LEASE_TTL = 60.0  # the sweep lease expires this long after its holder stopped renewing it
@@ -41,8 +43,8 @@ class Swept:
     label: str  # the rule (opened, deferred) or the short reason (kept, skipped, error)
     reason: str
 
-    def line(self) -> str:
-        return f"conversation {self.key}: {self.outcome} ({self.label}): {self.reason}"
+    def line(self, dry_run: bool = False) -> str:
+        return f"conversation {self.key}: {'would be ' if dry_run else ''}{self.outcome} ({self.label}): {self.reason}"
 
 
 @dataclass
@@ -70,7 +72,7 @@ class SweepResult:
     def as_json(self) -> dict:
         return {"dry_run": self.dry_run, "listed": self.listed, "seconds": round(self.seconds, 3),
                 "counts": self.counts(), "failures": self.failures,
-                "conversations": [s.__dict__ for s in self.conversations]}
+                "conversations": [asdict(s) for s in self.conversations]}
 
 
 class Progress:
@@ -108,7 +110,10 @@ class Sweeper:
         self._lease, self._renewed = lease, time.monotonic()
         logger.debug("sweep started{}", " (dry run)" if dry_run else "")
         try:
-            found = await self._list_all(accounts, inboxes or self.settings.inbox_ids or [None], result, progress)
+            if not (inboxes or self.settings.inbox_ids or self.chatwoot.token):
+                raise ConfigError("CHATWOOT_BOT_TOKEN: missing; the sweep needs it to find the inboxes connected to the "
+                                  "bot (or name them with INBOX_IDS or --inbox)")
+            found = await self._list_all(accounts, inboxes or self.settings.inbox_ids, result, progress)
             for item in found:
                 if not await self._keep_lease():
                     result.failures.append("another instance took over the sweep lease; stopped")
@@ -128,23 +133,41 @@ class Sweeper:
         return result
 
     # ---- listing ----------------------------------------------------------------------------
-    async def _list_all(self, accounts: list[int], inboxes: list[int | None], result: SweepResult,
+    async def _list_all(self, accounts: list[int], inboxes: list[int], result: SweepResult,
                         progress: Progress) -> list[Listed]:
         """Every pending conversation first, then the decisions: opening conversations while paging through
         the pending list would shift its pages and skip some."""
         found: dict[str, Listed] = {}
         for account in accounts:
-            for inbox in inboxes:
+            try:
+                chosen = [i for i in inboxes if self.settings.acts_on(account, i)] if inboxes else await self._mine(account)
+            except ChatwootError as exc:
+                result.failures.append(f"listing the inboxes of account {account}: {exc}")
+                logger.error("sweep: cannot list the inboxes of account {}: {}", account, exc)
+                continue
+            for inbox in chosen:
                 try:
                     await self._list(account, inbox, found, progress)
                 except (ChatwootError, PayloadError) as exc:
-                    where = f"account {account}" + (f" inbox {inbox}" if inbox is not None else "")
-                    result.failures.append(f"listing {where}: {exc}")
-                    logger.error("sweep: cannot list the pending conversations of {}: {}", where, exc)
+                    result.failures.append(f"listing account {account} inbox {inbox}: {exc}")
+                    logger.error("sweep: cannot list the pending conversations of account {} inbox {}: {}", account, inbox, exc)
         result.listed = len(found)
         return sorted(found.values(), key=lambda x: x.last_activity_at)  # longest waiting first
 
-    async def _list(self, account: int, inbox: int | None, found: dict[str, Listed], progress: Progress) -> None:
+    async def _mine(self, account: int) -> list[int]:
+        """The account's inboxes connected to this bot: other inboxes' pending conversations belong to another
+        bot (Dialogflow, Captain, another agent bot), whose deliveries never reach this one."""
+        inboxes = await self._read(lambda: self.chatwoot.list_inboxes(account, self.token))
+        mine = []
+        for inbox in inboxes:
+            if not self.settings.acts_on(account, inbox["id"]):
+                continue
+            bot = await self._read(lambda: self.chatwoot.inbox_agent_bot(account, inbox["id"], self.token))
+            if (bot.get("access_token") or {}).get("token") == self.chatwoot.token:
+                mine.append(inbox["id"])
+        return mine
+
+    async def _list(self, account: int, inbox: int, found: dict[str, Listed], progress: Progress) -> None:
         page = 1
         while True:
             body = await self._read(lambda: self.chatwoot.list_conversations(account, self.token, "pending", page, inbox))
@@ -161,7 +184,7 @@ class Sweeper:
             page += 1
             await self._keep_lease()
 
-    async def _read(self, call: Callable[[], Awaitable[bytes]]) -> bytes:
+    async def _read(self, call: Callable[[], Awaitable[T]]) -> T:
         """A read, retried on 429 (after Retry-After: the throttle pauses every sweep call), 5xx and timeouts."""
         for attempt in range(1, ATTEMPTS + 1):
             try:

@@ -102,7 +102,7 @@ async def _sweep(settings: Settings, args, store) -> int:
 def _report(result: SweepResult, queued: int, out: Console) -> None:
     for swept in result.conversations:
         if result.dry_run or swept.outcome in ("opened", "deferred", "error"):
-            out.print(swept.line(), markup=False, highlight=False)
+            out.print(swept.line(result.dry_run), markup=False, highlight=False)
     title = f"{'Dry run: ' if result.dry_run else ''}{result.listed} pending conversations"
     table = Table(title=title, title_justify="left")
     table.add_column("outcome")

@@ -291,3 +291,18 @@ async def test_sweep_with_an_inbox_lists_only_that_inbox(fake, tmp_path):
     assert opened_keys(json.loads(out)) == {f"1:{wa[0].display_id}"}
     assert {c.path for c in fake.calls_to("conversations", caller="user")} == {"/api/v1/accounts/1/conversations"}
     assert web[0].status == wa[0].status == "pending"
+
+
+async def test_the_sweep_leaves_inboxes_that_are_not_connected_to_this_bot(fake, tmp_path):
+    disconnected(fake)
+    mine = aged(fake, [came_back(fake, "Mine")])
+    other = aged(fake, [came_back(fake, "Other", inbox=4)])
+    fake.inboxes[4].bot_id = None  # now another bot (Dialogflow, Captain) keeps inbox 4's conversations pending
+    code, out, err = await sweep_cli(fake, tmp_path, "--dry-run", "--json")
+    assert code == 0, err
+    assert opened_keys(json.loads(out)) == {f"1:{mine[0].display_id}"}
+    assert other[0].status == "pending"
+    listed = {c.path + str(c.body) for c in fake.calls_to("conversations", caller="user")}
+    assert len(listed) == 1
+    code, out, err = await sweep_cli(fake, tmp_path, "--dry-run", CHATWOOT_BOT_TOKEN=None)
+    assert code == 2 and "CHATWOOT_BOT_TOKEN" in err

@@ -33,14 +33,14 @@ class Handoffs:
         self.clock, self.on_commit = clock, on_commit
         self.live = 0  # deliveries being decided right now (the sweep gives way to them)
 
-    async def facts(self, d: Delivery, look_up: bool = True) -> Facts:
+    async def facts(self, d: Delivery, look_up: bool = True, cache: bool = True) -> Facts:
         c = d.conversation
         assert c is not None
         # A conversation event's decision reads only the conversation; a message's also the contact's past.
         state, previous = await self.store.load(c.key, contact_key(c) if d.message else None)
         facts = Facts(state, previous)
         if look_up and self._worth_looking_up(d, facts):
-            facts = Facts(state, await self._look_up(c))
+            facts = Facts(state, await self._look_up(c, cache))
         return facts
 
     def _worth_looking_up(self, d: Delivery, facts: Facts) -> bool:
@@ -52,7 +52,7 @@ class Handoffs:
             and returning_reason(c, facts) is None
         )
 
-    async def _look_up(self, c: Conversation) -> Resolved | None:
+    async def _look_up(self, c: Conversation, cache: bool = True) -> Resolved | None:
         """The contact's latest other resolved conversation in Chatwoot (user token), cached for an hour."""
         key, now = contact_key(c), self.clock().timestamp()
         cached, value = await self.store.recall(key, now)
@@ -72,7 +72,8 @@ class Handoffs:
             assignee = ((best.get("meta") or {}).get("assignee") or {}).get("id")
             on = datetime.fromtimestamp(when, timezone.utc).date().isoformat()
             value = Resolved(int(best["id"]), on, assignee, "chatwoot")
-        await self.store.remember(key, value, LOOKUP_TTL, now)
+        if cache:
+            await self.store.remember(key, value, LOOKUP_TTL, now)
         return value
 
     async def handle(self, d: Delivery) -> Decision:
@@ -113,7 +114,7 @@ class Handoffs:
         c = d.conversation
         with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id):
             async with self.store.lock(c.key):
-                facts = await self.facts(d)
+                facts = await self.facts(d, cache=not dry_run)  # a dry run writes nothing, not even the cache
                 stored = facts.state
                 if incoming is not None and incoming > stored.incoming:
                     facts = replace(facts, state=replace(stored, incoming=incoming))

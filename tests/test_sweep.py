@@ -306,3 +306,14 @@ async def test_the_sweep_leaves_inboxes_that_are_not_connected_to_this_bot(fake,
     assert len(listed) == 1
     code, out, err = await sweep_cli(fake, tmp_path, "--dry-run", CHATWOOT_BOT_TOKEN=None)
     assert code == 2 and "CHATWOOT_BOT_TOKEN" in err
+
+
+async def test_a_dry_run_writes_nothing_not_even_the_look_up_cache(fake, tmp_path):
+    disconnected(fake)
+    aged(fake, [new_customer(fake, f"N{i}") for i in range(3)])
+    for _ in range(2):
+        code, out, err = await sweep_cli(fake, tmp_path, "--dry-run")
+        assert code == 0, err
+    assert len(fake.calls_to("contact_conversations", caller="user")) == 6
+    code, out, err = await sweep_cli(fake, tmp_path, "--json")
+    assert json.loads(out)["counts"]["kept"] == {"no rule fired": 3} and json.loads(out)["outbox"] == 0

@@ -119,7 +119,11 @@ class Sweeper:
                     result.failures.append("another instance took over the sweep lease; stopped")
                     break
                 await self._give_way()
-                swept = await self._one(item, dry_run)
+                try:
+                    swept = await self._one(item, dry_run)
+                except Exception as exc:  # e.g. the store's lock timed out: one conversation, not the sweep, fails
+                    logger.exception("sweep: conversation {} failed", item.conversation.key)
+                    swept = Swept(item.conversation.key, "error", type(exc).__name__, str(exc))
                 result.conversations.append(swept)
                 self.metrics.swept.labels(swept.outcome).inc()
                 progress.decided(swept)

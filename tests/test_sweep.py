@@ -317,3 +317,20 @@ async def test_a_dry_run_writes_nothing_not_even_the_look_up_cache(fake, tmp_pat
     assert len(fake.calls_to("contact_conversations", caller="user")) == 6
     code, out, err = await sweep_cli(fake, tmp_path, "--json")
     assert json.loads(out)["counts"]["kept"] == {"no rule fired": 3} and json.loads(out)["outbox"] == 0
+
+
+async def test_handoff_after_messages_reads_messages_only_where_that_rule_is_on(fake, tmp_path):
+    disconnected(fake)
+    talkative, quiet, elsewhere = fake.contact("T"), fake.contact("Q"), fake.contact("E")
+    for text in ("hi", "hello?", "anyone there?"):
+        fake.customer_writes(talkative, text, inbox=4)
+        fake.customer_writes(elsewhere, text, inbox=3)
+    fake.customer_writes(quiet, "hi", inbox=4)
+    convs = aged(fake, [fake._latest[(c.id, i)] for c, i in ((talkative, 4), (quiet, 4), (elsewhere, 3))])
+    code, out, err = await sweep_cli(fake, tmp_path, "--dry-run", "--json", INBOX_4_HANDOFF_AFTER_MESSAGES="3")
+    assert code == 0, err
+    result = json.loads(out)
+    assert opened_keys(result) == {f"1:{convs[0].display_id}"}
+    assert result["counts"]["opened"] == {"messages": 1}
+    read = {c.path for c in fake.calls_to("messages_index", caller="user")}
+    assert read == {f"/api/v1/accounts/1/conversations/{c.display_id}/messages" for c in convs[:2]}

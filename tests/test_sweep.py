@@ -117,7 +117,7 @@ def test_the_sweep_decides_without_greeting_and_counts_the_wait_from_waiting_sin
 
 
 # ---- the stories ---------------------------------------------------------------------------
-async def test_start_up_sweep_catches_up_on_what_was_written_while_the_bot_was_down(fake, start_bot):
+async def test_start_up_sweep_catches_up_on_what_was_written_while_the_bot_was_down(fake, start_bot, log_lines):
     disconnected(fake)
     back = aged(fake, [came_back(fake, f"Returning {i}") for i in range(5)])
     new = aged(fake, [new_customer(fake, f"New {i}") for i in range(5)])
@@ -133,6 +133,19 @@ async def test_start_up_sweep_catches_up_on_what_was_written_while_the_bot_was_d
     _, metrics = await bot.get("/metrics")
     assert 'agentbot_sweeps_total{outcome="done"} 1.0' in metrics
     assert 'agentbot_sweep_conversations_total{outcome="opened"} 5.0' in metrics
+    [summary] = [line for line in log_lines if line.startswith("INFO sweep done")]
+    assert "10 pending conversations listed" in summary and "opened 5 (returning 5)" in summary
+    assert "kept 5 (no rule fired 5)" in summary
+
+
+async def test_without_a_user_token_the_sweep_is_off_and_says_so(fake, start_bot, log_lines):
+    disconnected(fake)
+    back = aged(fake, [came_back(fake, "R")])
+    bot = await start_bot()
+    await bot.idle()
+    assert back[0].status == "pending"
+    assert any(line.startswith("INFO sweep off: without CHATWOOT_API_TOKEN") for line in log_lines)
+    assert fake.calls_to("conversations", caller="user") == []
 
 
 async def test_pending_before_the_bot_existed_dry_run_then_sweep_then_nothing(fake, start_bot, tmp_path):

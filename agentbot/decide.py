@@ -156,7 +156,8 @@ def _incoming(c: Conversation, m: Message, facts: Facts, now: datetime, rules: R
     timer = None
     if rules.handoff_after_seconds and state.timer_due is None:
         # Counted from the bot's clock at the first message (the delivery arrives within moments),
-        # so `explain --at` and tests with an injected clock see the same timer.
+        # so `explain --at` and tests with an injected clock see the same timer; the sweep counts
+        # from Chatwoot's waiting_since instead, as it comes late.
         start = now if live else datetime.fromtimestamp(c.waiting_since or now.timestamp(), timezone.utc)
         reason = f"Customer waited {rules.handoff_after_seconds} s in pending"
         if start + timedelta(seconds=rules.handoff_after_seconds) <= now:  # the sweep found it waiting longer

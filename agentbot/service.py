@@ -123,7 +123,8 @@ class Handoffs:
                     decision.state = None  # nothing new to remember: most kept conversations write nothing
                 if dry_run or not decision.writes:
                     return decision
-                # Its own dedup key: one sweep decision per outcome for the customer's last message.
+                # Its own dedup key: one sweep decision per outcome for the customer's last message, so two
+                # sweeps deciding alike (the command beside the server) commit once.
                 key = f"s:{c.key}:{d.message.id}:{decision.outcome}:{decision.rule}"
                 if not await self._commit(d, decision, key):
                     decision = Decision("duplicate", f"the sweep decided conversation {c.key} this way before")

@@ -347,3 +347,23 @@ async def test_handoff_after_messages_reads_messages_only_where_that_rule_is_on(
     assert result["counts"]["opened"] == {"messages": 1}
     read = {c.path for c in fake.calls_to("messages_index", caller="user")}
     assert read == {f"/api/v1/accounts/1/conversations/{c.display_id}/messages" for c in convs[:2]}
+
+
+async def test_a_conversation_given_back_to_the_bot_waits_for_the_customers_next_message(fake, start_bot, tmp_path):
+    disconnected(fake)
+    conv = aged(fake, [came_back(fake, "Maria")])[0]
+    store = {"STORE_URL": f"sqlite:///{tmp_path}/bot.sqlite3", "SWEEP_INTERVAL": "3600"}
+    bot = await start_bot(**USER, **store)
+    await wait_for(lambda: conv.status == "open", 10, "the start-up sweep's handoff")
+    fake.agent_writes(conv.display_id, "#bot", private=True)
+    await wait_for(lambda: conv.status == "pending", 5, "the give-back")
+    await bot.idle()
+    await bot.stop()
+    fake.age(conv.display_id, AWAY)
+    bot = await start_bot(**USER, **store, HANDOFF_ALL="true")
+    await wait_for(lambda: bot.bot.metrics.sweeps.labels("done")._value.get() == 1, 10, "the start-up sweep")
+    await bot.idle()
+    assert conv.status == "pending"  # the customer's old message was decided before the agent gave it back
+    assert fake.opened_by(conv.display_id) == ["bot:7"]
+    fake.customer_writes(conv.contact, "Thanks, one more question")
+    await wait_for(lambda: conv.status == "open", 5, "the handoff at the customer's next message")

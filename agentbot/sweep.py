@@ -24,6 +24,7 @@ from .store.base import Lease
 T = TypeVar("T")
 PAGE_SIZE = 25  # Chatwoot's page of conversations
 RECENT = 30.0  # seconds: a conversation active this recently is left to its delivery (and Chatwoot's retries)
+RECHECK = RECENT  # seconds after a start-up sweep that left recent conversations, before it looks again
 LEASE_TTL = 60.0  # the sweep lease expires this long after its holder stopped renewing it
 ATTEMPTS = 5  # tries of one Chatwoot read before the sweep gives up on it
 YIELD = 0.05  # at most this long a conversation waits for live deliveries to finish first
@@ -299,9 +300,15 @@ class SweepLoop:
             await asyncio.gather(self.task, return_exceptions=True)
 
     async def _run(self) -> None:
-        while True:
+        result = await self.once()
+        # A bot woken by a delivery (a sleeping PaaS dyno) starts while that conversation is still "recent":
+        # look again once shortly after, rather than a whole SWEEP_INTERVAL later.
+        if result and any(s.label == "recent activity" for s in result.conversations):
+            await asyncio.sleep(min(RECHECK, self.every))
             await self.once()
+        while True:
             await asyncio.sleep(self.every)
+            await self.once()
 
     async def once(self) -> SweepResult | None:
         s = self.sweeper

@@ -10,7 +10,7 @@ import json
 import os
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from agentbot.config import load
 from agentbot.decide import decide
@@ -367,3 +367,20 @@ async def test_a_conversation_given_back_to_the_bot_waits_for_the_customers_next
     assert fake.opened_by(conv.display_id) == ["bot:7"]
     fake.customer_writes(conv.contact, "Thanks, one more question")
     await wait_for(lambda: conv.status == "open", 5, "the handoff at the customer's next message")
+
+
+async def test_a_start_up_sweep_looks_again_at_what_was_too_recent(fake, start_bot, monkeypatch):
+    from agentbot import sweep
+
+    monkeypatch.setattr(sweep, "RECHECK", 0.2)  # seconds after the start-up sweep (30 in production)
+    disconnected(fake)
+    conv = aged(fake, [came_back(fake, "Woke the bot")], 5)[0]  # its delivery was lost while the bot woke up
+    clock = Clock()
+    bot = await start_bot(clock, **USER)
+    swept = bot.bot.metrics.swept
+    await wait_for(lambda: swept.labels("skipped")._value.get() == 1, 10, "the start-up sweep to leave it")
+    assert conv.status == "pending"
+    clock.at = datetime.now(timezone.utc) + timedelta(seconds=60)
+    await wait_for(lambda: conv.status == "open", 10, "the second look")
+    await bot.idle()
+    assert_handed_off_once(fake, [conv])

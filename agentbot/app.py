@@ -15,7 +15,8 @@ from .metrics import Metrics
 from .outbox import Outbox
 from .service import Handoffs
 from .store import Store, open_store
-from .sweep import Sweeper, SweepLoop
+from .sweep import Sweeper
+from .sweep_loop import SweepLoop
 from .webhook import MAX_BODY, receive
 
 SHUTDOWN_GRACE = 7.0  # outbox grace on SIGTERM; with aiohttp's own shutdown this stays under 10 s

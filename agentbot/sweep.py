@@ -24,7 +24,6 @@ from .store.base import Lease
 T = TypeVar("T")
 PAGE_SIZE = 25  # Chatwoot's page of conversations
 RECENT = 30.0  # seconds: a conversation active this recently is left to its delivery (and Chatwoot's retries)
-RECHECK = RECENT  # seconds after a start-up sweep that left recent conversations, before it looks again
 LEASE_TTL = 60.0  # the sweep lease expires this long after its holder stopped renewing it
 ATTEMPTS = 5  # tries of one Chatwoot read before the sweep gives up on it
 YIELD = 0.05  # at most this long a conversation waits for live deliveries to finish first
@@ -282,49 +281,3 @@ def _swept(key: str, decision) -> Swept:
     if outcome == "keep":
         return Swept(key, "kept", "timer set" if isinstance(decision.timer, tuple) else "no rule fired", reason)
     return Swept(key, "kept", reason.split(" (")[0].split(":")[0][:60], reason)
-
-
-class SweepLoop:
-    """The server's sweeps: one right after start-up, then every SWEEP_INTERVAL; one instance at a time."""
-
-    def __init__(self, sweeper: Sweeper, every: float):
-        self.sweeper, self.every = sweeper, every
-        self.task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        result = await self.once()
-        # A bot woken by a delivery (a sleeping PaaS dyno) starts while that conversation is still "recent":
-        # look again once shortly after, rather than a whole SWEEP_INTERVAL later.
-        if result and any(s.label == "recent activity" for s in result.conversations):
-            await asyncio.sleep(min(RECHECK, self.every))
-            await self.once()
-        while True:
-            await asyncio.sleep(self.every)
-            await self.once()
-
-    async def once(self) -> SweepResult | None:
-        s = self.sweeper
-        try:
-            lease = await s.store.lease("sweep", LEASE_TTL)
-            if lease is None:
-                s.metrics.sweeps.labels("busy").inc()
-                logger.debug("sweep: another sweep is running (this or another instance); skipped this one")
-                return None
-            try:
-                return await s.run(s.accounts(), lease=lease)
-            finally:
-                await lease.release()
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a bug or a store outage must not end the server's sweeps: logged, tried next time
-            s.metrics.sweeps.labels("failed").inc()
-            logger.exception("sweep failed")
-            return None

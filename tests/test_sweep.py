@@ -370,9 +370,9 @@ async def test_a_conversation_given_back_to_the_bot_waits_for_the_customers_next
 
 
 async def test_a_start_up_sweep_looks_again_at_what_was_too_recent(fake, start_bot, monkeypatch):
-    from agentbot import sweep
+    from agentbot import sweep_loop
 
-    monkeypatch.setattr(sweep, "RECHECK", 0.2)  # seconds after the start-up sweep (30 in production)
+    monkeypatch.setattr(sweep_loop, "RECHECK", 0.2)  # seconds after the start-up sweep (30 in production)
     disconnected(fake)
     conv = aged(fake, [came_back(fake, "Woke the bot")], 5)[0]  # its delivery was lost while the bot woke up
     clock = Clock()

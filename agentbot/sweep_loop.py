@@ -1,0 +1,54 @@
+"""The server's sweeps: one right after start-up, then every SWEEP_INTERVAL; one instance at a time."""
+from __future__ import annotations
+
+import asyncio
+
+from loguru import logger
+
+from .sweep import LEASE_TTL, RECENT, SweepResult, Sweeper
+
+RECHECK = RECENT  # seconds after a start-up sweep that left recent conversations, before it looks again
+
+
+class SweepLoop:
+    """Runs the sweeper in a task for the life of the app; the store's lease keeps instances from overlapping."""
+
+    def __init__(self, sweeper: Sweeper, every: float):
+        self.sweeper, self.every = sweeper, every
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        result = await self.once()
+        # A bot woken by a delivery (a sleeping PaaS dyno) starts while that conversation is still "recent":
+        # look again once shortly after, rather than a whole SWEEP_INTERVAL later.
+        if result and any(s.label == "recent activity" for s in result.conversations):
+            await asyncio.sleep(min(RECHECK, self.every))
+            await self.once()
+        while True:
+            await asyncio.sleep(self.every)
+            await self.once()
+
+    async def once(self) -> SweepResult | None:
+        s = self.sweeper
+        try:
+            lease = await s.store.lease("sweep", LEASE_TTL)
+            if lease is None:
+                s.metrics.sweeps.labels("busy").inc()
+                logger.debug("sweep: another sweep is running (this or another instance); skipped this one")
+                return None
+            try:
+                return await s.run(s.accounts(), lease=lease)
+            finally:
+                await lease.release()
+        except Exception:  # a bug or a store outage must not end the server's sweeps: logged, tried next time
+            s.metrics.sweeps.labels("failed").inc()
+            logger.exception("sweep failed")
+            return None

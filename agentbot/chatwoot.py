@@ -36,7 +36,7 @@ class Throttle:
     """At most `rate` calls a second (0: no limit), and none while Chatwoot asked to wait (429 Retry-After)."""
 
     def __init__(self, rate: float):
-        self.limiter = AsyncLimiter(rate, 1.0) if rate > 0 else None
+        self.limiter = AsyncLimiter(1, 1.0 / rate) if rate > 0 else None  # one call every 1/rate s, no bursts
         self.resume_at = 0.0  # time.monotonic()
 
     async def wait(self) -> None:

@@ -384,3 +384,9 @@ async def test_a_start_up_sweep_looks_again_at_what_was_too_recent(fake, start_b
     await wait_for(lambda: conv.status == "open", 10, "the second look")
     await bot.idle()
     assert_handed_off_once(fake, [conv])
+
+
+async def test_a_sweep_rate_below_one_call_a_second_is_a_pace_not_an_error():
+    from agentbot.chatwoot import Throttle
+
+    await Throttle(0.5).wait()  # the first call goes at once

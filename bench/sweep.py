@@ -35,7 +35,7 @@ async def _metric(url: str, name: str) -> float:
 
 
 def _env(rate: float | None) -> dict[str, str]:
-    env = {"CHATWOOT_API_TOKEN": "bench-user-token", "CHATWOOT_ACCOUNT_ID": "1"}
+    env = {"CHATWOOT_API_TOKEN": "bench-user-token", "CHATWOOT_ACCOUNT_ID": "1", "INBOX_IDS": "3"}
     env["SWEEP_INTERVAL"] = "0" if rate is None else "86400"  # with a rate: the start-up sweep only
     if rate is not None:
         env["SWEEP_RATE"] = str(rate)
@@ -56,9 +56,11 @@ async def run(args, standin: str, workdir, server_cls, open_loop) -> dict:
     server = server_cls("bot", "sweep", standin, args.store, workdir, env=_env(0))
     try:
         await server.ready()
-        done = 'agentbot_sweeps_total{outcome="done"}'
+        done, failed = 'agentbot_sweeps_total{outcome="done"}', 'agentbot_sweeps_total{outcome="failed"}'
         deadline = time.monotonic() + 1800
-        while await _metric(server.url, done) < 1 and time.monotonic() < deadline:
+        while await _metric(server.url, done) < 1:
+            if await _metric(server.url, failed) or time.monotonic() > deadline:
+                raise RuntimeError(f"the sweep failed or did not finish; see {server.log.name}")
             await asyncio.sleep(0.2)
         out["unlimited_seconds"] = await _metric(server.url, "agentbot_sweep_seconds_sum")
         out["opened"] = await _metric(server.url, 'agentbot_sweep_conversations_total{outcome="opened"}')

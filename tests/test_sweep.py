@@ -390,3 +390,20 @@ async def test_a_sweep_rate_below_one_call_a_second_is_a_pace_not_an_error():
     from agentbot.chatwoot import Throttle
 
     await Throttle(0.5).wait()  # the first call goes at once
+
+
+async def test_the_command_does_not_sweep_while_another_instance_does(fake, tmp_path, redis):
+    from agentbot.store import open_store
+
+    store = open_store(redis)
+    await store.open()
+    lease = await store.lease("sweep", 60)
+    try:
+        code, out, err = await sweep_cli(fake, tmp_path, STORE_URL=redis)
+        assert code == 1 and "another instance is sweeping" in err
+        assert fake.calls == []
+    finally:
+        await lease.release()
+        await store.close()
+    code, out, err = await sweep_cli(fake, tmp_path, STORE_URL=redis)
+    assert code == 0, err

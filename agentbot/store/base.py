@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from abc import ABC, abstractmethod
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -91,10 +92,10 @@ class Store(ABC):
     async def lease(self, name: str, ttl: float) -> Lease | None:
         """Hold `name` (e.g. "sweep") for `ttl` seconds unless renewed; None while another holder has it.
         This default holds within the process; backends shared by several instances override it."""
-        held = _LOCAL_LEASES.get((id(self), name), 0.0)
-        if held > time.monotonic():
+        held = _LOCAL_LEASES.setdefault(self, {})
+        if held.get(name, 0.0) > time.monotonic():
             return None
-        return _LocalLease((id(self), name), ttl)
+        return _LocalLease(held, name, ttl)
 
     async def prune(self, now: float) -> None:
         """Drop expired dedup keys and look-ups (backends with native TTLs need nothing)."""
@@ -109,17 +110,17 @@ class Lease:
     async def release(self) -> None: ...
 
 
-_LOCAL_LEASES: dict[tuple[int, str], float] = {}  # (store, name) → monotonic expiry
+_LOCAL_LEASES: weakref.WeakKeyDictionary[Store, dict[str, float]] = weakref.WeakKeyDictionary()  # name → expiry
 
 
 class _LocalLease(Lease):
-    def __init__(self, key: tuple[int, str], ttl: float):
-        self.key, self.ttl = key, ttl
-        _LOCAL_LEASES[key] = time.monotonic() + ttl
+    def __init__(self, held: dict[str, float], name: str, ttl: float):
+        self.held, self.name, self.ttl = held, name, ttl
+        held[name] = time.monotonic() + ttl
 
     async def renew(self) -> bool:
-        _LOCAL_LEASES[self.key] = time.monotonic() + self.ttl
+        self.held[self.name] = time.monotonic() + self.ttl
         return True
 
     async def release(self) -> None:
-        _LOCAL_LEASES.pop(self.key, None)
+        self.held.pop(self.name, None)

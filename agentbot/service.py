@@ -33,14 +33,14 @@ class Handoffs:
         self.clock, self.on_commit = clock, on_commit
         self.live = 0  # deliveries being decided right now (the sweep gives way to them)
 
-    async def facts(self, d: Delivery, look_up: bool = True, cache: bool = True) -> Facts:
+    async def facts(self, d: Delivery, look_up: bool = True) -> Facts:
         c = d.conversation
         assert c is not None
         # A conversation event's decision reads only the conversation; a message's also the contact's past.
         state, previous = await self.store.load(c.key, contact_key(c) if d.message else None)
         facts = Facts(state, previous)
         if look_up and self._worth_looking_up(d, facts):
-            facts = Facts(state, await self._look_up(c, cache))
+            facts = Facts(state, await self._look_up(c))
         return facts
 
     def _worth_looking_up(self, d: Delivery, facts: Facts) -> bool:
@@ -114,10 +114,15 @@ class Handoffs:
         c = d.conversation
         with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id):
             async with self.store.lock(c.key):
-                facts = await self.facts(d, cache=not dry_run)  # a dry run writes nothing, not even the cache
+                facts = await self.facts(d, look_up=False)
                 stored = facts.state
-                if incoming is not None and incoming > stored.incoming:
-                    facts = replace(facts, state=replace(stored, incoming=incoming))
+                # Once the bot has seen the customer's message (live, or an earlier sweep: it records at least
+                # one), the contact was looked up then: later sweeps rely on what the bot has seen since.
+                if not stored.incoming and self._worth_looking_up(d, facts):
+                    facts = Facts(stored, await self._look_up(c, cache=not dry_run))  # a dry run writes nothing
+                seen = max(stored.incoming, incoming or 1)
+                if seen != stored.incoming:
+                    facts = replace(facts, state=replace(stored, incoming=seen))
                 decision = decide(d, facts, self.clock(), self.settings, live=False)
                 if decision.state == stored:
                     decision.state = None  # nothing new to remember: most kept conversations write nothing

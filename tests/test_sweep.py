@@ -407,3 +407,16 @@ async def test_the_command_does_not_sweep_while_another_instance_does(fake, tmp_
         await store.close()
     code, out, err = await sweep_cli(fake, tmp_path, STORE_URL=redis)
     assert code == 0, err
+
+
+async def test_a_new_customer_is_looked_up_once_not_at_every_sweep(fake, start_bot):
+    disconnected(fake)
+    aged(fake, [new_customer(fake, f"N{i}") for i in range(3)])
+    clock = Clock(datetime.now(timezone.utc))
+    bot = await start_bot(clock, **USER, SWEEP_INTERVAL="3600")
+    await wait_for(lambda: bot.bot.metrics.sweeps.labels("done")._value.get() == 1, 10, "the start-up sweep")
+    assert len(fake.calls_to("contact_conversations", caller="user")) == 3
+    clock.at += timedelta(hours=2)  # the look-up cache (an hour) has expired
+    again = await bot.bot.sweeps.once()
+    assert again.counts()["kept"] == {"no rule fired": 3}
+    assert len(fake.calls_to("contact_conversations", caller="user")) == 3  # the bot remembers it saw them

@@ -5,7 +5,7 @@ import argparse
 import asyncio
 import sys
 
-from .config import ConfigError, load
+from .config import REQUIRED, ConfigError, load
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "serve":
             from .serve import serve
 
-            settings.require("chatwoot_url", "chatwoot_bot_token")
+            settings.require(*REQUIRED)
             serve(settings)
             return 0
         if command == "sweep":

@@ -16,7 +16,11 @@ Step = dict[str, Any]
 
 
 class Job(msgspec.Struct):
-    """One decision's calls for one conversation, carried out in order; `step` is the progress."""
+    """One decision's calls for one conversation, carried out in order; `step` is the progress.
+
+    `unsure` says that the call of the current step may already have reached Chatwoot (a run was cut
+    short after sending it: a timeout, a dropped connection, a crash). The store sets it before a step
+    runs; the outbox then checks Chatwoot before sending that call again."""
 
     account_id: int
     display_id: int
@@ -31,6 +35,19 @@ class Job(msgspec.Struct):
     rule: str = ""
     trigger: int | None = None  # id of the message that led to the job
     id: str = ""
+    decided_at: float = 0.0  # when the decision was taken (created_at restarts when a timer fires or on --retry)
+    unsure: bool = False
+    claim: str = ""  # the claiming worker's token (Redis); not meaningful once released
+
+    @property
+    def status_target(self) -> str | None:
+        """The status the job sets, if it sets one."""
+        return next((s["status"] for s in self.steps if s["op"] == "status"), None)
+
+    @property
+    def expected_status(self) -> str:
+        """The status the decision saw: a handoff and a greeting act on pending, a give-back on open."""
+        return "open" if self.status_target == "pending" else "pending"
 
     @property
     def conversation_key(self) -> str:

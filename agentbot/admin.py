@@ -7,7 +7,7 @@ import aiohttp
 
 from .chatwoot import Chatwoot, ChatwootError
 from .config import ConfigError, Settings
-from .events import PayloadError, parse_page
+from .events import PayloadError
 from .store import open_store
 
 
@@ -133,8 +133,7 @@ async def check(settings: Settings, args) -> int:
         every = f"every {settings.sweep_every} s" if settings.sweep_every else "off in the server (SWEEP_INTERVAL=0)"
         rate = f"{settings.sweep_rate:g} calls/s" if settings.sweep_rate else "no rate limit"
         try:
-            body = await cw.list_conversations(account, settings.chatwoot_api_token.get_secret_value(), "pending", 1)
-            total = parse_page(body)[0]
+            total = (await cw.list_conversations(account, settings.chatwoot_api_token.get_secret_value(), "pending", 1))[0]
         except ChatwootError as exc:
             results.append((False, f"sweep: {explain_error(exc, settings)}"))
             return
@@ -169,7 +168,7 @@ async def check(settings: Settings, args) -> int:
             results.append((False, explain_error(exc, settings)))
 
     async def _check_store() -> None:
-        store = open_store(settings.store_url)
+        store = open_store(settings.store_url, settings.redis_tls_verify)
         try:
             await store.open()
             results.append((True, f"store {settings.store_url.split('://')[0]} is usable ({await store.depth()} jobs waiting)"))

@@ -9,6 +9,7 @@ import aiohttp
 from aiohttp import web
 from loguru import logger
 
+from . import page
 from .chatwoot import Chatwoot, Throttle
 from .config import ConfigError, Settings
 from .metrics import Metrics
@@ -31,8 +32,9 @@ class Bot:
 
     def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow, store: Store | None = None):
         self.settings, self.clock = settings, clock
-        self.store = store or open_store(settings.store_url)
+        self.store = store or open_store(settings.store_url, settings.redis_tls_verify)
         self.metrics = Metrics()
+        self.sweeper = None  # the sweep, when the app has one (page.panels.Sweeper); the operator page offers it
 
     async def lifecycle(self, app: web.Application):
         s = self.settings
@@ -40,14 +42,17 @@ class Bot:
             await self.store.open()
         except Exception as exc:
             scheme = s.store_url.split("://")[0]
-            raise ConfigError(f"STORE_URL: cannot open the {scheme} store ({type(exc).__name__}: {exc})") from None
+            hint = ""
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                hint = "; a managed Redis with a self-signed certificate (Heroku Redis) needs REDIS_TLS_VERIFY=false"
+            raise ConfigError(f"STORE_URL: cannot open the {scheme} store ({type(exc).__name__}: {exc}){hint}") from None
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30))
         token = s.chatwoot_bot_token.get_secret_value() if s.chatwoot_bot_token else None
         self.chatwoot = Chatwoot(self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics)
         self.outbox = Outbox(self.store, self.chatwoot, self.metrics, self.clock, s.action_max_age)
         self.handoffs = Handoffs(s, self.store, self.chatwoot, self.metrics, self.clock, self.outbox.wake)
         self.outbox.start()
-        self.sweeps = self._sweeps(token)
+        self.sweeps = self.sweeper = self._sweeps(token)
         logger.info("agentbot ready on port {} (store: {}, Chatwoot: {})", s.port, s.store_url.split("://")[0], s.chatwoot_url)
         if self.sweeps:
             self.sweeps.start()
@@ -58,18 +63,14 @@ class Bot:
         await self.session.close()
         await self.store.close()
 
-
     def _sweeps(self, token: str | None) -> SweepLoop | None:
-        """The periodic sweep (SWEEP_INTERVAL), with its own throttled client (SWEEP_RATE) but the same store,
-        locks and outbox as live deliveries."""
+        """The sweep (periodic with SWEEP_INTERVAL, and on demand from the operator page), with its own throttled
+        client (SWEEP_RATE) but the same store, locks and outbox as live deliveries."""
         s = self.settings
         if s.chatwoot_api_token is None:
             logger.info("sweep off: without CHATWOOT_API_TOKEN the bot cannot list pending conversations, so one whose "
                         "delivery was lost (bot down or asleep, connected later, history imported) stays pending until "
                         "the customer writes again; set it to catch those")
-            return None
-        if not s.sweep_every:
-            logger.info("sweep off (SWEEP_INTERVAL=0)")
             return None
         throttled = Chatwoot(self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics, Throttle(s.sweep_rate))
         handoffs = Handoffs(s, self.store, throttled, self.metrics, self.clock, self.outbox.wake)
@@ -79,7 +80,10 @@ class Bot:
         except ConfigError as exc:
             logger.info("sweep off: {}", exc)
             return None
-        logger.info("sweep every {} s at up to {} Chatwoot calls/s", s.sweep_every, s.sweep_rate or "unlimited")
+        if s.sweep_every:
+            logger.info("sweep every {} s at up to {} Chatwoot calls/s", s.sweep_every, s.sweep_rate or "unlimited")
+        else:
+            logger.info("sweep off (SWEEP_INTERVAL=0); the operator page and `python -m agentbot sweep` still run it")
         return SweepLoop(sweeper, s.sweep_every)
 
 
@@ -87,8 +91,16 @@ BOT = web.AppKey("bot", Bot)
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 while deliveries can be decided and the outbox makes progress; 503 with the reason otherwise."""
     bot = request.app[BOT]
-    return web.json_response({"status": "ok", "outbox": await bot.store.depth()})
+    try:
+        depth = await bot.store.depth()
+    except Exception as exc:
+        return web.json_response({"status": "error", "reason": f"store: {type(exc).__name__}: {exc}"}, status=503)
+    problem = bot.outbox.problem()
+    if problem:
+        return web.json_response({"status": "error", "reason": problem, "outbox": depth}, status=503)
+    return web.json_response({"status": "ok", "outbox": depth})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -103,5 +115,6 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utcnow, store:
     app.router.add_post("/webhook", functools.partial(receive, app[BOT]))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    page.setup(app, app[BOT])
     app.cleanup_ctx.append(app[BOT].lifecycle)
     return app

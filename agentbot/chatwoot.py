@@ -6,23 +6,54 @@ import time
 from typing import Any
 
 import aiohttp
+import msgspec
 from aiolimiter import AsyncLimiter
 
+from .events import Listed, Message, parse_messages, parse_page
 from .metrics import Metrics
 
 FINAL_STATUSES = {400, 401, 403, 404, 422}
 
 
 class ChatwootError(Exception):
-    """A call failed; `final` says whether trying again can help."""
+    """A call failed; `final` says whether trying again can help, `maybe_applied` whether Chatwoot may
+    have carried it out all the same (no answer after the request went out, or a server error)."""
 
-    def __init__(self, endpoint: str, status: int | None, detail: str, retry_after: float | None = None):
+    def __init__(self, endpoint: str, status: int | None, detail: str, retry_after: float | None = None,
+                 sent: bool = True):
         self.endpoint, self.status, self.detail, self.retry_after = endpoint, status, detail, retry_after
+        self.sent = sent
         super().__init__(f"{endpoint}: {status or 'no answer'} {detail}".strip())
 
     @property
     def final(self) -> bool:
         return self.status in FINAL_STATUSES
+
+    @property
+    def maybe_applied(self) -> bool:
+        return self.sent and (self.status is None or self.status >= 500)
+
+    @property
+    def refused_to_bots(self) -> bool:
+        """This Chatwoot keeps the endpoint from agent bot tokens (older versions allow fewer)."""
+        return self.status == 401 and "not authorized for bots" in self.detail
+
+
+class MessageView(msgspec.Struct):
+    id: int = 0
+    content: str | None = None
+    private: bool = False
+    sender_type: str | None = None
+
+
+class ConversationView(msgspec.Struct):
+    """What GET /conversations/{id} says of a conversation (the API partial), as far as the outbox reads it."""
+
+    status: str = ""
+    last_non_activity_message: MessageView | None = None
+
+
+_conversation_view = msgspec.json.Decoder(ConversationView)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -59,7 +90,7 @@ class Chatwoot:
         self.metrics, self.throttle = metrics, throttle
 
     async def _call(self, method: str, endpoint: str, path: str, body: Any = None, token: str | None = None,
-                    params: dict | None = None, raw: bool = False) -> Any:
+                    params: dict | None = None, decoder: Any = None) -> Any:
         headers = {"api_access_token": token or self.token or "", "Accept": "application/json"}
         if self.throttle:
             await self.throttle.wait()
@@ -68,15 +99,16 @@ class Chatwoot:
             async with self.session.request(method, self.base_url + path, json=body, headers=headers, params=params,
                                             timeout=self.timeout, allow_redirects=False) as resp:
                 status = str(resp.status)
-                if raw and resp.status < 300:
-                    return await resp.read()
-                text = await resp.text()
+                raw = await resp.read()
                 if resp.status >= 300:
+                    text = raw.decode(errors="replace")
                     retry_after = _retry_after(resp.headers.get("Retry-After"))
                     if resp.status == 429 and self.throttle:
                         self.throttle.pause(retry_after or 1.0)
                     raise ChatwootError(endpoint, resp.status, text[:200], retry_after)
-                if not text.strip():
+                if decoder is not None:
+                    return decoder(raw)
+                if not raw.strip():
                     return None
                 try:
                     return await resp.json(content_type=None)
@@ -85,8 +117,12 @@ class Chatwoot:
         except asyncio.TimeoutError:
             status = "timeout"
             raise ChatwootError(endpoint, None, "timed out") from None
+        except aiohttp.ClientConnectorError as exc:  # nothing reached Chatwoot
+            raise ChatwootError(endpoint, None, f"{type(exc).__name__}: {exc}", sent=False) from None
         except aiohttp.ClientError as exc:
             raise ChatwootError(endpoint, None, f"{type(exc).__name__}: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise ChatwootError(endpoint, None, f"unexpected answer: {exc}") from None
         finally:
             if self.metrics:
                 self.metrics.observe_call(endpoint, status, time.perf_counter() - started)
@@ -108,6 +144,23 @@ class Chatwoot:
     async def assign(self, account: int, display_id: int, **body: int | None) -> Any:
         return await self._call("POST", "assignments", self._conv(account, display_id) + "/assignments", body)
 
+    async def conversation(self, account: int, display_id: int) -> ConversationView:
+        """GET the conversation (bot tokens since Chatwoot 4.16, #14655; older ones are refused "for bots")."""
+        return await self._call("GET", "show", self._conv(account, display_id), decoder=_conversation_view.decode)
+
+    async def conversation_json(self, account: int, display_id: int) -> dict:
+        """The same read as `conversation`, whole, for the operator page's decision of today."""
+        return await self._call("GET", "show", self._conv(account, display_id)) or {}
+
+    async def version(self) -> str | None:
+        """Chatwoot's version from its public `GET /api` (None when it doesn't say)."""
+        data = await self._call("GET", "api", "/api")
+        return data.get("version") if isinstance(data, dict) else None
+
+    async def profile(self, token: str) -> dict:
+        """The user behind `token`, with `accounts: [{id, name, role, …}]` (it also holds the token: never log it)."""
+        return await self._call("GET", "profile", "/api/v1/profile", token=token) or {}
+
     async def probe_bot_token(self, account: int) -> None:
         """A harmless bot-token call. The token was accepted when Chatwoot answers 404 for conversation 0,
         or (before 4.13, where bots may not toggle typing) refuses the endpoint "for bots"."""
@@ -115,7 +168,7 @@ class Chatwoot:
             await self._call("POST", "toggle_typing_status", self._conv(account, 0) + "/toggle_typing_status",
                              {"typing_status": "off"})
         except ChatwootError as exc:
-            if not (exc.status == 404 or (exc.status == 401 and "not authorized for bots" in exc.detail)):
+            if not (exc.status == 404 or exc.refused_to_bots):
                 raise
 
     # A user (administrator) token's endpoints: look-ups and set-up.
@@ -123,17 +176,20 @@ class Chatwoot:
         data = await self._call("GET", "contact_conversations", f"/api/v1/accounts/{int(account)}/contacts/{int(contact_id)}/conversations", token=token)
         return (data or {}).get("payload") or []
 
-    async def list_conversations(self, account: int, token: str, status: str, page: int, inbox_id: int | None = None) -> bytes:
-        """One page (25) of the account's conversations, newest activity first; decoded by events.parse_page."""
+    async def list_conversations(self, account: int, token: str, status: str, page: int,
+                                 inbox_id: int | None = None) -> tuple[int, list[Listed], int]:
+        """One page (25) of the account's conversations, newest activity first: (all_count, the conversations,
+        how many could not be read); PayloadError when the page is not Chatwoot's shape."""
         params = {"status": status, "assignee_type": "all", "page": str(int(page))}
         if inbox_id is not None:
             params["inbox_id"] = str(int(inbox_id))
         return await self._call("GET", "conversations", f"/api/v1/accounts/{int(account)}/conversations", token=token,
-                                params=params, raw=True)
+                                params=params, decoder=parse_page)
 
-    async def conversation_messages(self, account: int, display_id: int, token: str) -> bytes:
-        """The conversation's latest messages (20 on Chatwoot); decoded by events.parse_messages."""
-        return await self._call("GET", "messages_index", self._conv(account, display_id) + "/messages", token=token, raw=True)
+    async def conversation_messages(self, account: int, display_id: int, token: str) -> list[Message]:
+        """The conversation's latest messages (20 on Chatwoot), oldest first."""
+        return await self._call("GET", "messages_index", self._conv(account, display_id) + "/messages", token=token,
+                                decoder=parse_messages)
 
     async def list_inboxes(self, account: int, token: str) -> list[dict]:
         data = await self._call("GET", "inboxes", f"/api/v1/accounts/{int(account)}/inboxes", token=token)

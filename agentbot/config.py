@@ -17,6 +17,7 @@ from .rules.hours import Hours, parse_week
 from .rules.keywords import compile_keywords, fold
 
 PLACEHOLDERS = {"name", "reason", "conversation_id"}
+REQUIRED = ("chatwoot_url", "chatwoot_bot_token")  # to serve
 CommaList = Annotated[list[str], NoDecode]
 IdList = Annotated[list[int], NoDecode]
 Priority = Literal["low", "medium", "high", "urgent"]
@@ -28,11 +29,13 @@ EXAMPLES = {
     "chatwoot_bot_secret": "the agent bot's webhook secret (Chatwoot 4.13+)",
     "chatwoot_api_token": "an administrator's access token (Profile settings → Access token)",
     "store_url": "sqlite:///agentbot.sqlite3, redis://localhost:6379/0 or memory://",
+    "redis_tls_verify": "false",
     "port": "8080",
     "log_level": "INFO",
     "log_format": "text or json",
     "action_max_age": "86400",
-    "chatwoot_timeout": "10",
+    "decision_log_size": "5000",
+    "chatwoot_timeout": "10 (at most 20)",
     "chatwoot_account_id": "1",
     "chatwoot_account_ids": "1,2",
     "inbox_ids": "3,5",
@@ -186,12 +189,15 @@ class Settings(BaseSettings, Rules):
     chatwoot_api_token: SecretStr | None = None
     chatwoot_account_id: int | None = None
     chatwoot_account_ids: IdList = Field(default_factory=list)
-    chatwoot_timeout: float = Field(default=10.0, gt=0, le=60)
+    # At most a third of the 60 s claim lease: a step makes up to three calls (a read, an assignment and its fallback).
+    chatwoot_timeout: float = Field(default=10.0, gt=0, le=20)
     store_url: str = "sqlite:///agentbot.sqlite3"
+    redis_tls_verify: bool = True  # false: accept a managed Redis's self-signed certificate (Heroku)
     port: int = Field(default=8080, ge=1, le=65535)
     log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     action_max_age: int = Field(default=86400, ge=60)
+    decision_log_size: int = Field(default=5000, ge=0, le=100_000)  # per account; 0 = no log
     inbox_ids: IdList = Field(default_factory=list)
     ignore_inbox_ids: IdList = Field(default_factory=list)
     sweep_interval: int | None = Field(default=None, ge=0)  # None: 600 with a user token, else off

@@ -81,10 +81,13 @@ def decide(d: Delivery, facts: Facts, now: datetime, settings: Settings, *, live
     """`live=False` is the sweep: the message was seen before (no count, no greeting, no away message), and
     HANDOFF_AFTER_SECONDS runs from the conversation's `waiting_since`."""
     decision = _decide(d, facts, now, settings, live)
-    if d.message:
+    m, c = d.message, d.conversation
+    if m and c:
         timer_job = [decision.timer[1]] if isinstance(decision.timer, tuple) else []
         for job in decision.jobs + timer_job:
-            job.trigger = d.message.id
+            job.trigger = m.id
+        if decision.state is not None:  # private notes never show as the conversation's latest message
+            decision.state = decision.state.saw(c.status, c.updated, None if m.private else m.id)
     return decision
 
 
@@ -116,6 +119,11 @@ def _decide(d: Delivery, facts: Facts, now: datetime, settings: Settings, live: 
 
 
 def _conversation_event(event: str, c: Conversation, state: ConversationState, now: datetime) -> Decision:
+    # Chatwoot delivers in no set order (Sidekiq): an event about an earlier save must not undo what the
+    # bot decided since, e.g. a resolve delivered after the customer's next message.
+    if state.is_older(c.updated, c.last_message_id):
+        return ignore(f"{event} is older than what the bot already acted on")
+    state = state.saw(c.status, c.updated, c.last_message_id)
     if c.status == "resolved":
         assignee = c.assignee.id if c.assignee and c.assignee.kind == "user" else None
         on = now.date().isoformat()
@@ -211,6 +219,12 @@ def _first_rule(c: Conversation, m: Message, state: ConversationState, rules: Ru
     return None
 
 
+def operator_handoff(c: Conversation, facts: Facts, now: datetime, settings: Settings, who: str) -> Decision:
+    """An administrator's "hand off now" from the operator page: the inbox's handoff, at once."""
+    return _handoff(c, facts, now, settings.rules_for(c.inbox_id), "operator",
+                    f"{who} handed the conversation to humans from the bot's page", deferrable=False)
+
+
 def _handoff(c: Conversation, facts: Facts, now: datetime, rules: Rules, rule: str, reason: str,
              *, deferrable: bool = True, returning: bool = False, human_took_over: bool = False, live: bool = True) -> Decision:
     state = replace(facts.state, handed_off=True, timer_due=None)
@@ -271,7 +285,8 @@ def _keep_previous_agent(c: Conversation, facts: Facts, rules: Rules) -> tuple[l
 
 
 def _job(c: Conversation, reason: str, steps: list[Step], now: datetime, rule: str = "") -> Job:
-    return Job(c.account_id, c.display_id, reason, steps, created_at=now.timestamp(), rule=rule)
+    return Job(c.account_id, c.display_id, reason, steps, created_at=now.timestamp(), rule=rule,
+               decided_at=now.timestamp())
 
 
 def _render(template: str, c: Conversation, reason: str) -> str:

@@ -140,6 +140,14 @@ class Conversation(Struct, frozen=True):
         return f"{self.account_id}:{self.display_id}"
 
     @property
+    def updated(self) -> float:
+        """`updated_at` as unix seconds (0 when the payload has none or another form)."""
+        try:
+            return float(self.updated_at)
+        except ValueError:
+            return 0.0
+
+    @property
     def is_group(self) -> bool:
         return bool(self.contact_identifier and self.contact_identifier.endswith("@g.us"))
 
@@ -226,6 +234,8 @@ def parse(body: bytes, delivery_id: str | None = None) -> Delivery:
         return _unexpected(body, delivery_id, exc)
     except msgspec.DecodeError:
         raise BadBody("body is not JSON") from None
+    except RecursionError:
+        raise BadBody("body is nested too deeply") from None
     try:
         return _delivery(wire, delivery_id)
     except PayloadError as exc:
@@ -260,7 +270,10 @@ def _delivery(wire: _Body, delivery_id: str | None) -> Delivery:
 def _unexpected(body: bytes, delivery_id: str | None, exc: msgspec.ValidationError) -> Delivery:
     """The body didn't fit the wire structs: not an object (400), an event the bot doesn't read whose
     fields look different (fine), or a field of the wrong type (PayloadError). Rare, so decoded twice."""
-    data = msgspec.json.decode(body)
+    try:
+        data = msgspec.json.decode(body)
+    except RecursionError:
+        raise BadBody("body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadBody("body is not a JSON object")
     event = data.get("event")

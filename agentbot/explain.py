@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from .actions import Job
 from .config import Rules, Settings
 from .decide import decide
 from .events import BadBody, PayloadError, parse
 from .facts import Facts
 from .metrics import Metrics
+from .outbox import guarded, still_wanted
 from .service import Handoffs
-from .store import open_store
+from .store import Store, open_store
 
 
 def describe_rules(r: Rules) -> list[str]:
@@ -69,7 +71,7 @@ async def explain(settings: Settings, args) -> int:
     except (BadBody, PayloadError) as exc:
         print(f"ignore: {exc}")
         return 0
-    store = open_store(settings.store_url)
+    store = open_store(settings.store_url, settings.redis_tls_verify)
     await store.open()
     try:
         handoffs = Handoffs(settings, store, None, Metrics(), lambda: now)
@@ -82,7 +84,7 @@ async def explain(settings: Settings, args) -> int:
 
 
 async def outbox(settings: Settings, args) -> int:
-    store = open_store(settings.store_url)
+    store = open_store(settings.store_url, settings.redis_tls_verify)
     await store.open()
     try:
         if args.retry:
@@ -90,8 +92,17 @@ async def outbox(settings: Settings, args) -> int:
             return 0
         dead = await store.dead_letters()
         for job in dead:
-            print(f"{job.describe()} | attempts {job.attempts} | {job.error} | reason: {job.reason}")
+            print(f"{job.describe()} | attempts {job.attempts} | {job.error} | reason: {job.reason}{await _skip(store, job)}")
         print(f"{len(dead)} dead letters, {await store.depth()} jobs waiting")
     finally:
         await store.close()
     return 0
+
+
+async def _skip(store: Store, job: Job) -> str:
+    """What a re-queued dead letter would skip, by the bot's memory (the worker checks Chatwoot itself)."""
+    state, _ = await store.load(job.conversation_key, None)
+    step = job.steps[job.step]
+    if state.status and guarded(step) and still_wanted(job, state.status, job.unsure) == "drop":
+        return f" | --retry would skip it: the conversation is {state.status} now"
+    return ""

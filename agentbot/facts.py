@@ -14,6 +14,21 @@ class ConversationState(msgspec.Struct, frozen=True):
     away_period: str | None = None
     left_pending_after: int | None = None  # last message id when the bot saw the conversation leave pending
     given_back: bool = False  # an agent gave it back to the bot (BOT_COMMAND) since it was last resolved
+    # What the newest delivery the bot acted on said; conversation events older than this are stale.
+    status: str | None = None
+    updated: float = 0.0  # the conversation's updated_at (Chatwoot bumps it at every save)
+    latest_message: int | None = None  # the newest public message id seen
+
+    def saw(self, status: str, updated: float, message_id: int | None) -> ConversationState:
+        """Remember the newest state of the conversation a delivery showed."""
+        newest = max(filter(None, (self.latest_message, message_id)), default=None)
+        return replace(self, status=status, updated=max(self.updated, updated), latest_message=newest)
+
+    def is_older(self, updated: float, message_id: int | None) -> bool:
+        """Whether a conversation event describes the conversation before what the bot already acted on."""
+        if updated and updated < self.updated:
+            return True
+        return message_id is not None and self.latest_message is not None and message_id < self.latest_message
 
     def dumps(self) -> str:
         return msgspec.json.encode(self).decode()

@@ -1,22 +1,35 @@
-"""The outbox worker: carries out stored jobs in order per conversation, retrying with backoff."""
+"""The outbox worker: carries out stored jobs in order per conversation, retrying with backoff.
+
+Promises kept here: a job is carried out or becomes a dead letter, whatever fails meanwhile (Chatwoot,
+the store, a worker); a call Chatwoot may already have applied is checked before it is sent again; a
+job that runs late acts only if the conversation is still where its decision left it.
+"""
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from loguru import logger
 
 from .actions import Job, Step
-from .chatwoot import Chatwoot, ChatwootError
+from .chatwoot import Chatwoot, ChatwootError, ConversationView
 from .metrics import Metrics
 from .store import Store
+from .store.base import LEASE
 
 WORKERS = 16
 POLL = 0.25  # seconds between looks at the store when nothing woke us (other instances, retries)
-BACKOFF_BASE, BACKOFF_CAP = 0.5, 60.0
+TICK = 0.5  # seconds between timer checks, lease renewals and worker supervision
+PRUNE_EVERY = 600.0  # seconds between removals of expired dedup keys and look-ups
+BACKOFF_BASE, BACKOFF_CAP = 0.5, 60.0  # Chatwoot calls
+STORE_BACKOFF_BASE, STORE_BACKOFF_CAP = 0.05, 2.0  # store writes a worker must get through
+STORE_DOWN_AFTER = 2.0  # seconds of failing store calls before /healthz reports it
+LATE = 5.0  # a job that starts this long after its decision first checks where the conversation is now
+PUBLIC = ("message",)
 
 
 def backoff(attempts: int, retry_after: float | None) -> float:
@@ -27,15 +40,41 @@ def backoff(attempts: int, retry_after: float | None) -> float:
 
 def _optional_refused(step: Step, exc: ChatwootError) -> bool:
     """Team, agent and priority are extras: an older Chatwoot refusing them to bots must not stop the handoff."""
-    return step["op"] in ("team", "assign", "priority") and exc.status == 401 and "not authorized for bots" in exc.detail
+    return step["op"] in ("team", "assign", "priority") and exc.refused_to_bots
+
+
+def guarded(step: Step) -> bool:
+    """Steps that act on where the conversation is: its status, and messages the customer sees."""
+    return step["op"] == "status" or step["op"] in PUBLIC
+
+
+def still_wanted(job: Job, status: str, unsure: bool) -> str | None:
+    """Whether the job's current (guarded) step still fits a conversation that is `status` now: None to make
+    the call, "done" when an earlier run's call took effect, "drop" when the conversation moved on."""
+    step, expected, target = job.steps[job.step], job.expected_status, job.status_target
+    if step["op"] == "status":
+        if status == expected:
+            return None
+        return "done" if status == step["status"] and unsure else "drop"
+    status_done = any(s["op"] == "status" for s in job.steps[: job.step])
+    return None if status == expected or (status_done and status == target) else "drop"
+
+
+class LostClaim(Exception):
+    """Another worker owns the job now (this one's lease ran out): leave it alone."""
 
 
 class Outbox:
     def __init__(self, store: Store, chatwoot: Chatwoot, metrics: Metrics, clock: Callable[[], datetime], max_age: float):
         self.store, self.chatwoot, self.metrics, self.clock, self.max_age = store, chatwoot, metrics, clock, max_age
         self._sleepers: deque[asyncio.Future] = deque()  # idle workers, woken one per new job
-        self._stopping = False
-        self._tasks: list[asyncio.Task] = []
+        self._stopping = asyncio.Event()
+        self.workers: list[asyncio.Task] = []
+        self._ticker: asyncio.Task | None = None
+        self._running: dict[str, tuple[Job, float]] = {}  # claimed jobs by id, with when their lease was last renewed
+        self._store_failing_since: float | None = None
+        self._store_error = ""
+        self._can_read = True  # this Chatwoot lets bot tokens GET a conversation (4.16+)
 
     def now(self) -> float:
         return self.clock().timestamp()
@@ -49,18 +88,30 @@ class Outbox:
                 jobs -= 1
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._worker()) for _ in range(WORKERS)]
-        self._tasks.append(asyncio.create_task(self._timers()))
+        self.workers = [asyncio.create_task(self._worker()) for _ in range(WORKERS)]
+        self._ticker = asyncio.create_task(self._tick())
 
     async def stop(self, grace: float) -> None:
         """Let running jobs finish within `grace` seconds; whatever is left stays in the store."""
-        self._stopping = True
+        self._stopping.set()
         self.wake()
-        done, pending = await asyncio.wait(self._tasks, timeout=grace)
+        tasks = [*self.workers, *([self._ticker] if self._ticker else [])]
+        _, pending = await asyncio.wait(tasks, timeout=grace)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
+    def problem(self) -> str | None:
+        """Why the outbox cannot make progress now (for /healthz), or None."""
+        if self._stopping.is_set():
+            return None
+        if self._store_failing_since is not None and time.monotonic() - self._store_failing_since > STORE_DOWN_AFTER:
+            return f"store failing for {time.monotonic() - self._store_failing_since:.0f} s: {self._store_error}"
+        if self._ticker is None or self._ticker.done():
+            return "the outbox's timer loop has stopped"
+        return None
+
+    # ---- workers -------------------------------------------------------------------------------
     async def _idle(self, seconds: float) -> None:
         sleeper = asyncio.get_running_loop().create_future()
         self._sleepers.append(sleeper)
@@ -72,80 +123,185 @@ class Outbox:
             if sleeper in self._sleepers:
                 self._sleepers.remove(sleeper)
 
+    def _store_ok(self) -> None:
+        self._store_failing_since = None
+
+    def _store_failed(self, exc: BaseException) -> None:
+        if self._store_failing_since is None:
+            self._store_failing_since = time.monotonic()
+            logger.warning("outbox: the store failed ({}: {}); trying again", type(exc).__name__, exc)
+        self._store_error = f"{type(exc).__name__}: {exc}"
+
     async def _worker(self) -> None:
-        while not self._stopping:
+        """Claim and run jobs until stopped; no exception ends a worker."""
+        while not self._stopping.is_set():
             try:
                 job = await self.store.claim(self.now())
-            except Exception:
-                logger.exception("outbox: cannot read the store")
-                job = None
+            except Exception as exc:
+                self._store_failed(exc)
+                await self._idle(POLL)
+                continue
+            self._store_ok()
             if job is None:
                 await self._idle(POLL)
                 continue
+            self._running[job.id] = (job, time.monotonic())
             try:
                 with logger.contextualize(account=job.account_id, conversation=job.display_id):
                     await self.run(job)
+            except LostClaim:
+                logger.warning("conversation {}: another worker took over the job after its lease ran out: {}",
+                               job.conversation_key, job.reason)
             except asyncio.CancelledError:  # shutdown: give the job back (its progress is saved) at once
-                job.next_at = self.now()
-                await asyncio.shield(self.store.retry(job))
+                job.next_at, job.unsure = self.now(), True
+                await asyncio.shield(self._save(lambda: self.store.retry(job), give_up_on_stop=True))
                 raise
-            except Exception as exc:  # a bug or a store hiccup: retried like a failed call, within ACTION_MAX_AGE
-                logger.exception("outbox: job for conversation {} failed unexpectedly", job.conversation_key)
-                await self._failed(job, ChatwootError("outbox", None, f"{type(exc).__name__}: {exc}"))
+            except Exception as exc:  # a bug: retried like a failed call, within ACTION_MAX_AGE
+                logger.exception("conversation {}: job failed unexpectedly", job.conversation_key)
+                try:
+                    await self._failed(job, ChatwootError("outbox", None, f"{type(exc).__name__}: {exc}"))
+                except LostClaim:
+                    pass
+            finally:
+                self._running.pop(job.id, None)
 
-    async def _timers(self) -> None:
-        ticks = 0
-        while not self._stopping:
+    async def _save(self, write: Callable[[], Awaitable[bool]], give_up_on_stop: bool = False) -> None:
+        """A store write the job cannot go on without: tried until it succeeds (the store may be
+        restarting); LostClaim when the store says another worker owns the job now."""
+        pause = STORE_BACKOFF_BASE
+        while True:
+            try:
+                owned = await write()
+            except Exception as exc:
+                self._store_failed(exc)
+                if give_up_on_stop and self._stopping.is_set():
+                    return  # the job stays claimed in the store; its lease (Redis) or a restart frees it
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, STORE_BACKOFF_CAP)
+                continue
+            self._store_ok()
+            if not owned:
+                raise LostClaim
+            return
+
+    # ---- the timer loop ------------------------------------------------------------------------
+    async def _tick(self) -> None:
+        last_prune = time.monotonic()
+        while not self._stopping.is_set():
             try:
                 now = self.now()
+                self._replace_dead_workers()
+                await self._renew_leases(now)
                 fired = await self.store.fire_timers(now)
                 if fired:
                     self.wake(fired)
                 self.metrics.outbox_depth.set(await self.store.depth())
-                ticks += 1
-                if ticks % 1200 == 0:
+                if time.monotonic() - last_prune > PRUNE_EVERY:
                     await self.store.prune(now)
-            except Exception:
-                logger.exception("outbox: timer check failed")
-            await asyncio.sleep(0.5)
+                    last_prune = time.monotonic()
+                self._store_ok()
+            except Exception as exc:
+                self._store_failed(exc)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), TICK)
+            except asyncio.TimeoutError:
+                pass
 
+    async def _renew_leases(self, now: float) -> None:
+        """Keep the claims of long-running jobs (slow Chatwoot calls) from running out."""
+        for job_id, (job, renewed) in list(self._running.items()):
+            if time.monotonic() - renewed > LEASE / 3 and job_id in self._running:
+                if await self.store.renew(job, now):
+                    self._running[job_id] = (job, time.monotonic())
+                else:
+                    logger.warning("conversation {}: lost the claim on a running job", job.conversation_key)
+
+    def _replace_dead_workers(self) -> None:
+        for n, task in enumerate(self.workers):
+            if task.done():
+                reason = "was cancelled" if task.cancelled() else f"failed: {task.exception()!r}"
+                logger.error("outbox: a worker {}; starting a new one", reason)
+                self.workers[n] = asyncio.create_task(self._worker())
+
+    # ---- running one job -----------------------------------------------------------------------
     async def run(self, job: Job) -> None:
         """Carry out the job's remaining steps; on failure reschedule it or make it a dead letter."""
+        unsure = job.unsure  # an earlier run may have sent the current step's call
+        late = unsure or job.attempts > 0 or self.now() - job.decided_at > LATE
         while job.step < len(job.steps):
-            if await self._overtaken(job):
-                await self.store.finish(job, self.now())
-                return
             step = job.steps[job.step]
             try:
-                await self._do(job, step)
+                skip = await self._check(job, step, unsure, late)
+                if skip == "drop":
+                    await self._save(lambda: self.store.finish(job, self.now()))
+                    return
+                if skip != "done":
+                    job.unsure = True
+                    await self._do(job, step)
+                elif step["op"] == "status" and step["status"] == "open":
+                    self._opened(job)
             except ChatwootError as exc:
                 if not _optional_refused(step, exc):
+                    job.unsure = exc.maybe_applied or unsure
                     await self._failed(job, exc)
                     return
                 logger.error("conversation {}: this Chatwoot does not let agent bots call {}; skipped the {} step "
                              "(unset its HANDOFF_ setting or upgrade Chatwoot)", job.conversation_key, exc.endpoint, step["op"])
             job.step += 1
+            unsure = False
             if job.step < len(job.steps):
-                await self.store.progress(job, self.now())
-        await self.store.finish(job, self.now())
+                await self._save(lambda: self.store.progress(job, self.now()))
+        await self._save(lambda: self.store.finish(job, self.now()))
         logger.debug("conversation {}: done: {} ({})", job.conversation_key, job.describe().split(": ", 1)[1], job.reason)
 
-    async def _overtaken(self, job: Job) -> bool:
-        """Don't open a conversation that left pending (opened or resolved by someone) after the decision."""
-        step = job.steps[job.step]
-        if step["op"] != "status" or step["status"] != "open" or job.trigger is None:
-            return False
+    async def _check(self, job: Job, step: Step, unsure: bool, late: bool) -> str | None:
+        """Before a step: "drop" the rest of the job when the conversation moved on since the decision,
+        "done" when an earlier run's call already took effect, None to make the call."""
+        op = step["op"]
+        if not (guarded(step) or (unsure and op == "note")):
+            return None
+        view = await self._look(job) if late or unsure else None
+        status = view.status if view else await self._remembered_status(job)
+        verdict = still_wanted(job, status, unsure) if guarded(step) and status else None
+        if verdict == "drop":
+            logger.info("conversation {}: is {} now, not where the decision left it; dropped: {}",
+                        job.conversation_key, status, job.reason)
+        if verdict:
+            return verdict
+        if unsure and op in ("note", "message"):
+            if view is None:  # this Chatwoot doesn't let the bot read: better lost than sent twice
+                logger.warning("conversation {}: the {} may have been posted already and cannot be checked; "
+                               "not posting it again", job.conversation_key, op)
+                return "done"
+            last = view.last_non_activity_message
+            if last and last.sender_type == "AgentBot" and last.content == self._content(job, step):
+                logger.info("conversation {}: the {} was posted already; not posting it again", job.conversation_key, op)
+                return "done"
+        return None
+
+    async def _look(self, job: Job) -> ConversationView | None:
+        """The conversation as Chatwoot has it now, where this Chatwoot lets the bot read it."""
+        if not self._can_read:
+            return None
+        try:
+            return await self.chatwoot.conversation(job.account_id, job.display_id)
+        except ChatwootError as exc:
+            if exc.refused_to_bots:
+                self._can_read = False
+                logger.info("this Chatwoot does not let agent bots read a conversation (before 4.16): late jobs "
+                            "are checked against the bot's memory of its events instead")
+                return None
+            raise
+
+    async def _remembered_status(self, job: Job) -> str | None:
         state, _ = await self.store.load(job.conversation_key, None)
-        if state.left_pending_after is None or state.left_pending_after < job.trigger:
-            return False
-        logger.info("conversation {}: left pending before the handoff ran; dropped: {}", job.conversation_key, job.reason)
-        return True
+        return state.status
 
     async def _failed(self, job: Job, exc: ChatwootError) -> None:
         job.attempts += 1
         job.error = str(exc)
         too_old = self.now() - job.created_at > self.max_age
-        if exc.status == 401:
+        if exc.status == 401 and not exc.refused_to_bots:
             logger.error("conversation {}: Chatwoot refused CHATWOOT_BOT_TOKEN ({}); check the token. Kept as dead letter.",
                          job.conversation_key, exc.detail[:120])
         elif exc.final or too_old:
@@ -155,11 +311,18 @@ class Outbox:
             job.next_at = self.now() + backoff(job.attempts, exc.retry_after)
             logger.warning("conversation {}: {}; retry {} in {:.1f} s", job.conversation_key, exc, job.attempts,
                            job.next_at - self.now())
-            await self.store.retry(job)
+            await self._save(lambda: self.store.retry(job))
             self.wake(1)
             return
         self.metrics.dead_letters.inc()
-        await self.store.bury(job, self.now())
+        await self._save(lambda: self.store.bury(job, self.now()))
+
+    def _content(self, job: Job, step: Step) -> str:
+        return step["content"] + (job.context.get("remark", "") if step["op"] == "note" else "")
+
+    def _opened(self, job: Job) -> None:
+        self.metrics.handoffs.labels(job.rule or "other").inc()
+        logger.info("conversation {}: opened for humans: {}", job.conversation_key, job.reason)
 
     async def _do(self, job: Job, step: Step) -> None:
         a, d, cw = job.account_id, job.display_id, self.chatwoot
@@ -167,12 +330,9 @@ class Outbox:
         if op == "status":
             await cw.toggle_status(a, d, step["status"])
             if step["status"] == "open":
-                self.metrics.handoffs.labels(job.rule or "other").inc()
-                logger.info("conversation {}: opened for humans: {}", job.conversation_key, job.reason)
-        elif op == "note":
-            await cw.create_message(a, d, step["content"] + job.context.get("remark", ""), private=True)
-        elif op == "message":
-            await cw.create_message(a, d, step["content"], private=False)
+                self._opened(job)
+        elif op in ("note", "message"):
+            await cw.create_message(a, d, self._content(job, step), private=op == "note")
         elif op == "priority":
             await cw.toggle_priority(a, d, step["priority"])
         elif op == "team":

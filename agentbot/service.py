@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 
@@ -10,14 +11,16 @@ from msgspec.structs import replace
 
 from .chatwoot import Chatwoot, ChatwootError
 from .config import Settings
-from .decide import Decision, decide, returning_reason, triage
+from .decide import Decision, decide, operator_handoff, returning_reason, triage
 from .events import Conversation, Delivery, event_label
 from .facts import Facts, Resolved
 from .metrics import Metrics
-from .store import Commit, Store
+from .store import Commit, DecisionEntry, Store
 
 LOOKUP_TTL = 3600.0  # one Chatwoot look-up per contact per hour
 LOOKUP_TIMEOUT = 2.0  # the look-up happens before the webhook answers; Chatwoot waits 5 s
+LOGGED = {"handoff", "defer", "keep", "pending"}  # decisions the operator page lists ("record" is bookkeeping)
+SWEEP_LOGGED = {"handoff", "defer"}  # the sweep's keeps (thousands at its first run) would crowd the log
 
 
 def contact_key(c: Conversation) -> str | None:
@@ -99,10 +102,22 @@ class Handoffs:
                                   delivery=d.delivery_id):
             async with self.store.lock(c.key):
                 decision = decide(d, await self.facts(d), self.clock(), self.settings)
-                # The commit is refused for a delivery seen before; one that writes nothing is harmless.
-                if decision.writes and not await self._commit(d, decision):
+                # The commit is refused for a delivery seen before; one that writes nothing is harmless
+                # (unless it belongs in the decision log).
+                if (decision.writes or decision.outcome in LOGGED) and not await self._commit(d, decision):
                     decision = Decision("duplicate", f"delivery {d.dedup_key} was handled before")
             return self._report(d, decision)
+
+    async def hand_off_now(self, c: Conversation, who: str) -> Decision:
+        """The operator page's button: queue the inbox's handoff for a conversation Chatwoot says is pending."""
+        d = Delivery("operator_handoff", f"operator:{uuid.uuid4()}", c)
+        with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id):
+            async with self.store.lock(c.key):
+                decision = operator_handoff(c, await self.facts(d, look_up=False), self.clock(), self.settings, who)
+                await self._commit(d, decision)
+            self.metrics.decisions.labels(decision.outcome, decision.rule).inc()
+            logger.info("conversation {}: handoff queued from the operator page: {}", c.key, decision.reason)
+            return decision
 
     async def reconcile(self, d: Delivery, incoming: int | None, dry_run: bool = False) -> Decision:
         """The sweep's way in: decide a listed conversation like a delivery of its last customer message, seen
@@ -131,12 +146,17 @@ class Handoffs:
                 # Its own dedup key: one sweep decision per outcome for the customer's last message, so two
                 # sweeps deciding alike (the command beside the server) commit once.
                 key = f"s:{c.key}:{d.message.id}:{decision.outcome}:{decision.rule}"
-                if not await self._commit(d, decision, key):
+                if not await self._commit(d, decision, key, "sweep"):
                     decision = Decision("duplicate", f"the sweep decided conversation {c.key} this way before")
             return decision
 
-    async def _commit(self, d: Delivery, decision: Decision, dedup_key: str | None = None) -> bool:
-        c = d.conversation
+    async def _commit(self, d: Delivery, decision: Decision, dedup_key: str | None = None, event: str | None = None) -> bool:
+        """`dedup_key` and `event` name the sweep's decisions, whose keeps stay out of the decision log."""
+        c, now = d.conversation, self.clock().timestamp()
+        log = None
+        if decision.outcome in (LOGGED if event is None else SWEEP_LOGGED) and self.settings.decision_log_size:
+            log = DecisionEntry(now, c.account_id, c.inbox_id, c.display_id, c.contact.name, decision.outcome,
+                                decision.rule, decision.reason, event or d.event, dedup_key or d.dedup_key)
         commit = Commit(
             dedup_key=dedup_key or d.dedup_key,
             conversation_key=c.key,
@@ -146,8 +166,10 @@ class Handoffs:
             cancel_timer=decision.timer is not None,
             contact_key=contact_key(c),
             resolved=decision.resolved,
+            log=log,
+            log_size=self.settings.decision_log_size,
         )
-        done = await self.store.commit(commit, self.clock().timestamp())
+        done = await self.store.commit(commit, now)
         if done and decision.jobs:
             self.on_commit(len(decision.jobs))
         return done

@@ -14,7 +14,7 @@ from msgspec.structs import replace
 
 from .chatwoot import Chatwoot, ChatwootError
 from .config import ConfigError, Settings
-from .events import Delivery, Listed, Message, PayloadError, Person, parse_messages, parse_page
+from .events import Delivery, Listed, Message, PayloadError, Person
 from .metrics import Metrics
 from .outbox import backoff
 from .service import Handoffs
@@ -174,8 +174,8 @@ class Sweeper:
     async def _list(self, account: int, inbox: int, found: dict[str, Listed], progress: Progress) -> None:
         page = 1
         while True:
-            body = await self._read(lambda: self.chatwoot.list_conversations(account, self.token, "pending", page, inbox))
-            total, items, unreadable = parse_page(body)
+            total, items, unreadable = await self._read(
+                lambda: self.chatwoot.list_conversations(account, self.token, "pending", page, inbox))
             if unreadable:
                 logger.warning("sweep: {} conversations of page {} could not be read (no id or status)", unreadable, page)
             if page == 1:
@@ -235,8 +235,7 @@ class Sweeper:
         shown = [m for m in item.messages if m.kind != "activity"]
         if shown and _from_customer(shown[-1]) and not counting:
             return shown[-1], None, None
-        body = await self._read(lambda: self.chatwoot.conversation_messages(c.account_id, c.display_id, self.token))
-        messages = parse_messages(body)
+        messages = await self._read(lambda: self.chatwoot.conversation_messages(c.account_id, c.display_id, self.token))
         customer = [m for m in messages if _from_customer(m)]
         if not customer:
             return None, None, None

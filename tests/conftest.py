@@ -103,8 +103,10 @@ class RunningBot:
 
 
 @pytest.fixture
-async def fake():
-    f = FakeChatwoot()
+async def fake(request):
+    """The fake Chatwoot; a test module runs against several versions with
+    `pytestmark = pytest.mark.parametrize("fake", VERSIONS, indirect=True)`."""
+    f = FakeChatwoot(version=getattr(request, "param", "4.16"))
     await f.start()
     yield f
     await f.close()
@@ -143,6 +145,52 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server of the test's own, with an append-only file so data survives `restart()`."""
+
+    def __init__(self, workdir) -> None:
+        import shutil
+
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            pytest.fail("redis-server is not installed (.ci/run installs it: apt-get install redis-server)")
+        self.port, self.workdir, self.proc = free_port(), workdir, None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        import subprocess
+
+        import redis as sync_redis
+
+        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)],
+                                     stdout=subprocess.DEVNULL)
+        client = sync_redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return self
+            except (sync_redis.ConnectionError, sync_redis.BusyLoadingError):
+                if time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail("redis-server did not start")
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A Redis the test may stop and start again (the session's one is shared)."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

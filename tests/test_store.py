@@ -111,3 +111,67 @@ async def test_concurrent_commits_all_land_and_one_failure_spoils_only_its_own(s
         assert (await store.load(f"1:{n}", None))[0] == ConversationState(incoming=n)
     assert await store.depth() == 5
     assert await store.commit(Commit("d:bad", "1:99"), 101.0) is True  # nothing of the failed one stayed
+
+
+async def test_a_claim_that_outlived_its_lease_cannot_touch_the_new_owners_job(redis):
+    from agentbot.store.base import LEASE
+
+    a, b = open_store(redis), open_store(redis)
+    await a.open()
+    await b.open()
+    try:
+        await a.commit(Commit("d:1", "1:1", jobs=[job(1, "A"), job(1, "B")]), 100.0)
+        slow = await a.claim(100.0)
+        assert slow.reason == "A" and await b.claim(100.0 + LEASE / 2) is None
+        taken = await b.claim(100.0 + LEASE + 1)  # the slow worker's lease ran out: another instance takes over
+        assert taken.reason == "A"
+        slow.step = 1
+        assert await a.progress(slow, 200.0) is False
+        assert await a.finish(slow, 200.0) is False  # must not drop the new owner's job, nor job B
+        assert await a.renew(slow, 200.0) is False
+        assert await b.finish(taken, 200.0) is True
+        assert (await b.claim(200.0)).reason == "B"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_renewed_lease_keeps_the_job(redis):
+    from agentbot.store.base import LEASE
+
+    a, b = open_store(redis), open_store(redis)
+    await a.open()
+    await b.open()
+    try:
+        await a.commit(Commit("d:1", "1:1", jobs=[job(1, "A")]), 100.0)
+        running = await a.claim(100.0)
+        assert await a.renew(running, 100.0 + LEASE * 0.9) is True
+        assert await b.claim(100.0 + LEASE + 1) is None
+        assert await a.finish(running, 100.0 + LEASE + 2) is True
+        assert await b.claim(100.0 + LEASE + 3) is None and await b.depth() == 0
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_claimed_step_is_marked_unsure_before_it_runs(backend, request, tmp_path):
+    """After a crash or a lost answer the next run knows the step's call may have reached Chatwoot."""
+    from agentbot.store.base import LEASE
+
+    url = request.getfixturevalue("redis") if backend == "redis" else f"sqlite:///{tmp_path}/s.sqlite3"
+    first_process, second_process = open_store(url), open_store(url)
+    await first_process.open()
+    await first_process.commit(Commit("d:1", "1:1", jobs=[job(1)]), 100.0)
+    running = await first_process.claim(100.0)
+    assert running.unsure is False
+    await first_process.close()  # the process dies while the call is on its way
+    await second_process.open()
+    try:
+        again = await second_process.claim(100.0 + LEASE + 1)
+        assert again.unsure is True
+        again.unsure, again.next_at = False, 200.0  # e.g. connection refused: certainly not applied
+        assert await second_process.retry(again) is True
+        assert (await second_process.claim(200.0)).unsure is False
+    finally:
+        await second_process.close()

@@ -7,12 +7,37 @@ from abc import ABC, abstractmethod
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
+import msgspec
+
 from ..actions import Job
 from ..facts import ConversationState, Resolved
 
 DEDUP_TTL = 24 * 3600
 STATE_TTL = 90 * 24 * 3600  # what the bot remembers of a conversation or contact
-LEASE = 60.0  # seconds a claimed job belongs to one worker (Redis; survives a crashed instance)
+LEASE = 60.0  # seconds a claimed job belongs to one worker unless renewed (Redis; survives a crashed instance)
+LOG_TTL = 7 * 24 * 3600  # how long the decision log keeps an entry
+
+
+class DecisionEntry(msgspec.Struct, frozen=True):
+    """One line of the decision log (what the operator page lists and charts)."""
+
+    at: float
+    account_id: int
+    inbox_id: int | None
+    display_id: int
+    contact: str
+    outcome: str  # handoff, defer, keep, pending
+    rule: str
+    reason: str
+    event: str
+    key: str  # the delivery's dedup key: tells two entries of one second apart
+
+    def dumps(self) -> str:
+        return msgspec.json.encode(self).decode()
+
+    @classmethod
+    def loads(cls, text: str | bytes) -> DecisionEntry:
+        return msgspec.json.decode(text, type=cls)
 
 
 @dataclass
@@ -27,6 +52,8 @@ class Commit:
     cancel_timer: bool = False
     contact_key: str | None = None
     resolved: Resolved | None = None
+    log: DecisionEntry | None = None  # the decision log's entry, kept with the decision
+    log_size: int = 0  # at most this many entries per account
 
 
 class Store(ABC):
@@ -55,24 +82,32 @@ class Store(ABC):
     def lock(self, conversation_key: str) -> AbstractAsyncContextManager:
         """One decision per conversation at a time (across instances where the backend is shared)."""
 
-    # the outbox
+    # the outbox. A claimed job belongs to the caller until it is finished, retried or buried, or (on a
+    # shared store) until its lease runs out; every call below returns False, and changes nothing, when
+    # the caller no longer owns the job.
     @abstractmethod
     async def claim(self, now: float) -> Job | None:
-        """The oldest due job of a conversation nobody is working on, now owned by the caller."""
+        """The oldest due job of a conversation nobody is working on, now owned by the caller. Its `unsure`
+        says whether an earlier run may have sent the current step's call; the store records, before
+        returning, that this run may send it."""
 
     @abstractmethod
-    async def progress(self, job: Job, now: float) -> None:
-        """Save a job's step and context after a step succeeded (and keep the claim alive)."""
+    async def renew(self, job: Job, now: float) -> bool:
+        """Keep the claim alive while a step takes long."""
 
     @abstractmethod
-    async def finish(self, job: Job, now: float) -> None: ...
+    async def progress(self, job: Job, now: float) -> bool:
+        """Save the job's step and context after a step succeeded; the next step counts as unsure."""
 
     @abstractmethod
-    async def retry(self, job: Job) -> None:
-        """Put the job back with its new attempts, error and next_at."""
+    async def finish(self, job: Job, now: float) -> bool: ...
 
     @abstractmethod
-    async def bury(self, job: Job, now: float) -> None:
+    async def retry(self, job: Job) -> bool:
+        """Put the job back with its new attempts, error, next_at and `unsure`."""
+
+    @abstractmethod
+    async def bury(self, job: Job, now: float) -> bool:
         """Move the job to the dead letters; the conversation's next job may run."""
 
     @abstractmethod
@@ -88,6 +123,15 @@ class Store(ABC):
     @abstractmethod
     async def fire_timers(self, now: float) -> int:
         """Move due timers' jobs into the outbox, each exactly once; returns how many."""
+
+    # the decision log and the operator page
+    @abstractmethod
+    async def decisions(self, now: float) -> list[DecisionEntry]:
+        """The decision log of the last 7 days, newest first (at most log_size per account)."""
+
+    @abstractmethod
+    async def requeue_one(self, job_id: str, now: float) -> bool:
+        """Put one dead letter back in the outbox as new; False when there is no such dead letter."""
 
     async def lease(self, name: str, ttl: float) -> Lease | None:
         """Hold `name` (e.g. "sweep") for `ttl` seconds unless renewed; None while another holder has it.

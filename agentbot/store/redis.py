@@ -2,19 +2,24 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 from redis.asyncio import Redis
-from redis.exceptions import LockError
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError, LockError, TimeoutError
 
 from ..actions import Job
 from ..facts import ConversationState, Resolved
-from .base import DEDUP_TTL, LEASE, STATE_TTL, Commit, Lease, Store
+from .base import DEDUP_TTL, LEASE, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Lease, Store
 
 P = "agentbot:"
 # Keys: seen:<dedup>, conv:<key>, contact:<key>, lookup:<key> (strings with TTLs);
 # q:<conv> (list of job JSON, head first); ready (zset conv → when its head may run or the
-# lease of the worker running it ends); timers (zset conv → due) + timer:<conv>; dead (list);
-# depth (counter of queued jobs); lock:<conv> (redis-py Lock).
+# lease of the worker running it ends); owner:<conv> (the claim on its head job); unsure (hash);
+# timers (zset conv → due) + timer:<conv>; dead (list); depth (counter of queued jobs);
+# lock:<conv> (redis-py Lock); log:<account> (zset entry JSON → time, the decision log) and
+# log-accounts (set of accounts with a log).
 
 PUSH = """
 local function push(conv, job, now)
@@ -35,28 +40,70 @@ if a.timer_job then
   redis.call('SET', P..'timer:'..a.conv, a.timer_job)
 end
 if a.resolved then redis.call('SET', P..'contact:'..a.contact, a.resolved, 'EX', a.state_ttl) end
+if a.log then
+  local k = P..'log:'..a.log_account
+  redis.call('ZADD', k, a.log_at, a.log)
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', a.now - a.log_ttl)
+  redis.call('ZREMRANGEBYRANK', k, 0, -(a.log_size + 1))
+  redis.call('SADD', P..'log-accounts', a.log_account)
+end
 return 1
 """
 
+# A claim: `owner:<conv>` holds "<job id>|<token>" of the worker running the conversation's head job;
+# the `ready` score of the conversation is when that worker's lease ends. `unsure` (a hash, job id → 1)
+# marks jobs whose current step's call may have gone out.
 CLAIM = """
-local now, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now, lease, token = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 for _ = 1, 20 do
   local c = redis.call('ZRANGEBYSCORE', P..'ready', '-inf', now, 'LIMIT', 0, 1)
   if #c == 0 then return false end
-  local job = redis.call('LINDEX', P..'q:'..c[1], 0)
+  local conv = c[1]
+  local job = redis.call('LINDEX', P..'q:'..conv, 0)
   if job then
-    redis.call('ZADD', P..'ready', now + lease, c[1])
-    return job
+    local id = cjson.decode(job).id
+    if type(id) ~= 'string' or id == '' then id = conv..'@'..token end  -- written by an older version
+    redis.call('ZADD', P..'ready', now + lease, conv)
+    redis.call('SET', P..'owner:'..conv, id..'|'..token)
+    local unsure = redis.call('HSET', P..'unsure', id, 1) == 0
+    return {job, id, unsure and 1 or 0}
   end
-  redis.call('ZREM', P..'ready', c[1])
+  redis.call('ZREM', P..'ready', conv)
 end
 return false
 """
 
-# KEYS: none. ARGV: conv, how ('done'|'retry'|'dead'), job json, ready_at
-RELEASE = """
-local conv, how, job, at = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+OWNED = """
+local function owned(conv, id, token)
+  return redis.call('GET', P..'owner:'..conv) == id..'|'..token
+end
+"""
+
+# ARGV: conv, id, token, now, lease
+RENEW = OWNED + """
+if not owned(ARGV[1], ARGV[2], ARGV[3]) then return 0 end
+redis.call('ZADD', P..'ready', tonumber(ARGV[4]) + tonumber(ARGV[5]), ARGV[1])
+return 1
+"""
+
+# ARGV: conv, id, token, job json, now, lease
+PROGRESS = OWNED + """
+local conv, id = ARGV[1], ARGV[2]
+if not owned(conv, id, ARGV[3]) then return 0 end
+redis.call('LSET', P..'q:'..conv, 0, ARGV[4])
+redis.call('HSET', P..'unsure', id, 1)
+redis.call('ZADD', P..'ready', tonumber(ARGV[5]) + tonumber(ARGV[6]), conv)
+return 1
+"""
+
+# ARGV: conv, id, token, how ('done'|'retry'|'dead'), job json, ready_at, unsure (retry: '1' or '0')
+RELEASE = OWNED + """
+local conv, id, how, job, at = ARGV[1], ARGV[2], ARGV[4], ARGV[5], tonumber(ARGV[6])
+if not owned(conv, id, ARGV[3]) then return 0 end
 local q = P..'q:'..conv
+redis.call('DEL', P..'owner:'..conv)
+-- a dead letter keeps its mark too: re-queued with --retry, it is checked before it is sent again
+if how ~= 'done' and ARGV[7] == '1' then redis.call('HSET', P..'unsure', id, 1) else redis.call('HDEL', P..'unsure', id) end
 if how == 'retry' then
   redis.call('LSET', q, 0, job)
 else
@@ -97,19 +144,43 @@ while true do
 end
 """
 
+REQUEUE_ONE = PUSH + """
+local id, now = ARGV[1], tonumber(ARGV[2])
+for _, job in ipairs(redis.call('LRANGE', P..'dead', 0, -1)) do
+  local j = cjson.decode(job)
+  if j.id == id then
+    redis.call('LREM', P..'dead', 1, job)
+    j.attempts, j.created_at, j.next_at, j.error = 0, now, now, cjson.null
+    push(j.account_id..':'..j.display_id, cjson.encode(j), now)
+    return 1
+  end
+end
+return 0
+"""
+
 
 def _script(redis: Redis, body: str):
     return redis.register_script(f"local P = {json.dumps(P)}\n{body}")
 
 
 class RedisStore(Store):
-    def __init__(self, url: str) -> None:
-        self.redis = Redis.from_url(url)
+    def __init__(self, url: str, tls_verify: bool = True) -> None:
+        # A restarted Redis drops every pooled connection: reconnect and send again (for about 2 s)
+        # rather than fail the delivery or the outbox step that finds the dead connection first.
+        retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=6)
+        # Managed Redis (Heroku) serves TLS with a self-signed certificate and rotates the URL: the
+        # choice is a setting, not part of the URL. (Hostname checks need a verified certificate.)
+        unverified = {"ssl_cert_reqs": "none", "ssl_check_hostname": False}
+        self.redis = Redis.from_url(url, retry=retry, retry_on_error=[ConnectionError, TimeoutError],
+                                    **(unverified if url.startswith("rediss://") and not tls_verify else {}))
         self._commit = _script(self.redis, COMMIT)
         self._claim = _script(self.redis, CLAIM)
+        self._renew = _script(self.redis, RENEW)
+        self._progress = _script(self.redis, PROGRESS)
         self._release = _script(self.redis, RELEASE)
         self._fire = _script(self.redis, FIRE)
         self._requeue = _script(self.redis, REQUEUE)
+        self._requeue_one = _script(self.redis, REQUEUE_ONE)
 
     async def open(self) -> None:
         await self.redis.ping()
@@ -124,8 +195,9 @@ class RedisStore(Store):
         return ConversationState.loads(values[0]), prev
 
     async def commit(self, c: Commit, now: float) -> bool:
-        for job in c.jobs:
+        for job in c.jobs + ([c.timer[1]] if c.timer else []):
             job.created_at = job.created_at or now
+            job.id = job.id or uuid.uuid4().hex
         args = {
             "dedup": c.dedup_key, "dedup_ttl": DEDUP_TTL, "state_ttl": STATE_TTL, "conv": c.conversation_key,
             "now": now, "state": c.state.dumps() if c.state else None, "jobs": [j.dumps() for j in c.jobs] or {},
@@ -133,6 +205,8 @@ class RedisStore(Store):
             "resolved": c.resolved.dumps() if c.resolved and c.contact_key else None,
             "timer_due": c.timer[0] if c.timer else None, "timer_job": c.timer[1].dumps() if c.timer else None,
         }
+        if c.log is not None and c.log_size > 0:
+            args.update(log=c.log.dumps(), log_at=c.log.at, log_account=c.log.account_id, log_size=c.log_size, log_ttl=LOG_TTL)
         return bool(await self._commit(args=[json.dumps({k: v for k, v in args.items() if v is not None})]))
 
     async def remember(self, contact_key, resolved, ttl, now):
@@ -150,28 +224,34 @@ class RedisStore(Store):
         lock = self.redis.lock(P + "lease:" + name, timeout=ttl)
         return _RedisLease(lock) if await lock.acquire(blocking=False) else None
 
-    async def claim(self, now):
-        raw = await self._claim(args=[now, LEASE])
-        if not raw:
+    async def claim(self, now: float) -> Job | None:
+        token = uuid.uuid4().hex
+        found = await self._claim(args=[now, LEASE, token])
+        if not found:
             return None
+        raw, job_id, unsure = found
         job = Job.loads(raw)
-        job.id = job.id or f"{job.conversation_key}@{job.created_at}"
+        job.id, job.claim, job.unsure = job_id.decode(), token, bool(unsure)
         return job
 
-    async def progress(self, job, now):
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lset(P + "q:" + job.conversation_key, 0, job.dumps())
-            pipe.zadd(P + "ready", {job.conversation_key: now + LEASE}, xx=True)  # renew the lease
-            await pipe.execute()
+    async def renew(self, job: Job, now: float) -> bool:
+        return bool(await self._renew(args=[job.conversation_key, job.id, job.claim, now, LEASE]))
 
-    async def finish(self, job, now):
-        await self._release(args=[job.conversation_key, "done", "", now])
+    async def progress(self, job: Job, now: float) -> bool:
+        return bool(await self._progress(args=[job.conversation_key, job.id, job.claim, job.dumps(), now, LEASE]))
 
-    async def retry(self, job):
-        await self._release(args=[job.conversation_key, "retry", job.dumps(), job.next_at])
+    async def finish(self, job: Job, now: float) -> bool:
+        return await self._release_as("done", job, now)
 
-    async def bury(self, job, now):
-        await self._release(args=[job.conversation_key, "dead", job.dumps(), now])
+    async def retry(self, job: Job) -> bool:
+        return await self._release_as("retry", job, job.next_at)
+
+    async def bury(self, job: Job, now: float) -> bool:
+        return await self._release_as("dead", job, now)
+
+    async def _release_as(self, how: str, job: Job, ready_at: float) -> bool:
+        args = [job.conversation_key, job.id, job.claim, how, job.dumps(), ready_at, int(job.unsure)]
+        return bool(await self._release(args=args))
 
     async def dead_letters(self):
         return [Job.loads(raw) for raw in await self.redis.lrange(P + "dead", 0, -1)]
@@ -181,6 +261,17 @@ class RedisStore(Store):
 
     async def depth(self):
         return int(await self.redis.get(P + "depth") or 0)
+
+    async def decisions(self, now):
+        accounts = await self.redis.smembers(P + "log-accounts")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for account in sorted(accounts):
+                pipe.zrevrangebyscore(P + "log:" + account.decode(), "+inf", f"({now - LOG_TTL}")
+            found = [DecisionEntry.loads(raw) for raws in await pipe.execute() for raw in raws]
+        return sorted(found, key=lambda e: e.at, reverse=True)
+
+    async def requeue_one(self, job_id, now):
+        return bool(await self._requeue_one(args=[job_id, now]))
 
     async def fire_timers(self, now):
         return int(await self._fire(args=[now]))

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from msgspec.structs import replace
+
 from ..actions import Job
 from ..facts import ConversationState, Resolved
-from .base import DEDUP_TTL, STATE_TTL, Commit, Store
+from .base import DEDUP_TTL, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Store
 from .locks import KeyedLocks
 
 SCHEMA = """
@@ -22,29 +25,45 @@ CREATE TABLE IF NOT EXISTS queues (conv TEXT PRIMARY KEY, ready_at REAL NOT NULL
 CREATE INDEX IF NOT EXISTS queues_ready ON queues (ready_at);
 CREATE TABLE IF NOT EXISTS timers (conv TEXT PRIMARY KEY, due REAL NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS timers_due ON timers (due);
+CREATE TABLE IF NOT EXISTS decisions (account INTEGER NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, size INTEGER NOT NULL,
+  body TEXT NOT NULL, PRIMARY KEY (account, seq)) WITHOUT ROWID;
 """
 T = TypeVar("T")
+PATIENCE = 3.0  # seconds a read or write waits for another connection's lock before it fails
+BUSY_DELAYS = (0.002, 0.2)  # first and longest pause between tries while the database is locked
+
+
+def _locked(exc: Exception) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+TRIM_EVERY = 64  # decision-log entries per account between deletions of the oldest
 
 
 class SQLiteStore(Store):
     # Calls are synchronous: each is a few indexed statements on a local file, cheaper than handing
     # them to a thread; nothing awaits inside a transaction. Writes made in the same turn of the event
-    # loop share one transaction (group commit): each page SQLite writes to the WAL is written once
-    # for all of them, and each caller still resumes only after its writes are committed.
+    # loop share one transaction (group commit): each page SQLite writes to the WAL is written, and
+    # synced (synchronous=FULL: an acknowledged decision survives a power cut), once for all of them,
+    # and each caller resumes only after its writes are committed. SQLite never waits for a lock held
+    # by another connection (busy_timeout 0, which would stall the event loop): reads and writes that
+    # find the database locked are tried again after a pause, for up to PATIENCE seconds.
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._locks = KeyedLocks()
         self._busy: set[str] = set()  # conversations whose head job a worker is running
         self._writes: list[tuple[Callable[[], Any], asyncio.Future]] = []
+        self._locked_since: float | None = None  # the pending writes found the database locked
 
     async def open(self) -> None:
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
+        self.db.execute("PRAGMA busy_timeout=0")
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
 
     async def close(self) -> None:
+        self.db.execute(f"PRAGMA busy_timeout={int(PATIENCE * 1000)}")  # shutting down: waiting is fine now
+        self._locked_since = None
         self._flush()
         self.db.close()
 
@@ -53,22 +72,55 @@ class SQLiteStore(Store):
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._writes.append((apply, future))
-        if len(self._writes) == 1:
+        if len(self._writes) == 1 and self._locked_since is None:
             loop.call_soon(self._flush)
         return await future
+
+    async def _read(self, query: Callable[[], T]) -> T:
+        started, pause = time.monotonic(), BUSY_DELAYS[0]
+        while True:
+            try:
+                return query()
+            except sqlite3.OperationalError as exc:
+                if not _locked(exc) or time.monotonic() - started > PATIENCE:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, BUSY_DELAYS[1])
 
     def _flush(self) -> None:
         writes, self._writes = self._writes, []
         if not writes:
+            self._locked_since = None
             return
         try:
             results = [(True, value) for value in self._transaction([apply for apply, _ in writes])]
         except Exception as exc:
-            # One writer's statements failed and took the shared transaction with them: give each its own.
-            results = [self._alone(apply) for apply, _ in writes] if len(writes) > 1 else [(False, exc)]
+            if _locked(exc):
+                if self._wait_for_lock(writes):
+                    return
+                results = [(False, exc)] * len(writes)
+            else:  # one writer's statements failed and took the shared transaction with them: give each its own
+                results = [self._alone(apply) for apply, _ in writes] if len(writes) > 1 else [(False, exc)]
+        self._locked_since = None
         for (_, future), (ok, value) in zip(writes, results, strict=True):
             if not future.done():
                 future.set_result(value) if ok else future.set_exception(value)
+        if self._writes:  # written while these waited for the lock
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _wait_for_lock(self, writes: list[tuple[Callable[[], Any], asyncio.Future]]) -> bool:
+        """Another connection holds the write lock: try the same writes again shortly, unless they have
+        waited PATIENCE seconds already. Later writes join them."""
+        now = time.monotonic()
+        if self._locked_since is None:
+            self._locked_since = now
+        waited = now - self._locked_since
+        if waited > PATIENCE:
+            return False
+        self._writes = writes + self._writes
+        pause = min(BUSY_DELAYS[0] * 2 ** (waited / 0.05), BUSY_DELAYS[1])
+        asyncio.get_running_loop().call_later(pause, self._flush)
+        return True
 
     def _transaction(self, applies: list[Callable[[], Any]]) -> list[Any]:
         self.db.execute("BEGIN IMMEDIATE")
@@ -87,12 +139,20 @@ class SQLiteStore(Store):
         except Exception as exc:
             return False, exc
 
-    async def load(self, conversation_key, contact_key):
-        state, prev = self.db.execute(
+    async def load(self, conversation_key: str, contact_key: str | None) -> tuple[ConversationState, Resolved | None]:
+        try:
+            state, prev = self._load(conversation_key, contact_key)
+        except sqlite3.OperationalError as exc:  # rare with WAL: only while another connection recovers it
+            if not _locked(exc):
+                raise
+            state, prev = await self._read(lambda: self._load(conversation_key, contact_key))
+        return ConversationState.loads(state), Resolved.loads(prev)
+
+    def _load(self, conversation_key: str, contact_key: str | None) -> tuple[str | None, str | None]:
+        return self.db.execute(
             "SELECT (SELECT state FROM conversations WHERE key=?), (SELECT resolved FROM contacts WHERE key=?)",
             (conversation_key, contact_key),
         ).fetchone()
-        return ConversationState.loads(state), Resolved.loads(prev)
 
     def lock(self, conversation_key):
         return self._locks(conversation_key)
@@ -114,7 +174,19 @@ class SQLiteStore(Store):
             db.execute("INSERT OR REPLACE INTO timers VALUES (?,?,?)", (c.conversation_key, c.timer[0], c.timer[1].dumps()))
         if c.resolved and c.contact_key:
             db.execute("INSERT OR REPLACE INTO contacts VALUES (?,?,?)", (c.contact_key, c.resolved.dumps(), now + STATE_TTL))
+        if c.log is not None and c.log_size > 0:
+            self._log(c.log, c.log_size)
         return True
+
+    def _log(self, entry: DecisionEntry, size: int) -> None:
+        # A sequence per account makes the bound index seeks, whatever the size. Old entries are deleted
+        # every TRIM_EVERY entries (deleting one per commit dirtied one more page per transaction);
+        # decisions() never returns more than `size` per account.
+        account = entry.account_id
+        seq = self.db.execute("SELECT coalesce(max(seq), 0) + 1 FROM decisions WHERE account=?", (account,)).fetchone()[0]
+        self.db.execute("INSERT INTO decisions VALUES (?,?,?,?,?)", (account, seq, entry.at, size, entry.dumps()))
+        if seq % TRIM_EVERY == 0:
+            self.db.execute("DELETE FROM decisions WHERE account=? AND seq<=?", (account, seq - size))
 
     def _push(self, job: Job, now: float) -> None:
         job.created_at = job.created_at or now
@@ -126,61 +198,76 @@ class SQLiteStore(Store):
         await self._write(lambda: self.db.execute("INSERT OR REPLACE INTO lookups VALUES (?,?,?)", (contact_key, value, now + ttl)))
 
     async def recall(self, contact_key, now):
-        row = self.db.execute("SELECT value FROM lookups WHERE key=? AND expires>?", (contact_key, now)).fetchone()
+        row = await self._read(lambda: self.db.execute("SELECT value FROM lookups WHERE key=? AND expires>?",
+                                                       (contact_key, now)).fetchone())
         return (True, Resolved.loads(row[0])) if row else (False, None)
 
-    async def claim(self, now):
-        busy = tuple(self._busy)
-        marks = ",".join("?" * len(busy))
+    async def claim(self, now: float) -> Job | None:
         while True:
-            row = self.db.execute(
-                "SELECT q.conv, j.id, j.body FROM queues q LEFT JOIN jobs j "
-                "ON j.id = (SELECT id FROM jobs WHERE conv=q.conv AND dead=0 ORDER BY id LIMIT 1) "
-                f"WHERE q.ready_at<=? AND q.conv NOT IN ({marks}) ORDER BY q.ready_at LIMIT 1",
-                (now, *busy),
-            ).fetchone()
+            row = await self._read(lambda: self._next(now))
             if row is None:
                 return None
             conv, job_id, body = row
             if job_id is not None:
                 break
-            self.db.execute("DELETE FROM queues WHERE conv=?", (conv,))  # its jobs are all done or dead
+            # its jobs are all done or dead
+            await self._write(lambda: self.db.execute("DELETE FROM queues WHERE conv=? AND NOT EXISTS "
+                                                      "(SELECT 1 FROM jobs WHERE conv=? AND dead=0)", (conv, conv)))
         self._busy.add(conv)
         job = Job.loads(body)
         job.id = str(job_id)
+        marked = replace(job, unsure=True).dumps()
+        try:
+            await self._write(lambda: self.db.execute("UPDATE jobs SET body=? WHERE id=?", (marked, job_id)))
+        except BaseException:
+            self._busy.discard(conv)
+            raise
         return job
 
-    async def progress(self, job, now):
-        body = job.dumps()
-        await self._write(lambda: self.db.execute("UPDATE jobs SET body=? WHERE id=?", (body, int(job.id))))
+    def _next(self, now: float) -> tuple[str, int | None, str | None] | None:
+        busy = tuple(self._busy)
+        marks = ",".join("?" * len(busy))
+        return self.db.execute(
+            "SELECT q.conv, j.id, j.body FROM queues q LEFT JOIN jobs j "
+            "ON j.id = (SELECT id FROM jobs WHERE conv=q.conv AND dead=0 ORDER BY id LIMIT 1) "
+            f"WHERE q.ready_at<=? AND q.conv NOT IN ({marks}) ORDER BY q.ready_at LIMIT 1",
+            (now, *busy),
+        ).fetchone()
 
-    async def finish(self, job, now):
-        await self._release(job, now, "DELETE FROM jobs WHERE id=?", (int(job.id),))
+    async def renew(self, job: Job, now: float) -> bool:
+        return True  # one process: a claim ends only with the job
 
-    async def retry(self, job):
-        await self._release(job, job.next_at, "UPDATE jobs SET body=? WHERE id=?", (job.dumps(), int(job.id)))
+    async def progress(self, job: Job, now: float) -> bool:
+        body = replace(job, unsure=True).dumps()
+        return await self._write(lambda: self.db.execute("UPDATE jobs SET body=? WHERE id=?", (body, int(job.id))).rowcount > 0)
 
-    async def bury(self, job, now):
-        await self._release(job, now, "UPDATE jobs SET body=?, dead=1 WHERE id=?", (job.dumps(), int(job.id)))
+    async def finish(self, job: Job, now: float) -> bool:
+        return await self._release(job, now, "DELETE FROM jobs WHERE id=?", (int(job.id),))
 
-    async def _release(self, job: Job, ready_at: float, sql: str, args: tuple) -> None:
+    async def retry(self, job: Job) -> bool:
+        return await self._release(job, job.next_at, "UPDATE jobs SET body=? WHERE id=?", (job.dumps(), int(job.id)))
+
+    async def bury(self, job: Job, now: float) -> bool:
+        return await self._release(job, now, "UPDATE jobs SET body=?, dead=1 WHERE id=?", (job.dumps(), int(job.id)))
+
+    async def _release(self, job: Job, ready_at: float, sql: str, args: tuple) -> bool:
         """Apply `sql` to the job and reschedule its conversation's queue, in one transaction."""
         conv = job.conversation_key
 
-        def apply() -> None:
-            self.db.execute(sql, args)
+        def apply() -> bool:
+            found = self.db.execute(sql, args).rowcount > 0
             if self.db.execute("SELECT 1 FROM jobs WHERE conv=? AND dead=0 LIMIT 1", (conv,)).fetchone():
                 self.db.execute("UPDATE queues SET ready_at=? WHERE conv=?", (ready_at, conv))
             else:
                 self.db.execute("DELETE FROM queues WHERE conv=?", (conv,))
+            return found
 
-        try:
-            await self._write(apply)
-        finally:
-            self._busy.discard(conv)
+        found = await self._write(apply)
+        self._busy.discard(conv)  # only once released: until then no other worker may take the conversation
+        return found
 
     async def dead_letters(self):
-        rows = self.db.execute("SELECT id, body FROM jobs WHERE dead=1 ORDER BY id").fetchall()
+        rows = await self._read(lambda: self.db.execute("SELECT id, body FROM jobs WHERE dead=1 ORDER BY id").fetchall())
         jobs = []
         for row_id, body in rows:
             job = Job.loads(body)
@@ -201,7 +288,29 @@ class SQLiteStore(Store):
         return await self._write(apply)
 
     async def depth(self):
-        return self.db.execute("SELECT count(*) FROM jobs WHERE dead=0").fetchone()[0]
+        return await self._read(lambda: self.db.execute("SELECT count(*) FROM jobs WHERE dead=0").fetchone()[0])
+
+    async def decisions(self, now):
+        # Per account only the newest `size` entries (the size in force at the newest entry).
+        rows = self.db.execute(
+            "SELECT body FROM decisions d JOIN (SELECT account, max(seq) AS top FROM decisions GROUP BY account) m "
+            "USING (account) WHERE d.at>? AND d.seq > m.top - (SELECT size FROM decisions WHERE account=d.account "
+            "AND seq=m.top) ORDER BY d.at DESC, d.seq DESC", (now - LOG_TTL,))
+        return [DecisionEntry.loads(body) for body, in rows]
+
+    async def requeue_one(self, job_id, now):
+        def apply() -> bool:
+            row = self.db.execute("SELECT body FROM jobs WHERE id=? AND dead=1", (int(job_id),)).fetchone() \
+                if job_id.isdigit() else None
+            if row is None:
+                return False
+            job = Job.loads(row[0])
+            job.attempts, job.created_at, job.next_at, job.error = 0, now, now, None
+            self.db.execute("UPDATE jobs SET body=?, dead=0 WHERE id=?", (job.dumps(), int(job_id)))
+            self.db.execute("INSERT OR REPLACE INTO queues VALUES (?,?)", (job.conversation_key, now))
+            return True
+
+        return await self._write(apply)
 
     async def fire_timers(self, now):
         def apply() -> int:
@@ -219,5 +328,6 @@ class SQLiteStore(Store):
         def apply() -> None:
             for table in ("seen", "lookups", "conversations", "contacts"):
                 self.db.execute(f"DELETE FROM {table} WHERE expires<=?", (now,))
+            self.db.execute("DELETE FROM decisions WHERE at<=?", (now - LOG_TTL,))
 
         await self._write(apply)

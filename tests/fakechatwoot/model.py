@@ -30,6 +30,7 @@ class User:
     token: str
     role: str = "agent"  # or "administrator"
     availability: str = "online"
+    roles: dict[int, str] | None = None  # account id → role; None: only the fake's account, with `role`
 
     def push(self) -> dict:
         return {"id": self.id, "name": self.name, "available_name": self.name, "avatar_url": "", "type": "user",
@@ -63,6 +64,7 @@ class Inbox:
     channel: str = "Channel::WebWidget"
     bot_id: int | None = None
     single_conversation: bool = True  # lock_to_single_conversation / widget continuity
+    auto_assign: bool = True  # enable_auto_assignment: round robin among online agents when a conversation opens
 
 
 @dataclass
@@ -118,6 +120,8 @@ class Conversation:
     messages: list[Message] = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
     browser_language: str | None = "en"
+    updated_at: float = field(default_factory=time.time)  # bumped at every save, as Rails does
+    bot_owned_shape: bool = True  # Chatwoot 4.16+: meta.assignee may be the bot, with meta.assignee_type
 
     def latest(self) -> Message | None:
         for m in reversed(self.messages):
@@ -136,50 +140,52 @@ class Conversation:
             "labels": list(self.labels), "custom_attributes": dict(self.custom_attributes), "priority": self.priority,
             "first_reply_created_at": iso(self.first_reply_at) if self.first_reply_at else None,
             "waiting_since": int(self.waiting_since or 0), "created_at": int(self.created_at),
-            "updated_at": time.time(), "messages": [self._message_push(latest)] if latest else [],
+            "updated_at": self.updated_at, "messages": [self._message_push(latest)] if latest else [],
         })
         data["additional_attributes"]["browser_language"] = self.browser_language
         data["contact_inbox"].update({"contact_id": self.contact.id, "inbox_id": self.inbox.id})
         data["meta"] = {"sender": self.contact.push(), "assignee": owner,
                         "assignee_type": "User" if self.assignee else ("AgentBot" if self.bot_owner else None),
                         "team": teams.get(self.team_id) if self.team_id else None, "hmac_verified": False}
+        if not self.bot_owned_shape:  # before 4.16: only a human assignee, no assignee_type
+            data["meta"].pop("assignee_type")
+            data["meta"]["assignee"] = self.assignee.push() if self.assignee else None
         return data
 
     def last_activity_at(self) -> float:
-        return max([self.created_at] + [m.created_at for m in self.messages])
+        return self.messages[-1].created_at if self.messages else self.created_at
 
     def partial(self, teams: dict[int, dict]) -> dict:
-        """The conversation partial of the API (api/v1/conversations/partials/_conversation.json.jbuilder), used by
-        the conversation list and a contact's conversations: unix ints, 0 (not null) when unset; `messages` holds
-        the last message of any kind (a private note, an activity); `meta.assignee` is a human only."""
+        """The API's conversation JSON (`api/v1/conversations/partials/_conversation.json.jbuilder`): what
+        GET /conversations/{id} and the conversation lists answer. Times are unix ints, 0 when unset;
+        `messages` holds the very last message (any kind), `last_non_activity_message` the last one that
+        is not an activity (private notes included)."""
         last = self.messages[-1] if self.messages else None
-        non_activity = next((m for m in reversed(self.messages) if m.message_type != "activity"), None)
-        contact = {k: v for k, v in self.contact.push().items() if k != "type"}
-        meta: dict = {"sender": {**contact, "availability_status": "offline", "created_at": int(self.created_at),
-                                 "last_activity_at": int(self.last_activity_at())},
-                      "channel": self.inbox.channel}
+        last_chat = next((m for m in reversed(self.messages) if m.message_type != "activity"), None)
+        assignee = None
         if self.assignee:
-            u = self.assignee
-            meta["assignee"] = {"id": u.id, "account_id": self.account_id, "availability_status": u.availability,
-                                "auto_offline": True, "confirmed": True, "email": f"user{u.id}@acme.example",
-                                "provider": "email", "available_name": u.name, "name": u.name, "role": u.role,
-                                "thumbnail": ""}
+            assignee = {"id": self.assignee.id, "account_id": self.account_id, "availability_status": self.assignee.availability,
+                        "auto_offline": True, "confirmed": True, "email": f"user{self.assignee.id}@acme.example",
+                        "available_name": self.assignee.name, "name": self.assignee.name, "role": self.assignee.role,
+                        "thumbnail": ""}
+        meta = {"sender": {k: v for k, v in self.contact.push().items() if k != "type"}, "channel": self.inbox.channel,
+                "hmac_verified": False}
+        if assignee:
+            meta["assignee"] = assignee
         if self.team_id and self.team_id in teams:
             meta["team"] = teams[self.team_id]
-        meta["hmac_verified"] = False
-        unread = sum(1 for m in self.messages if m.message_type == "incoming")
+        activity = int(self.last_activity_at())
         return {
             "meta": meta, "id": self.display_id, "messages": [self._message_push(last)] if last else [],
             "account_id": self.account_id, "uuid": f"00000000-0000-4000-8000-{self.display_id:012d}",
             "additional_attributes": {"browser_language": self.browser_language}, "agent_last_seen_at": 0,
             "assignee_last_seen_at": 0, "can_reply": True, "contact_last_seen_at": 0,
             "custom_attributes": dict(self.custom_attributes), "inbox_id": self.inbox.id, "labels": list(self.labels),
-            "muted": False, "snoozed_until": None, "status": self.status, "created_at": int(self.created_at),
-            "updated_at": time.time(), "timestamp": int(self.last_activity_at()),
-            "first_reply_created_at": int(self.first_reply_at or 0), "unread_count": min(unread, 10),
-            "last_non_activity_message": self._message_push(non_activity) if non_activity else None,
-            "last_activity_at": int(self.last_activity_at()), "priority": self.priority,
-            "waiting_since": int(self.waiting_since or 0), "sla_policy_id": None,
+            "muted": self.contact.blocked, "snoozed_until": None, "status": self.status, "created_at": int(self.created_at),
+            "timestamp": activity, "first_reply_created_at": int(self.first_reply_at or 0), "unread_count": 0,
+            "last_non_activity_message": self._message_push(last_chat) if last_chat else None,
+            "last_activity_at": activity, "priority": self.priority, "waiting_since": int(self.waiting_since or 0),
+            "sla_policy_id": None,
         }
 
     def _message_push(self, m: Message) -> dict:

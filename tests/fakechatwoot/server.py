@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import random
 import re
 import time
 import uuid
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from .model import Bot, Contact, Conversation, Inbox, Message, User, message_payload
+from .model import Bot, Contact, Conversation, Inbox, Message, User, iso, message_payload
 
 SIGN_IN = {"errors": ["You need to sign in or sign up before continuing."]}
 INVALID_TOKEN = {"error": "Invalid Access Token"}
@@ -63,19 +64,45 @@ class Fault:
     retry_after: int | None = None
     release: asyncio.Event | None = None
     waiting: int = 0  # calls being held right now
+    applied: bool = False  # Chatwoot carries the call out, then hangs (`hang`) or drops the connection
+    drop: bool = False
 
 
-class Refused(Exception):
-    pass
+@dataclass
+class DeliveryHold:
+    predicate: object
+    event: asyncio.Event
+    held: list = field(default_factory=list)
+
+    def release(self) -> None:
+        self.event.set()
+
+
+# What changed between the Chatwoot versions the bot supports (contract §8).
+FEATURES = {
+    "fallback": (4, 7),  # a failed message delivery opens a pending conversation (#12379)
+    "retries": (4, 11),  # 429 and 500 retried, 3 attempts (#13521)
+    "signed": (4, 13),  # X-Chatwoot-Signature/-Timestamp/-Delivery (#13892)
+    "change_events": (4, 13),  # conversation_status_changed and conversation_updated (#13975, #14002)
+    "bot_typing": (4, 13),  # bots may toggle typing (#13705)
+    "bot_reads": (4, 16),  # bots may GET a conversation and its labels (#14655)
+    "bot_owned": (4, 16),  # new conversations owned by the bot; meta.assignee_type (#14870, #14875)
+}
+VERSIONS = ("4.6", "4.12", "4.16")
 
 
 class FakeChatwoot:
-    def __init__(self, *, webhook_timeout: float = 5.0, retry_delay: float = 0.2, signed: bool = True):
+    def __init__(self, *, version: str = "4.16", webhook_timeout: float = 5.0, retry_delay: float = 0.2,
+                 signed: bool | None = None):
+        self.version = tuple(int(part) for part in version.split("."))
         self.webhook_timeout, self.retry_delay = webhook_timeout, retry_delay
+        signed = self.has("signed") if signed is None else signed
         self.account = {"id": 1, "name": "Acme Support"}
+        self.other_accounts = {2: "Other Shop"}  # exist in this Chatwoot; the bot is not in them
         self.users = {5: User(5, "Sam Rivera", "user-token-5", "administrator"), 6: User(6, "Ana Costa", "user-token-6")}
         self.evolution_user = User(9, "Evolution API", "evolution-token")
         self.users[9] = self.evolution_user
+        self.users[8] = User(8, "Olga Berg", "user-token-8", roles={2: "administrator"})  # admin elsewhere only
         self.teams = {2: {"id": 2, "name": "Support", "description": "", "allow_auto_assign": True, "account_id": 1}}
         self.bots = {7: Bot(7, "Triage Bot", "bot-token-7", secret="bot-secret-7" if signed else None)}
         self.inboxes = {3: Inbox(3, "Website", bot_id=7), 4: Inbox(4, "WhatsApp", "Channel::Api", bot_id=7),
@@ -88,6 +115,7 @@ class FakeChatwoot:
         self.deliveries: list[Delivery] = []
         self.status_log: list[tuple[int, str, str, str]] = []  # display id, from, to, by
         self.faults: list[Fault] = []
+        self.delivery_holds: list[DeliveryHold] = []
         self.bot_urls: list[str] = []  # round robin (a load balancer in front of several instances)
         self._ids = itertools.count(1000)
         self._display_ids = itertools.count(40)
@@ -95,9 +123,24 @@ class FakeChatwoot:
         self._rr = itertools.count()
         self._tasks: set[asyncio.Task] = set()
         self._refusing = False
+        self._wall = time.time()  # creation times: distinct and increasing, as in a real installation
+        self._reorder = 0.0  # deliveries delayed by up to this many seconds each (Sidekiq: no order)
+        self._random = random.Random(0)
+        self._auto_assign = itertools.count()
         self.now = time.time  # Chatwoot's clock, for signatures; tests share an injected clock with the bot
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self._api)
+
+    def has(self, feature: str) -> bool:
+        return self.version >= FEATURES[feature]
+
+    def reorder(self, max_delay: float = 1.0, seed: int = 0) -> None:
+        """Deliver out of order: every delivery waits a random time up to `max_delay` seconds."""
+        self._reorder, self._random = max_delay, random.Random(seed)
+
+    def _created(self) -> float:
+        self._wall = max(time.time(), self._wall + 1.0)
+        return self._wall
 
     # ---- running --------------------------------------------------------------------------
     async def start(self, port: int = 0) -> str:
@@ -131,8 +174,10 @@ class FakeChatwoot:
         self.bots[bot_id].outgoing_url = urls[0]
 
     def fail(self, endpoint: str = "*", *, status: int | None = None, times: int = 1, hang: float = 0.0,
-             retry_after: int | None = None) -> Fault:
-        fault = Fault(endpoint, times, status, hang, retry_after)
+             retry_after: int | None = None, applied: bool = False, drop: bool = False) -> Fault:
+        """Make the next `times` calls to `endpoint` fail: answer `status`, hang `hang` seconds first, or
+        (`applied`) carry the call out and then hang or (`drop`) close the connection without an answer."""
+        fault = Fault(endpoint, times, status, hang, retry_after, applied=applied, drop=drop)
         self.faults.append(fault)
         return fault
 
@@ -164,16 +209,25 @@ class FakeChatwoot:
             self._set_status(conv, "pending" if self._bot_active(box) else "open", "reopen")
         elif conv.status == "snoozed":
             self._set_status(conv, "open", "reopen")
+        message = self._add_message(conv, text, "incoming", contact.webhook(self.account), "Contact")
         if conv.waiting_since is None:
             conv.waiting_since = time.time()
-        return self._add_message(conv, text, "incoming", contact.webhook(self.account), "Contact")
+            self._saved(conv, {"waiting_since": {"previous_value": None, "current_value": iso(conv.waiting_since)}})
+        return message
 
     def agent_writes(self, display_id: int, text: str, user_id: int = 5, private: bool = False) -> Message:
         conv, user = self.conversations[display_id], self.users[user_id]
-        if not private and conv.first_reply_at is None:
-            conv.first_reply_at = time.time()
         sender = {"id": user.id, "name": user.name, "email": f"user{user.id}@acme.example", "type": "user"}
-        return self._add_message(conv, text, "outgoing", sender, "User", private=private)
+        message = self._add_message(conv, text, "outgoing", sender, "User", private=private)
+        if not private and (conv.first_reply_at is None or conv.waiting_since is not None):
+            changed = {"waiting_since": {"previous_value": iso(conv.waiting_since) if conv.waiting_since else None,
+                                         "current_value": None}}
+            if conv.first_reply_at is None:
+                conv.first_reply_at = time.time()
+                changed["first_reply_created_at"] = {"previous_value": None, "current_value": iso(conv.first_reply_at)}
+            conv.waiting_since = None
+            self._saved(conv, changed)
+        return message
 
     def phone_writes(self, display_id: int, text: str) -> Message:
         """A reply typed on the business's phone, posted by Evolution API with its user token."""
@@ -183,14 +237,25 @@ class FakeChatwoot:
                                  source_id=f"WAID:{uuid.uuid4().hex[:20].upper()}")
 
     def resolve(self, display_id: int, user_id: int = 5) -> None:
+        """An agent resolves the conversation (which assigns nobody; it clears waiting_since)."""
         conv = self.conversations[display_id]
-        if conv.assignee is None:
-            conv.assignee = self.users[user_id]
         conv.waiting_since = None
         self._set_status(conv, "resolved", f"user:{user_id}")
 
+    def label(self, display_id: int, *labels: str) -> None:
+        conv = self.conversations[display_id]
+        before = list(conv.labels)
+        conv.labels = sorted(set(conv.labels) | set(labels))
+        self._saved(conv, {"label_list": {"previous_value": before, "current_value": conv.labels}})
+
     def set_status(self, display_id: int, status: str, by: str = "user:5") -> None:
         self._set_status(self.conversations[display_id], status, by)
+
+    def hold_deliveries(self, predicate) -> DeliveryHold:
+        """Keep deliveries for which `predicate(delivery)` is true until `hold.release()` (Sidekiq lag)."""
+        hold = DeliveryHold(predicate, asyncio.Event())
+        self.delivery_holds.append(hold)
+        return hold
 
     def redeliver(self, delivery: Delivery) -> None:
         """Send a delivery again with the same X-Chatwoot-Delivery (as Chatwoot's retry does)."""
@@ -223,8 +288,9 @@ class FakeChatwoot:
 
     def _create_conversation(self, contact: Contact, box: Inbox) -> Conversation:
         status = "resolved" if contact.blocked else ("pending" if self._bot_active(box) else "open")
-        owner = self.bots[box.bot_id] if box.bot_id and status == "pending" else None
-        conv = Conversation(1, next(self._display_ids), box, contact, status, bot_owner=owner)
+        owner = self.bots[box.bot_id] if box.bot_id and status == "pending" and self.has("bot_owned") else None
+        conv = Conversation(1, next(self._display_ids), box, contact, status, bot_owner=owner,
+                            created_at=self._created(), bot_owned_shape=self.has("bot_owned"))
         self.conversations[conv.display_id] = conv
         self._latest[(contact.id, box.id)] = conv
         return conv
@@ -233,6 +299,9 @@ class FakeChatwoot:
         m = Message(next(self._ids), conv, text, kind, private, sender, sender_type, source_id)
         conv.messages.append(m)
         self._dispatch("message_created", message_payload(m, self.account, self.teams, "message_created"), conv)
+        if conv.inbox.channel == "Channel::Api" and kind == "outgoing" and not private:
+            for _receipt in ("delivered", "read"):  # the channel's receipts: the same payload again, no diff
+                self._dispatch("message_updated", message_payload(m, self.account, self.teams, "message_updated"), conv)
         return m
 
     def _set_status(self, conv: Conversation, status: str, by: str) -> None:
@@ -240,12 +309,29 @@ class FakeChatwoot:
         if before == status:
             return
         conv.status = status
+        conv.updated_at = time.time()
         self.status_log.append((conv.display_id, before, status, by))
         changed = [{"status": {"previous_value": before, "current_value": status}}]
         if status in ("open", "resolved"):
             self._conversation_event(f"conversation_{'opened' if status == 'open' else 'resolved'}", conv)
-        self._conversation_event("conversation_status_changed", conv, changed)
-        self._conversation_event("conversation_updated", conv, changed)
+        if self.has("change_events"):
+            self._conversation_event("conversation_status_changed", conv, changed)
+            self._conversation_event("conversation_updated", conv, changed)
+        if status == "open" and conv.assignee is None and conv.inbox.auto_assign:
+            self._auto_assign_agent(conv)
+
+    def _auto_assign_agent(self, conv: Conversation) -> None:
+        """The inbox's round-robin auto-assignment, run when a conversation opens with nobody assigned."""
+        online = [u for u in self.users.values() if u.availability == "online" and u is not self.evolution_user]
+        if online:
+            conv.assignee = online[next(self._auto_assign) % len(online)]
+            self._saved(conv, {"assignee_id": {"previous_value": None, "current_value": conv.assignee.id}})
+
+    def _saved(self, conv: Conversation, changed: dict) -> None:
+        """A save of tracked attributes: conversation_updated with changed_attributes (4.13+)."""
+        conv.updated_at = time.time()
+        if self.has("change_events"):
+            self._conversation_event("conversation_updated", conv, [{k: v} for k, v in changed.items()])
 
     def _conversation_event(self, event: str, conv: Conversation, changed: list | None = None) -> None:
         payload = {**conv.push(self.teams), "event": event}
@@ -259,35 +345,44 @@ class FakeChatwoot:
             return
         d = Delivery(event, conv.display_id, payload)
         self.deliveries.append(d)
-        self._spawn(self._deliver(d))
+        self._spawn(self._deliver(d, self._random.uniform(0, self._reorder) if self._reorder else 0.0))
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, d: Delivery) -> None:
-        """Webhooks::Trigger: 429/500 retried (3 attempts), anything else non-2xx → fallback."""
+    async def _deliver(self, d: Delivery, delay: float = 0.0) -> None:
+        """Webhooks::Trigger: 429/500 retried (3 attempts, 4.11+), anything else non-2xx → fallback (4.7+)."""
+        if delay:
+            await asyncio.sleep(delay)
         conv = self.conversations.get(d.display_id)
         bot = self.bots[conv.inbox.bot_id]
+        for hold in self.delivery_holds:
+            if not hold.event.is_set() and hold.predicate(d):
+                hold.held.append(d)
+                await hold.event.wait()
         body = json.dumps(d.payload, separators=(",", ":")).encode()
-        for attempt in range(3):
+        attempts = 3 if self.has("retries") else 1
+        for attempt in range(attempts):
             answer = await self._post(bot, d, body)
             if isinstance(answer, int) and 200 <= answer < 300:
                 d.done = True
                 return
-            if answer not in (429, 500) or attempt == 2:
+            if answer not in (429, 500) or attempt == attempts - 1:
                 break
             await asyncio.sleep(self.retry_delay)
         d.done = True
-        if d.event in MESSAGE_EVENTS and conv.status == "pending":
+        if d.event in MESSAGE_EVENTS and conv.status == "pending" and self.has("fallback"):
             self._add_activity(conv)
             self._set_status(conv, "open", "fallback")
 
     async def _post(self, bot: Bot, d: Delivery, body: bytes) -> int | str:
         url = self.bot_urls[next(self._rr) % len(self.bot_urls)] if self.bot_urls else bot.outgoing_url
-        headers = {"Content-Type": "application/json", "Accept": "application/json", "X-Chatwoot-Delivery": d.id}
-        if bot.secret:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.has("signed"):
+            headers["X-Chatwoot-Delivery"] = d.id
+        if bot.secret and self.has("signed"):
             ts = str(int(self.now()))
             sig = hmac.new(bot.secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
             headers.update({"X-Chatwoot-Timestamp": ts, "X-Chatwoot-Signature": f"sha256={sig}"})
@@ -318,7 +413,7 @@ class FakeChatwoot:
                 body = await request.json()
             except ValueError:
                 body = None
-        name = route[0] if route else "unknown"
+        name = route[0] if route else {"/api": "api", "/api/v1/profile": "profile"}.get(path, "unknown")
         token = request.headers.get("api_access_token")
         caller = "anonymous"
         if token:
@@ -333,9 +428,13 @@ class FakeChatwoot:
                 return web.Response(status=status)
             return web.json_response(data, status=status, headers=headers)
 
+        after = None  # a fault that strikes once the call has been carried out
         for fault in list(self.faults):
             if fault.times > 0 and fault.endpoint in ("*", name):
                 fault.times -= 1
+                if fault.applied:
+                    after = fault
+                    break
                 if fault.release is not None:
                     fault.times += 1
                     fault.waiting += 1
@@ -344,14 +443,19 @@ class FakeChatwoot:
                     break
                 if fault.hang:
                     await asyncio.sleep(fault.hang)
-                if fault.status == 429:
-                    return answer(429, text="Retry later", headers={"Retry-After": str(fault.retry_after or 1)})
+                if fault.status == 429:  # rack-attack: plain text; Retry-After only where a proxy adds one
+                    retry = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
+                    return answer(429, text="Retry later", headers=retry)
                 if fault.status:
                     return answer(fault.status, {"error": "Internal Server Error"} if fault.status >= 500 else {"error": "fault"})
                 break
-        if route is None:
-            return answer(404, {"error": "Not Found"})
+        bot_token = token is not None and any(b.token == token for b in self.bots.values())
+        if route is None and method == "GET" and name in ("api", "profile"):
+            return self._global(path, token, answer)
+        if route is None:  # the bot gate comes before routing to a controller action
+            return answer(401, NOT_FOR_BOTS) if bot_token else answer(404, {"error": "Not Found"})
         name, rx, bot_ok, admin_only, fn = route
+        bot_ok = bot_ok and (name not in BOT_SINCE or self.has(BOT_SINCE[name]))
         match = rx.fullmatch(path)
         if not token:
             return answer(401, SIGN_IN)
@@ -362,6 +466,8 @@ class FakeChatwoot:
         if bot is not None and not bot_ok:
             return answer(401, NOT_FOR_BOTS)
         if int(match["account"]) != self.account["id"]:
+            if bot is not None and int(match["account"]) in self.other_accounts:  # exists, but not the bot's
+                return answer(401, BOT_NOT_IN_ACCOUNT)
             return answer(404, NOT_FOUND)
         if bot is not None and bot.account_id != self.account["id"] and not any(i.bot_id == bot.id for i in self.inboxes.values()):
             return answer(401, BOT_NOT_IN_ACCOUNT)
@@ -374,7 +480,42 @@ class FakeChatwoot:
                 return answer(404, NOT_FOUND)
         self.query = request.query
         status, data = fn(self, match, body or {}, bot or user, conv)
-        return answer(status, data)
+        response = answer(status, data)
+        if after is not None:
+            if after.hang:
+                await asyncio.sleep(after.hang)
+            if after.drop:
+                request.transport.close()
+        return response
+
+    def _global(self, path: str, token: str | None, answer) -> web.Response:
+        """`GET /api` (public: the version) and `GET /api/v1/profile` (a user token's own profile)."""
+        if path == "/api":
+            return answer(200, {"version": ".".join(map(str, self.version)) + ".0", "timestamp": "2026-11-26 04:00:00",
+                                "queue_services": "ok", "data_services": "ok"})
+        if not token:
+            return answer(401, SIGN_IN)
+        if any(b.token == token for b in self.bots.values()):
+            return answer(401, NOT_FOR_BOTS)
+        user = next((u for u in self.users.values() if u.token == token), None)
+        if user is None:
+            return answer(401, INVALID_TOKEN)
+        return answer(200, self._profile(user))
+
+    def _profile(self, user: User) -> dict:
+        """Chatwoot's api/v1/models/_user.json.jbuilder (it includes the user's own access token)."""
+        names = {self.account["id"]: self.account["name"], **self.other_accounts}
+        roles = user.roles or {self.account["id"]: user.role}
+        first = next(iter(roles))
+        return {
+            "access_token": user.token, "account_id": first, "available_name": user.name, "avatar_url": "",
+            "confirmed": True, "display_name": None, "message_signature": None, "email": f"user{user.id}@acme.example",
+            "id": user.id, "inviter_id": None, "name": user.name, "provider": "email", "pubsub_token": f"pubsub-{user.id}",
+            "role": roles[first], "ui_settings": {}, "uid": f"user{user.id}@acme.example", "type": "User",
+            "accounts": [{"id": a, "name": names[a], "status": "active", "active_at": "2026-11-26T04:00:00.000Z",
+                          "role": role, "permissions": [role], "availability": user.availability,
+                          "availability_status": user.availability, "auto_offline": True} for a, role in roles.items()],
+        }
 
     # handlers: (fake, match, body, actor, conversation) → (status, json or None)
     def _toggle_status(self, match, body, actor, conv):
@@ -396,8 +537,8 @@ class FakeChatwoot:
         priority = body.get("priority")
         if priority not in (None, "low", "medium", "high", "urgent"):
             return 500, {"error": f"'{priority}' is not a valid priority"}
-        conv.priority = priority
-        self._conversation_event("conversation_updated", conv, [{"priority": {"current_value": priority}}])
+        before, conv.priority = conv.priority, priority
+        self._saved(conv, {"priority": {"previous_value": before, "current_value": priority}})
         return 200, None
 
     def _typing(self, match, body, actor, conv):
@@ -420,12 +561,13 @@ class FakeChatwoot:
         if "assignee_id" in body:
             user = self.users.get(body["assignee_id"]) if isinstance(body["assignee_id"], int) else None
             was_bot_owned = conv.bot_owner is not None
+            before = conv.assignee.id if conv.assignee else None
             conv.assignee = user
             if user is not None:
                 conv.bot_owner = None
                 if was_bot_owned and conv.status == "pending":  # v4.16 human takeover (#14870)
                     self._set_status(conv, "open", f"assignment:{user.id}")
-            self._conversation_event("conversation_updated", conv, [{"assignee_id": {"current_value": body["assignee_id"]}}])
+            self._saved(conv, {"assignee_id": {"previous_value": before, "current_value": user.id if user else None}})
             if user is None:
                 return 200, None
             return 200, {"id": user.id, "account_id": 1, "availability_status": user.availability, "auto_offline": True,
@@ -433,13 +575,13 @@ class FakeChatwoot:
                          "name": user.name, "role": user.role, "thumbnail": ""}
         if "team_id" in body:
             team = self.teams.get(body["team_id"])
-            conv.team_id = team["id"] if team else None
-            self._conversation_event("conversation_updated", conv, [{"team_id": {"current_value": conv.team_id}}])
+            before, conv.team_id = conv.team_id, team["id"] if team else None
+            self._saved(conv, {"team_id": {"previous_value": before, "current_value": conv.team_id}})
             return 200, team
         return 200, None
 
     def _show(self, match, body, actor, conv):
-        return 200, conv.push(self.teams)
+        return 200, conv.partial(self.teams)
 
     def _contact_conversations(self, match, body, actor, conv):
         cid = int(match["contact"])
@@ -534,6 +676,7 @@ def _rx(pattern: str) -> re.Pattern[str]:
 
 
 F = FakeChatwoot
+BOT_SINCE = {"show": "bot_reads", "toggle_typing_status": "bot_typing"}  # bot-token endpoints added later
 # method, path, route name, allowed for bot tokens, administrators only, handler
 ROUTES = [
     ("POST", _rx("/conversations/{conv}/toggle_status"), "toggle_status", True, False, F._toggle_status),

@@ -1,0 +1,100 @@
+"""The decision log: one entry per decision that is not an ignore, bounded per account and to 7 days,
+written in the same transaction as the decision (both backends), and filled by the running bot."""
+from __future__ import annotations
+
+import pytest
+
+from agentbot.actions import Job
+from agentbot.facts import ConversationState
+from agentbot.store import Commit, DecisionEntry, open_store
+from agentbot.store.base import LOG_TTL
+from tests.conftest import returning, wait_for
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def store(request, tmp_path):
+    if request.param == "redis":
+        url = request.getfixturevalue("redis")
+    else:
+        url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/s.sqlite3"
+    s = open_store(url)
+    await s.open()
+    yield s
+    await s.close()
+
+
+def entry(n: int, at: float, account: int = 1, outcome: str = "handoff") -> DecisionEntry:
+    return DecisionEntry(at, account, 3, n, "Maria", outcome, "returning", f"reason {n}", "message_created", f"d:{account}:{n}")
+
+
+def logged(n: int, at: float, account: int = 1, size: int = 100, **kw) -> Commit:
+    return Commit(f"d:{account}:{n}", f"{account}:{n}", ConversationState(incoming=1), log=entry(n, at, account), log_size=size, **kw)
+
+
+async def test_entries_come_back_newest_first_once_per_delivery(store):
+    assert await store.commit(logged(1, 100.0), 100.0)
+    assert await store.commit(logged(2, 101.0), 101.0)
+    assert not await store.commit(logged(2, 101.0), 102.0)  # a delivery seen before logs nothing
+    assert [e.display_id for e in await store.decisions(103.0)] == [2, 1]
+    assert (await store.decisions(103.0))[0] == entry(2, 101.0)
+
+
+async def test_at_most_the_configured_number_per_account(store):
+    for n in range(1, 6):
+        await store.commit(logged(n, 100.0 + n, size=3), 100.0 + n)
+    await store.commit(logged(9, 200.0, account=2, size=3), 200.0)
+    found = await store.decisions(201.0)
+    assert [(e.account_id, e.display_id) for e in found] == [(2, 9), (1, 5), (1, 4), (1, 3)]
+
+
+async def test_entries_are_kept_seven_days(store):
+    await store.commit(logged(1, 100.0), 100.0)
+    await store.commit(logged(2, 100.0 + LOG_TTL / 2), 100.0 + LOG_TTL / 2)
+    later = 100.0 + LOG_TTL + 1
+    await store.prune(later)
+    assert [e.display_id for e in await store.decisions(later)] == [2]
+
+
+async def test_a_failed_decision_logs_nothing(store):
+    broken = logged(1, 100.0, jobs=[None])  # not a job: the decision's own writes fail
+    with pytest.raises(Exception):
+        await store.commit(broken, 100.0)
+    assert await store.decisions(101.0) == []
+
+
+async def test_requeue_one_dead_letter(store):
+    for n in (1, 2):
+        await store.commit(Commit(f"d:{n}", f"1:{n}", jobs=[Job(1, n, "r", [{"op": "status", "status": "open"}])]), 100.0)
+        job = await store.claim(100.0)
+        job.error = "toggle_status: 500"
+        await store.bury(job, 100.0)
+    dead = await store.dead_letters()
+    assert len(dead) == 2 and await store.depth() == 0
+    assert await store.requeue_one(dead[1].id, 101.0) is True
+    assert await store.requeue_one(dead[1].id, 101.0) is False  # not a dead letter any more
+    assert [j.display_id for j in await store.dead_letters()] == [dead[0].display_id]
+    again = await store.claim(101.0)
+    assert again.display_id == dead[1].display_id and again.attempts == 0 and again.error is None
+
+
+async def test_the_bot_logs_handoffs_and_keeps_but_not_ignores(fake, start_bot):
+    maria, conv = returning(fake)
+    bot = await start_bot()
+    newcomer = fake.customer_writes(fake.contact("Joao Silva"), "Hello").conversation
+    fake.customer_writes(maria, "Back again")
+    await wait_for(lambda: conv.status == "open", 5, "the handoff")
+    await bot.idle()
+    found = await bot.bot.store.decisions(bot.clock().timestamp())
+    assert [(e.display_id, e.outcome) for e in found] == [(conv.display_id, "handoff"), (newcomer.display_id, "keep")]
+    handoff = found[0]
+    assert handoff.rule == "returning" and handoff.reason.startswith("Returning customer:")
+    assert handoff.contact == "Maria Lopez" and handoff.inbox_id == 3 and handoff.account_id == 1
+
+
+async def test_decision_log_size_zero_logs_nothing(fake, start_bot):
+    maria, conv = returning(fake)
+    bot = await start_bot(DECISION_LOG_SIZE="0")
+    fake.customer_writes(maria, "Back again")
+    await wait_for(lambda: conv.status == "open", 5, "the handoff")
+    await bot.idle()
+    assert await bot.bot.store.decisions(bot.clock().timestamp()) == []

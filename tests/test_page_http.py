@@ -1,0 +1,122 @@
+"""The operator page over plain HTTP: cookie attributes, sessions shared by instances, sign-in limits,
+bad input, and the sweep panel against a small sweeper."""
+from __future__ import annotations
+
+import html
+import re
+
+import aiohttp
+from yarl import URL
+
+from tests.conftest import returning, wait_for
+
+ADMIN = "user-token-5"
+
+
+def client() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))  # keep cookies for 127.0.0.1
+
+
+async def sign_in(s: aiohttp.ClientSession, url: str, token: str = ADMIN, **headers: str) -> aiohttp.ClientResponse:
+    async with s.post(url + "/signin", data={"token": token}, headers=headers, allow_redirects=False) as r:
+        await r.read()
+        return r
+
+
+async def test_the_session_cookie_is_httponly_strict_expiring_and_secure_behind_https(fake, start_bot):
+    bot = await start_bot()
+    async with client() as s:
+        plain = (await sign_in(s, bot.url)).headers["Set-Cookie"]
+        proxied = (await sign_in(s, bot.url, **{"X-Forwarded-Proto": "https"})).headers["Set-Cookie"]
+    for cookie in (plain, proxied):
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Max-Age=28800" in cookie and "Path=/" in cookie
+        assert ADMIN not in cookie
+    assert "Secure" not in plain and "Secure" in proxied
+
+
+async def test_instances_with_the_same_settings_accept_each_others_sessions(fake, start_bot):
+    one, two = await start_bot(), await start_bot()
+    other = await start_bot(CHATWOOT_BOT_SECRET="another-secret")  # other key material: not accepted
+    async with client() as s:
+        assert (await sign_in(s, one.url)).status == 303
+        cookie = s.cookie_jar.filter_cookies(URL(one.url))["agentbot_session"].value
+    for bot, accepted in ((two, True), (other, False)):
+        async with aiohttp.ClientSession() as s, s.get(bot.url + "/", headers={"Cookie": f"agentbot_session={cookie}"}) as r:
+            assert ('id="health"' in await r.text()) is accepted
+
+
+async def test_failed_sign_ins_are_limited_and_logged(fake, start_bot, log_lines):
+    bot = await start_bot()
+    async with client() as s:
+        for _ in range(5):
+            assert (await sign_in(s, bot.url, "wrong")).status == 401
+        limited = await sign_in(s, bot.url, ADMIN)  # even a good token waits once the limit is hit
+        assert limited.status == 429 and int(limited.headers["Retry-After"]) > 0
+        async with s.post(bot.url + "/signin", data={"token": ADMIN}) as r:
+            assert "Too many failed sign-ins" in await r.text()
+    assert len(fake.calls_to("profile", caller="anonymous")) == 5  # no more checks with Chatwoot
+    assert sum("too many failed sign-ins" in line for line in log_lines) == 2
+    assert not any("wrong" in line or ADMIN in line for line in log_lines)
+
+
+async def test_an_empty_token_and_bad_page_input_get_a_clear_answer(fake, start_bot):
+    bot = await start_bot()
+    async with client() as s:
+        async with s.post(bot.url + "/signin", data={}) as r:
+            assert r.status == 401 and "paste your Chatwoot access token" in await r.text()
+        await sign_in(s, bot.url)
+        async with s.get(bot.url + "/?why=abc&inbox=x") as r:
+            assert r.status == 200 and "'abc' is not a conversation number of your accounts" in html.unescape(await r.text())
+        async with s.get(bot.url + "/?why=999") as r:
+            assert "Chatwoot has no conversation #999 in account 1" in await r.text()
+        async with s.get(bot.url + "/") as r:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', await r.text())[1]
+        async with s.post(bot.url + "/actions/handoff", data={"csrf": csrf, "account": "2", "conversation": "40"}) as r:
+            assert r.status == 400 and "not yours" in await r.text()
+    assert fake.calls_to("toggle_status") == []
+
+
+class Sweeper:
+    """The small interface the page's sweep panel needs (agentbot.page.panels.Sweeper)."""
+
+    def __init__(self):
+        self.last_run, self.runs = None, 0
+
+    async def preview(self):
+        return [{"conversation": "#41", "status": "pending", "would": "open (returning customer)"}]
+
+    async def run(self):
+        self.runs += 1
+        self.last_run = "2026-11-26 04:00: opened 1 conversation"
+        return "Opened 1 conversation."
+
+
+async def test_the_sweep_panel_shows_when_the_bot_has_a_sweeper(fake, start_bot):
+    bot = await start_bot()
+    async with client() as s:
+        await sign_in(s, bot.url)
+        async with s.get(bot.url + "/") as r:
+            page = await r.text()
+        assert "Sweep not available" in page and "sweep not available" in page
+        bot.bot.sweeper = sweeper = Sweeper()
+        async with s.get(bot.url + "/") as r:
+            page = await r.text()
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page)[1]
+        assert "Dry run" in page and "Last sweep: not yet" in page
+        async with s.post(bot.url + "/actions/sweep", data={"csrf": csrf, "mode": "preview"}) as r:
+            text = await r.text()
+            assert "Dry run: nothing was changed" in text and "open (returning customer)" in text and sweeper.runs == 0
+        async with s.post(bot.url + "/actions/sweep", data={"csrf": csrf, "mode": "run"}) as r:
+            assert "Opened 1 conversation." in await r.text() and sweeper.runs == 1
+        async with s.post(bot.url + "/actions/sweep", data={"csrf": "x", "mode": "run"}) as r:
+            assert r.status == 403 and sweeper.runs == 1
+
+
+async def test_healthz_metrics_and_webhook_need_no_session(fake, start_bot):
+    maria, conv = returning(fake)
+    bot = await start_bot()
+    fake.customer_writes(maria, "Back")
+    await wait_for(lambda: conv.status == "open", 5, "the handoff through the webhook")
+    assert (await bot.get("/healthz"))[0] == 200
+    status, text = await bot.get("/metrics")
+    assert status == 200 and "agentbot_handoffs_total" in text

@@ -1,0 +1,257 @@
+"""The README's promises under the faults real installations have: a store that restarts or is locked,
+a slow Chatwoot that applies a call and answers too late, deliveries out of order, late jobs.
+
+Each test failed on the code before the fix it names; each asserts on what the fake Chatwoot ended up with.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from datetime import datetime, timezone
+
+import aiohttp
+
+from agentbot import explain as commands
+from agentbot.config import load
+
+import pytest
+
+from tests.conftest import Clock, returning, wait_for
+from tests.fakechatwoot.server import VERSIONS
+from tests.test_webhook import signed
+
+CONVERSATION_EVENTS = {"conversation_opened", "conversation_resolved", "conversation_status_changed", "conversation_updated"}
+
+pytestmark = pytest.mark.parametrize("fake", VERSIONS, indirect=True)  # Chatwoot 4.6, 4.12 and 4.16+
+
+
+def one_handoff(fake, conv, note_count=1):
+    assert conv.status == "open", conv.display_id
+    assert [by for by in fake.opened_by(conv.display_id) if by.startswith("bot")] == ["bot:7"], conv.display_id
+    assert len(fake.notes(conv.display_id)) == note_count, fake.notes(conv.display_id)
+    assert fake.fallbacks == []
+
+
+async def health(bot) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as s, s.get(bot.url + "/healthz") as r:
+        return r.status, await r.json()
+
+
+async def test_outbox_survives_a_redis_restart_mid_handoff(fake, start_bot, redis_server):
+    pairs = [returning(fake, f"Customer {i}") for i in range(16)]
+    later = [returning(fake, f"Later {i}") for i in range(4)]
+    bot = await start_bot(STORE_URL=redis_server.url)
+    held = fake.hold("toggle_status")
+    for contact, _ in pairs:
+        fake.customer_writes(contact, "Again")
+    await wait_for(lambda: held.waiting == 16, 5, "16 handoffs in flight")
+    redis_server.stop()
+    fake.faults.remove(held)
+    held.release.set()  # Chatwoot answers while the store is down: progress cannot be saved
+
+    async def unhealthy():
+        status, body = await health(bot)
+        return status == 503 and "store" in body["reason"]
+
+    await wait_for(unhealthy, 5, "/healthz to report the store")
+    redis_server.start()
+    convs = [conv for _, conv in pairs]
+    await wait_for(lambda: all(len(fake.notes(c.display_id)) == 1 for c in convs), 20, "every handoff after the restart")
+    assert (await health(bot))[0] == 200
+    sent = len(fake.deliveries)
+    for contact, _ in later:
+        fake.customer_writes(contact, "Back again")
+    await wait_for(lambda: all(conv.status == "open" for _, conv in later), 10, "handoffs of customers writing later")
+    await bot.idle()
+    for conv in convs + [conv for _, conv in later]:
+        one_handoff(fake, conv)
+    assert all(d.answers[0] == 200 for d in fake.deliveries[sent:]), "a delivery after the restart was refused"
+
+
+async def test_dead_outbox_workers_are_replaced(fake, start_bot):
+    maria, conv = returning(fake)
+    bot = await start_bot()
+    outbox = bot.bot.outbox
+    for task in outbox.workers:  # whatever killed them
+        task.cancel()
+    await wait_for(lambda: all(t.done() for t in outbox.workers) or any(not t.done() for t in outbox.workers), 2, "cancel")
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: conv.status == "open", 5, "the handoff by a replaced worker")
+    await bot.idle()
+    one_handoff(fake, conv)
+
+
+async def test_a_handoff_chatwoot_applied_but_answered_too_late_keeps_its_note_and_message(fake, start_bot):
+    maria, conv = returning(fake)
+    bot = await start_bot(CHATWOOT_TIMEOUT="0.3", HANDOFF_MESSAGE="Thanks {name}, a person will answer.")
+    fake.fail("toggle_status", applied=True, hang=0.4)
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: fake.bot_messages(conv.display_id), 10, "the handoff message")
+    await bot.idle()
+    one_handoff(fake, conv)
+    assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez, a person will answer."]
+    assert bot.bot.metrics.handoffs.labels("returning")._value.get() == 1
+
+
+async def test_a_note_chatwoot_applied_but_answered_too_late_is_not_posted_twice(fake, start_bot):
+    maria, conv = returning(fake)
+    bot = await start_bot(CHATWOOT_TIMEOUT="0.3", HANDOFF_MESSAGE="Thanks {name}")
+    fake.fail("messages", applied=True, hang=0.4, times=2)  # the note, then the message
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: len([c for c in fake.calls_to("messages") if c.status == 200]) >= 2, 10, "note and message")
+    await bot.idle()
+    one_handoff(fake, conv)
+    assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]
+
+
+async def test_a_dropped_connection_after_chatwoot_applied_the_call(fake, start_bot):
+    maria, conv = returning(fake)
+    bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}")
+    fake.fail("toggle_status", applied=True, drop=True)
+    fake.fail("messages", applied=True, drop=True)
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: fake.bot_messages(conv.display_id), 10, "the handoff message")
+    await bot.idle()
+    one_handoff(fake, conv)
+    assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]
+
+
+async def test_a_stale_resolve_delivered_late_does_not_cancel_a_deferred_handoff(fake, start_bot):
+    saturday_evening = datetime(2026, 11, 28, 19, 0, tzinfo=timezone.utc)
+    clock = Clock(saturday_evening)
+    bot = await start_bot(clock, BUSINESS_HOURS="mon-fri 09:00-18:00", TIMEZONE="Europe/Lisbon")
+    maria = fake.contact()
+    conv = fake.customer_writes(maria, "Hi").conversation
+    await bot.idle()
+    fake.set_status(conv.display_id, "open")
+    fake.agent_writes(conv.display_id, "Done.")
+    await bot.idle()
+    stale = fake.hold_deliveries(lambda d: d.event in CONVERSATION_EVENTS and d.payload["status"] == "resolved")
+    fake.resolve(conv.display_id)
+    fake.customer_writes(maria, "It broke again")  # returning: deferred to Monday 09:00
+    await wait_for(lambda: len(stale.held) == (3 if fake.has("change_events") else 1), 2, "the resolve's events held")
+    await wait_for(lambda: all(d.done for d in fake.deliveries if d not in stale.held), 5, "the message delivered")
+    stale.release()  # Sidekiq delivers the resolve after the next message
+    await bot.idle()
+    assert conv.status == "pending"
+    clock.at = datetime(2026, 11, 30, 9, 0, 1, tzinfo=timezone.utc)
+    await wait_for(lambda: conv.status == "open", 5, "the deferred handoff at opening time")
+    await bot.idle()
+    one_handoff(fake, conv)
+
+
+async def test_a_stale_resolve_delivered_late_does_not_lead_to_a_second_handoff(fake, start_bot):
+    bot = await start_bot()
+    maria = fake.contact()
+    conv = fake.customer_writes(maria, "Hi").conversation
+    await bot.idle()
+    fake.set_status(conv.display_id, "open")
+    fake.agent_writes(conv.display_id, "Done.")
+    await bot.idle()
+    stale = fake.hold_deliveries(lambda d: d.event in CONVERSATION_EVENTS and d.payload["status"] == "resolved")
+    fake.resolve(conv.display_id)
+    held = fake.hold("toggle_status")
+    fake.customer_writes(maria, "It broke again")
+    await wait_for(lambda: held.waiting == 1, 5, "the handoff in flight")
+    stale.release()
+    await wait_for(lambda: all(d.done for d in stale.held), 5, "the stale events")
+    fake.customer_writes(maria, "Hello??")  # still pending: the handoff is in flight
+    await wait_for(lambda: all(d.done for d in fake.deliveries), 5, "the message")
+    fake.faults.remove(held)
+    held.release.set()
+    await bot.idle()
+    one_handoff(fake, conv)
+    assert len(fake.calls_to("toggle_status", conv.display_id)) == 1
+
+
+async def test_a_late_give_back_does_not_undo_an_agents_resolve(fake, start_bot):
+    bot = await start_bot(HANDOFF_KEYWORDS="human")
+    maria = fake.contact()
+    conv = fake.customer_writes(maria, "human").conversation
+    await wait_for(lambda: conv.status == "open", 2, "the handoff")
+    await bot.idle()
+    fake.fail("toggle_status", status=500)
+    fake.agent_writes(conv.display_id, "#bot", private=True)
+    await wait_for(lambda: fake.calls_to("toggle_status")[-1].status == 500, 2, "the failed give-back")
+    fake.resolve(conv.display_id)  # the agent resolves it before the retry
+    await bot.idle()
+    assert conv.status == "resolved"
+    assert [c.body["status"] for c in fake.calls_to("toggle_status") if c.status == 200] == ["open"]
+
+
+async def test_a_requeued_dead_greeting_is_not_sent_to_a_conversation_that_moved_on(fake, start_bot, tmp_path, capsys):
+    store = f"sqlite:///{tmp_path}/bot.sqlite3"
+    bot = await start_bot(STORE_URL=store, GREETING_MESSAGE="Hello {name}")
+    fake.bots[7].token = "revoked"
+    conv = fake.customer_writes(fake.contact(), "hi").conversation
+    await bot.idle()
+    assert [job.reason for job in await bot.bot.store.dead_letters()] == ["greeting"]
+    fake.set_status(conv.display_id, "open")  # an agent took it meanwhile
+    fake.agent_writes(conv.display_id, "Hi, Sam here")
+    fake.resolve(conv.display_id)
+    await bot.idle()
+    await bot.stop()
+    assert await commands.outbox(load({"STORE_URL": store}), argparse.Namespace(retry=False)) == 0
+    assert "--retry would skip it: the conversation is resolved now" in capsys.readouterr().out
+    fake.bots[7].token = "bot-token-7"
+    bot = await start_bot(STORE_URL=store, GREETING_MESSAGE="Hello {name}")
+    assert await bot.bot.store.requeue_dead(time.time()) == 1
+    bot.bot.outbox.wake()
+    await bot.idle()
+    assert fake.bot_messages(conv.display_id) == []
+    assert conv.status == "resolved"
+
+
+async def test_sqlite_locked_by_another_connection_never_stalls_the_event_loop(fake, start_bot, tmp_path):
+    path = tmp_path / "bot.sqlite3"
+    maria, conv = returning(fake)
+    bot = await start_bot(STORE_URL=f"sqlite:///{path}")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # e.g. `python -m agentbot outbox --retry`, or a backup
+    threading.Timer(1.5, other.execute, ["COMMIT"]).start()
+    gaps: list[float] = []
+
+    async def tick():
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: conv.status == "open", 10, "the handoff once the lock is gone")
+    await bot.idle()
+    ticker.cancel()
+    other.close()
+    assert max(gaps) < 0.5, f"the event loop stalled for {max(gaps):.2f} s"
+    one_handoff(fake, conv)
+    assert all(d.answers == [200] for d in fake.deliveries)
+
+
+async def test_deeply_nested_json_gets_400(fake, start_bot):
+    bot = await start_bot()
+    raw = b'{"event": "message_created", "conversation": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    status, answer = await bot.post(raw, signed(raw))
+    assert status == 400 and answer == {"error": "body is nested too deeply"}
+    assert fake.calls == []
+
+
+async def test_the_fakes_conversation_partial_shows_the_bots_note(fake, start_bot):
+    """The fake's GET /conversations/{id} is the API partial: what the outbox reads to find its own note."""
+    maria, conv = returning(fake)
+    bot = await start_bot()
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: fake.notes(conv.display_id), 5, "the note")
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{fake.url}/api/v1/accounts/1/conversations/{conv.display_id}",
+                         headers={"api_access_token": "user-token-5"}) as r:
+            data = json.loads(await r.text())
+    assert data["status"] == "open" and data["last_non_activity_message"]["private"] is True
+    assert data["last_non_activity_message"]["sender_type"] == "AgentBot"
+    await bot.idle()

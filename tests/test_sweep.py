@@ -425,3 +425,30 @@ async def test_a_new_customer_is_looked_up_once_not_at_every_sweep(fake, start_b
     again = await bot.bot.sweeps.once()
     assert again.counts()["kept"] == {"no rule fired": 3}
     assert len(fake.calls_to("contact_conversations", caller="user")) == 3  # the bot remembers it saw them
+
+
+async def test_the_operator_pages_sweep_buttons_run_the_sweep(fake, start_bot):
+    from tests.test_page_http import client, sign_in
+
+    disconnected(fake)
+    back = aged(fake, [came_back(fake, "R")])
+    new = aged(fake, [new_customer(fake, "N")])
+    bot = await start_bot(**USER, SWEEP_INTERVAL="0")  # no sweeps of its own: only the page's
+    async with client() as s:
+        await sign_in(s, bot.url)
+        async with s.get(bot.url + "/") as r:
+            page = await r.text()
+        assert "Last sweep: not yet" in page
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page)[1]
+        async with s.post(bot.url + "/actions/sweep", data={"csrf": csrf, "mode": "preview"}) as r:
+            text = await r.text()
+        assert f"#{back[0].display_id}" in text and f"#{new[0].display_id}" not in text and "returning" in text
+        assert back[0].status == "pending"
+        async with s.post(bot.url + "/actions/sweep", data={"csrf": csrf, "mode": "run"}) as r:
+            assert "opened 1 (returning 1)" in await r.text()
+        await wait_for(lambda: back[0].status == "open", 5, "the page's sweep handoff")
+        async with s.get(bot.url + "/") as r:
+            assert "Last sweep: " in (page := await r.text()) and "opened 1 (returning 1)" in page
+    await bot.idle()
+    assert_handed_off_once(fake, back)
+    assert new[0].status == "pending"

@@ -452,3 +452,6 @@ async def test_the_operator_pages_sweep_buttons_run_the_sweep(fake, start_bot):
     await bot.idle()
     assert_handed_off_once(fake, back)
     assert new[0].status == "pending"
+    # The decision log has the sweep's handoff; its keeps (thousands at a first sweep) stay out of it.
+    logged = await bot.bot.store.decisions(datetime.now(timezone.utc).timestamp())
+    assert [(e.display_id, e.outcome, e.rule, e.event) for e in logged] == [(back[0].display_id, "handoff", "returning", "sweep")]

@@ -261,22 +261,23 @@ class Outbox:
         if not (guarded(step) or (unsure and op == "note")):
             return None
         view = await self._look(job) if late or unsure else None
-        status = view.status if view else await self._remembered_status(job)
+        state, _ = await self.store.load(job.conversation_key, None)
+        status = view.status if view else state.status
         verdict = still_wanted(job, status, unsure) if guarded(step) and status else None
         if verdict == "drop":
             logger.info("conversation {}: is {} now, not where the decision left it; dropped: {}",
                         job.conversation_key, status, job.reason)
-        if verdict:
+        if verdict or not (unsure and op in ("note", "message")):
             return verdict
-        if unsure and op in ("note", "message"):
-            if view is None:  # this Chatwoot doesn't let the bot read: better lost than sent twice
-                logger.warning("conversation {}: the {} may have been posted already and cannot be checked; "
-                               "not posting it again", job.conversation_key, op)
-                return "done"
-            last = view.last_non_activity_message
-            if last and last.sender_type == "AgentBot" and last.content == self._content(job, step):
-                logger.info("conversation {}: the {} was posted already; not posting it again", job.conversation_key, op)
-                return "done"
+        content = self._content(job, step)
+        last = view.last_non_activity_message if view else None
+        if state.has_posted(content, job.trigger) or (last and last.sender_type == "AgentBot" and last.content == content):
+            logger.info("conversation {}: the {} was posted already; not posting it again", job.conversation_key, op)
+            return "done"
+        if view is None:  # no echo, and this Chatwoot doesn't let the bot read: better lost than sent twice
+            logger.warning("conversation {}: the {} may have been posted already and cannot be checked; "
+                           "not posting it again", job.conversation_key, op)
+            return "done"
         return None
 
     async def _look(self, job: Job) -> ConversationView | None:
@@ -292,10 +293,6 @@ class Outbox:
                             "are checked against the bot's memory of its events instead")
                 return None
             raise
-
-    async def _remembered_status(self, job: Job) -> str | None:
-        state, _ = await self.store.load(job.conversation_key, None)
-        return state.status
 
     async def _failed(self, job: Job, exc: ChatwootError) -> None:
         job.attempts += 1

@@ -108,6 +108,19 @@ async def test_a_note_chatwoot_applied_but_answered_too_late_is_not_posted_twice
     assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]
 
 
+async def test_a_note_answered_too_late_is_not_posted_twice_when_the_customer_wrote_meanwhile(fake, start_bot):
+    """Chatwoot's GET shows only the last message: the bot's own echo is what tells it the note is there."""
+    maria, conv = returning(fake)
+    bot = await start_bot(CHATWOOT_TIMEOUT="0.3", HANDOFF_NOTE="true")
+    fake.fail("messages", applied=True, hang=0.4)
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: fake.notes(conv.display_id), 5, "the note, applied")
+    fake.customer_writes(maria, "Hello? Anyone?")  # now the last message, before the bot tries again
+    await wait_for(lambda: len(fake.calls_to("messages")) >= 1 and fake.calls_to("messages")[-1].status == 200, 5, "the call")
+    await bot.idle()
+    one_handoff(fake, conv)
+
+
 async def test_a_dropped_connection_after_chatwoot_applied_the_call(fake, start_bot):
     maria, conv = returning(fake)
     bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}")

@@ -1,4 +1,4 @@
-"""Command line: serve (default), rules, explain, outbox, register, inboxes, check."""
+"""Command line: serve (default), rules, explain, outbox, register, inboxes, check, sweep."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     reg.add_argument("--detach", action="store_true", help="disconnect the bot from the given inboxes")
     sub.add_parser("inboxes", help="list the account's inboxes and their bots")
     sub.add_parser("check", help="verify the configuration against Chatwoot")
+    sw = sub.add_parser("sweep", help="hand off the pending conversations the rules give to humans (user token)")
+    sw.add_argument("--dry-run", action="store_true", help="print what would happen; change nothing")
+    sw.add_argument("--json", action="store_true", help="print the result as JSON")
+    sw.add_argument("--inbox", type=int, action="append", default=[], help="inbox id (repeatable; default: INBOX_IDS or all)")
+    sw.add_argument("--account", type=int, action="append", default=[], help="account id (repeatable; default: CHATWOOT_ACCOUNT_ID(S))")
     return p
 
 
@@ -39,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
             settings.require(*REQUIRED)
             serve(settings)
             return 0
+        if command == "sweep":
+            from .sweep_cli import sweep
+
+            return asyncio.run(sweep(settings, args))
         if command in ("rules", "explain", "outbox"):
             from . import explain
 

@@ -8,6 +8,7 @@ import aiohttp
 
 from .chatwoot import Chatwoot, ChatwootError
 from .config import MIN_SECRET, ConfigError, Settings, mask, scrub
+from .events import PayloadError
 from .store import open_store
 
 
@@ -122,7 +123,7 @@ async def inboxes(settings: Settings, args) -> int:
 async def check(settings: Settings, args) -> int:
     settings.require("chatwoot_url", "chatwoot_bot_token")
     account = settings.chatwoot_account_id or (settings.chatwoot_account_ids or [None])[0]
-    results: list[tuple[bool, str]] = []
+    results: list[tuple[bool | None, str]] = []  # None: information, not a failure
 
     async def work(cw: Chatwoot) -> int:
         if account is None:
@@ -135,11 +136,30 @@ async def check(settings: Settings, args) -> int:
                 hint = "the token is wrong or revoked: copy it from Settings → Bots" if exc.status == 401 else explain_error(exc, settings)
                 results.append((False, f"CHATWOOT_BOT_TOKEN: {hint}"))
             await _check_inboxes(cw, account)
+            await _check_sweep(cw, account)
         _check_protection()
         await _check_store()
         for ok, line in results:
-            print(f"{'OK  ' if ok else 'FAIL'} {line}")
-        return 0 if all(ok for ok, _ in results) else 1
+            print(f"{'INFO' if ok is None else 'OK  ' if ok else 'FAIL'} {line}")
+        return 0 if all(ok is not False for ok, _ in results) else 1
+
+    async def _check_sweep(cw: Chatwoot, account: int) -> None:
+        if settings.chatwoot_api_token is None:
+            results.append((None, "sweep off: set CHATWOOT_API_TOKEN (an administrator's token) so the bot also hands off "
+                                  "pending conversations whose delivery was lost (bot down or asleep, connected later)"))
+            return
+        every = f"every {settings.sweep_every} s" if settings.sweep_every else "off in the server (SWEEP_INTERVAL=0)"
+        rate = f"{settings.sweep_rate:g} calls/s" if settings.sweep_rate else "no rate limit"
+        try:
+            total = (await cw.list_conversations(account, settings.chatwoot_api_token.get_secret_value(), "pending", 1))[0]
+        except ChatwootError as exc:
+            results.append((False, f"sweep: {explain_error(exc, settings)}"))
+            return
+        except PayloadError as exc:
+            results.append((False, f"sweep: {exc}"))
+            return
+        plural = "" if total == 1 else "s"
+        results.append((True, f"sweep {every} at up to {rate}: {total} pending conversation{plural} in account {account}"))
 
     async def _check_inboxes(cw: Chatwoot, account: int) -> None:
         if not settings.inbox_ids:

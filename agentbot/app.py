@@ -10,12 +10,14 @@ from aiohttp import web
 from loguru import logger
 
 from . import page
-from .chatwoot import Chatwoot
+from .chatwoot import Chatwoot, Throttle
 from .config import ConfigError, Settings, mask, scrub
 from .metrics import Metrics
 from .outbox import Outbox
 from .service import Handoffs
 from .store import Store, open_store
+from .sweep import Sweeper
+from .sweep_loop import SweepLoop
 from .webhook import MAX_BODY, receive
 
 UNPROTECTED = (
@@ -57,13 +59,41 @@ class Bot:
         self.outbox = Outbox(self.store, self.chatwoot, self.metrics, self.clock, s.action_max_age)
         self.handoffs = Handoffs(s, self.store, self.chatwoot, self.metrics, self.clock, self.outbox.wake)
         self.outbox.start()
+        self.sweeps = self.sweeper = self._sweeps(token)
         logger.info("agentbot ready on port {} (store: {}, Chatwoot: {})", s.port, mask(s.store_url), s.chatwoot_url)
         if s.chatwoot_bot_secret is None and s.webhook_token is None:
             logger.warning(UNPROTECTED)
+        if self.sweeps:
+            self.sweeps.start()
         yield
+        if self.sweeps:
+            await self.sweeps.stop()
         await self.outbox.stop(SHUTDOWN_GRACE)
         await self.session.close()
         await self.store.close()
+
+    def _sweeps(self, token: str | None) -> SweepLoop | None:
+        """The sweep (periodic with SWEEP_INTERVAL, and on demand from the operator page), with its own throttled
+        client (SWEEP_RATE) but the same store, locks and outbox as live deliveries."""
+        s = self.settings
+        if s.chatwoot_api_token is None:
+            logger.info("sweep off: without CHATWOOT_API_TOKEN the bot cannot list pending conversations, so one whose "
+                        "delivery was lost (bot down or asleep, connected later, history imported) stays pending until "
+                        "the customer writes again; set it to catch those")
+            return None
+        throttled = Chatwoot(self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics, Throttle(s.sweep_rate))
+        handoffs = Handoffs(s, self.store, throttled, self.metrics, self.clock, self.outbox.wake)
+        sweeper = Sweeper(s, handoffs, throttled, self.metrics, self.clock, busy=lambda: self.handoffs.live)
+        try:
+            sweeper.accounts()
+        except ConfigError as exc:
+            logger.info("sweep off: {}", exc)
+            return None
+        if s.sweep_every:
+            logger.info("sweep every {} s at up to {} Chatwoot calls/s", s.sweep_every, s.sweep_rate or "unlimited")
+        else:
+            logger.info("sweep off (SWEEP_INTERVAL=0); the operator page and `python -m agentbot sweep` still run it")
+        return SweepLoop(sweeper, s.sweep_every)
 
 
 BOT = web.AppKey("bot", Bot)

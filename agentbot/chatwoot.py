@@ -7,7 +7,9 @@ from typing import Any
 
 import aiohttp
 import msgspec
+from aiolimiter import AsyncLimiter
 
+from .events import Listed, Message, parse_messages, parse_page
 from .metrics import Metrics
 
 FINAL_STATUSES = {400, 401, 403, 404, 422}
@@ -61,27 +63,49 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
+class Throttle:
+    """At most `rate` calls a second (0: no limit), and none while Chatwoot asked to wait (429 Retry-After)."""
+
+    def __init__(self, rate: float):
+        self.limiter = AsyncLimiter(1, 1.0 / rate) if rate > 0 else None  # one call every 1/rate s, no bursts
+        self.resume_at = 0.0  # time.monotonic()
+
+    async def wait(self) -> None:
+        while (delay := self.resume_at - time.monotonic()) > 0:
+            await asyncio.sleep(delay)
+        if self.limiter:
+            await self.limiter.acquire()
+
+    def pause(self, seconds: float) -> None:
+        self.resume_at = max(self.resume_at, time.monotonic() + seconds)
+
+
 class Chatwoot:
     """Talks only to `base_url`; paths are built here and nowhere else."""
 
     def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str | None,
-                 timeout: float = 10.0, metrics: Metrics | None = None):
+                 timeout: float = 10.0, metrics: Metrics | None = None, throttle: Throttle | None = None):
         self.session, self.base_url, self.token = session, base_url, token
         self.timeout = aiohttp.ClientTimeout(total=timeout)
-        self.metrics = metrics
+        self.metrics, self.throttle = metrics, throttle
 
     async def _call(self, method: str, endpoint: str, path: str, body: Any = None, token: str | None = None,
-                    decoder: Any = None) -> Any:
+                    params: dict | None = None, decoder: Any = None) -> Any:
         headers = {"api_access_token": token or self.token or "", "Accept": "application/json"}
+        if self.throttle:
+            await self.throttle.wait()
         started, status = time.perf_counter(), "error"
         try:
-            async with self.session.request(method, self.base_url + path, json=body, headers=headers,
+            async with self.session.request(method, self.base_url + path, json=body, headers=headers, params=params,
                                             timeout=self.timeout, allow_redirects=False) as resp:
                 status = str(resp.status)
                 raw = await resp.read()
                 if resp.status >= 300:
                     text = raw.decode(errors="replace")
-                    raise ChatwootError(endpoint, resp.status, text[:200], _retry_after(resp.headers.get("Retry-After")))
+                    retry_after = _retry_after(resp.headers.get("Retry-After"))
+                    if resp.status == 429 and self.throttle:
+                        self.throttle.pause(retry_after or 1.0)
+                    raise ChatwootError(endpoint, resp.status, text[:200], retry_after)
                 if decoder is not None:
                     return decoder(raw)
                 if not raw.strip():
@@ -151,6 +175,21 @@ class Chatwoot:
     async def contact_conversations(self, account: int, contact_id: int, token: str) -> list[dict]:
         data = await self._call("GET", "contact_conversations", f"/api/v1/accounts/{int(account)}/contacts/{int(contact_id)}/conversations", token=token)
         return (data or {}).get("payload") or []
+
+    async def list_conversations(self, account: int, token: str, status: str, page: int,
+                                 inbox_id: int | None = None) -> tuple[int, list[Listed], int]:
+        """One page (25) of the account's conversations, newest activity first: (all_count, the conversations,
+        how many could not be read); PayloadError when the page is not Chatwoot's shape."""
+        params = {"status": status, "assignee_type": "all", "page": str(int(page))}
+        if inbox_id is not None:
+            params["inbox_id"] = str(int(inbox_id))
+        return await self._call("GET", "conversations", f"/api/v1/accounts/{int(account)}/conversations", token=token,
+                                params=params, decoder=parse_page)
+
+    async def conversation_messages(self, account: int, display_id: int, token: str) -> list[Message]:
+        """The conversation's latest messages (20 on Chatwoot), oldest first."""
+        return await self._call("GET", "messages_index", self._conv(account, display_id) + "/messages", token=token,
+                                decoder=parse_messages)
 
     async def list_inboxes(self, account: int, token: str) -> list[dict]:
         data = await self._call("GET", "inboxes", f"/api/v1/accounts/{int(account)}/inboxes", token=token)

@@ -56,6 +56,8 @@ EXAMPLES = {
     "handoff_languages": "de,fr",
     "keep_languages": "en,pt",
     "bot_command": "#bot",
+    "sweep_interval": "600 (0 = off)",
+    "sweep_rate": "5 (0 = no limit)",
 }
 SECRETS = {"chatwoot_bot_token", "chatwoot_bot_secret", "chatwoot_api_token", "webhook_token"}
 MIN_SECRET = 16  # characters; Chatwoot's bot secrets have 24
@@ -246,6 +248,8 @@ class Settings(BaseSettings, Rules):
     decision_log_size: int = Field(default=5000, ge=0, le=100_000)  # per account; 0 = no log
     inbox_ids: IdList = Field(default_factory=list)
     ignore_inbox_ids: IdList = Field(default_factory=list)
+    sweep_interval: int | None = Field(default=None, ge=0)  # None: 600 with a user token, else off
+    sweep_rate: float = Field(default=5.0, ge=0)
 
     _split_ids = field_validator("chatwoot_account_ids", "inbox_ids", "ignore_inbox_ids", mode="before")(_split)
 
@@ -303,6 +307,13 @@ class Settings(BaseSettings, Rules):
         if inbox_id in self.ignore_inbox_ids:
             return False
         return not self.inbox_ids or inbox_id in self.inbox_ids
+
+    @property
+    def sweep_every(self) -> int:
+        """Seconds between the server's sweeps; 0 = no sweeps (the default without CHATWOOT_API_TOKEN)."""
+        if self.chatwoot_api_token is None:
+            return 0
+        return 600 if self.sweep_interval is None else self.sweep_interval
 
     def require(self, *names: str) -> None:
         for name in names:

@@ -77,8 +77,10 @@ def triage(d: Delivery, settings: Settings) -> str | None:
     return None if rules.handoff_on_agent_reply else "agent reply (HANDOFF_ON_AGENT_REPLY is off)"
 
 
-def decide(d: Delivery, facts: Facts, now: datetime, settings: Settings) -> Decision:
-    decision = _decide(d, facts, now, settings)
+def decide(d: Delivery, facts: Facts, now: datetime, settings: Settings, *, live: bool = True) -> Decision:
+    """`live=False` is the sweep: the message was seen before (no count, no greeting, no away message), and
+    HANDOFF_AFTER_SECONDS runs from the conversation's `waiting_since`."""
+    decision = _decide(d, facts, now, settings, live)
     m, c = d.message, d.conversation
     if m and c:
         timer_job = [decision.timer[1]] if isinstance(decision.timer, tuple) else []
@@ -89,7 +91,7 @@ def decide(d: Delivery, facts: Facts, now: datetime, settings: Settings) -> Deci
     return decision
 
 
-def _decide(d: Delivery, facts: Facts, now: datetime, settings: Settings) -> Decision:
+def _decide(d: Delivery, facts: Facts, now: datetime, settings: Settings, live: bool = True) -> Decision:
     why_not = triage(d, settings)
     if why_not:
         return ignore(why_not)
@@ -115,7 +117,7 @@ def _decide(d: Delivery, facts: Facts, now: datetime, settings: Settings) -> Dec
         who = m.sender.name or "an agent (from the phone)"
         return _handoff(c, facts, now, rules, "agent_reply", f"{who} replied while the conversation was pending",
                         deferrable=False, human_took_over=True)
-    return _incoming(c, m, facts, now, rules)
+    return _incoming(c, m, facts, now, rules, live)
 
 
 def _conversation_event(event: str, c: Conversation, state: ConversationState, now: datetime) -> Decision:
@@ -151,25 +153,30 @@ def _give_back(c: Conversation, m: Message, state: ConversationState, now: datet
     return Decision("pending", job.reason, "bot_command", state.new_period(given_back=True), [job], CANCEL)
 
 
-def _incoming(c: Conversation, m: Message, facts: Facts, now: datetime, rules: Rules) -> Decision:
-    state = replace(facts.state, incoming=facts.state.incoming + 1)
+def _incoming(c: Conversation, m: Message, facts: Facts, now: datetime, rules: Rules, live: bool = True) -> Decision:
+    state = replace(facts.state, incoming=facts.state.incoming + 1) if live else facts.state
     # After a give-back the customer's history has been seen by a human already: only other rules apply.
     returning = returning_reason(c, facts) if rules.handoff_returning and not given_back(c, state) else None
     fired = _first_rule(c, m, state, rules, returning)
     if fired:
         rule, reason = fired
-        return _handoff(c, replace(facts, state=state), now, rules, rule, reason, returning=bool(returning and rule == "returning"))
+        return _handoff(c, replace(facts, state=state), now, rules, rule, reason, returning=bool(returning and rule == "returning"),
+                        live=live)
     jobs: list[Job] = []
-    if rules.greeting_message and not state.greeted and not c.is_group:
+    if live and rules.greeting_message and not state.greeted and not c.is_group:
         jobs.append(_job(c, "greeting", [{"op": "message", "content": _render(rules.greeting_message, c, "new customer")}], now))
         state = replace(state, greeted=True)
     timer = None
     if rules.handoff_after_seconds and state.timer_due is None:
         # Counted from the bot's clock at the first message (the delivery arrives within moments),
-        # so `explain --at` and tests with an injected clock see the same timer.
-        due = now + timedelta(seconds=rules.handoff_after_seconds)
-        due = due if c.is_group else _adjust_to_hours(due, rules)
+        # so `explain --at` and tests with an injected clock see the same timer; the sweep counts
+        # from Chatwoot's waiting_since instead, as it comes late.
+        start = now if live else datetime.fromtimestamp(c.waiting_since or now.timestamp(), timezone.utc)
         reason = f"Customer waited {rules.handoff_after_seconds} s in pending"
+        if start + timedelta(seconds=rules.handoff_after_seconds) <= now:  # the sweep found it waiting longer
+            return _handoff(c, replace(facts, state=state), now, rules, "wait", reason, live=live)
+        due = start + timedelta(seconds=rules.handoff_after_seconds)
+        due = due if c.is_group else _adjust_to_hours(due, rules)
         timer = (due.timestamp(), _handoff_job(c, facts, now, rules, reason, returning=False, rule="wait"))
         state = replace(state, timer_due=timer[0])
     return Decision("keep", "new customer: no rule fired, conversation stays pending", state=state, jobs=jobs, timer=timer)
@@ -235,7 +242,7 @@ def operator_handoff(c: Conversation, facts: Facts, now: datetime, settings: Set
 
 
 def _handoff(c: Conversation, facts: Facts, now: datetime, rules: Rules, rule: str, reason: str,
-             *, deferrable: bool = True, returning: bool = False, human_took_over: bool = False) -> Decision:
+             *, deferrable: bool = True, returning: bool = False, human_took_over: bool = False, live: bool = True) -> Decision:
     state = replace(facts.state, handed_off=True, timer_due=None)
     hours = rules.hours
     deferrable = deferrable and not c.is_group  # a group is only ever opened, at once
@@ -246,7 +253,7 @@ def _handoff(c: Conversation, facts: Facts, now: datetime, rules: Rules, rule: s
     job = _handoff_job(c, facts, now, rules, f"{reason} (deferred from closed hours)", returning, False, rule)
     jobs: list[Job] = []
     period = opening.isoformat()
-    if rules.away_message and facts.state.away_period != period:
+    if live and rules.away_message and facts.state.away_period != period:
         jobs.append(_job(c, "away message", [{"op": "message", "content": _render(rules.away_message, c, reason)}], now))
         state = replace(state, away_period=period)
     state = replace(state, timer_due=opening.timestamp())

@@ -113,6 +113,7 @@ class Conversation(Struct, frozen=True):
     last_message_id: int | None = None  # messages[0]: the latest public message when the payload was built
     updated_at: str = ""  # changes with every save: tells two events of one conversation apart
     status_changed: bool | None = None  # by the save this event reports; None: the payload doesn't say
+    waiting_since: float | None = None  # unix time the customer started waiting; filled by the sweep only
     # Decoded only by the rules that read them, so most deliveries never pay for them.
     raw_labels: Raw = EMPTY
     raw_attributes: tuple[Raw, Raw] = (EMPTY, EMPTY)  # the contact's, then the conversation's
@@ -158,11 +159,12 @@ class Conversation(Struct, frozen=True):
 
 class Message(Struct, frozen=True):
     id: int
-    kind: str  # "incoming", "outgoing", "template"
+    kind: str  # "incoming", "outgoing", "template" (and "activity" in listed messages)
     private: bool
     content: str | None
     sender: Person
     source_id: str | None
+    created_at: float = 0.0  # unix time; known for listed messages (the sweep), 0 in deliveries
 
 
 class Delivery(Struct, frozen=True):
@@ -280,3 +282,102 @@ def _unexpected(body: bytes, delivery_id: str | None, exc: msgspec.ValidationErr
     if isinstance(event, str) and event not in MESSAGE_EVENTS | CONVERSATION_EVENTS:
         return Delivery(event, delivery_id)
     raise PayloadError(str(exc), event if isinstance(event, str) else None)
+
+
+# Chatwoot's conversation partial (`GET /conversations`, a contact's conversations) and the messages
+# index. Unlike a delivery, `messages` holds the last message of any kind (a private note or an
+# activity too), message_type is an integer and the times are unix integers, 0 when unset.
+MESSAGE_KINDS = {0: "incoming", 1: "outgoing", 2: "activity", 3: "template"}
+SENDER_KINDS = {"Contact": "contact", "User": "user", "AgentBot": "agent_bot"}
+
+
+class _Posted(Struct):
+    """Message#push_event_data, as in the partial's `messages` and the messages index."""
+
+    id: int | None = None
+    account_id: int | None = None
+    message_type: int | str | None = None
+    private: bool | None = False
+    content: str | None = None
+    source_id: str | None = None
+    sender_type: str | None = None
+    sender: _Person | None = None
+    created_at: float | str | None = None
+
+
+class _Listed(_Conversation):
+    account_id: int | None = None
+    messages: list[_Posted] = []
+    last_non_activity_message: _Posted | None = None
+    waiting_since: float | None = None
+    last_activity_at: float | None = None
+
+
+class _Counts(Struct, frozen=True):
+    all_count: int = 0
+
+
+class _PageData(Struct):
+    meta: _Counts = _Counts()
+    payload: list[_Listed] = []
+
+
+class _Page(Struct):
+    data: _PageData
+
+
+class _MessagesPage(Struct):
+    payload: list[_Posted] = []
+
+
+_decode_page = msgspec.json.Decoder(_Page).decode
+_decode_messages = msgspec.json.Decoder(_MessagesPage).decode
+
+
+class Listed(Struct, frozen=True):
+    """One conversation of a list page, with the messages the page shows (at most two, oldest first)."""
+
+    conversation: Conversation
+    messages: tuple[Message, ...]
+    last_activity_at: float  # unix time
+
+
+def _posted(p: _Posted | None) -> Message | None:
+    if p is None or p.id is None:
+        return None
+    kind = MESSAGE_KINDS.get(p.message_type, p.message_type) if isinstance(p.message_type, int) else p.message_type
+    if kind not in ("incoming", "outgoing", "template", "activity"):
+        return None
+    sender = p.sender or _Person()
+    who = sender.type or SENDER_KINDS.get(p.sender_type or "") or ("contact" if kind == "incoming" else None)
+    when = p.created_at if isinstance(p.created_at, (int, float)) else 0.0
+    return Message(p.id, kind, bool(p.private), p.content, Person(sender.id, who, sender.name or ""), p.source_id, float(when))
+
+
+def parse_page(body: bytes) -> tuple[int, list[Listed], int]:
+    """A page of `GET /conversations`: (all_count, the conversations, how many items could not be read)."""
+    try:
+        page = _decode_page(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise PayloadError(f"conversation list: {exc}") from None
+    listed, bad = [], 0
+    for item in page.data.payload:
+        try:
+            conversation = _conversation(item, item.account_id)
+        except PayloadError:
+            bad += 1
+            continue
+        shown = {m.id: m for m in map(_posted, (item.last_non_activity_message, *item.messages)) if m is not None}
+        since = float(item.waiting_since or 0) or None
+        listed.append(Listed(msgspec.structs.replace(conversation, waiting_since=since),
+                             tuple(sorted(shown.values(), key=lambda m: m.id)), float(item.last_activity_at or 0)))
+    return page.data.meta.all_count, listed, bad
+
+
+def parse_messages(body: bytes) -> list[Message]:
+    """The messages index (`{"meta": …, "payload": [message, …]}`), oldest first."""
+    try:
+        page = _decode_messages(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise PayloadError(f"conversation messages: {exc}") from None
+    return sorted((m for m in map(_posted, page.payload) if m is not None), key=lambda m: m.id)

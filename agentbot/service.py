@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 
 from loguru import logger
+from msgspec.structs import replace
 
 from .chatwoot import Chatwoot, ChatwootError
 from .config import Settings
@@ -50,6 +51,7 @@ class LookupBudget:
             return False
         self.tokens -= 1
         return True
+SWEEP_LOGGED = {"handoff", "defer"}  # the sweep's keeps (thousands at its first run) would crowd the log
 
 
 def contact_key(c: Conversation) -> str | None:
@@ -65,6 +67,7 @@ class Handoffs:
         self.clock, self.on_commit = clock, on_commit
         self._lookups = asyncio.Semaphore(LOOKUP_CONCURRENCY)
         self._budget = LookupBudget()
+        self.live = 0  # deliveries being decided right now (the sweep gives way to them)
 
     async def facts(self, d: Delivery, look_up: bool = True, deadline: float | None = None) -> Facts:
         """What the bot knows; with `look_up`, also Chatwoot's answer about the contact, given by `deadline`
@@ -87,9 +90,10 @@ class Handoffs:
             and not given_back(c, facts.state) and returning_reason(c, facts) is None
         )
 
-    async def _look_up(self, c: Conversation, deadline: float | None) -> Resolved | None:
+    async def _look_up(self, c: Conversation, deadline: float | None = None, cache: bool = True) -> Resolved | None:
         """The contact's latest other resolved conversation in Chatwoot (user token), cached for an hour;
-        a failure is cached for a minute. None (a new customer) when it cannot be asked in time."""
+        a failure is cached for a minute. None (a new customer) when it cannot be asked in time. A dry run
+        of the sweep (`cache=False`) writes nothing."""
         key, now = contact_key(c), self.clock().timestamp()
         cached, value = await self.store.recall(key, now)
         if cached:
@@ -107,7 +111,8 @@ class Handoffs:
         except (ChatwootError, asyncio.TimeoutError) as exc:
             logger.warning("conversation {}: contact look-up failed ({}); treating the customer as new for {:.0f} s",
                            c.key, exc or "timed out", FAILED_LOOKUP_TTL)
-            await self.store.remember(key, None, FAILED_LOOKUP_TTL, now)
+            if cache:
+                await self.store.remember(key, None, FAILED_LOOKUP_TTL, now)
             return None
         resolved = [x for x in found if x.get("status") == "resolved" and x.get("id") != c.display_id]
         best = max(resolved, key=lambda x: x.get("last_activity_at") or x.get("timestamp") or 0, default=None)
@@ -117,10 +122,18 @@ class Handoffs:
             assignee = ((best.get("meta") or {}).get("assignee") or {}).get("id")
             on = datetime.fromtimestamp(when, timezone.utc).date().isoformat()
             value = Resolved(int(best["id"]), on, assignee, "chatwoot")
-        await self.store.remember(key, value, LOOKUP_TTL, now)
+        if cache:
+            await self.store.remember(key, value, LOOKUP_TTL, now)
         return value
 
     async def handle(self, d: Delivery) -> Decision:
+        self.live += 1
+        try:
+            return await self._handle(d)
+        finally:
+            self.live -= 1
+
+    async def _handle(self, d: Delivery) -> Decision:
         why_not = triage(d, self.settings)
         if why_not:  # the bulk of deliveries: nothing to look up
             return self._report(d, Decision("ignore", why_not))
@@ -169,14 +182,46 @@ class Handoffs:
             logger.info("conversation {}: handoff queued from the operator page: {}", c.key, decision.reason)
             return decision
 
-    async def _commit(self, d: Delivery, decision: Decision) -> bool:
+    async def reconcile(self, d: Delivery, incoming: int | None, dry_run: bool = False) -> Decision:
+        """The sweep's way in: decide a listed conversation like a delivery of its last customer message, seen
+        before (no greeting, no away message), under the same lock and into the same store and outbox.
+        `incoming` is the customer's messages in this pending period, when the sweep counted them."""
+        why_not = triage(d, self.settings)
+        if why_not:
+            return Decision("ignore", why_not)
+        c = d.conversation
+        with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id):
+            async with self.store.lock(c.key):
+                facts = await self.facts(d, look_up=False)
+                stored = facts.state
+                # Once the bot has seen the customer's message (live, or an earlier sweep: it records at least
+                # one), the contact was looked up then: later sweeps rely on what the bot has seen since.
+                if not stored.incoming and self._worth_looking_up(d, facts):
+                    facts = Facts(stored, await self._look_up(c, cache=not dry_run))  # a dry run writes nothing
+                seen = max(stored.incoming, incoming or 1)
+                if seen != stored.incoming:
+                    facts = replace(facts, state=replace(stored, incoming=seen))
+                decision = decide(d, facts, self.clock(), self.settings, live=False)
+                if decision.state == stored:
+                    decision.state = None  # nothing new to remember: most kept conversations write nothing
+                if dry_run or not decision.writes:
+                    return decision
+                # Its own dedup key: one sweep decision per outcome for the customer's last message, so two
+                # sweeps deciding alike (the command beside the server) commit once.
+                key = f"s:{c.key}:{d.message.id}:{decision.outcome}:{decision.rule}"
+                if not await self._commit(d, decision, key, "sweep"):
+                    decision = Decision("duplicate", f"the sweep decided conversation {c.key} this way before")
+            return decision
+
+    async def _commit(self, d: Delivery, decision: Decision, dedup_key: str | None = None, event: str | None = None) -> bool:
+        """`dedup_key` and `event` name the sweep's decisions, whose keeps stay out of the decision log."""
         c, now = d.conversation, self.clock().timestamp()
         log = None
-        if decision.outcome in LOGGED and self.settings.decision_log_size:
+        if decision.outcome in (LOGGED if event is None else SWEEP_LOGGED) and self.settings.decision_log_size:
             log = DecisionEntry(now, c.account_id, c.inbox_id, c.display_id, c.contact.name, decision.outcome,
-                                decision.rule, decision.reason, d.event, d.dedup_key)
+                                decision.rule, decision.reason, event or d.event, dedup_key or d.dedup_key)
         commit = Commit(
-            dedup_key=d.dedup_key,
+            dedup_key=dedup_key or d.dedup_key,
             conversation_key=c.key,
             state=decision.state,
             jobs=decision.jobs,

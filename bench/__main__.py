@@ -21,7 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
-from . import payloads
+from . import payloads, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("bot", "ceiling", "usual")
@@ -44,11 +44,11 @@ def pct(values: list[float], q: float) -> float:
 class Server:
     """One target process; CPU time and peak RSS are read from /proc (gunicorn: master + workers)."""
 
-    def __init__(self, target: str, workload: str, standin: str, store: str, workdir: Path):
+    def __init__(self, target: str, workload: str, standin: str, store: str, workdir: Path, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "CHATWOOT_URL": standin, "CHATWOOT_BOT_TOKEN": "bench-token", "PORT": str(self.port),
-               "WORKLOAD": workload, "PYTHONPATH": str(ROOT)}
+               "WORKLOAD": workload, "PYTHONPATH": str(ROOT), "SWEEP_INTERVAL": "0", **(env or {})}
         if target == "bot":
             env["STORE_URL"] = store if store.startswith("redis") else f"sqlite:///{workdir}/bot-{self.port}.sqlite3"
             if workload == "handoff":
@@ -259,10 +259,12 @@ async def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench")
     p.add_argument("--store", default="sqlite", help="sqlite (default) or a redis://… URL for the bot")
     p.add_argument("--seconds", type=int, default=6, help="seconds per throughput run and per mixed run")
-    p.add_argument("--rounds", type=int, default=3, help="rounds; each figure is the median over them")
+    p.add_argument("--rounds", type=int, default=3, help="rounds; each figure is the median over them (0: only the sweep)")
     p.add_argument("--rate", type=int, default=500, help="offered deliveries/s for the latency runs")
     p.add_argument("--connections", type=int, default=32, help="wrk connections")
     p.add_argument("--targets", default=",".join(TARGETS))
+    p.add_argument("--sweep", type=int, default=10_000, help="pending conversations for the sweep workload (0: skip it)")
+    p.add_argument("--sweep-sample", type=float, default=20, help="seconds the default-rate sweep is sampled")
     args = p.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="agentbot-bench-"))
     files = {"ignore": workdir / "ignore.jsonl", "handoff": workdir / "handoff.jsonl"}
@@ -289,8 +291,13 @@ async def main() -> None:
             for workload in WORKLOADS:
                 for target in targets:
                     runs[target][workload].append(await measure(target, workload, args, standin_url, workdir, files))
+        sweep_figures = None
+        if args.sweep and "bot" in targets:
+            print(f"sweep workload: {args.sweep} pending conversations", flush=True)
+            sweep_figures = await sweep.run(args, standin_url, workdir, Server, open_loop)
+            print(f"  {json.dumps(sweep_figures)}", flush=True)
         results = {}
-        for target in targets:
+        for target in targets if args.rounds else ():
             results[target] = {w: median_of(runs[target][w]) for w in WORKLOADS}
             results[target]["peak_rss_mb"] = max(results[target][w]["peak_rss_mb"] for w in WORKLOADS)
             results[target]["cold_start_ms"] = statistics.median(r["cold_start_ms"] for w in WORKLOADS for r in runs[target][w])
@@ -303,6 +310,10 @@ async def main() -> None:
     if set(TARGETS) <= set(results):
         report["table"] = table(results, args.rate)
         print("\n" + report["table"])
+    if sweep_figures:
+        report["sweep"] = sweep_figures
+        report["sweep_table"] = sweep.table(sweep_figures, args.rate)
+        print("\n" + report["sweep_table"])
     (ROOT / "bench" / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwritten to bench/results.json (logs in {workdir})")
 

@@ -1,25 +1,83 @@
-"""A fast stand-in for Chatwoot's API: answers every call and records when toggle_status arrived."""
+"""A fast stand-in for Chatwoot's API: answers every call and records when toggle_status arrived.
+
+For the sweep workload it also holds pending conversations (`POST /_pending?n=…&share=…`): the
+conversation list (Chatwoot's partial, 25 a page), a contact's conversations and the messages index,
+and counts the calls per endpoint (`GET /_calls`).
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from collections import Counter
 
 from aiohttp import web
 
 TOGGLED = json.dumps({"meta": {}, "payload": {"success": None, "current_status": "open"}}).encode()
 MESSAGE = json.dumps({"id": 1, "content": "", "message_type": 1, "private": True}).encode()
+PAGE = 25
+NO_CONVERSATIONS = json.dumps({"payload": []}).encode()
+
+
+def partial(display_id: int, returning: bool, now: int) -> bytes:
+    """Chatwoot's conversation partial for a pending conversation whose customer wrote an hour ago;
+    a returning customer's shows an agent's first reply."""
+    contact = {"id": 100_000 + display_id, "name": f"Customer {display_id}", "email": None, "phone_number": None,
+               "identifier": None, "thumbnail": "", "blocked": False, "additional_attributes": {}, "custom_attributes": {}}
+    message = {"id": 10 * display_id, "content": "Hi, where is my order?", "account_id": 1, "inbox_id": 3,
+               "conversation_id": display_id, "message_type": 0, "created_at": now - 3600, "private": False,
+               "status": "sent", "source_id": None, "content_type": "text", "content_attributes": {},
+               "sender_type": "Contact", "sender_id": contact["id"], "sender": {**contact, "type": "contact"}}
+    return json.dumps({
+        "meta": {"sender": contact, "channel": "Channel::WebWidget", "hmac_verified": False}, "id": display_id,
+        "messages": [message], "account_id": 1, "uuid": f"bench-{display_id}", "additional_attributes": {},
+        "agent_last_seen_at": 0, "assignee_last_seen_at": 0, "can_reply": True, "contact_last_seen_at": 0,
+        "custom_attributes": {}, "inbox_id": 3, "labels": [], "muted": False, "snoozed_until": None, "status": "pending",
+        "created_at": now - 90_000 if returning else now - 3600, "updated_at": now - 3600.0, "timestamp": now - 3600,
+        "first_reply_created_at": now - 86_400 if returning else 0, "unread_count": 1, "last_non_activity_message": message,
+        "last_activity_at": now - 3600, "priority": None, "waiting_since": now - 3600, "sla_policy_id": None,
+    }, separators=(",", ":")).encode()
 
 
 def build() -> web.Application:
     arrivals: dict[int, float] = {}
+    pending: dict[int, bytes] = {}  # display id → partial, newest activity first
+    calls: Counter = Counter()
 
     async def toggle(request: web.Request) -> web.Response:
-        arrivals.setdefault(int(request.match_info["conv"]), time.monotonic())
+        conv = int(request.match_info["conv"])
+        arrivals.setdefault(conv, time.monotonic())
+        pending.pop(conv, None)
+        calls["toggle_status"] += 1
         await request.read()
         return web.Response(body=TOGGLED, content_type="application/json")
 
+    async def conversations(request: web.Request) -> web.Response:
+        calls["conversations"] += 1
+        page = int(request.query.get("page", "1"))
+        ids = list(pending)[(page - 1) * PAGE:page * PAGE]
+        meta = json.dumps({"mine_count": 0, "assigned_count": 0, "unassigned_count": len(pending), "all_count": len(pending)})
+        body = b'{"data":{"meta":' + meta.encode() + b',"payload":[' + b",".join(pending[i] for i in ids) + b"]}}"
+        return web.Response(body=body, content_type="application/json")
+
+    async def contact_conversations(request: web.Request) -> web.Response:
+        calls["contact_conversations"] += 1
+        return web.Response(body=NO_CONVERSATIONS, content_type="application/json")
+
+    async def set_pending(request: web.Request) -> web.Response:
+        n, share = int(request.query["n"]), float(request.query.get("share", "0.2"))
+        now, step = int(time.time()), round(1 / share) if share else 0
+        pending.clear()
+        calls.clear()
+        for i in range(1, n + 1):
+            pending[i] = partial(i, bool(step) and i % step == 0, now)
+        return web.json_response({"pending": len(pending)})
+
+    async def count_calls(request: web.Request) -> web.Response:
+        return web.json_response({**calls, "pending": len(pending)})
+
     async def message(request: web.Request) -> web.Response:
+        calls["messages"] += 1
         await request.read()
         return web.Response(body=MESSAGE, content_type="application/json")
 
@@ -31,6 +89,10 @@ def build() -> web.Application:
     app = web.Application()
     app.router.add_post("/api/v1/accounts/{account}/conversations/{conv}/toggle_status", toggle)
     app.router.add_post("/api/v1/accounts/{account}/conversations/{conv}/messages", message)
+    app.router.add_get("/api/v1/accounts/{account}/conversations", conversations)
+    app.router.add_get("/api/v1/accounts/{account}/contacts/{contact}/conversations", contact_conversations)
+    app.router.add_post("/_pending", set_pending)
+    app.router.add_get("/_calls", count_calls)
     app.router.add_get("/_records", records)
     app.router.add_get("/healthz", lambda r: web.json_response({"status": "ok"}))
     return app

@@ -128,3 +128,17 @@ async def test_check_accepts_the_bot_token_on_chatwoot_before_typing_was_allowed
                              argparse.Namespace()) == 0
     assert [c.status for c in fake.calls if c.endpoint == "toggle_typing_status"] == [401]
     assert "OK   Chatwoot at" in capsys.readouterr().out
+
+
+async def test_check_lists_the_sweep(fake, capsys):
+    off = load({"CHATWOOT_URL": fake.url, "CHATWOOT_ACCOUNT_ID": "1", "CHATWOOT_BOT_TOKEN": "bot-token-7", "STORE_URL": "memory://",
+                "WEBHOOK_TOKEN": "a-token-only-chatwoot-knows"})
+    assert await admin.check(off, argparse.Namespace()) == 0
+    out = capsys.readouterr().out
+    assert "INFO sweep off: set CHATWOOT_API_TOKEN" in out
+    fake.customer_writes(fake.contact(), "Hi")
+    assert await admin.check(settings(fake, CHATWOOT_BOT_TOKEN="bot-token-7"), argparse.Namespace()) == 0
+    assert "OK   sweep every 600 s at up to 5 calls/s: 1 pending conversation in account 1" in capsys.readouterr().out
+    assert await admin.check(settings(fake, CHATWOOT_BOT_TOKEN="bot-token-7", CHATWOOT_API_TOKEN="bot-token-7"),
+                             argparse.Namespace()) == 1
+    assert "FAIL sweep: Chatwoot answered 401 to conversations" in capsys.readouterr().out

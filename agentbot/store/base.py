@@ -1,6 +1,8 @@
 """The store interface: facts, deduplication, the outbox, timers, dead letters and locks."""
 from __future__ import annotations
 
+import time
+import weakref
 from abc import ABC, abstractmethod
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -131,5 +133,38 @@ class Store(ABC):
     async def requeue_one(self, job_id: str, now: float) -> bool:
         """Put one dead letter back in the outbox as new; False when there is no such dead letter."""
 
+    async def lease(self, name: str, ttl: float) -> Lease | None:
+        """Hold `name` (e.g. "sweep") for `ttl` seconds unless renewed; None while another holder has it.
+        This default holds within the process; backends shared by several instances override it."""
+        held = _LOCAL_LEASES.setdefault(self, {})
+        if held.get(name, 0.0) > time.monotonic():
+            return None
+        return _LocalLease(held, name, ttl)
+
     async def prune(self, now: float) -> None:
         """Drop expired dedup keys and look-ups (backends with native TTLs need nothing)."""
+
+
+class Lease:
+    """A held lease; `renew` before the ttl runs out, `release` when done."""
+
+    async def renew(self) -> bool:
+        return True
+
+    async def release(self) -> None: ...
+
+
+_LOCAL_LEASES: weakref.WeakKeyDictionary[Store, dict[str, float]] = weakref.WeakKeyDictionary()  # name → expiry
+
+
+class _LocalLease(Lease):
+    def __init__(self, held: dict[str, float], name: str, ttl: float):
+        self.held, self.name, self.ttl = held, name, ttl
+        held[name] = time.monotonic() + ttl
+
+    async def renew(self) -> bool:
+        self.held[self.name] = time.monotonic() + self.ttl
+        return True
+
+    async def release(self) -> None:
+        self.held.pop(self.name, None)

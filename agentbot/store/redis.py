@@ -7,11 +7,11 @@ import uuid
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import ConnectionError, LockError, TimeoutError
 
 from ..actions import Job
 from ..facts import ConversationState, Resolved
-from .base import DEDUP_TTL, LEASE, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Store
+from .base import DEDUP_TTL, LEASE, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Lease, Store
 
 P = "agentbot:"
 # Keys: seen:<dedup>, conv:<key>, contact:<key>, lookup:<key> (strings with TTLs);
@@ -220,6 +220,10 @@ class RedisStore(Store):
         # Held for milliseconds (at most the 2 s look-up); bounded so Chatwoot's 5 s deadline holds.
         return self.redis.lock(P + "lock:" + conversation_key, timeout=10, blocking_timeout=3, sleep=0.005)
 
+    async def lease(self, name, ttl):
+        lock = self.redis.lock(P + "lease:" + name, timeout=ttl)
+        return _RedisLease(lock) if await lock.acquire(blocking=False) else None
+
     async def claim(self, now: float) -> Job | None:
         token = uuid.uuid4().hex
         found = await self._claim(args=[now, LEASE, token])
@@ -271,3 +275,23 @@ class RedisStore(Store):
 
     async def fire_timers(self, now):
         return int(await self._fire(args=[now]))
+
+
+class _RedisLease(Lease):
+    """One holder across all instances; the key expires if the holder dies without releasing it."""
+
+    def __init__(self, lock):
+        self.lock = lock
+
+    async def renew(self) -> bool:
+        try:
+            await self.lock.reacquire()
+            return True
+        except LockError:  # it expired, and someone else may hold it now
+            return False
+
+    async def release(self) -> None:
+        try:
+            await self.lock.release()
+        except LockError:  # expired already
+            pass

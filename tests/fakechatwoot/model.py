@@ -152,6 +152,9 @@ class Conversation:
             data["meta"]["assignee"] = self.assignee.push() if self.assignee else None
         return data
 
+    def last_activity_at(self) -> float:
+        return self.messages[-1].created_at if self.messages else self.created_at
+
     def partial(self, teams: dict[int, dict]) -> dict:
         """The API's conversation JSON (`api/v1/conversations/partials/_conversation.json.jbuilder`): what
         GET /conversations/{id} and the conversation lists answer. Times are unix ints, 0 when unset;
@@ -171,7 +174,7 @@ class Conversation:
             meta["assignee"] = assignee
         if self.team_id and self.team_id in teams:
             meta["team"] = teams[self.team_id]
-        activity = int(self.messages[-1].created_at) if self.messages else int(self.created_at)
+        activity = int(self.last_activity_at())
         return {
             "meta": meta, "id": self.display_id, "messages": [self._message_push(last)] if last else [],
             "account_id": self.account_id, "uuid": f"00000000-0000-4000-8000-{self.display_id:012d}",

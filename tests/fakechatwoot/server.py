@@ -32,6 +32,7 @@ RATE_LIMIT = 3000  # rack-attack `req/ip`: requests per client IP per minute (fi
 BOT_SECRET = "bot-secret-7-6Ybq3sWkT2vN"  # Chatwoot's `has_secure_token :secret`: 24 characters
 FALLBACK_ACTIVITY = "Conversation was marked open by system due to an error with the agent bot."
 MESSAGE_EVENTS = {"message_created", "message_updated"}
+LIST_PAGE = 25  # conversations a page (Kaminari's default in ConversationFinder)
 
 
 @dataclass
@@ -526,6 +527,7 @@ class FakeChatwoot:
             conv = self.conversations.get(int(match["conv"]))
             if conv is None:
                 return answer(404, NOT_FOUND)
+        self.query = request.query
         status, data = fn(self, match, body or {}, bot or user, conv)
         response = answer(status, data)
         if after is not None:
@@ -638,11 +640,47 @@ class FakeChatwoot:
 
     def _contact_conversations(self, match, body, actor, conv):
         cid = int(match["contact"])
-        mine = [c.push(self.teams) for c in self.conversations.values() if c.contact.id == cid]
+        mine = [c.partial(self.teams) for c in self.conversations.values() if c.contact.id == cid]
         return 200, {"payload": list(reversed(mine))[:20]}
 
     def _list_conversations(self, match, body, actor, conv):
-        return 200, {"data": {"payload": [c.push(self.teams) for c in self.conversations.values()]}}
+        """ConversationFinder + conversations/index.json.jbuilder: status (default open, "all"), inbox_id,
+        assignee_type (me, unassigned, assigned, else all), 25 a page, latest activity first; the counts are
+        taken before the assignee filter."""
+        q = self.query
+        status = q.get("status") or "open"
+        found = [c for c in self.conversations.values() if c.account_id == int(match["account"])
+                 and (status == "all" or c.status == status)]
+        if q.get("inbox_id"):
+            found = [c for c in found if str(c.inbox.id) == q["inbox_id"]]
+        counts = {"mine_count": sum(c.assignee is actor for c in found),
+                  "assigned_count": sum(c.assignee is not None for c in found),
+                  "unassigned_count": sum(c.assignee is None for c in found), "all_count": len(found)}
+        kind = q.get("assignee_type")
+        if kind == "me":
+            found = [c for c in found if c.assignee is actor]
+        elif kind in ("unassigned", "assigned"):
+            found = [c for c in found if (c.assignee is None) == (kind == "unassigned")]
+        found.sort(key=lambda c: (c.last_activity_at(), c.display_id), reverse=True)
+        page = int(q["page"]) if q.get("page", "").isdigit() and int(q["page"]) > 0 else 1
+        shown = found[(page - 1) * LIST_PAGE:page * LIST_PAGE]
+        return 200, {"data": {"meta": counts, "payload": [c.partial(self.teams) for c in shown]}}
+
+    def _messages_index(self, match, body, actor, conv):
+        """MessageFinder: the latest 20 messages of any kind, oldest first, with the conversation's meta."""
+        meta = {"labels": list(conv.labels), "additional_attributes": {"browser_language": conv.browser_language},
+                "contact": conv.contact.push(), "assignee": conv.assignee.push() if conv.assignee else None,
+                "agent_last_seen_at": None, "assignee_last_seen_at": None}
+        return 200, {"meta": meta, "payload": [conv._message_push(m) for m in conv.messages[-20:]]}
+
+    def age(self, display_id: int, seconds: float) -> None:
+        """Move a conversation and its messages `seconds` into the past (written while the bot was away)."""
+        conv = self.conversations[display_id]
+        conv.created_at -= seconds
+        for m in conv.messages:
+            m.created_at -= seconds
+        conv.waiting_since = conv.waiting_since and conv.waiting_since - seconds
+        conv.first_reply_at = conv.first_reply_at and conv.first_reply_at - seconds
 
     def _inboxes(self, match, body, actor, conv):
         return 200, {"payload": [{"id": i.id, "name": i.name, "channel_type": i.channel} for i in self.inboxes.values()]}
@@ -700,7 +738,7 @@ ROUTES = [
     ("POST", _rx("/conversations/{conv}/toggle_priority"), "toggle_priority", True, False, F._toggle_priority),
     ("POST", _rx("/conversations/{conv}/toggle_typing_status"), "toggle_typing_status", True, False, F._typing),
     ("POST", _rx("/conversations/{conv}/messages"), "messages", True, False, F._create_message),
-    ("GET", _rx("/conversations/{conv}/messages"), "messages_index", False, False, F._show),
+    ("GET", _rx("/conversations/{conv}/messages"), "messages_index", False, False, F._messages_index),
     ("POST", _rx("/conversations/{conv}/assignments"), "assignments", True, False, F._assign),
     ("GET", _rx("/conversations/{conv}"), "show", True, False, F._show),
     ("GET", _rx("/conversations"), "conversations", False, False, F._list_conversations),

@@ -1,0 +1,282 @@
+"""The sweep: list the pending conversations with the user token and decide each like a live delivery."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import TypeVar
+
+from loguru import logger
+from msgspec.structs import replace
+
+from .chatwoot import Chatwoot, ChatwootError
+from .config import ConfigError, Settings
+from .events import Delivery, Listed, Message, PayloadError, Person
+from .metrics import Metrics
+from .outbox import backoff
+from .service import Handoffs
+from .store import Store
+from .store.base import Lease
+
+T = TypeVar("T")
+PAGE_SIZE = 25  # Chatwoot's page of conversations
+RECENT = 30.0  # seconds: a conversation active this recently is left to its delivery (and Chatwoot's retries)
+LEASE_TTL = 60.0  # the sweep lease expires this long after its holder stopped renewing it
+ATTEMPTS = 5  # tries of one Chatwoot read before the sweep gives up on it
+YIELD = 0.05  # at most this long a conversation waits for live deliveries to finish first
+
+SKIPPED = {  # decisions that mean "someone else got there first", by the start of their reason
+    "handoff already decided": "handoff already decided",
+    "late delivery": "left pending meanwhile",
+}
+
+
+@dataclass
+class Swept:
+    """What the sweep did with one conversation."""
+
+    key: str
+    outcome: str  # opened, deferred, kept, skipped, error
+    label: str  # the rule (opened, deferred) or the short reason (kept, skipped, error)
+    reason: str
+
+    def line(self, dry_run: bool = False) -> str:
+        return f"conversation {self.key}: {'would be ' if dry_run else ''}{self.outcome} ({self.label}): {self.reason}"
+
+
+@dataclass
+class SweepResult:
+    dry_run: bool = False
+    listed: int = 0
+    conversations: list[Swept] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # Chatwoot errors that stopped a listing
+    seconds: float = 0.0
+
+    def counts(self) -> dict:
+        by: dict[str, Counter] = {k: Counter() for k in ("opened", "deferred", "kept", "skipped", "error")}
+        for s in self.conversations:
+            by[s.outcome][s.label] += 1
+        return {k: dict(v.most_common()) for k, v in by.items()}
+
+    def summary(self) -> str:
+        parts = []
+        for outcome, labels in self.counts().items():
+            detail = ", ".join(f"{label} {n}" for label, n in labels.items())
+            parts.append(f"{outcome} {sum(labels.values())}" + (f" ({detail})" if detail else ""))
+        verb = "would be " if self.dry_run else ""
+        return f"{self.listed} pending conversations listed in {self.seconds:.1f} s; {verb}" + "; ".join(parts)
+
+    def as_json(self) -> dict:
+        return {"dry_run": self.dry_run, "listed": self.listed, "seconds": round(self.seconds, 3),
+                "counts": self.counts(), "failures": self.failures,
+                "conversations": [asdict(s) for s in self.conversations]}
+
+
+class Progress:
+    """What a sweep reports as it goes (the CLI draws a bar from it); the default reports nothing."""
+
+    def listing(self, total: int) -> None: ...
+
+    def decided(self, swept: Swept) -> None: ...
+
+
+class Sweeper:
+    """One sweep over the pending conversations; `chatwoot` should be throttled (SWEEP_RATE)."""
+
+    def __init__(self, settings: Settings, handoffs: Handoffs, chatwoot: Chatwoot, metrics: Metrics,
+                 clock: Callable[[], datetime], busy: Callable[[], int] = lambda: 0):
+        if settings.chatwoot_api_token is None:
+            raise ConfigError("CHATWOOT_API_TOKEN: missing; the sweep lists conversations with an administrator's "
+                              "access token (Profile settings → Access token)")
+        self.settings, self.handoffs, self.chatwoot, self.metrics, self.clock = settings, handoffs, chatwoot, metrics, clock
+        self.token = settings.chatwoot_api_token.get_secret_value()
+        self.busy = busy
+        self.store: Store = handoffs.store
+
+    def accounts(self, wanted: list[int] | None = None) -> list[int]:
+        s = self.settings
+        accounts = wanted or s.chatwoot_account_ids or ([s.chatwoot_account_id] if s.chatwoot_account_id else [])
+        if not accounts:
+            raise ConfigError("CHATWOOT_ACCOUNT_ID: missing (example: 1); the sweep needs to know which account to list")
+        return accounts
+
+    async def run(self, accounts: list[int], inboxes: list[int] | None = None, dry_run: bool = False,
+                  progress: Progress | None = None, lease: Lease | None = None) -> SweepResult:
+        progress = progress or Progress()
+        result, started = SweepResult(dry_run=dry_run), time.monotonic()
+        self._lease, self._renewed = lease, time.monotonic()
+        logger.debug("sweep started{}", " (dry run)" if dry_run else "")
+        try:
+            if not (inboxes or self.settings.inbox_ids or self.chatwoot.token):
+                raise ConfigError("CHATWOOT_BOT_TOKEN: missing; the sweep needs it to find the inboxes connected to the "
+                                  "bot (or name them with INBOX_IDS or --inbox)")
+            found = await self._list_all(accounts, inboxes or self.settings.inbox_ids, result, progress)
+            for item in found:
+                if not await self._keep_lease():
+                    result.failures.append("another instance took over the sweep lease; stopped")
+                    break
+                await self._give_way()
+                try:
+                    swept = await self._one(item, dry_run)
+                except Exception as exc:  # e.g. the store's lock timed out: one conversation, not the sweep, fails
+                    logger.exception("sweep: conversation {} failed", item.conversation.key)
+                    swept = Swept(item.conversation.key, "error", type(exc).__name__, str(exc))
+                result.conversations.append(swept)
+                self.metrics.swept.labels(swept.outcome).inc()
+                progress.decided(swept)
+        finally:
+            result.seconds = time.monotonic() - started
+        outcome = "failed" if result.failures else "done"
+        self.metrics.sweeps.labels(outcome).inc()
+        self.metrics.sweep_seconds.observe(result.seconds)
+        logger.info("sweep {}{}: {}{}", outcome, " (dry run)" if dry_run else "", result.summary(),
+                    "; " + "; ".join(result.failures) if result.failures else "")
+        return result
+
+    # ---- listing ----------------------------------------------------------------------------
+    async def _list_all(self, accounts: list[int], inboxes: list[int], result: SweepResult,
+                        progress: Progress) -> list[Listed]:
+        """Every pending conversation first, then the decisions: opening conversations while paging through
+        the pending list would shift its pages and skip some."""
+        found: dict[str, Listed] = {}
+        for account in accounts:
+            try:
+                chosen = [i for i in inboxes if self.settings.acts_on(account, i)] if inboxes else await self._mine(account)
+            except ChatwootError as exc:
+                result.failures.append(f"listing the inboxes of account {account}: {exc}")
+                logger.error("sweep: cannot list the inboxes of account {}: {}", account, exc)
+                continue
+            for inbox in chosen:
+                try:
+                    await self._list(account, inbox, found, progress)
+                except (ChatwootError, PayloadError) as exc:
+                    result.failures.append(f"listing account {account} inbox {inbox}: {exc}")
+                    logger.error("sweep: cannot list the pending conversations of account {} inbox {}: {}", account, inbox, exc)
+        result.listed = len(found)
+        return sorted(found.values(), key=lambda x: x.last_activity_at)  # longest waiting first
+
+    async def _mine(self, account: int) -> list[int]:
+        """The account's inboxes connected to this bot: other inboxes' pending conversations belong to another
+        bot (Dialogflow, Captain, another agent bot), whose deliveries never reach this one."""
+        inboxes = await self._read(lambda: self.chatwoot.list_inboxes(account, self.token))
+        mine = []
+        for inbox in inboxes:
+            if not self.settings.acts_on(account, inbox["id"]):
+                continue
+            bot = await self._read(lambda: self.chatwoot.inbox_agent_bot(account, inbox["id"], self.token))
+            if (bot.get("access_token") or {}).get("token") == self.chatwoot.token:
+                mine.append(inbox["id"])
+        return mine
+
+    async def _list(self, account: int, inbox: int, found: dict[str, Listed], progress: Progress) -> None:
+        page = 1
+        while True:
+            total, items, unreadable = await self._read(
+                lambda: self.chatwoot.list_conversations(account, self.token, "pending", page, inbox))
+            if unreadable:
+                logger.warning("sweep: {} conversations of page {} could not be read (no id or status)", unreadable, page)
+            if page == 1:
+                progress.listing(total)
+            for item in items:  # new activity moves a conversation up: a page may repeat one already seen
+                if item.conversation.status == "pending":
+                    found[item.conversation.key] = item
+            if len(items) + unreadable < PAGE_SIZE or page * PAGE_SIZE >= total:
+                return
+            page += 1
+            await self._keep_lease()
+
+    async def _read(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A read, retried on 429 (after Retry-After: the throttle pauses every sweep call), 5xx and timeouts."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return await call()
+            except ChatwootError as exc:
+                if exc.final or attempt == ATTEMPTS:
+                    raise
+                delay = backoff(attempt, exc.retry_after)
+                logger.warning("sweep: {}; trying again in {:.1f} s", exc, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    # ---- one conversation --------------------------------------------------------------------
+    async def _one(self, item: Listed, dry_run: bool) -> Swept:
+        c = item.conversation
+        if self.clock().timestamp() - item.last_activity_at < RECENT:
+            return Swept(c.key, "skipped", "recent activity", f"active in the last {RECENT:.0f} s: left to its delivery")
+        state, _ = await self.store.load(c.key, None)
+        if state.handed_off:
+            return Swept(c.key, "skipped", "handoff already decided", "the bot handed it off before (the outbox has it)")
+        try:
+            trigger, incoming, first_at = await self._trigger(item)
+        except (ChatwootError, PayloadError) as exc:
+            logger.warning("sweep: conversation {}: cannot read its messages: {}", c.key, exc)
+            return Swept(c.key, "error", "messages unreadable", str(exc))
+        if trigger is None:
+            return Swept(c.key, "kept", "no customer message", "no incoming message to decide on")
+        waiting = c.waiting_since or first_at or trigger.created_at or None
+        # The list doesn't show whether the inbox's bot owns the conversation (Chatwoot 4.16+), where assigning an
+        # agent before the handoff would open it without the bot: decide as if it did (open first, then assign).
+        owner = c.assignee or Person(None, "agent_bot", "the inbox's bot")
+        d = Delivery("message_created", None, replace(c, waiting_since=waiting, assignee=owner), trigger)
+        decision = await self.handoffs.reconcile(d, incoming, dry_run)
+        swept = _swept(c.key, decision)
+        level = "INFO" if swept.outcome in ("opened", "deferred") and not dry_run else "DEBUG"
+        logger.log(level, "conversation {}: sweep: {}", c.key, decision.describe().splitlines()[0])
+        return swept
+
+    async def _trigger(self, item: Listed) -> tuple[Message | None, int | None, float | None]:
+        """The customer's last message; with HANDOFF_AFTER_MESSAGES also how many they sent in this pending
+        period; and when the first of those was written. The messages index is read only when needed."""
+        c = item.conversation
+        counting = self.settings.rules_for(c.inbox_id).handoff_after_messages is not None
+        shown = [m for m in item.messages if m.kind != "activity"]
+        if shown and _from_customer(shown[-1]) and not counting:
+            return shown[-1], None, None
+        messages = await self._read(lambda: self.chatwoot.conversation_messages(c.account_id, c.display_id, self.token))
+        customer = [m for m in messages if _from_customer(m)]
+        if not customer:
+            return None, None, None
+        since = c.waiting_since
+        if since:
+            period = [m for m in customer if m.created_at >= since - 1]
+        else:  # no waiting_since: the messages after a person last answered
+            answered = max((m.id for m in messages if m.kind == "outgoing" and m.sender.kind == "user"), default=0)
+            period = [m for m in customer if m.id > answered]
+        return customer[-1], (len(period) if counting else None), (period[0].created_at if period else None)
+
+    # ---- sharing the process ------------------------------------------------------------------
+    async def _give_way(self) -> None:
+        """Let live deliveries being decided finish first (briefly: the sweep must still progress)."""
+        await asyncio.sleep(0)
+        deadline = time.monotonic() + YIELD
+        while self.busy() and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+
+    async def _keep_lease(self) -> bool:
+        if self._lease is None or time.monotonic() - self._renewed < LEASE_TTL / 3:
+            return True
+        self._renewed = time.monotonic()
+        return await self._lease.renew()
+
+
+def _from_customer(m: Message) -> bool:
+    return m.kind == "incoming" and not m.private
+
+
+def _swept(key: str, decision) -> Swept:
+    outcome, reason = decision.outcome, decision.reason
+    if outcome == "handoff":
+        return Swept(key, "opened", decision.rule or "other", reason)
+    if outcome == "defer":
+        return Swept(key, "deferred", decision.rule or "other", reason)
+    if outcome == "duplicate":
+        return Swept(key, "skipped", "decided before", reason)
+    for start, label in SKIPPED.items():
+        if reason.startswith(start):
+            return Swept(key, "skipped", label, reason)
+    if outcome == "keep":
+        return Swept(key, "kept", "timer set" if isinstance(decision.timer, tuple) else "no rule fired", reason)
+    return Swept(key, "kept", reason.split(" (")[0].split(":")[0][:60], reason)

@@ -1,0 +1,457 @@
+"""Issue 12: the sweep hands off pending conversations whose delivery never became a decision.
+
+The stories run the real app (and `python -m agentbot sweep` as a process) against the fake Chatwoot,
+whose conversation list has Chatwoot's pagination, filters, permissions and partial shape.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from agentbot.config import load
+from agentbot.decide import decide
+from agentbot.events import Delivery, parse_page
+from agentbot.facts import Facts
+from tests.conftest import Clock, free_port, returning, wait_for
+
+USER = {"CHATWOOT_API_TOKEN": "user-token-5", "CHATWOOT_ACCOUNT_ID": "1"}
+AWAY = 120  # seconds: written while the bot was away, longer ago than the sweep leaves to deliveries
+
+
+def disconnected(fake) -> None:
+    """The bot is down or not connected yet: customers write, Chatwoot delivers nothing (4.6: no fallback)."""
+    fake.bots[7].outgoing_url = ""
+    fake.bot_urls = []
+
+
+def came_back(fake, name: str, text: str = "Hello again", inbox: int = 3):
+    contact, _ = returning(fake, name, inbox)
+    return fake.customer_writes(contact, text, inbox=inbox).conversation
+
+
+def new_customer(fake, name: str, text: str = "Hi, where is my order?", inbox: int = 3):
+    return fake.customer_writes(fake.contact(name), text, inbox=inbox).conversation
+
+
+def aged(fake, convs, seconds: float = AWAY):
+    for conv in convs:
+        fake.age(conv.display_id, seconds)
+    return convs
+
+
+def assert_handed_off_once(fake, convs):
+    for conv in convs:
+        assert conv.status == "open", conv.display_id
+        assert fake.opened_by(conv.display_id) == ["bot:7"], conv.display_id
+        assert len(fake.notes(conv.display_id)) == 1, conv.display_id
+
+
+async def sweep_cli(fake, tmp_path, *args: str, **env: str | None) -> tuple[int, str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_", "SWEEP_"))}
+    full = {**keep, "CHATWOOT_URL": fake.url, "CHATWOOT_BOT_TOKEN": "bot-token-7", **USER,
+            "STORE_URL": f"sqlite:///{tmp_path}/bot.sqlite3", "SWEEP_RATE": "0", **env}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agentbot", "sweep", *args, cwd=tmp_path,
+        env={k: v for k, v in full.items() if v is not None},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(), err.decode()
+
+
+def opened_keys(result: dict) -> set[str]:
+    return {c["key"] for c in result["conversations"] if c["outcome"] == "opened"}
+
+
+# ---- the fake's list endpoint is Chatwoot's -------------------------------------------------
+async def test_the_conversation_list_is_for_user_tokens_with_chatwoots_pages_and_shapes(fake):
+    import aiohttp
+
+    disconnected(fake)
+    convs = [new_customer(fake, f"C{i}") for i in range(30)]
+    fake.agent_writes(convs[0].display_id, "a private remark", private=True)
+    fake.set_status(convs[1].display_id, "open")
+    base = f"{fake.url}/api/v1/accounts/1/conversations"
+    async with aiohttp.ClientSession() as s:
+        async with s.get(base, params={"status": "pending"}, headers={"api_access_token": "bot-token-7"}) as r:
+            assert (r.status, await r.json()) == (401, {"error": "Access to this endpoint is not authorized for bots"})
+        pages = []
+        for page in (1, 2, 3):
+            async with s.get(base, params={"status": "pending", "assignee_type": "all", "inbox_id": "3", "page": str(page)},
+                             headers={"api_access_token": "user-token-5"}) as r:
+                pages.append(await r.json())
+    assert [len(p["data"]["payload"]) for p in pages] == [25, 4, 0]
+    assert pages[0]["data"]["meta"] == {"mine_count": 0, "assigned_count": 0, "unassigned_count": 29, "all_count": 29}
+    item = next(i for i in pages[0]["data"]["payload"] if i["id"] == convs[0].display_id)
+    assert item["first_reply_created_at"] == 0 and item["agent_last_seen_at"] == 0 and isinstance(item["waiting_since"], int)
+    assert item["messages"][0]["private"] is True  # the last message of any kind
+    assert item["last_non_activity_message"]["content"] == "a private remark"
+    total, listed, unreadable = parse_page(json.dumps(pages[0]).encode())
+    assert (total, len(listed), unreadable) == (29, 25, 0)
+    mine = next(x for x in listed if x.conversation.display_id == convs[0].display_id)
+    assert mine.conversation.first_reply_at is None and mine.conversation.waiting_since
+    assert [(m.kind, m.private) for m in mine.messages] == [("outgoing", True)]  # the sweep must read further
+
+
+def test_the_sweep_decides_without_greeting_and_counts_the_wait_from_waiting_since():
+    settings = load({"GREETING_MESSAGE": "Hi {name}!", "HANDOFF_AFTER_SECONDS": "600"})
+    now = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+    body = {"data": {"meta": {"all_count": 1}, "payload": [{
+        "id": 42, "account_id": 1, "inbox_id": 3, "status": "pending", "first_reply_created_at": 0,
+        "waiting_since": int(now.timestamp()) - 700, "last_activity_at": int(now.timestamp()) - 700,
+        "meta": {"sender": {"id": 58, "name": "Maria"}, "channel": "Channel::WebWidget"},
+        "messages": [{"id": 9, "message_type": 0, "private": False, "content": "hi", "account_id": 1,
+                      "created_at": int(now.timestamp()) - 700, "sender_type": "Contact", "sender": {"id": 58}}]}]}}
+    _, [listed], _ = parse_page(json.dumps(body).encode())
+    d = Delivery("message_created", None, listed.conversation, listed.messages[-1])
+    swept = decide(d, Facts(), now, settings, live=False)
+    assert (swept.outcome, swept.rule) == ("handoff", "wait")
+    live = decide(d, Facts(), now, settings)
+    assert live.outcome == "keep" and [j.reason for j in live.jobs] == ["greeting"]
+    later = decide(d, Facts(), datetime.fromtimestamp(now.timestamp() - 200, timezone.utc), settings, live=False)
+    assert later.outcome == "keep" and later.jobs == [] and later.timer[0] == now.timestamp() - 100
+
+
+# ---- the stories ---------------------------------------------------------------------------
+@pytest.mark.parametrize("fake", ["4.6"], indirect=True)  # before 4.7 a failed delivery is simply dropped
+async def test_start_up_sweep_catches_up_on_what_was_written_while_the_bot_was_down(fake, start_bot, log_lines):
+    fake.connect_bot(f"http://127.0.0.1:{free_port()}/webhook")  # the bot's address, nobody listening: it is down
+    back = aged(fake, [came_back(fake, f"Returning {i}") for i in range(5)])
+    new = aged(fake, [new_customer(fake, f"New {i}") for i in range(5)])
+    await wait_for(lambda: fake.in_flight == 0, 10, "Chatwoot to give up on its deliveries")
+    assert fake.deliveries and {d.answers[-1] for d in fake.deliveries} == {"refused"}
+    assert [c.status for c in back + new] == ["pending"] * 10
+    bot = await start_bot(**USER, GREETING_MESSAGE="Hi {name}, a bot here.")
+    await wait_for(lambda: all(c.status == "open" for c in back), 10, "the start-up sweep's handoffs")
+    await bot.idle()
+    assert_handed_off_once(fake, back)
+    assert all("had an agent reply" in fake.notes(c.display_id)[0] for c in back)
+    assert [c.status for c in new] == ["pending"] * 5
+    assert all(fake.bot_messages(c.display_id) == [] for c in back + new)  # nothing greeted late
+    assert fake.fallbacks == []
+    _, metrics = await bot.get("/metrics")
+    assert 'agentbot_sweeps_total{outcome="done"} 1.0' in metrics
+    assert 'agentbot_sweep_conversations_total{outcome="opened"} 5.0' in metrics
+    [summary] = [line for line in log_lines if line.startswith("INFO sweep done")]
+    assert "10 pending conversations listed" in summary and "opened 5 (returning 5)" in summary
+    assert "kept 5 (no rule fired 5)" in summary
+
+
+async def test_without_a_user_token_the_sweep_is_off_and_says_so(fake, start_bot, log_lines):
+    disconnected(fake)
+    back = aged(fake, [came_back(fake, "R")])
+    bot = await start_bot()
+    await bot.idle()
+    assert back[0].status == "pending"
+    assert any(line.startswith("INFO sweep off: without CHATWOOT_API_TOKEN") for line in log_lines)
+    assert fake.calls_to("conversations", caller="user") == []
+
+
+async def test_pending_before_the_bot_existed_dry_run_then_sweep_then_nothing(fake, start_bot, tmp_path):
+    disconnected(fake)
+    back = aged(fake, [came_back(fake, f"R{i}") for i in range(60)])
+    asked = aged(fake, [new_customer(fake, f"K{i}", "can I talk to a human please") for i in range(20)])
+    waited = aged(fake, [new_customer(fake, f"W{i}") for i in range(20)], 7200)
+    new = aged(fake, [new_customer(fake, f"N{i}") for i in range(200)])
+    rules = {"HANDOFF_KEYWORDS": "human", "HANDOFF_AFTER_SECONDS": "3600", "GREETING_MESSAGE": "Hi!", "AWAY_MESSAGE": "x"}
+    expected = {f"1:{c.display_id}" for c in back + asked + waited}
+
+    code, out, err = await sweep_cli(fake, tmp_path, "--dry-run", "--json", **rules)
+    assert code == 0, err
+    dry = json.loads(out)
+    assert dry["listed"] == 300 and opened_keys(dry) == expected
+    assert dry["counts"]["opened"] == {"returning": 60, "keyword": 20, "wait": 20}
+    assert fake.calls_to("toggle_status") == [] and fake.status_log[-1][2] == "pending"
+
+    bot = await start_bot(**USER, **rules, STORE_URL=f"sqlite:///{tmp_path}/bot.sqlite3", SWEEP_INTERVAL="0")
+    code, out, err = await sweep_cli(fake, tmp_path, **rules)
+    assert code == 0, err
+    assert "returning" in out and "60" in out  # the table
+    await wait_for(lambda: sum(c.status == "open" for c in back + asked + waited) == 100, 20, "100 handoffs")
+    await bot.idle()
+    assert_handed_off_once(fake, back + asked + waited)
+    assert [c.status for c in new] == ["pending"] * 200
+    assert all(fake.bot_messages(c.display_id) == [] for c in back + asked + waited + new)
+
+    calls = len(fake.calls_to("toggle_status")) + len(fake.calls_to("messages"))
+    code, out, err = await sweep_cli(fake, tmp_path, "--json", **rules)
+    assert code == 0, err
+    again = json.loads(out)
+    assert again["listed"] == 200 and again["counts"]["opened"] == {} and again["counts"]["deferred"] == {}
+    await bot.idle()
+    assert len(fake.calls_to("toggle_status")) + len(fake.calls_to("messages")) == calls
+
+
+async def test_handoff_all_turned_on_opens_every_pending_conversation(fake, start_bot):
+    disconnected(fake)
+    convs = aged(fake, [new_customer(fake, f"N{i}") for i in range(4)])
+    bot = await start_bot(**USER, SWEEP_INTERVAL="3600")
+    await wait_for(lambda: bot.bot.metrics.sweeps.labels("done")._value.get() == 1, 10, "the start-up sweep")
+    assert [c.status for c in convs] == ["pending"] * 4
+    await bot.stop()
+    bot = await start_bot(**USER, HANDOFF_ALL="true", SWEEP_INTERVAL="3600")
+    await wait_for(lambda: all(c.status == "open" for c in convs), 10, "HANDOFF_ALL's handoffs")
+    await bot.idle()
+    assert_handed_off_once(fake, convs)
+    assert fake.notes(convs[0].display_id) == ["Every conversation goes to humans (HANDOFF_ALL)"]
+
+
+async def test_handoff_all_outside_business_hours_defers_without_an_away_message(fake, start_bot, log_lines):
+    disconnected(fake)
+    convs = aged(fake, [new_customer(fake, f"N{i}") for i in range(3)])
+    clock = Clock(datetime(2035, 12, 29, 20, 0, tzinfo=timezone.utc))  # a Saturday evening, after the messages
+    bot = await start_bot(clock, **USER, HANDOFF_ALL="true", BUSINESS_HOURS="mon-fri 09:00-18:00",
+                          AWAY_MESSAGE="We are closed.", SWEEP_INTERVAL="3600")
+    swept = bot.bot.metrics.swept
+    await wait_for(lambda: swept.labels("deferred")._value.get() == 3, 10, "the start-up sweep to defer all three")
+    assert any("deferred to 2035-12-31 09:00" in line for line in log_lines)
+    await bot.idle()
+    assert [c.status for c in convs] == ["pending"] * 3
+    assert all(fake.bot_messages(c.display_id) == [] for c in convs)  # no away message
+    clock.at = datetime(2035, 12, 31, 9, 0, 1, tzinfo=timezone.utc)  # Monday, opening time: the timers fire
+    await wait_for(lambda: all(c.status == "open" for c in convs), 10, "the deferred handoffs at opening time")
+    await bot.idle()
+    assert_handed_off_once(fake, convs)
+    again = await bot.bot.sweeps.once()
+    assert again.listed == 0
+
+
+async def test_a_customer_writing_while_the_sweep_decides_their_conversation_gets_one_handoff(fake, start_bot):
+    disconnected(fake)
+    maria = fake.contact("Maria")
+    first = fake.customer_writes(maria, "Hi", inbox=5).conversation
+    fake.agent_writes(first.display_id, "Hello")
+    fake.resolve(first.display_id)
+    conv = fake.customer_writes(maria, "Me again", inbox=5).conversation  # a new conversation: the evidence is in Chatwoot
+    aged(fake, [first, conv])
+    held = fake.hold("contact_conversations")
+    bot = await start_bot(**USER)
+    await wait_for(lambda: held.waiting == 1, 5, "the sweep's contact look-up (under the conversation's lock)")
+    fake.customer_writes(maria, "Hello? Anyone?", inbox=5)
+    await wait_for(lambda: bot.bot.handoffs.live == 1, 5, "the live delivery waiting for the lock")
+    held.times = 0
+    held.release.set()
+    await wait_for(lambda: conv.status == "open", 5, "the handoff")
+    await bot.idle()
+    assert_handed_off_once(fake, [conv])
+    assert f"conversation #{first.display_id} was resolved" in fake.notes(conv.display_id)[0]
+
+
+async def test_two_instances_on_redis_never_sweep_at_once(fake, processes, redis, tmp_path):
+    disconnected(fake)
+    back = aged(fake, [came_back(fake, f"R{i}") for i in range(30)])
+    env = {**USER, "STORE_URL": redis, "SWEEP_INTERVAL": "1", "SWEEP_RATE": "50"}
+    a = await processes(**env)
+    b = await processes(**env)
+
+    def sweeps(p) -> list[tuple[str, str]]:
+        lines = p.log.read_text().splitlines()
+        starts = [ln[:23] for ln in lines if "sweep started" in ln]
+        ends = [ln[:23] for ln in lines if re.search(r"sweep (done|failed)", ln)]
+        return list(zip(starts, ends, strict=False))
+
+    await wait_for(lambda: len(sweeps(a)) >= 2 and len(sweeps(b)) >= 2, 30, "both instances to sweep twice")
+    await wait_for(lambda: all(c.status == "open" for c in back), 10, "the handoffs")
+    spans = sorted(sweeps(a) + sweeps(b))
+    assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:])), spans
+    assert_handed_off_once(fake, back)
+
+
+async def test_429_and_500_while_listing_pause_the_sweep_not_the_webhook(fake, start_bot):
+    disconnected(fake)
+    back = aged(fake, [came_back(fake, f"R{i}") for i in range(3)])
+    fake.fail("conversations", status=429, retry_after=2)
+    fake.fail("conversations", status=500)
+    bot = await start_bot(**USER, HANDOFF_KEYWORDS="human")
+    await wait_for(lambda: fake.calls_to("conversations", caller="user"), 5, "the sweep's first listing")
+    live = new_customer(fake, "Live", "human please")
+    await wait_for(lambda: live.status == "open", 5, "the live handoff while the sweep waits out Retry-After")
+    assert all(c.status == "pending" for c in back)  # the sweep is still paused
+    await wait_for(lambda: all(c.status == "open" for c in back), 15, "the sweep to complete")
+    await bot.idle()
+    assert [c.status for c in fake.calls_to("conversations", caller="user")][:3] == [429, 500, 200]
+    gap = [c.at for c in fake.calls_to("conversations", caller="user")]
+    assert gap[1] - gap[0] >= 1.9  # Retry-After honoured
+    assert_handed_off_once(fake, back + [live])
+    assert all(d.answers == [200] for d in fake.deliveries)
+
+
+# ---- the command's answers --------------------------------------------------------------------
+async def test_sweep_without_a_user_token_exits_2_naming_it(fake, tmp_path):
+    code, out, err = await sweep_cli(fake, tmp_path, CHATWOOT_API_TOKEN=None)
+    assert code == 2
+    assert "CHATWOOT_API_TOKEN" in err
+    assert fake.calls == []
+
+
+async def test_sweep_exits_1_when_chatwoot_refuses_or_fails(fake, tmp_path):
+    code, out, err = await sweep_cli(fake, tmp_path, "--json", CHATWOOT_API_TOKEN="bot-token-7")
+    assert code == 1
+    assert "not authorized for bots" in err
+    assert json.loads(out)["failures"]
+    fake.fail("conversations", status=500, times=10)
+    code, out, err = await sweep_cli(fake, tmp_path, "--dry-run")
+    assert code == 1 and "500" in err
+
+
+async def test_sweep_with_an_inbox_lists_only_that_inbox(fake, tmp_path):
+    disconnected(fake)
+    web = aged(fake, [came_back(fake, "W")])
+    wa = aged(fake, [came_back(fake, "A", inbox=4)])
+    code, out, err = await sweep_cli(fake, tmp_path, "--dry-run", "--json", "--inbox", "4")
+    assert code == 0, err
+    assert opened_keys(json.loads(out)) == {f"1:{wa[0].display_id}"}
+    assert {c.path for c in fake.calls_to("conversations", caller="user")} == {"/api/v1/accounts/1/conversations"}
+    assert web[0].status == wa[0].status == "pending"
+
+
+async def test_the_sweep_leaves_inboxes_that_are_not_connected_to_this_bot(fake, tmp_path):
+    disconnected(fake)
+    mine = aged(fake, [came_back(fake, "Mine")])
+    other = aged(fake, [came_back(fake, "Other", inbox=4)])
+    fake.inboxes[4].bot_id = None  # now another bot (Dialogflow, Captain) keeps inbox 4's conversations pending
+    code, out, err = await sweep_cli(fake, tmp_path, "--dry-run", "--json")
+    assert code == 0, err
+    assert opened_keys(json.loads(out)) == {f"1:{mine[0].display_id}"}
+    assert other[0].status == "pending"
+    listed = {c.path + str(c.body) for c in fake.calls_to("conversations", caller="user")}
+    assert len(listed) == 1
+    code, out, err = await sweep_cli(fake, tmp_path, "--dry-run", CHATWOOT_BOT_TOKEN=None)
+    assert code == 2 and "CHATWOOT_BOT_TOKEN" in err
+
+
+async def test_a_dry_run_writes_nothing_not_even_the_look_up_cache(fake, tmp_path):
+    disconnected(fake)
+    aged(fake, [new_customer(fake, f"N{i}") for i in range(3)])
+    for _ in range(2):
+        code, out, err = await sweep_cli(fake, tmp_path, "--dry-run")
+        assert code == 0, err
+    assert len(fake.calls_to("contact_conversations", caller="user")) == 6
+    code, out, err = await sweep_cli(fake, tmp_path, "--json")
+    assert json.loads(out)["counts"]["kept"] == {"no rule fired": 3} and json.loads(out)["outbox"] == 0
+
+
+async def test_handoff_after_messages_reads_messages_only_where_that_rule_is_on(fake, tmp_path):
+    disconnected(fake)
+    talkative, quiet, elsewhere = fake.contact("T"), fake.contact("Q"), fake.contact("E")
+    for text in ("hi", "hello?"):
+        fake.customer_writes(talkative, text, inbox=4)
+        fake.customer_writes(elsewhere, text, inbox=3)
+    fake.customer_writes(quiet, "hi", inbox=4)
+    convs = aged(fake, [fake.customer_writes(c, "still there?", inbox=i).conversation
+                        for c, i in ((talkative, 4), (quiet, 4), (elsewhere, 3))])
+    code, out, err = await sweep_cli(fake, tmp_path, "--dry-run", "--json", INBOX_4_HANDOFF_AFTER_MESSAGES="3")
+    assert code == 0, err
+    result = json.loads(out)
+    assert opened_keys(result) == {f"1:{convs[0].display_id}"}
+    assert result["counts"]["opened"] == {"messages": 1}
+    read = {c.path for c in fake.calls_to("messages_index", caller="user")}
+    assert read == {f"/api/v1/accounts/1/conversations/{c.display_id}/messages" for c in convs[:2]}
+
+
+async def test_a_conversation_given_back_to_the_bot_waits_for_the_customers_next_message(fake, start_bot, tmp_path):
+    disconnected(fake)
+    conv = aged(fake, [came_back(fake, "Maria")])[0]
+    store = {"STORE_URL": f"sqlite:///{tmp_path}/bot.sqlite3", "SWEEP_INTERVAL": "3600"}
+    bot = await start_bot(**USER, **store)
+    await wait_for(lambda: conv.status == "open", 10, "the start-up sweep's handoff")
+    fake.agent_writes(conv.display_id, "#bot", private=True)
+    await wait_for(lambda: conv.status == "pending", 5, "the give-back")
+    await bot.idle()
+    await bot.stop()
+    fake.age(conv.display_id, AWAY)
+    bot = await start_bot(**USER, **store, HANDOFF_ALL="true")
+    await wait_for(lambda: bot.bot.metrics.sweeps.labels("done")._value.get() == 1, 10, "the start-up sweep")
+    await bot.idle()
+    assert conv.status == "pending"  # the customer's old message was decided before the agent gave it back
+    assert fake.opened_by(conv.display_id) == ["bot:7"]
+    fake.customer_writes(conv.contact, "Thanks, one more question")
+    await wait_for(lambda: conv.status == "open", 5, "the handoff at the customer's next message")
+
+
+async def test_a_start_up_sweep_looks_again_at_what_was_too_recent(fake, start_bot, monkeypatch):
+    from agentbot import sweep_loop
+
+    monkeypatch.setattr(sweep_loop, "RECHECK", 0.2)  # seconds after the start-up sweep (30 in production)
+    disconnected(fake)
+    conv = aged(fake, [came_back(fake, "Woke the bot")], 5)[0]  # its delivery was lost while the bot woke up
+    clock = Clock()
+    bot = await start_bot(clock, **USER)
+    swept = bot.bot.metrics.swept
+    await wait_for(lambda: swept.labels("skipped")._value.get() == 1, 10, "the start-up sweep to leave it")
+    assert conv.status == "pending"
+    clock.at = datetime.now(timezone.utc) + timedelta(seconds=60)
+    await wait_for(lambda: conv.status == "open", 10, "the second look")
+    await bot.idle()
+    assert_handed_off_once(fake, [conv])
+
+
+async def test_a_sweep_rate_below_one_call_a_second_is_a_pace_not_an_error():
+    from agentbot.chatwoot import Throttle
+
+    await Throttle(0.5).wait()  # the first call goes at once
+
+
+async def test_the_command_does_not_sweep_while_another_instance_does(fake, tmp_path, redis):
+    from agentbot.store import open_store
+
+    store = open_store(redis)
+    await store.open()
+    lease = await store.lease("sweep", 60)
+    try:
+        code, out, err = await sweep_cli(fake, tmp_path, STORE_URL=redis)
+        assert code == 1 and "another instance is sweeping" in err
+        assert fake.calls == []
+    finally:
+        await lease.release()
+        await store.close()
+    code, out, err = await sweep_cli(fake, tmp_path, STORE_URL=redis)
+    assert code == 0, err
+
+
+async def test_a_new_customer_is_looked_up_once_not_at_every_sweep(fake, start_bot):
+    disconnected(fake)
+    aged(fake, [new_customer(fake, f"N{i}") for i in range(3)])
+    clock = Clock(datetime.now(timezone.utc))
+    bot = await start_bot(clock, **USER, SWEEP_INTERVAL="3600")
+    await wait_for(lambda: bot.bot.metrics.sweeps.labels("done")._value.get() == 1, 10, "the start-up sweep")
+    assert len(fake.calls_to("contact_conversations", caller="user")) == 3
+    clock.at += timedelta(hours=2)  # the look-up cache (an hour) has expired
+    again = await bot.bot.sweeps.once()
+    assert again.counts()["kept"] == {"no rule fired": 3}
+    assert len(fake.calls_to("contact_conversations", caller="user")) == 3  # the bot remembers it saw them
+
+
+async def test_the_operator_pages_sweep_buttons_run_the_sweep(fake, start_bot):
+    from tests.test_page_http import client, sign_in
+
+    disconnected(fake)
+    back = aged(fake, [came_back(fake, "R")])
+    new = aged(fake, [new_customer(fake, "N")])
+    bot = await start_bot(**USER, SWEEP_INTERVAL="0")  # no sweeps of its own: only the page's
+    async with client() as s:
+        await sign_in(s, bot.url)
+        async with s.get(bot.url + "/") as r:
+            page = await r.text()
+        assert "Last sweep: not yet" in page
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page)[1]
+        async with s.post(bot.url + "/actions/sweep", data={"csrf": csrf, "mode": "preview"}) as r:
+            text = await r.text()
+        assert f"#{back[0].display_id}" in text and f"#{new[0].display_id}" not in text and "returning" in text
+        assert back[0].status == "pending"
+        async with s.post(bot.url + "/actions/sweep", data={"csrf": csrf, "mode": "run"}) as r:
+            assert "opened 1 (returning 1)" in await r.text()
+        await wait_for(lambda: back[0].status == "open", 5, "the page's sweep handoff")
+        async with s.get(bot.url + "/") as r:
+            assert "Last sweep: " in (page := await r.text()) and "opened 1 (returning 1)" in page
+    await bot.idle()
+    assert_handed_off_once(fake, back)
+    assert new[0].status == "pending"
+    # The decision log has the sweep's handoff; its keeps (thousands at a first sweep) stay out of it.
+    logged = await bot.bot.store.decisions(datetime.now(timezone.utc).timestamp())
+    assert [(e.display_id, e.outcome, e.rule, e.event) for e in logged] == [(back[0].display_id, "handoff", "returning", "sweep")]

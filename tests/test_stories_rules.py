@@ -50,6 +50,19 @@ async def test_handoff_all_opens_at_the_first_message(fake, start_bot):
     assert fake.notes(conv.display_id) == ["Every conversation goes to humans (HANDOFF_ALL)"]
 
 
+def timer_ticks(bot) -> list[float]:
+    """The clock readings at which the outbox's timer loop has asked the store to fire due timers since now."""
+    store, seen = bot.bot.store, []
+    fire = store.fire_timers
+
+    async def recorded(now: float) -> int:
+        seen.append(now)
+        return await fire(now)
+
+    store.fire_timers = recorded
+    return seen
+
+
 async def test_wait_timer_fires_after_a_restart_and_is_dropped_when_opened(fake, start_bot, tmp_path):
     t0 = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)
     store = f"sqlite:///{tmp_path}/bot.sqlite3"
@@ -62,6 +75,8 @@ async def test_wait_timer_fires_after_a_restart_and_is_dropped_when_opened(fake,
     await bot.idle()
     fake.set_status(taken.display_id, "pending", by="test")
     clock.at = t0 + timedelta(seconds=299)
+    ticks = timer_ticks(bot)
+    await wait_for(lambda: ticks, 2.0, "a timer tick at 299 s")  # it found nothing due yet
     await stays_pending(bot, waiting)
     await bot.stop()  # the bot is down when the timer comes due
 

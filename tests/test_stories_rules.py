@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from tests.conftest import Clock, wait_for
 
 
@@ -158,15 +160,40 @@ async def test_account_filter(fake, start_bot):
     await stays_pending(bot, conv)
 
 
+@pytest.mark.xfail(strict=True, reason="the code gives groups the inbox's whole handoff (team, priority, note, "
+                   "message), greets them and defers them with the away message; the README promises the status "
+                   "change only (being fixed on a parallel branch)")
 async def test_whatsapp_groups(fake, start_bot):
-    bot = await start_bot(HANDOFF_ALL="true", GROUPS="ignore", INBOX_4_GROUPS="open", INBOX_4_HANDOFF_ALL="false")
-    ignored = fake.customer_writes(fake.contact("Team A", identifier="120363041@g.us"), "hi all", inbox=3).conversation
-    opened_group = fake.customer_writes(fake.contact("Team B", identifier="120363042@g.us"), "hi all", inbox=4).conversation
+    # README: GROUPS is open / ignore / rules; a group's handoff is the status change only (no team, priority,
+    # note or message), never deferred, and a group is never greeted nor sent the away message.
+    saturday_evening = Clock(datetime(2026, 11, 28, 20, 0, tzinfo=timezone.utc))  # closed
+    bot = await start_bot(saturday_evening, GROUPS="ignore", HANDOFF_ALL="true", INBOX_4_GROUPS="open",
+                          INBOX_4_HANDOFF_ALL="false", INBOX_5_GROUPS="rules", INBOX_5_HANDOFF_ALL="false",
+                          INBOX_5_HANDOFF_KEYWORDS="human", HANDOFF_TEAM_ID="2", HANDOFF_PRIORITY="high",
+                          HANDOFF_MESSAGE="A person will answer, {name}", GREETING_MESSAGE="Hi {name}",
+                          BUSINESS_HOURS="mon-fri 09:00-18:00", AWAY_MESSAGE="We are closed")
+
+    def group(name, n):
+        return fake.contact(name, identifier=f"12036304{n}@g.us")
+
+    ignored = fake.customer_writes(group("Team A", 1), "human please", inbox=3).conversation
+    opened_group = fake.customer_writes(group("Team B", 2), "hi all", inbox=4).conversation
+    ruled_group = fake.customer_writes(group("Team C", 3), "human please", inbox=5).conversation
+    quiet_group = fake.customer_writes(group("Team D", 4), "hi all", inbox=5).conversation
     person = fake.customer_writes(fake.contact("Person", identifier="351911111111@s.whatsapp.net"), "hi", inbox=4).conversation
-    await opened(bot, opened_group)
-    await stays_pending(bot, ignored)
+    asking = fake.customer_writes(fake.contact("Asking"), "human please", inbox=5).conversation
+    for group_conv in (opened_group, ruled_group):
+        await opened(bot, group_conv)
+        assert calls(fake, group_conv.display_id) == [("toggle_status", {"status": "open"})], group_conv.contact.name
+        assert fake.opened_by(group_conv.display_id) == ["bot:7"]
+    for group_conv in (ignored, quiet_group):
+        await stays_pending(bot, group_conv)
+        assert calls(fake, group_conv.display_id) == [], group_conv.contact.name
+    # The same settings do greet a person and defer a person's handoff with the away message.
     await stays_pending(bot, person)
-    assert fake.notes(opened_group.display_id) == ["WhatsApp group (GROUPS=open)"]
+    assert fake.bot_messages(person.display_id) == ["Hi Person"]
+    await stays_pending(bot, asking)
+    assert fake.bot_messages(asking.display_id) == ["We are closed"]
 
 
 async def test_evolution_system_contact_is_opened_and_never_messaged(fake, start_bot):

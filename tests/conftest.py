@@ -29,6 +29,14 @@ async def wait_for(condition: Callable[[], object], timeout: float = 5.0, what: 
         await asyncio.sleep(0.01)
 
 
+def counted(metrics: str, name: str) -> dict[tuple[str, ...], float]:
+    """The non-zero samples of counter `name` in a /metrics text, by their label values in order."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {tuple(sample.labels.values()): sample.value for family in text_string_to_metric_families(metrics)
+            for sample in family.samples if sample.name == name and sample.value}
+
+
 def returning(fake, name="Maria Lopez", inbox=3):
     """A contact whose conversation was handled by an agent and resolved (before the bot ran)."""
     contact = fake.contact(name)

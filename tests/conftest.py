@@ -275,6 +275,10 @@ class BotProcess:
         except aiohttp.ClientError:
             return None
 
+    async def metrics(self) -> str:
+        async with aiohttp.ClientSession() as s, s.get(self.url + "/metrics") as r:
+            return await r.text()
+
     async def stop(self, sig: int = 15, timeout: float = 15) -> int:
         if self.proc.returncode is None:
             self.proc.send_signal(sig)

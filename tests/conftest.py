@@ -110,6 +110,15 @@ class RunningBot:
         await wait_for(stable, timeout, "the bot and Chatwoot to go quiet")
 
 
+@pytest.fixture(autouse=True)
+def quick_retries(request, monkeypatch):
+    """Bots started with `start_bot` retry a failed Chatwoot call after 0.05-0.1 s instead of 0.25-0.5 s; the
+    schedule itself (0.5 s doubling up to 60 s) is checked on `outbox.backoff` in test_rules_pure, and
+    `processes` run the real one."""
+    if "start_bot" in request.fixturenames:
+        monkeypatch.setattr("agentbot.outbox.BACKOFF_BASE", 0.1)
+
+
 @pytest.fixture
 async def fake(request):
     """The fake Chatwoot; a test module runs against several versions with

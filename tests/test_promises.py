@@ -37,7 +37,7 @@ async def health(bot) -> tuple[int, dict]:
         return r.status, await r.json()
 
 
-async def test_outbox_survives_a_redis_restart_mid_handoff(fake, start_bot, redis_server, monkeypatch):
+async def test_outbox_survives_a_redis_restart_mid_handoff(fake, redis_server, start_bot, monkeypatch):  # bots stop first
     monkeypatch.setattr("agentbot.outbox.STORE_DOWN_AFTER", 0.3)  # /healthz reports the store sooner than 2 s
     pairs = [returning(fake, f"Customer {i}") for i in range(16)]
     later = [returning(fake, f"Later {i}") for i in range(4)]

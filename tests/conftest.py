@@ -111,12 +111,15 @@ class RunningBot:
 
 
 @pytest.fixture(autouse=True)
-def quick_retries(request, monkeypatch):
-    """Bots started with `start_bot` retry a failed Chatwoot call after 0.05-0.1 s instead of 0.25-0.5 s; the
-    schedule itself (0.5 s doubling up to 60 s) is checked on `outbox.backoff` in test_rules_pure, and
-    `processes` run the real one."""
+def quick_outbox(request, monkeypatch):
+    """Bots started with `start_bot` retry a failed Chatwoot call after 0.05-0.1 s instead of 0.25-0.5 s, look
+    for due retries every 0.1 s instead of 0.25 s and run their timer loop every 0.1 s instead of 0.5 s, so
+    tests wait for what happens rather than for the clock. The retry schedule itself (0.5 s doubling up to
+    60 s) is checked on `outbox.backoff` in test_rules_pure; `processes` run the real timings."""
     if "start_bot" in request.fixturenames:
         monkeypatch.setattr("agentbot.outbox.BACKOFF_BASE", 0.1)
+        monkeypatch.setattr("agentbot.outbox.POLL", 0.1)
+        monkeypatch.setattr("agentbot.outbox.TICK", 0.1)
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ EXAMPLES = {
     "log_format": "text or json",
     "action_max_age": "86400",
     "decision_log_size": "5000",
-    "chatwoot_timeout": "10",
+    "chatwoot_timeout": "10 (at most 20)",
     "chatwoot_account_id": "1",
     "chatwoot_account_ids": "1,2",
     "inbox_ids": "3,5",
@@ -187,7 +187,8 @@ class Settings(BaseSettings, Rules):
     chatwoot_api_token: SecretStr | None = None
     chatwoot_account_id: int | None = None
     chatwoot_account_ids: IdList = Field(default_factory=list)
-    chatwoot_timeout: float = Field(default=10.0, gt=0, le=60)
+    # At most a third of the 60 s claim lease: a step makes up to three calls (a read, an assignment and its fallback).
+    chatwoot_timeout: float = Field(default=10.0, gt=0, le=20)
     store_url: str = "sqlite:///agentbot.sqlite3"
     redis_tls_verify: bool = True  # false: accept a managed Redis's self-signed certificate (Heroku)
     port: int = Field(default=8080, ge=1, le=65535)

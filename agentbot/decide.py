@@ -60,6 +60,8 @@ def triage(d: Delivery, settings: Settings) -> str | None:
         return None
     if d.event != "message_created":
         return "message_updated (receipts and edits) is not new customer input"
+    if m.sender.kind == "agent_bot":
+        return None  # remembered: before it posts again after a lost answer, the outbox looks for this echo
     rules = settings.rules_for(c.inbox_id)
     if c.is_group and rules.groups == "ignore":
         return "WhatsApp group (GROUPS=ignore)"
@@ -70,8 +72,6 @@ def triage(d: Delivery, settings: Settings) -> str | None:
         return f"conversation is {c.status}, not pending"
     if c.is_evolution_system or (c.is_group and rules.groups == "open") or m.kind == "incoming":
         return None
-    if m.sender.kind == "agent_bot":
-        return "the bot's own message"
     if not (m.sender.kind == "user" or (m.source_id or "").startswith("WAID:")):
         return f"{m.kind} message not sent by a person"
     return None if rules.handoff_on_agent_reply else "agent reply (HANDOFF_ON_AGENT_REPLY is off)"
@@ -98,6 +98,8 @@ def _decide(d: Delivery, facts: Facts, now: datetime, settings: Settings) -> Dec
     rules = settings.rules_for(c.inbox_id)
     if m is None:
         return _conversation_event(d.event, c, facts.state, now)
+    if m.sender.kind == "agent_bot":
+        return Decision("record", "the bot's own message, remembered", state=facts.state.with_posted(m.id, m.content))
     if m.private:
         return _give_back(c, m, facts.state, now)
     if facts.state.handed_off:

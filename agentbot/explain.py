@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from .actions import Job
 from .config import ConfigError, Rules, Settings
 from .decide import decide
 from .events import BadBody, PayloadError, parse
 from .facts import Facts
 from .metrics import Metrics
+from .outbox import guarded, still_wanted
 from .service import Handoffs
-from .store import open_store
+from .store import Store, open_store
 
 
 def describe_rules(r: Rules) -> list[str]:
@@ -96,8 +98,17 @@ async def outbox(settings: Settings, args) -> int:
             return 0
         dead = await store.dead_letters()
         for job in dead:
-            print(f"{job.describe()} | attempts {job.attempts} | {job.error} | reason: {job.reason}")
+            print(f"{job.describe()} | attempts {job.attempts} | {job.error} | reason: {job.reason}{await _skip(store, job)}")
         print(f"{len(dead)} dead letters, {await store.depth()} jobs waiting")
     finally:
         await store.close()
     return 0
+
+
+async def _skip(store: Store, job: Job) -> str:
+    """What a re-queued dead letter would skip, by the bot's memory (the worker checks Chatwoot itself)."""
+    state, _ = await store.load(job.conversation_key, None)
+    step = job.steps[job.step]
+    if state.status and guarded(step) and still_wanted(job, state.status, job.unsure) == "drop":
+        return f" | --retry would skip it: the conversation is {state.status} now"
+    return ""

@@ -1,8 +1,12 @@
 """What the bot remembers about conversations and contacts (kept in the store as JSON)."""
 from __future__ import annotations
 
+import zlib
+
 import msgspec
 from msgspec.structs import replace
+
+POSTED_KEPT = 8  # the bot's own latest messages remembered per conversation
 
 
 class ConversationState(msgspec.Struct, frozen=True):
@@ -18,11 +22,22 @@ class ConversationState(msgspec.Struct, frozen=True):
     status: str | None = None
     updated: float = 0.0  # the conversation's updated_at (Chatwoot bumps it at every save)
     latest_message: int | None = None  # the newest public message id seen
+    posted: tuple[tuple[int, int], ...] = ()  # (message id, crc32 of content) of the bot's own latest messages
 
     def saw(self, status: str, updated: float, message_id: int | None) -> ConversationState:
         """Remember the newest state of the conversation a delivery showed."""
         newest = max(filter(None, (self.latest_message, message_id)), default=None)
         return replace(self, status=status, updated=max(self.updated, updated), latest_message=newest)
+
+    def with_posted(self, message_id: int, content: str | None) -> ConversationState:
+        """Remember a message of the bot's own, from its echo (Chatwoot delivers the bot's messages to it)."""
+        entry = (message_id, zlib.crc32((content or "").encode()))
+        return replace(self, posted=(*self.posted, entry)[-POSTED_KEPT:])
+
+    def has_posted(self, content: str, after: int | None) -> bool:
+        """Whether the bot's echo of `content` arrived, for a message newer than `after` (the job's trigger)."""
+        crc = zlib.crc32(content.encode())
+        return any(c == crc and (after is None or i > after) for i, c in self.posted)
 
     def is_older(self, updated: float, message_id: int | None) -> bool:
         """Whether a conversation event describes the conversation before what the bot already acted on."""

@@ -43,6 +43,23 @@ def _optional_refused(step: Step, exc: ChatwootError) -> bool:
     return step["op"] in ("team", "assign", "priority") and exc.refused_to_bots
 
 
+def guarded(step: Step) -> bool:
+    """Steps that act on where the conversation is: its status, and messages the customer sees."""
+    return step["op"] == "status" or step["op"] in PUBLIC
+
+
+def still_wanted(job: Job, status: str, unsure: bool) -> str | None:
+    """Whether the job's current (guarded) step still fits a conversation that is `status` now: None to make
+    the call, "done" when an earlier run's call took effect, "drop" when the conversation moved on."""
+    step, expected, target = job.steps[job.step], job.expected_status, job.status_target
+    if step["op"] == "status":
+        if status == expected:
+            return None
+        return "done" if status == step["status"] and unsure else "drop"
+    status_done = any(s["op"] == "status" for s in job.steps[: job.step])
+    return None if status == expected or (status_done and status == target) else "drop"
+
+
 class LostClaim(Exception):
     """Another worker owns the job now (this one's lease ran out): leave it alone."""
 
@@ -241,44 +258,27 @@ class Outbox:
         """Before a step: "drop" the rest of the job when the conversation moved on since the decision,
         "done" when an earlier run's call already took effect, None to make the call."""
         op = step["op"]
-        guarded = op == "status" or op in PUBLIC
-        if not (guarded or (unsure and op == "note")):
+        if not (guarded(step) or (unsure and op == "note")):
             return None
         view = await self._look(job) if late or unsure else None
-        status = view.status if view else await self._remembered_status(job)
-        if guarded and status:
-            verdict = self._still_wanted(job, step, status, unsure)
-            if verdict:
-                return verdict
-        if unsure and op in ("note", "message"):
-            if view is None:  # this Chatwoot doesn't let the bot read: better lost than sent twice
-                logger.warning("conversation {}: the {} may have been posted already and cannot be checked; "
-                               "not posting it again", job.conversation_key, op)
-                return "done"
-            last = view.last_non_activity_message
-            if last and last.sender_type == "AgentBot" and last.content == self._content(job, step):
-                logger.info("conversation {}: the {} was posted already; not posting it again", job.conversation_key, op)
-                return "done"
+        state, _ = await self.store.load(job.conversation_key, None)
+        status = view.status if view else state.status
+        verdict = still_wanted(job, status, unsure) if guarded(step) and status else None
+        if verdict == "drop":
+            logger.info("conversation {}: is {} now, not where the decision left it; dropped: {}",
+                        job.conversation_key, status, job.reason)
+        if verdict or not (unsure and op in ("note", "message")):
+            return verdict
+        content = self._content(job, step)
+        last = view.last_non_activity_message if view else None
+        if state.has_posted(content, job.trigger) or (last and last.sender_type == "AgentBot" and last.content == content):
+            logger.info("conversation {}: the {} was posted already; not posting it again", job.conversation_key, op)
+            return "done"
+        if view is None:  # no echo, and this Chatwoot doesn't let the bot read: better lost than sent twice
+            logger.warning("conversation {}: the {} may have been posted already and cannot be checked; "
+                           "not posting it again", job.conversation_key, op)
+            return "done"
         return None
-
-    def _still_wanted(self, job: Job, step: Step, status: str, unsure: bool) -> str | None:
-        expected, target = job.expected_status, job.status_target
-        if step["op"] == "status":
-            if status == expected:
-                return None
-            if status == step["status"] and unsure:
-                return "done"  # the earlier run's call took effect
-            logger.info("conversation {}: is {} now, no longer {}; dropped: {}", job.conversation_key, status,
-                        expected, job.reason)
-            return "drop"
-        wanted = {expected} | ({target} if target and self._status_step_before(job) else set())
-        if status in wanted:
-            return None
-        logger.info("conversation {}: is {} now; the message is no longer sent: {}", job.conversation_key, status, job.reason)
-        return "drop"
-
-    def _status_step_before(self, job: Job) -> bool:
-        return any(s["op"] == "status" for s in job.steps[: job.step])
 
     async def _look(self, job: Job) -> ConversationView | None:
         """The conversation as Chatwoot has it now, where this Chatwoot lets the bot read it."""
@@ -293,10 +293,6 @@ class Outbox:
                             "are checked against the bot's memory of its events instead")
                 return None
             raise
-
-    async def _remembered_status(self, job: Job) -> str | None:
-        state, _ = await self.store.load(job.conversation_key, None)
-        return state.status
 
     async def _failed(self, job: Job, exc: ChatwootError) -> None:
         job.attempts += 1

@@ -42,6 +42,7 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     ({**GOOD, "HANDOFF_AFTER_MESSAGES": "0"}, "HANDOFF_AFTER_MESSAGES", "3"),
     ({**GOOD, "CLOSED_DATES": "2026-02-30"}, "CLOSED_DATES", "2026-12-25"),
     ({**GOOD, "LOG_LEVEL": "LOUD"}, "LOG_LEVEL", "INFO"),
+    ({**GOOD, "CHATWOOT_TIMEOUT": "60"}, "CHATWOOT_TIMEOUT", "at most 20"),
     ({**GOOD, "STORE_URL": "redis://127.0.0.1:1/0"}, "STORE_URL", "cannot open the redis store"),
     ({**GOOD, "STORE_URL": "sqlite:////nonexistent/dir/bot.sqlite3"}, "STORE_URL", "cannot open the sqlite store"),
 ])

@@ -5,6 +5,7 @@ Each test failed on the code before the fix it names; each asserts on what the f
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import sqlite3
@@ -13,6 +14,9 @@ import time
 from datetime import datetime, timezone
 
 import aiohttp
+
+from agentbot import explain as commands
+from agentbot.config import load
 
 import pytest
 
@@ -105,6 +109,19 @@ async def test_a_note_chatwoot_applied_but_answered_too_late_is_not_posted_twice
     assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]
 
 
+async def test_a_note_answered_too_late_is_not_posted_twice_when_the_customer_wrote_meanwhile(fake, start_bot):
+    """Chatwoot's GET shows only the last message: the bot's own echo is what tells it the note is there."""
+    maria, conv = returning(fake)
+    bot = await start_bot(CHATWOOT_TIMEOUT="0.3", HANDOFF_NOTE="true")
+    fake.fail("messages", applied=True, hang=0.4)
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: fake.notes(conv.display_id), 5, "the note, applied")
+    fake.customer_writes(maria, "Hello? Anyone?")  # now the last message, before the bot tries again
+    await wait_for(lambda: len(fake.calls_to("messages")) >= 1 and fake.calls_to("messages")[-1].status == 200, 5, "the call")
+    await bot.idle()
+    one_handoff(fake, conv)
+
+
 async def test_a_dropped_connection_after_chatwoot_applied_the_call(fake, start_bot):
     maria, conv = returning(fake)
     bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}")
@@ -180,7 +197,7 @@ async def test_a_late_give_back_does_not_undo_an_agents_resolve(fake, start_bot)
     assert [c.body["status"] for c in fake.calls_to("toggle_status") if c.status == 200] == ["open"]
 
 
-async def test_a_requeued_dead_greeting_is_not_sent_to_a_conversation_that_moved_on(fake, start_bot, tmp_path):
+async def test_a_requeued_dead_greeting_is_not_sent_to_a_conversation_that_moved_on(fake, start_bot, tmp_path, capsys):
     store = f"sqlite:///{tmp_path}/bot.sqlite3"
     bot = await start_bot(STORE_URL=store, GREETING_MESSAGE="Hello {name}")
     fake.bots[7].token = "revoked"
@@ -192,6 +209,8 @@ async def test_a_requeued_dead_greeting_is_not_sent_to_a_conversation_that_moved
     fake.resolve(conv.display_id)
     await bot.idle()
     await bot.stop()
+    assert await commands.outbox(load({"STORE_URL": store}), argparse.Namespace(retry=False)) == 0
+    assert "--retry would skip it: the conversation is resolved now" in capsys.readouterr().out
     fake.bots[7].token = "bot-token-7"
     bot = await start_bot(STORE_URL=store, GREETING_MESSAGE="Hello {name}")
     assert await bot.bot.store.requeue_dead(time.time()) == 1

@@ -113,6 +113,7 @@ class FakeChatwoot:
         self.calls: list[Call] = []
         self.deliveries: list[Delivery] = []
         self.status_log: list[tuple[int, str, str, str]] = []  # display id, from, to, by
+        self.history: list[tuple[str, int, object]] = []  # ("message", display id, Message) and ("status", …) in order
         self.faults: list[Fault] = []
         self.delivery_holds: list[DeliveryHold] = []
         self.bot_urls: list[str] = []  # round robin (a load balancer in front of several instances)
@@ -297,6 +298,7 @@ class FakeChatwoot:
     def _add_message(self, conv, text, kind, sender, sender_type, private=False, source_id=None) -> Message:
         m = Message(next(self._ids), conv, text, kind, private, sender, sender_type, source_id)
         conv.messages.append(m)
+        self.history.append(("message", conv.display_id, m))
         self._dispatch("message_created", message_payload(m, self.account, self.teams, "message_created"), conv)
         if conv.inbox.channel == "Channel::Api" and kind == "outgoing" and not private:
             for _receipt in ("delivered", "read"):  # the channel's receipts: the same payload again, no diff
@@ -310,6 +312,7 @@ class FakeChatwoot:
         conv.status = status
         conv.updated_at = time.time()
         self.status_log.append((conv.display_id, before, status, by))
+        self.history.append(("status", conv.display_id, (before, status, by)))
         changed = [{"status": {"previous_value": before, "current_value": status}}]
         if status in ("open", "resolved"):
             self._conversation_event(f"conversation_{'opened' if status == 'open' else 'resolved'}", conv)
@@ -377,7 +380,17 @@ class FakeChatwoot:
             self._set_status(conv, "open", "fallback")
 
     async def _post(self, bot: Bot, d: Delivery, body: bytes) -> int | str:
-        url = self.bot_urls[next(self._rr) % len(self.bot_urls)] if self.bot_urls else bot.outgoing_url
+        """One attempt. Several bot URLs stand for instances behind a load balancer: round robin, and a
+        connection an instance refuses (it is down) goes to the next one."""
+        urls = self.bot_urls or [bot.outgoing_url]
+        first = next(self._rr)
+        for n in range(len(urls)):
+            answer = await self._post_to(urls[(first + n) % len(urls)], bot, d, body)
+            if answer != "refused":
+                break
+        return answer
+
+    async def _post_to(self, url: str, bot: Bot, d: Delivery, body: bytes) -> int | str:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.has("signed"):
             headers["X-Chatwoot-Delivery"] = d.id

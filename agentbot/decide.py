@@ -128,10 +128,13 @@ def _conversation_event(event: str, c: Conversation, state: ConversationState, n
         assignee = c.assignee.id if c.assignee and c.assignee.kind == "user" else None
         on = now.date().isoformat()
         record = Resolved(c.display_id, on, assignee) if c.contact.id is not None else None
-        new = state.new_period(resolved_on=on, left_pending_after=_latest(c, state))
+        latest = _latest(c, state)
+        new = state.new_period(resolved_on=on, left_pending_after=latest, closed_after=latest)
         return Decision("record", f"{event}: conversation resolved", state=new, timer=CANCEL, resolved=record)
     if c.status in ("open", "snoozed") and state.in_period:
-        new = state.new_period(left_pending_after=_latest(c, state))
+        latest = _latest(c, state)
+        closed = latest if c.status == "snoozed" else state.closed_after
+        new = state.new_period(left_pending_after=latest, closed_after=closed)
         return Decision("record", f"{event}: conversation is {c.status}", state=new, timer=CANCEL)
     return ignore(f"{event} with status {c.status} needs nothing")
 

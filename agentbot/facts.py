@@ -17,6 +17,7 @@ class ConversationState(msgspec.Struct, frozen=True):
     timer_due: float | None = None
     away_period: str | None = None
     left_pending_after: int | None = None  # last message id when the bot saw the conversation leave pending
+    closed_after: int | None = None  # last message id when the bot saw it resolved or snoozed: older jobs are moot
     given_back: bool = False  # an agent gave it back to the bot (BOT_COMMAND) since it was last resolved
     # What the newest delivery the bot acted on said; conversation events older than this are stale.
     status: str | None = None

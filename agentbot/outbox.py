@@ -17,6 +17,7 @@ from loguru import logger
 
 from .actions import Job, Step
 from .chatwoot import Chatwoot, ChatwootError, ConversationView
+from .facts import ConversationState
 from .metrics import Metrics
 from .store import Store
 from .store.base import LEASE
@@ -58,6 +59,11 @@ def still_wanted(job: Job, status: str, unsure: bool) -> str | None:
         return "done" if status == step["status"] and unsure else "drop"
     status_done = any(s["op"] == "status" for s in job.steps[: job.step])
     return None if status == expected or (status_done and status == target) else "drop"
+
+
+def closed_since(state: ConversationState, job: Job) -> bool:
+    """The bot saw the conversation resolved or snoozed after the message that led to the job."""
+    return job.trigger is not None and state.closed_after is not None and state.closed_after >= job.trigger
 
 
 class LostClaim(Exception):
@@ -264,6 +270,8 @@ class Outbox:
         state, _ = await self.store.load(job.conversation_key, None)
         status = view.status if view else state.status
         verdict = still_wanted(job, status, unsure) if guarded(step) and status else None
+        if guarded(step) and job.expected_status == "pending" and closed_since(state, job):
+            verdict, status = "drop", "resolved or snoozed since"  # a later pending period is not this job's
         if verdict == "drop":
             logger.info("conversation {}: is {} now, not where the decision left it; dropped: {}",
                         job.conversation_key, status, job.reason)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from .actions import Job
-from .config import Rules, Settings
+from .config import ConfigError, Rules, Settings
 from .decide import decide
 from .events import BadBody, PayloadError, parse
 from .facts import Facts
@@ -61,9 +61,15 @@ async def rules(settings: Settings, args) -> int:
 
 
 async def explain(settings: Settings, args) -> int:
-    with open(args.payload, "rb") as f:
-        body = f.read()
-    now = datetime.fromisoformat(args.at) if args.at else datetime.now(timezone.utc)
+    try:
+        with open(args.payload, "rb") as f:
+            body = f.read()
+    except OSError as exc:
+        raise ConfigError(f"payload: cannot read {args.payload} ({exc.strerror})") from None
+    try:
+        now = datetime.fromisoformat(args.at) if args.at else datetime.now(timezone.utc)
+    except ValueError:
+        raise ConfigError(f"--at: {args.at!r} is not an ISO time (example: --at 2026-11-28T20:00:00Z)") from None
     if now.tzinfo is None:
         now = now.replace(tzinfo=timezone.utc)
     try:

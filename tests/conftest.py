@@ -29,6 +29,14 @@ async def wait_for(condition: Callable[[], object], timeout: float = 5.0, what: 
         await asyncio.sleep(0.01)
 
 
+def counted(metrics: str, name: str) -> dict[tuple[str, ...], float]:
+    """The non-zero samples of counter `name` in a /metrics text, by their label values in order."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {tuple(sample.labels.values()): sample.value for family in text_string_to_metric_families(metrics)
+            for sample in family.samples if sample.name == name and sample.value}
+
+
 def returning(fake, name="Maria Lopez", inbox=3):
     """A contact whose conversation was handled by an agent and resolved (before the bot ran)."""
     contact = fake.contact(name)
@@ -107,6 +115,18 @@ class RunningBot:
             return await quiet()
 
         await wait_for(stable, timeout, "the bot and Chatwoot to go quiet")
+
+
+@pytest.fixture(autouse=True)
+def quick_outbox(request, monkeypatch):
+    """Bots started with `start_bot` retry a failed Chatwoot call after 0.05-0.1 s instead of 0.25-0.5 s, look
+    for due retries every 0.1 s instead of 0.25 s and run their timer loop every 0.1 s instead of 0.5 s, so
+    tests wait for what happens rather than for the clock. The retry schedule itself (0.5 s doubling up to
+    60 s) is checked on `outbox.backoff` in test_rules_pure; `processes` run the real timings."""
+    if "start_bot" in request.fixturenames:
+        monkeypatch.setattr("agentbot.outbox.BACKOFF_BASE", 0.1)
+        monkeypatch.setattr("agentbot.outbox.POLL", 0.1)
+        monkeypatch.setattr("agentbot.outbox.TICK", 0.1)
 
 
 @pytest.fixture
@@ -273,6 +293,10 @@ class BotProcess:
                 return await r.json()
         except aiohttp.ClientError:
             return None
+
+    async def metrics(self) -> str:
+        async with aiohttp.ClientSession() as s, s.get(self.url + "/metrics") as r:
+            return await r.text()
 
     async def stop(self, sig: int = 15, timeout: float = 15) -> int:
         if self.proc.returncode is None:

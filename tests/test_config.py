@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -110,8 +111,25 @@ async def test_python_m_agentbot_serves_healthz_on_port(tmp_path):
         assert await asyncio.wait_for(proc.wait(), 10) == 0
 
 
+def documented_settings() -> dict[str, str]:
+    """The README's settings tables: variable → its default column."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("\n## Settings"):readme.index("\n## ", readme.index("\n## Settings") + 1)]
+    return dict(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \| ([^|]*) \|", section, re.M))
+
+
 def test_settings_class_knows_every_documented_variable():
-    assert {"chatwoot_url", "handoff_returning", "handoff_note", "log_level", "store_url"} <= set(Settings.model_fields)
+    documented = documented_settings()
+    real = {name.upper(): field for name, field in Settings.model_fields.items()}
+    assert len(documented) > 30
+    assert sorted(set(documented) - set(real)) == [], "documented but not a setting"
+    assert sorted(set(real) - set(documented)) == [], "a setting the README's tables do not document"
+    for name, default in documented.items():  # a plain default in the table is the real one
+        shown = re.fullmatch(r"`([^`]*)`", default.strip())
+        value = real[name].default
+        if shown and shown[1] not in documented and value is not None:
+            assert shown[1] == (str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float)
+                                else str(value)), name
 
 
 def test_redis_url_of_a_paas_add_on_is_the_store_unless_store_url_is_set():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import datetime
@@ -50,19 +51,64 @@ def test_explain_command_line(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("env, at", SETUPS)
-async def test_explain_gives_the_same_decision_as_the_running_bot(fake, start_bot, tmp_path, env, at, capsys):
+RETURNING = "Returning customer: conversation #42 had an agent reply on 2026-09-30"
+ASKED = 'Customer asked for a person ("address")'
+ALL_DEFERRED = "Every conversation goes to humans (HANDOFF_ALL) (deferred from closed hours)"
+NEW = "new customer: no rule fired, conversation stays pending"
+QUIET = {  # the same in every setup: (outcome, rule, explain's lines); rule None: not a counted decision
+    "message_created_outgoing": ("record", "-", ["record: the bot's own message, remembered"]),
+    "message_created_private_note": ("ignore", None, ["ignore: private note"]),
+    "message_updated": ("ignore", None, ["ignore: message_updated (receipts and edits) is not new customer input"]),
+    "conversation_opened": ("ignore", None, ["ignore: conversation_opened with status open needs nothing"]),
+    "conversation_resolved": ("record", "-", ["record: conversation_resolved: conversation resolved",
+                                              "  drop the conversation's timer"]),
+    "conversation_status_changed": ("ignore", None, ["ignore: conversation_status_changed with status open needs nothing"]),
+    "conversation_updated": ("ignore", None, ["ignore: conversation_updated with status open needs nothing"]),
+    "webwidget_triggered": ("ignore", None, ["ignore: webwidget_triggered is not an event the bot acts on"]),
+}
+DEFER = ("defer", "all", ["defer: Every conversation goes to humans (HANDOFF_ALL); outside business hours, deferred to "
+                          "2026-11-30 09:00 WET",
+                          "  then conversation 1:42: message 'closed'",
+                          f"  timer at 2026-11-30T09:00:00+00:00: conversation 1:42: set open, private note '{ALL_DEFERRED}'"])
+WAIT = ("keep", "-", [f"keep: {NEW}", "  timer at 2026-11-25T10:01:00+00:00: conversation 1:42: set open, "
+                                      "private note 'Customer waited 60 s in pending'"])
+EXPECTED = [  # per setup of SETUPS: what each payload must lead to
+    {"message_created_incoming_pending": ("keep", "-", [f"keep: {NEW}"]),
+     "message_created_incoming_reopened": ("handoff", "returning", [
+         f"handoff: {RETURNING}", f"  then conversation 1:42: set open, private note '{RETURNING}'"])},
+    {"message_created_incoming_pending": ("handoff", "keyword", [
+        f"handoff: {ASKED}", f"  then conversation 1:42: assign team 2, set open, private note '{ASKED}'"]),
+     "message_created_incoming_reopened": ("handoff", "returning", [
+         f"handoff: {RETURNING}", f"  then conversation 1:42: assign team 2, set open, private note '{RETURNING}'"])},
+    {"message_created_incoming_pending": DEFER, "message_created_incoming_reopened": DEFER},
+    {"message_created_incoming_pending": WAIT, "message_created_incoming_reopened": WAIT},  # returning is off
+]
+
+
+def decisions(metrics: str) -> set[tuple[str, str]]:
+    """The (outcome, rule) pairs /metrics has counted a decision for."""
+    found = re.findall(r'^agentbot_decisions_total\{outcome="([^"]+)",rule="([^"]*)"\} ([0-9.]+)$', metrics, re.M)
+    return {(outcome, rule) for outcome, rule, n in found if float(n) > 0}
+
+
+@pytest.mark.parametrize("setup", range(len(SETUPS)))
+async def test_explain_gives_the_same_decision_as_the_running_bot(fake, start_bot, tmp_path, setup, capsys):
+    env, at = SETUPS[setup]
     for name in PAYLOADS:
+        outcome, rule, lines = {**QUIET, **EXPECTED[setup]}[name]
         bot = await start_bot(Clock(datetime.fromisoformat(at)), **env)  # a fresh store, as explain's
         body = fixture(name)
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(body))
-        said = (await explain(env, path, at, capsys)).splitlines()[0]
+        said = (await explain(env, path, at, capsys)).splitlines()
+        assert said == lines, name
         raw = json.dumps(body).encode()
         headers = signed(raw, ts=int(datetime.fromisoformat(at).timestamp()))
         status, answer = await bot.post(raw, headers)
         assert status == 200
-        assert said == f"{answer['outcome']}: {answer['reason']}", name
+        assert f"{answer['outcome']}: {answer['reason']}" == said[0], name
+        status, metrics = await bot.get("/metrics")
+        assert decisions(metrics) == ({(outcome, rule)} if rule is not None else set()), name
 
 
 def test_rules_prints_the_effective_rules_per_inbox():

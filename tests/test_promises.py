@@ -41,7 +41,8 @@ async def health(bot) -> tuple[int, dict]:
         return r.status, await r.json()
 
 
-async def test_outbox_survives_a_redis_restart_mid_handoff(fake, start_bot, redis_server):
+async def test_outbox_survives_a_redis_restart_mid_handoff(fake, redis_server, start_bot, monkeypatch):  # bots stop first
+    monkeypatch.setattr("agentbot.outbox.STORE_DOWN_AFTER", 0.3)  # /healthz reports the store sooner than 2 s
     pairs = [returning(fake, f"Customer {i}") for i in range(16)]
     later = [returning(fake, f"Later {i}") for i in range(4)]
     bot = await start_bot(STORE_URL=redis_server.url)
@@ -225,7 +226,7 @@ async def test_sqlite_locked_by_another_connection_never_stalls_the_event_loop(f
     bot = await start_bot(STORE_URL=f"sqlite:///{path}")
     other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")  # e.g. `python -m agentbot outbox --retry`, or a backup
-    threading.Timer(1.5, other.execute, ["COMMIT"]).start()
+    threading.Timer(1.0, other.execute, ["COMMIT"]).start()  # twice the longest stall the test allows
     gaps: list[float] = []
 
     async def tick():

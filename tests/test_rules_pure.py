@@ -85,6 +85,17 @@ def test_keywords_ignore_case_and_accents_and_match_whole_words(text, found):
     assert find_keyword(pattern, text) == found
 
 
+def test_chatwoot_retries_back_off_as_the_readme_says():
+    """0.5 s doubling up to 60 s, with jitter (between half and all of it), never sooner than Retry-After."""
+    from agentbot.outbox import backoff
+
+    for attempts, full in [(1, 0.5), (2, 1.0), (3, 2.0), (8, 60.0), (30, 60.0)]:
+        delays = [backoff(attempts, None) for _ in range(200)]
+        assert all(full / 2 <= d <= full for d in delays), attempts
+        assert max(delays) - min(delays) > full / 10, "no jitter"
+    assert all(backoff(1, 5.0) >= 5.0 for _ in range(50))
+
+
 @pytest.mark.parametrize("keywords, text, found", [
     (["人工"], "我要人工客服", "人工"),
     (["オペレーター"], "オペレーターと話したい", "オペレーター"),

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
-from tests.conftest import returning, wait_for
+from tests.conftest import counted, returning, wait_for
 from tests.fakechatwoot.model import fixture
 from tests.fakechatwoot.server import VERSIONS
 from tests.test_webhook import signed
@@ -110,15 +111,26 @@ async def test_returning_customer_found_through_chatwoot_lookup_once_per_hour(fa
 async def test_everything_else_is_acknowledged_and_left_alone(fake, start_bot):
     bot = await start_bot(GREETING_MESSAGE="Hi {name}, how can I help?")
     maria = fake.contact()
-    conv = fake.customer_writes(maria, "Hi").conversation
+    conv = fake.customer_writes(maria, "Hi", inbox=4).conversation  # an API channel: receipts are message_updated
     await bot.idle()
     fake.agent_writes(conv.display_id, "internal: VIP customer", private=True)
+    fake.label(conv.display_id, "vip")
     await bot.idle()
-    assert fake.bot_messages(conv.display_id) == ["Hi Maria Lopez, how can I help?"]  # its echo was ignored
-    events = {d.event for d in fake.deliveries}
-    assert {"message_created"} <= events
+    events = [d.event for d in fake.deliveries]
+    assert events.count("message_created") == 3 and events.count("message_updated") == 2  # + receipts of the greeting
+    if fake.has("change_events"):
+        assert "conversation_updated" in events  # waiting_since, the label
+    assert [(c.endpoint, c.body) for c in fake.calls if c.caller == "bot"] == [
+        ("messages", {"content": "Hi Maria Lopez, how can I help?", "message_type": "outgoing", "private": False})]
     assert conv.status == "pending"
     assert all(d.answers == [200] for d in fake.deliveries)
+    # The customer's message was kept pending (and greeted), the greeting's echo remembered (the bot's own
+    # message); every other delivery was an ignore.
+    expected = Counter((event, "ignore") for event in events)
+    expected["message_created", "ignore"] -= 2
+    expected["message_created", "keep"] = 1
+    expected["message_created", "record"] = 1
+    assert counted((await bot.get("/metrics"))[1], "agentbot_deliveries_total") == expected
     assert fake.fallbacks == []
 
 
@@ -210,7 +222,9 @@ async def test_a_conversation_resolved_twice_is_recorded_twice_without_delivery_
 
     first = fixture("conversation_resolved")
     again = {**fixture("conversation_resolved"), "updated_at": first["updated_at"] + 86400}
+    answers = []
     for body in (first, first, again):  # a retry, then the same conversation resolved a day later
         status, answer = await bot.post(body)
         assert status == 200
-    assert answer["outcome"] == "record"
+        answers.append(answer["outcome"])
+    assert answers == ["record", "duplicate", "record"]

@@ -50,6 +50,19 @@ async def test_handoff_all_opens_at_the_first_message(fake, start_bot):
     assert fake.notes(conv.display_id) == ["Every conversation goes to humans (HANDOFF_ALL)"]
 
 
+def timer_ticks(bot) -> list[float]:
+    """The clock readings at which the outbox's timer loop has asked the store to fire due timers since now."""
+    store, seen = bot.bot.store, []
+    fire = store.fire_timers
+
+    async def recorded(now: float) -> int:
+        seen.append(now)
+        return await fire(now)
+
+    store.fire_timers = recorded
+    return seen
+
+
 async def test_wait_timer_fires_after_a_restart_and_is_dropped_when_opened(fake, start_bot, tmp_path):
     t0 = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)
     store = f"sqlite:///{tmp_path}/bot.sqlite3"
@@ -62,6 +75,8 @@ async def test_wait_timer_fires_after_a_restart_and_is_dropped_when_opened(fake,
     await bot.idle()
     fake.set_status(taken.display_id, "pending", by="test")
     clock.at = t0 + timedelta(seconds=299)
+    ticks = timer_ticks(bot)
+    await wait_for(lambda: ticks, 2.0, "a timer tick at 299 s")  # it found nothing due yet
     await stays_pending(bot, waiting)
     await bot.stop()  # the bot is down when the timer comes due
 
@@ -144,14 +159,36 @@ async def test_account_filter(fake, start_bot):
 
 
 async def test_whatsapp_groups(fake, start_bot):
-    bot = await start_bot(HANDOFF_ALL="true", GROUPS="ignore", INBOX_4_GROUPS="open", INBOX_4_HANDOFF_ALL="false")
-    ignored = fake.customer_writes(fake.contact("Team A", identifier="120363041@g.us"), "hi all", inbox=3).conversation
-    opened_group = fake.customer_writes(fake.contact("Team B", identifier="120363042@g.us"), "hi all", inbox=4).conversation
+    # README: GROUPS is open / ignore / rules; a group's handoff is the status change only (no team, priority,
+    # note or message), never deferred, and a group is never greeted nor sent the away message.
+    saturday_evening = Clock(datetime(2026, 11, 28, 20, 0, tzinfo=timezone.utc))  # closed
+    bot = await start_bot(saturday_evening, GROUPS="ignore", HANDOFF_ALL="true", INBOX_4_GROUPS="open",
+                          INBOX_4_HANDOFF_ALL="false", INBOX_5_GROUPS="rules", INBOX_5_HANDOFF_ALL="false",
+                          INBOX_5_HANDOFF_KEYWORDS="human", HANDOFF_TEAM_ID="2", HANDOFF_PRIORITY="high",
+                          HANDOFF_MESSAGE="A person will answer, {name}", GREETING_MESSAGE="Hi {name}",
+                          BUSINESS_HOURS="mon-fri 09:00-18:00", AWAY_MESSAGE="We are closed")
+
+    def group(name, n):
+        return fake.contact(name, identifier=f"12036304{n}@g.us")
+
+    ignored = fake.customer_writes(group("Team A", 1), "human please", inbox=3).conversation
+    opened_group = fake.customer_writes(group("Team B", 2), "hi all", inbox=4).conversation
+    ruled_group = fake.customer_writes(group("Team C", 3), "human please", inbox=5).conversation
+    quiet_group = fake.customer_writes(group("Team D", 4), "hi all", inbox=5).conversation
     person = fake.customer_writes(fake.contact("Person", identifier="351911111111@s.whatsapp.net"), "hi", inbox=4).conversation
-    await opened(bot, opened_group)
-    await stays_pending(bot, ignored)
+    asking = fake.customer_writes(fake.contact("Asking"), "human please", inbox=5).conversation
+    for group_conv in (opened_group, ruled_group):
+        await opened(bot, group_conv)
+        assert calls(fake, group_conv.display_id) == [("toggle_status", {"status": "open"})], group_conv.contact.name
+        assert fake.opened_by(group_conv.display_id) == ["bot:7"]
+    for group_conv in (ignored, quiet_group):
+        await stays_pending(bot, group_conv)
+        assert calls(fake, group_conv.display_id) == [], group_conv.contact.name
+    # The same settings do greet a person and defer a person's handoff with the away message.
     await stays_pending(bot, person)
-    assert fake.notes(opened_group.display_id) == []  # the whole group would see nothing anyway: status only
+    assert fake.bot_messages(person.display_id) == ["Hi Person"]
+    await stays_pending(bot, asking)
+    assert fake.bot_messages(asking.display_id) == ["We are closed"]
 
 
 async def test_evolution_system_contact_is_opened_and_never_messaged(fake, start_bot):

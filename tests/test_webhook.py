@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import returning, wait_for
 from tests.fakechatwoot.model import fixture
 from tests.fakechatwoot.server import BOT_SECRET
 
@@ -78,12 +78,21 @@ async def test_wrong_missing_or_stale_signature_gets_401(fake, start_bot):
     await assert_nothing_changed(fake, bot)
 
 
+@pytest.mark.parametrize("fake", ["4.12"], indirect=True)  # before 4.13 Chatwoot signs nothing
 async def test_unsigned_deliveries_are_accepted_without_a_secret(fake, start_bot):
-    fake.bots[7].secret = None
-    bot = await start_bot(WEBHOOK_TOKEN="wh-3fK9pQ2mZx7LrT5vB8nC1dY6")
+    assert not fake.has("signed")
+    maria, conv = returning(fake)
+    bot = await start_bot()
     assert bot.settings.chatwoot_bot_secret is None
-    status, answer = await bot.post(fixture("message_created_outgoing"))
-    assert status == 200 and answer["outcome"] == "ignore"
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: conv.status == "open", 2.0, "the handoff of an unsigned delivery")
+    await bot.idle()
+    assert fake.opened_by(conv.display_id) == ["bot:7"]
+    assert all(d.answers == [200] for d in fake.deliveries)
+    raw = reopened_body()  # a signature nobody asked for is not checked either
+    status, answer = await bot.post(raw, signed(raw, secret="whatever"))
+    assert status == 200 and answer == {"ok": True}  # unverified: the answer tells an outsider nothing
+    await wait_for(lambda: fake.calls_to("toggle_status", 42), 2.0, "the handoff of conversation 42")
 
 
 async def test_payload_missing_fields_is_acknowledged_without_acting(fake, start_bot, log_lines):

@@ -1,0 +1,126 @@
+"""The command line's exit statuses, as the README says: 0 done, 1 Chatwoot refused or a check failed,
+2 a setting or argument is missing or wrong (one line naming it)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+import pytest
+
+from agentbot.__main__ import main
+from agentbot.actions import Job
+from agentbot.store import Commit, open_store
+from tests.fakechatwoot.model import fixture
+
+PAYLOAD = "payload.json"
+
+
+@pytest.fixture
+def cli(fake, tmp_path, monkeypatch, capsys):
+    """`python -m agentbot ARGS` in a worker thread (the fake Chatwoot keeps running on this loop), with only
+    the given settings: returns (exit status, stdout, stderr)."""
+    for name in list(os.environ):
+        if name.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_", "REDIS_", "BUSINESS_", "GROUPS")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    (tmp_path / PAYLOAD).write_text(json.dumps(fixture("message_created_incoming_reopened")))
+    good = {"CHATWOOT_URL": fake.url, "CHATWOOT_BOT_TOKEN": "bot-token-7", "CHATWOOT_ACCOUNT_ID": "1",
+            "WEBHOOK_TOKEN": "a-token-only-chatwoot-knows",
+            "CHATWOOT_API_TOKEN": "user-token-5", "STORE_URL": f"sqlite:///{tmp_path}/bot.sqlite3"}
+
+    async def run(*argv: str, **env: str | None) -> tuple[int, str, str]:
+        settings = {**good, **env}
+        with monkeypatch.context() as m:
+            for name, value in settings.items():
+                if value is not None:
+                    m.setenv(name, value)
+            try:
+                status = await asyncio.to_thread(main, list(argv))
+            except SystemExit as exc:  # argparse's usage errors
+                status = exc.code
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    run.store_url = good["STORE_URL"]
+    return run
+
+
+def one_line(err: str, *words: str) -> bool:
+    lines = err.strip().splitlines()
+    return len(lines) == 1 and all(w in lines[0] for w in words)
+
+
+async def test_rules(cli):
+    assert (await cli("rules"))[0] == 0
+    status, _, err = await cli("rules", BUSINESS_HOURS="mnn 09:00-18:00")
+    assert status == 2 and one_line(err, "BUSINESS_HOURS")
+
+
+async def test_explain(cli):
+    status, out, _ = await cli("explain", PAYLOAD, "--at", "2026-11-25T10:00:00Z")
+    assert status == 0 and out.startswith("handoff: Returning customer")
+    status, _, err = await cli("explain", "missing.json")
+    assert status == 2 and one_line(err, "missing.json")
+    status, _, err = await cli("explain", PAYLOAD, "--at", "yesterday")
+    assert status == 2 and one_line(err, "--at", "yesterday")
+    assert (await cli("explain"))[0] == 2  # no payload given
+
+
+async def test_outbox_lists_and_retries_dead_letters(cli):
+    store = open_store(cli.store_url)
+    await store.open()
+    try:
+        await store.commit(Commit("d:1", "1:40", jobs=[Job(1, 40, "r", [{"op": "status", "status": "open"}])]), 100.0)
+        await store.bury(await store.claim(100.0), 101.0)
+    finally:
+        await store.close()
+    status, out, _ = await cli("outbox")
+    assert status == 0 and "1 dead letters, 0 jobs waiting" in out
+    status, out, _ = await cli("outbox", "--retry")
+    assert status == 0 and "re-queued 1 dead letters" in out
+    status, out, _ = await cli("outbox")
+    assert status == 0 and "0 dead letters, 1 jobs waiting" in out
+    status, _, err = await cli("outbox", STORE_URL="ftp://nowhere")
+    assert status == 2 and one_line(err, "STORE_URL")
+
+
+async def test_check(cli, fake):
+    status, out, _ = await cli("check", INBOX_IDS="3")
+    assert status == 0 and "FAIL" not in out
+    status, out, _ = await cli("check", INBOX_IDS="9")  # the Email inbox has no bot
+    assert status == 1 and "FAIL inbox 9 is not connected to this bot" in out
+    status, out, _ = await cli("check", CHATWOOT_BOT_TOKEN="revoked")
+    assert status == 1 and "FAIL CHATWOOT_BOT_TOKEN" in out
+    status, _, err = await cli("check", CHATWOOT_URL=None)
+    assert status == 2 and one_line(err, "CHATWOOT_URL")
+
+
+async def test_inboxes(cli):
+    status, out, _ = await cli("inboxes")
+    assert status == 0 and "Website" in out
+    status, _, err = await cli("inboxes", CHATWOOT_API_TOKEN="nope")
+    assert status == 1 and one_line(err, "CHATWOOT_API_TOKEN")
+    status, _, err = await cli("inboxes", CHATWOOT_API_TOKEN=None)
+    assert status == 2 and one_line(err, "CHATWOOT_API_TOKEN")
+
+
+async def test_register(cli, fake):
+    status, out, _ = await cli("register", "--url", "https://bot.example.com/webhook", "--inbox", "3")
+    assert status == 0 and "CHATWOOT_BOT_TOKEN=" in out
+    status, _, err = await cli("register", "--url", "https://bot.example.com/webhook", "--inbox", "77")
+    assert status == 1 and one_line(err, "unknown inbox id 77")
+    status, _, err = await cli("register", "--inbox", "3")
+    assert status == 2 and one_line(err, "--url")
+    assert (await cli("register", "--inbox", "three"))[0] == 2
+
+
+def test_the_process_exit_status_is_mains(tmp_path):
+    """`python -m agentbot` exits with what main() returns (the tests above call main())."""
+    import subprocess
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_"))}
+    result = subprocess.run([sys.executable, "-m", "agentbot", "rules"], env={**clean, "TIMEZONE": "Mars/Olympus"},
+                            cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and one_line(result.stderr, "TIMEZONE")

@@ -7,6 +7,7 @@ job that runs late acts only if the conversation is still where its decision lef
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import deque
@@ -160,7 +161,8 @@ class Outbox:
                                job.conversation_key, job.reason)
             except asyncio.CancelledError:  # shutdown: give the job back (its progress is saved) at once
                 job.next_at, job.unsure = self.now(), True
-                await asyncio.shield(self._save(lambda: self.store.retry(job), give_up_on_stop=True))
+                with contextlib.suppress(LostClaim):
+                    await asyncio.shield(self._save(lambda: self.store.retry(job), give_up_on_stop=True))
                 raise
             except Exception as exc:  # a bug: retried like a failed call, within ACTION_MAX_AGE
                 logger.exception("conversation {}: job failed unexpectedly", job.conversation_key)

@@ -111,13 +111,15 @@ async def test_returning_customer_found_through_chatwoot_lookup_once_per_hour(fa
 async def test_everything_else_is_acknowledged_and_left_alone(fake, start_bot):
     bot = await start_bot(GREETING_MESSAGE="Hi {name}, how can I help?")
     maria = fake.contact()
-    conv = fake.customer_writes(maria, "Hi", inbox=4).conversation  # an API channel: receipts are message_updated
+    first = fake.customer_writes(maria, "Hi", inbox=4)  # an API channel: receipts are message_updated
+    conv = first.conversation
     await bot.idle()
     fake.agent_writes(conv.display_id, "internal: VIP customer", private=True)
     fake.label(conv.display_id, "vip")
+    fake.edit(first, "Hi, about order 1234")
     await bot.idle()
     events = [d.event for d in fake.deliveries]
-    assert events.count("message_created") == 3 and events.count("message_updated") == 2  # + receipts of the greeting
+    assert events.count("message_created") == 3 and events.count("message_updated") == 3  # the greeting's receipts, the edit
     if fake.has("change_events"):
         assert "conversation_updated" in events  # waiting_since, the label
     assert [(c.endpoint, c.body) for c in fake.calls if c.caller == "bot"] == [

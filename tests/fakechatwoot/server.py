@@ -241,6 +241,12 @@ class FakeChatwoot:
         return self._add_message(self.conversations[display_id], text, "outgoing", sender, "User",
                                  source_id=f"WAID:{uuid.uuid4().hex[:20].upper()}")
 
+    def edit(self, message: Message, text: str) -> None:
+        """Someone edits a message: `message_updated` with the whole payload again, not new input."""
+        message.content = text
+        self._dispatch("message_updated", message_payload(message, self.account, self.teams, "message_updated"),
+                       message.conversation)
+
     def resolve(self, display_id: int, user_id: int = 5) -> None:
         """An agent resolves the conversation (which assigns nobody; it clears waiting_since)."""
         conv = self.conversations[display_id]

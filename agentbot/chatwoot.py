@@ -127,7 +127,7 @@ class Chatwoot:
             if self.metrics:
                 self.metrics.observe_call(endpoint, status, time.perf_counter() - started)
 
-    # The agent bot token's endpoints (chatwoot-contract.md §3.2/3.3).
+    # The agent bot token's endpoints (docs/chatwoot.md, Endpoints).
     def _conv(self, account: int, display_id: int) -> str:
         return f"/api/v1/accounts/{int(account)}/conversations/{int(display_id)}"
 

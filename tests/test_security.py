@@ -1,5 +1,5 @@
 """Only Chatwoot can drive the bot: the webhook token, signatures, answers that tell an outsider
-nothing, and look-ups a flood of forged deliveries cannot turn against Chatwoot (issue 11)."""
+nothing, and look-ups a flood of forged deliveries cannot turn against Chatwoot."""
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,5 @@
-"""End-to-end stories of issue 2: the real app against the fake Chatwoot, asserting on Chatwoot's state."""
+"""End-to-end stories of the core behaviour (returning customers opened, everyone else left alone, once, through
+duplicates and Chatwoot failures): the real app against the fake Chatwoot, asserting on Chatwoot's state."""
 from __future__ import annotations
 
 import json

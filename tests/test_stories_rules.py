@@ -1,4 +1,4 @@
-"""End-to-end stories of issue 3: each rule fires when it should, stays quiet otherwise, acts once."""
+"""End-to-end stories of the handoff rules: each fires when it should, stays quiet otherwise, acts once."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-PAYLOADS = Path(__file__).resolve().parents[1] / "payloads"  # copied from the shared Chatwoot contract
+PAYLOADS = Path(__file__).resolve().parents[1] / "payloads"  # real-shaped deliveries (docs/chatwoot.md, Events)
 MESSAGE_TYPES = {"incoming": 0, "outgoing": 1, "activity": 2, "template": 3}
 
 
@@ -130,7 +130,7 @@ class Conversation:
         return None
 
     def push(self, teams: dict[int, dict]) -> dict:
-        """Conversation#webhook_data, shaped like the fixtures (contract §1.3)."""
+        """Conversation#webhook_data, shaped like the fixtures (docs/chatwoot.md, Events)."""
         data = json.loads(_CONVERSATION)
         data.pop("event")
         owner = self.assignee.push() if self.assignee else (self.bot_owner.push() if self.bot_owner else None)
@@ -197,7 +197,7 @@ class Conversation:
 
 
 def message_payload(m: Message, account: dict, teams: dict[int, dict], event: str) -> dict:
-    """Message#webhook_data + event, shaped like the fixtures (contract §1.2)."""
+    """Message#webhook_data + event, shaped like the fixtures (docs/chatwoot.md, Events)."""
     data = json.loads(_MESSAGE)
     c = m.conversation
     data.update({

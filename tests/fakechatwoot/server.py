@@ -1,4 +1,4 @@
-"""A fake Chatwoot on loopback that holds the bot to Chatwoot's rules (../shared/chatwoot-contract.md).
+"""A fake Chatwoot on loopback that holds the bot to Chatwoot's rules (docs/chatwoot.md).
 
 It plays both sides of Chatwoot: the API the bot calls (token checks with the exact error bodies,
 the bot-token allow list, status rules, events echoed back) and the delivery of agent-bot webhooks
@@ -80,7 +80,7 @@ class DeliveryHold:
         self.event.set()
 
 
-# What changed between the Chatwoot versions the bot supports (contract §8).
+# What changed between the Chatwoot versions the bot supports (docs/chatwoot.md, Versions).
 FEATURES = {
     "fallback": (4, 7),  # a failed message delivery opens a pending conversation (#12379)
     "retries": (4, 11),  # 429 and 500 retried, 3 attempts (#13521)

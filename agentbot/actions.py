@@ -38,6 +38,7 @@ class Job(msgspec.Struct):
     decided_at: float = 0.0  # when the decision was taken (created_at restarts when a timer fires or on --retry)
     unsure: bool = False
     claim: str = ""  # the claiming worker's token (Redis); not meaningful once released
+    verify: bool = False  # decided from facts that may be old (the sweep's listing): check Chatwoot before acting
 
     @property
     def status_target(self) -> str | None:

@@ -86,7 +86,9 @@ def decide(d: Delivery, facts: Facts, now: datetime, settings: Settings, *, live
         timer_job = [decision.timer[1]] if isinstance(decision.timer, tuple) else []
         for job in decision.jobs + timer_job:
             job.trigger = m.id
-        if decision.state is not None:  # private notes never show as the conversation's latest message
+        # Private notes never show as the conversation's latest message. The bot's own echoes say nothing
+        # new about the conversation (and come after events Chatwoot built before them).
+        if decision.state is not None and m.sender.kind != "agent_bot":
             decision.state = decision.state.saw(c.status, c.updated, None if m.private else m.id)
     return decision
 

@@ -175,11 +175,11 @@ class Delivery(Struct, frozen=True):
 
     @property
     def dedup_key(self) -> str:
+        c = self.conversation
+        if self.message:  # by the message, which the signature covers (X-Chatwoot-Delivery it does not)
+            return f"e:{self.event}:{self.message.id}:{c.key if c else ''}"
         if self.delivery_id:
             return f"d:{self.delivery_id}"
-        c = self.conversation
-        if self.message:
-            return f"e:{self.event}:{self.message.id}:{c.key if c else ''}"
         return f"e:{self.event}:{c.key if c else ''}:{c.updated_at if c else ''}"
 
 

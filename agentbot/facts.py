@@ -26,8 +26,10 @@ class ConversationState(msgspec.Struct, frozen=True):
     posted: tuple[tuple[int, int], ...] = ()  # (message id, crc32 of content) of the bot's own latest messages
 
     def saw(self, status: str, updated: float, message_id: int | None) -> ConversationState:
-        """Remember the newest state of the conversation a delivery showed."""
+        """Remember the newest state of the conversation a delivery showed: its status only when the delivery
+        is not older than what the bot has (a late message delivery, the sweep's listing)."""
         newest = max(filter(None, (self.latest_message, message_id)), default=None)
+        status = status if updated >= self.updated else self.status
         return replace(self, status=status, updated=max(self.updated, updated), latest_message=newest)
 
     def with_posted(self, message_id: int, content: str | None) -> ConversationState:

@@ -235,7 +235,7 @@ class Outbox:
     async def run(self, job: Job) -> None:
         """Carry out the job's remaining steps; on failure reschedule it or make it a dead letter."""
         unsure = job.unsure  # an earlier run may have sent the current step's call
-        late = unsure or job.attempts > 0 or self.now() - job.decided_at > LATE
+        late = unsure or job.verify or job.attempts > 0 or self.now() - job.decided_at > LATE
         while job.step < len(job.steps):
             step = job.steps[job.step]
             try:
@@ -256,7 +256,7 @@ class Outbox:
                 logger.error("conversation {}: this Chatwoot does not let agent bots call {}; skipped the {} step "
                              "(unset its HANDOFF_ setting or upgrade Chatwoot)", job.conversation_key, exc.endpoint, step["op"])
             job.step += 1
-            unsure = False
+            unsure = job.unsure = False
             if job.step < len(job.steps):
                 await self._save(lambda: self.store.progress(job, self.now()))
         await self._save(lambda: self.store.finish(job, self.now()))

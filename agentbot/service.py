@@ -176,7 +176,10 @@ class Handoffs:
         d = Delivery("operator_handoff", f"operator:{uuid.uuid4()}", c)
         with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id):
             async with self.store.lock(c.key):
-                decision = operator_handoff(c, await self.facts(d, look_up=False), self.clock(), self.settings, who)
+                facts = await self.facts(d, look_up=False)
+                if facts.state.handed_off:  # a second click, or the bot's own handoff on its way
+                    return Decision("ignore", "a handoff is already queued for this conversation")
+                decision = operator_handoff(c, facts, self.clock(), self.settings, who)
                 await self._commit(d, decision)
             self.metrics.decisions.labels(decision.outcome, decision.rule).inc()
             logger.info("conversation {}: handoff queued from the operator page: {}", c.key, decision.reason)
@@ -202,6 +205,9 @@ class Handoffs:
                 if seen != stored.incoming:
                     facts = replace(facts, state=replace(stored, incoming=seen))
                 decision = decide(d, facts, self.clock(), self.settings, live=False)
+                timer = [decision.timer[1]] if isinstance(decision.timer, tuple) else []
+                for job in decision.jobs + timer:  # the listing may be minutes old by now
+                    job.verify = True
                 if decision.state == stored:
                     decision.state = None  # nothing new to remember: most kept conversations write nothing
                 if dry_run or not decision.writes:

@@ -2,6 +2,8 @@
 bad input, and the sweep panel against a small sweeper."""
 from __future__ import annotations
 
+import asyncio
+
 import html
 import re
 
@@ -120,3 +122,31 @@ async def test_healthz_metrics_and_webhook_need_no_session(fake, start_bot):
     assert (await bot.get("/healthz"))[0] == 200
     status, text = await bot.get("/metrics")
     assert status == 200 and "agentbot_handoffs_total" in text
+
+
+async def test_hand_off_now_clicked_twice_queues_one_handoff(fake, start_bot):
+    bot = await start_bot(HANDOFF_MESSAGE="An agent will be with you shortly.")
+    kept = fake.customer_writes(fake.contact("Joao Silva"), "Hello, a question").conversation
+    await bot.idle()
+    held = fake.hold_deliveries(lambda d: True)  # Sidekiq lag
+    async with client() as s:
+        await sign_in(s, bot.url)
+        async with s.get(bot.url + "/") as r:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', await r.text())[1]
+        form = {"csrf": csrf, "account": "1", "conversation": str(kept.display_id)}
+
+        async def click():
+            async with s.post(bot.url + "/actions/handoff", data=form, allow_redirects=False) as r:
+                return r.status, r.headers.get("Location")
+        await asyncio.gather(click(), click())
+    await wait_for(lambda: kept.status == "open", 5, "the handoff")
+    await wait_for(lambda: len(fake.notes(kept.display_id)) >= 1 and len(fake.bot_messages(kept.display_id)) >= 1, 5, "the note and the message")
+    await wait_for(lambda: _outbox_empty(bot), 5, "the outbox to empty")  # a second job would have run by now
+    held.release()
+    await bot.idle()
+    assert len(fake.notes(kept.display_id)) == 1
+    assert len(fake.bot_messages(kept.display_id)) == 1
+
+
+async def _outbox_empty(bot) -> bool:
+    return await bot.bot.store.depth() == 0

@@ -269,3 +269,32 @@ async def test_the_fakes_conversation_partial_shows_the_bots_note(fake, start_bo
     assert data["status"] == "open" and data["last_non_activity_message"]["private"] is True
     assert data["last_non_activity_message"]["sender_type"] == "AgentBot"
     await bot.idle()
+
+
+async def test_the_status_events_of_a_handoff_arriving_after_its_echo_still_count(fake, start_bot):
+    """Chatwoot builds conversation_opened before the bot's message exists: the echo must not make it look older."""
+    if not fake.has("bot_owned"):
+        pytest.skip("giving back by assigning the bot is Chatwoot 4.16+")
+    bot = await start_bot(HANDOFF_KEYWORDS="human", HANDOFF_MESSAGE="An agent will be with you shortly.")
+    held = fake.hold_deliveries(lambda d: d.event in ("conversation_opened", "conversation_status_changed",
+                                                      "conversation_updated"))
+    maria = fake.contact("Maria")
+    conv = fake.customer_writes(maria, "I want a human").conversation
+    await wait_for(lambda: fake.bot_messages(conv.display_id), 5, "the handoff message")
+
+    async def echo_seen():
+        state, _ = await bot.bot.store.load(f"1:{conv.display_id}", None)
+        return state.posted and state.latest_message
+    await wait_for(echo_seen, 5, "the echo of the handoff message")
+    held.release()  # Sidekiq: the status events of the toggle arrive after the message's echo
+    await wait_for(lambda: fake.in_flight == 0, 5, "deliveries")
+    await bot.idle()
+    fake.agent_writes(conv.display_id, "Hello Maria")
+    fake.assign_to_bot(conv.display_id)  # v4.16: the agent gives it back to the bot (pending, bot-owned)
+    await wait_for(lambda: fake.in_flight == 0, 5, "deliveries")
+    await bot.idle()
+    assert conv.status == "pending"
+    fake.customer_writes(maria, "I want a human again")
+    await wait_for(lambda: fake.in_flight == 0, 5, "deliveries")
+    await bot.idle()
+    assert conv.status == "open", "the second keyword message should have been handed off"

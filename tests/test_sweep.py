@@ -455,3 +455,25 @@ async def test_the_operator_pages_sweep_buttons_run_the_sweep(fake, start_bot):
     # The decision log has the sweep's handoff; its keeps (thousands at a first sweep) stay out of it.
     logged = await bot.bot.store.decisions(datetime.now(timezone.utc).timestamp())
     assert [(e.display_id, e.outcome, e.rule, e.event) for e in logged] == [(back[0].display_id, "handoff", "returning", "sweep")]
+
+
+@pytest.mark.parametrize("change", ["snoozed", "open"])
+async def test_an_agent_who_changes_a_conversation_after_the_listing_is_not_undone(fake, start_bot, change):
+    disconnected(fake)
+    maria = fake.contact("Maria")
+    first = fake.customer_writes(maria, "Hi", inbox=5).conversation
+    fake.agent_writes(first.display_id, "Hello")
+    fake.resolve(first.display_id)
+    conv = fake.customer_writes(maria, "Me again", inbox=5).conversation
+    aged(fake, [first, conv])
+    held = fake.hold("contact_conversations")
+    bot = await start_bot(**USER)
+    await wait_for(lambda: held.waiting == 1, 5, "the sweep's look-up, after the listing")
+    fake.set_status(conv.display_id, change)  # an agent snoozes / opens it; the bot gets the events
+    await bot.idle()
+    held.times = 0
+    held.release.set()
+    await wait_for(lambda: bot.bot.metrics.sweeps.labels("done")._value.get() == 1, 10, "the sweep")
+    await bot.idle()
+    assert conv.status == change
+    assert fake.notes(conv.display_id) == []

@@ -217,8 +217,8 @@ class RedisStore(Store):
         return (value is not None, Resolved.loads(value) if value else None)
 
     def lock(self, conversation_key):
-        # Held for milliseconds (at most the 2 s look-up); bounded so Chatwoot's 5 s deadline holds.
-        return self.redis.lock(P + "lock:" + conversation_key, timeout=10, blocking_timeout=3, sleep=0.005)
+        # Held for milliseconds (at most the 2 s look-up); the webhook bounds its wait itself (Busy, 500).
+        return self.redis.lock(P + "lock:" + conversation_key, timeout=10, blocking_timeout=None, sleep=0.005)
 
     async def lease(self, name, ttl):
         lock = self.redis.lock(P + "lease:" + name, timeout=ttl)

@@ -37,6 +37,7 @@ class Job(msgspec.Struct):
     id: str = ""
     decided_at: float = 0.0  # when the decision was taken (created_at restarts when a timer fires or on --retry)
     unsure: bool = False
+    sent_at: float = 0.0  # when an unsure call went out, if it may still be under way in Chatwoot (else 0)
     claim: str = ""  # the claiming worker's token (Redis); not meaningful once released
     verify: bool = False  # decided from facts that may be old (the sweep's listing): check Chatwoot before acting
 

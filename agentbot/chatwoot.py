@@ -34,6 +34,11 @@ class ChatwootError(Exception):
         return self.sent and (self.status is None or self.status >= 500)
 
     @property
+    def timed_out(self) -> bool:
+        """No answer in time: Chatwoot may still be carrying the call out."""
+        return self.status is None and self.detail == "timed out"
+
+    @property
     def refused_to_bots(self) -> bool:
         """This Chatwoot keeps the endpoint from agent bot tokens (older versions allow fewer)."""
         return self.status == 401 and "not authorized for bots" in self.detail

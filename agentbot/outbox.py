@@ -82,6 +82,7 @@ class Outbox:
         self._store_failing_since: float | None = None
         self._store_error = ""
         self._can_read = True  # this Chatwoot lets bot tokens GET a conversation (4.16+)
+        self.settle = 2 * (chatwoot.timeout.total or 0)  # how long a call Chatwoot got may still be under way
 
     def now(self) -> float:
         return self.clock().timestamp()
@@ -234,7 +235,13 @@ class Outbox:
     # ---- running one job -----------------------------------------------------------------------
     async def run(self, job: Job) -> None:
         """Carry out the job's remaining steps; on failure reschedule it or make it a dead letter."""
-        unsure = job.unsure  # an earlier run may have sent the current step's call
+        unsure, sent_at = job.unsure, job.sent_at  # an earlier run may have sent the current step's call
+        if unsure and self.now() < sent_at + self.settle:
+            # That call may still be under way in Chatwoot (it timed out, or the worker died while waiting):
+            # look for its effect only once it can no longer be.
+            job.next_at = sent_at + self.settle
+            await self._save(lambda: self.store.retry(job))
+            return
         late = unsure or job.verify or job.attempts > 0 or self.now() - job.decided_at > LATE
         while job.step < len(job.steps):
             step = job.steps[job.step]
@@ -244,13 +251,15 @@ class Outbox:
                     await self._save(lambda: self.store.finish(job, self.now()))
                     return
                 if skip != "done":
-                    job.unsure = True
+                    job.unsure, job.sent_at = True, self.now()
                     await self._do(job, step)
                 elif step["op"] == "status" and step["status"] == "open":
                     self._opened(job)
             except ChatwootError as exc:
                 if not _optional_refused(step, exc):
                     job.unsure = exc.maybe_applied or unsure
+                    # only a call without an answer may still be under way; an answered or dropped one is over
+                    job.sent_at = job.sent_at if exc.timed_out else (sent_at if unsure and not exc.maybe_applied else 0.0)
                     await self._failed(job, exc)
                     return
                 logger.error("conversation {}: this Chatwoot does not let agent bots call {}; skipped the {} step "
@@ -316,6 +325,8 @@ class Outbox:
             logger.error("conversation {}: {} ({}); kept as dead letter: {}", job.conversation_key, exc, why, job.describe())
         else:
             job.next_at = self.now() + backoff(job.attempts, exc.retry_after)
+            if job.unsure and job.sent_at:  # not before the call can have landed
+                job.next_at = max(job.next_at, job.sent_at + self.settle)
             logger.warning("conversation {}: {}; retry {} in {:.1f} s", job.conversation_key, exc, job.attempts,
                            job.next_at - self.now())
             await self._save(lambda: self.store.retry(job))

@@ -269,7 +269,7 @@ class BotProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         keep = {k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_"))}
         self.env = {**keep, "CHATWOOT_URL": fake.url, "CHATWOOT_BOT_TOKEN": "bot-token-7", "PORT": str(self.port),
-                    "LOG_LEVEL": "DEBUG", **env}
+                    "LOG_LEVEL": "DEBUG", "CHATWOOT_TIMEOUT": "2", **env}
         if fake.bots[7].secret:
             self.env["CHATWOOT_BOT_SECRET"] = fake.bots[7].secret
         self.cwd = cwd

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sqlite3
 import threading
 import time
@@ -298,3 +299,32 @@ async def test_the_status_events_of_a_handoff_arriving_after_its_echo_still_coun
     await wait_for(lambda: fake.in_flight == 0, 5, "deliveries")
     await bot.idle()
     assert conv.status == "open", "the second keyword message should have been handed off"
+
+
+async def test_a_note_applied_while_the_bot_was_killed_is_not_posted_again_after_the_restart(fake, processes, tmp_path):
+    maria, conv = returning(fake)
+    store = f"sqlite:///{tmp_path}/bot.sqlite3"
+    first = await processes(STORE_URL=store, HANDOFF_MESSAGE="Thanks {name}")
+    fake.fail("messages", applied=True, hang=5)  # the note is in Chatwoot; its answer never comes
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: fake.notes(conv.display_id), 5, "the note, applied")
+    await first.stop(signal.SIGKILL)
+    await wait_for(lambda: fake.in_flight == 0, 10, "the deliveries to the dead bot")
+    fake.customer_writes(maria, "Hello?")  # the note is no longer the last message; its echo was lost
+    await processes(STORE_URL=store, HANDOFF_MESSAGE="Thanks {name}")
+    await wait_for(lambda: fake.bot_messages(conv.display_id), 10, "the handoff message")
+    await wait_for(lambda: fake.in_flight == 0, 10, "deliveries")
+    assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)
+    assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]
+
+
+async def test_a_note_chatwoot_carries_out_after_the_bot_gave_up_waiting_is_not_posted_twice(fake, start_bot):
+    """A slow Chatwoot: the call is still under way when the bot's timeout ends; the bot looks for it only
+    once it can no longer be under way (twice CHATWOOT_TIMEOUT), then finds it."""
+    maria, conv = returning(fake)
+    bot = await start_bot(CHATWOOT_TIMEOUT="0.2")
+    slow = fake.fail("messages", hang=0.35)  # carried out after 0.35 s, after the bot gave up and retried
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: slow.slept == 1, 5, "the slow call carried out")
+    await bot.idle()
+    one_handoff(fake, conv)

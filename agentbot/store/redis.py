@@ -51,8 +51,8 @@ return 1
 """
 
 # A claim: `owner:<conv>` holds "<job id>|<token>" of the worker running the conversation's head job;
-# the `ready` score of the conversation is when that worker's lease ends. `unsure` (a hash, job id → 1)
-# marks jobs whose current step's call may have gone out.
+# the `ready` score of the conversation is when that worker's lease ends. `unsure` (a hash, job id → when)
+# marks jobs whose current step's call may have gone out, and when.
 CLAIM = """
 local now, lease, token = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 for _ = 1, 20 do
@@ -65,8 +65,9 @@ for _ = 1, 20 do
     if type(id) ~= 'string' or id == '' then id = conv..'@'..token end  -- written by an older version
     redis.call('ZADD', P..'ready', now + lease, conv)
     redis.call('SET', P..'owner:'..conv, id..'|'..token)
-    local unsure = redis.call('HSET', P..'unsure', id, 1) == 0
-    return {job, id, unsure and 1 or 0}
+    local sent = redis.call('HGET', P..'unsure', id) or ''
+    redis.call('HSET', P..'unsure', id, now)
+    return {job, id, sent}
   end
   redis.call('ZREM', P..'ready', conv)
 end
@@ -91,19 +92,19 @@ PROGRESS = OWNED + """
 local conv, id = ARGV[1], ARGV[2]
 if not owned(conv, id, ARGV[3]) then return 0 end
 redis.call('LSET', P..'q:'..conv, 0, ARGV[4])
-redis.call('HSET', P..'unsure', id, 1)
+redis.call('HSET', P..'unsure', id, ARGV[5])
 redis.call('ZADD', P..'ready', tonumber(ARGV[5]) + tonumber(ARGV[6]), conv)
 return 1
 """
 
-# ARGV: conv, id, token, how ('done'|'retry'|'dead'), job json, ready_at, unsure (retry: '1' or '0')
+# ARGV: conv, id, token, how ('done'|'retry'|'dead'), job json, ready_at, unsure ('' or when the call went out)
 RELEASE = OWNED + """
 local conv, id, how, job, at = ARGV[1], ARGV[2], ARGV[4], ARGV[5], tonumber(ARGV[6])
 if not owned(conv, id, ARGV[3]) then return 0 end
 local q = P..'q:'..conv
 redis.call('DEL', P..'owner:'..conv)
 -- a dead letter keeps its mark too: re-queued with --retry, it is checked before it is sent again
-if how ~= 'done' and ARGV[7] == '1' then redis.call('HSET', P..'unsure', id, 1) else redis.call('HDEL', P..'unsure', id) end
+if how ~= 'done' and ARGV[7] ~= '' then redis.call('HSET', P..'unsure', id, ARGV[7]) else redis.call('HDEL', P..'unsure', id) end
 if how == 'retry' then
   redis.call('LSET', q, 0, job)
 else
@@ -229,9 +230,9 @@ class RedisStore(Store):
         found = await self._claim(args=[now, LEASE, token])
         if not found:
             return None
-        raw, job_id, unsure = found
+        raw, job_id, sent = found
         job = Job.loads(raw)
-        job.id, job.claim, job.unsure = job_id.decode(), token, bool(unsure)
+        job.id, job.claim, job.unsure, job.sent_at = job_id.decode(), token, bool(sent), float(sent or 0)
         return job
 
     async def renew(self, job: Job, now: float) -> bool:
@@ -250,7 +251,7 @@ class RedisStore(Store):
         return await self._release_as("dead", job, now)
 
     async def _release_as(self, how: str, job: Job, ready_at: float) -> bool:
-        args = [job.conversation_key, job.id, job.claim, how, job.dumps(), ready_at, int(job.unsure)]
+        args = [job.conversation_key, job.id, job.claim, how, job.dumps(), ready_at, repr(job.sent_at) if job.unsure else ""]
         return bool(await self._release(args=args))
 
     async def dead_letters(self):

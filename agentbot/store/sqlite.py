@@ -216,7 +216,7 @@ class SQLiteStore(Store):
         self._busy.add(conv)
         job = Job.loads(body)
         job.id = str(job_id)
-        marked = replace(job, unsure=True).dumps()
+        marked = replace(job, unsure=True, sent_at=now).dumps()
         try:
             await self._write(lambda: self.db.execute("UPDATE jobs SET body=? WHERE id=?", (marked, job_id)))
         except BaseException:
@@ -238,7 +238,7 @@ class SQLiteStore(Store):
         return True  # one process: a claim ends only with the job
 
     async def progress(self, job: Job, now: float) -> bool:
-        body = replace(job, unsure=True).dumps()
+        body = replace(job, unsure=True, sent_at=now).dumps()
         return await self._write(lambda: self.db.execute("UPDATE jobs SET body=? WHERE id=?", (body, int(job.id))).rowcount > 0)
 
     async def finish(self, job: Job, now: float) -> bool:

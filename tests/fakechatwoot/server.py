@@ -67,6 +67,7 @@ class Fault:
     release: asyncio.Event | None = None
     waiting: int = 0  # calls being held right now
     applied: bool = False  # Chatwoot carries the call out, then hangs (`hang`) or drops the connection
+    slept: int = 0  # calls that have waited out `hang`
     drop: bool = False
 
 
@@ -498,6 +499,7 @@ class FakeChatwoot:
                     break
                 if fault.hang:
                     await asyncio.sleep(fault.hang)
+                    fault.slept += 1
                 if fault.status == 429:  # rack-attack: plain text; Retry-After only where a proxy adds one
                     retry = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
                     return answer(429, text="Retry later", headers=retry)

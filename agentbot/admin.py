@@ -19,7 +19,7 @@ class Failed(Exception):
 def explain_error(exc: ChatwootError, settings: Settings) -> str:
     detail = exc.detail
     if exc.status is None:
-        return f"cannot reach CHATWOOT_URL={settings.chatwoot_url} ({detail})"
+        return f"cannot reach CHATWOOT_URL={mask(settings.chatwoot_url)} ({detail})"
     if exc.status == 401 and "Invalid Access Token" in detail:
         return "Chatwoot refused CHATWOOT_API_TOKEN (Invalid Access Token): use an administrator's access token (Profile settings → Access token)"
     if exc.status == 401 and "not authorized to do this action" in detail:
@@ -131,7 +131,7 @@ async def check(settings: Settings, args) -> int:
         else:
             try:
                 await cw.probe_bot_token(account)
-                results.append((True, f"Chatwoot at {settings.chatwoot_url} accepts CHATWOOT_BOT_TOKEN for account {account}"))
+                results.append((True, f"Chatwoot at {mask(settings.chatwoot_url)} accepts CHATWOOT_BOT_TOKEN for account {account}"))
             except ChatwootError as exc:
                 hint = "the token is wrong or revoked: copy it from Settings → Bots" if exc.status == 401 else explain_error(exc, settings)
                 results.append((False, f"CHATWOOT_BOT_TOKEN: {hint}"))

@@ -60,7 +60,7 @@ class Bot:
         self.handoffs = Handoffs(s, self.store, self.chatwoot, self.metrics, self.clock, self.outbox.wake)
         self.outbox.start()
         self.sweeps = self.sweeper = self._sweeps(token)
-        logger.info("agentbot ready on port {} (store: {}, Chatwoot: {})", s.port, mask(s.store_url), s.chatwoot_url)
+        logger.info("agentbot ready on port {} (store: {}, Chatwoot: {})", s.port, mask(s.store_url), mask(s.chatwoot_url))
         if s.chatwoot_bot_secret is None and s.webhook_token is None:
             logger.warning(UNPROTECTED)
         if self.sweeps:

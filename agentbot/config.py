@@ -48,7 +48,7 @@ EXAMPLES = {
     "business_hours": HOURS_EXAMPLE,
     "timezone": "Europe/Lisbon",
     "closed_dates": "2026-12-25,2027-01-01",
-    "groups": "open, ignore or rules",
+    "whatsapp_groups": "open, ignore or rules",
     "handoff_team_id": "2",
     "handoff_assignee_id": "5",
     "handoff_priority": "low, medium, high or urgent",
@@ -138,7 +138,7 @@ class Rules(BaseModel):
     timezone: str = "UTC"
     closed_dates: Annotated[list[date], NoDecode] = Field(default_factory=list)
     away_message: str | None = None
-    groups: Literal["open", "ignore", "rules"] = "rules"
+    whatsapp_groups: Literal["open", "ignore", "rules"] = "rules"  # GROUPS too: bash drops assignments to GROUPS
     handoff_team_id: int | None = None
     handoff_assignee_id: int | None = None
     handoff_priority: Priority | None = None
@@ -348,6 +348,18 @@ def _inbox_overrides(environ: dict[str, str]) -> dict[int, dict[str, str]]:
     return found
 
 
+def _legacy_groups(environ: dict[str, str]) -> dict[str, str]:
+    """`GROUPS` (and `INBOX_<id>_GROUPS`) is the old name of `WHATSAPP_GROUPS`, still read from `.env` files and
+    PaaS settings (in bash, GROUPS is the shell's own variable and an assignment to it is lost). The new name wins."""
+    def renamed(key: str) -> str | None:
+        up = key.upper()
+        old = up == "GROUPS" or (up.startswith("INBOX_") and up.endswith("_GROUPS") and not up.endswith("_WHATSAPP_GROUPS"))
+        return up.removesuffix("GROUPS") + "WHATSAPP_GROUPS" if old else None
+
+    return {**{renamed(k): v for k, v in environ.items() if renamed(k)},
+            **{k: v for k, v in environ.items() if not renamed(k)}}
+
+
 def load(environ: dict[str, str] | None = None, env_file: str | None = ".env") -> Settings:
     """Read and validate everything; raise ConfigError with one line naming the variable."""
     if environ is None:
@@ -355,6 +367,7 @@ def load(environ: dict[str, str] | None = None, env_file: str | None = ".env") -
         environ = {**{k: v for k, v in file_values.items() if v is not None}, **os.environ}
     if not environ.get("STORE_URL") and environ.get("REDIS_URL"):  # a PaaS Redis add-on (Heroku, Render)
         environ = {**environ, "STORE_URL": environ["REDIS_URL"]}
+    environ = _legacy_groups(environ)
     try:
         settings = Settings(**{k.lower(): v for k, v in environ.items() if k.lower() in Settings.model_fields})
     except ValidationError as exc:

@@ -63,14 +63,14 @@ def triage(d: Delivery, settings: Settings) -> str | None:
     if m.sender.kind == "agent_bot":
         return None  # remembered: before it posts again after a lost answer, the outbox looks for this echo
     rules = settings.rules_for(c.inbox_id)
-    if c.is_group and rules.groups == "ignore":
+    if c.is_group and rules.whatsapp_groups == "ignore":
         return "WhatsApp group (GROUPS=ignore)"
     if m.private:
         command = m.sender.kind == "user" and (m.content or "").strip() == rules.bot_command
         return None if command and c.status == "open" else "private note"
     if c.status != "pending":
         return f"conversation is {c.status}, not pending"
-    if c.is_evolution_system or (c.is_group and rules.groups == "open") or m.kind == "incoming":
+    if c.is_evolution_system or (c.is_group and rules.whatsapp_groups == "open") or m.kind == "incoming":
         return None
     if not (m.sender.kind == "user" or (m.source_id or "").startswith("WAID:")):
         return f"{m.kind} message not sent by a person"
@@ -89,7 +89,7 @@ def decide(d: Delivery, facts: Facts, now: datetime, settings: Settings, *, live
         # Private notes never show as the conversation's latest message. The bot's own echoes say nothing
         # new about the conversation (and come after events Chatwoot built before them).
         if decision.state is not None and m.sender.kind != "agent_bot":
-            decision.state = decision.state.saw(c.status, c.updated, None if m.private else m.id)
+            decision.state = decision.state.saw(c.status, c.updated, None if m.private else m.id, c.bot_owned)
     return decision
 
 
@@ -110,7 +110,7 @@ def _decide(d: Delivery, facts: Facts, now: datetime, settings: Settings, live: 
         return ignore("handoff already decided for this pending conversation")
     if facts.state.left_pending_after is not None and m.id <= facts.state.left_pending_after:
         return ignore("late delivery: the conversation left pending after this message was written")
-    if c.is_group and rules.groups == "open":
+    if c.is_group and rules.whatsapp_groups == "open":
         return _handoff(c, facts, now, rules, "group", "WhatsApp group (GROUPS=open)", deferrable=False)
     if c.is_evolution_system:
         job = _job(c, "Evolution API system contact", [{"op": "status", "status": "open"}], now, "system")
@@ -127,7 +127,7 @@ def _conversation_event(event: str, c: Conversation, state: ConversationState, n
     # bot decided since, e.g. a resolve delivered after the customer's next message.
     if state.is_older(c.updated, c.last_message_id):
         return ignore(f"{event} is older than what the bot already acted on")
-    state = state.saw(c.status, c.updated, c.last_message_id)
+    state = state.saw(c.status, c.updated, c.last_message_id, c.bot_owned)
     if c.status == "resolved":
         assignee = c.assignee.id if c.assignee and c.assignee.kind == "user" else None
         on = now.date().isoformat()
@@ -185,13 +185,11 @@ def _incoming(c: Conversation, m: Message, facts: Facts, now: datetime, rules: R
 
 
 def given_back(c: Conversation, state: ConversationState) -> bool:
-    """An agent gave the conversation back to the bot: with `BOT_COMMAND`, or (Chatwoot 4.16+) by assigning
-    it to the bot, which makes it bot-owned and pending though humans handled it (an agent replied, or the
-    bot saw it resolved or leave pending). A conversation bot-owned since its creation has none of that."""
-    if state.given_back:
-        return True
-    handled = c.first_reply_at is not None or state.resolved_on is not None or state.left_pending_after is not None
-    return c.bot_owned and handled
+    """An agent gave the conversation back to the bot: with `BOT_COMMAND`, or (Chatwoot 4.16+) by assigning it
+    to the bot: bot-owned and pending now, where the bot last saw it owned by no bot (a human had it). A
+    conversation bot-owned since its creation (an agent may have replied or resolved it meanwhile) is not given
+    back: its customer is a returning one, who must not be kept waiting in pending."""
+    return state.given_back or (c.bot_owned and state.human_owned)
 
 
 def returning_reason(c: Conversation, facts: Facts) -> str | None:

@@ -32,7 +32,7 @@ def describe_rules(r: Rules) -> list[str]:
     if r.hours:
         away = f"; away message: {r.away_message!r}" if r.away_message else ""
         lines.append(f"- handoffs outside {r.hours.describe()} wait for the next opening time{away}")
-    lines.append(f"- WhatsApp groups: {r.groups}")
+    lines.append(f"- WhatsApp groups: {r.whatsapp_groups}")
     at = [f"team {r.handoff_team_id}" if r.handoff_team_id is not None else "",
           f"agent {r.handoff_assignee_id}" if r.handoff_assignee_id is not None else "",
           f"priority {r.handoff_priority}" if r.handoff_priority else "",

@@ -24,13 +24,16 @@ class ConversationState(msgspec.Struct, frozen=True):
     updated: float = 0.0  # the conversation's updated_at (Chatwoot bumps it at every save)
     latest_message: int | None = None  # the newest public message id seen
     posted: tuple[tuple[int, int], ...] = ()  # (message id, crc32 of content) of the bot's own latest messages
+    human_owned: bool = False  # the newest delivery showed the conversation not owned by the bot (Chatwoot 4.16+)
 
-    def saw(self, status: str, updated: float, message_id: int | None) -> ConversationState:
-        """Remember the newest state of the conversation a delivery showed: its status only when the delivery
-        is not older than what the bot has (a late message delivery, the sweep's listing)."""
+    def saw(self, status: str, updated: float, message_id: int | None, bot_owned: bool | None = None) -> ConversationState:
+        """Remember the newest state of the conversation a delivery showed: its status (and whether the bot
+        owned it) only when the delivery is not older than what the bot has (a late message, the sweep's listing)."""
         newest = max(filter(None, (self.latest_message, message_id)), default=None)
-        status = status if updated >= self.updated else self.status
-        return replace(self, status=status, updated=max(self.updated, updated), latest_message=newest)
+        current = updated >= self.updated
+        status = status if current else self.status
+        human = (not bot_owned) if current and bot_owned is not None else self.human_owned
+        return replace(self, status=status, updated=max(self.updated, updated), latest_message=newest, human_owned=human)
 
     def with_posted(self, message_id: int, content: str | None) -> ConversationState:
         """Remember a message of the bot's own, from its echo (Chatwoot delivers the bot's messages to it)."""

@@ -179,3 +179,16 @@ def test_zero_seconds_or_messages_means_off():
     s = load({**GOOD, "HANDOFF_AFTER_SECONDS": "0", "HANDOFF_AFTER_MESSAGES": "0", "INBOX_3_HANDOFF_AFTER_SECONDS": "0"})
     assert s.handoff_after_seconds is None and s.handoff_after_messages is None
     assert s.rules_for(3).handoff_after_seconds is None
+
+
+def test_groups_is_read_under_its_new_name_and_its_old_one():
+    """Bash keeps GROUPS for itself (`GROUPS=ignore python -m agentbot` is lost): WHATSAPP_GROUPS is the name."""
+    assert load({**GOOD, "WHATSAPP_GROUPS": "ignore"}).whatsapp_groups == "ignore"
+    assert load({**GOOD, "GROUPS": "open"}).whatsapp_groups == "open"  # .env files and PaaS settings
+    assert load({**GOOD, "GROUPS": "open", "WHATSAPP_GROUPS": "ignore"}).whatsapp_groups == "ignore"
+    assert load({**GOOD, "INBOX_4_GROUPS": "open"}).rules_for(4).whatsapp_groups == "open"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_"))},
+           **GOOD, "WHATSAPP_GROUPS": "ignore"}
+    out = subprocess.run(["bash", "-c", f"{sys.executable} -m agentbot rules"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=30).stdout
+    assert "WhatsApp groups: ignore" in out

@@ -58,7 +58,7 @@ def test_app_json_lists_every_setting():
 
 def test_python_version_is_pinned_for_builders():
     assert (ROOT / ".python-version").read_text().strip() == "3.11"
-    assert (ROOT / "runtime.txt").read_text().strip().startswith("python-3.11")
+    assert [line for line in (ROOT / "requirements.txt").read_text().splitlines() if not line.startswith("#")] == ["."]
 
 
 def test_render_blueprint_is_a_web_service_with_health_check_redis_and_the_required_variables():

@@ -170,19 +170,23 @@ def test_given_back_by_assignment_the_agent_reply_no_longer_counts():
     bot = {"id": 7, "name": "Triage Bot", "type": "agent_bot"}
     d = message("reopened", "thanks!", meta={"assignee": bot, "assignee_type": "AgentBot"})
     assert d.conversation.first_reply_at is not None
-    decision = decide(d, Facts(), NOON, settings())
-    assert decision.outcome == "keep"
-    seen = Facts(ConversationState(resolved_on="2026-11-20", left_pending_after=900))
+    had_it = Facts(ConversationState(human_owned=True))  # the bot last saw it with a human (or nobody)
+    assert decide(d, had_it, NOON, settings()).outcome == "keep"
+    seen = Facts(ConversationState(resolved_on="2026-11-20", left_pending_after=900, human_owned=True))
     assert decide(d, seen, NOON, settings()).outcome == "keep"
-    # Other rules still apply, and a conversation bot-owned since its creation still finds the past.
-    assert decide(d, Facts(), NOON, settings(HANDOFF_KEYWORDS="thanks")).rule == "keyword"
+    # Other rules still apply; a conversation bot-owned since its creation (an agent replied and resolved it
+    # without taking it) is a returning customer's, and so is one the bot never saw.
+    assert decide(d, had_it, NOON, settings(HANDOFF_KEYWORDS="thanks")).rule == "keyword"
+    assert decide(d, Facts(), NOON, settings()).rule == "returning"
+    always_bot = Facts(ConversationState(resolved_on="2026-11-20", left_pending_after=900))
+    assert decide(d, always_bot, NOON, settings()).rule == "returning"
     human = message("reopened", "thanks!")
     assert decide(human, Facts(), NOON, settings()).rule == "returning"
 
 
 @pytest.mark.parametrize("groups", ["open", "rules"])
 def test_a_whatsapp_group_gets_the_status_change_only(groups):
-    rules = settings(GROUPS=groups, HANDOFF_ALL="true", HANDOFF_TEAM_ID="2", HANDOFF_PRIORITY="high",
+    rules = settings(WHATSAPP_GROUPS=groups, HANDOFF_ALL="true", HANDOFF_TEAM_ID="2", HANDOFF_PRIORITY="high",
                      HANDOFF_ASSIGNEE_ID="5", HANDOFF_MESSAGE="Thanks {name}", AWAY_MESSAGE="Closed",
                      BUSINESS_HOURS="mon-fri 09:00-18:00")
     d = new_customer(sender={"identifier": "120363041@g.us"})

@@ -159,11 +159,11 @@ async def test_account_filter(fake, start_bot):
 
 
 async def test_whatsapp_groups(fake, start_bot):
-    # README: GROUPS is open / ignore / rules; a group's handoff is the status change only (no team, priority,
+    # README: WHATSAPP_GROUPS is open / ignore / rules; a group's handoff is the status change only (no team, priority,
     # note or message), never deferred, and a group is never greeted nor sent the away message.
     saturday_evening = Clock(datetime(2026, 11, 28, 20, 0, tzinfo=timezone.utc))  # closed
-    bot = await start_bot(saturday_evening, GROUPS="ignore", HANDOFF_ALL="true", INBOX_4_GROUPS="open",
-                          INBOX_4_HANDOFF_ALL="false", INBOX_5_GROUPS="rules", INBOX_5_HANDOFF_ALL="false",
+    bot = await start_bot(saturday_evening, GROUPS="ignore", HANDOFF_ALL="true", INBOX_4_WHATSAPP_GROUPS="open",
+                          INBOX_4_HANDOFF_ALL="false", INBOX_5_WHATSAPP_GROUPS="rules", INBOX_5_HANDOFF_ALL="false",
                           INBOX_5_HANDOFF_KEYWORDS="human", HANDOFF_TEAM_ID="2", HANDOFF_PRIORITY="high",
                           HANDOFF_MESSAGE="A person will answer, {name}", GREETING_MESSAGE="Hi {name}",
                           BUSINESS_HOURS="mon-fri 09:00-18:00", AWAY_MESSAGE="We are closed")

@@ -5,6 +5,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from msgspec.structs import replace
@@ -39,32 +40,48 @@ TRIM_EVERY = 64  # decision-log entries per account between deletions of the old
 
 
 class SQLiteStore(Store):
-    # Calls are synchronous: each is a few indexed statements on a local file, cheaper than handing
-    # them to a thread; nothing awaits inside a transaction. Writes made in the same turn of the event
-    # loop share one transaction (group commit): each page SQLite writes to the WAL is written, and
-    # synced (synchronous=FULL: an acknowledged decision survives a power cut), once for all of them,
-    # and each caller resumes only after its writes are committed. SQLite never waits for a lock held
-    # by another connection (busy_timeout 0, which would stall the event loop): reads and writes that
-    # find the database locked are tried again after a pause, for up to PATIENCE seconds.
+    # Reads are synchronous on the event loop: a statement or two on a local file, cheaper than handing them
+    # to a thread, and WAL lets them run beside a write. Writes made while the previous batch is being
+    # written share one transaction (group commit), which a single writer thread carries out on its own
+    # connection: its sync to disk (synchronous=FULL, so an acknowledged decision survives a power cut)
+    # never stalls the event loop, and each caller resumes only after its writes are committed. SQLite
+    # never waits for a lock held by another connection (busy_timeout 0): reads and writes that find the
+    # database locked are tried again after a pause, for up to PATIENCE seconds. (`memory://` has one
+    # connection and writes on the loop: there is no disk to wait for.)
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._locks = KeyedLocks()
         self._busy: set[str] = set()  # conversations whose head job a worker is running
         self._writes: list[tuple[Callable[[], Any], asyncio.Future]] = []
+        self._writing = False  # a batch is being written
         self._locked_since: float | None = None  # the pending writes found the database locked
+        self._writer: ThreadPoolExecutor | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
+        db.execute("PRAGMA busy_timeout=0")
+        return db
 
     async def open(self) -> None:
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
-        self.db.execute("PRAGMA busy_timeout=0")
+        self.db = self._connect()  # writes (in the writer thread, for a file)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        if self.path == ":memory:":
+            self.rdb = self.db
+        else:
+            self.rdb = self._connect()  # reads, on the event loop
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
 
     async def close(self) -> None:
-        self.db.execute(f"PRAGMA busy_timeout={int(PATIENCE * 1000)}")  # shutting down: waiting is fine now
-        self._locked_since = None
-        self._flush()
+        for _ in range(int(PATIENCE / 0.01)):  # let the batch being written, and what waits for it, finish
+            if not (self._writing or self._writes):
+                break
+            await asyncio.sleep(0.01)
+        if self._writer:
+            self._writer.shutdown(wait=True)
+            self.rdb.close()
         self.db.close()
 
     async def _write(self, apply: Callable[[], T]) -> T:
@@ -72,7 +89,7 @@ class SQLiteStore(Store):
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._writes.append((apply, future))
-        if len(self._writes) == 1 and self._locked_since is None:
+        if len(self._writes) == 1 and not self._writing and self._locked_since is None:
             loop.call_soon(self._flush)
         return await future
 
@@ -88,24 +105,42 @@ class SQLiteStore(Store):
             pause = min(pause * 2, BUSY_DELAYS[1])
 
     def _flush(self) -> None:
+        if self._writing:
+            return  # the batch being written flushes again when it is done
         writes, self._writes = self._writes, []
         if not writes:
             self._locked_since = None
             return
+        applies = [apply for apply, _ in writes]
+        if self._writer is None:
+            self._written(writes, self._batch(applies))
+            return
+        self._writing = True
+        done = asyncio.get_running_loop().run_in_executor(self._writer, self._batch, applies)
+        done.add_done_callback(lambda f: self._written(writes, f.result()))
+
+    def _batch(self, applies: list[Callable[[], Any]]) -> list[tuple[bool, Any]] | BaseException:
+        """The writes' transaction (in the writer thread): (ok, value or exception) each, or the lock error."""
         try:
-            results = [(True, value) for value in self._transaction([apply for apply, _ in writes])]
+            return [(True, value) for value in self._transaction(applies)]
         except Exception as exc:
             if _locked(exc):
-                if self._wait_for_lock(writes):
-                    return
-                results = [(False, exc)] * len(writes)
-            else:  # one writer's statements failed and took the shared transaction with them: give each its own
-                results = [self._alone(apply) for apply, _ in writes] if len(writes) > 1 else [(False, exc)]
+                return exc
+            # one writer's statements failed and took the shared transaction with them: give each its own
+            return [self._alone(apply) for apply in applies] if len(applies) > 1 else [(False, exc)]
+
+    def _written(self, writes: list[tuple[Callable[[], Any], asyncio.Future]],
+                 results: list[tuple[bool, Any]] | BaseException) -> None:
+        self._writing = False
+        if isinstance(results, BaseException):
+            if self._wait_for_lock(writes):
+                return
+            results = [(False, results)] * len(writes)
         self._locked_since = None
         for (_, future), (ok, value) in zip(writes, results, strict=True):
             if not future.done():
                 future.set_result(value) if ok else future.set_exception(value)
-        if self._writes:  # written while these waited for the lock
+        if self._writes:  # written while this batch was
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _wait_for_lock(self, writes: list[tuple[Callable[[], Any], asyncio.Future]]) -> bool:
@@ -149,7 +184,7 @@ class SQLiteStore(Store):
         return ConversationState.loads(state), Resolved.loads(prev)
 
     def _load(self, conversation_key: str, contact_key: str | None) -> tuple[str | None, str | None]:
-        return self.db.execute(
+        return self.rdb.execute(
             "SELECT (SELECT state FROM conversations WHERE key=?), (SELECT resolved FROM contacts WHERE key=?)",
             (conversation_key, contact_key),
         ).fetchone()
@@ -198,7 +233,7 @@ class SQLiteStore(Store):
         await self._write(lambda: self.db.execute("INSERT OR REPLACE INTO lookups VALUES (?,?,?)", (contact_key, value, now + ttl)))
 
     async def recall(self, contact_key, now):
-        row = await self._read(lambda: self.db.execute("SELECT value FROM lookups WHERE key=? AND expires>?",
+        row = await self._read(lambda: self.rdb.execute("SELECT value FROM lookups WHERE key=? AND expires>?",
                                                        (contact_key, now)).fetchone())
         return (True, Resolved.loads(row[0])) if row else (False, None)
 
@@ -227,7 +262,7 @@ class SQLiteStore(Store):
     def _next(self, now: float) -> tuple[str, int | None, str | None] | None:
         busy = tuple(self._busy)
         marks = ",".join("?" * len(busy))
-        return self.db.execute(
+        return self.rdb.execute(
             "SELECT q.conv, j.id, j.body FROM queues q LEFT JOIN jobs j "
             "ON j.id = (SELECT id FROM jobs WHERE conv=q.conv AND dead=0 ORDER BY id LIMIT 1) "
             f"WHERE q.ready_at<=? AND q.conv NOT IN ({marks}) ORDER BY q.ready_at LIMIT 1",
@@ -267,7 +302,7 @@ class SQLiteStore(Store):
         return found
 
     async def dead_letters(self):
-        rows = await self._read(lambda: self.db.execute("SELECT id, body FROM jobs WHERE dead=1 ORDER BY id").fetchall())
+        rows = await self._read(lambda: self.rdb.execute("SELECT id, body FROM jobs WHERE dead=1 ORDER BY id").fetchall())
         jobs = []
         for row_id, body in rows:
             job = Job.loads(body)
@@ -288,11 +323,11 @@ class SQLiteStore(Store):
         return await self._write(apply)
 
     async def depth(self):
-        return await self._read(lambda: self.db.execute("SELECT count(*) FROM jobs WHERE dead=0").fetchone()[0])
+        return await self._read(lambda: self.rdb.execute("SELECT count(*) FROM jobs WHERE dead=0").fetchone()[0])
 
     async def decisions(self, now):
         # Per account only the newest `size` entries (the size in force at the newest entry).
-        rows = self.db.execute(
+        rows = self.rdb.execute(
             "SELECT body FROM decisions d JOIN (SELECT account, max(seq) AS top FROM decisions GROUP BY account) m "
             "USING (account) WHERE d.at>? AND d.seq > m.top - (SELECT size FROM decisions WHERE account=d.account "
             "AND seq=m.top) ORDER BY d.at DESC, d.seq DESC", (now - LOG_TTL,))

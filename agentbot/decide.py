@@ -61,7 +61,7 @@ def triage(d: Delivery, settings: Settings) -> str | None:
     if d.event != "message_created":
         return "message_updated (receipts and edits) is not new customer input"
     if m.sender.kind == "agent_bot":
-        return None  # remembered: before it posts again after a lost answer, the outbox looks for this echo
+        return "the bot's own message"
     rules = settings.rules_for(c.inbox_id)
     if c.is_group and rules.whatsapp_groups == "ignore":
         return "WhatsApp group (GROUPS=ignore)"
@@ -86,9 +86,7 @@ def decide(d: Delivery, facts: Facts, now: datetime, settings: Settings, *, live
         timer_job = [decision.timer[1]] if isinstance(decision.timer, tuple) else []
         for job in decision.jobs + timer_job:
             job.trigger = m.id
-        # Private notes never show as the conversation's latest message. The bot's own echoes say nothing
-        # new about the conversation (and come after events Chatwoot built before them).
-        if decision.state is not None and m.sender.kind != "agent_bot":
+        if decision.state is not None:  # private notes never show as the conversation's latest message
             decision.state = decision.state.saw(c.status, c.updated, None if m.private else m.id, c.bot_owned)
     return decision
 
@@ -102,8 +100,6 @@ def _decide(d: Delivery, facts: Facts, now: datetime, settings: Settings, live: 
     rules = settings.rules_for(c.inbox_id)
     if m is None:
         return _conversation_event(d.event, c, facts.state, now)
-    if m.sender.kind == "agent_bot":
-        return Decision("record", "the bot's own message, remembered", state=facts.state.with_posted(m.id, m.content))
     if m.private:
         return _give_back(c, m, facts.state, now)
     if facts.state.handed_off:

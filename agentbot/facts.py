@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import zlib
+from collections import OrderedDict
 
 import msgspec
 from msgspec.structs import replace
 
-POSTED_KEPT = 8  # the bot's own latest messages remembered per conversation
+ECHOES_KEPT = 8  # the bot's own latest messages remembered per conversation
+ECHO_CONVERSATIONS = 10_000  # conversations whose echoes are remembered (the least recent are forgotten)
 
 
 class ConversationState(msgspec.Struct, frozen=True):
@@ -23,7 +25,6 @@ class ConversationState(msgspec.Struct, frozen=True):
     status: str | None = None
     updated: float = 0.0  # the conversation's updated_at (Chatwoot bumps it at every save)
     latest_message: int | None = None  # the newest public message id seen
-    posted: tuple[tuple[int, int], ...] = ()  # (message id, crc32 of content) of the bot's own latest messages
     human_owned: bool = False  # the newest delivery showed the conversation not owned by the bot (Chatwoot 4.16+)
 
     def saw(self, status: str, updated: float, message_id: int | None, bot_owned: bool | None = None) -> ConversationState:
@@ -34,16 +35,6 @@ class ConversationState(msgspec.Struct, frozen=True):
         status = status if current else self.status
         human = (not bot_owned) if current and bot_owned is not None else self.human_owned
         return replace(self, status=status, updated=max(self.updated, updated), latest_message=newest, human_owned=human)
-
-    def with_posted(self, message_id: int, content: str | None) -> ConversationState:
-        """Remember a message of the bot's own, from its echo (Chatwoot delivers the bot's messages to it)."""
-        entry = (message_id, zlib.crc32((content or "").encode()))
-        return replace(self, posted=(*self.posted, entry)[-POSTED_KEPT:])
-
-    def has_posted(self, content: str, after: int | None) -> bool:
-        """Whether the bot's echo of `content` arrived, for a message newer than `after` (the job's trigger)."""
-        crc = zlib.crc32(content.encode())
-        return any(c == crc and (after is None or i > after) for i, c in self.posted)
 
     def is_older(self, updated: float, message_id: int | None) -> bool:
         """Whether a conversation event describes the conversation before what the bot already acted on."""
@@ -90,3 +81,23 @@ class Resolved(msgspec.Struct, frozen=True):
 class Facts(msgspec.Struct, frozen=True):
     state: ConversationState = NEW
     previous: Resolved | None = None  # the contact's last resolved conversation
+
+
+class Echoes:
+    """The bot's own latest messages per conversation, from their echoes (Chatwoot delivers the bot's messages
+    back to it): how the outbox finds a note or message whose answer was lost. Kept in this process only (a
+    hint, not worth a disk write per message); the outbox also reads Chatwoot where it may (4.16+)."""
+
+    def __init__(self) -> None:
+        self._seen: OrderedDict[str, tuple[tuple[int, int], ...]] = OrderedDict()
+
+    def add(self, conversation_key: str, message_id: int, content: str | None) -> None:
+        entry = (message_id, zlib.crc32((content or "").encode()))
+        self._seen[conversation_key] = (*self._seen.pop(conversation_key, ()), entry)[-ECHOES_KEPT:]
+        if len(self._seen) > ECHO_CONVERSATIONS:
+            self._seen.popitem(last=False)
+
+    def has(self, conversation_key: str, content: str, after: int | None) -> bool:
+        """Whether the echo of `content` arrived, for a message newer than `after` (the job's trigger)."""
+        crc = zlib.crc32(content.encode())
+        return any(c == crc and (after is None or i > after) for i, c in self._seen.get(conversation_key, ()))

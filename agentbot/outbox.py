@@ -18,12 +18,12 @@ from loguru import logger
 
 from .actions import Job, Step
 from .chatwoot import Chatwoot, ChatwootError, ConversationView
-from .facts import ConversationState
+from .facts import ConversationState, Echoes
 from .metrics import Metrics
 from .store import Store
 from .store.base import LEASE
 
-WORKERS = 16
+WORKERS = 64  # jobs in flight at once: each waits for two synced writes (claim, finish), so they overlap
 POLL = 0.25  # seconds between looks at the store when nothing woke us (other instances, retries)
 TICK = 0.5  # seconds between timer checks, lease renewals and worker supervision
 PRUNE_EVERY = 600.0  # seconds between removals of expired dedup keys and look-ups
@@ -83,6 +83,7 @@ class Outbox:
         self._store_error = ""
         self._can_read = True  # this Chatwoot lets bot tokens GET a conversation (4.16+)
         self.settle = 2 * (chatwoot.timeout.total or 0)  # how long a call Chatwoot got may still be under way
+        self.echoes = Echoes()  # the bot's own messages as Chatwoot delivered them back (the webhook fills it)
 
     def now(self) -> float:
         return self.clock().timestamp()
@@ -290,7 +291,8 @@ class Outbox:
             return verdict
         content = self._content(job, step)
         last = view.last_non_activity_message if view else None
-        if state.has_posted(content, job.trigger) or (last and last.sender_type == "AgentBot" and last.content == content):
+        if self.echoes.has(job.conversation_key, content, job.trigger) or (
+                last and last.sender_type == "AgentBot" and last.content == content):
             logger.info("conversation {}: the {} was posted already; not posting it again", job.conversation_key, op)
             return "done"
         if view is None:  # no echo, and this Chatwoot doesn't let the bot read: better lost than sent twice

@@ -15,7 +15,7 @@ from .chatwoot import Chatwoot, ChatwootError
 from .config import Settings
 from .decide import Decision, decide, given_back, operator_handoff, returning_reason, triage
 from .events import Conversation, Delivery, event_label
-from .facts import Facts, Resolved
+from .facts import Echoes, Facts, Resolved
 from .metrics import Metrics
 from .store import Commit, DecisionEntry, Store
 
@@ -62,9 +62,10 @@ class Handoffs:
     """Decides what to do with deliveries and writes it to the outbox; never calls Chatwoot's write API."""
 
     def __init__(self, settings: Settings, store: Store, chatwoot: Chatwoot | None, metrics: Metrics,
-                 clock: Callable[[], datetime], on_commit: Callable[[int], None] = lambda jobs: None):
+                 clock: Callable[[], datetime], on_commit: Callable[[int], None] = lambda jobs: None,
+                 echoes: Echoes | None = None):
         self.settings, self.store, self.chatwoot, self.metrics = settings, store, chatwoot, metrics
-        self.clock, self.on_commit = clock, on_commit
+        self.clock, self.on_commit, self.echoes = clock, on_commit, echoes or Echoes()
         self._lookups = asyncio.Semaphore(LOOKUP_CONCURRENCY)
         self._budget = LookupBudget()
         self.live = 0  # deliveries being decided right now (the sweep gives way to them)
@@ -135,6 +136,9 @@ class Handoffs:
 
     async def _handle(self, d: Delivery) -> Decision:
         why_not = triage(d, self.settings)
+        m = d.message
+        if m is not None and m.sender.kind == "agent_bot" and d.conversation is not None:
+            self.echoes.add(d.conversation.key, m.id, m.content)  # the outbox looks here before posting again
         if why_not:  # the bulk of deliveries: nothing to look up
             return self._report(d, Decision("ignore", why_not))
         c = d.conversation

@@ -25,15 +25,16 @@ class SweepLoop:
         if self.every:
             self.task = asyncio.create_task(self._run())
 
-    async def preview(self) -> list[dict[str, str]]:
-        """A dry run: one row per conversation the sweep would open or defer."""
+    async def preview(self, accounts: list[int]) -> list[dict[str, str]]:
+        """A dry run over those of `accounts` the bot handles: one row per conversation it would open or defer."""
         s = self.sweeper
-        result = await s.run(s.accounts(), dry_run=True)
+        result = await s.run([a for a in s.accounts() if a in accounts], dry_run=True)
         return [{"conversation": f"#{x.key.split(':')[1]}", "would be": x.outcome, "rule": x.label, "why": x.reason}
                 for x in result.conversations if x.outcome in ("opened", "deferred")]
 
-    async def run(self) -> str:
-        result = await self.once()
+    async def run(self, accounts: list[int]) -> str:
+        """A sweep now, over those of `accounts` the bot handles (the operator page's button)."""
+        result = await self.once([a for a in self.sweeper.accounts() if a in accounts])
         return result.summary() if result else "Another sweep is running (this or another instance); try again shortly."
 
     async def stop(self) -> None:
@@ -52,7 +53,7 @@ class SweepLoop:
             await asyncio.sleep(self.every)
             await self.once()
 
-    async def once(self) -> SweepResult | None:
+    async def once(self, accounts: list[int] | None = None) -> SweepResult | None:
         s = self.sweeper
         try:
             lease = await s.store.lease("sweep", LEASE_TTL)
@@ -61,7 +62,7 @@ class SweepLoop:
                 logger.debug("sweep: another sweep is running (this or another instance); skipped this one")
                 return None
             try:
-                result = await s.run(s.accounts(), lease=lease)
+                result = await s.run(s.accounts() if accounts is None else accounts, lease=lease)
             finally:
                 await lease.release()
             when = s.clock().astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -56,7 +56,7 @@ ASKED = 'Customer asked for a person ("address")'
 ALL_DEFERRED = "Every conversation goes to humans (HANDOFF_ALL) (deferred from closed hours)"
 NEW = "new customer: no rule fired, conversation stays pending"
 QUIET = {  # the same in every setup: (outcome, rule, explain's lines); rule None: not a counted decision
-    "message_created_outgoing": ("record", "-", ["record: the bot's own message, remembered"]),
+    "message_created_outgoing": ("ignore", None, ["ignore: the bot's own message"]),
     "message_created_private_note": ("ignore", None, ["ignore: private note"]),
     "message_updated": ("ignore", None, ["ignore: message_updated (receipts and edits) is not new customer input"]),
     "conversation_opened": ("ignore", None, ["ignore: conversation_opened with status open needs nothing"]),

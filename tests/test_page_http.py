@@ -84,10 +84,10 @@ class Sweeper:
     def __init__(self):
         self.last_run, self.runs = None, 0
 
-    async def preview(self):
+    async def preview(self, accounts):
         return [{"conversation": "#41", "status": "pending", "would": "open (returning customer)"}]
 
-    async def run(self):
+    async def run(self, accounts):
         self.runs += 1
         self.last_run = "2026-11-26 04:00: opened 1 conversation"
         return "Opened 1 conversation."

@@ -283,10 +283,8 @@ async def test_the_status_events_of_a_handoff_arriving_after_its_echo_still_coun
     conv = fake.customer_writes(maria, "I want a human").conversation
     await wait_for(lambda: fake.bot_messages(conv.display_id), 5, "the handoff message")
 
-    async def echo_seen():
-        state, _ = await bot.bot.store.load(f"1:{conv.display_id}", None)
-        return state.posted and state.latest_message
-    await wait_for(echo_seen, 5, "the echo of the handoff message")
+    await wait_for(lambda: all(d.done for d in fake.deliveries if d.event == "message_created"), 5,
+                   "the echo of the handoff message")
     held.release()  # Sidekiq: the status events of the toggle arrive after the message's echo
     await wait_for(lambda: fake.in_flight == 0, 5, "deliveries")
     await bot.idle()

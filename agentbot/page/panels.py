@@ -25,11 +25,11 @@ class Sweeper(Protocol):
 
     last_run: str | None  # when and what the last sweep did, in words
 
-    async def preview(self) -> list[dict[str, str]]:
-        """One row per conversation the sweep would change (column → text); changes nothing."""
+    async def preview(self, accounts: list[int]) -> list[dict[str, str]]:
+        """One row per conversation of `accounts` the sweep would change (column → text); changes nothing."""
 
-    async def run(self) -> str:
-        """Sweep now; what it did, in words."""
+    async def run(self, accounts: list[int]) -> str:
+        """Sweep `accounts` now; what it did, in words."""
 
 
 @dataclass

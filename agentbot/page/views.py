@@ -71,7 +71,7 @@ async def index(request: web.Request) -> web.Response:
     dead = [j for j in await bot.store.dead_letters() if j.account_id in session.accounts]
     context = {
         "session": session, "s": s, "zone": zone, "local": panels.local, "link": panels.link, "done": DONE.get(request.query.get("done", ""), ""),
-        "checks": checks, "missing": missing, "version": version, "inboxes": page.inboxes, "outbox_depth": await bot.store.depth(),
+        "checks": checks, "missing": missing, "version": version, "inboxes": _inboxes_of(page, session.accounts), "outbox_depth": await bot.store.depth(),
         "rules": panels.rules(s), "activity": panels.activity(entries, now, zone), "counts": panels.counts(bot),
         "decisions": panels.decisions(entries, inbox, outcome), "filter_inbox": inbox, "filter_outcome": outcome,
         "inbox_choices": sorted({e.inbox_id for e in entries if e.inbox_id is not None}),
@@ -159,6 +159,11 @@ async def sign_in(request: web.Request) -> web.Response:
     return response
 
 
+def _inboxes_of(page: Page, accounts: list[int]) -> panels.Inboxes:
+    """The inboxes read at sign-ins, only those of `accounts` (an operator sees only their own accounts')."""
+    return panels.Inboxes([r for r in page.inboxes.rows if r["account"] in accounts], page.inboxes.read_at)
+
+
 async def _read_inboxes(page: Page, token: str, accounts: list[int]) -> None:
     """Inbox names and bots, read once with the operator's token (a bot token may not list inboxes)."""
     bot, cw = page.bot, page.bot.chatwoot
@@ -177,7 +182,8 @@ async def _read_inboxes(page: Page, token: str, accounts: list[int]) -> None:
     except (ChatwootError, TimeoutError) as exc:
         logger.warning("operator page: could not read the inboxes with the operator's token ({})", exc or "timed out")
         return
-    page.inboxes = panels.Inboxes(rows, panels.local(_now(page), ZoneInfo(bot.settings.timezone)))
+    kept = [r for r in page.inboxes.rows if r["account"] not in accounts]  # other operators' accounts
+    page.inboxes = panels.Inboxes(kept + rows, panels.local(_now(page), ZoneInfo(bot.settings.timezone)))
 
 
 async def sign_out(request: web.Request) -> web.Response:
@@ -225,9 +231,10 @@ async def sweep(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text="This bot has no sweep.", headers=HEADERS)
     if form.get("mode") == "run":
         logger.info("operator page: {} ran the sweep", session.name)
-        summary = await sweeper.run()
+        summary = await sweeper.run(session.accounts)
         return render(request, "done.html", {"message": summary})
-    return render(request, "done.html", {"message": "Dry run: nothing was changed.", "rows": await sweeper.preview()})
+    return render(request, "done.html", {"message": "Dry run: nothing was changed.",
+                                         "rows": await sweeper.preview(session.accounts)})
 
 
 def setup(app: web.Application, bot) -> None:

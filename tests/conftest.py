@@ -251,6 +251,21 @@ def redis_url(tmp_path_factory):
     proc.wait(10)
 
 
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def store(request, tmp_path):
+    """Each store backend, open (Redis: the session's server, flushed)."""
+    from agentbot.store import open_store
+
+    if request.param == "redis":
+        url = request.getfixturevalue("redis")
+    else:
+        url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/s.sqlite3"
+    s = open_store(url)
+    await s.open()
+    yield s
+    await s.close()
+
+
 @pytest.fixture
 def redis(redis_url):
     import redis as sync_redis

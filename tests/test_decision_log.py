@@ -6,21 +6,11 @@ import pytest
 
 from agentbot.actions import Job
 from agentbot.facts import ConversationState
-from agentbot.store import Commit, DecisionEntry, open_store
+from agentbot.store import Commit, DecisionEntry
 from agentbot.store.base import LOG_TTL
 from tests.conftest import returning, wait_for
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-async def store(request, tmp_path):
-    if request.param == "redis":
-        url = request.getfixturevalue("redis")
-    else:
-        url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/s.sqlite3"
-    s = open_store(url)
-    await s.open()
-    yield s
-    await s.close()
 
 
 def entry(n: int, at: float, account: int = 1, outcome: str = "handoff") -> DecisionEntry:

@@ -10,16 +10,6 @@ from agentbot.facts import ConversationState, Resolved
 from agentbot.store import Commit, open_store
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-async def store(request, tmp_path):
-    if request.param == "redis":
-        url = request.getfixturevalue("redis")
-    else:
-        url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/s.sqlite3"
-    s = open_store(url)
-    await s.open()
-    yield s
-    await s.close()
 
 
 def job(display_id: int, reason: str = "r") -> Job:

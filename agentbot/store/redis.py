@@ -132,27 +132,32 @@ end
 return #due
 """
 
-REQUEUE = PUSH + """
+# A dead letter back into its conversation's queue, with a fresh ACTION_MAX_AGE.
+REVIVE = PUSH + """
+local function revive(j, now)
+  j.attempts, j.created_at, j.next_at, j.error = 0, now, now, cjson.null
+  push(j.account_id..':'..j.display_id, cjson.encode(j), now)
+end
+"""
+
+REQUEUE = REVIVE + """
 local n = 0
 local now = tonumber(ARGV[1])
 while true do
   local job = redis.call('LPOP', P..'dead')
   if not job then return n end
-  local j = cjson.decode(job)
-  j.attempts, j.created_at, j.next_at, j.error = 0, now, now, cjson.null
-  push(j.account_id..':'..j.display_id, cjson.encode(j), now)
+  revive(cjson.decode(job), now)
   n = n + 1
 end
 """
 
-REQUEUE_ONE = PUSH + """
+REQUEUE_ONE = REVIVE + """
 local id, now = ARGV[1], tonumber(ARGV[2])
 for _, job in ipairs(redis.call('LRANGE', P..'dead', 0, -1)) do
   local j = cjson.decode(job)
   if j.id == id then
     redis.call('LREM', P..'dead', 1, job)
-    j.attempts, j.created_at, j.next_at, j.error = 0, now, now, cjson.null
-    push(j.account_id..':'..j.display_id, cjson.encode(j), now)
+    revive(j, now)
     return 1
   end
 end

@@ -311,16 +311,16 @@ class SQLiteStore(Store):
         return jobs
 
     async def requeue_dead(self, now):
-        def apply() -> int:
-            rows = self.db.execute("SELECT id, body FROM jobs WHERE dead=1").fetchall()
-            for row_id, body in rows:
-                job = Job.loads(body)
-                job.attempts, job.created_at, job.next_at, job.error = 0, now, now, None
-                self.db.execute("UPDATE jobs SET body=?, dead=0 WHERE id=?", (job.dumps(), row_id))
-                self.db.execute("INSERT OR REPLACE INTO queues VALUES (?,?)", (job.conversation_key, now))
-            return len(rows)
+        return await self._write(lambda: self._revive(self.db.execute("SELECT id, body FROM jobs WHERE dead=1").fetchall(), now))
 
-        return await self._write(apply)
+    def _revive(self, rows: list[tuple[int, str]], now: float) -> int:
+        """Dead letters (id, body) back into their conversations' queues, with a fresh ACTION_MAX_AGE."""
+        for row_id, body in rows:
+            job = Job.loads(body)
+            job.attempts, job.created_at, job.next_at, job.error = 0, now, now, None
+            self.db.execute("UPDATE jobs SET body=?, dead=0 WHERE id=?", (job.dumps(), row_id))
+            self.db.execute("INSERT OR REPLACE INTO queues VALUES (?,?)", (job.conversation_key, now))
+        return len(rows)
 
     async def depth(self):
         return await self._read(lambda: self.rdb.execute("SELECT count(*) FROM jobs WHERE dead=0").fetchone()[0])
@@ -334,18 +334,10 @@ class SQLiteStore(Store):
         return [DecisionEntry.loads(body) for body, in rows]
 
     async def requeue_one(self, job_id, now):
-        def apply() -> bool:
-            row = self.db.execute("SELECT body FROM jobs WHERE id=? AND dead=1", (int(job_id),)).fetchone() \
-                if job_id.isdigit() else None
-            if row is None:
-                return False
-            job = Job.loads(row[0])
-            job.attempts, job.created_at, job.next_at, job.error = 0, now, now, None
-            self.db.execute("UPDATE jobs SET body=?, dead=0 WHERE id=?", (job.dumps(), int(job_id)))
-            self.db.execute("INSERT OR REPLACE INTO queues VALUES (?,?)", (job.conversation_key, now))
-            return True
-
-        return await self._write(apply)
+        if not job_id.isdigit():
+            return False
+        rows = lambda: self.db.execute("SELECT id, body FROM jobs WHERE id=? AND dead=1", (int(job_id),)).fetchall()  # noqa: E731
+        return await self._write(lambda: self._revive(rows(), now) == 1)
 
     async def fire_timers(self, now):
         def apply() -> int:

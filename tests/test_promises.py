@@ -319,8 +319,10 @@ async def test_a_note_chatwoot_carries_out_after_the_bot_gave_up_waiting_is_not_
     """A slow Chatwoot: the call is still under way when the bot's timeout ends; the bot looks for it only
     once it can no longer be under way (twice CHATWOOT_TIMEOUT), then finds it."""
     maria, conv = returning(fake)
-    bot = await start_bot(CHATWOOT_TIMEOUT="0.2")
-    slow = fake.fail("messages", hang=0.35)  # carried out after 0.35 s, after the bot gave up and retried
+    bot = await start_bot(CHATWOOT_TIMEOUT="0.4")
+    # Carried out after 0.5 s: after the bot gave up (0.4 s), when the retry schedule alone would send it again
+    # (0.45-0.6 s), well before twice the timeout (0.8 s), when the bot now looks for it.
+    slow = fake.fail("messages", hang=0.5)
     fake.customer_writes(maria, "Again")
     await wait_for(lambda: slow.slept == 1, 5, "the slow call carried out")
     await bot.idle()

@@ -57,7 +57,7 @@ class Bot:
         token = s.chatwoot_bot_token.get_secret_value() if s.chatwoot_bot_token else None
         self.chatwoot = Chatwoot(self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics)
         self.outbox = Outbox(self.store, self.chatwoot, self.metrics, self.clock, s.action_max_age)
-        self.handoffs = Handoffs(s, self.store, self.chatwoot, self.metrics, self.clock, self.outbox.wake, self.outbox.echoes)
+        self.handoffs = Handoffs(s, self.store, self.chatwoot, self.metrics, self.clock, self.outbox.wake)
         self.outbox.start()
         self.sweeps = self.sweeper = self._sweeps(token)
         logger.info("agentbot ready on port {} (store: {}, Chatwoot: {})", s.port, mask(s.store_url), mask(s.chatwoot_url))

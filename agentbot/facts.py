@@ -2,13 +2,9 @@
 from __future__ import annotations
 
 import zlib
-from collections import OrderedDict
-
 import msgspec
 from msgspec.structs import replace
 
-ECHOES_KEPT = 8  # the bot's own latest messages remembered per conversation
-ECHO_CONVERSATIONS = 10_000  # conversations whose echoes are remembered (the least recent are forgotten)
 
 
 class ConversationState(msgspec.Struct, frozen=True):
@@ -83,21 +79,6 @@ class Facts(msgspec.Struct, frozen=True):
     previous: Resolved | None = None  # the contact's last resolved conversation
 
 
-class Echoes:
-    """The bot's own latest messages per conversation, from their echoes (Chatwoot delivers the bot's messages
-    back to it): how the outbox finds a note or message whose answer was lost. Kept in this process only (a
-    hint, not worth a disk write per message); the outbox also reads Chatwoot where it may (4.16+)."""
-
-    def __init__(self) -> None:
-        self._seen: OrderedDict[str, tuple[tuple[int, int], ...]] = OrderedDict()
-
-    def add(self, conversation_key: str, message_id: int, content: str | None) -> None:
-        entry = (message_id, zlib.crc32((content or "").encode()))
-        self._seen[conversation_key] = (*self._seen.pop(conversation_key, ()), entry)[-ECHOES_KEPT:]
-        if len(self._seen) > ECHO_CONVERSATIONS:
-            self._seen.popitem(last=False)
-
-    def has(self, conversation_key: str, content: str, after: int | None) -> bool:
-        """Whether the echo of `content` arrived, for a message newer than `after` (the job's trigger)."""
-        crc = zlib.crc32(content.encode())
-        return any(c == crc and (after is None or i > after) for i, c in self._seen.get(conversation_key, ()))
+def fingerprint(content: str | None) -> int:
+    """What the store keeps of one of the bot's own messages to recognise it again (its text's CRC-32)."""
+    return zlib.crc32((content or "").encode())

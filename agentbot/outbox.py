@@ -18,7 +18,7 @@ from loguru import logger
 
 from .actions import Job, Step
 from .chatwoot import Chatwoot, ChatwootError, ConversationView
-from .facts import ConversationState, Echoes
+from .facts import ConversationState
 from .metrics import Metrics
 from .store import Store
 from .store.base import LEASE
@@ -83,7 +83,6 @@ class Outbox:
         self._store_error = ""
         self._can_read = True  # this Chatwoot lets bot tokens GET a conversation (4.16+)
         self.settle = 2 * (chatwoot.timeout.total or 0)  # how long a call Chatwoot got may still be under way
-        self.echoes = Echoes()  # the bot's own messages as Chatwoot delivered them back (the webhook fills it)
 
     def now(self) -> float:
         return self.clock().timestamp()
@@ -291,7 +290,7 @@ class Outbox:
             return verdict
         content = self._content(job, step)
         last = view.last_non_activity_message if view else None
-        if self.echoes.has(job.conversation_key, content, job.trigger) or (
+        if await self.store.echoed(job.conversation_key, content, job.trigger) or (
                 last and last.sender_type == "AgentBot" and last.content == content):
             logger.info("conversation {}: the {} was posted already; not posting it again", job.conversation_key, op)
             return "done"

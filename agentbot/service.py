@@ -15,7 +15,7 @@ from .chatwoot import Chatwoot, ChatwootError
 from .config import Settings
 from .decide import Decision, decide, given_back, operator_handoff, returning_reason, triage
 from .events import Conversation, Delivery, event_label
-from .facts import Echoes, Facts, Resolved
+from .facts import Facts, Resolved
 from .metrics import Metrics
 from .store import Commit, DecisionEntry, Store
 
@@ -62,10 +62,9 @@ class Handoffs:
     """Decides what to do with deliveries and writes it to the outbox; never calls Chatwoot's write API."""
 
     def __init__(self, settings: Settings, store: Store, chatwoot: Chatwoot | None, metrics: Metrics,
-                 clock: Callable[[], datetime], on_commit: Callable[[int], None] = lambda jobs: None,
-                 echoes: Echoes | None = None):
+                 clock: Callable[[], datetime], on_commit: Callable[[int], None] = lambda jobs: None):
         self.settings, self.store, self.chatwoot, self.metrics = settings, store, chatwoot, metrics
-        self.clock, self.on_commit, self.echoes = clock, on_commit, echoes or Echoes()
+        self.clock, self.on_commit = clock, on_commit
         self._lookups = asyncio.Semaphore(LOOKUP_CONCURRENCY)
         self._budget = LookupBudget()
         self.live = 0  # deliveries being decided right now (the sweep gives way to them)
@@ -138,7 +137,7 @@ class Handoffs:
         why_not = triage(d, self.settings)
         m = d.message
         if m is not None and m.sender.kind == "agent_bot" and d.conversation is not None:
-            self.echoes.add(d.conversation.key, m.id, m.content)  # the outbox looks here before posting again
+            await self._remember_echo(d.conversation.key, m.id, m.content)
         if why_not:  # the bulk of deliveries: nothing to look up
             return self._report(d, Decision("ignore", why_not))
         c = d.conversation
@@ -246,6 +245,14 @@ class Handoffs:
         if done and decision.jobs:
             self.on_commit(len(decision.jobs))
         return done
+
+    async def _remember_echo(self, conversation_key: str, message_id: int, content: str | None) -> None:
+        """The bot's own message, delivered back: the outbox looks for it before posting a note or message again."""
+        try:
+            await self.store.echo(conversation_key, message_id, content, self.clock().timestamp())
+        except Exception as exc:  # a hint: the delivery is still answered
+            logger.warning("conversation {}: could not remember the bot's own message {} ({})", conversation_key,
+                           message_id, exc)
 
     def _report(self, d: Delivery, decision: Decision) -> Decision:
         self.metrics.delivered(event_label(d.event), decision.outcome)

@@ -315,6 +315,25 @@ async def test_a_note_applied_while_the_bot_was_killed_is_not_posted_again_after
     assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]
 
 
+async def test_a_note_whose_echo_came_before_a_restart_is_not_posted_again_when_someone_wrote_after_it(
+        fake, processes, tmp_path):
+    """Chatwoot's GET shows only the last message: after a restart the note's echo must come from the store."""
+    maria, conv = returning(fake)
+    store = f"sqlite:///{tmp_path}/bot.sqlite3"
+    first = await processes(STORE_URL=store, HANDOFF_MESSAGE="Thanks {name}")
+    fake.fail("messages", applied=True, hang=5)  # the note is in Chatwoot; its answer never comes
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: fake.notes(conv.display_id), 5, "the note, applied")
+    await wait_for(lambda: fake.in_flight == 0, 5, "the note's echo, delivered to the bot")
+    fake.customer_writes(maria, "Hello? Anyone?")  # now the last message
+    await wait_for(lambda: fake.in_flight == 0, 5, "the customer's message, delivered")
+    await first.stop(signal.SIGKILL)
+    await processes(STORE_URL=store, HANDOFF_MESSAGE="Thanks {name}")
+    await wait_for(lambda: fake.bot_messages(conv.display_id), 15, "the handoff message")
+    await wait_for(lambda: fake.in_flight == 0, 10, "deliveries")
+    assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)
+
+
 async def test_a_note_chatwoot_carries_out_after_the_bot_gave_up_waiting_is_not_posted_twice(fake, start_bot):
     """A slow Chatwoot: the call is still under way when the bot's timeout ends; the bot looks for it only
     once it can no longer be under way (twice CHATWOOT_TIMEOUT), then finds it."""

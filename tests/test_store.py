@@ -9,6 +9,8 @@ from agentbot.actions import Job
 from agentbot.facts import ConversationState, Resolved
 from agentbot.store import Commit, open_store
 
+from tests.conftest import wait_for
+
 
 
 
@@ -24,6 +26,28 @@ async def test_commit_is_once_per_delivery_and_saves_everything(store):
     loaded, previous = await store.load("1:42", "1:58")
     assert loaded == state and previous == Resolved(38, "2026-11-20", 5)
     assert await store.depth() == 1
+
+
+async def test_echoes_are_found_by_content_and_trigger_and_only_the_latest_are_kept(store):
+    for message_id in range(10, 20):
+        await store.echo("1:42", message_id, f"note {message_id}", 100.0)
+    await wait_for(lambda: store.echoed("1:42", "note 19", after=None), 5, "the echo (SQLite writes it without waiting)")
+    assert await store.echoed("1:42", "note 19", after=18)
+    assert not await store.echoed("1:42", "note 19", after=19)  # an older job's message, not this one's
+    assert not await store.echoed("1:42", "note 11", after=None)  # forgotten: only the latest 8 are kept
+    assert await store.echoed("1:42", "note 12", after=None)
+    assert not await store.echoed("1:43", "note 19", after=None)
+
+
+async def test_echoes_outlive_the_process(tmp_path):
+    first = open_store(f"sqlite:///{tmp_path}/s.sqlite3")
+    await first.open()
+    await first.echo("1:42", 7, "the note", 100.0)
+    await first.close()
+    again = open_store(f"sqlite:///{tmp_path}/s.sqlite3")
+    await again.open()
+    assert await again.echoed("1:42", "the note", after=6)
+    await again.close()
 
 
 async def test_jobs_of_one_conversation_run_in_order_and_one_at_a_time(store):

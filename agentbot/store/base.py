@@ -16,6 +16,7 @@ DEDUP_TTL = 24 * 3600
 STATE_TTL = 90 * 24 * 3600  # what the bot remembers of a conversation or contact
 LEASE = 60.0  # seconds a claimed job belongs to one worker unless renewed (Redis; survives a crashed instance)
 LOG_TTL = 7 * 24 * 3600  # how long the decision log keeps an entry
+ECHOES_KEPT = 8  # the bot's own latest messages remembered per conversation
 
 
 class DecisionEntry(msgspec.Struct, frozen=True):
@@ -77,6 +78,15 @@ class Store(ABC):
     @abstractmethod
     async def recall(self, contact_key: str, now: float) -> tuple[bool, Resolved | None]:
         """(cached?, value) of a look-up."""
+
+    @abstractmethod
+    async def echo(self, conversation_key: str, message_id: int, content: str | None, now: float) -> None:
+        """Remember one of the bot's own messages, as Chatwoot delivered it back: how the outbox finds a note or
+        message whose answer was lost. A hint, so it is written without waiting for a sync to disk."""
+
+    @abstractmethod
+    async def echoed(self, conversation_key: str, content: str, after: int | None) -> bool:
+        """Whether the echo of `content` arrived, for a message newer than `after` (the job's trigger)."""
 
     @abstractmethod
     def lock(self, conversation_key: str) -> AbstractAsyncContextManager:

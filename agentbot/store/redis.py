@@ -10,8 +10,8 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, LockError, TimeoutError
 
 from ..actions import Job
-from ..facts import ConversationState, Resolved
-from .base import DEDUP_TTL, LEASE, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Lease, Store
+from ..facts import ConversationState, Resolved, fingerprint
+from .base import DEDUP_TTL, ECHOES_KEPT, LEASE, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Lease, Store
 
 P = "agentbot:"
 # Keys: seen:<dedup>, conv:<key>, contact:<key>, lookup:<key> (strings with TTLs);
@@ -19,7 +19,7 @@ P = "agentbot:"
 # lease of the worker running it ends); owner:<conv> (the claim on its head job); unsure (hash);
 # timers (zset conv → due) + timer:<conv>; dead (list); depth (counter of queued jobs);
 # lock:<conv> (redis-py Lock); log:<account> (zset entry JSON → time, the decision log) and
-# log-accounts (set of accounts with a log).
+# log-accounts (set of accounts with a log); echo:<conv> (list of "message id:fingerprint", newest first).
 
 PUSH = """
 local function push(conv, job, now)
@@ -221,6 +221,20 @@ class RedisStore(Store):
     async def recall(self, contact_key, now):
         value = await self.redis.get(P + "lookup:" + contact_key)
         return (value is not None, Resolved.loads(value) if value else None)
+
+    async def echo(self, conversation_key: str, message_id: int, content: str | None, now: float) -> None:
+        key = P + "echo:" + conversation_key
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(key, f"{message_id}:{fingerprint(content)}").ltrim(key, 0, ECHOES_KEPT - 1).expire(key, STATE_TTL)
+            await pipe.execute()
+
+    async def echoed(self, conversation_key: str, content: str, after: int | None) -> bool:
+        wanted = fingerprint(content)
+        for entry in await self.redis.lrange(P + "echo:" + conversation_key, 0, -1):
+            message_id, crc = map(int, entry.split(b":"))
+            if crc == wanted and message_id > (after or 0):
+                return True
+        return False
 
     def lock(self, conversation_key):
         # Held for milliseconds (at most the 2 s look-up); the webhook bounds its wait itself (Busy, 500).

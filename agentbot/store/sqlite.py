@@ -6,13 +6,15 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from msgspec.structs import replace
 
 from ..actions import Job
-from ..facts import ConversationState, Resolved
-from .base import DEDUP_TTL, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Store
+from loguru import logger
+
+from ..facts import ConversationState, Resolved, fingerprint
+from .base import DEDUP_TTL, ECHOES_KEPT, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Store
 from .locks import KeyedLocks
 
 SCHEMA = """
@@ -26,12 +28,26 @@ CREATE TABLE IF NOT EXISTS queues (conv TEXT PRIMARY KEY, ready_at REAL NOT NULL
 CREATE INDEX IF NOT EXISTS queues_ready ON queues (ready_at);
 CREATE TABLE IF NOT EXISTS timers (conv TEXT PRIMARY KEY, due REAL NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS timers_due ON timers (due);
+CREATE TABLE IF NOT EXISTS echoes (conv TEXT NOT NULL, id INTEGER NOT NULL, crc INTEGER NOT NULL, expires REAL NOT NULL,
+  PRIMARY KEY (conv, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS decisions (account INTEGER NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, size INTEGER NOT NULL,
   body TEXT NOT NULL, PRIMARY KEY (account, seq)) WITHOUT ROWID;
 """
 T = TypeVar("T")
 PATIENCE = 3.0  # seconds a read or write waits for another connection's lock before it fails
 BUSY_DELAYS = (0.002, 0.2)  # first and longest pause between tries while the database is locked
+
+
+class Write(NamedTuple):
+    apply: Callable[[], Any]
+    future: asyncio.Future
+    synced: bool  # wait for the sync to disk (everything but echoes)
+
+
+def _report_lost_echo(future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception():
+        logger.warning("could not remember the bot's own message ({}); a lost answer to it is checked in Chatwoot only",
+                       future.exception())
 
 
 def _locked(exc: Exception) -> bool:
@@ -47,16 +63,18 @@ class SQLiteStore(Store):
     # never stalls the event loop, and each caller resumes only after its writes are committed. SQLite
     # never waits for a lock held by another connection (busy_timeout 0): reads and writes that find the
     # database locked are tried again after a pause, for up to PATIENCE seconds. (`memory://` has one
-    # connection and writes on the loop: there is no disk to wait for.)
+    # connection and writes on the loop: there is no disk to wait for.) Echoes are hints: a batch of
+    # nothing else is committed without a sync (synchronous=NORMAL: it survives the process, not a power cut).
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._locks = KeyedLocks()
         self._busy: set[str] = set()  # conversations whose head job a worker is running
-        self._writes: list[tuple[Callable[[], Any], asyncio.Future]] = []
+        self._writes: list[Write] = []
         self._writing = False  # a batch is being written
         self._locked_since: float | None = None  # the pending writes found the database locked
         self._writer: ThreadPoolExecutor | None = None
+        self._synced = True  # the writer connection's synchronous setting is FULL
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
@@ -86,12 +104,15 @@ class SQLiteStore(Store):
 
     async def _write(self, apply: Callable[[], T]) -> T:
         """Run `apply` (statements only) in the next shared write transaction; return what it returned."""
+        return await self._enqueue(apply, synced=True)
+
+    def _enqueue(self, apply: Callable[[], T], synced: bool) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._writes.append((apply, future))
+        self._writes.append(Write(apply, future, synced))
         if len(self._writes) == 1 and not self._writing and self._locked_since is None:
             loop.call_soon(self._flush)
-        return await future
+        return future
 
     async def _read(self, query: Callable[[], T]) -> T:
         started, pause = time.monotonic(), BUSY_DELAYS[0]
@@ -111,16 +132,20 @@ class SQLiteStore(Store):
         if not writes:
             self._locked_since = None
             return
-        applies = [apply for apply, _ in writes]
+        applies = [w.apply for w in writes]
+        synced = any(w.synced for w in writes)
         if self._writer is None:
-            self._written(writes, self._batch(applies))
+            self._written(writes, self._batch(applies, synced))
             return
         self._writing = True
-        done = asyncio.get_running_loop().run_in_executor(self._writer, self._batch, applies)
+        done = asyncio.get_running_loop().run_in_executor(self._writer, self._batch, applies, synced)
         done.add_done_callback(lambda f: self._written(writes, f.result()))
 
-    def _batch(self, applies: list[Callable[[], Any]]) -> list[tuple[bool, Any]] | BaseException:
+    def _batch(self, applies: list[Callable[[], Any]], synced: bool) -> list[tuple[bool, Any]] | BaseException:
         """The writes' transaction (in the writer thread): (ok, value or exception) each, or the lock error."""
+        if synced != self._synced:
+            self.db.execute(f"PRAGMA synchronous={'FULL' if synced else 'NORMAL'}")
+            self._synced = synced
         try:
             return [(True, value) for value in self._transaction(applies)]
         except Exception as exc:
@@ -129,7 +154,7 @@ class SQLiteStore(Store):
             # one writer's statements failed and took the shared transaction with them: give each its own
             return [self._alone(apply) for apply in applies] if len(applies) > 1 else [(False, exc)]
 
-    def _written(self, writes: list[tuple[Callable[[], Any], asyncio.Future]],
+    def _written(self, writes: list[Write],
                  results: list[tuple[bool, Any]] | BaseException) -> None:
         self._writing = False
         if isinstance(results, BaseException):
@@ -137,13 +162,13 @@ class SQLiteStore(Store):
                 return
             results = [(False, results)] * len(writes)
         self._locked_since = None
-        for (_, future), (ok, value) in zip(writes, results, strict=True):
+        for (_, future, _), (ok, value) in zip(writes, results, strict=True):
             if not future.done():
                 future.set_result(value) if ok else future.set_exception(value)
         if self._writes:  # written while this batch was
             asyncio.get_running_loop().call_soon(self._flush)
 
-    def _wait_for_lock(self, writes: list[tuple[Callable[[], Any], asyncio.Future]]) -> bool:
+    def _wait_for_lock(self, writes: list[Write]) -> bool:
         """Another connection holds the write lock: try the same writes again shortly, unless they have
         waited PATIENCE seconds already. Later writes join them."""
         now = time.monotonic()
@@ -188,6 +213,22 @@ class SQLiteStore(Store):
             "SELECT (SELECT state FROM conversations WHERE key=?), (SELECT resolved FROM contacts WHERE key=?)",
             (conversation_key, contact_key),
         ).fetchone()
+
+    async def echo(self, conversation_key: str, message_id: int, content: str | None, now: float) -> None:
+        row = (conversation_key, message_id, fingerprint(content), now + STATE_TTL)
+
+        def apply() -> None:
+            self.db.execute("INSERT OR REPLACE INTO echoes VALUES (?,?,?,?)", row)
+            self.db.execute("DELETE FROM echoes WHERE conv=? AND id NOT IN (SELECT id FROM echoes WHERE conv=? "
+                            "ORDER BY id DESC LIMIT ?)", (conversation_key, conversation_key, ECHOES_KEPT))
+
+        self._enqueue(apply, synced=False).add_done_callback(_report_lost_echo)  # not awaited: a hint
+
+    async def echoed(self, conversation_key: str, content: str, after: int | None) -> bool:
+        row = await self._read(lambda: self.rdb.execute(
+            "SELECT 1 FROM echoes WHERE conv=? AND crc=? AND id>?", (conversation_key, fingerprint(content), after or 0)
+        ).fetchone())
+        return row is not None
 
     def lock(self, conversation_key):
         return self._locks(conversation_key)
@@ -353,7 +394,7 @@ class SQLiteStore(Store):
 
     async def prune(self, now):
         def apply() -> None:
-            for table in ("seen", "lookups", "conversations", "contacts"):
+            for table in ("seen", "lookups", "conversations", "contacts", "echoes"):
                 self.db.execute(f"DELETE FROM {table} WHERE expires<=?", (now,))
             self.db.execute("DELETE FROM decisions WHERE at<=?", (now - LOG_TTL,))
 

@@ -47,6 +47,11 @@ class Job(msgspec.Struct):
         return next((s["status"] for s in self.steps if s["op"] == "status"), None)
 
     @property
+    def opens_later(self) -> bool:
+        """Whether a step still to run sets the conversation open."""
+        return any(s["op"] == "status" and s["status"] == "open" for s in self.steps[self.step:])
+
+    @property
     def expected_status(self) -> str:
         """The status the decision saw: a handoff and a greeting act on pending, a give-back on open."""
         return "open" if self.status_target == "pending" else "pending"

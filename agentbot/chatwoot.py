@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 import msgspec
 from aiolimiter import AsyncLimiter
+from loguru import logger
 
 from .events import Listed, Message, parse_messages, parse_page
 from .metrics import Metrics
@@ -93,6 +94,7 @@ class Chatwoot:
         self.session, self.base_url, self.token = session, base_url, token
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.metrics, self.throttle = metrics, throttle
+        self.reads = True  # this Chatwoot lets the bot token read a conversation (4.16+), until it refuses
 
     async def _call(self, method: str, endpoint: str, path: str, body: Any = None, token: str | None = None,
                     params: dict | None = None, decoder: Any = None) -> Any:
@@ -152,6 +154,20 @@ class Chatwoot:
     async def conversation(self, account: int, display_id: int) -> ConversationView:
         """GET the conversation (bot tokens since Chatwoot 4.16, #14655; older ones are refused "for bots")."""
         return await self._call("GET", "show", self._conv(account, display_id), decoder=_conversation_view.decode)
+
+    async def conversation_if_readable(self, account: int, display_id: int) -> ConversationView | None:
+        """`conversation`, or None where this Chatwoot does not let agent bots read (before 4.16; asked once)."""
+        if not self.reads:
+            return None
+        try:
+            return await self.conversation(account, display_id)
+        except ChatwootError as exc:
+            if not exc.refused_to_bots:
+                raise
+            self.reads = False
+            logger.info("this Chatwoot does not let agent bots read a conversation (before 4.16): the bot relies "
+                        "on its memory of the events instead")
+            return None
 
     async def conversation_json(self, account: int, display_id: int) -> dict:
         """The same read as `conversation`, whole, for the operator page's decision of today."""

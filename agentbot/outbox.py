@@ -17,7 +17,7 @@ from datetime import datetime
 from loguru import logger
 
 from .actions import Job, Step
-from .chatwoot import Chatwoot, ChatwootError, ConversationView
+from .chatwoot import Chatwoot, ChatwootError
 from .facts import ConversationState
 from .metrics import Metrics
 from .store import Store
@@ -81,7 +81,6 @@ class Outbox:
         self._running: dict[str, tuple[Job, float]] = {}  # claimed jobs by id, with when their lease was last renewed
         self._store_failing_since: float | None = None
         self._store_error = ""
-        self._can_read = True  # this Chatwoot lets bot tokens GET a conversation (4.16+)
         self.settle = 2 * (chatwoot.timeout.total or 0)  # how long a call Chatwoot got may still be under way
 
     def now(self) -> float:
@@ -277,7 +276,7 @@ class Outbox:
         op = step["op"]
         if not (guarded(step) or (unsure and op == "note")):
             return None
-        view = await self._look(job) if late or unsure else None
+        view = await self.chatwoot.conversation_if_readable(job.account_id, job.display_id) if late or unsure else None
         state, _ = await self.store.load(job.conversation_key, None)
         status = view.status if view else state.status
         verdict = still_wanted(job, status, unsure) if guarded(step) and status else None
@@ -299,20 +298,6 @@ class Outbox:
                            "not posting it again", job.conversation_key, op)
             return "done"
         return None
-
-    async def _look(self, job: Job) -> ConversationView | None:
-        """The conversation as Chatwoot has it now, where this Chatwoot lets the bot read it."""
-        if not self._can_read:
-            return None
-        try:
-            return await self.chatwoot.conversation(job.account_id, job.display_id)
-        except ChatwootError as exc:
-            if exc.refused_to_bots:
-                self._can_read = False
-                logger.info("this Chatwoot does not let agent bots read a conversation (before 4.16): late jobs "
-                            "are checked against the bot's memory of its events instead")
-                return None
-            raise
 
     async def _failed(self, job: Job, exc: ChatwootError) -> None:
         job.attempts += 1

@@ -15,7 +15,7 @@ from .chatwoot import Chatwoot, ChatwootError
 from .config import Settings
 from .decide import Decision, decide, given_back, operator_handoff, returning_reason, triage
 from .events import Conversation, Delivery, event_label
-from .facts import Facts, Resolved
+from .facts import ConversationState, Facts, Resolved
 from .metrics import Metrics
 from .store import Commit, DecisionEntry, Store
 
@@ -76,10 +76,33 @@ class Handoffs:
         assert c is not None
         # A conversation event's decision reads only the conversation; a message's also the contact's past.
         state, previous = await self.store.load(c.key, contact_key(c) if d.message else None)
+        if look_up and await self._pending_again(d, state, deadline):
+            state = state.new_period(left_pending_after=state.latest_message)
         facts = Facts(state, previous)
         if look_up and self._worth_looking_up(d, facts):
             facts = Facts(state, await self._look_up(c, deadline))
         return facts
+
+    async def _pending_again(self, d: Delivery, state: ConversationState, deadline: float | None) -> bool:
+        """A customer's message in a period the bot handed off, from a later save of a still pending
+        conversation: the handoff's open may have been undone since (an agent resolved it, the customer wrote
+        again) with the events that say so still on their way (Chatwoot delivers in no set order). Once the
+        handoff's open is done, Chatwoot tells where it may (4.16+); elsewhere the sweep finds such a period."""
+        c, m = d.conversation, d.message
+        if not (m and m.kind == "incoming" and state.handed_off and c.status == "pending" and c.updated > state.updated
+                and self.chatwoot and not await self.store.opening(c.key)):
+            return False
+        try:
+            async with asyncio.timeout_at(deadline):
+                view = await self.chatwoot.conversation_if_readable(c.account_id, c.display_id)
+        except (ChatwootError, TimeoutError) as exc:
+            logger.warning("conversation {}: could not ask Chatwoot whether the handoff was undone ({}); "
+                           "the sweep looks again", c.key, exc)
+            return False
+        if view is not None and view.status == "pending":
+            logger.info("conversation {}: pending again after the bot handed it off: a new pending period", c.key)
+            return True
+        return False
 
     def _worth_looking_up(self, d: Delivery, facts: Facts) -> bool:
         c, m = d.conversation, d.message

@@ -37,6 +37,10 @@ def one_handoff(fake, conv, note_count=1):
     assert fake.fallbacks == []
 
 
+async def outbox_empty(bot) -> bool:
+    return await bot.bot.store.depth() == 0
+
+
 async def health(bot) -> tuple[int, dict]:
     async with aiohttp.ClientSession() as s, s.get(bot.url + "/healthz") as r:
         return r.status, await r.json()
@@ -181,6 +185,30 @@ async def test_a_stale_resolve_delivered_late_does_not_lead_to_a_second_handoff(
     await bot.idle()
     one_handoff(fake, conv)
     assert len(fake.calls_to("toggle_status", conv.display_id)) == 1
+
+
+async def test_a_customer_who_writes_again_before_the_resolve_is_delivered_is_handed_off_again(fake, start_bot):
+    """The handoff's open and the agent's resolve reach the bot only after the customer's next message (Sidekiq
+    delivers in no set order): the message still belongs to a new pending period. Chatwoot 4.16+ lets the bot
+    read the conversation to tell; before that the sweep finds it (README: what the bot cannot see)."""
+    maria, conv = returning(fake)
+    bot = await start_bot()
+    late = fake.hold_deliveries(lambda d: d.event in CONVERSATION_EVENTS)
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: conv.status == "open", 5, "the handoff")
+    await wait_for(lambda: fake.notes(conv.display_id), 5, "the handoff's note")
+    await wait_for(lambda: outbox_empty(bot), 5, "the handoff, finished")
+    fake.resolve(conv.display_id)
+    fake.customer_writes(maria, "Still broken")  # pending again
+    await wait_for(lambda: all(d.done for d in fake.deliveries if d not in late.held), 5, "the message")
+    late.release()
+    await bot.idle()
+    opened = [by for by in fake.opened_by(conv.display_id) if by.startswith("bot")]
+    if fake.has("bot_reads"):
+        assert conv.status == "open" and opened == ["bot:7", "bot:7"]
+        assert len(fake.notes(conv.display_id)) == 2
+    else:
+        assert conv.status == "pending" and opened == ["bot:7"]  # no double handoff on a guess
 
 
 async def test_a_late_give_back_does_not_undo_an_agents_resolve(fake, start_bot):

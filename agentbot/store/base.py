@@ -127,6 +127,10 @@ class Store(ABC):
     async def requeue_dead(self, now: float) -> int: ...
 
     @abstractmethod
+    async def opening(self, conversation_key: str) -> bool:
+        """Whether a job in the conversation's outbox, or its timer, is still to set it open."""
+
+    @abstractmethod
     async def depth(self) -> int:
         """Jobs waiting in the outbox (not counting timers or dead letters)."""
 

@@ -279,6 +279,11 @@ class RedisStore(Store):
     async def requeue_dead(self, now):
         return int(await self._requeue(args=[now]))
 
+    async def opening(self, conversation_key: str) -> bool:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            queued, timer = await pipe.lrange(P + "q:" + conversation_key, 0, -1).get(P + "timer:" + conversation_key).execute()
+        return any(Job.loads(body).opens_later for body in queued + ([timer] if timer else []))
+
     async def depth(self):
         return int(await self.redis.get(P + "depth") or 0)
 

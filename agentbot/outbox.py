@@ -274,13 +274,14 @@ class Outbox:
         """Before a step: "drop" the rest of the job when the conversation moved on since the decision,
         "done" when an earlier run's call already took effect, None to make the call."""
         op = step["op"]
-        if not (guarded(step) or (unsure and op == "note")):
+        if not (guarded(step) or (op == "note" and (late or unsure))):
             return None
-        view = await self.chatwoot.conversation_if_readable(job.account_id, job.display_id) if late or unsure else None
+        read = unsure or (late and guarded(step))
+        view = await self.chatwoot.conversation_if_readable(job.account_id, job.display_id) if read else None
         state, _ = await self.store.load(job.conversation_key, None)
         status = view.status if view else state.status
         verdict = still_wanted(job, status, unsure) if guarded(step) and status else None
-        if guarded(step) and job.expected_status == "pending" and closed_since(state, job):
+        if job.expected_status == "pending" and closed_since(state, job):
             verdict, status = "drop", "resolved or snoozed since"  # a later pending period is not this job's
         if verdict == "drop":
             logger.info("conversation {}: is {} now, not where the decision left it; dropped: {}",

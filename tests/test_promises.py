@@ -211,6 +211,22 @@ async def test_a_customer_who_writes_again_before_the_resolve_is_delivered_is_ha
         assert conv.status == "pending" and opened == ["bot:7"]  # no double handoff on a guess
 
 
+async def test_a_handoffs_note_still_failing_when_an_agent_resolves_is_dropped_with_the_rest(fake, start_bot):
+    """The note and message belong to the period that was handed off; once an agent resolved it they are moot
+    (after a restart the note's lost answer could not even be checked: its echo may have gone with the process)."""
+    maria, conv = returning(fake)
+    bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}")
+    failing = fake.fail("messages", status=500, times=10**6)
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: conv.status == "open" and fake.calls_to("messages"), 5, "the handoff, its note failing")
+    fake.resolve(conv.display_id)
+    await wait_for(lambda: all(d.done for d in fake.deliveries), 5, "the resolve, delivered")
+    fake.faults.remove(failing)
+    await bot.idle()
+    assert fake.notes(conv.display_id) == [] and fake.bot_messages(conv.display_id) == []
+    assert conv.status == "resolved"
+
+
 async def test_a_late_give_back_does_not_undo_an_agents_resolve(fake, start_bot):
     bot = await start_bot(HANDOFF_KEYWORDS="human")
     maria = fake.contact()

@@ -14,7 +14,7 @@ from .chatwoot import Chatwoot, Throttle
 from .config import ConfigError, Settings, mask, scrub
 from .metrics import Metrics
 from .outbox import Outbox
-from .service import Handoffs
+from .handoffs import Handoffs
 from .store import Store, open_store
 from .sweep import Sweeper
 from .sweep_loop import SweepLoop

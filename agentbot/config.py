@@ -13,9 +13,9 @@ from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .rules.hours import EXAMPLE as HOURS_EXAMPLE
-from .rules.hours import Hours, parse_week
-from .rules.keywords import compile_keywords, fold
+from .hours import EXAMPLE as HOURS_EXAMPLE
+from .hours import Hours, parse_week
+from .keywords import compile_keywords, fold
 
 PLACEHOLDERS = {"name", "reason", "conversation_id"}
 REQUIRED = ("chatwoot_url", "chatwoot_bot_token")  # to serve

@@ -10,7 +10,7 @@ from .events import BadBody, PayloadError, parse
 from .facts import Facts
 from .metrics import Metrics
 from .outbox import guarded, still_wanted
-from .service import Handoffs
+from .handoffs import Handoffs
 from .store import Store, open_store
 
 

@@ -17,7 +17,7 @@ from .config import ConfigError, Settings
 from .events import Delivery, Listed, Message, PayloadError, Person
 from .metrics import Metrics
 from .outbox import backoff
-from .service import Handoffs
+from .handoffs import Handoffs
 from .store import Store
 from .store.base import Lease
 

@@ -14,7 +14,7 @@ from .chatwoot import Chatwoot, Throttle
 from .config import ConfigError, Settings
 from .logs import setup
 from .metrics import Metrics
-from .service import Handoffs
+from .handoffs import Handoffs
 from .store import open_store
 from .sweep import LEASE_TTL, Progress as SweepProgress, SweepResult, Swept, Sweeper
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from loguru import logger
 
 from .events import BadBody, PayloadError, event_label, parse
-from .service import Busy
+from .handoffs import Busy
 
 MAX_BODY = 1024 * 1024
 MAX_SKEW = 300  # seconds; older signed deliveries are refused as replays

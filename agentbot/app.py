@@ -1,7 +1,6 @@
 """Build the aiohttp application: routes, the shared client session, store and outbox lifecycle."""
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from datetime import datetime, timezone
 
@@ -123,7 +122,11 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utcnow, store:
     app[BOT] = Bot(settings, clock, store)
     # With a token, Chatwoot delivers to /webhook/<token> and /webhook does not exist (404). Every method
     # reaches the handler there, so a wrong token is a 404 whatever the method (a 405 would tell the route).
-    handler = functools.partial(receive, app[BOT])
+    bot = app[BOT]
+
+    async def handler(request: web.Request) -> web.Response:
+        return await receive(bot.handoffs, request)  # the Handoffs made at start-up
+
     if settings.webhook_token:
         app.router.add_route("*", "/webhook/{token}", handler)
     else:

@@ -216,6 +216,39 @@ class Rules(BaseModel):
     def labels(self) -> set[str]:
         return {fold(label) for label in self.handoff_labels}
 
+    def describe(self) -> list[str]:
+        """The rules in words, one "- " line each: what the `rules` command and the operator page show."""
+        r = self
+        on = [
+            (r.handoff_all, "every pending conversation is opened at the customer's first message"),
+            (r.handoff_returning, "returning customers are opened at once"),
+            (r.handoff_labels, f"conversations labelled {', '.join(r.handoff_labels)} are opened"),
+            (r.handoff_attributes, f"customers with {', '.join(r.handoff_attributes)} are opened"),
+            (r.handoff_languages, f"customers writing in {', '.join(r.handoff_languages)} are opened"),
+            (r.keep_languages, f"customers in any language but {', '.join(r.keep_languages)} are opened"),
+            (r.handoff_keywords, f"messages with the words {', '.join(r.handoff_keywords)} open the conversation"),
+            (r.handoff_after_messages, f"the customer's message number {r.handoff_after_messages} opens it"),
+            (r.handoff_after_seconds,
+             f"a conversation still pending {r.handoff_after_seconds} s after the first message is opened"),
+            (r.handoff_on_agent_reply, "an agent's public reply in a pending conversation opens it"),
+        ]
+        lines = [f"- {text}" for cond, text in on if cond]
+        if r.hours:
+            away = f"; away message: {r.away_message!r}" if r.away_message else ""
+            lines.append(f"- handoffs outside {r.hours.describe()} wait for the next opening time{away}")
+        lines.append(f"- WhatsApp groups: {r.whatsapp_groups}")
+        at = [f"team {r.handoff_team_id}" if r.handoff_team_id is not None else "",
+              f"agent {r.handoff_assignee_id}" if r.handoff_assignee_id is not None else "",
+              f"priority {r.handoff_priority}" if r.handoff_priority else "",
+              "a private note with the reason" if r.handoff_note else "",
+              f"message {r.handoff_message!r}" if r.handoff_message else "",
+              f"returning customers get {r.returning_message!r}" if r.returning_message else ""]
+        lines.append(f"- at handoff: {', '.join(filter(None, at)) or 'only the status change'}")
+        if r.greeting_message:
+            lines.append(f"- new customers kept pending are greeted once: {r.greeting_message!r}")
+        lines.append(f"- a private note {r.bot_command!r} in an open conversation gives it back to the bot")
+        return lines
+
 
 RULE_FIELDS = set(Rules.model_fields)
 

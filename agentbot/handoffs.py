@@ -58,6 +58,17 @@ def contact_key(c: Conversation) -> str | None:
     return f"{c.account_id}:{c.contact.id}" if c.contact.id is not None else None
 
 
+async def load_facts(store: Store, d: Delivery) -> Facts:
+    """What the store remembers for the delivery's conversation (and, for a message, the contact's past);
+    a delivery without a conversation has no facts."""
+    c = d.conversation
+    if c is None:
+        return Facts()
+    # A conversation event's decision reads only the conversation; a message's also the contact's past.
+    state, previous = await store.load(c.key, contact_key(c) if d.message else None)
+    return Facts(state, previous)
+
+
 class Handoffs:
     """Decides what to do with deliveries and writes it to the outbox; never calls Chatwoot's write API."""
 
@@ -75,11 +86,9 @@ class Handoffs:
         (the event loop's clock)."""
         c = d.conversation
         assert c is not None
-        # A conversation event's decision reads only the conversation; a message's also the contact's past.
-        state, previous = await self.store.load(c.key, contact_key(c) if d.message else None)
-        facts = Facts(state, previous)
+        facts = await load_facts(self.store, d)
         if look_up and self._worth_looking_up(d, facts):
-            facts = Facts(state, await self._look_up(c, deadline))
+            facts = Facts(facts.state, await self._look_up(c, deadline))
         return facts
 
     def _worth_looking_up(self, d: Delivery, facts: Facts) -> bool:

@@ -18,19 +18,23 @@ from loguru import logger
 
 from .actions import Job, Step
 from .chatwoot import Chatwoot, ChatwootError, ConversationView
+from .constants import (
+    BACKOFF_BASE,
+    BACKOFF_CAP,
+    LATE,
+    POLL,
+    PRUNE_EVERY,
+    STORE_BACKOFF_BASE,
+    STORE_BACKOFF_CAP,
+    STORE_DOWN_AFTER,
+    TICK,
+    WORKERS,
+)
 from .facts import ConversationState, Echoes
 from .metrics import Metrics
 from .store import Store
 from .store.base import LEASE
 
-WORKERS = 64  # jobs in flight at once: each waits for two synced writes (claim, finish), so they overlap
-POLL = 0.25  # seconds between looks at the store when nothing woke us (other instances, retries)
-TICK = 0.5  # seconds between timer checks, lease renewals and worker supervision
-PRUNE_EVERY = 600.0  # seconds between removals of expired dedup keys and look-ups
-BACKOFF_BASE, BACKOFF_CAP = 0.5, 60.0  # Chatwoot calls
-STORE_BACKOFF_BASE, STORE_BACKOFF_CAP = 0.05, 2.0  # store writes a worker must get through
-STORE_DOWN_AFTER = 2.0  # seconds of failing store calls before /healthz reports it
-LATE = 5.0  # a job that starts this long after its decision first checks where the conversation is now
 PUBLIC = ("message",)
 
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from loguru import logger
 
 from .events import BadBody, PayloadError, event_label, parse
-from .handoffs import Busy
+from .handoffs import Busy, Handoffs
 
 MAX_BODY = 1024 * 1024
 MAX_SKEW = 300  # seconds; older signed deliveries are refused as replays
@@ -53,10 +53,11 @@ def token_matches(expected, request: web.Request) -> bool:
     return hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
 
 
-async def receive(bot, request: web.Request) -> web.Response:
-    """The handler, bound to the app's Bot by app.py."""
-    verified = token_matches(bot.settings.webhook_token, request)
-    if bot.settings.webhook_token is not None and not verified:
+async def receive(handoffs: Handoffs, request: web.Request) -> web.Response:
+    """The handler; app.py passes the running app's Handoffs."""
+    settings = handoffs.settings
+    verified = token_matches(settings.webhook_token, request)
+    if settings.webhook_token is not None and not verified:
         raise web.HTTPNotFound()  # the same answer as any unknown path; the path is not echoed
     if request.method != "POST":
         raise web.HTTPMethodNotAllowed(request.method, ["POST"])
@@ -66,9 +67,9 @@ async def receive(bot, request: web.Request) -> web.Response:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return error(413, f"body larger than {MAX_BODY} bytes")
-    secret = bot.settings.chatwoot_bot_secret
+    secret = settings.chatwoot_bot_secret
     if secret is not None:
-        problem = signature_problem(secret.get_secret_value(), request.headers, body, bot.clock().timestamp())
+        problem = signature_problem(secret.get_secret_value(), request.headers, body, handoffs.clock().timestamp())
         if problem:
             logger.warning("webhook refused: {}", problem)
             return error(401, problem)
@@ -80,10 +81,10 @@ async def receive(bot, request: web.Request) -> web.Response:
         return error(400, str(exc))
     except PayloadError as exc:
         logger.warning("{} delivery {} acknowledged without acting: {}", exc.event or "unnamed", delivery_id or "-", exc)
-        bot.metrics.delivered(event_label(exc.event), "invalid")
+        handoffs.metrics.delivered(event_label(exc.event), "invalid")
         return answer({"outcome": "ignore", "reason": str(exc)}) if verified else _ok()
     try:
-        decision = await bot.handoffs.handle(delivery)
+        decision = await handoffs.handle(delivery)
     except Busy as exc:  # Chatwoot retries a 500 three seconds later
         logger.warning("{} delivery {} answered 500: {}", delivery.event, delivery_id or "-", exc)
         return error(500, "could not handle the delivery (Busy)")

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 import aiohttp
 
-from agentbot import explain as commands
+from agentbot.commands import show
 from agentbot.config import load
 
 import pytest
@@ -210,7 +210,7 @@ async def test_a_requeued_dead_greeting_is_not_sent_to_a_conversation_that_moved
     fake.resolve(conv.display_id)
     await bot.idle()
     await bot.stop()
-    assert await commands.outbox(load({"STORE_URL": store}), argparse.Namespace(retry=False)) == 0
+    assert await show.outbox(load({"STORE_URL": store}), argparse.Namespace()) == 0
     assert "--retry would skip it: the conversation is resolved now" in capsys.readouterr().out
     fake.bots[7].token = "bot-token-7"
     bot = await start_bot(STORE_URL=store, GREETING_MESSAGE="Hello {name}")

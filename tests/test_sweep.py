@@ -1,4 +1,4 @@
-"""Issue 12: the sweep hands off pending conversations whose delivery never became a decision.
+"""The sweep hands off pending conversations whose delivery never became a decision.
 
 The stories run the real app (and `python -m agentbot sweep` as a process) against the fake Chatwoot,
 whose conversation list has Chatwoot's pagination, filters, permissions and partial shape.

@@ -12,7 +12,6 @@ from zoneinfo import ZoneInfo
 from ..chatwoot import ChatwootError
 from ..decide import Decision, decide
 from ..events import Conversation, PayloadError, parse
-from ..explain import describe_rules
 from ..facts import ConversationState
 from ..store import DecisionEntry
 from . import chart
@@ -92,8 +91,8 @@ def missing(s) -> list[str]:
 
 
 def rules(s) -> list[tuple[str, list[str]]]:
-    groups = [("Every inbox" if not s.overrides else "Every other inbox", describe_rules(s))]
-    groups += [(f"Inbox {inbox}", describe_rules(r)) for inbox, r in sorted(s.overrides.items())]
+    groups = [("Every inbox" if not s.overrides else "Every other inbox", s.describe())]
+    groups += [(f"Inbox {inbox}", r.describe()) for inbox, r in sorted(s.overrides.items())]
     return [(title, [line.removeprefix("- ") for line in lines]) for title, lines in groups]
 
 

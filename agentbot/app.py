@@ -11,9 +11,9 @@ from loguru import logger
 from . import page
 from .chatwoot import Chatwoot, Throttle
 from .config import ConfigError, Settings, mask, scrub
+from .handoffs import Handoffs
 from .metrics import Metrics
 from .outbox import Outbox
-from .handoffs import Handoffs
 from .store import Store, open_store
 from .sweep import Sweeper
 from .sweep_loop import SweepLoop

@@ -118,7 +118,7 @@ class Handoffs:
         try:
             async with self._lookups:
                 found = await asyncio.wait_for(self.chatwoot.contact_conversations(c.account_id, c.contact.id, token), left)
-        except (ChatwootError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ChatwootError) as exc:
             logger.warning("conversation {}: contact look-up failed ({}); treating the customer as new for {:.0f} s",
                            c.key, exc or "timed out", FAILED_LOOKUP_TTL)
             if cache:

@@ -130,7 +130,7 @@ class Outbox:
         self._sleepers.append(sleeper)
         try:
             await asyncio.wait_for(sleeper, seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:  # wake() may have dropped it already while wait_for was cancelling it
             if sleeper in self._sleepers:
@@ -168,7 +168,7 @@ class Outbox:
             except asyncio.CancelledError:  # shutdown: give the job back (its progress is saved) at once
                 job.next_at, job.unsure = self.now(), True
                 with contextlib.suppress(LostClaim):
-                    await asyncio.shield(self._save(lambda: self.store.retry(job), give_up_on_stop=True))
+                    await asyncio.shield(self._save(lambda: self.store.retry(job), give_up_on_stop=True))  # noqa: B023 (awaited here)
                 raise
             except Exception as exc:  # a bug: retried like a failed call, within ACTION_MAX_AGE
                 logger.exception("conversation {}: job failed unexpectedly", job.conversation_key)
@@ -218,7 +218,7 @@ class Outbox:
                 self._store_failed(exc)
             try:
                 await asyncio.wait_for(self._stopping.wait(), TICK)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _renew_leases(self, now: float) -> None:

@@ -15,9 +15,9 @@ from msgspec.structs import replace
 from .chatwoot import Chatwoot, ChatwootError
 from .config import ConfigError, Settings
 from .events import Delivery, Listed, Message, PayloadError, Person
+from .handoffs import Handoffs
 from .metrics import Metrics
 from .outbox import backoff
-from .handoffs import Handoffs
 from .store import Store
 from .store.base import Lease
 
@@ -166,7 +166,7 @@ class Sweeper:
         for inbox in inboxes:
             if not self.settings.acts_on(account, inbox["id"]):
                 continue
-            bot = await self._read(lambda: self.chatwoot.inbox_agent_bot(account, inbox["id"], self.token))
+            bot = await self._read(lambda: self.chatwoot.inbox_agent_bot(account, inbox["id"], self.token))  # noqa: B023
             if (bot.get("access_token") or {}).get("token") == self.chatwoot.token:
                 mine.append(inbox["id"])
         return mine
@@ -175,7 +175,7 @@ class Sweeper:
         page = 1
         while True:
             total, items, unreadable = await self._read(
-                lambda: self.chatwoot.list_conversations(account, self.token, "pending", page, inbox))
+                lambda page=page: self.chatwoot.list_conversations(account, self.token, "pending", page, inbox))
             if unreadable:
                 logger.warning("sweep: {} conversations of page {} could not be read (no id or status)", unreadable, page)
             if page == 1:
@@ -252,7 +252,7 @@ class Sweeper:
         """Let live deliveries being decided finish first (briefly: the sweep must still progress)."""
         await asyncio.sleep(0)
         deadline = time.monotonic() + YIELD
-        while self.busy() and time.monotonic() < deadline:
+        while self.busy() and time.monotonic() < deadline:  # noqa: ASYNC110 (busy() is a count, not an event)
             await asyncio.sleep(0.005)
 
     async def _keep_lease(self) -> bool:

@@ -12,11 +12,12 @@ from rich.text import Text
 
 from .chatwoot import Chatwoot, Throttle
 from .config import ConfigError, Settings
+from .handoffs import Handoffs
 from .logs import setup
 from .metrics import Metrics
-from .handoffs import Handoffs
 from .store import open_store
-from .sweep import LEASE_TTL, Progress as SweepProgress, SweepResult, Swept, Sweeper
+from .sweep import LEASE_TTL, Sweeper, SweepResult, Swept
+from .sweep import Progress as SweepProgress
 
 
 class _Rate(ProgressColumn):

@@ -7,7 +7,7 @@ from datetime import timezone
 
 from loguru import logger
 
-from .sweep import LEASE_TTL, RECENT, SweepResult, Sweeper
+from .sweep import LEASE_TTL, RECENT, Sweeper, SweepResult
 
 RECHECK = RECENT  # seconds after a start-up sweep that left recent conversations, before it looks again
 

@@ -15,12 +15,10 @@ import time
 from datetime import datetime, timezone
 
 import aiohttp
+import pytest
 
 from agentbot.commands import show
 from agentbot.config import load
-
-import pytest
-
 from tests.conftest import Clock, returning, wait_for
 from tests.fakechatwoot.server import VERSIONS
 from tests.test_webhook import signed

@@ -10,8 +10,6 @@ from agentbot.facts import ConversationState, Resolved
 from agentbot.store import Commit, open_store
 
 
-
-
 def job(display_id: int, reason: str = "r") -> Job:
     return Job(1, display_id, reason, [{"op": "status", "status": "open"}])
 

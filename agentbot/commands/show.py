@@ -30,11 +30,7 @@ async def rules(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def explain(settings: Settings, args: argparse.Namespace) -> int:
-    try:
-        with open(args.payload, "rb") as f:
-            body = f.read()
-    except OSError as exc:
-        raise ConfigError(f"payload: cannot read {args.payload} ({exc.strerror})") from None
+    body = _read(args.payload)
     try:
         now = datetime.fromisoformat(args.at) if args.at else datetime.now(timezone.utc)
     except ValueError:
@@ -50,6 +46,14 @@ async def explain(settings: Settings, args: argparse.Namespace) -> int:
         decision = decide(delivery, await load_facts(store, delivery), now, settings)
     print(decision.describe())
     return 0
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(f"payload: cannot read {path} ({exc.strerror})") from None
 
 
 async def outbox(settings: Settings, args: argparse.Namespace) -> int:

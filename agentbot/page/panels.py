@@ -81,7 +81,8 @@ async def health(bot, accounts: list[int]) -> tuple[list[Check], list[str], str 
 def missing(s) -> list[str]:
     lines = []
     if not s.chatwoot_bot_secret:
-        lines.append("Deliveries are not verified: set CHATWOOT_BOT_SECRET=<the bot's secret from Settings → Bots> (Chatwoot 4.13+).")
+        lines.append("Deliveries are not verified: set CHATWOOT_BOT_SECRET=<the bot's secret from Settings → Bots> "
+                     "(Chatwoot 4.13+).")
     if not s.chatwoot_api_token:
         lines.append("Returning customers in a new conversation are known only from the bot's memory: "
                      "set CHATWOOT_API_TOKEN=<an administrator's access token>.")

@@ -141,7 +141,7 @@ class Store(ABC):
             return None
         return _LocalLease(held, name, ttl)
 
-    async def prune(self, now: float) -> None:
+    async def prune(self, now: float) -> None:  # noqa: B027 (optional: a no-op where keys expire natively)
         """Drop expired dedup keys and look-ups (backends with native TTLs need nothing)."""
 
 

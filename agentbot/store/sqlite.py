@@ -246,8 +246,8 @@ class SQLiteStore(Store):
             if job_id is not None:
                 break
             # its jobs are all done or dead
-            await self._write(lambda: self.db.execute("DELETE FROM queues WHERE conv=? AND NOT EXISTS "
-                                                      "(SELECT 1 FROM jobs WHERE conv=? AND dead=0)", (conv, conv)))
+            await self._write(lambda c=conv: self.db.execute("DELETE FROM queues WHERE conv=? AND NOT EXISTS "
+                                                             "(SELECT 1 FROM jobs WHERE conv=? AND dead=0)", (c, c)))
         self._busy.add(conv)
         job = Job.loads(body)
         job.id = str(job_id)

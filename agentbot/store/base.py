@@ -79,7 +79,7 @@ class Store(ABC):
         """(cached?, value) of a look-up."""
 
     @abstractmethod
-    def lock(self, conversation_key: str) -> AbstractAsyncContextManager:
+    def lock(self, conversation_key: str) -> AbstractAsyncContextManager[None]:
         """One decision per conversation at a time (across instances where the backend is shared)."""
 
     # the outbox. A claimed job belongs to the caller until it is finished, retried or buried, or (on a

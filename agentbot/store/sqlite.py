@@ -6,6 +6,8 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
+from functools import partial
 from typing import Any, TypeVar
 
 from msgspec.structs import replace
@@ -53,7 +55,7 @@ class SQLiteStore(Store):
         self.path = path
         self._locks = KeyedLocks()
         self._busy: set[str] = set()  # conversations whose head job a worker is running
-        self._writes: list[tuple[Callable[[], Any], asyncio.Future]] = []
+        self._writes: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._writing = False  # a batch is being written
         self._locked_since: float | None = None  # the pending writes found the database locked
         self._writer: ThreadPoolExecutor | None = None
@@ -129,7 +131,7 @@ class SQLiteStore(Store):
             # one writer's statements failed and took the shared transaction with them: give each its own
             return [self._alone(apply) for apply in applies] if len(applies) > 1 else [(False, exc)]
 
-    def _written(self, writes: list[tuple[Callable[[], Any], asyncio.Future]],
+    def _written(self, writes: list[tuple[Callable[[], Any], asyncio.Future[Any]]],
                  results: list[tuple[bool, Any]] | BaseException) -> None:
         self._writing = False
         if isinstance(results, BaseException):
@@ -143,7 +145,7 @@ class SQLiteStore(Store):
         if self._writes:  # written while this batch was
             asyncio.get_running_loop().call_soon(self._flush)
 
-    def _wait_for_lock(self, writes: list[tuple[Callable[[], Any], asyncio.Future]]) -> bool:
+    def _wait_for_lock(self, writes: list[tuple[Callable[[], Any], asyncio.Future[Any]]]) -> bool:
         """Another connection holds the write lock: try the same writes again shortly, unless they have
         waited PATIENCE seconds already. Later writes join them."""
         now = time.monotonic()
@@ -189,7 +191,7 @@ class SQLiteStore(Store):
             (conversation_key, contact_key),
         ).fetchone()
 
-    def lock(self, conversation_key):
+    def lock(self, conversation_key: str) -> AbstractAsyncContextManager[None]:
         return self._locks(conversation_key)
 
     async def commit(self, c: Commit, now: float) -> bool:
@@ -228,11 +230,11 @@ class SQLiteStore(Store):
         self.db.execute("INSERT INTO jobs (conv, body) VALUES (?,?)", (job.conversation_key, job.dumps()))
         self.db.execute("INSERT OR IGNORE INTO queues VALUES (?,?)", (job.conversation_key, now))
 
-    async def remember(self, contact_key, resolved, ttl, now):
+    async def remember(self, contact_key: str, resolved: Resolved | None, ttl: float, now: float) -> None:
         value = resolved.dumps() if resolved else None
         await self._write(lambda: self.db.execute("INSERT OR REPLACE INTO lookups VALUES (?,?,?)", (contact_key, value, now + ttl)))
 
-    async def recall(self, contact_key, now):
+    async def recall(self, contact_key: str, now: float) -> tuple[bool, Resolved | None]:
         row = await self._read(lambda: self.rdb.execute("SELECT value FROM lookups WHERE key=? AND expires>?",
                                                        (contact_key, now)).fetchone())
         return (True, Resolved.loads(row[0])) if row else (False, None)
@@ -246,9 +248,10 @@ class SQLiteStore(Store):
             if job_id is not None:
                 break
             # its jobs are all done or dead
-            await self._write(lambda c=conv: self.db.execute("DELETE FROM queues WHERE conv=? AND NOT EXISTS "
-                                                             "(SELECT 1 FROM jobs WHERE conv=? AND dead=0)", (c, c)))
+            await self._write(partial(self.db.execute, "DELETE FROM queues WHERE conv=? AND NOT EXISTS "
+                                      "(SELECT 1 FROM jobs WHERE conv=? AND dead=0)", (conv, conv)))
         self._busy.add(conv)
+        assert body is not None  # a job id comes with its body
         job = Job.loads(body)
         job.id = str(job_id)
         marked = replace(job, unsure=True, sent_at=now).dumps()
@@ -285,7 +288,7 @@ class SQLiteStore(Store):
     async def bury(self, job: Job, now: float) -> bool:
         return await self._release(job, now, "UPDATE jobs SET body=?, dead=1 WHERE id=?", (job.dumps(), int(job.id)))
 
-    async def _release(self, job: Job, ready_at: float, sql: str, args: tuple) -> bool:
+    async def _release(self, job: Job, ready_at: float, sql: str, args: tuple[Any, ...]) -> bool:
         """Apply `sql` to the job and reschedule its conversation's queue, in one transaction."""
         conv = job.conversation_key
 
@@ -301,7 +304,7 @@ class SQLiteStore(Store):
         self._busy.discard(conv)  # only once released: until then no other worker may take the conversation
         return found
 
-    async def dead_letters(self):
+    async def dead_letters(self) -> list[Job]:
         rows = await self._read(lambda: self.rdb.execute("SELECT id, body FROM jobs WHERE dead=1 ORDER BY id").fetchall())
         jobs = []
         for row_id, body in rows:
@@ -310,7 +313,7 @@ class SQLiteStore(Store):
             jobs.append(job)
         return jobs
 
-    async def requeue_dead(self, now):
+    async def requeue_dead(self, now: float) -> int:
         return await self._write(lambda: self._revive(self.db.execute("SELECT id, body FROM jobs WHERE dead=1").fetchall(), now))
 
     def _revive(self, rows: list[tuple[int, str]], now: float) -> int:
@@ -322,10 +325,10 @@ class SQLiteStore(Store):
             self.db.execute("INSERT OR REPLACE INTO queues VALUES (?,?)", (job.conversation_key, now))
         return len(rows)
 
-    async def depth(self):
+    async def depth(self) -> int:
         return await self._read(lambda: self.rdb.execute("SELECT count(*) FROM jobs WHERE dead=0").fetchone()[0])
 
-    async def decisions(self, now):
+    async def decisions(self, now: float) -> list[DecisionEntry]:
         # Per account only the newest `size` entries (the size in force at the newest entry).
         rows = self.rdb.execute(
             "SELECT body FROM decisions d JOIN (SELECT account, max(seq) AS top FROM decisions GROUP BY account) m "
@@ -333,13 +336,15 @@ class SQLiteStore(Store):
             "AND seq=m.top) ORDER BY d.at DESC, d.seq DESC", (now - LOG_TTL,))
         return [DecisionEntry.loads(body) for body, in rows]
 
-    async def requeue_one(self, job_id, now):
+    async def requeue_one(self, job_id: str, now: float) -> bool:
         if not job_id.isdigit():
             return False
-        rows = lambda: self.db.execute("SELECT id, body FROM jobs WHERE id=? AND dead=1", (int(job_id),)).fetchall()  # noqa: E731
+        def rows() -> list[Any]:
+            return self.db.execute("SELECT id, body FROM jobs WHERE id=? AND dead=1", (int(job_id),)).fetchall()
+
         return await self._write(lambda: self._revive(rows(), now) == 1)
 
-    async def fire_timers(self, now):
+    async def fire_timers(self, now: float) -> int:
         def apply() -> int:
             due = self.db.execute("SELECT conv, body FROM timers WHERE due<=?", (now,)).fetchall()
             for conv, body in due:
@@ -351,7 +356,7 @@ class SQLiteStore(Store):
 
         return await self._write(apply)
 
-    async def prune(self, now):
+    async def prune(self, now: float) -> None:
         def apply() -> None:
             for table in ("seen", "lookups", "conversations", "contacts"):
                 self.db.execute(f"DELETE FROM {table} WHERE expires<=?", (now,))

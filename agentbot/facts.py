@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
+from typing import Any
 
 import msgspec
 from msgspec.structs import replace
@@ -49,7 +50,7 @@ class ConversationState(msgspec.Struct, frozen=True):
     def loads(cls, text: str | bytes | None) -> ConversationState:
         return msgspec.json.decode(text, type=cls) if text else NEW
 
-    def new_period(self, **changes) -> ConversationState:
+    def new_period(self, **changes: Any) -> ConversationState:
         """The conversation left pending: forget this period's counters and timer."""
         fresh = dict(handed_off=False, incoming=0, timer_due=None, away_period=None, given_back=False)
         return replace(self, **{**fresh, **changes})

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 
@@ -93,6 +93,7 @@ class Handoffs:
 
     def _worth_looking_up(self, d: Delivery, facts: Facts) -> bool:
         c, m = d.conversation, d.message
+        assert c is not None
         rules = self.settings.rules_for(c.inbox_id)
         return bool(
             self.settings.chatwoot_api_token and self.chatwoot and m and m.kind == "incoming"
@@ -105,6 +106,9 @@ class Handoffs:
         a failure is cached for a minute. None (a new customer) when it cannot be asked in time. A dry run
         of the sweep (`cache=False`) writes nothing."""
         key, now = contact_key(c), self.clock().timestamp()
+        # _worth_looking_up made sure of these
+        assert key is not None and c.contact.id is not None and self.chatwoot is not None
+        assert self.settings.chatwoot_api_token is not None
         cached, value = await self.store.recall(key, now)
         if cached:
             return value
@@ -151,6 +155,7 @@ class Handoffs:
         if why_not:  # the bulk of deliveries: nothing to look up
             return self._report(d, Decision("ignore", why_not))
         c = d.conversation
+        assert c is not None  # triage ignores deliveries without a conversation
         decision = None
         if d.message is None:
             # Conversation events on open conversations usually change nothing: decide those with one
@@ -170,7 +175,7 @@ class Handoffs:
             return self._report(d, decision)
 
     @asynccontextmanager
-    async def _locked(self, key: str, deadline: float):
+    async def _locked(self, key: str, deadline: float) -> AsyncIterator[None]:
         """The conversation's lock, waited for until `deadline` at most. The commit under it is not bounded:
         cancelling a commit that may already be written would answer 500 for a delivery acted on."""
         lock = self.store.lock(key)
@@ -205,7 +210,8 @@ class Handoffs:
         why_not = triage(d, self.settings)
         if why_not:
             return Decision("ignore", why_not)
-        c = d.conversation
+        c, m = d.conversation, d.message
+        assert c is not None and m is not None  # the sweep's deliveries are messages
         with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id):
             async with self.store.lock(c.key):
                 facts = await self.facts(d, look_up=False)
@@ -227,7 +233,7 @@ class Handoffs:
                     return decision
                 # Its own dedup key: one sweep decision per outcome for the customer's last message, so two
                 # sweeps deciding alike (the command beside the server) commit once.
-                key = f"s:{c.key}:{d.message.id}:{decision.outcome}:{decision.rule}"
+                key = f"s:{c.key}:{m.id}:{decision.outcome}:{decision.rule}"
                 if not await self._commit(d, decision, key, "sweep"):
                     decision = Decision("duplicate", f"the sweep decided conversation {c.key} this way before")
             return decision
@@ -235,6 +241,7 @@ class Handoffs:
     async def _commit(self, d: Delivery, decision: Decision, dedup_key: str | None = None, event: str | None = None) -> bool:
         """`dedup_key` and `event` name the sweep's decisions, whose keeps stay out of the decision log."""
         c, now = d.conversation, self.clock().timestamp()
+        assert c is not None
         log = None
         if decision.outcome in (LOGGED if event is None else SWEEP_LOGGED) and self.settings.decision_log_size:
             log = DecisionEntry(now, c.account_id, c.inbox_id, c.display_id, c.contact.name, decision.outcome,

@@ -78,10 +78,10 @@ class LostClaim(Exception):
 class Outbox:
     def __init__(self, store: Store, chatwoot: Chatwoot, metrics: Metrics, clock: Callable[[], datetime], max_age: float):
         self.store, self.chatwoot, self.metrics, self.clock, self.max_age = store, chatwoot, metrics, clock, max_age
-        self._sleepers: deque[asyncio.Future] = deque()  # idle workers, woken one per new job
+        self._sleepers: deque[asyncio.Future[None]] = deque()  # idle workers, woken one per new job
         self._stopping = asyncio.Event()
-        self.workers: list[asyncio.Task] = []
-        self._ticker: asyncio.Task | None = None
+        self.workers: list[asyncio.Task[None]] = []
+        self._ticker: asyncio.Task[None] | None = None
         self._running: dict[str, tuple[Job, float]] = {}  # claimed jobs by id, with when their lease was last renewed
         self._store_failing_since: float | None = None
         self._store_error = ""

@@ -7,13 +7,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from loguru import logger
 from msgspec.structs import replace
 
 from .chatwoot import Chatwoot, ChatwootError
 from .config import ConfigError, Settings
+from .decide import Decision
 from .events import Delivery, Listed, Message, PayloadError, Person
 from .handoffs import Handoffs
 from .metrics import Metrics
@@ -55,8 +56,8 @@ class SweepResult:
     failures: list[str] = field(default_factory=list)  # Chatwoot errors that stopped a listing
     seconds: float = 0.0
 
-    def counts(self) -> dict:
-        by: dict[str, Counter] = {k: Counter() for k in ("opened", "deferred", "kept", "skipped", "error")}
+    def counts(self) -> dict[str, dict[str, int]]:
+        by: dict[str, Counter[str]] = {k: Counter() for k in ("opened", "deferred", "kept", "skipped", "error")}
         for s in self.conversations:
             by[s.outcome][s.label] += 1
         return {k: dict(v.most_common()) for k, v in by.items()}
@@ -69,7 +70,7 @@ class SweepResult:
         verb = "would be " if self.dry_run else ""
         return f"{self.listed} pending conversations listed in {self.seconds:.1f} s; {verb}" + "; ".join(parts)
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "listed": self.listed, "seconds": round(self.seconds, 3),
                 "counts": self.counts(), "failures": self.failures,
                 "conversations": [asdict(s) for s in self.conversations]}
@@ -266,7 +267,7 @@ def _from_customer(m: Message) -> bool:
     return m.kind == "incoming" and not m.private
 
 
-def _swept(key: str, decision) -> Swept:
+def _swept(key: str, decision: Decision) -> Swept:
     outcome, reason = decision.outcome, decision.reason
     if outcome == "handoff":
         return Swept(key, "opened", decision.rule or "other", reason)

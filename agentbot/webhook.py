@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 from aiohttp import web
 from loguru import logger
+from pydantic import SecretStr
 
 from .events import BadBody, PayloadError, event_label, parse
 from .handoffs import Busy, Handoffs
@@ -20,7 +23,7 @@ JSON = {"Content-Type": "application/json"}
 OK = b'{"ok":true}'
 
 
-def answer(data: dict, status: int = 200) -> web.Response:
+def answer(data: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(body=msgspec.json.encode(data), status=status, headers=JSON)
 
 
@@ -28,7 +31,7 @@ def error(status: int, message: str) -> web.Response:
     return answer({"error": message}, status)
 
 
-def signature_problem(secret: str, headers, body: bytes, now: float) -> str | None:
+def signature_problem(secret: str, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
     """None when `X-Chatwoot-Signature` is HMAC-SHA256("<timestamp>.<body>") and fresh."""
     timestamp, given = headers.get("X-Chatwoot-Timestamp", ""), headers.get("X-Chatwoot-Signature", "")
     if not timestamp or not given:
@@ -45,7 +48,7 @@ def signature_problem(secret: str, headers, body: bytes, now: float) -> str | No
     return None
 
 
-def token_matches(expected, request: web.Request) -> bool:
+def token_matches(expected: SecretStr | None, request: web.Request) -> bool:
     """Constant-time comparison of the path's token with WEBHOOK_TOKEN (None: no token configured)."""
     if expected is None:
         return False

@@ -9,9 +9,10 @@ from functools import cached_property
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import regex
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .hours import EXAMPLE as HOURS_EXAMPLE
 from .hours import Hours, parse_week
@@ -204,7 +205,7 @@ class Rules(BaseModel):
         return Hours(parse_week(self.business_hours), ZoneInfo(self.timezone), frozenset(self.closed_dates))
 
     @cached_property
-    def keyword_pattern(self):
+    def keyword_pattern(self) -> regex.Pattern[str] | None:
         return compile_keywords(self.handoff_keywords)
 
     @cached_property
@@ -259,7 +260,9 @@ class Settings(BaseSettings, Rules):
     model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, **_sources):
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
         # load() merges `.env` and the environment itself, so tests can pass their own mapping.
         return (init_settings,)
 
@@ -331,7 +334,8 @@ class Settings(BaseSettings, Rules):
         return self._overrides
 
     def rules_for(self, inbox_id: int | None) -> Rules:
-        overrides = self.__pydantic_private__["_overrides"]  # plain dict access: this runs per delivery
+        # plain dict access: this runs per delivery
+        overrides: dict[int | None, Rules] = self.__pydantic_private__["_overrides"]  # type: ignore[index]
         return overrides.get(inbox_id, self) if overrides else self
 
     def acts_on(self, account_id: int, inbox_id: int | None) -> bool:
@@ -389,7 +393,7 @@ def _legacy_groups(environ: dict[str, str]) -> dict[str, str]:
         old = up == "GROUPS" or (up.startswith("INBOX_") and up.endswith("_GROUPS") and not up.endswith("_WHATSAPP_GROUPS"))
         return up.removesuffix("GROUPS") + "WHATSAPP_GROUPS" if old else None
 
-    return {**{renamed(k): v for k, v in environ.items() if renamed(k)},
+    return {**{new: v for k, v in environ.items() if (new := renamed(k))},
             **{k: v for k, v in environ.items() if not renamed(k)}}
 
 
@@ -402,7 +406,8 @@ def load(environ: dict[str, str] | None = None, env_file: str | None = ".env") -
         environ = {**environ, "STORE_URL": environ["REDIS_URL"]}
     environ = _legacy_groups(environ)
     try:
-        settings = Settings(**{k.lower(): v for k, v in environ.items() if k.lower() in Settings.model_fields})
+        values: dict[str, Any] = {k.lower(): v for k, v in environ.items() if k.lower() in Settings.model_fields}
+        settings = Settings(**values)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     base = settings.model_dump(include=RULE_FIELDS)

@@ -33,9 +33,9 @@ class ConversationState(msgspec.Struct, frozen=True):
         owned it) only when the delivery is not older than what the bot has (a late message, the sweep's listing)."""
         newest = max(filter(None, (self.latest_message, message_id)), default=None)
         current = updated >= self.updated
-        status = status if current else self.status
+        shown = status if current else self.status
         human = (not bot_owned) if current and bot_owned is not None else self.human_owned
-        return replace(self, status=status, updated=max(self.updated, updated), latest_message=newest, human_owned=human)
+        return replace(self, status=shown, updated=max(self.updated, updated), latest_message=newest, human_owned=human)
 
     def is_older(self, updated: float, message_id: int | None) -> bool:
         """Whether a conversation event describes the conversation before what the bot already acted on."""

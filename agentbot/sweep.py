@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from loguru import logger
@@ -176,7 +177,7 @@ class Sweeper:
         page = 1
         while True:
             total, items, unreadable = await self._read(
-                lambda page=page: self.chatwoot.list_conversations(account, self.token, "pending", page, inbox))
+                partial(self.chatwoot.list_conversations, account, self.token, "pending", page, inbox))
             if unreadable:
                 logger.warning("sweep: {} conversations of page {} could not be read (no id or status)", unreadable, page)
             if page == 1:

@@ -48,7 +48,7 @@ async def register(settings: Settings, args: argparse.Namespace) -> int:
         mine = next((b for b in bots if b.get("name") == args.name and b.get("account_id") == account), None)
         webhook_token = _webhook_token(settings, base, mine)
         url = f"{base}/{webhook_token}"
-        bot = await cw.save_agent_bot(account, token, mine and mine["id"], name=args.name, outgoing_url=url,
+        bot = await cw.save_agent_bot(account, token, mine["id"] if mine else None, name=args.name, outgoing_url=url,
                                       description="Hands conversations to humans (agentbot)")
         print(f"{'Updated' if mine else 'Created'} agent bot {bot['name']!r} (id {bot['id']}) → {url}")
         for inbox in args.inbox:

@@ -19,7 +19,7 @@ class Failed(Exception):
 def explain_error(exc: ChatwootError, settings: Settings) -> str:
     detail = exc.detail
     if exc.status is None:
-        return f"cannot reach CHATWOOT_URL={mask(settings.chatwoot_url)} ({detail})"
+        return f"cannot reach CHATWOOT_URL={mask(settings.chatwoot_url or '')} ({detail})"
     if exc.status == 401 and "Invalid Access Token" in detail:
         return ("Chatwoot refused CHATWOOT_API_TOKEN (Invalid Access Token): use an administrator's access token "
                 "(Profile settings → Access token)")
@@ -39,6 +39,7 @@ def explain_error(exc: ChatwootError, settings: Settings) -> str:
 async def with_chatwoot(settings: Settings, work: Callable[[Chatwoot], Awaitable[int]]) -> int:
     """Run `work` with a Chatwoot client (the bot token, when set); Chatwoot's refusal or a `Failed` is one line
     on stderr and exit status 1."""
+    assert settings.chatwoot_url is not None  # every command that talks to Chatwoot requires it first
     async with aiohttp.ClientSession() as session:
         token = settings.chatwoot_bot_token.get_secret_value() if settings.chatwoot_bot_token else None
         chatwoot = Chatwoot(session, settings.chatwoot_url, token, settings.chatwoot_timeout)

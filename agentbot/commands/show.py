@@ -93,7 +93,9 @@ async def inboxes(settings: Settings, args: argparse.Namespace) -> int:
 
 async def check(settings: Settings, args: argparse.Namespace) -> int:
     settings.require("chatwoot_url", "chatwoot_bot_token")
-    account = settings.chatwoot_account_id or (settings.chatwoot_account_ids or [None])[0]
+    url, bot_token = settings.chatwoot_url, settings.chatwoot_bot_token
+    assert url is not None and bot_token is not None  # required just above
+    account = settings.chatwoot_account_id or next(iter(settings.chatwoot_account_ids), None)
     results: list[tuple[bool | None, str]] = []  # None: information, not a failure
 
     async def work(cw: Chatwoot) -> int:
@@ -102,7 +104,7 @@ async def check(settings: Settings, args: argparse.Namespace) -> int:
         else:
             try:
                 await cw.probe_bot_token(account)
-                results.append((True, f"Chatwoot at {mask(settings.chatwoot_url)} accepts CHATWOOT_BOT_TOKEN for account {account}"))
+                results.append((True, f"Chatwoot at {mask(url)} accepts CHATWOOT_BOT_TOKEN for account {account}"))
             except ChatwootError as exc:
                 hint = "the token is wrong or revoked: copy it from Settings → Bots" if exc.status == 401 else explain_error(exc, settings)
                 results.append((False, f"CHATWOOT_BOT_TOKEN: {hint}"))
@@ -140,7 +142,7 @@ async def check(settings: Settings, args: argparse.Namespace) -> int:
             results.append((False, "set CHATWOOT_API_TOKEN (an administrator's token) to check the inboxes in INBOX_IDS"))
             return
         token = settings.chatwoot_api_token.get_secret_value()
-        mine = settings.chatwoot_bot_token.get_secret_value()
+        mine = bot_token.get_secret_value()
         try:
             known = {i["id"] for i in await cw.list_inboxes(account, token)}
             for inbox in settings.inbox_ids:

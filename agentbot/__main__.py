@@ -1,60 +1,63 @@
-"""Command line: serve (default), rules, explain, outbox, register, inboxes, check, sweep."""
+"""Command line: serve (default), rules, explain, outbox, register, inboxes, check, sweep.
+
+Each subcommand names the function that runs it (`set_defaults(run=…)`): commands/show.py only reads,
+commands/change.py writes, sweep_cli.py sweeps; `serve`, or no command, runs the server."""
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
 
+from .commands import change, show
 from .config import REQUIRED, ConfigError, load
+from .serve import serve
+from .sweep_cli import sweep
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m agentbot", description="Chatwoot agent bot that hands conversations to humans.")
+    p = argparse.ArgumentParser(prog="python -m agentbot",
+                                description="Chatwoot agent bot that hands conversations to humans.")
+    p.set_defaults(run=None)  # the server
     sub = p.add_subparsers(dest="command")
     sub.add_parser("serve", help="run the web server (default)")
-    sub.add_parser("rules", help="print the effective rules per inbox")
+    sub.add_parser("rules", help="print the effective rules per inbox").set_defaults(run=show.rules)
     ex = sub.add_parser("explain", help="print the decision for one delivery without calling Chatwoot")
+    ex.set_defaults(run=show.explain)
     ex.add_argument("payload", help="a delivery body as JSON file")
     ex.add_argument("--at", help="ISO time to decide at (default: now)")
     ob = sub.add_parser("outbox", help="list dead letters")
-    ob.add_argument("--retry", action="store_true", help="re-queue every dead letter")
+    ob.set_defaults(run=show.outbox)
+    ob.add_argument("--retry", dest="run", action="store_const", const=change.retry,
+                    help="re-queue every dead letter")
     reg = sub.add_parser("register", help="create or update the agent bot in Chatwoot and connect inboxes")
+    reg.set_defaults(run=change.register)
     reg.add_argument("--url", help="the bot's public webhook URL, e.g. https://bot.example.com/webhook")
     reg.add_argument("--inbox", type=int, action="append", default=[], help="inbox id (repeatable)")
     reg.add_argument("--name", default="Handoff bot")
     reg.add_argument("--detach", action="store_true", help="disconnect the bot from the given inboxes")
-    sub.add_parser("inboxes", help="list the account's inboxes and their bots")
-    sub.add_parser("check", help="verify the configuration against Chatwoot")
+    sub.add_parser("inboxes", help="list the account's inboxes and their bots").set_defaults(run=show.inboxes)
+    sub.add_parser("check", help="verify the configuration against Chatwoot").set_defaults(run=show.check)
     sw = sub.add_parser("sweep", help="hand off the pending conversations the rules give to humans (user token)")
+    sw.set_defaults(run=sweep)
     sw.add_argument("--dry-run", action="store_true", help="print what would happen; change nothing")
     sw.add_argument("--json", action="store_true", help="print the result as JSON")
-    sw.add_argument("--inbox", type=int, action="append", default=[], help="inbox id (repeatable; default: INBOX_IDS or all)")
-    sw.add_argument("--account", type=int, action="append", default=[], help="account id (repeatable; default: CHATWOOT_ACCOUNT_ID(S))")
+    sw.add_argument("--inbox", type=int, action="append", default=[],
+                    help="inbox id (repeatable; default: INBOX_IDS or all)")
+    sw.add_argument("--account", type=int, action="append", default=[],
+                    help="account id (repeatable; default: CHATWOOT_ACCOUNT_ID(S))")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    command = args.command or "serve"
     try:
         settings = load()
-        if command == "serve":
-            from .serve import serve
-
+        if args.run is None:
             settings.require(*REQUIRED)
             serve(settings)
             return 0
-        if command == "sweep":
-            from .sweep_cli import sweep
-
-            return asyncio.run(sweep(settings, args))
-        if command in ("rules", "explain", "outbox"):
-            from . import explain
-
-            return asyncio.run(getattr(explain, command)(settings, args))
-        from . import admin
-
-        return asyncio.run(getattr(admin, command)(settings, args))
+        status: int = asyncio.run(args.run(settings, args))
+        return status
     except ConfigError as exc:
         print(f"agentbot: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -1,8 +1,7 @@
 """Build the aiohttp application: routes, the shared client session, store and outbox lifecycle."""
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 
 import aiohttp
@@ -12,9 +11,10 @@ from loguru import logger
 from . import page
 from .chatwoot import Chatwoot, Throttle
 from .config import ConfigError, Settings, mask, scrub
+from .handoffs import Handoffs
 from .metrics import Metrics
 from .outbox import Outbox
-from .service import Handoffs
+from .page.panels import Sweeper as PageSweeper
 from .store import Store, open_store
 from .sweep import Sweeper
 from .sweep_loop import SweepLoop
@@ -40,10 +40,11 @@ class Bot:
         self.settings, self.clock = settings, clock
         self.store = store or open_store(settings.store_url, settings.redis_tls_verify)
         self.metrics = Metrics()
-        self.sweeper = None  # the sweep, when the app has one (page.panels.Sweeper); the operator page offers it
+        self.sweeper: PageSweeper | None = None  # the sweep, when the app has one (page.panels.Sweeper); the operator page offers it
 
-    async def lifecycle(self, app: web.Application):
+    async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         s = self.settings
+        assert s.chatwoot_url is not None  # serve requires it (config.REQUIRED)
         try:
             await self.store.open()
         except Exception as exc:
@@ -76,6 +77,7 @@ class Bot:
         """The sweep (periodic with SWEEP_INTERVAL, and on demand from the operator page), with its own throttled
         client (SWEEP_RATE) but the same store, locks and outbox as live deliveries."""
         s = self.settings
+        assert s.chatwoot_url is not None  # serve requires it (config.REQUIRED)
         if s.chatwoot_api_token is None:
             logger.info("sweep off: without CHATWOOT_API_TOKEN the bot cannot list pending conversations, so one whose "
                         "delivery was lost (bot down or asleep, connected later, history imported) stays pending until "
@@ -123,7 +125,11 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utcnow, store:
     app[BOT] = Bot(settings, clock, store)
     # With a token, Chatwoot delivers to /webhook/<token> and /webhook does not exist (404). Every method
     # reaches the handler there, so a wrong token is a 404 whatever the method (a 405 would tell the route).
-    handler = functools.partial(receive, app[BOT])
+    bot = app[BOT]
+
+    async def handler(request: web.Request) -> web.Response:
+        return await receive(bot.handoffs, request)  # the Handoffs made at start-up
+
     if settings.webhook_token:
         app.router.add_route("*", "/webhook/{token}", handler)
     else:

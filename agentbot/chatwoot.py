@@ -77,7 +77,7 @@ class Throttle:
         self.resume_at = 0.0  # time.monotonic()
 
     async def wait(self) -> None:
-        while (delay := self.resume_at - time.monotonic()) > 0:
+        while (delay := self.resume_at - time.monotonic()) > 0:  # noqa: ASYNC110 (a pause may grow while we sleep)
             await asyncio.sleep(delay)
         if self.limiter:
             await self.limiter.acquire()
@@ -121,7 +121,7 @@ class Chatwoot:
                     return await resp.json(content_type=None)
                 except ValueError:
                     return None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             status = "timeout"
             raise ChatwootError(endpoint, None, "timed out") from None
         except aiohttp.ClientConnectorError as exc:  # nothing reached Chatwoot

@@ -9,13 +9,14 @@ from functools import cached_property
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import regex
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .rules.hours import EXAMPLE as HOURS_EXAMPLE
-from .rules.hours import Hours, parse_week
-from .rules.keywords import compile_keywords, fold
+from .hours import EXAMPLE as HOURS_EXAMPLE
+from .hours import Hours, parse_week
+from .keywords import compile_keywords, fold
 
 PLACEHOLDERS = {"name", "reason", "conversation_id"}
 REQUIRED = ("chatwoot_url", "chatwoot_bot_token")  # to serve
@@ -204,7 +205,7 @@ class Rules(BaseModel):
         return Hours(parse_week(self.business_hours), ZoneInfo(self.timezone), frozenset(self.closed_dates))
 
     @cached_property
-    def keyword_pattern(self):
+    def keyword_pattern(self) -> regex.Pattern[str] | None:
         return compile_keywords(self.handoff_keywords)
 
     @cached_property
@@ -216,6 +217,39 @@ class Rules(BaseModel):
     def labels(self) -> set[str]:
         return {fold(label) for label in self.handoff_labels}
 
+    def describe(self) -> list[str]:
+        """The rules in words, one "- " line each: what the `rules` command and the operator page show."""
+        r = self
+        on = [
+            (r.handoff_all, "every pending conversation is opened at the customer's first message"),
+            (r.handoff_returning, "returning customers are opened at once"),
+            (r.handoff_labels, f"conversations labelled {', '.join(r.handoff_labels)} are opened"),
+            (r.handoff_attributes, f"customers with {', '.join(r.handoff_attributes)} are opened"),
+            (r.handoff_languages, f"customers writing in {', '.join(r.handoff_languages)} are opened"),
+            (r.keep_languages, f"customers in any language but {', '.join(r.keep_languages)} are opened"),
+            (r.handoff_keywords, f"messages with the words {', '.join(r.handoff_keywords)} open the conversation"),
+            (r.handoff_after_messages, f"the customer's message number {r.handoff_after_messages} opens it"),
+            (r.handoff_after_seconds,
+             f"a conversation still pending {r.handoff_after_seconds} s after the first message is opened"),
+            (r.handoff_on_agent_reply, "an agent's public reply in a pending conversation opens it"),
+        ]
+        lines = [f"- {text}" for cond, text in on if cond]
+        if r.hours:
+            away = f"; away message: {r.away_message!r}" if r.away_message else ""
+            lines.append(f"- handoffs outside {r.hours.describe()} wait for the next opening time{away}")
+        lines.append(f"- WhatsApp groups: {r.whatsapp_groups}")
+        at = [f"team {r.handoff_team_id}" if r.handoff_team_id is not None else "",
+              f"agent {r.handoff_assignee_id}" if r.handoff_assignee_id is not None else "",
+              f"priority {r.handoff_priority}" if r.handoff_priority else "",
+              "a private note with the reason" if r.handoff_note else "",
+              f"message {r.handoff_message!r}" if r.handoff_message else "",
+              f"returning customers get {r.returning_message!r}" if r.returning_message else ""]
+        lines.append(f"- at handoff: {', '.join(filter(None, at)) or 'only the status change'}")
+        if r.greeting_message:
+            lines.append(f"- new customers kept pending are greeted once: {r.greeting_message!r}")
+        lines.append(f"- a private note {r.bot_command!r} in an open conversation gives it back to the bot")
+        return lines
+
 
 RULE_FIELDS = set(Rules.model_fields)
 
@@ -226,7 +260,9 @@ class Settings(BaseSettings, Rules):
     model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, **_sources):
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
         # load() merges `.env` and the environment itself, so tests can pass their own mapping.
         return (init_settings,)
 
@@ -298,7 +334,8 @@ class Settings(BaseSettings, Rules):
         return self._overrides
 
     def rules_for(self, inbox_id: int | None) -> Rules:
-        overrides = self.__pydantic_private__["_overrides"]  # plain dict access: this runs per delivery
+        # plain dict access: this runs per delivery
+        overrides: dict[int | None, Rules] = self.__pydantic_private__["_overrides"]  # type: ignore[index]
         return overrides.get(inbox_id, self) if overrides else self
 
     def acts_on(self, account_id: int, inbox_id: int | None) -> bool:
@@ -356,7 +393,7 @@ def _legacy_groups(environ: dict[str, str]) -> dict[str, str]:
         old = up == "GROUPS" or (up.startswith("INBOX_") and up.endswith("_GROUPS") and not up.endswith("_WHATSAPP_GROUPS"))
         return up.removesuffix("GROUPS") + "WHATSAPP_GROUPS" if old else None
 
-    return {**{renamed(k): v for k, v in environ.items() if renamed(k)},
+    return {**{new: v for k, v in environ.items() if (new := renamed(k))},
             **{k: v for k, v in environ.items() if not renamed(k)}}
 
 
@@ -369,7 +406,8 @@ def load(environ: dict[str, str] | None = None, env_file: str | None = ".env") -
         environ = {**environ, "STORE_URL": environ["REDIS_URL"]}
     environ = _legacy_groups(environ)
     try:
-        settings = Settings(**{k.lower(): v for k, v in environ.items() if k.lower() in Settings.model_fields})
+        values: dict[str, Any] = {k.lower(): v for k, v in environ.items() if k.lower() in Settings.model_fields}
+        settings = Settings(**values)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     base = settings.model_dump(include=RULE_FIELDS)

@@ -10,7 +10,7 @@ from .actions import Job, Step
 from .config import Rules, Settings
 from .events import Conversation, Delivery, Message
 from .facts import ConversationState, Facts, Resolved
-from .rules.keywords import find_keyword, fold
+from .keywords import find_keyword, fold
 
 CANCEL = -1.0  # timer value meaning "drop the conversation's timer"
 

@@ -191,7 +191,7 @@ def _loads(raw: Raw, kind: type) -> Any:
 def _iso(when: str | float | None) -> str | None:
     if isinstance(when, (int, float)) and when:
         return datetime.fromtimestamp(when, timezone.utc).isoformat()
-    return when or None
+    return when if isinstance(when, str) and when else None
 
 
 def _conversation(conv: _Conversation | None, account_id: int | None) -> Conversation:
@@ -199,7 +199,7 @@ def _conversation(conv: _Conversation | None, account_id: int | None) -> Convers
         raise PayloadError("no conversation object")
     first = conv.messages[0] if conv.messages else None
     if account_id is None:
-        account_id = (first and first.account_id) or (conv.account and conv.account.id)
+        account_id = (first.account_id if first else None) or (conv.account.id if conv.account else None)
     if conv.id is None or account_id is None or conv.status is None:
         raise PayloadError("conversation id, account id or status missing")
     meta = conv.meta or _Meta()
@@ -211,14 +211,15 @@ def _conversation(conv: _Conversation | None, account_id: int | None) -> Convers
         display_id=conv.id,
         inbox_id=conv.inbox_id,
         status=conv.status,
-        contact=Person(contact.id or (conv.contact_inbox and conv.contact_inbox.contact_id), "contact", contact.name or ""),
+        contact=Person(contact.id or (conv.contact_inbox.contact_id if conv.contact_inbox else None), "contact",
+                       contact.name or ""),
         contact_identifier=contact.identifier,
         contact_phone=contact.phone_number,
         assignee=Person(assignee.id, kind, assignee.name or "", assignee.availability_status)
         if assignee and assignee.id is not None else None,
         bot_owned=meta.assignee_type == "AgentBot" or kind == "agent_bot",
         first_reply_at=_iso(conv.first_reply_created_at),
-        last_message_id=first and first.id,
+        last_message_id=first.id if first else None,
         updated_at=str(conv.updated_at or ""),
         status_changed=None if conv.changed_attributes is None else any("status" in c for c in conv.changed_attributes),
         raw_labels=conv.labels,
@@ -307,7 +308,7 @@ class _Posted(Struct):
 
 class _Listed(_Conversation):
     account_id: int | None = None
-    messages: list[_Posted] = []
+    messages: list[_Posted] = []  # type: ignore[assignment]  # a listing's messages carry more than a delivery's
     last_non_activity_message: _Posted | None = None
     waiting_since: float | None = None
     last_activity_at: float | None = None

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import zlib
+from typing import Any
+
 import msgspec
 from msgspec.structs import replace
 
@@ -28,9 +30,9 @@ class ConversationState(msgspec.Struct, frozen=True):
         owned it) only when the delivery is not older than what the bot has (a late message, the sweep's listing)."""
         newest = max(filter(None, (self.latest_message, message_id)), default=None)
         current = updated >= self.updated
-        status = status if current else self.status
+        shown = status if current else self.status
         human = (not bot_owned) if current and bot_owned is not None else self.human_owned
-        return replace(self, status=status, updated=max(self.updated, updated), latest_message=newest, human_owned=human)
+        return replace(self, status=shown, updated=max(self.updated, updated), latest_message=newest, human_owned=human)
 
     def is_older(self, updated: float, message_id: int | None) -> bool:
         """Whether a conversation event describes the conversation before what the bot already acted on."""
@@ -45,7 +47,7 @@ class ConversationState(msgspec.Struct, frozen=True):
     def loads(cls, text: str | bytes | None) -> ConversationState:
         return msgspec.json.decode(text, type=cls) if text else NEW
 
-    def new_period(self, **changes) -> ConversationState:
+    def new_period(self, **changes: Any) -> ConversationState:
         """The conversation left pending: forget this period's counters and timer."""
         fresh = dict(handed_off=False, incoming=0, timer_due=None, away_period=None, given_back=False)
         return replace(self, **{**fresh, **changes})

@@ -4,8 +4,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import TYPE_CHECKING, TextIO
 
 from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Record
 
 CONTEXT = ("account", "inbox", "conversation", "delivery")
 
@@ -13,13 +17,13 @@ CONTEXT = ("account", "inbox", "conversation", "delivery")
 class _Intercept(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            level = logger.level(record.levelname).name
+            level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
         logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
 
 
-def _json_line(record) -> str:
+def _json_line(record: Record) -> str:
     data = {"time": record["time"].isoformat(), "level": record["level"].name, "message": record["message"]}
     data.update({k: record["extra"][k] for k in CONTEXT if record["extra"].get(k) is not None})
     if record["exception"]:
@@ -28,7 +32,7 @@ def _json_line(record) -> str:
     return "{extra[_json]}\n"
 
 
-def setup(level: str, fmt: str, sink=sys.stderr) -> None:
+def setup(level: str, fmt: str, sink: TextIO = sys.stderr) -> None:
     logger.remove()
     if fmt == "json":
         logger.add(sink, level=level, format=_json_line, backtrace=False, diagnose=False)

@@ -18,19 +18,23 @@ from loguru import logger
 
 from .actions import Job, Step
 from .chatwoot import Chatwoot, ChatwootError
+from .constants import (
+    BACKOFF_BASE,
+    BACKOFF_CAP,
+    LATE,
+    POLL,
+    PRUNE_EVERY,
+    STORE_BACKOFF_BASE,
+    STORE_BACKOFF_CAP,
+    STORE_DOWN_AFTER,
+    TICK,
+    WORKERS,
+)
 from .facts import ConversationState
 from .metrics import Metrics
 from .store import Store
 from .store.base import LEASE
 
-WORKERS = 64  # jobs in flight at once: each waits for two synced writes (claim, finish), so they overlap
-POLL = 0.25  # seconds between looks at the store when nothing woke us (other instances, retries)
-TICK = 0.5  # seconds between timer checks, lease renewals and worker supervision
-PRUNE_EVERY = 600.0  # seconds between removals of expired dedup keys and look-ups
-BACKOFF_BASE, BACKOFF_CAP = 0.5, 60.0  # Chatwoot calls
-STORE_BACKOFF_BASE, STORE_BACKOFF_CAP = 0.05, 2.0  # store writes a worker must get through
-STORE_DOWN_AFTER = 2.0  # seconds of failing store calls before /healthz reports it
-LATE = 5.0  # a job that starts this long after its decision first checks where the conversation is now
 PUBLIC = ("message",)
 
 
@@ -74,10 +78,10 @@ class LostClaim(Exception):
 class Outbox:
     def __init__(self, store: Store, chatwoot: Chatwoot, metrics: Metrics, clock: Callable[[], datetime], max_age: float):
         self.store, self.chatwoot, self.metrics, self.clock, self.max_age = store, chatwoot, metrics, clock, max_age
-        self._sleepers: deque[asyncio.Future] = deque()  # idle workers, woken one per new job
+        self._sleepers: deque[asyncio.Future[None]] = deque()  # idle workers, woken one per new job
         self._stopping = asyncio.Event()
-        self.workers: list[asyncio.Task] = []
-        self._ticker: asyncio.Task | None = None
+        self.workers: list[asyncio.Task[None]] = []
+        self._ticker: asyncio.Task[None] | None = None
         self._running: dict[str, tuple[Job, float]] = {}  # claimed jobs by id, with when their lease was last renewed
         self._store_failing_since: float | None = None
         self._store_error = ""
@@ -124,7 +128,7 @@ class Outbox:
         self._sleepers.append(sleeper)
         try:
             await asyncio.wait_for(sleeper, seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:  # wake() may have dropped it already while wait_for was cancelling it
             if sleeper in self._sleepers:
@@ -162,7 +166,7 @@ class Outbox:
             except asyncio.CancelledError:  # shutdown: give the job back (its progress is saved) at once
                 job.next_at, job.unsure = self.now(), True
                 with contextlib.suppress(LostClaim):
-                    await asyncio.shield(self._save(lambda: self.store.retry(job), give_up_on_stop=True))
+                    await asyncio.shield(self._save(lambda: self.store.retry(job), give_up_on_stop=True))  # noqa: B023 (awaited here)
                 raise
             except Exception as exc:  # a bug: retried like a failed call, within ACTION_MAX_AGE
                 logger.exception("conversation {}: job failed unexpectedly", job.conversation_key)
@@ -212,7 +216,7 @@ class Outbox:
                 self._store_failed(exc)
             try:
                 await asyncio.wait_for(self._stopping.wait(), TICK)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _renew_leases(self, now: float) -> None:

@@ -7,17 +7,19 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import TypeVar
+from functools import partial
+from typing import Any, TypeVar
 
 from loguru import logger
 from msgspec.structs import replace
 
 from .chatwoot import Chatwoot, ChatwootError
 from .config import ConfigError, Settings
+from .decide import Decision
 from .events import Delivery, Listed, Message, PayloadError, Person
+from .handoffs import Handoffs
 from .metrics import Metrics
 from .outbox import backoff
-from .service import Handoffs
 from .store import Store
 from .store.base import Lease
 
@@ -55,8 +57,8 @@ class SweepResult:
     failures: list[str] = field(default_factory=list)  # Chatwoot errors that stopped a listing
     seconds: float = 0.0
 
-    def counts(self) -> dict:
-        by: dict[str, Counter] = {k: Counter() for k in ("opened", "deferred", "kept", "skipped", "error")}
+    def counts(self) -> dict[str, dict[str, int]]:
+        by: dict[str, Counter[str]] = {k: Counter() for k in ("opened", "deferred", "kept", "skipped", "error")}
         for s in self.conversations:
             by[s.outcome][s.label] += 1
         return {k: dict(v.most_common()) for k, v in by.items()}
@@ -69,7 +71,7 @@ class SweepResult:
         verb = "would be " if self.dry_run else ""
         return f"{self.listed} pending conversations listed in {self.seconds:.1f} s; {verb}" + "; ".join(parts)
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "listed": self.listed, "seconds": round(self.seconds, 3),
                 "counts": self.counts(), "failures": self.failures,
                 "conversations": [asdict(s) for s in self.conversations]}
@@ -166,7 +168,7 @@ class Sweeper:
         for inbox in inboxes:
             if not self.settings.acts_on(account, inbox["id"]):
                 continue
-            bot = await self._read(lambda: self.chatwoot.inbox_agent_bot(account, inbox["id"], self.token))
+            bot = await self._read(lambda: self.chatwoot.inbox_agent_bot(account, inbox["id"], self.token))  # noqa: B023
             if (bot.get("access_token") or {}).get("token") == self.chatwoot.token:
                 mine.append(inbox["id"])
         return mine
@@ -175,7 +177,7 @@ class Sweeper:
         page = 1
         while True:
             total, items, unreadable = await self._read(
-                lambda: self.chatwoot.list_conversations(account, self.token, "pending", page, inbox))
+                partial(self.chatwoot.list_conversations, account, self.token, "pending", page, inbox))
             if unreadable:
                 logger.warning("sweep: {} conversations of page {} could not be read (no id or status)", unreadable, page)
             if page == 1:
@@ -252,7 +254,7 @@ class Sweeper:
         """Let live deliveries being decided finish first (briefly: the sweep must still progress)."""
         await asyncio.sleep(0)
         deadline = time.monotonic() + YIELD
-        while self.busy() and time.monotonic() < deadline:
+        while self.busy() and time.monotonic() < deadline:  # noqa: ASYNC110 (busy() is a count, not an event)
             await asyncio.sleep(0.005)
 
     async def _keep_lease(self) -> bool:
@@ -266,7 +268,7 @@ def _from_customer(m: Message) -> bool:
     return m.kind == "incoming" and not m.private
 
 
-def _swept(key: str, decision) -> Swept:
+def _swept(key: str, decision: Decision) -> Swept:
     outcome, reason = decision.outcome, decision.reason
     if outcome == "handoff":
         return Swept(key, "opened", decision.rule or "other", reason)

@@ -1,26 +1,28 @@
 """`python -m agentbot sweep`: one sweep from the shell, with a progress bar (rich) and a table of outcomes."""
 from __future__ import annotations
 
+import argparse
 import json
 from datetime import datetime, timezone
 
 import aiohttp
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
 from .chatwoot import Chatwoot, Throttle
 from .config import ConfigError, Settings
+from .handoffs import Handoffs
 from .logs import setup
 from .metrics import Metrics
-from .service import Handoffs
-from .store import open_store
-from .sweep import LEASE_TTL, Progress as SweepProgress, SweepResult, Swept, Sweeper
+from .store import Store, open_store
+from .sweep import LEASE_TTL, Sweeper, SweepResult, Swept
+from .sweep import Progress as SweepProgress
 
 
 class _Rate(ProgressColumn):
-    def render(self, task) -> Text:
+    def render(self, task: Task) -> Text:
         return Text(f"{task.speed or 0:.1f}/s")
 
 
@@ -43,7 +45,7 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _check(settings: Settings, args) -> None:
+def _check(settings: Settings, args: argparse.Namespace) -> None:
     settings.require("chatwoot_url")
     if settings.chatwoot_api_token is None:
         raise ConfigError("CHATWOOT_API_TOKEN: missing; the sweep lists pending conversations with an administrator's "
@@ -53,7 +55,7 @@ def _check(settings: Settings, args) -> None:
                           "store (sqlite:///… or redis://…), or --dry-run")
 
 
-async def sweep(settings: Settings, args) -> int:
+async def sweep(settings: Settings, args: argparse.Namespace) -> int:
     _check(settings, args)
     setup("WARNING", settings.log_format)  # the table says what happened; the log only what went wrong
     store = open_store(settings.store_url)
@@ -67,10 +69,11 @@ async def sweep(settings: Settings, args) -> int:
         await store.close()
 
 
-async def _sweep(settings: Settings, args, store) -> int:
+async def _sweep(settings: Settings, args: argparse.Namespace, store: Store) -> int:
     metrics, token = Metrics(), settings.chatwoot_bot_token.get_secret_value() if settings.chatwoot_bot_token else None
     err = Console(stderr=True)
     async with aiohttp.ClientSession() as session:
+        assert settings.chatwoot_url is not None  # _check required it
         chatwoot = Chatwoot(session, settings.chatwoot_url, token, settings.chatwoot_timeout, metrics,
                             Throttle(settings.sweep_rate))
         sweeper = Sweeper(settings, Handoffs(settings, store, chatwoot, metrics, _utcnow), chatwoot, metrics, _utcnow)

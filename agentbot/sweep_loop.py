@@ -7,7 +7,7 @@ from datetime import timezone
 
 from loguru import logger
 
-from .sweep import LEASE_TTL, RECENT, SweepResult, Sweeper
+from .sweep import LEASE_TTL, RECENT, Sweeper, SweepResult
 
 RECHECK = RECENT  # seconds after a start-up sweep that left recent conversations, before it looks again
 
@@ -18,7 +18,7 @@ class SweepLoop:
 
     def __init__(self, sweeper: Sweeper, every: float):
         self.sweeper, self.every = sweeper, every
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[None] | None = None
         self.last_run: str | None = None  # when and what the last sweep of this instance did
 
     def start(self) -> None:

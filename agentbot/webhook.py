@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 from aiohttp import web
 from loguru import logger
+from pydantic import SecretStr
 
 from .events import BadBody, PayloadError, event_label, parse
-from .service import Busy
+from .handoffs import Busy, Handoffs
 
 MAX_BODY = 1024 * 1024
 MAX_SKEW = 300  # seconds; older signed deliveries are refused as replays
@@ -20,7 +23,7 @@ JSON = {"Content-Type": "application/json"}
 OK = b'{"ok":true}'
 
 
-def answer(data: dict, status: int = 200) -> web.Response:
+def answer(data: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(body=msgspec.json.encode(data), status=status, headers=JSON)
 
 
@@ -28,7 +31,7 @@ def error(status: int, message: str) -> web.Response:
     return answer({"error": message}, status)
 
 
-def signature_problem(secret: str, headers, body: bytes, now: float) -> str | None:
+def signature_problem(secret: str, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
     """None when `X-Chatwoot-Signature` is HMAC-SHA256("<timestamp>.<body>") and fresh."""
     timestamp, given = headers.get("X-Chatwoot-Timestamp", ""), headers.get("X-Chatwoot-Signature", "")
     if not timestamp or not given:
@@ -45,7 +48,7 @@ def signature_problem(secret: str, headers, body: bytes, now: float) -> str | No
     return None
 
 
-def token_matches(expected, request: web.Request) -> bool:
+def token_matches(expected: SecretStr | None, request: web.Request) -> bool:
     """Constant-time comparison of the path's token with WEBHOOK_TOKEN (None: no token configured)."""
     if expected is None:
         return False
@@ -53,10 +56,11 @@ def token_matches(expected, request: web.Request) -> bool:
     return hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
 
 
-async def receive(bot, request: web.Request) -> web.Response:
-    """The handler, bound to the app's Bot by app.py."""
-    verified = token_matches(bot.settings.webhook_token, request)
-    if bot.settings.webhook_token is not None and not verified:
+async def receive(handoffs: Handoffs, request: web.Request) -> web.Response:
+    """The handler; app.py passes the running app's Handoffs."""
+    settings = handoffs.settings
+    verified = token_matches(settings.webhook_token, request)
+    if settings.webhook_token is not None and not verified:
         raise web.HTTPNotFound()  # the same answer as any unknown path; the path is not echoed
     if request.method != "POST":
         raise web.HTTPMethodNotAllowed(request.method, ["POST"])
@@ -66,9 +70,9 @@ async def receive(bot, request: web.Request) -> web.Response:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return error(413, f"body larger than {MAX_BODY} bytes")
-    secret = bot.settings.chatwoot_bot_secret
+    secret = settings.chatwoot_bot_secret
     if secret is not None:
-        problem = signature_problem(secret.get_secret_value(), request.headers, body, bot.clock().timestamp())
+        problem = signature_problem(secret.get_secret_value(), request.headers, body, handoffs.clock().timestamp())
         if problem:
             logger.warning("webhook refused: {}", problem)
             return error(401, problem)
@@ -80,10 +84,10 @@ async def receive(bot, request: web.Request) -> web.Response:
         return error(400, str(exc))
     except PayloadError as exc:
         logger.warning("{} delivery {} acknowledged without acting: {}", exc.event or "unnamed", delivery_id or "-", exc)
-        bot.metrics.delivered(event_label(exc.event), "invalid")
+        handoffs.metrics.delivered(event_label(exc.event), "invalid")
         return answer({"outcome": "ignore", "reason": str(exc)}) if verified else _ok()
     try:
-        decision = await bot.handoffs.handle(delivery)
+        decision = await handoffs.handle(delivery)
     except Busy as exc:  # Chatwoot retries a 500 three seconds later
         logger.warning("{} delivery {} answered 500: {}", delivery.event, delivery_id or "-", exc)
         return error(500, "could not handle the delivery (Busy)")

@@ -56,7 +56,7 @@ class Browser:
 
         def replaced() -> bool:
             try:
-                old.tag_name
+                _ = old.tag_name  # raises once the page replaced the element
                 return False
             except WebDriverException:  # stale, or "does not belong to the document": the page changed
                 pass
@@ -90,7 +90,8 @@ class Browser:
 @pytest.fixture(scope="session")
 def chromium():
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail("chromium and chromedriver are not installed (.ci/run installs them: apt-get install chromium chromium-driver)")
+        pytest.fail("chromium and chromedriver are not installed "
+                    "(.ci/run installs them: apt-get install chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

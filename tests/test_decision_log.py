@@ -11,8 +11,6 @@ from agentbot.store.base import LOG_TTL
 from tests.conftest import returning, wait_for
 
 
-
-
 def entry(n: int, at: float, account: int = 1, outcome: str = "handoff") -> DecisionEntry:
     return DecisionEntry(at, account, 3, n, "Maria", outcome, "returning", f"reason {n}", "message_created", f"d:{account}:{n}")
 
@@ -47,7 +45,7 @@ async def test_entries_are_kept_seven_days(store):
 
 async def test_a_failed_decision_logs_nothing(store):
     broken = logged(1, 100.0, jobs=[None])  # not a job: the decision's own writes fail
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 (each backend fails its own way)
         await store.commit(broken, 100.0)
     assert await store.decisions(101.0) == []
 

@@ -11,7 +11,7 @@ from datetime import datetime
 
 import pytest
 
-from agentbot import explain as commands
+from agentbot.commands import show
 from agentbot.config import load
 from tests.conftest import Clock
 from tests.fakechatwoot.model import fixture
@@ -33,7 +33,7 @@ SETUPS = [
 async def explain(env: dict[str, str], path, at: str, capsys) -> str:
     """`python -m agentbot explain PATH --at AT`, run in-process (the CLI only parses and calls this)."""
     settings = load({"STORE_URL": "memory://", **env})
-    assert await commands.explain(settings, argparse.Namespace(payload=str(path), at=at)) == 0
+    assert await show.explain(settings, argparse.Namespace(payload=str(path), at=at)) == 0
     return capsys.readouterr().out
 
 

@@ -1,4 +1,4 @@
-"""Issue 4's fault tests: Chatwoot misbehaving, the bot killed or stopped, two instances on Redis.
+"""Faults: Chatwoot misbehaving, the bot killed or stopped, two instances on Redis.
 
 Each asserts the end state in the fake: every decided handoff happened exactly once, no note or
 greeting twice, and Chatwoot's failure fallback never fired.

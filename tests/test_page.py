@@ -53,7 +53,7 @@ async def test_nothing_is_served_and_nothing_done_without_a_session(fake, start_
     fake.customer_writes(maria, "Back again")
     await bot.idle()
     async with aiohttp.ClientSession() as s:
-        async with s.get(bot.url + "/?why=%d" % conv.display_id) as r:
+        async with s.get(f"{bot.url}/?why={conv.display_id}") as r:
             page = await r.text()
             assert r.status == 200 and "Sign in with Chatwoot" in page
             assert "Maria" not in page and "Health" not in page

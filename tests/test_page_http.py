@@ -3,7 +3,6 @@ bad input, and the sweep panel against a small sweeper."""
 from __future__ import annotations
 
 import asyncio
-
 import html
 import re
 

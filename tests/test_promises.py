@@ -15,12 +15,10 @@ import time
 from datetime import datetime, timezone
 
 import aiohttp
-
-from agentbot import explain as commands
-from agentbot.config import load
-
 import pytest
 
+from agentbot.commands import show
+from agentbot.config import load
 from tests.conftest import Clock, returning, wait_for
 from tests.fakechatwoot.server import VERSIONS
 from tests.test_webhook import signed
@@ -254,7 +252,7 @@ async def test_a_requeued_dead_greeting_is_not_sent_to_a_conversation_that_moved
     fake.resolve(conv.display_id)
     await bot.idle()
     await bot.stop()
-    assert await commands.outbox(load({"STORE_URL": store}), argparse.Namespace(retry=False)) == 0
+    assert await show.outbox(load({"STORE_URL": store}), argparse.Namespace()) == 0
     assert "--retry would skip it: the conversation is resolved now" in capsys.readouterr().out
     fake.bots[7].token = "bot-token-7"
     bot = await start_bot(STORE_URL=store, GREETING_MESSAGE="Hello {name}")

@@ -1,4 +1,4 @@
-"""The rule families as plain functions: business hours with an injected clock, keyword matching."""
+"""The handoff rules as plain functions: business hours with an injected clock, keyword matching, decisions."""
 from __future__ import annotations
 
 from datetime import date, datetime, timezone
@@ -6,8 +6,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agentbot.rules.hours import Hours, parse_week
-from agentbot.rules.keywords import compile_keywords, find_keyword
+from agentbot.hours import Hours, parse_week
+from agentbot.keywords import compile_keywords, find_keyword
 
 LISBON = ZoneInfo("Europe/Lisbon")
 HOURS = Hours(parse_week("mon-fri 09:00-18:00; sat 09:00-13:00"), LISBON, frozenset({date(2026, 12, 25)}))

@@ -194,7 +194,7 @@ async def test_a_flood_of_forged_deliveries_cannot_spend_chatwoots_rate_limit(fa
 
 async def test_a_burst_while_chatwoot_is_slow_is_answered_within_chatwoots_deadline(fake, start_bot):
     fake.bots[7].secret = None
-    bot = await start_bot(CHATWOOT_API_TOKEN="user-token-5", WEBHOOK_TOKEN=TOKEN)
+    await start_bot(CHATWOOT_API_TOKEN="user-token-5", WEBHOOK_TOKEN=TOKEN)
     slow = fake.hold("contact_conversations")  # Chatwoot does not answer the look-ups
     ana = fake.contact("Ana")
     conv = fake.customer_writes(ana, "hello").conversation

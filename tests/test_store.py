@@ -12,8 +12,6 @@ from agentbot.store import Commit, open_store
 from tests.conftest import wait_for
 
 
-
-
 def job(display_id: int, reason: str = "r") -> Job:
     return Job(1, display_id, reason, [{"op": "status", "status": "open"}])
 

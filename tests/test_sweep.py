@@ -1,4 +1,4 @@
-"""Issue 12: the sweep hands off pending conversations whose delivery never became a decision.
+"""The sweep hands off pending conversations whose delivery never became a decision.
 
 The stories run the real app (and `python -m agentbot sweep` as a process) against the fake Chatwoot,
 whose conversation list has Chatwoot's pagination, filters, permissions and partial shape.
@@ -258,7 +258,7 @@ async def test_two_instances_on_redis_never_sweep_at_once(fake, processes, redis
     await wait_for(lambda: len(sweeps(a)) >= 2 and len(sweeps(b)) >= 2, 30, "both instances to sweep twice")
     await wait_for(lambda: all(c.status == "open" for c in back), 10, "the handoffs")
     spans = sorted(sweeps(a) + sweeps(b))
-    assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:])), spans
+    assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:], strict=False)), spans
     assert_handed_off_once(fake, back)
 
 

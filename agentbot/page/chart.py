@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -62,8 +63,9 @@ def _x(i: int, n: int) -> float:
     return i * WIDTH / n
 
 
-def _bars(title, entries, slots, span, zone, palette, words) -> Chart:
-    counts: list[Counter] = [Counter() for _ in slots]
+def _bars(title: str, entries: list[DecisionEntry], slots: list[datetime], span: timedelta, zone: ZoneInfo,
+          palette: dict[str, str], words: Callable[[datetime], str]) -> Chart:
+    counts: list[Counter[str]] = [Counter() for _ in slots]
     start, end = slots[0], slots[-1] + span
     for e in entries:
         if e.outcome != "handoff":
@@ -78,7 +80,7 @@ def _bars(title, entries, slots, span, zone, palette, words) -> Chart:
     plot = HEIGHT - TOP - BOTTOM
     width = WIDTH / len(slots)
     for i, c in enumerate(counts):
-        y = HEIGHT - BOTTOM
+        y: float = HEIGHT - BOTTOM
         for rule in sorted(c):
             h = plot * c[rule] / peak
             y -= h

@@ -6,16 +6,19 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 from ..chatwoot import ChatwootError
+from ..config import Settings
 from ..decide import Decision, decide
 from ..events import Conversation, PayloadError, parse
-from ..explain import describe_rules
-from ..facts import ConversationState
+from ..facts import ConversationState, Facts
 from ..store import DecisionEntry
 from . import chart
+
+if TYPE_CHECKING:
+    from ..app import Bot
 
 SHOWN_DECISIONS = 300
 
@@ -55,9 +58,10 @@ def link(base: str, account: int, display_id: int) -> str:
     return f"{base}/app/accounts/{int(account)}/conversations/{int(display_id)}"
 
 
-async def health(bot, accounts: list[int]) -> tuple[list[Check], list[str], str | None]:
+async def health(bot: Bot, accounts: list[int]) -> tuple[list[Check], list[str], str | None]:
     """(checks, what is not configured with the line to fix it, Chatwoot's version)."""
     s, cw = bot.settings, bot.chatwoot
+    assert s.chatwoot_url is not None  # the server runs only with it (config.REQUIRED)
     version, *probes = await asyncio.gather(cw.version(), *(cw.probe_bot_token(a) for a in accounts),
                                             return_exceptions=True)
     checks = []
@@ -79,10 +83,11 @@ async def health(bot, accounts: list[int]) -> tuple[list[Check], list[str], str 
     return checks, missing(s), version
 
 
-def missing(s) -> list[str]:
+def missing(s: Settings) -> list[str]:
     lines = []
     if not s.chatwoot_bot_secret:
-        lines.append("Deliveries are not verified: set CHATWOOT_BOT_SECRET=<the bot's secret from Settings → Bots> (Chatwoot 4.13+).")
+        lines.append("Deliveries are not verified: set CHATWOOT_BOT_SECRET=<the bot's secret from Settings → Bots> "
+                     "(Chatwoot 4.13+).")
     if not s.chatwoot_api_token:
         lines.append("Returning customers in a new conversation are known only from the bot's memory: "
                      "set CHATWOOT_API_TOKEN=<an administrator's access token>.")
@@ -91,13 +96,13 @@ def missing(s) -> list[str]:
     return lines
 
 
-def rules(s) -> list[tuple[str, list[str]]]:
-    groups = [("Every inbox" if not s.overrides else "Every other inbox", describe_rules(s))]
-    groups += [(f"Inbox {inbox}", describe_rules(r)) for inbox, r in sorted(s.overrides.items())]
+def rules(s: Settings) -> list[tuple[str, list[str]]]:
+    groups = [("Every inbox" if not s.overrides else "Every other inbox", s.describe())]
+    groups += [(f"Inbox {inbox}", r.describe()) for inbox, r in sorted(s.overrides.items())]
     return [(title, [line.removeprefix("- ") for line in lines]) for title, lines in groups]
 
 
-def counts(bot) -> dict[str, int]:
+def counts(bot: Bot) -> dict[str, int]:
     """Deliveries by outcome since this instance started."""
     found: dict[str, int] = {}
     for metric in bot.metrics.deliveries.collect():
@@ -142,7 +147,7 @@ def remembered(state: ConversationState, zone: ZoneInfo) -> list[str]:
     return lines
 
 
-def as_conversation(live: dict, account: int) -> Conversation:
+def as_conversation(live: dict[str, Any], account: int) -> Conversation:
     """Chatwoot's conversation JSON (GET …/conversations/N) as the bot's own view of a conversation."""
     body = {**live, "event": "conversation_updated", "account": {"id": account}, "changed_attributes": None}
     delivery = parse(json.dumps(body).encode())
@@ -150,7 +155,7 @@ def as_conversation(live: dict, account: int) -> Conversation:
     return delivery.conversation
 
 
-def decision_today(live: dict, account: int, facts, now: datetime, settings) -> Decision:
+def decision_today(live: dict[str, Any], account: int, facts: Facts, now: datetime, settings: Settings) -> Decision:
     """The decision the rules give if the customer wrote into the conversation now."""
     messages = [m for m in live.get("messages") or [] if isinstance(m, dict)]
     last = next((m for m in reversed(messages) if m.get("message_type") in (0, "incoming")), {})

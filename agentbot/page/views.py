@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import aiohttp_jinja2
@@ -13,6 +16,9 @@ from ..events import PayloadError
 from ..facts import Facts
 from . import panels
 from .auth import Refused, Session, Sessions, SignInLimiter, admit, client_of, csrf_ok
+
+if TYPE_CHECKING:
+    from ..app import Bot
 
 HEADERS = {
     "Cache-Control": "no-store",
@@ -29,7 +35,7 @@ DONE = {"handoff": "Handoff queued: the outbox opens the conversation now.", "re
 class Page:
     """The page's per-instance state: sessions, the sign-in limiter, the inboxes read at the last sign-in."""
 
-    def __init__(self, bot):
+    def __init__(self, bot: Bot) -> None:
         self.bot = bot
         self.sessions = Sessions(bot.settings)
         self.limiter = SignInLimiter()
@@ -39,7 +45,7 @@ class Page:
 PAGE = web.AppKey("page", Page)
 
 
-def render(request: web.Request, template: str, context: dict, status: int = 200) -> web.Response:
+def render(request: web.Request, template: str, context: dict[str, Any], status: int = 200) -> web.Response:
     response = aiohttp_jinja2.render_template(template, request, context, status=status)
     response.headers.update(HEADERS)
     return response
@@ -62,7 +68,7 @@ async def index(request: web.Request) -> web.Response:
     session, stale = page.sessions.read(request, _now(page))
     if session is None:
         done = request.query.get("done")
-        return sign_in_form(request, "Your session has expired; sign in again." if stale else DONE.get(done, ""))
+        return sign_in_form(request, "Your session has expired; sign in again." if stale else DONE.get(done or "", ""))
     bot, s = page.bot, page.bot.settings
     now, zone = bot.clock(), ZoneInfo(s.timezone)
     inbox, outcome = _int(request.query.get("inbox")), request.query.get("outcome") or None
@@ -89,7 +95,8 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-async def _why(page: Page, session: Session, query, now, zone) -> dict | None:
+async def _why(page: Page, session: Session, query: Mapping[str, str], now: datetime, zone: ZoneInfo
+               ) -> dict[str, Any] | None:
     """"Why is #N pending?": what the bot remembers, what Chatwoot says now, and today's decision."""
     number = (query.get("why") or "").strip().lstrip("#")
     if not number:
@@ -98,6 +105,7 @@ async def _why(page: Page, session: Session, query, now, zone) -> dict | None:
     if display_id is None or account not in session.accounts:
         return {"error": f"{number!r} is not a conversation number of your accounts (example: 123)", "number": number}
     bot, key = page.bot, f"{account}:{display_id}"
+    assert bot.settings.chatwoot_url is not None  # the server runs only with it (config.REQUIRED)
     state, _ = await bot.store.load(key, None)
     why = {"number": display_id, "account": account, "link": panels.link(bot.settings.chatwoot_url, account, display_id),
            "remembered": panels.remembered(state, zone),
@@ -121,7 +129,7 @@ async def _why(page: Page, session: Session, query, now, zone) -> dict | None:
     return why
 
 
-async def _session_for_action(request: web.Request) -> tuple[Page, Session, dict]:
+async def _session_for_action(request: web.Request) -> tuple[Page, Session, Mapping[str, Any]]:
     page = request.app[PAGE]
     session, _ = page.sessions.read(request, _now(page))
     if session is None:
@@ -167,6 +175,7 @@ def _inboxes_of(page: Page, accounts: list[int]) -> panels.Inboxes:
 async def _read_inboxes(page: Page, token: str, accounts: list[int]) -> None:
     """Inbox names and bots, read once with the operator's token (a bot token may not list inboxes)."""
     bot, cw = page.bot, page.bot.chatwoot
+    assert bot.settings.chatwoot_bot_token is not None  # the server runs only with it (config.REQUIRED)
     mine = bot.settings.chatwoot_bot_token.get_secret_value()
     rows = []
     try:
@@ -237,7 +246,7 @@ async def sweep(request: web.Request) -> web.Response:
                                          "rows": await sweeper.preview(session.accounts)})
 
 
-def setup(app: web.Application, bot) -> None:
+def setup(app: web.Application, bot: Bot) -> None:
     import jinja2
 
     aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("agentbot.page", "templates"), autoescape=True)

@@ -89,7 +89,7 @@ class Store(ABC):
         """Whether the echo of `content` arrived, for a message newer than `after` (the job's trigger)."""
 
     @abstractmethod
-    def lock(self, conversation_key: str) -> AbstractAsyncContextManager:
+    def lock(self, conversation_key: str) -> AbstractAsyncContextManager[None]:
         """One decision per conversation at a time (across instances where the backend is shared)."""
 
     # the outbox. A claimed job belongs to the caller until it is finished, retried or buried, or (on a
@@ -155,7 +155,7 @@ class Store(ABC):
             return None
         return _LocalLease(held, name, ttl)
 
-    async def prune(self, now: float) -> None:
+    async def prune(self, now: float) -> None:  # noqa: B027 (optional: a no-op where keys expire natively)
         """Drop expired dedup keys and look-ups (backends with native TTLs need nothing)."""
 
 

@@ -29,7 +29,7 @@ class _Held:
             self._leave()
             raise
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self._locks[self._key][0].release()
         self._leave()
 

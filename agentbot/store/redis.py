@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.lock import Lock
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError, LockError, TimeoutError
 
 from ..actions import Job
@@ -165,7 +168,7 @@ return 0
 """
 
 
-def _script(redis: Redis, body: str):
+def _script(redis: Redis, body: str) -> AsyncScript:
     return redis.register_script(f"local P = {json.dumps(P)}\n{body}")
 
 
@@ -176,7 +179,7 @@ class RedisStore(Store):
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=6)
         # Managed Redis (Heroku) serves TLS with a self-signed certificate and rotates the URL: the
         # choice is a setting, not part of the URL. (Hostname checks need a verified certificate.)
-        unverified = {"ssl_cert_reqs": "none", "ssl_check_hostname": False}
+        unverified: dict[str, Any] = {"ssl_cert_reqs": "none", "ssl_check_hostname": False}
         self.redis = Redis.from_url(url, retry=retry, retry_on_error=[ConnectionError, TimeoutError],
                                     **(unverified if url.startswith("rediss://") and not tls_verify else {}))
         self._commit = _script(self.redis, COMMIT)
@@ -194,7 +197,7 @@ class RedisStore(Store):
     async def close(self) -> None:
         await self.redis.aclose()
 
-    async def load(self, conversation_key, contact_key):
+    async def load(self, conversation_key: str, contact_key: str | None) -> tuple[ConversationState, Resolved | None]:
         keys = [P + "conv:" + conversation_key] + ([P + "contact:" + contact_key] if contact_key else [])
         values = await self.redis.mget(keys)
         prev = Resolved.loads(values[1]) if contact_key else None
@@ -215,32 +218,34 @@ class RedisStore(Store):
             args.update(log=c.log.dumps(), log_at=c.log.at, log_account=c.log.account_id, log_size=c.log_size, log_ttl=LOG_TTL)
         return bool(await self._commit(args=[json.dumps({k: v for k, v in args.items() if v is not None})]))
 
-    async def remember(self, contact_key, resolved, ttl, now):
+    async def remember(self, contact_key: str, resolved: Resolved | None, ttl: float, now: float) -> None:
         await self.redis.set(P + "lookup:" + contact_key, resolved.dumps() if resolved else "", ex=int(ttl))
 
-    async def recall(self, contact_key, now):
+    async def recall(self, contact_key: str, now: float) -> tuple[bool, Resolved | None]:
         value = await self.redis.get(P + "lookup:" + contact_key)
         return (value is not None, Resolved.loads(value) if value else None)
 
     async def echo(self, conversation_key: str, message_id: int, content: str | None, now: float) -> None:
         key = P + "echo:" + conversation_key
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.lpush(key, f"{message_id}:{fingerprint(content)}").ltrim(key, 0, ECHOES_KEPT - 1).expire(key, STATE_TTL)
+            pipe.lpush(key, f"{message_id}:{fingerprint(content)}")
+            pipe.ltrim(key, 0, ECHOES_KEPT - 1)
+            pipe.expire(key, STATE_TTL)
             await pipe.execute()
 
     async def echoed(self, conversation_key: str, content: str, after: int | None) -> bool:
         wanted = fingerprint(content)
         for entry in await self.redis.lrange(P + "echo:" + conversation_key, 0, -1):
-            message_id, crc = map(int, entry.split(b":"))
+            message_id, crc = map(int, (entry.decode() if isinstance(entry, bytes) else entry).split(":"))
             if crc == wanted and message_id > (after or 0):
                 return True
         return False
 
-    def lock(self, conversation_key):
+    def lock(self, conversation_key: str) -> Lock:
         # Held for milliseconds (at most the 2 s look-up); the webhook bounds its wait itself (Busy, 500).
         return self.redis.lock(P + "lock:" + conversation_key, timeout=10, blocking_timeout=None, sleep=0.005)
 
-    async def lease(self, name, ttl):
+    async def lease(self, name: str, ttl: float) -> Lease | None:
         lock = self.redis.lock(P + "lease:" + name, timeout=ttl)
         return _RedisLease(lock) if await lock.acquire(blocking=False) else None
 
@@ -270,42 +275,44 @@ class RedisStore(Store):
         return await self._release_as("dead", job, now)
 
     async def _release_as(self, how: str, job: Job, ready_at: float) -> bool:
-        args = [job.conversation_key, job.id, job.claim, how, job.dumps(), ready_at, repr(job.sent_at) if job.unsure else ""]
+        args: list[str | int | float | bytes] = [job.conversation_key, job.id, job.claim, how, job.dumps(), ready_at, repr(job.sent_at) if job.unsure else ""]
         return bool(await self._release(args=args))
 
-    async def dead_letters(self):
+    async def dead_letters(self) -> list[Job]:
         return [Job.loads(raw) for raw in await self.redis.lrange(P + "dead", 0, -1)]
 
-    async def requeue_dead(self, now):
+    async def requeue_dead(self, now: float) -> int:
         return int(await self._requeue(args=[now]))
 
     async def opening(self, conversation_key: str) -> bool:
         async with self.redis.pipeline(transaction=False) as pipe:
-            queued, timer = await pipe.lrange(P + "q:" + conversation_key, 0, -1).get(P + "timer:" + conversation_key).execute()
+            pipe.lrange(P + "q:" + conversation_key, 0, -1)
+            pipe.get(P + "timer:" + conversation_key)
+            queued, timer = await pipe.execute()
         return any(Job.loads(body).opens_later for body in queued + ([timer] if timer else []))
 
-    async def depth(self):
+    async def depth(self) -> int:
         return int(await self.redis.get(P + "depth") or 0)
 
-    async def decisions(self, now):
+    async def decisions(self, now: float) -> list[DecisionEntry]:
         accounts = await self.redis.smembers(P + "log-accounts")
         async with self.redis.pipeline(transaction=False) as pipe:
             for account in sorted(accounts):
-                pipe.zrevrangebyscore(P + "log:" + account.decode(), "+inf", f"({now - LOG_TTL}")
+                pipe.zrevrangebyscore(P + "log:" + account.decode(), "+inf", f"({now - LOG_TTL}")  # type: ignore[union-attr]
             found = [DecisionEntry.loads(raw) for raws in await pipe.execute() for raw in raws]
         return sorted(found, key=lambda e: e.at, reverse=True)
 
-    async def requeue_one(self, job_id, now):
+    async def requeue_one(self, job_id: str, now: float) -> bool:
         return bool(await self._requeue_one(args=[job_id, now]))
 
-    async def fire_timers(self, now):
+    async def fire_timers(self, now: float) -> int:
         return int(await self._fire(args=[now]))
 
 
 class _RedisLease(Lease):
     """One holder across all instances; the key expires if the holder dies without releasing it."""
 
-    def __init__(self, lock):
+    def __init__(self, lock: Lock) -> None:
         self.lock = lock
 
     async def renew(self) -> bool:

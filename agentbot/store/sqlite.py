@@ -6,6 +6,8 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
+from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 from msgspec.structs import replace
@@ -40,11 +42,11 @@ BUSY_DELAYS = (0.002, 0.2)  # first and longest pause between tries while the da
 
 class Write(NamedTuple):
     apply: Callable[[], Any]
-    future: asyncio.Future
+    future: asyncio.Future[Any]
     synced: bool  # wait for the sync to disk (everything but echoes)
 
 
-def _report_lost_echo(future: asyncio.Future) -> None:
+def _report_lost_echo(future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and future.exception():
         logger.warning("could not remember the bot's own message ({}); a lost answer to it is checked in Chatwoot only",
                        future.exception())
@@ -230,7 +232,7 @@ class SQLiteStore(Store):
         ).fetchone())
         return row is not None
 
-    def lock(self, conversation_key):
+    def lock(self, conversation_key: str) -> AbstractAsyncContextManager[None]:
         return self._locks(conversation_key)
 
     async def commit(self, c: Commit, now: float) -> bool:
@@ -269,11 +271,11 @@ class SQLiteStore(Store):
         self.db.execute("INSERT INTO jobs (conv, body) VALUES (?,?)", (job.conversation_key, job.dumps()))
         self.db.execute("INSERT OR IGNORE INTO queues VALUES (?,?)", (job.conversation_key, now))
 
-    async def remember(self, contact_key, resolved, ttl, now):
+    async def remember(self, contact_key: str, resolved: Resolved | None, ttl: float, now: float) -> None:
         value = resolved.dumps() if resolved else None
         await self._write(lambda: self.db.execute("INSERT OR REPLACE INTO lookups VALUES (?,?,?)", (contact_key, value, now + ttl)))
 
-    async def recall(self, contact_key, now):
+    async def recall(self, contact_key: str, now: float) -> tuple[bool, Resolved | None]:
         row = await self._read(lambda: self.rdb.execute("SELECT value FROM lookups WHERE key=? AND expires>?",
                                                        (contact_key, now)).fetchone())
         return (True, Resolved.loads(row[0])) if row else (False, None)
@@ -287,9 +289,10 @@ class SQLiteStore(Store):
             if job_id is not None:
                 break
             # its jobs are all done or dead
-            await self._write(lambda: self.db.execute("DELETE FROM queues WHERE conv=? AND NOT EXISTS "
-                                                      "(SELECT 1 FROM jobs WHERE conv=? AND dead=0)", (conv, conv)))
+            await self._write(partial(self.db.execute, "DELETE FROM queues WHERE conv=? AND NOT EXISTS "
+                                      "(SELECT 1 FROM jobs WHERE conv=? AND dead=0)", (conv, conv)))
         self._busy.add(conv)
+        assert body is not None  # a job id comes with its body
         job = Job.loads(body)
         job.id = str(job_id)
         marked = replace(job, unsure=True, sent_at=now).dumps()
@@ -326,7 +329,7 @@ class SQLiteStore(Store):
     async def bury(self, job: Job, now: float) -> bool:
         return await self._release(job, now, "UPDATE jobs SET body=?, dead=1 WHERE id=?", (job.dumps(), int(job.id)))
 
-    async def _release(self, job: Job, ready_at: float, sql: str, args: tuple) -> bool:
+    async def _release(self, job: Job, ready_at: float, sql: str, args: tuple[Any, ...]) -> bool:
         """Apply `sql` to the job and reschedule its conversation's queue, in one transaction."""
         conv = job.conversation_key
 
@@ -342,7 +345,7 @@ class SQLiteStore(Store):
         self._busy.discard(conv)  # only once released: until then no other worker may take the conversation
         return found
 
-    async def dead_letters(self):
+    async def dead_letters(self) -> list[Job]:
         rows = await self._read(lambda: self.rdb.execute("SELECT id, body FROM jobs WHERE dead=1 ORDER BY id").fetchall())
         jobs = []
         for row_id, body in rows:
@@ -351,7 +354,7 @@ class SQLiteStore(Store):
             jobs.append(job)
         return jobs
 
-    async def requeue_dead(self, now):
+    async def requeue_dead(self, now: float) -> int:
         return await self._write(lambda: self._revive(self.db.execute("SELECT id, body FROM jobs WHERE dead=1").fetchall(), now))
 
     def _revive(self, rows: list[tuple[int, str]], now: float) -> int:
@@ -369,10 +372,10 @@ class SQLiteStore(Store):
             (conversation_key, conversation_key)).fetchall())
         return any(Job.loads(body).opens_later for body, in rows)
 
-    async def depth(self):
+    async def depth(self) -> int:
         return await self._read(lambda: self.rdb.execute("SELECT count(*) FROM jobs WHERE dead=0").fetchone()[0])
 
-    async def decisions(self, now):
+    async def decisions(self, now: float) -> list[DecisionEntry]:
         # Per account only the newest `size` entries (the size in force at the newest entry).
         rows = self.rdb.execute(
             "SELECT body FROM decisions d JOIN (SELECT account, max(seq) AS top FROM decisions GROUP BY account) m "
@@ -380,13 +383,15 @@ class SQLiteStore(Store):
             "AND seq=m.top) ORDER BY d.at DESC, d.seq DESC", (now - LOG_TTL,))
         return [DecisionEntry.loads(body) for body, in rows]
 
-    async def requeue_one(self, job_id, now):
+    async def requeue_one(self, job_id: str, now: float) -> bool:
         if not job_id.isdigit():
             return False
-        rows = lambda: self.db.execute("SELECT id, body FROM jobs WHERE id=? AND dead=1", (int(job_id),)).fetchall()  # noqa: E731
+        def rows() -> list[Any]:
+            return self.db.execute("SELECT id, body FROM jobs WHERE id=? AND dead=1", (int(job_id),)).fetchall()
+
         return await self._write(lambda: self._revive(rows(), now) == 1)
 
-    async def fire_timers(self, now):
+    async def fire_timers(self, now: float) -> int:
         def apply() -> int:
             due = self.db.execute("SELECT conv, body FROM timers WHERE due<=?", (now,)).fetchall()
             for conv, body in due:
@@ -398,7 +403,7 @@ class SQLiteStore(Store):
 
         return await self._write(apply)
 
-    async def prune(self, now):
+    async def prune(self, now: float) -> None:
         def apply() -> None:
             for table in ("seen", "lookups", "conversations", "contacts", "echoes"):
                 self.db.execute(f"DELETE FROM {table} WHERE expires<=?", (now,))

@@ -423,7 +423,7 @@ class FakeChatwoot:
             async with self.session.post(url, data=body, headers=headers,
                                          timeout=aiohttp.ClientTimeout(total=self.webhook_timeout)) as resp:
                 answer: int | str = resp.status
-        except asyncio.TimeoutError:
+        except TimeoutError:
             answer = "timeout"
         except aiohttp.ClientError:
             answer = "refused"
@@ -438,7 +438,7 @@ class FakeChatwoot:
     async def _api(self, request: web.Request) -> web.StreamResponse:
         path, method = request.path, request.method
         route = next(((name, rx, bot_ok, admin, fn) for m, rx, name, bot_ok, admin, fn in ROUTES
-                      if m == method and (match := rx.fullmatch(path))), None)
+                      if m == method and rx.fullmatch(path)), None)
         body = None
         if request.can_read_body:
             try:

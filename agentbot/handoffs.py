@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 
@@ -58,6 +58,17 @@ def contact_key(c: Conversation) -> str | None:
     return f"{c.account_id}:{c.contact.id}" if c.contact.id is not None else None
 
 
+async def load_facts(store: Store, d: Delivery) -> Facts:
+    """What the store remembers for the delivery's conversation (and, for a message, the contact's past);
+    a delivery without a conversation has no facts."""
+    c = d.conversation
+    if c is None:
+        return Facts()
+    # A conversation event's decision reads only the conversation; a message's also the contact's past.
+    state, previous = await store.load(c.key, contact_key(c) if d.message else None)
+    return Facts(state, previous)
+
+
 class Handoffs:
     """Decides what to do with deliveries and writes it to the outbox; never calls Chatwoot's write API."""
 
@@ -74,13 +85,11 @@ class Handoffs:
         (the event loop's clock)."""
         c = d.conversation
         assert c is not None
-        # A conversation event's decision reads only the conversation; a message's also the contact's past.
-        state, previous = await self.store.load(c.key, contact_key(c) if d.message else None)
-        if look_up and await self._pending_again(d, state, deadline):
-            state = state.new_period(left_pending_after=state.latest_message)
-        facts = Facts(state, previous)
+        facts = await load_facts(self.store, d)
+        if look_up and await self._pending_again(d, facts.state, deadline):
+            facts = Facts(facts.state.new_period(left_pending_after=facts.state.latest_message), facts.previous)
         if look_up and self._worth_looking_up(d, facts):
-            facts = Facts(state, await self._look_up(c, deadline))
+            facts = Facts(facts.state, await self._look_up(c, deadline))
         return facts
 
     async def _pending_again(self, d: Delivery, state: ConversationState, deadline: float | None) -> bool:
@@ -89,7 +98,7 @@ class Handoffs:
         again) with the events that say so still on their way (Chatwoot delivers in no set order). Once the
         handoff's open is done, Chatwoot tells where it may (4.16+); elsewhere the sweep finds such a period."""
         c, m = d.conversation, d.message
-        if not (m and m.kind == "incoming" and state.handed_off and c.status == "pending" and c.updated > state.updated
+        if c is None or not (m and m.kind == "incoming" and state.handed_off and c.status == "pending" and c.updated > state.updated
                 and self.chatwoot and not await self.store.opening(c.key)):
             return False
         try:
@@ -106,6 +115,7 @@ class Handoffs:
 
     def _worth_looking_up(self, d: Delivery, facts: Facts) -> bool:
         c, m = d.conversation, d.message
+        assert c is not None
         rules = self.settings.rules_for(c.inbox_id)
         return bool(
             self.settings.chatwoot_api_token and self.chatwoot and m and m.kind == "incoming"
@@ -118,6 +128,9 @@ class Handoffs:
         a failure is cached for a minute. None (a new customer) when it cannot be asked in time. A dry run
         of the sweep (`cache=False`) writes nothing."""
         key, now = contact_key(c), self.clock().timestamp()
+        # _worth_looking_up made sure of these
+        assert key is not None and c.contact.id is not None and self.chatwoot is not None
+        assert self.settings.chatwoot_api_token is not None
         cached, value = await self.store.recall(key, now)
         if cached:
             return value
@@ -131,7 +144,7 @@ class Handoffs:
         try:
             async with self._lookups:
                 found = await asyncio.wait_for(self.chatwoot.contact_conversations(c.account_id, c.contact.id, token), left)
-        except (ChatwootError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ChatwootError) as exc:
             logger.warning("conversation {}: contact look-up failed ({}); treating the customer as new for {:.0f} s",
                            c.key, exc or "timed out", FAILED_LOOKUP_TTL)
             if cache:
@@ -164,6 +177,7 @@ class Handoffs:
         if why_not:  # the bulk of deliveries: nothing to look up
             return self._report(d, Decision("ignore", why_not))
         c = d.conversation
+        assert c is not None  # triage ignores deliveries without a conversation
         decision = None
         if d.message is None:
             # Conversation events on open conversations usually change nothing: decide those with one
@@ -183,7 +197,7 @@ class Handoffs:
             return self._report(d, decision)
 
     @asynccontextmanager
-    async def _locked(self, key: str, deadline: float):
+    async def _locked(self, key: str, deadline: float) -> AsyncIterator[None]:
         """The conversation's lock, waited for until `deadline` at most. The commit under it is not bounded:
         cancelling a commit that may already be written would answer 500 for a delivery acted on."""
         lock = self.store.lock(key)
@@ -218,7 +232,8 @@ class Handoffs:
         why_not = triage(d, self.settings)
         if why_not:
             return Decision("ignore", why_not)
-        c = d.conversation
+        c, m = d.conversation, d.message
+        assert c is not None and m is not None  # the sweep's deliveries are messages
         with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id):
             async with self.store.lock(c.key):
                 facts = await self.facts(d, look_up=False)
@@ -240,7 +255,7 @@ class Handoffs:
                     return decision
                 # Its own dedup key: one sweep decision per outcome for the customer's last message, so two
                 # sweeps deciding alike (the command beside the server) commit once.
-                key = f"s:{c.key}:{d.message.id}:{decision.outcome}:{decision.rule}"
+                key = f"s:{c.key}:{m.id}:{decision.outcome}:{decision.rule}"
                 if not await self._commit(d, decision, key, "sweep"):
                     decision = Decision("duplicate", f"the sweep decided conversation {c.key} this way before")
             return decision
@@ -248,6 +263,7 @@ class Handoffs:
     async def _commit(self, d: Delivery, decision: Decision, dedup_key: str | None = None, event: str | None = None) -> bool:
         """`dedup_key` and `event` name the sweep's decisions, whose keeps stay out of the decision log."""
         c, now = d.conversation, self.clock().timestamp()
+        assert c is not None
         log = None
         if decision.outcome in (LOGGED if event is None else SWEEP_LOGGED) and self.settings.decision_log_size:
             log = DecisionEntry(now, c.account_id, c.inbox_id, c.display_id, c.contact.name, decision.outcome,

@@ -1,0 +1,13 @@
+"""The outbox's numbers in one place: how many jobs run at once, how often it looks, how it backs off.
+
+outbox.py reads them (tests shorten POLL, TICK and BACKOFF_BASE on `agentbot.outbox`)."""
+from __future__ import annotations
+
+WORKERS = 64  # jobs in flight at once: each waits for two synced writes (claim, finish), so they overlap
+POLL = 0.25  # seconds between looks at the store when nothing woke us (other instances, retries)
+TICK = 0.5  # seconds between timer checks, lease renewals and worker supervision
+PRUNE_EVERY = 600.0  # seconds between removals of expired dedup keys and look-ups
+BACKOFF_BASE, BACKOFF_CAP = 0.5, 60.0  # Chatwoot calls
+STORE_BACKOFF_BASE, STORE_BACKOFF_CAP = 0.05, 2.0  # store writes a worker must get through
+STORE_DOWN_AFTER = 2.0  # seconds of failing store calls before /healthz reports it
+LATE = 5.0  # a job that starts this long after its decision first checks where the conversation is now

@@ -1,1 +1,0 @@
-"""Rule families: each module parses its setting and answers one question about a delivery."""

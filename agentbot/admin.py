@@ -6,7 +6,7 @@ import sys
 
 import aiohttp
 
-from .chatwoot import Chatwoot, ChatwootError
+from .chatwoot import AgentBot, Chatwoot, ChatwootError, Inbox
 from .config import MIN_SECRET, ConfigError, Settings, mask, scrub
 from .events import PayloadError
 from .store import open_store
@@ -51,20 +51,20 @@ def _admin(settings: Settings) -> tuple[int, str]:
     return settings.chatwoot_account_id, settings.chatwoot_api_token.get_secret_value()
 
 
-async def _known_inboxes(cw: Chatwoot, account: int, token: str, wanted: list[int]) -> dict[int, dict]:
-    inboxes = {i["id"]: i for i in await cw.list_inboxes(account, token)}
+async def _known_inboxes(cw: Chatwoot, account: int, token: str, wanted: list[int]) -> dict[int, Inbox]:
+    inboxes = {i.id: i for i in await cw.list_inboxes(account, token)}
     unknown = [i for i in wanted if i not in inboxes]
     if unknown:
         raise Failed(f"unknown inbox id {unknown[0]} in account {account}; `python -m agentbot inboxes` lists them")
     return inboxes
 
 
-def _webhook_token(settings: Settings, base: str, bot: dict | None) -> str:
+def _webhook_token(settings: Settings, base: str, bot: AgentBot | None) -> str:
     """WEBHOOK_TOKEN, else the one already in the bot's URL (running `register` again changes nothing),
     else a new one. It goes into the URL Chatwoot delivers to, so it works on every Chatwoot version."""
     if settings.webhook_token:
         return settings.webhook_token.get_secret_value()
-    current = (bot or {}).get("outgoing_url") or ""
+    current = (bot.outgoing_url if bot else None) or ""
     tail = current.removeprefix(base + "/") if current.startswith(base + "/") else ""
     if len(tail) >= MIN_SECRET and "/" not in tail:
         return tail
@@ -82,23 +82,23 @@ async def register(settings: Settings, args) -> int:
         if args.detach:
             for inbox in args.inbox:
                 await cw.set_agent_bot(account, inbox, None, token)
-                print(f"Disconnected the bot from inbox {inbox} ({inboxes[inbox]['name']})")
+                print(f"Disconnected the bot from inbox {inbox} ({inboxes[inbox].name})")
             return 0
         bots = await cw.list_agent_bots(account, token)
-        mine = next((b for b in bots if b.get("name") == args.name and b.get("account_id") == account), None)
+        mine = next((b for b in bots if b.name == args.name and b.account_id == account), None)
         webhook_token = _webhook_token(settings, base, mine)
         url = f"{base}/{webhook_token}"
-        bot = await cw.save_agent_bot(account, token, mine and mine["id"], name=args.name, outgoing_url=url,
+        bot = await cw.save_agent_bot(account, token, mine.id if mine else None, name=args.name, outgoing_url=url,
                                       description="Hands conversations to humans (agentbot)")
-        print(f"{'Updated' if mine else 'Created'} agent bot {bot['name']!r} (id {bot['id']}) → {url}")
+        print(f"{'Updated' if mine else 'Created'} agent bot {bot.name!r} (id {bot.id}) → {url}")
         for inbox in args.inbox:
-            await cw.set_agent_bot(account, inbox, bot["id"], token)
-            print(f"Connected it to inbox {inbox} ({inboxes[inbox]['name']})")
+            await cw.set_agent_bot(account, inbox, bot.id, token)
+            print(f"Connected it to inbox {inbox} ({inboxes[inbox].name})")
         print("\nSet these in the bot's environment:")
-        print(f"CHATWOOT_BOT_TOKEN={(bot.get('access_token') or {}).get('token', '')}")
+        print(f"CHATWOOT_BOT_TOKEN={bot.token or ''}")
         print(f"WEBHOOK_TOKEN={webhook_token}")
-        if bot.get("secret"):  # Chatwoot 4.13+ signs deliveries
-            print(f"CHATWOOT_BOT_SECRET={bot['secret']}")
+        if bot.secret:  # Chatwoot 4.13+ signs deliveries
+            print(f"CHATWOOT_BOT_SECRET={bot.secret}")
         return 0
 
     return await _run(settings, work)
@@ -110,9 +110,9 @@ async def inboxes(settings: Settings, args) -> int:
     async def work(cw: Chatwoot) -> int:
         rows = []
         for inbox in await cw.list_inboxes(account, token):
-            bot = await cw.inbox_agent_bot(account, inbox["id"], token)
-            label = f"{bot['name']} (bot {bot['id']})" if bot.get("id") else "no bot"
-            rows.append(f"{inbox['id']:>5}  {inbox.get('channel_type', '?'):<22}  {inbox['name']:<24}  {label}")
+            bot = await cw.inbox_agent_bot(account, inbox.id, token)
+            label = f"{bot.name} (bot {bot.id})" if bot.id else "no bot"
+            rows.append(f"{inbox.id:>5}  {inbox.channel_type or '?':<22}  {inbox.name or '':<24}  {label}")
         print(f"{'id':>5}  {'channel':<22}  {'name':<24}  agent bot")
         print("\n".join(rows))
         return 0
@@ -171,13 +171,13 @@ async def check(settings: Settings, args) -> int:
         token = settings.chatwoot_api_token.get_secret_value()
         mine = settings.chatwoot_bot_token.get_secret_value()
         try:
-            known = {i["id"] for i in await cw.list_inboxes(account, token)}
+            known = {i.id for i in await cw.list_inboxes(account, token)}
             for inbox in settings.inbox_ids:
                 if inbox not in known:
                     results.append((False, f"inbox {inbox} (INBOX_IDS) does not exist in account {account}"))
                     continue
                 bot = await cw.inbox_agent_bot(account, inbox, token)
-                if (bot.get("access_token") or {}).get("token") == mine:
+                if bot.token == mine:
                     results.append((True, f"inbox {inbox} has this bot"))
                 else:
                     fix = "run `python -m agentbot register --inbox` or pick the bot in the inbox's settings"

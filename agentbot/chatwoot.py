@@ -294,8 +294,8 @@ class Chatwoot:
 
     async def inbox_agent_bot(self, account: int, inbox_id: int, token: str) -> AgentBot:
         """The inbox's agent bot; one with `id` None when the inbox has none."""
-        data = await self._call("GET", "inbox_agent_bot", f"/api/v1/accounts/{int(account)}/inboxes/{int(inbox_id)}/agent_bot",
-                                token=token, decoder=_decode_inbox_bot)
+        path = f"/api/v1/accounts/{int(account)}/inboxes/{int(inbox_id)}/agent_bot"
+        data = await self._call("GET", "inbox_agent_bot", path, token=token, decoder=_decode_inbox_bot)
         return (data.agent_bot if data else None) or AgentBot()
 
     async def set_agent_bot(self, account: int, inbox_id: int, bot_id: int | None, token: str) -> None:
@@ -310,4 +310,5 @@ class Chatwoot:
         path = f"/api/v1/accounts/{int(account)}/agent_bots"
         if bot_id is None:
             return await self._call("POST", "agent_bots", path, fields, token=token, decoder=_decode_bot)
-        return await self._call("PATCH", "agent_bots", f"{path}/{int(bot_id)}", fields, token=token, decoder=_decode_bot)
+        return await self._call("PATCH", "agent_bots", f"{path}/{int(bot_id)}", fields, token=token,
+                                decoder=_decode_bot)

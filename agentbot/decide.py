@@ -114,8 +114,8 @@ def _decide(d: Delivery, facts: Facts, now: datetime, settings: Settings, live: 
         return Decision("handoff", job.reason, "system", replace(facts.state, handed_off=True), [job])
     if m.kind != "incoming":
         who = m.sender.name or "an agent (from the phone)"
-        return _handoff(c, facts, now, rules, "agent_reply", f"{who} replied while the conversation was pending", trigger,
-                        deferrable=False, human_took_over=True)
+        reason = f"{who} replied while the conversation was pending"
+        return _handoff(c, facts, now, rules, "agent_reply", reason, trigger, deferrable=False, human_took_over=True)
     return _incoming(c, m, facts, now, rules, live)
 
 
@@ -240,8 +240,9 @@ def operator_handoff(c: Conversation, facts: Facts, now: datetime, settings: Set
                     f"{who} handed the conversation to humans from the bot's page", None, deferrable=False)
 
 
-def _handoff(c: Conversation, facts: Facts, now: datetime, rules: Rules, rule: str, reason: str, trigger: int | None,
-             *, deferrable: bool = True, returning: bool = False, human_took_over: bool = False, live: bool = True) -> Decision:
+def _handoff(c: Conversation, facts: Facts, now: datetime, rules: Rules, rule: str, reason: str, trigger: int | None, *,
+             deferrable: bool = True, returning: bool = False, human_took_over: bool = False,
+             live: bool = True) -> Decision:
     state = replace(facts.state, handed_off=True, timer_due=None)
     hours = rules.hours
     deferrable = deferrable and not c.is_group  # a group is only ever opened, at once
@@ -261,8 +262,8 @@ def _handoff(c: Conversation, facts: Facts, now: datetime, rules: Rules, rule: s
                     (opening.timestamp(), job))
 
 
-def _handoff_job(c: Conversation, facts: Facts, now: datetime, rules: Rules, reason: str, rule: str, trigger: int | None,
-                 returning: bool, human_took_over: bool = False) -> Job:
+def _handoff_job(c: Conversation, facts: Facts, now: datetime, rules: Rules, reason: str, rule: str,
+                 trigger: int | None, returning: bool, human_took_over: bool = False) -> Job:
     if c.is_group:  # the whole group would read a message or a note: the status change is all it gets
         return _job(c, reason, [SetStatus("open")], now, rule, trigger)
     before: list[Step] = []

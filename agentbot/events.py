@@ -387,8 +387,9 @@ def _listed(item: _Listed) -> Listed:
     conversation = _conversation(item, item.account_id)
     shown = {m.id: m for m in map(_posted, (item.last_non_activity_message, *item.messages)) if m is not None}
     since = float(item.waiting_since or 0) or None
-    return Listed(msgspec.structs.replace(conversation, waiting_since=since),
-                  tuple(sorted(shown.values(), key=lambda m: m.id)), float(item.last_activity_at or item.timestamp or 0))
+    messages = tuple(sorted(shown.values(), key=lambda m: m.id))
+    return Listed(msgspec.structs.replace(conversation, waiting_since=since), messages,
+                  float(item.last_activity_at or item.timestamp or 0))
 
 
 def parse_conversation(body: bytes) -> Listed:

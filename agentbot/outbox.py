@@ -371,7 +371,8 @@ class Outbox:
     async def _check_agent(self, job: Job, step: AssignAgent, fallback: str, agent: Agent | None) -> None:
         """A returning customer's previous agent who is offline or gone gives way to the fallback."""
         if agent is None:
-            job.context["remark"] = f". The previous agent (id {step.assignee_id}) no longer exists; handed to {fallback}."
+            gone = f"The previous agent (id {step.assignee_id}) no longer exists"
+            job.context["remark"] = f". {gone}; handed to {fallback}."
         elif (agent.availability_status or "online") != "online":
             await self.chatwoot.assign_agent(job.account_id, job.display_id, None)
             name = agent.available_name or agent.name or "The previous agent"

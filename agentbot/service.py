@@ -115,7 +115,8 @@ class Handoffs:
             if cache:
                 await self.store.remember(key, None, FAILED_LOOKUP_TTL, now)
             return None
-        resolved = [x for x in found if x.conversation.status == "resolved" and x.conversation.display_id != c.display_id]
+        resolved = [x for x in found
+                    if x.conversation.status == "resolved" and x.conversation.display_id != c.display_id]
         best = max(resolved, key=lambda x: x.last_activity_at, default=None)
         value = None
         if best:

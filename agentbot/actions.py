@@ -1,18 +1,88 @@
 """What the bot does to a conversation: jobs of ordered steps, kept in the outbox until done."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
-# Step ops and their Chatwoot calls (see chatwoot.py):
-#   team {team_id}            POST assignments {"team_id"}
-#   assign {assignee_id, fallback_team_id?, fallback?}  POST assignments {"assignee_id"}
-#   priority {priority}       POST toggle_priority
-#   status {status}           POST toggle_status
-#   note {content}            POST messages (private)
-#   message {content}         POST messages (public)
-Step = dict[str, Any]
+
+class _Step(msgspec.Struct, tag_field="op", omit_defaults=True, frozen=True):
+    """One Chatwoot call of a job. Stored as JSON tagged by "op" (e.g. {"op": "status", "status": "open"});
+    the Chatwoot call each makes is in `outbox.Outbox._do`."""
+
+    optional: ClassVar[bool] = False  # an extra: an older Chatwoot refusing it to bots must not stop the handoff
+    guarded: ClassVar[bool] = False  # acts on where the conversation is: made only while it is still there
+
+    @property
+    def op(self) -> str:
+        return str(self.__struct_config__.tag)
+
+    def words(self) -> str:
+        raise NotImplementedError
+
+
+class AssignTeam(_Step, tag="team", frozen=True):
+    """POST assignments {"team_id"}."""
+
+    team_id: int
+    optional: ClassVar[bool] = True
+
+    def words(self) -> str:
+        return f"assign team {self.team_id}"
+
+
+class AssignAgent(_Step, tag="assign", frozen=True):
+    """POST assignments {"assignee_id"} (None: unassign). With `fallback`, a returning customer's previous
+    agent: when Chatwoot says they are offline or gone, the conversation goes to the fallback instead."""
+
+    assignee_id: int | None
+    fallback: str | None = None
+    optional: ClassVar[bool] = True
+
+    def words(self) -> str:
+        return f"assign agent {self.assignee_id}"
+
+
+class SetPriority(_Step, tag="priority", frozen=True):
+    """POST toggle_priority."""
+
+    priority: str
+    optional: ClassVar[bool] = True
+
+    def words(self) -> str:
+        return f"priority {self.priority}"
+
+
+class SetStatus(_Step, tag="status", frozen=True):
+    """POST toggle_status."""
+
+    status: str
+    guarded: ClassVar[bool] = True
+
+    def words(self) -> str:
+        return f"set {self.status}"
+
+
+class PrivateNote(_Step, tag="note", frozen=True):
+    """POST messages (private); the job's context may add a remark (the agent fallback's)."""
+
+    content: str
+
+    def words(self) -> str:
+        return f"private note {self.content!r}"
+
+
+class PublicMessage(_Step, tag="message", frozen=True):
+    """POST messages (public): the customer sees it."""
+
+    content: str
+    guarded: ClassVar[bool] = True
+
+    def words(self) -> str:
+        return f"message {self.content!r}"
+
+
+Step = AssignTeam | AssignAgent | SetPriority | SetStatus | PrivateNote | PublicMessage
 
 
 class Job(msgspec.Struct):
@@ -44,12 +114,12 @@ class Job(msgspec.Struct):
     @property
     def status_target(self) -> str | None:
         """The status the job sets, if it sets one."""
-        return next((s["status"] for s in self.steps if s["op"] == "status"), None)
+        return next((s.status for s in self.steps if isinstance(s, SetStatus)), None)
 
     @property
     def opens_later(self) -> bool:
         """Whether a step still to run sets the conversation open."""
-        return any(s["op"] == "status" and s["status"] == "open" for s in self.steps[self.step:])
+        return any(isinstance(s, SetStatus) and s.status == "open" for s in self.steps[self.step :])
 
     @property
     def expected_status(self) -> str:
@@ -68,18 +138,6 @@ class Job(msgspec.Struct):
         return msgspec.json.decode(text, type=cls)
 
     def describe(self) -> str:
-        ops = ", ".join(_step_words(s) for s in self.steps)
+        ops = ", ".join(s.words() for s in self.steps)
         return f"conversation {self.conversation_key}: {ops}"
 
-
-def _step_words(step: Step) -> str:
-    op = step["op"]
-    if op == "status":
-        return f"set {step['status']}"
-    if op in ("note", "message"):
-        return f"{'private note' if op == 'note' else 'message'} {step['content']!r}"
-    if op == "assign":
-        return f"assign agent {step['assignee_id']}"
-    if op == "team":
-        return f"assign team {step['team_id']}"
-    return f"priority {step['priority']}"

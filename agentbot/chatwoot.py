@@ -3,17 +3,27 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
 
 import aiohttp
 import msgspec
 from aiolimiter import AsyncLimiter
 from loguru import logger
 
-from .events import Listed, Message, parse_messages, parse_page
+from .events import (
+    Listed,
+    Message,
+    PayloadError,
+    parse_contact_conversations,
+    parse_conversation,
+    parse_messages,
+    parse_page,
+)
 from .metrics import Metrics
 
 FINAL_STATUSES = {400, 401, 403, 404, 422}
+T = TypeVar("T")
 
 
 class ChatwootError(Exception):
@@ -45,21 +55,97 @@ class ChatwootError(Exception):
         return self.status == 401 and "not authorized for bots" in self.detail
 
 
-class MessageView(msgspec.Struct):
-    id: int = 0
-    content: str | None = None
-    private: bool = False
-    sender_type: str | None = None
+# Chatwoot's answers, as far as the bot reads them (conversations and messages: events.py's partial).
+class Agent(msgspec.Struct, frozen=True):
+    """A user as POST assignments answers it (api/v1/models/_agent.json.jbuilder)."""
+
+    id: int | None = None
+    name: str | None = None
+    available_name: str | None = None
+    availability_status: str | None = None
 
 
-class ConversationView(msgspec.Struct):
-    """What GET /conversations/{id} says of a conversation (the API partial), as far as the outbox reads it."""
-
-    status: str = ""
-    last_non_activity_message: MessageView | None = None
+class AccessToken(msgspec.Struct, frozen=True):
+    token: str | None = None
 
 
-_conversation_view = msgspec.json.Decoder(ConversationView)
+class AgentBot(msgspec.Struct, frozen=True):
+    """An agent bot (api/v1/models/_agent_bot.json.jbuilder); `id` None: no bot (an inbox without one)."""
+
+    id: int | None = None
+    name: str | None = None
+    account_id: int | None = None
+    outgoing_url: str | None = None
+    access_token: AccessToken | None = None
+    secret: str | None = None  # Chatwoot 4.13+: signs the bot's deliveries
+
+    @property
+    def token(self) -> str | None:
+        return self.access_token.token if self.access_token else None
+
+
+class Inbox(msgspec.Struct, frozen=True):
+    id: int
+    name: str | None = None
+    channel_type: str | None = None
+
+
+class ProfileAccount(msgspec.Struct, frozen=True):
+    id: int | None = None
+    role: str | None = None
+
+
+class Profile(msgspec.Struct, frozen=True):
+    """The user behind a token (GET /api/v1/profile); its access token is not decoded."""
+
+    id: int
+    name: str | None = None
+    accounts: list[ProfileAccount] = []
+
+
+class _Inboxes(msgspec.Struct):
+    payload: list[Inbox] = []
+
+
+class _InboxBot(msgspec.Struct):
+    agent_bot: AgentBot | None = None
+
+
+class _Api(msgspec.Struct):
+    version: str | None = None
+
+
+_decode_profile = msgspec.json.Decoder(Profile).decode
+_decode_inboxes = msgspec.json.Decoder(_Inboxes | None).decode
+_decode_inbox_bot = msgspec.json.Decoder(_InboxBot | None).decode
+_decode_bots = msgspec.json.Decoder(list[AgentBot] | None).decode
+_decode_bot = msgspec.json.Decoder(AgentBot).decode
+
+
+def _agent(raw: bytes) -> Agent | None:
+    """None when the user does not exist (Chatwoot answers `null`, or nothing)."""
+    return msgspec.json.decode(raw, type=Agent | None) if raw.strip() else None
+
+
+def _version(raw: bytes) -> str | None:
+    try:
+        return msgspec.json.decode(raw, type=_Api).version
+    except msgspec.DecodeError:  # not Chatwoot's API, or an older one without `version`
+        return None
+
+
+def _contact_conversations(raw: bytes) -> list[Listed]:
+    try:
+        return parse_contact_conversations(raw)
+    except PayloadError as exc:
+        raise msgspec.DecodeError(str(exc)) from None
+
+
+def _partial(raw: bytes) -> Listed:
+    try:
+        return parse_conversation(raw)
+    except PayloadError as exc:
+        raise msgspec.DecodeError(str(exc)) from None
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -96,8 +182,18 @@ class Chatwoot:
         self.metrics, self.throttle = metrics, throttle
         self.reads = True  # this Chatwoot lets the bot token read a conversation (4.16+), until it refuses
 
-    async def _call(self, method: str, endpoint: str, path: str, body: Any = None, token: str | None = None,
-                    params: dict | None = None, decoder: Any = None) -> Any:
+    @overload
+    async def _call(self, method: str, endpoint: str, path: str, body: object = None, token: str | None = None,
+                    params: dict[str, str] | None = None, decoder: None = None) -> None: ...
+
+    @overload
+    async def _call(self, method: str, endpoint: str, path: str, body: object = None, token: str | None = None,
+                    params: dict[str, str] | None = None, *, decoder: Callable[[bytes], T]) -> T: ...
+
+    async def _call(self, method: str, endpoint: str, path: str, body: object = None, token: str | None = None,
+                    params: dict[str, str] | None = None, decoder: Callable[[bytes], T] | None = None) -> T | None:
+        """The answer decoded by `decoder` (None without one); ChatwootError for every failure, an answer
+        that is not the shape `decoder` expects included."""
         headers = {"api_access_token": token or self.token or "", "Accept": "application/json"}
         if self.throttle:
             await self.throttle.wait()
@@ -113,14 +209,7 @@ class Chatwoot:
                     if resp.status == 429 and self.throttle:
                         self.throttle.pause(retry_after or 1.0)
                     raise ChatwootError(endpoint, resp.status, text[:200], retry_after)
-                if decoder is not None:
-                    return decoder(raw)
-                if not raw.strip():
-                    return None
-                try:
-                    return await resp.json(content_type=None)
-                except ValueError:
-                    return None
+                return decoder(raw) if decoder is not None else None
         except TimeoutError:
             status = "timeout"
             raise ChatwootError(endpoint, None, "timed out") from None
@@ -138,24 +227,29 @@ class Chatwoot:
     def _conv(self, account: int, display_id: int) -> str:
         return f"/api/v1/accounts/{int(account)}/conversations/{int(display_id)}"
 
-    async def toggle_status(self, account: int, display_id: int, status: str) -> Any:
-        return await self._call("POST", "toggle_status", self._conv(account, display_id) + "/toggle_status", {"status": status})
+    async def toggle_status(self, account: int, display_id: int, status: str) -> None:
+        await self._call("POST", "toggle_status", self._conv(account, display_id) + "/toggle_status", {"status": status})
 
-    async def toggle_priority(self, account: int, display_id: int, priority: str) -> Any:
-        return await self._call("POST", "toggle_priority", self._conv(account, display_id) + "/toggle_priority", {"priority": priority})
+    async def toggle_priority(self, account: int, display_id: int, priority: str) -> None:
+        await self._call("POST", "toggle_priority", self._conv(account, display_id) + "/toggle_priority", {"priority": priority})
 
-    async def create_message(self, account: int, display_id: int, content: str, private: bool) -> Any:
+    async def create_message(self, account: int, display_id: int, content: str, private: bool) -> None:
         body = {"content": content, "message_type": "outgoing", "private": private}
-        return await self._call("POST", "messages", self._conv(account, display_id) + "/messages", body)
+        await self._call("POST", "messages", self._conv(account, display_id) + "/messages", body)
 
-    async def assign(self, account: int, display_id: int, **body: int | None) -> Any:
-        return await self._call("POST", "assignments", self._conv(account, display_id) + "/assignments", body)
+    async def assign_agent(self, account: int, display_id: int, assignee_id: int | None) -> Agent | None:
+        """Assign a user (None: unassign); the user as Chatwoot has them, None when there is no such user."""
+        return await self._call("POST", "assignments", self._conv(account, display_id) + "/assignments",
+                                {"assignee_id": assignee_id}, decoder=_agent)
 
-    async def conversation(self, account: int, display_id: int) -> ConversationView:
+    async def assign_team(self, account: int, display_id: int, team_id: int) -> None:
+        await self._call("POST", "assignments", self._conv(account, display_id) + "/assignments", {"team_id": team_id})
+
+    async def conversation(self, account: int, display_id: int) -> Listed:
         """GET the conversation (bot tokens since Chatwoot 4.16, #14655; older ones are refused "for bots")."""
-        return await self._call("GET", "show", self._conv(account, display_id), decoder=_conversation_view.decode)
+        return await self._call("GET", "show", self._conv(account, display_id), decoder=_partial)
 
-    async def conversation_if_readable(self, account: int, display_id: int) -> ConversationView | None:
+    async def conversation_if_readable(self, account: int, display_id: int) -> Listed | None:
         """`conversation`, or None where this Chatwoot does not let agent bots read (before 4.16; asked once)."""
         if not self.reads:
             return None
@@ -169,18 +263,13 @@ class Chatwoot:
                         "on its memory of the events instead")
             return None
 
-    async def conversation_json(self, account: int, display_id: int) -> dict:
-        """The same read as `conversation`, whole, for the operator page's decision of today."""
-        return await self._call("GET", "show", self._conv(account, display_id)) or {}
-
     async def version(self) -> str | None:
         """Chatwoot's version from its public `GET /api` (None when it doesn't say)."""
-        data = await self._call("GET", "api", "/api")
-        return data.get("version") if isinstance(data, dict) else None
+        return await self._call("GET", "api", "/api", decoder=_version)
 
-    async def profile(self, token: str) -> dict:
-        """The user behind `token`, with `accounts: [{id, name, role, …}]` (it also holds the token: never log it)."""
-        return await self._call("GET", "profile", "/api/v1/profile", token=token) or {}
+    async def profile(self, token: str) -> Profile:
+        """The user behind `token` and their accounts (the answer also holds the token: never log it)."""
+        return await self._call("GET", "profile", "/api/v1/profile", token=token, decoder=_decode_profile)
 
     async def probe_bot_token(self, account: int) -> None:
         """A harmless bot-token call. The token was accepted when Chatwoot answers 404 for conversation 0,
@@ -193,9 +282,11 @@ class Chatwoot:
                 raise
 
     # A user (administrator) token's endpoints: look-ups and set-up.
-    async def contact_conversations(self, account: int, contact_id: int, token: str) -> list[dict]:
-        data = await self._call("GET", "contact_conversations", f"/api/v1/accounts/{int(account)}/contacts/{int(contact_id)}/conversations", token=token)
-        return (data or {}).get("payload") or []
+    async def contact_conversations(self, account: int, contact_id: int, token: str) -> list[Listed]:
+        """The contact's conversations (the latest 20 on Chatwoot); ChatwootError when the answer is not their shape."""
+        return await self._call("GET", "contact_conversations",
+                                f"/api/v1/accounts/{int(account)}/contacts/{int(contact_id)}/conversations", token=token,
+                                decoder=_contact_conversations)
 
     async def list_conversations(self, account: int, token: str, status: str, page: int,
                                  inbox_id: int | None = None) -> tuple[int, list[Listed], int]:
@@ -212,23 +303,28 @@ class Chatwoot:
         return await self._call("GET", "messages_index", self._conv(account, display_id) + "/messages", token=token,
                                 decoder=parse_messages)
 
-    async def list_inboxes(self, account: int, token: str) -> list[dict]:
-        data = await self._call("GET", "inboxes", f"/api/v1/accounts/{int(account)}/inboxes", token=token)
-        return (data or {}).get("payload") or []
+    async def list_inboxes(self, account: int, token: str) -> list[Inbox]:
+        data = await self._call("GET", "inboxes", f"/api/v1/accounts/{int(account)}/inboxes", token=token,
+                                decoder=_decode_inboxes)
+        return data.payload if data else []
 
-    async def inbox_agent_bot(self, account: int, inbox_id: int, token: str) -> dict:
-        data = await self._call("GET", "inbox_agent_bot", f"/api/v1/accounts/{int(account)}/inboxes/{int(inbox_id)}/agent_bot", token=token)
-        return (data or {}).get("agent_bot") or {}
+    async def inbox_agent_bot(self, account: int, inbox_id: int, token: str) -> AgentBot:
+        """The inbox's agent bot; one with `id` None when the inbox has none."""
+        path = f"/api/v1/accounts/{int(account)}/inboxes/{int(inbox_id)}/agent_bot"
+        data = await self._call("GET", "inbox_agent_bot", path, token=token, decoder=_decode_inbox_bot)
+        return (data.agent_bot if data else None) or AgentBot()
 
     async def set_agent_bot(self, account: int, inbox_id: int, bot_id: int | None, token: str) -> None:
         await self._call("POST", "set_agent_bot", f"/api/v1/accounts/{int(account)}/inboxes/{int(inbox_id)}/set_agent_bot",
                          {"agent_bot": bot_id}, token=token)
 
-    async def list_agent_bots(self, account: int, token: str) -> list[dict]:
-        return await self._call("GET", "agent_bots", f"/api/v1/accounts/{int(account)}/agent_bots", token=token) or []
+    async def list_agent_bots(self, account: int, token: str) -> list[AgentBot]:
+        return await self._call("GET", "agent_bots", f"/api/v1/accounts/{int(account)}/agent_bots", token=token,
+                                decoder=_decode_bots) or []
 
-    async def save_agent_bot(self, account: int, token: str, bot_id: int | None, **fields: Any) -> dict:
+    async def save_agent_bot(self, account: int, token: str, bot_id: int | None, **fields: str) -> AgentBot:
         path = f"/api/v1/accounts/{int(account)}/agent_bots"
         if bot_id is None:
-            return await self._call("POST", "agent_bots", path, fields, token=token)
-        return await self._call("PATCH", "agent_bots", f"{path}/{int(bot_id)}", fields, token=token)
+            return await self._call("POST", "agent_bots", path, fields, token=token, decoder=_decode_bot)
+        return await self._call("PATCH", "agent_bots", f"{path}/{int(bot_id)}", fields, token=token,
+                                decoder=_decode_bot)

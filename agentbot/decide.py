@@ -3,39 +3,42 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Literal
 
 from msgspec.structs import replace
 
-from .actions import Job, Step
+from .actions import AssignAgent, AssignTeam, Job, PrivateNote, PublicMessage, SetPriority, SetStatus, Step
 from .config import Rules, Settings
 from .events import Conversation, Delivery, Message
 from .facts import ConversationState, Facts, Resolved
 from .keywords import find_keyword, fold
 
-CANCEL = -1.0  # timer value meaning "drop the conversation's timer"
+# What became of a delivery; "duplicate" is the service's: the store had the delivery already.
+Outcome = Literal["handoff", "defer", "keep", "pending", "record", "ignore", "duplicate"]
 
 
 @dataclass(slots=True)
 class Decision:
-    outcome: str  # handoff, defer, keep, pending, record, ignore
+    outcome: Outcome
     reason: str
     rule: str = ""  # the rule that fired, for metrics and notes
     state: ConversationState | None = None  # new state to store; None = unchanged
     jobs: list[Job] = field(default_factory=list)
-    timer: tuple[float, Job] | float | None = None  # (due, job) to set, CANCEL, or None
+    timer: tuple[float, Job] | None = None  # (due, job): the conversation's timer from now on
+    cancel_timer: bool = False  # drop the conversation's timer
     resolved: Resolved | None = None  # remember this contact's resolved conversation
 
     @property
     def writes(self) -> bool:
-        return bool(self.state or self.jobs or self.timer or self.resolved)
+        return bool(self.state or self.jobs or self.timer or self.cancel_timer or self.resolved)
 
     def describe(self) -> str:
         lines = [f"{self.outcome}: {self.reason}"]
         lines += [f"  then {job.describe()}" for job in self.jobs]
-        if isinstance(self.timer, tuple):
+        if self.timer:
             due = datetime.fromtimestamp(self.timer[0], timezone.utc)
             lines.append(f"  timer at {due.isoformat(timespec='seconds')}: {self.timer[1].describe()}")
-        elif self.timer == CANCEL:
+        elif self.cancel_timer:
             lines.append("  drop the conversation's timer")
         return "\n".join(lines)
 
@@ -83,9 +86,6 @@ def decide(d: Delivery, facts: Facts, now: datetime, settings: Settings, *, live
     decision = _decide(d, facts, now, settings, live)
     m, c = d.message, d.conversation
     if m and c:
-        timer_job = [decision.timer[1]] if isinstance(decision.timer, tuple) else []
-        for job in decision.jobs + timer_job:
-            job.trigger = m.id
         if decision.state is not None:  # private notes never show as the conversation's latest message
             decision.state = decision.state.saw(c.status, c.updated, None if m.private else m.id, c.bot_owned)
     return decision
@@ -102,19 +102,20 @@ def _decide(d: Delivery, facts: Facts, now: datetime, settings: Settings, live: 
         return _conversation_event(d.event, c, facts.state, now)
     if m.private:
         return _give_back(c, m, facts.state, now)
+    trigger = m.id
     if facts.state.handed_off:
         return ignore("handoff already decided for this pending conversation")
     if facts.state.left_pending_after is not None and m.id <= facts.state.left_pending_after:
         return ignore("late delivery: the conversation left pending after this message was written")
     if c.is_group and rules.whatsapp_groups == "open":
-        return _handoff(c, facts, now, rules, "group", "WhatsApp group (GROUPS=open)", deferrable=False)
+        return _handoff(c, facts, now, rules, "group", "WhatsApp group (GROUPS=open)", trigger, deferrable=False)
     if c.is_evolution_system:
-        job = _job(c, "Evolution API system contact", [{"op": "status", "status": "open"}], now, "system")
+        job = _job(c, "Evolution API system contact", [SetStatus("open")], now, "system", trigger)
         return Decision("handoff", job.reason, "system", replace(facts.state, handed_off=True), [job])
     if m.kind != "incoming":
         who = m.sender.name or "an agent (from the phone)"
-        return _handoff(c, facts, now, rules, "agent_reply", f"{who} replied while the conversation was pending",
-                        deferrable=False, human_took_over=True)
+        reason = f"{who} replied while the conversation was pending"
+        return _handoff(c, facts, now, rules, "agent_reply", reason, trigger, deferrable=False, human_took_over=True)
     return _incoming(c, m, facts, now, rules, live)
 
 
@@ -130,12 +131,12 @@ def _conversation_event(event: str, c: Conversation, state: ConversationState, n
         record = Resolved(c.display_id, on, assignee) if c.contact.id is not None else None
         latest = _latest(c, state)
         new = state.new_period(resolved_on=on, left_pending_after=latest, closed_after=latest)
-        return Decision("record", f"{event}: conversation resolved", state=new, timer=CANCEL, resolved=record)
+        return Decision("record", f"{event}: conversation resolved", state=new, cancel_timer=True, resolved=record)
     if c.status in ("open", "snoozed") and state.in_period:
         latest = _latest(c, state)
         closed = latest if c.status == "snoozed" else state.closed_after
         new = state.new_period(left_pending_after=latest, closed_after=closed)
-        return Decision("record", f"{event}: conversation is {c.status}", state=new, timer=CANCEL)
+        return Decision("record", f"{event}: conversation is {c.status}", state=new, cancel_timer=True)
     return ignore(f"{event} with status {c.status} needs nothing")
 
 
@@ -147,8 +148,8 @@ def _latest(c: Conversation, state: ConversationState) -> int | None:
 
 def _give_back(c: Conversation, m: Message, state: ConversationState, now: datetime) -> Decision:
     job = _job(c, f"{m.sender.name or 'An agent'} gave the conversation back to the bot",
-               [{"op": "status", "status": "pending"}], now, "bot_command")
-    return Decision("pending", job.reason, "bot_command", state.new_period(given_back=True), [job], CANCEL)
+               [SetStatus("pending")], now, "bot_command", m.id)
+    return Decision("pending", job.reason, "bot_command", state.new_period(given_back=True), [job], cancel_timer=True)
 
 
 def _incoming(c: Conversation, m: Message, facts: Facts, now: datetime, rules: Rules, live: bool = True) -> Decision:
@@ -158,13 +159,14 @@ def _incoming(c: Conversation, m: Message, facts: Facts, now: datetime, rules: R
     fired = _first_rule(c, m, state, rules, returning)
     if fired:
         rule, reason = fired
-        return _handoff(c, replace(facts, state=state), now, rules, rule, reason, returning=bool(returning and rule == "returning"),
-                        live=live)
+        return _handoff(c, replace(facts, state=state), now, rules, rule, reason, m.id,
+                        returning=bool(returning and rule == "returning"), live=live)
     jobs: list[Job] = []
     if live and rules.greeting_message and not state.greeted and not c.is_group:
-        jobs.append(_job(c, "greeting", [{"op": "message", "content": _render(rules.greeting_message, c, "new customer")}], now))
+        greeting = _render(rules.greeting_message, c, "new customer")
+        jobs.append(_job(c, "greeting", [PublicMessage(greeting)], now, "", m.id))
         state = replace(state, greeted=True)
-    timer = None
+    timer: tuple[float, Job] | None = None
     if rules.handoff_after_seconds and state.timer_due is None:
         # Counted from the bot's clock at the first message (the delivery arrives within moments),
         # so `explain --at` and tests with an injected clock see the same timer; the sweep counts
@@ -172,10 +174,10 @@ def _incoming(c: Conversation, m: Message, facts: Facts, now: datetime, rules: R
         start = now if live else datetime.fromtimestamp(c.waiting_since or now.timestamp(), timezone.utc)
         reason = f"Customer waited {rules.handoff_after_seconds} s in pending"
         if start + timedelta(seconds=rules.handoff_after_seconds) <= now:  # the sweep found it waiting longer
-            return _handoff(c, replace(facts, state=state), now, rules, "wait", reason, live=live)
+            return _handoff(c, replace(facts, state=state), now, rules, "wait", reason, m.id, live=live)
         due = start + timedelta(seconds=rules.handoff_after_seconds)
         due = due if c.is_group else _adjust_to_hours(due, rules)
-        timer = (due.timestamp(), _handoff_job(c, facts, now, rules, reason, returning=False, rule="wait"))
+        timer = (due.timestamp(), _handoff_job(c, facts, now, rules, reason, "wait", m.id, returning=False))
         state = replace(state, timer_due=timer[0])
     return Decision("keep", "new customer: no rule fired, conversation stays pending", state=state, jobs=jobs, timer=timer)
 
@@ -203,7 +205,8 @@ def returning_reason(c: Conversation, facts: Facts) -> str | None:
     return None
 
 
-def _first_rule(c: Conversation, m: Message, state: ConversationState, rules: Rules, returning: str | None):
+def _first_rule(c: Conversation, m: Message, state: ConversationState, rules: Rules,
+                returning: str | None) -> tuple[str, str] | None:
     if rules.handoff_all:
         return "all", "Every conversation goes to humans (HANDOFF_ALL)"
     if returning:
@@ -234,23 +237,24 @@ def _first_rule(c: Conversation, m: Message, state: ConversationState, rules: Ru
 def operator_handoff(c: Conversation, facts: Facts, now: datetime, settings: Settings, who: str) -> Decision:
     """An administrator's "hand off now" from the operator page: the inbox's handoff, at once."""
     return _handoff(c, facts, now, settings.rules_for(c.inbox_id), "operator",
-                    f"{who} handed the conversation to humans from the bot's page", deferrable=False)
+                    f"{who} handed the conversation to humans from the bot's page", None, deferrable=False)
 
 
-def _handoff(c: Conversation, facts: Facts, now: datetime, rules: Rules, rule: str, reason: str,
-             *, deferrable: bool = True, returning: bool = False, human_took_over: bool = False, live: bool = True) -> Decision:
+def _handoff(c: Conversation, facts: Facts, now: datetime, rules: Rules, rule: str, reason: str, trigger: int | None, *,
+             deferrable: bool = True, returning: bool = False, human_took_over: bool = False,
+             live: bool = True) -> Decision:
     state = replace(facts.state, handed_off=True, timer_due=None)
     hours = rules.hours
     deferrable = deferrable and not c.is_group  # a group is only ever opened, at once
     opening = hours.next_open(now) if deferrable and hours and not hours.is_open(now) else None
     if opening is None:
-        job = _handoff_job(c, facts, now, rules, reason, returning, human_took_over, rule)
-        return Decision("handoff", reason, rule, state, [job], CANCEL if facts.state.timer_due else None)
-    job = _handoff_job(c, facts, now, rules, f"{reason} (deferred from closed hours)", returning, False, rule)
+        job = _handoff_job(c, facts, now, rules, reason, rule, trigger, returning, human_took_over)
+        return Decision("handoff", reason, rule, state, [job], cancel_timer=bool(facts.state.timer_due))
+    job = _handoff_job(c, facts, now, rules, f"{reason} (deferred from closed hours)", rule, trigger, returning)
     jobs: list[Job] = []
     period = opening.isoformat()
     if live and rules.away_message and facts.state.away_period != period:
-        jobs.append(_job(c, "away message", [{"op": "message", "content": _render(rules.away_message, c, reason)}], now))
+        jobs.append(_job(c, "away message", [PublicMessage(_render(rules.away_message, c, reason))], now, "", trigger))
         state = replace(state, away_period=period)
     state = replace(state, timer_due=opening.timestamp())
     when = opening.strftime("%Y-%m-%d %H:%M %Z")
@@ -258,32 +262,32 @@ def _handoff(c: Conversation, facts: Facts, now: datetime, rules: Rules, rule: s
                     (opening.timestamp(), job))
 
 
-def _handoff_job(c: Conversation, facts: Facts, now: datetime, rules: Rules, reason: str, returning: bool,
-                 human_took_over: bool = False, rule: str = "") -> Job:
+def _handoff_job(c: Conversation, facts: Facts, now: datetime, rules: Rules, reason: str, rule: str,
+                 trigger: int | None, returning: bool, human_took_over: bool = False) -> Job:
     if c.is_group:  # the whole group would read a message or a note: the status change is all it gets
-        return _job(c, reason, [{"op": "status", "status": "open"}], now, rule)
+        return _job(c, reason, [SetStatus("open")], now, rule, trigger)
     before: list[Step] = []
     agent: list[Step] = []
     remark = ""
     if not human_took_over:
         if rules.handoff_team_id is not None:
-            before.append({"op": "team", "team_id": rules.handoff_team_id})
+            before.append(AssignTeam(rules.handoff_team_id))
         if rules.handoff_assignee_id is not None:
-            agent.append({"op": "assign", "assignee_id": rules.handoff_assignee_id})
+            agent.append(AssignAgent(rules.handoff_assignee_id))
         elif returning:
             agent, remark = _keep_previous_agent(c, facts, rules)
         if rules.handoff_priority:
-            before.append({"op": "priority", "priority": rules.handoff_priority})
+            before.append(SetPriority(rules.handoff_priority))
     # Assign before opening (Chatwoot auto-assigns on open), except on a bot-owned conversation
     # (v4.16+), where a human assignment would itself open it and bypass the bot handoff.
     bot_owned = c.bot_owned
-    steps = before + ([] if bot_owned else agent) + [{"op": "status", "status": "open"}] + (agent if bot_owned else [])
+    steps = before + ([] if bot_owned else agent) + [SetStatus("open")] + (agent if bot_owned else [])
     if rules.handoff_note:
-        steps.append({"op": "note", "content": reason + remark})
+        steps.append(PrivateNote(reason + remark))
     message = (rules.returning_message or rules.handoff_message) if returning else rules.handoff_message
     if message and not human_took_over:
-        steps.append({"op": "message", "content": _render(message, c, reason)})
-    return _job(c, reason, steps, now, rule)
+        steps.append(PublicMessage(_render(message, c, reason)))
+    return _job(c, reason, steps, now, rule, trigger)
 
 
 def _keep_previous_agent(c: Conversation, facts: Facts, rules: Rules) -> tuple[list[Step], str]:
@@ -292,15 +296,16 @@ def _keep_previous_agent(c: Conversation, facts: Facts, rules: Rules) -> tuple[l
     if c.assignee and c.assignee.kind == "user":
         if c.assignee.availability in (None, "online"):
             return [], ""
-        return [{"op": "assign", "assignee_id": None}], \
+        return [AssignAgent(None)], \
             f". {c.assignee.name or 'The previous agent'} is {c.assignee.availability}; handed to {fallback} instead."
     if facts.previous and facts.previous.assignee_id is not None:
-        return [{"op": "assign", "assignee_id": facts.previous.assignee_id, "fallback": fallback}], ""
+        return [AssignAgent(facts.previous.assignee_id, fallback)], ""
     return [], ""
 
 
-def _job(c: Conversation, reason: str, steps: list[Step], now: datetime, rule: str = "") -> Job:
-    return Job(c.account_id, c.display_id, reason, steps, created_at=now.timestamp(), rule=rule,
+def _job(c: Conversation, reason: str, steps: list[Step], now: datetime, rule: str, trigger: int | None) -> Job:
+    """`trigger`: the message that led to the job (None for the operator's button)."""
+    return Job(c.account_id, c.display_id, reason, steps, created_at=now.timestamp(), rule=rule, trigger=trigger,
                decided_at=now.timestamp())
 
 

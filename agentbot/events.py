@@ -5,6 +5,7 @@ every field they don't name; the rest of the bot sees the Delivery built from th
 """
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timezone
 from typing import Any
 
@@ -312,6 +313,7 @@ class _Listed(_Conversation):
     last_non_activity_message: _Posted | None = None
     waiting_since: float | None = None
     last_activity_at: float | None = None
+    timestamp: float | None = None  # the same as last_activity_at on current versions
 
 
 class _Counts(Struct, frozen=True):
@@ -331,8 +333,14 @@ class _MessagesPage(Struct):
     payload: list[_Posted] = []
 
 
+class _ContactConversations(Struct):
+    payload: list[_Listed] = []
+
+
 _decode_page = msgspec.json.Decoder(_Page).decode
 _decode_messages = msgspec.json.Decoder(_MessagesPage).decode
+_decode_partial = msgspec.json.Decoder(_Listed).decode
+_decode_contact_conversations = msgspec.json.Decoder(_ContactConversations).decode
 
 
 class Listed(Struct, frozen=True):
@@ -341,6 +349,11 @@ class Listed(Struct, frozen=True):
     conversation: Conversation
     messages: tuple[Message, ...]
     last_activity_at: float  # unix time
+
+    @property
+    def last_message(self) -> Message | None:
+        """The latest message that is not an activity (Chatwoot's `last_non_activity_message`)."""
+        return next((m for m in reversed(self.messages) if m.kind != "activity"), None)
 
 
 def _posted(p: _Posted | None) -> Message | None:
@@ -364,15 +377,41 @@ def parse_page(body: bytes) -> tuple[int, list[Listed], int]:
     listed, bad = [], 0
     for item in page.data.payload:
         try:
-            conversation = _conversation(item, item.account_id)
+            listed.append(_listed(item))
         except PayloadError:
             bad += 1
-            continue
-        shown = {m.id: m for m in map(_posted, (item.last_non_activity_message, *item.messages)) if m is not None}
-        since = float(item.waiting_since or 0) or None
-        listed.append(Listed(msgspec.structs.replace(conversation, waiting_since=since),
-                             tuple(sorted(shown.values(), key=lambda m: m.id)), float(item.last_activity_at or 0)))
     return page.data.meta.all_count, listed, bad
+
+
+def _listed(item: _Listed) -> Listed:
+    """One conversation partial, wherever Chatwoot sends it; PayloadError without id, account or status."""
+    conversation = _conversation(item, item.account_id)
+    shown = {m.id: m for m in map(_posted, (item.last_non_activity_message, *item.messages)) if m is not None}
+    since = float(item.waiting_since or 0) or None
+    messages = tuple(sorted(shown.values(), key=lambda m: m.id))
+    return Listed(msgspec.structs.replace(conversation, waiting_since=since), messages,
+                  float(item.last_activity_at or item.timestamp or 0))
+
+
+def parse_conversation(body: bytes) -> Listed:
+    """`GET /conversations/{id}`: the conversation partial."""
+    try:
+        return _listed(_decode_partial(body))
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise PayloadError(f"conversation: {exc}") from None
+
+
+def parse_contact_conversations(body: bytes) -> list[Listed]:
+    """A contact's conversations (`{"payload": [partial, …]}`), leaving out those that cannot be read."""
+    try:
+        items = _decode_contact_conversations(body).payload
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise PayloadError(f"contact conversations: {exc}") from None
+    listed = []
+    for item in items:
+        with contextlib.suppress(PayloadError):
+            listed.append(_listed(item))
+    return listed
 
 
 def parse_messages(body: bytes) -> list[Message]:

@@ -108,7 +108,7 @@ class Handoffs:
             logger.warning("conversation {}: could not ask Chatwoot whether the handoff was undone ({}); "
                            "the sweep looks again", c.key, exc)
             return False
-        if view is not None and view.status == "pending":
+        if view is not None and view.conversation.status == "pending":
             logger.info("conversation {}: pending again after the bot handed it off: a new pending period", c.key)
             return True
         return False
@@ -150,14 +150,14 @@ class Handoffs:
             if cache:
                 await self.store.remember(key, None, FAILED_LOOKUP_TTL, now)
             return None
-        resolved = [x for x in found if x.get("status") == "resolved" and x.get("id") != c.display_id]
-        best = max(resolved, key=lambda x: x.get("last_activity_at") or x.get("timestamp") or 0, default=None)
+        resolved = [x for x in found
+                    if x.conversation.status == "resolved" and x.conversation.display_id != c.display_id]
+        best = max(resolved, key=lambda x: x.last_activity_at, default=None)
         value = None
         if best:
-            when = best.get("last_activity_at") or best.get("timestamp") or now
-            assignee = ((best.get("meta") or {}).get("assignee") or {}).get("id")
-            on = datetime.fromtimestamp(when, timezone.utc).date().isoformat()
-            value = Resolved(int(best["id"]), on, assignee, "chatwoot")
+            b = best.conversation
+            on = datetime.fromtimestamp(best.last_activity_at or now, timezone.utc).date().isoformat()
+            value = Resolved(b.display_id, on, b.assignee.id if b.assignee else None, "chatwoot")
         if cache:
             await self.store.remember(key, value, LOOKUP_TTL, now)
         return value
@@ -246,7 +246,7 @@ class Handoffs:
                 if seen != stored.incoming:
                     facts = replace(facts, state=replace(stored, incoming=seen))
                 decision = decide(d, facts, self.clock(), self.settings, live=False)
-                timer = [decision.timer[1]] if isinstance(decision.timer, tuple) else []
+                timer = [decision.timer[1]] if decision.timer else []
                 for job in decision.jobs + timer:  # the listing may be minutes old by now
                     job.verify = True
                 if decision.state == stored:
@@ -273,8 +273,8 @@ class Handoffs:
             conversation_key=c.key,
             state=decision.state,
             jobs=decision.jobs,
-            timer=decision.timer if isinstance(decision.timer, tuple) else None,
-            cancel_timer=decision.timer is not None,
+            timer=decision.timer,
+            cancel_timer=decision.cancel_timer,
             contact_key=contact_key(c),
             resolved=decision.resolved,
             log=log,

@@ -16,8 +16,8 @@ from datetime import datetime
 
 from loguru import logger
 
-from .actions import Job, Step
-from .chatwoot import Chatwoot, ChatwootError
+from .actions import AssignAgent, AssignTeam, Job, PrivateNote, PublicMessage, SetPriority, SetStatus, Step
+from .chatwoot import Agent, Chatwoot, ChatwootError
 from .constants import (
     BACKOFF_BASE,
     BACKOFF_CAP,
@@ -35,7 +35,6 @@ from .metrics import Metrics
 from .store import Store
 from .store.base import LEASE
 
-PUBLIC = ("message",)
 
 
 def backoff(attempts: int, retry_after: float | None) -> float:
@@ -46,23 +45,23 @@ def backoff(attempts: int, retry_after: float | None) -> float:
 
 def _optional_refused(step: Step, exc: ChatwootError) -> bool:
     """Team, agent and priority are extras: an older Chatwoot refusing them to bots must not stop the handoff."""
-    return step["op"] in ("team", "assign", "priority") and exc.refused_to_bots
+    return step.optional and exc.refused_to_bots
 
 
 def guarded(step: Step) -> bool:
     """Steps that act on where the conversation is: its status, and messages the customer sees."""
-    return step["op"] == "status" or step["op"] in PUBLIC
+    return step.guarded
 
 
 def still_wanted(job: Job, status: str, unsure: bool) -> str | None:
     """Whether the job's current (guarded) step still fits a conversation that is `status` now: None to make
     the call, "done" when an earlier run's call took effect, "drop" when the conversation moved on."""
     step, expected, target = job.steps[job.step], job.expected_status, job.status_target
-    if step["op"] == "status":
+    if isinstance(step, SetStatus):
         if status == expected:
             return None
-        return "done" if status == step["status"] and unsure else "drop"
-    status_done = any(s["op"] == "status" for s in job.steps[: job.step])
+        return "done" if status == step.status and unsure else "drop"
+    status_done = any(isinstance(s, SetStatus) for s in job.steps[: job.step])
     return None if status == expected or (status_done and status == target) else "drop"
 
 
@@ -256,7 +255,7 @@ class Outbox:
                 if skip != "done":
                     job.unsure, job.sent_at = True, self.now()
                     await self._do(job, step)
-                elif step["op"] == "status" and step["status"] == "open":
+                elif step == SetStatus("open"):
                     self._opened(job)
             except ChatwootError as exc:
                 if not _optional_refused(step, exc):
@@ -266,7 +265,7 @@ class Outbox:
                     await self._failed(job, exc)
                     return
                 logger.error("conversation {}: this Chatwoot does not let agent bots call {}; skipped the {} step "
-                             "(unset its HANDOFF_ setting or upgrade Chatwoot)", job.conversation_key, exc.endpoint, step["op"])
+                             "(unset its HANDOFF_ setting or upgrade Chatwoot)", job.conversation_key, exc.endpoint, step.op)
             job.step += 1
             unsure = job.unsure = False
             if job.step < len(job.steps):
@@ -277,13 +276,13 @@ class Outbox:
     async def _check(self, job: Job, step: Step, unsure: bool, late: bool) -> str | None:
         """Before a step: "drop" the rest of the job when the conversation moved on since the decision,
         "done" when an earlier run's call already took effect, None to make the call."""
-        op = step["op"]
+        op = step.op
         if not (guarded(step) or (op == "note" and (late or unsure))):
             return None
         read = unsure or (late and guarded(step))
         view = await self.chatwoot.conversation_if_readable(job.account_id, job.display_id) if read else None
         state, _ = await self.store.load(job.conversation_key, None)
-        status = view.status if view else state.status
+        status = view.conversation.status if view else state.status
         verdict = still_wanted(job, status, unsure) if guarded(step) and status else None
         if job.expected_status == "pending" and closed_since(state, job):
             verdict, status = "drop", "resolved or snoozed since"  # a later pending period is not this job's
@@ -293,9 +292,9 @@ class Outbox:
         if verdict or not (unsure and op in ("note", "message")):
             return verdict
         content = self._content(job, step)
-        last = view.last_non_activity_message if view else None
+        last = view.last_message if view else None
         if await self.store.echoed(job.conversation_key, content, job.trigger) or (
-                last and last.sender_type == "AgentBot" and last.content == content):
+                last and last.sender.kind == "agent_bot" and last.content == content):
             logger.info("conversation {}: the {} was posted already; not posting it again", job.conversation_key, op)
             return "done"
         if view is None:  # no echo, and this Chatwoot doesn't let the bot read: better lost than sent twice
@@ -327,7 +326,13 @@ class Outbox:
         await self._save(lambda: self.store.bury(job, self.now()))
 
     def _content(self, job: Job, step: Step) -> str:
-        return step["content"] + (job.context.get("remark", "") if step["op"] == "note" else "")
+        """What a note or message step posts (a note with the agent fallback's remark)."""
+        match step:
+            case PrivateNote(content):
+                return content + str(job.context.get("remark", ""))
+            case PublicMessage(content):
+                return content
+        raise TypeError(f"{step.op} posts no message")
 
     def _opened(self, job: Job) -> None:
         self.metrics.handoffs.labels(job.rule or "other").inc()
@@ -335,31 +340,31 @@ class Outbox:
 
     async def _do(self, job: Job, step: Step) -> None:
         a, d, cw = job.account_id, job.display_id, self.chatwoot
-        op = step["op"]
-        if op == "status":
-            await cw.toggle_status(a, d, step["status"])
-            if step["status"] == "open":
-                self._opened(job)
-        elif op in ("note", "message"):
-            await cw.create_message(a, d, self._content(job, step), private=op == "note")
-        elif op == "priority":
-            await cw.toggle_priority(a, d, step["priority"])
-        elif op == "team":
-            await cw.assign(a, d, team_id=step["team_id"])
-        elif op == "assign":
-            agent = await cw.assign(a, d, assignee_id=step["assignee_id"])
-            await self._check_agent(job, step, agent)
+        match step:
+            case SetStatus(status):
+                await cw.toggle_status(a, d, status)
+                if status == "open":
+                    self._opened(job)
+            case PrivateNote() | PublicMessage():
+                await cw.create_message(a, d, self._content(job, step), private=isinstance(step, PrivateNote))
+            case SetPriority(priority):
+                await cw.toggle_priority(a, d, priority)
+            case AssignTeam(team_id):
+                await cw.assign_team(a, d, team_id)
+            case AssignAgent(assignee_id, fallback):
+                agent = await cw.assign_agent(a, d, assignee_id)
+                if fallback is not None:
+                    await self._check_agent(job, step, fallback, agent)
 
-    async def _check_agent(self, job: Job, step: Step, agent: dict | None) -> None:
-        """A returning customer's previous agent who is offline gives way to the fallback."""
-        if "fallback" not in step:
-            return
+    async def _check_agent(self, job: Job, step: AssignAgent, fallback: str, agent: Agent | None) -> None:
+        """A returning customer's previous agent who is offline or gone gives way to the fallback."""
         if agent is None:
-            job.context["remark"] = f". The previous agent (id {step['assignee_id']}) no longer exists; handed to {step['fallback']}."
-        elif agent.get("availability_status", "online") != "online":
-            await self.chatwoot.assign(job.account_id, job.display_id, assignee_id=None)
-            name = agent.get("available_name") or agent.get("name") or "The previous agent"
-            job.context["remark"] = f". {name} is {agent.get('availability_status')}; handed to {step['fallback']} instead."
+            gone = f"The previous agent (id {step.assignee_id}) no longer exists"
+            job.context["remark"] = f". {gone}; handed to {fallback}."
+        elif (agent.availability_status or "online") != "online":
+            await self.chatwoot.assign_agent(job.account_id, job.display_id, None)
+            name = agent.available_name or agent.name or "The previous agent"
+            job.context["remark"] = f". {name} is {agent.availability_status}; handed to {fallback} instead."
         else:
             return
-        logger.info("conversation {}: previous agent unavailable, falling back to {}", job.conversation_key, step["fallback"])
+        logger.info("conversation {}: previous agent unavailable, falling back to {}", job.conversation_key, fallback)

@@ -166,11 +166,11 @@ class Sweeper:
         inboxes = await self._read(lambda: self.chatwoot.list_inboxes(account, self.token))
         mine = []
         for inbox in inboxes:
-            if not self.settings.acts_on(account, inbox["id"]):
+            if not self.settings.acts_on(account, inbox.id):
                 continue
-            bot = await self._read(lambda: self.chatwoot.inbox_agent_bot(account, inbox["id"], self.token))  # noqa: B023
-            if (bot.get("access_token") or {}).get("token") == self.chatwoot.token:
-                mine.append(inbox["id"])
+            bot = await self._read(lambda: self.chatwoot.inbox_agent_bot(account, inbox.id, self.token))  # noqa: B023
+            if bot.token == self.chatwoot.token:
+                mine.append(inbox.id)
         return mine
 
     async def _list(self, account: int, inbox: int, found: dict[str, Listed], progress: Progress) -> None:
@@ -280,5 +280,5 @@ def _swept(key: str, decision: Decision) -> Swept:
         if reason.startswith(start):
             return Swept(key, "skipped", label, reason)
     if outcome == "keep":
-        return Swept(key, "kept", "timer set" if isinstance(decision.timer, tuple) else "no rule fired", reason)
+        return Swept(key, "kept", "timer set" if decision.timer else "no rule fired", reason)
     return Swept(key, "kept", reason.split(" (")[0].split(":")[0][:60], reason)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from agentbot.__main__ import main
-from agentbot.actions import Job
+from agentbot.actions import Job, SetStatus
 from agentbot.store import Commit, open_store
 from tests.fakechatwoot.model import fixture
 
@@ -72,7 +72,7 @@ async def test_outbox_lists_and_retries_dead_letters(cli):
     store = open_store(cli.store_url)
     await store.open()
     try:
-        await store.commit(Commit("d:1", "1:40", jobs=[Job(1, 40, "r", [{"op": "status", "status": "open"}])]), 100.0)
+        await store.commit(Commit("d:1", "1:40", jobs=[Job(1, 40, "r", [SetStatus("open")])]), 100.0)
         await store.bury(await store.claim(100.0), 101.0)
     finally:
         await store.close()

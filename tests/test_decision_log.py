@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agentbot.actions import Job
+from agentbot.actions import Job, SetStatus
 from agentbot.facts import ConversationState
 from agentbot.store import Commit, DecisionEntry
 from agentbot.store.base import LOG_TTL
@@ -52,7 +52,7 @@ async def test_a_failed_decision_logs_nothing(store):
 
 async def test_requeue_one_dead_letter(store):
     for n in (1, 2):
-        await store.commit(Commit(f"d:{n}", f"1:{n}", jobs=[Job(1, n, "r", [{"op": "status", "status": "open"}])]), 100.0)
+        await store.commit(Commit(f"d:{n}", f"1:{n}", jobs=[Job(1, n, "r", [SetStatus("open")])]), 100.0)
         job = await store.claim(100.0)
         job.error = "toggle_status: 500"
         await store.bury(job, 100.0)

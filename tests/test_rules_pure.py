@@ -115,6 +115,7 @@ def test_keywords_in_every_script(keywords, text, found):
 # Decisions as functions: real payload shapes, one rule at a time.
 import json  # noqa: E402
 
+from agentbot.actions import SetStatus  # noqa: E402
 from agentbot.config import load  # noqa: E402
 from agentbot.decide import decide  # noqa: E402
 from agentbot.events import parse  # noqa: E402
@@ -192,7 +193,7 @@ def test_a_whatsapp_group_gets_the_status_change_only(groups):
     d = new_customer(sender={"identifier": "120363041@g.us"})
     decision = decide(d, Facts(), SUNDAY_NIGHT, rules)
     assert decision.outcome == "handoff"
-    assert [job.steps for job in decision.jobs] == [[{"op": "status", "status": "open"}]]
+    assert [job.steps for job in decision.jobs] == [[SetStatus("open")]]
 
 
 def test_a_whatsapp_group_is_never_greeted_or_deferred():
@@ -201,4 +202,4 @@ def test_a_whatsapp_group_is_never_greeted_or_deferred():
     decision = decide(d, Facts(), SUNDAY_NIGHT, rules)
     assert decision.outcome == "keep" and decision.jobs == []
     due, job = decision.timer
-    assert due == SUNDAY_NIGHT.timestamp() + 300 and job.steps == [{"op": "status", "status": "open"}]
+    assert due == SUNDAY_NIGHT.timestamp() + 300 and job.steps == [SetStatus("open")]

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from agentbot.actions import Job
+from agentbot.actions import AssignTeam, Job, PublicMessage, SetStatus
 from agentbot.facts import ConversationState, Resolved
 from agentbot.store import Commit, open_store
 
@@ -13,7 +13,7 @@ from tests.conftest import wait_for
 
 
 def job(display_id: int, reason: str = "r") -> Job:
-    return Job(1, display_id, reason, [{"op": "status", "status": "open"}])
+    return Job(1, display_id, reason, [SetStatus("open")])
 
 
 async def test_commit_is_once_per_delivery_and_saves_everything(store):
@@ -49,7 +49,7 @@ async def test_echoes_outlive_the_process(tmp_path):
 
 
 async def test_opening_tells_whether_a_queued_job_or_a_timer_is_still_to_open_the_conversation(store):
-    greeting = Job(1, 42, "greeting", [{"op": "message", "content": "Hi"}])
+    greeting = Job(1, 42, "greeting", [PublicMessage("Hi")])
     await store.commit(Commit("d:1", "1:42", jobs=[greeting]), 100.0)
     assert not await store.opening("1:42")
     await store.commit(Commit("d:2", "1:43", timer=(200.0, job(43))), 100.0)
@@ -118,7 +118,7 @@ async def test_lookups_are_cached(store):
 
 
 async def test_progress_is_saved_for_the_next_attempt(store):
-    await store.commit(Commit("d:1", "1:1", jobs=[Job(1, 1, "r", [{"op": "team", "team_id": 2}, {"op": "status", "status": "open"}])]), 100.0)
+    await store.commit(Commit("d:1", "1:1", jobs=[Job(1, 1, "r", [AssignTeam(2), SetStatus("open")])]), 100.0)
     j = await store.claim(100.0)
     j.step, j.context = 1, {"remark": "x"}
     await store.progress(j, 100.0)

@@ -4,27 +4,26 @@ from __future__ import annotations
 import argparse
 import secrets
 from datetime import datetime, timezone
-from typing import Any
 
-from ..chatwoot import Chatwoot
+from ..chatwoot import AgentBot, Chatwoot, Inbox
 from ..config import MIN_SECRET, ConfigError, Settings
 from .common import Failed, admin_account, opened_store, with_chatwoot
 
 
-async def _known_inboxes(cw: Chatwoot, account: int, token: str, wanted: list[int]) -> dict[int, dict[str, Any]]:
-    inboxes = {i["id"]: i for i in await cw.list_inboxes(account, token)}
+async def _known_inboxes(cw: Chatwoot, account: int, token: str, wanted: list[int]) -> dict[int, Inbox]:
+    inboxes = {i.id: i for i in await cw.list_inboxes(account, token)}
     unknown = [i for i in wanted if i not in inboxes]
     if unknown:
         raise Failed(f"unknown inbox id {unknown[0]} in account {account}; `python -m agentbot inboxes` lists them")
     return inboxes
 
 
-def _webhook_token(settings: Settings, base: str, bot: dict[str, Any] | None) -> str:
+def _webhook_token(settings: Settings, base: str, bot: AgentBot | None) -> str:
     """WEBHOOK_TOKEN, else the one already in the bot's URL (running `register` again changes nothing),
     else a new one. It goes into the URL Chatwoot delivers to, so it works on every Chatwoot version."""
     if settings.webhook_token:
         return settings.webhook_token.get_secret_value()
-    current = (bot or {}).get("outgoing_url") or ""
+    current = (bot.outgoing_url if bot else None) or ""
     tail = current.removeprefix(base + "/") if current.startswith(base + "/") else ""
     if len(tail) >= MIN_SECRET and "/" not in tail:
         return tail
@@ -42,23 +41,23 @@ async def register(settings: Settings, args: argparse.Namespace) -> int:
         if args.detach:
             for inbox in args.inbox:
                 await cw.set_agent_bot(account, inbox, None, token)
-                print(f"Disconnected the bot from inbox {inbox} ({inboxes[inbox]['name']})")
+                print(f"Disconnected the bot from inbox {inbox} ({inboxes[inbox].name})")
             return 0
         bots = await cw.list_agent_bots(account, token)
-        mine = next((b for b in bots if b.get("name") == args.name and b.get("account_id") == account), None)
+        mine = next((b for b in bots if b.name == args.name and b.account_id == account), None)
         webhook_token = _webhook_token(settings, base, mine)
         url = f"{base}/{webhook_token}"
-        bot = await cw.save_agent_bot(account, token, mine["id"] if mine else None, name=args.name, outgoing_url=url,
+        bot = await cw.save_agent_bot(account, token, mine.id if mine else None, name=args.name, outgoing_url=url,
                                       description="Hands conversations to humans (agentbot)")
-        print(f"{'Updated' if mine else 'Created'} agent bot {bot['name']!r} (id {bot['id']}) → {url}")
+        print(f"{'Updated' if mine else 'Created'} agent bot {bot.name!r} (id {bot.id}) → {url}")
         for inbox in args.inbox:
-            await cw.set_agent_bot(account, inbox, bot["id"], token)
-            print(f"Connected it to inbox {inbox} ({inboxes[inbox]['name']})")
+            await cw.set_agent_bot(account, inbox, bot.id, token)
+            print(f"Connected it to inbox {inbox} ({inboxes[inbox].name})")
         print("\nSet these in the bot's environment:")
-        print(f"CHATWOOT_BOT_TOKEN={(bot.get('access_token') or {}).get('token', '')}")
+        print(f"CHATWOOT_BOT_TOKEN={bot.token or ''}")
         print(f"WEBHOOK_TOKEN={webhook_token}")
-        if bot.get("secret"):  # Chatwoot 4.13+ signs deliveries
-            print(f"CHATWOOT_BOT_SECRET={bot['secret']}")
+        if bot.secret:  # Chatwoot 4.13+ signs deliveries
+            print(f"CHATWOOT_BOT_SECRET={bot.secret}")
         return 0
 
     return await with_chatwoot(settings, work)

@@ -81,9 +81,9 @@ async def inboxes(settings: Settings, args: argparse.Namespace) -> int:
     async def work(cw: Chatwoot) -> int:
         rows = []
         for inbox in await cw.list_inboxes(account, token):
-            bot = await cw.inbox_agent_bot(account, inbox["id"], token)
-            label = f"{bot['name']} (bot {bot['id']})" if bot.get("id") else "no bot"
-            rows.append(f"{inbox['id']:>5}  {inbox.get('channel_type', '?'):<22}  {inbox['name']:<24}  {label}")
+            bot = await cw.inbox_agent_bot(account, inbox.id, token)
+            label = f"{bot.name} (bot {bot.id})" if bot.id else "no bot"
+            rows.append(f"{inbox.id:>5}  {inbox.channel_type or '?':<22}  {inbox.name or '':<24}  {label}")
         print(f"{'id':>5}  {'channel':<22}  {'name':<24}  agent bot")
         print("\n".join(rows))
         return 0
@@ -144,13 +144,13 @@ async def check(settings: Settings, args: argparse.Namespace) -> int:
         token = settings.chatwoot_api_token.get_secret_value()
         mine = bot_token.get_secret_value()
         try:
-            known = {i["id"] for i in await cw.list_inboxes(account, token)}
+            known = {i.id for i in await cw.list_inboxes(account, token)}
             for inbox in settings.inbox_ids:
                 if inbox not in known:
                     results.append((False, f"inbox {inbox} (INBOX_IDS) does not exist in account {account}"))
                     continue
                 bot = await cw.inbox_agent_bot(account, inbox, token)
-                if (bot.get("access_token") or {}).get("token") == mine:
+                if bot.token == mine:
                     results.append((True, f"inbox {inbox} has this bot"))
                 else:
                     fix = "run `python -m agentbot register --inbox` or pick the bot in the inbox's settings"

@@ -108,15 +108,14 @@ async def admit(chatwoot: Chatwoot, settings: Settings, token: str) -> tuple[int
         if exc.status == 401:
             raise Refused("Chatwoot did not accept this access token") from None
         raise Refused(f"Chatwoot could not check the token ({exc.status or 'no answer'})") from None
-    name = str(profile.get("name") or "?")
-    admin = [a["id"] for a in profile.get("accounts") or []
-             if isinstance(a, dict) and a.get("role") == "administrator" and isinstance(a.get("id"), int)]
+    name = profile.name or "?"
+    admin = [a.id for a in profile.accounts if a.role == "administrator" and a.id is not None]
     if settings.chatwoot_account_ids:
         admin = [a for a in admin if a in settings.chatwoot_account_ids]
     handled = [a for a in admin if await _bot_works_in(chatwoot, a)]
     if not handled:
         raise Refused(f"{name} is not an administrator of an account this bot works in")
-    return int(profile["id"]), name, handled
+    return profile.id, name, handled
 
 
 async def _bot_works_in(chatwoot: Chatwoot, account: int) -> bool:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -12,7 +11,7 @@ from zoneinfo import ZoneInfo
 from ..chatwoot import ChatwootError
 from ..config import Settings
 from ..decide import Decision, decide
-from ..events import Conversation, PayloadError, parse
+from ..events import Delivery, Listed, Message, Person
 from ..facts import ConversationState, Facts
 from ..store import DecisionEntry
 from . import chart
@@ -147,26 +146,13 @@ def remembered(state: ConversationState, zone: ZoneInfo) -> list[str]:
     return lines
 
 
-def as_conversation(live: dict[str, Any], account: int) -> Conversation:
-    """Chatwoot's conversation JSON (GET …/conversations/N) as the bot's own view of a conversation."""
-    body = {**live, "event": "conversation_updated", "account": {"id": account}, "changed_attributes": None}
-    delivery = parse(json.dumps(body).encode())
-    assert delivery.conversation is not None
-    return delivery.conversation
-
-
-def decision_today(live: dict[str, Any], account: int, facts: Facts, now: datetime, settings: Settings) -> Decision:
+def decision_today(live: Listed, facts: Facts, now: datetime, settings: Settings) -> Decision:
     """The decision the rules give if the customer wrote into the conversation now."""
-    messages = [m for m in live.get("messages") or [] if isinstance(m, dict)]
-    last = next((m for m in reversed(messages) if m.get("message_type") in (0, "incoming")), {})
-    body = {"event": "message_created", "id": int(last.get("id") or 0), "message_type": "incoming", "private": False,
-            "content": last.get("content") or "", "sender": {**((live.get("meta") or {}).get("sender") or {}), "type": "contact"},
-            "account": {"id": account}, "conversation": live}
-    try:
-        delivery = parse(json.dumps(body).encode())
-    except PayloadError as exc:
-        return Decision("ignore", f"Chatwoot's answer lacks what a decision needs ({exc})")
-    return decide(delivery, facts, now, settings)
+    c, latest = live.conversation, live.messages[-1] if live.messages else None
+    last = latest if latest and latest.kind == "incoming" else None
+    message = Message(last.id if last else 0, "incoming", False, (last.content if last else None) or "",
+                      Person(c.contact.id, "contact", c.contact.name), None)
+    return decide(Delivery("message_created", None, c, message), facts, now, settings)
 
 
 def utc(ts: float) -> datetime:

@@ -12,7 +12,6 @@ from aiohttp import web
 from loguru import logger
 
 from ..chatwoot import ChatwootError
-from ..events import PayloadError
 from ..facts import Facts
 from . import panels
 from .auth import Refused, Session, Sessions, SignInLimiter, admit, client_of, csrf_ok
@@ -111,21 +110,16 @@ async def _why(page: Page, session: Session, query: Mapping[str, str], now: date
            "remembered": panels.remembered(state, zone),
            "log": [e for e in await bot.store.decisions(now.timestamp()) if e.account_id == account and e.display_id == display_id][:10]}
     try:
-        live = await bot.chatwoot.conversation_json(account, display_id)
+        live = await bot.chatwoot.conversation(account, display_id)
     except ChatwootError as exc:
         why["error"] = (f"Chatwoot has no conversation #{display_id} in account {account}" if exc.status == 404 else
                         "this Chatwoot does not let bots read a conversation (Chatwoot 4.16+ does)" if exc.status == 401 else
                         f"Chatwoot did not answer: {exc}")
         return why
-    try:
-        contact = panels.as_conversation(live, account).contact
-    except PayloadError as exc:
-        why["error"] = f"Chatwoot's answer lacks what the bot reads ({exc})"
-        return why
-    facts = Facts(state, None)
-    decision = panels.decision_today(live, account, facts, now, bot.settings)
-    why.update(status=live.get("status"), contact=contact.name, inbox=live.get("inbox_id"),
-               decision=decision.describe().splitlines(), can_hand_off=live.get("status") == "pending")
+    c = live.conversation
+    decision = panels.decision_today(live, Facts(state, None), now, bot.settings)
+    why.update(status=c.status, contact=c.contact.name, inbox=c.inbox_id,
+               decision=decision.describe().splitlines(), can_hand_off=c.status == "pending")
     return why
 
 
@@ -182,11 +176,11 @@ async def _read_inboxes(page: Page, token: str, accounts: list[int]) -> None:
         async with asyncio.timeout(5):
             for account in accounts:
                 bots = await cw.list_agent_bots(account, token)
-                ours = next((b.get("id") for b in bots if (b.get("access_token") or {}).get("token") == mine), None)
-                inboxes = [i for i in await cw.list_inboxes(account, token) if bot.settings.acts_on(account, i.get("id"))]
-                attached = await asyncio.gather(*(cw.inbox_agent_bot(account, i["id"], token) for i in inboxes))
-                rows += [{"account": account, "id": i["id"], "name": i.get("name") or "?", "channel": i.get("channel_type", ""),
-                          "bot": a.get("name") or "", "ours": ours is not None and a.get("id") == ours}
+                ours = next((b.id for b in bots if b.token == mine), None)
+                inboxes = [i for i in await cw.list_inboxes(account, token) if bot.settings.acts_on(account, i.id)]
+                attached = await asyncio.gather(*(cw.inbox_agent_bot(account, i.id, token) for i in inboxes))
+                rows += [{"account": account, "id": i.id, "name": i.name or "?", "channel": i.channel_type or "",
+                          "bot": a.name or "", "ours": ours is not None and a.id == ours}
                          for i, a in zip(inboxes, attached, strict=True)]
     except (ChatwootError, TimeoutError) as exc:
         logger.warning("operator page: could not read the inboxes with the operator's token ({})", exc or "timed out")
@@ -209,16 +203,12 @@ async def hand_off(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="account or conversation missing or not yours", headers=HEADERS)
     back = f"/?why={display_id}&account={account}"
     try:
-        live = await page.bot.chatwoot.conversation_json(account, display_id)
+        live = await page.bot.chatwoot.conversation(account, display_id)
     except ChatwootError as exc:
         raise web.HTTPBadGateway(text=f"Chatwoot did not answer: {exc}", headers=HEADERS) from None
-    if live.get("status") != "pending":
+    if live.conversation.status != "pending":
         return redirect(back + "&done=not-pending#why")
-    try:
-        conversation = panels.as_conversation(live, account)
-    except PayloadError as exc:
-        raise web.HTTPBadGateway(text=f"Chatwoot's answer lacks what the bot reads ({exc})", headers=HEADERS) from None
-    await page.bot.handoffs.hand_off_now(conversation, session.name)
+    await page.bot.handoffs.hand_off_now(live.conversation, session.name)
     return redirect(back + "&done=handoff#why")
 
 

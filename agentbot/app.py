@@ -57,7 +57,8 @@ class Bot:
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30))
         token = s.chatwoot_bot_token.get_secret_value() if s.chatwoot_bot_token else None
         self.chatwoot = Chatwoot(self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics)
-        self.outbox = Outbox(self.store, self.chatwoot, self.metrics, self.clock, s.action_max_age)
+        reader = s.chatwoot_api_token.get_secret_value() if s.chatwoot_api_token else None
+        self.outbox = Outbox(self.store, self.chatwoot, self.metrics, self.clock, s.action_max_age, reader)
         self.handoffs = Handoffs(s, self.store, self.chatwoot, self.metrics, self.clock, self.outbox.wake)
         self.outbox.start()
         self.sweeps = self.sweeper = self._sweeps(token)

@@ -30,11 +30,11 @@ from .constants import (
     TICK,
     WORKERS,
 )
+from .events import Listed
 from .facts import ConversationState
 from .metrics import Metrics
 from .store import Store
 from .store.base import LEASE
-
 
 
 def backoff(attempts: int, retry_after: float | None) -> float:
@@ -75,8 +75,10 @@ class LostClaim(Exception):
 
 
 class Outbox:
-    def __init__(self, store: Store, chatwoot: Chatwoot, metrics: Metrics, clock: Callable[[], datetime], max_age: float):
+    def __init__(self, store: Store, chatwoot: Chatwoot, metrics: Metrics, clock: Callable[[], datetime], max_age: float,
+                 reader_token: str | None = None):
         self.store, self.chatwoot, self.metrics, self.clock, self.max_age = store, chatwoot, metrics, clock, max_age
+        self.reader_token = reader_token  # a user token (CHATWOOT_API_TOKEN): may read a conversation's messages
         self._sleepers: deque[asyncio.Future[None]] = deque()  # idle workers, woken one per new job
         self._stopping = asyncio.Event()
         self.workers: list[asyncio.Task[None]] = []
@@ -291,17 +293,28 @@ class Outbox:
                         job.conversation_key, status, job.reason)
         if verdict or not (unsure and op in ("note", "message")):
             return verdict
-        content = self._content(job, step)
-        last = view.last_message if view else None
-        if await self.store.echoed(job.conversation_key, content, job.trigger) or (
-                last and last.sender.kind == "agent_bot" and last.content == content):
+        posted = await self._posted(job, self._content(job, step), view)
+        if posted:
             logger.info("conversation {}: the {} was posted already; not posting it again", job.conversation_key, op)
             return "done"
-        if view is None:  # no echo, and this Chatwoot doesn't let the bot read: better lost than sent twice
+        if posted is None:  # better lost than sent twice
             logger.warning("conversation {}: the {} may have been posted already and cannot be checked; "
                            "not posting it again", job.conversation_key, op)
             return "done"
         return None
+
+    async def _posted(self, job: Job, content: str, view: Listed | None) -> bool | None:
+        """Whether an earlier run's note or message is in the conversation (None: it cannot be told). Its echo,
+        else the conversation's last message (bot token, 4.16+), else its latest messages (a user token)."""
+        if await self.store.echoed(job.conversation_key, content, job.trigger):
+            return True
+        last = view.last_message if view else None
+        if last and last.sender.kind == "agent_bot" and last.content == content:
+            return True
+        if self.reader_token:
+            latest = await self.chatwoot.conversation_messages(job.account_id, job.display_id, self.reader_token)
+            return any(m.sender.kind == "agent_bot" and m.content == content and m.id > (job.trigger or 0) for m in latest)
+        return False if view is not None else None
 
     async def _failed(self, job: Job, exc: ChatwootError) -> None:
         job.attempts += 1

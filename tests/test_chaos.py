@@ -25,7 +25,10 @@ import pytest
 from tests.conftest import returning, wait_for
 
 KEYWORD = "human"
-ENV = {"HANDOFF_KEYWORDS": KEYWORD, "HANDOFF_MESSAGE": "Thanks {name}, a person will answer.", "CHATWOOT_TIMEOUT": "0.5"}
+# The recommended setup: with a user token the bot also reads a conversation's latest messages before it posts
+# a note or message again whose answer was lost (README, "What remains", says what happens without one).
+ENV = {"HANDOFF_KEYWORDS": KEYWORD, "HANDOFF_MESSAGE": "Thanks {name}, a person will answer.", "CHATWOOT_TIMEOUT": "0.5",
+       "CHATWOOT_API_TOKEN": "user-token-5", "CHATWOOT_ACCOUNT_ID": "1"}
 
 
 def _seeds() -> list[int]:

@@ -376,6 +376,33 @@ async def test_a_note_whose_echo_came_before_a_restart_is_not_posted_again_when_
     assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)
 
 
+@pytest.mark.parametrize("user_token", [None, "user-token-5"])
+async def test_a_note_whose_echo_went_with_the_killed_bot_is_not_posted_again_when_someone_wrote_after_it(
+        fake, processes, tmp_path, user_token):
+    """Neither the echo nor Chatwoot's last message shows the note: with a user token the bot reads the
+    conversation's latest messages; without one, on Chatwoot before 4.16, it does not post the note again."""
+    maria, conv = returning(fake)
+    env = dict(STORE_URL=f"sqlite:///{tmp_path}/bot.sqlite3", HANDOFF_MESSAGE="Thanks {name}")
+    if user_token:
+        env.update(CHATWOOT_API_TOKEN=user_token, CHATWOOT_ACCOUNT_ID="1")
+    first = await processes(**env)
+    echo = fake.hold_deliveries(lambda d: d.event == "message_created" and d.payload["private"])
+    fake.fail("messages", applied=True, hang=5)  # the note is in Chatwoot; its answer never comes
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: echo.held, 5, "the note's echo")
+    await first.stop(signal.SIGKILL)
+    echo.release()  # to a dead bot: lost (Chatwoot does not retry a refused connection)
+    fake.customer_writes(maria, "Hello? Anyone?")  # now the last message
+    await wait_for(lambda: fake.in_flight == 0, 10, "the deliveries to the dead bot")
+    await processes(**env)
+    await wait_for(lambda: fake.bot_messages(conv.display_id), 15, "the handoff message")
+    await wait_for(lambda: fake.in_flight == 0, 10, "deliveries")
+    if user_token or not fake.has("bot_reads"):
+        assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)
+    else:  # the window README's "What remains" states
+        assert len(fake.notes(conv.display_id)) == 2, fake.notes(conv.display_id)
+
+
 async def test_a_note_chatwoot_carries_out_after_the_bot_gave_up_waiting_is_not_posted_twice(fake, start_bot):
     """A slow Chatwoot: the call is still under way when the bot's timeout ends; the bot looks for it only
     once it can no longer be under way (twice CHATWOOT_TIMEOUT), then finds it."""

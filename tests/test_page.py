@@ -5,14 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import aiohttp
-import pytest
 
 from tests import browser as browsers
 from tests.conftest import Clock, returning, wait_for
 
 ADMIN, AGENT = "user-token-5", "user-token-6"
 chromium, browser = browsers.chromium, browsers.browser  # the fixtures
-pytestmark = pytest.mark.xdist_group("chromium")  # one worker runs them all: one browser start (`--dist loadgroup`)
 
 
 async def signed_in(bot, browser, token: str = ADMIN) -> None:

@@ -214,7 +214,8 @@ async def test_a_burst_while_chatwoot_is_slow_is_answered_within_chatwoots_deadl
     slow.release.set()
 
 
-async def test_a_delivery_whose_conversation_stays_locked_gets_500_in_time_and_the_retry_acts(fake, start_bot, monkeypatch):
+async def test_a_delivery_whose_conversation_stays_locked_gets_500_in_time_and_the_retry_acts(fake, start_bot,
+                                                                                            monkeypatch):
     fake.bots[7].secret = None
     maria, conv = returning(fake)
     bot = await start_bot(WEBHOOK_TOKEN=TOKEN)

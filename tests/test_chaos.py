@@ -6,7 +6,7 @@ late or dropping the connection; deliveries reordered (each delayed up to half a
 the store down for 1-3 s (Redis restarted; SQLite locked by another connection); an instance SIGKILLed
 and started again. SQLite runs one instance, Redis two behind a round-robin load balancer.
 
-The default run tries one seed per store for a few dozen steps; by hand, for example:
+The default run tries one seed per store for 20 steps; by hand, for example:
 `CHAOS_SEEDS=1-50 CHAOS_STEPS=80 .venv/bin/pytest -m chaos tests/test_chaos.py`. A failing seed is in
 the test's id (e.g. `test_chaos[redis-17]`); run it again with `CHAOS_SEEDS=17`.
 """
@@ -39,7 +39,7 @@ def _seeds() -> list[int]:
     return [int(part) for part in spec.split(",")]
 
 
-STEPS = int(os.environ.get("CHAOS_STEPS", "30"))
+STEPS = int(os.environ.get("CHAOS_STEPS", "20"))
 
 
 @pytest.mark.chaos

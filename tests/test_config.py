@@ -25,6 +25,40 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=30)
 
 
+class _Serves(Exception):
+    pass
+
+
+@pytest.fixture
+def start_up(monkeypatch, capfd):
+    """`python -m agentbot` with `env`, refused at start-up. Settings refused before serving run the same `main()`
+    in this process (its return is the exit status; stdout and stderr captured at the file descriptors), saving
+    an interpreter start each; settings that get as far as serving (the store is opened there) run in a real
+    process with `run`, which also shows `python -m agentbot` exits with `main()`'s return."""
+    from agentbot import __main__, serve
+
+    def serves(settings):
+        raise _Serves
+
+    def start(env: dict[str, str]) -> subprocess.CompletedProcess:
+        with monkeypatch.context() as m:
+            for name in [k for k in os.environ if k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_"))]:
+                m.delenv(name)
+            for name, value in env.items():
+                m.setenv(name, value)
+            m.chdir(ROOT)
+            m.setattr(serve, "serve", serves)
+            capfd.readouterr()
+            try:
+                code = __main__.main([])
+            except _Serves:
+                return run(env)
+            out, err = capfd.readouterr()
+        return subprocess.CompletedProcess([], code, out, err)
+
+    return start
+
+
 @pytest.mark.parametrize("env, variable, example", [
     ({"CHATWOOT_BOT_TOKEN": "s3cr3t-token"}, "CHATWOOT_URL", "https://chat.example.com"),
     ({"CHATWOOT_URL": "https://chat.example.com"}, "CHATWOOT_BOT_TOKEN", "Settings"),
@@ -48,8 +82,8 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     ({**GOOD, "STORE_URL": "redis://127.0.0.1:1/0"}, "STORE_URL", "cannot open the redis store"),
     ({**GOOD, "STORE_URL": "sqlite:////nonexistent/dir/bot.sqlite3"}, "STORE_URL", "cannot open the sqlite store"),
 ])
-def test_bad_settings_stop_start_up_with_one_line(env, variable, example):
-    result = run(env)
+def test_bad_settings_stop_start_up_with_one_line(env, variable, example, start_up):
+    result = start_up(env)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -149,8 +183,9 @@ def test_redis_url_of_a_paas_add_on_is_the_store_unless_store_url_is_set():
     ({"STORE_URL": "redis://:hunter2-pw@127.0.0.1:1/0"}, "STORE_URL", "cannot open the redis store at redis://:***@", "hunter2"),
     ({"REDIS_URL": "redis://u:hunter2-pw@127.0.0.1:1/0?password=hunter2-pw"}, "STORE_URL", "password=***", "hunter2"),
 ])
-def test_secrets_store_passwords_and_blank_commands_are_refused_without_printing_them(env, variable, problem, hidden):
-    result = run({**GOOD, "STORE_URL": "", **env} if "REDIS_URL" in env else {**GOOD, **env})
+def test_secrets_store_passwords_and_blank_commands_are_refused_without_printing_them(env, variable, problem, hidden,
+                                                                                     start_up):
+    result = start_up({**GOOD, "STORE_URL": "", **env} if "REDIS_URL" in env else {**GOOD, **env})
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"agentbot: configuration error: {variable}:"), result.stderr

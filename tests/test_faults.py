@@ -134,7 +134,8 @@ async def test_burst_of_new_customers_greeted_once_each(fake, start_bot):
 async def test_sigkill_between_acknowledgement_and_action(fake, processes, tmp_path):
     maria, conv = returning(fake)
     store = f"sqlite:///{tmp_path}/bot.sqlite3"
-    first = await processes(STORE_URL=store)
+    quick = {"CHATWOOT_TIMEOUT": "1"}  # the restarted bot checks the killed call after twice this (not 2 x 2 s)
+    first = await processes(STORE_URL=store, **quick)
     held = fake.hold("toggle_status")
     fake.customer_writes(maria, "Again")
     await wait_for(lambda: any(d.answers == [200] for d in fake.deliveries if d.event == "message_created"), 5, "the ack")
@@ -142,7 +143,7 @@ async def test_sigkill_between_acknowledgement_and_action(fake, processes, tmp_p
     assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
     fake.faults.remove(held)
     held.release.set()  # the killed call is processed now (as Chatwoot would), or not at all
-    await processes(STORE_URL=store)
+    await processes(STORE_URL=store, **quick)
     await wait_for(lambda: len(fake.notes(conv.display_id)) == 1, 10, "the note after restart")
     await wait_for(lambda: fake.in_flight == 0, 5, "deliveries")
     assert_exactly_once(fake, [conv], bot_was_down=True)

@@ -344,13 +344,15 @@ async def test_the_status_events_of_a_handoff_arriving_after_its_echo_still_coun
 async def test_a_note_applied_while_the_bot_was_killed_is_not_posted_again_after_the_restart(fake, processes, tmp_path):
     maria, conv = returning(fake)
     store = f"sqlite:///{tmp_path}/bot.sqlite3"
-    first = await processes(STORE_URL=store, HANDOFF_MESSAGE="Thanks {name}")
-    fake.fail("messages", applied=True, hang=5)  # the note is in Chatwoot; its answer never comes
+    quick = {"CHATWOOT_TIMEOUT": "1"}  # the restarted bot looks for the note after twice this (not 2 x 2 s)
+    first = await processes(STORE_URL=store, HANDOFF_MESSAGE="Thanks {name}", **quick)
+    fake.fail("messages", applied=True, hang=2)  # the note is in Chatwoot; its answer comes after the kill
     fake.customer_writes(maria, "Again")
     await wait_for(lambda: fake.notes(conv.display_id), 5, "the note, applied")
     await first.stop(signal.SIGKILL)
     await wait_for(lambda: fake.in_flight == 0, 10, "the deliveries to the dead bot")
-    await processes(STORE_URL=store, HANDOFF_MESSAGE="Thanks {name}")  # finds it: its echo, or Chatwoot's last message
+    # The restarted bot finds the note: its echo, or Chatwoot's last message.
+    await processes(STORE_URL=store, HANDOFF_MESSAGE="Thanks {name}", **quick)
     await wait_for(lambda: fake.bot_messages(conv.display_id), 10, "the handoff message")
     await wait_for(lambda: fake.in_flight == 0, 10, "deliveries")
     assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)

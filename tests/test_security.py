@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sys
 from datetime import timedelta
 
 import aiohttp
@@ -169,6 +170,7 @@ async def test_without_secret_or_token_start_up_warns_what_anyone_can_do(fake, s
 @pytest.mark.parametrize("lookup_seconds", [0.0, 0.05])  # fast: the per-minute cap; slow: also the 4 at a time
 async def test_a_flood_of_forged_deliveries_cannot_spend_chatwoots_rate_limit(fake, start_bot, lookup_seconds):
     fake.bots[7].secret = None
+    fake.rate_limit = 800  # harsher than Chatwoot's 3000 a minute, so a flood that outnumbers it stays cheap to send
     maria, conv = returning(fake)
     bot = await start_bot(CHATWOOT_API_TOKEN="user-token-5")
     rng = random.Random(11)
@@ -192,9 +194,14 @@ async def test_a_flood_of_forged_deliveries_cannot_spend_chatwoots_rate_limit(fa
     assert [c for c in fake.calls if c.status == 429] == []
 
 
-async def test_a_burst_while_chatwoot_is_slow_is_answered_within_chatwoots_deadline(fake, start_bot):
+async def test_a_burst_while_chatwoot_is_slow_is_answered_within_chatwoots_deadline(fake, start_bot, monkeypatch):
     fake.bots[7].secret = None
-    await start_bot(CHATWOOT_API_TOKEN="user-token-5", WEBHOOK_TOKEN=TOKEN)
+    bot = await start_bot(CHATWOOT_API_TOKEN="user-token-5", WEBHOOK_TOKEN=TOKEN)
+    # Scaled down: the bot gives up on a look-up after 0.5 s (2 s) and Chatwoot waits 1.25 s (5 s).
+    handoffs = sys.modules[type(bot.bot.handoffs).__module__]
+    assert handoffs.LOOKUP_TIMEOUT < fake.webhook_timeout == 5.0  # the real look-up timeout beats Chatwoot's deadline
+    monkeypatch.setattr(handoffs, "LOOKUP_TIMEOUT", 0.5)
+    fake.webhook_timeout = 1.25
     slow = fake.hold("contact_conversations")  # Chatwoot does not answer the look-ups
     ana = fake.contact("Ana")
     conv = fake.customer_writes(ana, "hello").conversation
@@ -207,10 +214,16 @@ async def test_a_burst_while_chatwoot_is_slow_is_answered_within_chatwoots_deadl
     slow.release.set()
 
 
-async def test_a_delivery_whose_conversation_stays_locked_gets_500_in_time_and_the_retry_acts(fake, start_bot):
+async def test_a_delivery_whose_conversation_stays_locked_gets_500_in_time_and_the_retry_acts(fake, start_bot,
+                                                                                            monkeypatch):
     fake.bots[7].secret = None
     maria, conv = returning(fake)
     bot = await start_bot(WEBHOOK_TOKEN=TOKEN)
+    # Scaled down: the bot gives up on the lock after 0.5 s (4 s) and Chatwoot waits 1 s (5 s).
+    handoffs = sys.modules[type(bot.bot.handoffs).__module__]
+    assert handoffs.DELIVERY_BUDGET < fake.webhook_timeout == 5.0  # the real budget beats Chatwoot's deadline
+    monkeypatch.setattr(handoffs, "DELIVERY_BUDGET", 0.5)
+    fake.webhook_timeout = 1.0
     release = asyncio.Event()
 
     async def another_instance_holds_the_conversation():
@@ -221,7 +234,7 @@ async def test_a_delivery_whose_conversation_stays_locked_gets_500_in_time_and_t
     fake.customer_writes(maria, "me again")
     delivery = next(d for d in reversed(fake.deliveries) if d.event == "message_created")
     await wait_for(lambda: delivery.answers, 6, "the first answer")
-    assert delivery.answers == [500] and delivery.seconds[0] < 5  # within Chatwoot's deadline: no fallback
+    assert delivery.answers == [500] and delivery.seconds[0] < 1.0  # within Chatwoot's deadline: no fallback
     release.set()
     await holder
     await wait_for(lambda: conv.status == "open", 6, "the retried delivery's handoff")

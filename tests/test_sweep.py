@@ -11,6 +11,7 @@ import os
 import re
 import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +21,11 @@ from agentbot.events import Delivery, parse_page
 from agentbot.facts import Facts
 from tests.conftest import Clock, free_port, returning, wait_for
 
-USER = {"CHATWOOT_API_TOKEN": "user-token-5", "CHATWOOT_ACCOUNT_ID": "1"}
+ROOT = Path(__file__).resolve().parents[1]
+
+# No SWEEP_RATE pace (5 calls/s by default): the stories wait for what the sweep does, not for the pace; the
+# two-instance story sets its own.
+USER = {"CHATWOOT_API_TOKEN": "user-token-5", "CHATWOOT_ACCOUNT_ID": "1", "SWEEP_RATE": "0"}
 AWAY = 120  # seconds: written while the bot was away, longer ago than the sweep leaves to deliveries
 
 
@@ -52,12 +57,15 @@ def assert_handed_off_once(fake, convs):
         assert len(fake.notes(conv.display_id)) == 1, conv.display_id
 
 
-async def sweep_cli(fake, tmp_path, *args: str, **env: str | None) -> tuple[int, str, str]:
+async def sweep_cli(fake, tmp_path, *args: str, quick: bool = False, **env: str | None) -> tuple[int, str, str]:
+    """`python -m agentbot sweep ARGS`; `quick`: with short retry delays (tests/quick_agentbot.py)."""
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_", "SWEEP_"))}
     full = {**keep, "CHATWOOT_URL": fake.url, "CHATWOOT_BOT_TOKEN": "bot-token-7", **USER,
             "STORE_URL": f"sqlite:///{tmp_path}/bot.sqlite3", "SWEEP_RATE": "0", **env}
+    if quick:
+        full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full.get("PYTHONPATH")]))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agentbot", "sweep", *args, cwd=tmp_path,
+        sys.executable, "-m", "tests.quick_agentbot" if quick else "agentbot", "sweep", *args, cwd=tmp_path,
         env={k: v for k, v in full.items() if v is not None},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
@@ -295,7 +303,7 @@ async def test_sweep_exits_1_when_chatwoot_refuses_or_fails(fake, tmp_path):
     assert "not authorized for bots" in err
     assert json.loads(out)["failures"]
     fake.fail("conversations", status=500, times=10)
-    code, out, err = await sweep_cli(fake, tmp_path, "--dry-run")
+    code, out, err = await sweep_cli(fake, tmp_path, "--dry-run", quick=True)
     assert code == 1 and "500" in err
 
 

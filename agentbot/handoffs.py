@@ -99,7 +99,7 @@ class Handoffs:
         handoff's open is done, Chatwoot tells where it may (4.16+); elsewhere the sweep finds such a period."""
         c, m = d.conversation, d.message
         if c is None or not (m and m.kind == "incoming" and state.handed_off and c.status == "pending" and c.updated > state.updated
-                and self.chatwoot and not await self.store.opening(c.key)):
+                and self.chatwoot and not any(job.opens_later for job in await self.store.jobs(c.key))):
             return False
         try:
             async with asyncio.timeout_at(deadline):

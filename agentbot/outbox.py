@@ -288,6 +288,8 @@ class Outbox:
         verdict = still_wanted(job, status, unsure) if guarded(step) and status else None
         if job.expected_status == "pending" and closed_since(state, job):
             verdict, status = "drop", "resolved or snoozed since"  # a later pending period is not this job's
+        elif job.status_target == "open" and (late or unsure) and await self._superseded(job):
+            verdict, status = "drop", "handed off again since"
         if verdict == "drop":
             logger.info("conversation {}: is {} now, not where the decision left it; dropped: {}",
                         job.conversation_key, status, job.reason)
@@ -302,6 +304,11 @@ class Outbox:
                            "not posting it again", job.conversation_key, op)
             return "done"
         return None
+
+    async def _superseded(self, job: Job) -> bool:
+        """A handoff of a later pending period is queued behind this one (the bot missed the resolve between)."""
+        return any(other.opens_later and (other.trigger or 0) > (job.trigger or 0)
+                   for other in await self.store.jobs(job.conversation_key))
 
     async def _posted(self, job: Job, content: str, view: Listed | None) -> bool | None:
         """Whether an earlier run's note or message is in the conversation (None: it cannot be told). Its echo,

@@ -36,7 +36,11 @@ def one_handoff(fake, conv, note_count=1):
 
 
 async def outbox_empty(bot) -> bool:
-    return await bot.bot.store.depth() == 0
+    return await queued(bot, 0)
+
+
+async def queued(bot, jobs: int) -> bool:
+    return await bot.bot.store.depth() == jobs
 
 
 async def health(bot) -> tuple[int, dict]:
@@ -223,6 +227,33 @@ async def test_a_handoffs_note_still_failing_when_an_agent_resolves_is_dropped_w
     await bot.idle()
     assert fake.notes(conv.display_id) == [] and fake.bot_messages(conv.display_id) == []
     assert conv.status == "resolved"
+
+
+async def test_a_handoff_of_an_earlier_period_gives_way_to_the_handoff_of_the_new_one(fake, start_bot):
+    """The first handoff's open landed but its answer was lost; before the bot looks again an agent resolves and
+    the customer writes again (the resolve's events still on their way): the new period's handoff is the one."""
+    maria, conv = returning(fake)
+    bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}", CHATWOOT_TIMEOUT="0.3")
+    fake.fail("toggle_status", applied=True, hang=0.4)
+    reads = fake.hold("show")  # the first handoff looks again only once the second one is decided
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: conv.status == "open", 5, "the first handoff, applied")
+    await wait_for(lambda: all(d.done for d in fake.deliveries), 5, "its events")
+    stale = fake.hold_deliveries(lambda d: d.event in CONVERSATION_EVENTS and d.payload["status"] == "resolved")
+    fake.resolve(conv.display_id)
+    fake.customer_writes(maria, "Hello?")
+    await wait_for(lambda: all(d.done for d in fake.deliveries if d not in stale.held), 5, "the new period's message")
+    await wait_for(lambda: queued(bot, 2), 5, "the second handoff, decided")
+    opened = fake.hold_deliveries(lambda d: d.event in CONVERSATION_EVENTS and d.payload["status"] == "open")
+    fake.faults.remove(reads)
+    reads.release.set()
+    await wait_for(lambda: queued(bot, 0), 5, "both jobs run")
+    stale.release()
+    opened.release()
+    await bot.idle()
+    assert conv.status == "open"
+    assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)
+    assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]
 
 
 async def test_a_late_give_back_does_not_undo_an_agents_resolve(fake, start_bot):

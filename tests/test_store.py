@@ -48,19 +48,19 @@ async def test_echoes_outlive_the_process(tmp_path):
     await again.close()
 
 
-async def test_opening_tells_whether_a_queued_job_or_a_timer_is_still_to_open_the_conversation(store):
+async def test_jobs_lists_a_conversations_queued_jobs_with_progress_and_its_timer(store):
     greeting = Job(1, 42, "greeting", [PublicMessage("Hi")])
-    await store.commit(Commit("d:1", "1:42", jobs=[greeting]), 100.0)
-    assert not await store.opening("1:42")
-    await store.commit(Commit("d:2", "1:43", timer=(200.0, job(43))), 100.0)
-    assert await store.opening("1:43")
-    await store.commit(Commit("d:3", "1:42", jobs=[job(42)]), 100.0)
-    assert await store.opening("1:42")
-    for _ in range(2):
-        claimed = await store.claim(101.0)
-        claimed.step = len(claimed.steps)
-        await store.finish(claimed, 101.0)
-    assert not await store.opening("1:42")
+    await store.commit(Commit("d:1", "1:42", jobs=[greeting, job(42, "handoff")]), 100.0)
+    await store.commit(Commit("d:2", "1:43", timer=(200.0, job(43, "later"))), 100.0)
+    assert [j.reason for j in await store.jobs("1:43")] == ["later"]
+    claimed = await store.claim(101.0)
+    claimed.step = 1
+    await store.finish(claimed, 101.0)
+    assert [(j.reason, j.step, j.opens_later) for j in await store.jobs("1:42")] == [("handoff", 0, True)]
+    claimed = await store.claim(101.0)
+    claimed.step = 1
+    await store.finish(claimed, 101.0)
+    assert await store.jobs("1:42") == []
 
 
 async def test_jobs_of_one_conversation_run_in_order_and_one_at_a_time(store):

@@ -127,8 +127,8 @@ class Store(ABC):
     async def requeue_dead(self, now: float) -> int: ...
 
     @abstractmethod
-    async def opening(self, conversation_key: str) -> bool:
-        """Whether a job in the conversation's outbox, or its timer, is still to set it open."""
+    async def jobs(self, conversation_key: str) -> list[Job]:
+        """The conversation's jobs still to run: in its outbox (the running one with its progress) and its timer's."""
 
     @abstractmethod
     async def depth(self) -> int:

@@ -284,12 +284,12 @@ class RedisStore(Store):
     async def requeue_dead(self, now: float) -> int:
         return int(await self._requeue(args=[now]))
 
-    async def opening(self, conversation_key: str) -> bool:
+    async def jobs(self, conversation_key: str) -> list[Job]:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.lrange(P + "q:" + conversation_key, 0, -1)
             pipe.get(P + "timer:" + conversation_key)
             queued, timer = await pipe.execute()
-        return any(Job.loads(body).opens_later for body in queued + ([timer] if timer else []))
+        return [Job.loads(body) for body in queued + ([timer] if timer else [])]
 
     async def depth(self) -> int:
         return int(await self.redis.get(P + "depth") or 0)

@@ -366,11 +366,11 @@ class SQLiteStore(Store):
             self.db.execute("INSERT OR REPLACE INTO queues VALUES (?,?)", (job.conversation_key, now))
         return len(rows)
 
-    async def opening(self, conversation_key: str) -> bool:
+    async def jobs(self, conversation_key: str) -> list[Job]:
         rows = await self._read(lambda: self.rdb.execute(
             "SELECT body FROM jobs WHERE conv=? AND dead=0 UNION ALL SELECT body FROM timers WHERE conv=?",
             (conversation_key, conversation_key)).fetchall())
-        return any(Job.loads(body).opens_later for body, in rows)
+        return [Job.loads(body) for body, in rows]
 
     async def depth(self) -> int:
         return await self._read(lambda: self.rdb.execute("SELECT count(*) FROM jobs WHERE dead=0").fetchone()[0])

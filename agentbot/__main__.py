@@ -2,6 +2,7 @@
 
 Each subcommand names the function that runs it (`set_defaults(run=…)`): commands/show.py only reads,
 commands/change.py writes, sweep_cli.py sweeps; `serve`, or no command, runs the server."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,9 @@ from .sweep_cli import sweep
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m agentbot",
-                                description="Chatwoot agent bot that hands conversations to humans.")
+    p = argparse.ArgumentParser(
+        prog="python -m agentbot", description="Chatwoot agent bot that hands conversations to humans."
+    )
     p.set_defaults(run=None)  # the server
     sub = p.add_subparsers(dest="command")
     sub.add_parser("serve", help="run the web server (default)")
@@ -27,8 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--at", help="ISO time to decide at (default: now)")
     ob = sub.add_parser("outbox", help="list dead letters")
     ob.set_defaults(run=show.outbox)
-    ob.add_argument("--retry", dest="run", action="store_const", const=change.retry,
-                    help="re-queue every dead letter")
+    ob.add_argument("--retry", dest="run", action="store_const", const=change.retry, help="re-queue every dead letter")
     reg = sub.add_parser("register", help="create or update the agent bot in Chatwoot and connect inboxes")
     reg.set_defaults(run=change.register)
     reg.add_argument("--url", help="the bot's public webhook URL, e.g. https://bot.example.com/webhook")
@@ -41,10 +42,16 @@ def _parser() -> argparse.ArgumentParser:
     sw.set_defaults(run=sweep)
     sw.add_argument("--dry-run", action="store_true", help="print what would happen; change nothing")
     sw.add_argument("--json", action="store_true", help="print the result as JSON")
-    sw.add_argument("--inbox", type=int, action="append", default=[],
-                    help="inbox id (repeatable; default: INBOX_IDS or all)")
-    sw.add_argument("--account", type=int, action="append", default=[],
-                    help="account id (repeatable; default: CHATWOOT_ACCOUNT_ID(S))")
+    sw.add_argument(
+        "--inbox", type=int, action="append", default=[], help="inbox id (repeatable; default: INBOX_IDS or all)"
+    )
+    sw.add_argument(
+        "--account",
+        type=int,
+        action="append",
+        default=[],
+        help="account id (repeatable; default: CHATWOOT_ACCOUNT_ID(S))",
+    )
     return p
 
 

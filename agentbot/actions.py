@@ -1,4 +1,5 @@
 """What the bot does to a conversation: jobs of ordered steps, kept in the outbox until done."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -140,4 +141,3 @@ class Job(msgspec.Struct):
     def describe(self) -> str:
         ops = ", ".join(s.words() for s in self.steps)
         return f"conversation {self.conversation_key}: {ops}"
-

@@ -1,4 +1,5 @@
 """Build the aiohttp application: routes, the shared client session, store and outbox lifecycle."""
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
@@ -40,7 +41,9 @@ class Bot:
         self.settings, self.clock = settings, clock
         self.store = store or open_store(settings.store_url, settings.redis_tls_verify)
         self.metrics = Metrics()
-        self.sweeper: PageSweeper | None = None  # the sweep, when the app has one (page.panels.Sweeper); the operator page offers it
+        self.sweeper: PageSweeper | None = (
+            None  # the sweep, when the app has one (page.panels.Sweeper); the operator page offers it
+        )
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         s = self.settings
@@ -53,7 +56,9 @@ class Bot:
             if "CERTIFICATE_VERIFY_FAILED" in str(exc):
                 hint = "; a managed Redis with a self-signed certificate (Heroku Redis) needs REDIS_TLS_VERIFY=false"
             problem = scrub(f"{type(exc).__name__}: {exc}", s.store_url)
-            raise ConfigError(f"STORE_URL: cannot open the {scheme} store at {mask(s.store_url)} ({problem}){hint}") from None
+            raise ConfigError(
+                f"STORE_URL: cannot open the {scheme} store at {mask(s.store_url)} ({problem}){hint}"
+            ) from None
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30))
         token = s.chatwoot_bot_token.get_secret_value() if s.chatwoot_bot_token else None
         self.chatwoot = Chatwoot(self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics)
@@ -62,7 +67,9 @@ class Bot:
         self.handoffs = Handoffs(s, self.store, self.chatwoot, self.metrics, self.clock, self.outbox.wake)
         self.outbox.start()
         self.sweeps = self.sweeper = self._sweeps(token)
-        logger.info("agentbot ready on port {} (store: {}, Chatwoot: {})", s.port, mask(s.store_url), mask(s.chatwoot_url))
+        logger.info(
+            "agentbot ready on port {} (store: {}, Chatwoot: {})", s.port, mask(s.store_url), mask(s.chatwoot_url)
+        )
         if s.chatwoot_bot_secret is None and s.webhook_token is None:
             logger.warning(UNPROTECTED)
         if self.sweeps:
@@ -80,11 +87,15 @@ class Bot:
         s = self.settings
         assert s.chatwoot_url is not None  # serve requires it (config.REQUIRED)
         if s.chatwoot_api_token is None:
-            logger.info("sweep off: without CHATWOOT_API_TOKEN the bot cannot list pending conversations, so one whose "
-                        "delivery was lost (bot down or asleep, connected later, history imported) stays pending until "
-                        "the customer writes again; set it to catch those")
+            logger.info(
+                "sweep off: without CHATWOOT_API_TOKEN the bot cannot list pending conversations, so one whose "
+                "delivery was lost (bot down or asleep, connected later, history imported) stays pending until "
+                "the customer writes again; set it to catch those"
+            )
             return None
-        throttled = Chatwoot(self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics, Throttle(s.sweep_rate))
+        throttled = Chatwoot(
+            self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics, Throttle(s.sweep_rate)
+        )
         handoffs = Handoffs(s, self.store, throttled, self.metrics, self.clock, self.outbox.wake)
         sweeper = Sweeper(s, handoffs, throttled, self.metrics, self.clock, busy=lambda: self.handoffs.live)
         try:
@@ -121,7 +132,9 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=bot.metrics.render(), content_type="text/plain", charset="utf-8")
 
 
-def build_app(settings: Settings, clock: Callable[[], datetime] = utcnow, store: Store | None = None) -> web.Application:
+def build_app(
+    settings: Settings, clock: Callable[[], datetime] = utcnow, store: Store | None = None
+) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[BOT] = Bot(settings, clock, store)
     # With a token, Chatwoot delivers to /webhook/<token> and /webhook does not exist (404). Every method

@@ -1,10 +1,11 @@
 """The Chatwoot API client: one method per endpoint the bot calls, errors mapped to ChatwootError."""
+
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from typing import TypeVar, overload
 
 import aiohttp
 import msgspec
@@ -30,8 +31,9 @@ class ChatwootError(Exception):
     """A call failed; `final` says whether trying again can help, `maybe_applied` whether Chatwoot may
     have carried it out all the same (no answer after the request went out, or a server error)."""
 
-    def __init__(self, endpoint: str, status: int | None, detail: str, retry_after: float | None = None,
-                 sent: bool = True):
+    def __init__(
+        self, endpoint: str, status: int | None, detail: str, retry_after: float | None = None, sent: bool = True
+    ):
         self.endpoint, self.status, self.detail, self.retry_after = endpoint, status, detail, retry_after
         self.sent = sent
         super().__init__(f"{endpoint}: {status or 'no answer'} {detail}".strip())
@@ -175,23 +177,55 @@ class Throttle:
 class Chatwoot:
     """Talks only to `base_url`; paths are built here and nowhere else."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str | None,
-                 timeout: float = 10.0, metrics: Metrics | None = None, throttle: Throttle | None = None):
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        token: str | None,
+        timeout: float = 10.0,
+        metrics: Metrics | None = None,
+        throttle: Throttle | None = None,
+    ):
         self.session, self.base_url, self.token = session, base_url, token
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.metrics, self.throttle = metrics, throttle
         self.reads = True  # this Chatwoot lets the bot token read a conversation (4.16+), until it refuses
 
     @overload
-    async def _call(self, method: str, endpoint: str, path: str, body: object = None, token: str | None = None,
-                    params: dict[str, str] | None = None, decoder: None = None) -> None: ...
+    async def _call(
+        self,
+        method: str,
+        endpoint: str,
+        path: str,
+        body: object = None,
+        token: str | None = None,
+        params: dict[str, str] | None = None,
+        decoder: None = None,
+    ) -> None: ...
 
     @overload
-    async def _call(self, method: str, endpoint: str, path: str, body: object = None, token: str | None = None,
-                    params: dict[str, str] | None = None, *, decoder: Callable[[bytes], T]) -> T: ...
+    async def _call(
+        self,
+        method: str,
+        endpoint: str,
+        path: str,
+        body: object = None,
+        token: str | None = None,
+        params: dict[str, str] | None = None,
+        *,
+        decoder: Callable[[bytes], T],
+    ) -> T: ...
 
-    async def _call(self, method: str, endpoint: str, path: str, body: object = None, token: str | None = None,
-                    params: dict[str, str] | None = None, decoder: Callable[[bytes], T] | None = None) -> T | None:
+    async def _call(
+        self,
+        method: str,
+        endpoint: str,
+        path: str,
+        body: object = None,
+        token: str | None = None,
+        params: dict[str, str] | None = None,
+        decoder: Callable[[bytes], T] | None = None,
+    ) -> T | None:
         """The answer decoded by `decoder` (None without one); ChatwootError for every failure, an answer
         that is not the shape `decoder` expects included."""
         headers = {"api_access_token": token or self.token or "", "Accept": "application/json"}
@@ -199,8 +233,15 @@ class Chatwoot:
             await self.throttle.wait()
         started, status = time.perf_counter(), "error"
         try:
-            async with self.session.request(method, self.base_url + path, json=body, headers=headers, params=params,
-                                            timeout=self.timeout, allow_redirects=False) as resp:
+            async with self.session.request(
+                method,
+                self.base_url + path,
+                json=body,
+                headers=headers,
+                params=params,
+                timeout=self.timeout,
+                allow_redirects=False,
+            ) as resp:
                 status = str(resp.status)
                 raw = await resp.read()
                 if resp.status >= 300:
@@ -228,10 +269,14 @@ class Chatwoot:
         return f"/api/v1/accounts/{int(account)}/conversations/{int(display_id)}"
 
     async def toggle_status(self, account: int, display_id: int, status: str) -> None:
-        await self._call("POST", "toggle_status", self._conv(account, display_id) + "/toggle_status", {"status": status})
+        await self._call(
+            "POST", "toggle_status", self._conv(account, display_id) + "/toggle_status", {"status": status}
+        )
 
     async def toggle_priority(self, account: int, display_id: int, priority: str) -> None:
-        await self._call("POST", "toggle_priority", self._conv(account, display_id) + "/toggle_priority", {"priority": priority})
+        await self._call(
+            "POST", "toggle_priority", self._conv(account, display_id) + "/toggle_priority", {"priority": priority}
+        )
 
     async def create_message(self, account: int, display_id: int, content: str, private: bool) -> None:
         body = {"content": content, "message_type": "outgoing", "private": private}
@@ -239,8 +284,13 @@ class Chatwoot:
 
     async def assign_agent(self, account: int, display_id: int, assignee_id: int | None) -> Agent | None:
         """Assign a user (None: unassign); the user as Chatwoot has them, None when there is no such user."""
-        return await self._call("POST", "assignments", self._conv(account, display_id) + "/assignments",
-                                {"assignee_id": assignee_id}, decoder=_agent)
+        return await self._call(
+            "POST",
+            "assignments",
+            self._conv(account, display_id) + "/assignments",
+            {"assignee_id": assignee_id},
+            decoder=_agent,
+        )
 
     async def assign_team(self, account: int, display_id: int, team_id: int) -> None:
         await self._call("POST", "assignments", self._conv(account, display_id) + "/assignments", {"team_id": team_id})
@@ -259,8 +309,10 @@ class Chatwoot:
             if not exc.refused_to_bots:
                 raise
             self.reads = False
-            logger.info("this Chatwoot does not let agent bots read a conversation (before 4.16): the bot relies "
-                        "on its memory of the events instead")
+            logger.info(
+                "this Chatwoot does not let agent bots read a conversation (before 4.16): the bot relies "
+                "on its memory of the events instead"
+            )
             return None
 
     async def version(self) -> str | None:
@@ -275,8 +327,12 @@ class Chatwoot:
         """A harmless bot-token call. The token was accepted when Chatwoot answers 404 for conversation 0,
         or (before 4.13, where bots may not toggle typing) refuses the endpoint "for bots"."""
         try:
-            await self._call("POST", "toggle_typing_status", self._conv(account, 0) + "/toggle_typing_status",
-                             {"typing_status": "off"})
+            await self._call(
+                "POST",
+                "toggle_typing_status",
+                self._conv(account, 0) + "/toggle_typing_status",
+                {"typing_status": "off"},
+            )
         except ChatwootError as exc:
             if not (exc.status == 404 or exc.refused_to_bots):
                 raise
@@ -284,28 +340,41 @@ class Chatwoot:
     # A user (administrator) token's endpoints: look-ups and set-up.
     async def contact_conversations(self, account: int, contact_id: int, token: str) -> list[Listed]:
         """The contact's conversations (the latest 20 on Chatwoot); ChatwootError when the answer is not their shape."""
-        return await self._call("GET", "contact_conversations",
-                                f"/api/v1/accounts/{int(account)}/contacts/{int(contact_id)}/conversations", token=token,
-                                decoder=_contact_conversations)
+        return await self._call(
+            "GET",
+            "contact_conversations",
+            f"/api/v1/accounts/{int(account)}/contacts/{int(contact_id)}/conversations",
+            token=token,
+            decoder=_contact_conversations,
+        )
 
-    async def list_conversations(self, account: int, token: str, status: str, page: int,
-                                 inbox_id: int | None = None) -> tuple[int, list[Listed], int]:
+    async def list_conversations(
+        self, account: int, token: str, status: str, page: int, inbox_id: int | None = None
+    ) -> tuple[int, list[Listed], int]:
         """One page (25) of the account's conversations, newest activity first: (all_count, the conversations,
         how many could not be read); PayloadError when the page is not Chatwoot's shape."""
         params = {"status": status, "assignee_type": "all", "page": str(int(page))}
         if inbox_id is not None:
             params["inbox_id"] = str(int(inbox_id))
-        return await self._call("GET", "conversations", f"/api/v1/accounts/{int(account)}/conversations", token=token,
-                                params=params, decoder=parse_page)
+        return await self._call(
+            "GET",
+            "conversations",
+            f"/api/v1/accounts/{int(account)}/conversations",
+            token=token,
+            params=params,
+            decoder=parse_page,
+        )
 
     async def conversation_messages(self, account: int, display_id: int, token: str) -> list[Message]:
         """The conversation's latest messages (20 on Chatwoot), oldest first."""
-        return await self._call("GET", "messages_index", self._conv(account, display_id) + "/messages", token=token,
-                                decoder=parse_messages)
+        return await self._call(
+            "GET", "messages_index", self._conv(account, display_id) + "/messages", token=token, decoder=parse_messages
+        )
 
     async def list_inboxes(self, account: int, token: str) -> list[Inbox]:
-        data = await self._call("GET", "inboxes", f"/api/v1/accounts/{int(account)}/inboxes", token=token,
-                                decoder=_decode_inboxes)
+        data = await self._call(
+            "GET", "inboxes", f"/api/v1/accounts/{int(account)}/inboxes", token=token, decoder=_decode_inboxes
+        )
         return data.payload if data else []
 
     async def inbox_agent_bot(self, account: int, inbox_id: int, token: str) -> AgentBot:
@@ -315,16 +384,26 @@ class Chatwoot:
         return (data.agent_bot if data else None) or AgentBot()
 
     async def set_agent_bot(self, account: int, inbox_id: int, bot_id: int | None, token: str) -> None:
-        await self._call("POST", "set_agent_bot", f"/api/v1/accounts/{int(account)}/inboxes/{int(inbox_id)}/set_agent_bot",
-                         {"agent_bot": bot_id}, token=token)
+        await self._call(
+            "POST",
+            "set_agent_bot",
+            f"/api/v1/accounts/{int(account)}/inboxes/{int(inbox_id)}/set_agent_bot",
+            {"agent_bot": bot_id},
+            token=token,
+        )
 
     async def list_agent_bots(self, account: int, token: str) -> list[AgentBot]:
-        return await self._call("GET", "agent_bots", f"/api/v1/accounts/{int(account)}/agent_bots", token=token,
-                                decoder=_decode_bots) or []
+        return (
+            await self._call(
+                "GET", "agent_bots", f"/api/v1/accounts/{int(account)}/agent_bots", token=token, decoder=_decode_bots
+            )
+            or []
+        )
 
     async def save_agent_bot(self, account: int, token: str, bot_id: int | None, **fields: str) -> AgentBot:
         path = f"/api/v1/accounts/{int(account)}/agent_bots"
         if bot_id is None:
             return await self._call("POST", "agent_bots", path, fields, token=token, decoder=_decode_bot)
-        return await self._call("PATCH", "agent_bots", f"{path}/{int(bot_id)}", fields, token=token,
-                                decoder=_decode_bot)
+        return await self._call(
+            "PATCH", "agent_bots", f"{path}/{int(bot_id)}", fields, token=token, decoder=_decode_bot
+        )

@@ -1,4 +1,5 @@
 """Settings: every environment variable, parsed and validated once at start-up."""
+
 from __future__ import annotations
 
 import os
@@ -115,7 +116,9 @@ def _check_template(value: str | None) -> str | None:
         raise ValueError(f"{value!r} is not a valid template ({exc})") from None
     unknown = fields - PLACEHOLDERS
     if unknown:
-        raise ValueError(f"unknown placeholder {{{sorted(unknown)[0]}}}; use {{name}}, {{reason}} or {{conversation_id}}")
+        raise ValueError(
+            f"unknown placeholder {{{sorted(unknown)[0]}}}; use {{name}}, {{reason}} or {{conversation_id}}"
+        )
     return value
 
 
@@ -149,15 +152,24 @@ class Rules(BaseModel):
     bot_command: str = "#bot"
 
     _split_lists = field_validator(
-        "handoff_keywords", "handoff_labels", "handoff_attributes", "handoff_languages",
-        "keep_languages", "closed_dates", mode="before",
+        "handoff_keywords",
+        "handoff_labels",
+        "handoff_attributes",
+        "handoff_languages",
+        "keep_languages",
+        "closed_dates",
+        mode="before",
     )(_split)
-    _templates = field_validator(
-        "away_message", "handoff_message", "returning_message", "greeting_message"
-    )(_check_template)
+    _templates = field_validator("away_message", "handoff_message", "returning_message", "greeting_message")(
+        _check_template
+    )
     _blank_optionals = field_validator(
-        "handoff_after_messages", "handoff_after_seconds", "handoff_team_id", "handoff_assignee_id",
-        "handoff_priority", mode="before",
+        "handoff_after_messages",
+        "handoff_after_seconds",
+        "handoff_team_id",
+        "handoff_assignee_id",
+        "handoff_priority",
+        mode="before",
     )(_blank_is_unset)
     _zero_counts = field_validator("handoff_after_messages", "handoff_after_seconds")(_zero_is_off)
 
@@ -229,8 +241,10 @@ class Rules(BaseModel):
             (r.keep_languages, f"customers in any language but {', '.join(r.keep_languages)} are opened"),
             (r.handoff_keywords, f"messages with the words {', '.join(r.handoff_keywords)} open the conversation"),
             (r.handoff_after_messages, f"the customer's message number {r.handoff_after_messages} opens it"),
-            (r.handoff_after_seconds,
-             f"a conversation still pending {r.handoff_after_seconds} s after the first message is opened"),
+            (
+                r.handoff_after_seconds,
+                f"a conversation still pending {r.handoff_after_seconds} s after the first message is opened",
+            ),
             (r.handoff_on_agent_reply, "an agent's public reply in a pending conversation opens it"),
         ]
         lines = [f"- {text}" for cond, text in on if cond]
@@ -238,12 +252,14 @@ class Rules(BaseModel):
             away = f"; away message: {r.away_message!r}" if r.away_message else ""
             lines.append(f"- handoffs outside {r.hours.describe()} wait for the next opening time{away}")
         lines.append(f"- WhatsApp groups: {r.whatsapp_groups}")
-        at = [f"team {r.handoff_team_id}" if r.handoff_team_id is not None else "",
-              f"agent {r.handoff_assignee_id}" if r.handoff_assignee_id is not None else "",
-              f"priority {r.handoff_priority}" if r.handoff_priority else "",
-              "a private note with the reason" if r.handoff_note else "",
-              f"message {r.handoff_message!r}" if r.handoff_message else "",
-              f"returning customers get {r.returning_message!r}" if r.returning_message else ""]
+        at = [
+            f"team {r.handoff_team_id}" if r.handoff_team_id is not None else "",
+            f"agent {r.handoff_assignee_id}" if r.handoff_assignee_id is not None else "",
+            f"priority {r.handoff_priority}" if r.handoff_priority else "",
+            "a private note with the reason" if r.handoff_note else "",
+            f"message {r.handoff_message!r}" if r.handoff_message else "",
+            f"returning customers get {r.returning_message!r}" if r.returning_message else "",
+        ]
         lines.append(f"- at handoff: {', '.join(filter(None, at)) or 'only the status change'}")
         if r.greeting_message:
             lines.append(f"- new customers kept pending are greeted once: {r.greeting_message!r}")
@@ -260,9 +276,14 @@ class Settings(BaseSettings, Rules):
     model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         # load() merges `.env` and the environment itself, so tests can pass their own mapping.
         return (init_settings,)
 
@@ -380,7 +401,9 @@ def _inbox_overrides(environ: dict[str, str]) -> dict[int, dict[str, str]]:
         if not inbox.isdigit():
             continue
         if name.lower() not in RULE_FIELDS:
-            raise ConfigError(f"{key}: {name} is not a rule that can be set per inbox (example: INBOX_{inbox}_HANDOFF_ALL=true)")
+            raise ConfigError(
+                f"{key}: {name} is not a rule that can be set per inbox (example: INBOX_{inbox}_HANDOFF_ALL=true)"
+            )
         found.setdefault(int(inbox), {})[name.lower()] = value
     return found
 
@@ -388,13 +411,18 @@ def _inbox_overrides(environ: dict[str, str]) -> dict[int, dict[str, str]]:
 def _legacy_groups(environ: dict[str, str]) -> dict[str, str]:
     """`GROUPS` (and `INBOX_<id>_GROUPS`) is the old name of `WHATSAPP_GROUPS`, still read from `.env` files and
     PaaS settings (in bash, GROUPS is the shell's own variable and an assignment to it is lost). The new name wins."""
+
     def renamed(key: str) -> str | None:
         up = key.upper()
-        old = up == "GROUPS" or (up.startswith("INBOX_") and up.endswith("_GROUPS") and not up.endswith("_WHATSAPP_GROUPS"))
+        old = up == "GROUPS" or (
+            up.startswith("INBOX_") and up.endswith("_GROUPS") and not up.endswith("_WHATSAPP_GROUPS")
+        )
         return up.removesuffix("GROUPS") + "WHATSAPP_GROUPS" if old else None
 
-    return {**{new: v for k, v in environ.items() if (new := renamed(k))},
-            **{k: v for k, v in environ.items() if not renamed(k)}}
+    return {
+        **{new: v for k, v in environ.items() if (new := renamed(k))},
+        **{k: v for k, v in environ.items() if not renamed(k)},
+    }
 
 
 def load(environ: dict[str, str] | None = None, env_file: str | None = ".env") -> Settings:

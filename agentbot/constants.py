@@ -1,6 +1,7 @@
 """The outbox's numbers in one place: how many jobs run at once, how often it looks, how it backs off.
 
 outbox.py reads them (tests shorten POLL, TICK and BACKOFF_BASE on `agentbot.outbox`)."""
+
 from __future__ import annotations
 
 WORKERS = 64  # jobs in flight at once: each waits for two synced writes (claim, finish), so they overlap

@@ -1,4 +1,5 @@
 """The decision core: (delivery, facts, now, rules) → Decision. Pure: no I/O, clock passed in."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -147,8 +148,14 @@ def _latest(c: Conversation, state: ConversationState) -> int | None:
 
 
 def _give_back(c: Conversation, m: Message, state: ConversationState, now: datetime) -> Decision:
-    job = _job(c, f"{m.sender.name or 'An agent'} gave the conversation back to the bot",
-               [SetStatus("pending")], now, "bot_command", m.id)
+    job = _job(
+        c,
+        f"{m.sender.name or 'An agent'} gave the conversation back to the bot",
+        [SetStatus("pending")],
+        now,
+        "bot_command",
+        m.id,
+    )
     return Decision("pending", job.reason, "bot_command", state.new_period(given_back=True), [job], cancel_timer=True)
 
 
@@ -159,8 +166,17 @@ def _incoming(c: Conversation, m: Message, facts: Facts, now: datetime, rules: R
     fired = _first_rule(c, m, state, rules, returning)
     if fired:
         rule, reason = fired
-        return _handoff(c, replace(facts, state=state), now, rules, rule, reason, m.id,
-                        returning=bool(returning and rule == "returning"), live=live)
+        return _handoff(
+            c,
+            replace(facts, state=state),
+            now,
+            rules,
+            rule,
+            reason,
+            m.id,
+            returning=bool(returning and rule == "returning"),
+            live=live,
+        )
     jobs: list[Job] = []
     if live and rules.greeting_message and not state.greeted and not c.is_group:
         greeting = _render(rules.greeting_message, c, "new customer")
@@ -179,7 +195,9 @@ def _incoming(c: Conversation, m: Message, facts: Facts, now: datetime, rules: R
         due = due if c.is_group else _adjust_to_hours(due, rules)
         timer = (due.timestamp(), _handoff_job(c, facts, now, rules, reason, "wait", m.id, returning=False))
         state = replace(state, timer_due=timer[0])
-    return Decision("keep", "new customer: no rule fired, conversation stays pending", state=state, jobs=jobs, timer=timer)
+    return Decision(
+        "keep", "new customer: no rule fired, conversation stays pending", state=state, jobs=jobs, timer=timer
+    )
 
 
 def given_back(c: Conversation, state: ConversationState) -> bool:
@@ -205,8 +223,9 @@ def returning_reason(c: Conversation, facts: Facts) -> str | None:
     return None
 
 
-def _first_rule(c: Conversation, m: Message, state: ConversationState, rules: Rules,
-                returning: str | None) -> tuple[str, str] | None:
+def _first_rule(
+    c: Conversation, m: Message, state: ConversationState, rules: Rules, returning: str | None
+) -> tuple[str, str] | None:
     if rules.handoff_all:
         return "all", "Every conversation goes to humans (HANDOFF_ALL)"
     if returning:
@@ -225,7 +244,10 @@ def _first_rule(c: Conversation, m: Message, state: ConversationState, rules: Ru
         if language in rules.handoff_languages or primary in rules.handoff_languages:
             return "language", f'Customer language "{language}" goes to humans'
         if rules.keep_languages and not (language in rules.keep_languages or primary in rules.keep_languages):
-            return "language", f'Customer language "{language}" is not one the bot answers ({", ".join(rules.keep_languages)})'
+            return (
+                "language",
+                f'Customer language "{language}" is not one the bot answers ({", ".join(rules.keep_languages)})',
+            )
     word = find_keyword(rules.keyword_pattern, m.content)
     if word:
         return "keyword", f'Customer asked for a person ("{word}")'
@@ -236,13 +258,32 @@ def _first_rule(c: Conversation, m: Message, state: ConversationState, rules: Ru
 
 def operator_handoff(c: Conversation, facts: Facts, now: datetime, settings: Settings, who: str) -> Decision:
     """An administrator's "hand off now" from the operator page: the inbox's handoff, at once."""
-    return _handoff(c, facts, now, settings.rules_for(c.inbox_id), "operator",
-                    f"{who} handed the conversation to humans from the bot's page", None, deferrable=False)
+    return _handoff(
+        c,
+        facts,
+        now,
+        settings.rules_for(c.inbox_id),
+        "operator",
+        f"{who} handed the conversation to humans from the bot's page",
+        None,
+        deferrable=False,
+    )
 
 
-def _handoff(c: Conversation, facts: Facts, now: datetime, rules: Rules, rule: str, reason: str, trigger: int | None, *,
-             deferrable: bool = True, returning: bool = False, human_took_over: bool = False,
-             live: bool = True) -> Decision:
+def _handoff(
+    c: Conversation,
+    facts: Facts,
+    now: datetime,
+    rules: Rules,
+    rule: str,
+    reason: str,
+    trigger: int | None,
+    *,
+    deferrable: bool = True,
+    returning: bool = False,
+    human_took_over: bool = False,
+    live: bool = True,
+) -> Decision:
     state = replace(facts.state, handed_off=True, timer_due=None)
     hours = rules.hours
     deferrable = deferrable and not c.is_group  # a group is only ever opened, at once
@@ -258,12 +299,22 @@ def _handoff(c: Conversation, facts: Facts, now: datetime, rules: Rules, rule: s
         state = replace(state, away_period=period)
     state = replace(state, timer_due=opening.timestamp())
     when = opening.strftime("%Y-%m-%d %H:%M %Z")
-    return Decision("defer", f"{reason}; outside business hours, deferred to {when}", rule, state, jobs,
-                    (opening.timestamp(), job))
+    return Decision(
+        "defer", f"{reason}; outside business hours, deferred to {when}", rule, state, jobs, (opening.timestamp(), job)
+    )
 
 
-def _handoff_job(c: Conversation, facts: Facts, now: datetime, rules: Rules, reason: str, rule: str,
-                 trigger: int | None, returning: bool, human_took_over: bool = False) -> Job:
+def _handoff_job(
+    c: Conversation,
+    facts: Facts,
+    now: datetime,
+    rules: Rules,
+    reason: str,
+    rule: str,
+    trigger: int | None,
+    returning: bool,
+    human_took_over: bool = False,
+) -> Job:
     if c.is_group:  # the whole group would read a message or a note: the status change is all it gets
         return _job(c, reason, [SetStatus("open")], now, rule, trigger)
     before: list[Step] = []
@@ -296,8 +347,9 @@ def _keep_previous_agent(c: Conversation, facts: Facts, rules: Rules) -> tuple[l
     if c.assignee and c.assignee.kind == "user":
         if c.assignee.availability in (None, "online"):
             return [], ""
-        return [AssignAgent(None)], \
-            f". {c.assignee.name or 'The previous agent'} is {c.assignee.availability}; handed to {fallback} instead."
+        return [
+            AssignAgent(None)
+        ], f". {c.assignee.name or 'The previous agent'} is {c.assignee.availability}; handed to {fallback} instead."
     if facts.previous and facts.previous.assignee_id is not None:
         return [AssignAgent(facts.previous.assignee_id, fallback)], ""
     return [], ""
@@ -305,8 +357,16 @@ def _keep_previous_agent(c: Conversation, facts: Facts, rules: Rules) -> tuple[l
 
 def _job(c: Conversation, reason: str, steps: list[Step], now: datetime, rule: str, trigger: int | None) -> Job:
     """`trigger`: the message that led to the job (None for the operator's button)."""
-    return Job(c.account_id, c.display_id, reason, steps, created_at=now.timestamp(), rule=rule, trigger=trigger,
-               decided_at=now.timestamp())
+    return Job(
+        c.account_id,
+        c.display_id,
+        reason,
+        steps,
+        created_at=now.timestamp(),
+        rule=rule,
+        trigger=trigger,
+        decided_at=now.timestamp(),
+    )
 
 
 def _render(template: str, c: Conversation, reason: str) -> str:

@@ -3,6 +3,7 @@
 msgspec decodes the body into the wire structs below in one pass, validating the JSON and skipping
 every field they don't name; the rest of the bot sees the Delivery built from them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,7 +14,12 @@ import msgspec
 from msgspec import Raw, Struct
 
 MESSAGE_EVENTS = {"message_created", "message_updated"}
-CONVERSATION_EVENTS = {"conversation_opened", "conversation_resolved", "conversation_status_changed", "conversation_updated"}
+CONVERSATION_EVENTS = {
+    "conversation_opened",
+    "conversation_resolved",
+    "conversation_status_changed",
+    "conversation_updated",
+}
 KNOWN_EVENTS = MESSAGE_EVENTS | CONVERSATION_EVENTS | {"webwidget_triggered"}
 EVOLUTION_SYSTEM_PHONE = "+123456"
 EMPTY = Raw(b"null")
@@ -212,12 +218,14 @@ def _conversation(conv: _Conversation | None, account_id: int | None) -> Convers
         display_id=conv.id,
         inbox_id=conv.inbox_id,
         status=conv.status,
-        contact=Person(contact.id or (conv.contact_inbox.contact_id if conv.contact_inbox else None), "contact",
-                       contact.name or ""),
+        contact=Person(
+            contact.id or (conv.contact_inbox.contact_id if conv.contact_inbox else None), "contact", contact.name or ""
+        ),
         contact_identifier=contact.identifier,
         contact_phone=contact.phone_number,
         assignee=Person(assignee.id, kind, assignee.name or "", assignee.availability_status)
-        if assignee and assignee.id is not None else None,
+        if assignee and assignee.id is not None
+        else None,
         bot_owned=meta.assignee_type == "AgentBot" or kind == "agent_bot",
         first_reply_at=_iso(conv.first_reply_created_at),
         last_message_id=first.id if first else None,
@@ -260,7 +268,9 @@ def _delivery(wire: _Body, delivery_id: str | None) -> Delivery:
             kind=wire.message_type,
             private=bool(wire.private),
             content=wire.content,
-            sender=Person(sender.id, sender.type or ("contact" if wire.message_type == "incoming" else None), sender.name or ""),
+            sender=Person(
+                sender.id, sender.type or ("contact" if wire.message_type == "incoming" else None), sender.name or ""
+            ),
             source_id=wire.source_id,
         )
         return Delivery(event, delivery_id, conversation, message)
@@ -365,7 +375,9 @@ def _posted(p: _Posted | None) -> Message | None:
     sender = p.sender or _Person()
     who = sender.type or SENDER_KINDS.get(p.sender_type or "") or ("contact" if kind == "incoming" else None)
     when = p.created_at if isinstance(p.created_at, (int, float)) else 0.0
-    return Message(p.id, kind, bool(p.private), p.content, Person(sender.id, who, sender.name or ""), p.source_id, float(when))
+    return Message(
+        p.id, kind, bool(p.private), p.content, Person(sender.id, who, sender.name or ""), p.source_id, float(when)
+    )
 
 
 def parse_page(body: bytes) -> tuple[int, list[Listed], int]:
@@ -389,8 +401,11 @@ def _listed(item: _Listed) -> Listed:
     shown = {m.id: m for m in map(_posted, (item.last_non_activity_message, *item.messages)) if m is not None}
     since = float(item.waiting_since or 0) or None
     messages = tuple(sorted(shown.values(), key=lambda m: m.id))
-    return Listed(msgspec.structs.replace(conversation, waiting_since=since), messages,
-                  float(item.last_activity_at or item.timestamp or 0))
+    return Listed(
+        msgspec.structs.replace(conversation, waiting_since=since),
+        messages,
+        float(item.last_activity_at or item.timestamp or 0),
+    )
 
 
 def parse_conversation(body: bytes) -> Listed:

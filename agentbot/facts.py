@@ -1,4 +1,5 @@
 """What the bot remembers about conversations and contacts (kept in the store as JSON)."""
+
 from __future__ import annotations
 
 import zlib
@@ -6,7 +7,6 @@ from typing import Any
 
 import msgspec
 from msgspec.structs import replace
-
 
 
 class ConversationState(msgspec.Struct, frozen=True):
@@ -25,7 +25,9 @@ class ConversationState(msgspec.Struct, frozen=True):
     latest_message: int | None = None  # the newest public message id seen
     human_owned: bool = False  # the newest delivery showed the conversation not owned by the bot (Chatwoot 4.16+)
 
-    def saw(self, status: str, updated: float, message_id: int | None, bot_owned: bool | None = None) -> ConversationState:
+    def saw(
+        self, status: str, updated: float, message_id: int | None, bot_owned: bool | None = None
+    ) -> ConversationState:
         """Remember the newest state of the conversation a delivery showed: its status (and whether the bot
         owned it) only when the delivery is not older than what the bot has (a late message, the sweep's listing)."""
         newest = max(filter(None, (self.latest_message, message_id)), default=None)

@@ -1,4 +1,5 @@
 """One delivery, end to end: facts from the store (and Chatwoot look-ups), decision, durable commit."""
+
 from __future__ import annotations
 
 import asyncio
@@ -51,6 +52,8 @@ class LookupBudget:
             return False
         self.tokens -= 1
         return True
+
+
 SWEEP_LOGGED = {"handoff", "defer"}  # the sweep's keeps (thousands at its first run) would crowd the log
 
 
@@ -72,8 +75,15 @@ async def load_facts(store: Store, d: Delivery) -> Facts:
 class Handoffs:
     """Decides what to do with deliveries and writes it to the outbox; never calls Chatwoot's write API."""
 
-    def __init__(self, settings: Settings, store: Store, chatwoot: Chatwoot | None, metrics: Metrics,
-                 clock: Callable[[], datetime], on_commit: Callable[[int], None] = lambda jobs: None):
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        chatwoot: Chatwoot | None,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+        on_commit: Callable[[int], None] = lambda jobs: None,
+    ):
         self.settings, self.store, self.chatwoot, self.metrics = settings, store, chatwoot, metrics
         self.clock, self.on_commit = clock, on_commit
         self._lookups = asyncio.Semaphore(LOOKUP_CONCURRENCY)
@@ -98,15 +108,25 @@ class Handoffs:
         again) with the events that say so still on their way (Chatwoot delivers in no set order). Once the
         handoff's open is done, Chatwoot tells where it may (4.16+); elsewhere the sweep finds such a period."""
         c, m = d.conversation, d.message
-        if c is None or not (m and m.kind == "incoming" and state.handed_off and c.status == "pending" and c.updated > state.updated
-                and self.chatwoot and not any(job.opens_later for job in await self.store.jobs(c.key))):
+        if c is None or not (
+            m
+            and m.kind == "incoming"
+            and state.handed_off
+            and c.status == "pending"
+            and c.updated > state.updated
+            and self.chatwoot
+            and not any(job.opens_later for job in await self.store.jobs(c.key))
+        ):
             return False
         try:
             async with asyncio.timeout_at(deadline):
                 view = await self.chatwoot.conversation_if_readable(c.account_id, c.display_id)
         except (ChatwootError, TimeoutError) as exc:
-            logger.warning("conversation {}: could not ask Chatwoot whether the handoff was undone ({}); "
-                           "the sweep looks again", c.key, exc)
+            logger.warning(
+                "conversation {}: could not ask Chatwoot whether the handoff was undone ({}); the sweep looks again",
+                c.key,
+                exc,
+            )
             return False
         if view is not None and view.conversation.status == "pending":
             logger.info("conversation {}: pending again after the bot handed it off: a new pending period", c.key)
@@ -118,9 +138,15 @@ class Handoffs:
         assert c is not None
         rules = self.settings.rules_for(c.inbox_id)
         return bool(
-            self.settings.chatwoot_api_token and self.chatwoot and m and m.kind == "incoming"
-            and rules.handoff_returning and not facts.state.handed_off and c.contact.id is not None
-            and not given_back(c, facts.state) and returning_reason(c, facts) is None
+            self.settings.chatwoot_api_token
+            and self.chatwoot
+            and m
+            and m.kind == "incoming"
+            and rules.handoff_returning
+            and not facts.state.handed_off
+            and c.contact.id is not None
+            and not given_back(c, facts.state)
+            and returning_reason(c, facts) is None
         )
 
     async def _look_up(self, c: Conversation, deadline: float | None = None, cache: bool = True) -> Resolved | None:
@@ -135,23 +161,37 @@ class Handoffs:
         if cached:
             return value
         left = LOOKUP_TIMEOUT if deadline is None else min(LOOKUP_TIMEOUT, deadline - asyncio.get_running_loop().time())
-        why = ("no time left" if left <= 0.05 else f"{LOOKUP_CONCURRENCY} look-ups at once" if self._lookups.locked()
-               else f"{LOOKUPS_PER_MINUTE} look-ups a minute" if not self._budget.take() else None)
+        why = (
+            "no time left"
+            if left <= 0.05
+            else f"{LOOKUP_CONCURRENCY} look-ups at once"
+            if self._lookups.locked()
+            else f"{LOOKUPS_PER_MINUTE} look-ups a minute"
+            if not self._budget.take()
+            else None
+        )
         if why:
             logger.debug("conversation {}: contact look-up skipped ({}); treating the customer as new", c.key, why)
             return None
         token = self.settings.chatwoot_api_token.get_secret_value()
         try:
             async with self._lookups:
-                found = await asyncio.wait_for(self.chatwoot.contact_conversations(c.account_id, c.contact.id, token), left)
+                found = await asyncio.wait_for(
+                    self.chatwoot.contact_conversations(c.account_id, c.contact.id, token), left
+                )
         except (TimeoutError, ChatwootError) as exc:
-            logger.warning("conversation {}: contact look-up failed ({}); treating the customer as new for {:.0f} s",
-                           c.key, exc or "timed out", FAILED_LOOKUP_TTL)
+            logger.warning(
+                "conversation {}: contact look-up failed ({}); treating the customer as new for {:.0f} s",
+                c.key,
+                exc or "timed out",
+                FAILED_LOOKUP_TTL,
+            )
             if cache:
                 await self.store.remember(key, None, FAILED_LOOKUP_TTL, now)
             return None
-        resolved = [x for x in found
-                    if x.conversation.status == "resolved" and x.conversation.display_id != c.display_id]
+        resolved = [
+            x for x in found if x.conversation.status == "resolved" and x.conversation.display_id != c.display_id
+        ]
         best = max(resolved, key=lambda x: x.last_activity_at, default=None)
         value = None
         if best:
@@ -186,8 +226,9 @@ class Handoffs:
             if not decision.writes:
                 return self._report(d, decision)
         deadline = asyncio.get_running_loop().time() + DELIVERY_BUDGET
-        with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id,
-                                  delivery=d.delivery_id):
+        with logger.contextualize(
+            account=c.account_id, inbox=c.inbox_id, conversation=c.display_id, delivery=d.delivery_id
+        ):
             async with self._locked(c.key, deadline):
                 decision = decide(d, await self.facts(d, deadline=deadline), self.clock(), self.settings)
                 # The commit is refused for a delivery seen before; one that writes nothing is harmless
@@ -260,14 +301,26 @@ class Handoffs:
                     decision = Decision("duplicate", f"the sweep decided conversation {c.key} this way before")
             return decision
 
-    async def _commit(self, d: Delivery, decision: Decision, dedup_key: str | None = None, event: str | None = None) -> bool:
+    async def _commit(
+        self, d: Delivery, decision: Decision, dedup_key: str | None = None, event: str | None = None
+    ) -> bool:
         """`dedup_key` and `event` name the sweep's decisions, whose keeps stay out of the decision log."""
         c, now = d.conversation, self.clock().timestamp()
         assert c is not None
         log = None
         if decision.outcome in (LOGGED if event is None else SWEEP_LOGGED) and self.settings.decision_log_size:
-            log = DecisionEntry(now, c.account_id, c.inbox_id, c.display_id, c.contact.name, decision.outcome,
-                                decision.rule, decision.reason, event or d.event, dedup_key or d.dedup_key)
+            log = DecisionEntry(
+                now,
+                c.account_id,
+                c.inbox_id,
+                c.display_id,
+                c.contact.name,
+                decision.outcome,
+                decision.rule,
+                decision.reason,
+                event or d.event,
+                dedup_key or d.dedup_key,
+            )
         commit = Commit(
             dedup_key=dedup_key or d.dedup_key,
             conversation_key=c.key,
@@ -290,8 +343,9 @@ class Handoffs:
         try:
             await self.store.echo(conversation_key, message_id, content, self.clock().timestamp())
         except Exception as exc:  # a hint: the delivery is still answered
-            logger.warning("conversation {}: could not remember the bot's own message {} ({})", conversation_key,
-                           message_id, exc)
+            logger.warning(
+                "conversation {}: could not remember the bot's own message {} ({})", conversation_key, message_id, exc
+            )
 
     def _report(self, d: Delivery, decision: Decision) -> Decision:
         self.metrics.delivered(event_label(d.event), decision.outcome)

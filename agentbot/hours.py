@@ -1,4 +1,5 @@
 """Business hours: parse `BUSINESS_HOURS`, tell whether the team is in, and when it is next."""
+
 from __future__ import annotations
 
 import re

@@ -6,6 +6,7 @@ Devanagari vowel sign is part of its word, so "कम" is not in "कमी"). S
 them matches anywhere in the message. The `regex` module provides the Unicode script and mark
 classes the standard `re` lacks.
 """
+
 from __future__ import annotations
 
 import unicodedata
@@ -46,8 +47,9 @@ def compile_keywords(words: list[str]) -> regex.Pattern[str] | None:
     folded = sorted({fold(w) for w in words if w.strip()}, key=len, reverse=True)
     if not folded:
         return None
-    alternatives = [regex.escape(w) if _UNSPACED.search(w) else rf"(?<!{_WORD}){regex.escape(w)}(?!{_WORD})"
-                    for w in folded]
+    alternatives = [
+        regex.escape(w) if _UNSPACED.search(w) else rf"(?<!{_WORD}){regex.escape(w)}(?!{_WORD})" for w in folded
+    ]
     return regex.compile("|".join(alternatives))
 
 

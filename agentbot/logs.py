@@ -1,4 +1,5 @@
 """Logging: loguru as the one stream (aiohttp's stdlib logs routed in), text or JSON lines."""
+
 from __future__ import annotations
 
 import json
@@ -37,6 +38,11 @@ def setup(level: str, fmt: str, sink: TextIO = sys.stderr) -> None:
     if fmt == "json":
         logger.add(sink, level=level, format=_json_line, backtrace=False, diagnose=False)
     else:
-        logger.add(sink, level=level, backtrace=False, diagnose=False,
-                   format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {message}")
+        logger.add(
+            sink,
+            level=level,
+            backtrace=False,
+            diagnose=False,
+            format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {message}",
+        )
     logging.basicConfig(handlers=[_Intercept()], level=logging.WARNING, force=True)

@@ -1,4 +1,5 @@
 """The event loop: uvloop where it installs (Linux, macOS), the standard one elsewhere."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,5 @@
 """Prometheus metrics, one registry per app so several apps can live in one test process."""
+
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -7,20 +8,48 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.deliveries = Counter("agentbot_deliveries_total", "Webhook deliveries by event and outcome", ["event", "outcome"], registry=r)
-        self.decisions = Counter("agentbot_decisions_total", "Decisions by outcome and rule", ["outcome", "rule"], registry=r)
-        self.handoffs = Counter("agentbot_handoffs_total", "Conversations opened for humans, by rule", ["rule"], registry=r)
-        self.calls = Counter("agentbot_chatwoot_calls_total", "Chatwoot API calls by endpoint and status", ["endpoint", "status"], registry=r)
-        self.latency = Histogram("agentbot_chatwoot_call_seconds", "Chatwoot API call latency", ["endpoint"], registry=r,
-                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.deliveries = Counter(
+            "agentbot_deliveries_total", "Webhook deliveries by event and outcome", ["event", "outcome"], registry=r
+        )
+        self.decisions = Counter(
+            "agentbot_decisions_total", "Decisions by outcome and rule", ["outcome", "rule"], registry=r
+        )
+        self.handoffs = Counter(
+            "agentbot_handoffs_total", "Conversations opened for humans, by rule", ["rule"], registry=r
+        )
+        self.calls = Counter(
+            "agentbot_chatwoot_calls_total",
+            "Chatwoot API calls by endpoint and status",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "agentbot_chatwoot_call_seconds",
+            "Chatwoot API call latency",
+            ["endpoint"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
         self.outbox_depth = Gauge("agentbot_outbox_depth", "Jobs waiting in the outbox", registry=r)
         self.dead_letters = Counter("agentbot_dead_letters_total", "Jobs given up and kept as dead letters", registry=r)
-        self.sweeps = Counter("agentbot_sweeps_total", "Sweeps of pending conversations by outcome (done, failed, busy)",
-                              ["outcome"], registry=r)
-        self.swept = Counter("agentbot_sweep_conversations_total", "Conversations looked at by sweeps, by outcome",
-                             ["outcome"], registry=r)
-        self.sweep_seconds = Histogram("agentbot_sweep_seconds", "Duration of a sweep", registry=r,
-                                       buckets=(1, 5, 15, 60, 300, 900, 1800, 3600, 7200))
+        self.sweeps = Counter(
+            "agentbot_sweeps_total",
+            "Sweeps of pending conversations by outcome (done, failed, busy)",
+            ["outcome"],
+            registry=r,
+        )
+        self.swept = Counter(
+            "agentbot_sweep_conversations_total",
+            "Conversations looked at by sweeps, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.sweep_seconds = Histogram(
+            "agentbot_sweep_seconds",
+            "Duration of a sweep",
+            registry=r,
+            buckets=(1, 5, 15, 60, 300, 900, 1800, 3600, 7200),
+        )
         self._delivered: dict[tuple[str, str], Counter] = {}  # few: known events × outcomes
 
     def delivered(self, event: str, outcome: str) -> None:

@@ -4,6 +4,7 @@ Promises kept here: a job is carried out or becomes a dead letter, whatever fail
 the store, a worker); a call Chatwoot may already have applied is checked before it is sent again; a
 job that runs late acts only if the conversation is still where its decision left it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -75,8 +76,15 @@ class LostClaim(Exception):
 
 
 class Outbox:
-    def __init__(self, store: Store, chatwoot: Chatwoot, metrics: Metrics, clock: Callable[[], datetime], max_age: float,
-                 reader_token: str | None = None):
+    def __init__(
+        self,
+        store: Store,
+        chatwoot: Chatwoot,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+        max_age: float,
+        reader_token: str | None = None,
+    ):
         self.store, self.chatwoot, self.metrics, self.clock, self.max_age = store, chatwoot, metrics, clock, max_age
         self.reader_token = reader_token  # a user token (CHATWOOT_API_TOKEN): may read a conversation's messages
         self._sleepers: deque[asyncio.Future[None]] = deque()  # idle workers, woken one per new job
@@ -162,8 +170,11 @@ class Outbox:
                 with logger.contextualize(account=job.account_id, conversation=job.display_id):
                     await self.run(job)
             except LostClaim:
-                logger.warning("conversation {}: another worker took over the job after its lease ran out: {}",
-                               job.conversation_key, job.reason)
+                logger.warning(
+                    "conversation {}: another worker took over the job after its lease ran out: {}",
+                    job.conversation_key,
+                    job.reason,
+                )
             except asyncio.CancelledError:  # shutdown: give the job back (its progress is saved) at once
                 job.next_at, job.unsure = self.now(), True
                 with contextlib.suppress(LostClaim):
@@ -263,17 +274,26 @@ class Outbox:
                 if not _optional_refused(step, exc):
                     job.unsure = exc.maybe_applied or unsure
                     # only a call without an answer may still be under way; an answered or dropped one is over
-                    job.sent_at = job.sent_at if exc.timed_out else (sent_at if unsure and not exc.maybe_applied else 0.0)
+                    job.sent_at = (
+                        job.sent_at if exc.timed_out else (sent_at if unsure and not exc.maybe_applied else 0.0)
+                    )
                     await self._failed(job, exc)
                     return
-                logger.error("conversation {}: this Chatwoot does not let agent bots call {}; skipped the {} step "
-                             "(unset its HANDOFF_ setting or upgrade Chatwoot)", job.conversation_key, exc.endpoint, step.op)
+                logger.error(
+                    "conversation {}: this Chatwoot does not let agent bots call {}; skipped the {} step "
+                    "(unset its HANDOFF_ setting or upgrade Chatwoot)",
+                    job.conversation_key,
+                    exc.endpoint,
+                    step.op,
+                )
             job.step += 1
             unsure = job.unsure = False
             if job.step < len(job.steps):
                 await self._save(lambda: self.store.progress(job, self.now()))
         await self._save(lambda: self.store.finish(job, self.now()))
-        logger.debug("conversation {}: done: {} ({})", job.conversation_key, job.describe().split(": ", 1)[1], job.reason)
+        logger.debug(
+            "conversation {}: done: {} ({})", job.conversation_key, job.describe().split(": ", 1)[1], job.reason
+        )
 
     async def _check(self, job: Job, step: Step, unsure: bool, late: bool) -> str | None:
         """Before a step: "drop" the rest of the job when the conversation moved on since the decision,
@@ -291,8 +311,12 @@ class Outbox:
         elif job.status_target == "open" and (late or unsure) and await self._superseded(job):
             verdict, status = "drop", "handed off again since"
         if verdict == "drop":
-            logger.info("conversation {}: is {} now, not where the decision left it; dropped: {}",
-                        job.conversation_key, status, job.reason)
+            logger.info(
+                "conversation {}: is {} now, not where the decision left it; dropped: {}",
+                job.conversation_key,
+                status,
+                job.reason,
+            )
         if verdict or not (unsure and op in ("note", "message")):
             return verdict
         posted = await self._posted(job, self._content(job, step), view)
@@ -300,15 +324,20 @@ class Outbox:
             logger.info("conversation {}: the {} was posted already; not posting it again", job.conversation_key, op)
             return "done"
         if posted is None:  # better lost than sent twice
-            logger.warning("conversation {}: the {} may have been posted already and cannot be checked; "
-                           "not posting it again", job.conversation_key, op)
+            logger.warning(
+                "conversation {}: the {} may have been posted already and cannot be checked; not posting it again",
+                job.conversation_key,
+                op,
+            )
             return "done"
         return None
 
     async def _superseded(self, job: Job) -> bool:
         """A handoff of a later pending period is queued behind this one (the bot missed the resolve between)."""
-        return any(other.opens_later and (other.trigger or 0) > (job.trigger or 0)
-                   for other in await self.store.jobs(job.conversation_key))
+        return any(
+            other.opens_later and (other.trigger or 0) > (job.trigger or 0)
+            for other in await self.store.jobs(job.conversation_key)
+        )
 
     async def _posted(self, job: Job, content: str, view: Listed | None) -> bool | None:
         """Whether an earlier run's note or message is in the conversation (None: it cannot be told). Its echo,
@@ -320,7 +349,9 @@ class Outbox:
             return True
         if self.reader_token:
             latest = await self.chatwoot.conversation_messages(job.account_id, job.display_id, self.reader_token)
-            return any(m.sender.kind == "agent_bot" and m.content == content and m.id > (job.trigger or 0) for m in latest)
+            return any(
+                m.sender.kind == "agent_bot" and m.content == content and m.id > (job.trigger or 0) for m in latest
+            )
         return False if view is not None else None
 
     async def _failed(self, job: Job, exc: ChatwootError) -> None:
@@ -328,17 +359,27 @@ class Outbox:
         job.error = str(exc)
         too_old = self.now() - job.created_at > self.max_age
         if exc.status == 401 and not exc.refused_to_bots:
-            logger.error("conversation {}: Chatwoot refused CHATWOOT_BOT_TOKEN ({}); check the token. Kept as dead letter.",
-                         job.conversation_key, exc.detail[:120])
+            logger.error(
+                "conversation {}: Chatwoot refused CHATWOOT_BOT_TOKEN ({}); check the token. Kept as dead letter.",
+                job.conversation_key,
+                exc.detail[:120],
+            )
         elif exc.final or too_old:
             why = "gave up after ACTION_MAX_AGE" if too_old and not exc.final else "final answer"
-            logger.error("conversation {}: {} ({}); kept as dead letter: {}", job.conversation_key, exc, why, job.describe())
+            logger.error(
+                "conversation {}: {} ({}); kept as dead letter: {}", job.conversation_key, exc, why, job.describe()
+            )
         else:
             job.next_at = self.now() + backoff(job.attempts, exc.retry_after)
             if job.unsure and job.sent_at:  # not before the call can have landed
                 job.next_at = max(job.next_at, job.sent_at + self.settle)
-            logger.warning("conversation {}: {}; retry {} in {:.1f} s", job.conversation_key, exc, job.attempts,
-                           job.next_at - self.now())
+            logger.warning(
+                "conversation {}: {}; retry {} in {:.1f} s",
+                job.conversation_key,
+                exc,
+                job.attempts,
+                job.next_at - self.now(),
+            )
             await self._save(lambda: self.store.retry(job))
             self.wake(1)
             return

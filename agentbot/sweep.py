@@ -1,4 +1,5 @@
 """The sweep: list the pending conversations with the user token and decide each like a live delivery."""
+
 from __future__ import annotations
 
 import asyncio
@@ -72,9 +73,14 @@ class SweepResult:
         return f"{self.listed} pending conversations listed in {self.seconds:.1f} s; {verb}" + "; ".join(parts)
 
     def as_json(self) -> dict[str, Any]:
-        return {"dry_run": self.dry_run, "listed": self.listed, "seconds": round(self.seconds, 3),
-                "counts": self.counts(), "failures": self.failures,
-                "conversations": [asdict(s) for s in self.conversations]}
+        return {
+            "dry_run": self.dry_run,
+            "listed": self.listed,
+            "seconds": round(self.seconds, 3),
+            "counts": self.counts(),
+            "failures": self.failures,
+            "conversations": [asdict(s) for s in self.conversations],
+        }
 
 
 class Progress:
@@ -88,12 +94,27 @@ class Progress:
 class Sweeper:
     """One sweep over the pending conversations; `chatwoot` should be throttled (SWEEP_RATE)."""
 
-    def __init__(self, settings: Settings, handoffs: Handoffs, chatwoot: Chatwoot, metrics: Metrics,
-                 clock: Callable[[], datetime], busy: Callable[[], int] = lambda: 0):
+    def __init__(
+        self,
+        settings: Settings,
+        handoffs: Handoffs,
+        chatwoot: Chatwoot,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+        busy: Callable[[], int] = lambda: 0,
+    ):
         if settings.chatwoot_api_token is None:
-            raise ConfigError("CHATWOOT_API_TOKEN: missing; the sweep lists conversations with an administrator's "
-                              "access token (Profile settings → Access token)")
-        self.settings, self.handoffs, self.chatwoot, self.metrics, self.clock = settings, handoffs, chatwoot, metrics, clock
+            raise ConfigError(
+                "CHATWOOT_API_TOKEN: missing; the sweep lists conversations with an administrator's "
+                "access token (Profile settings → Access token)"
+            )
+        self.settings, self.handoffs, self.chatwoot, self.metrics, self.clock = (
+            settings,
+            handoffs,
+            chatwoot,
+            metrics,
+            clock,
+        )
         self.token = settings.chatwoot_api_token.get_secret_value()
         self.busy = busy
         self.store: Store = handoffs.store
@@ -102,19 +123,29 @@ class Sweeper:
         s = self.settings
         accounts = wanted or s.chatwoot_account_ids or ([s.chatwoot_account_id] if s.chatwoot_account_id else [])
         if not accounts:
-            raise ConfigError("CHATWOOT_ACCOUNT_ID: missing (example: 1); the sweep needs to know which account to list")
+            raise ConfigError(
+                "CHATWOOT_ACCOUNT_ID: missing (example: 1); the sweep needs to know which account to list"
+            )
         return accounts
 
-    async def run(self, accounts: list[int], inboxes: list[int] | None = None, dry_run: bool = False,
-                  progress: Progress | None = None, lease: Lease | None = None) -> SweepResult:
+    async def run(
+        self,
+        accounts: list[int],
+        inboxes: list[int] | None = None,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+        lease: Lease | None = None,
+    ) -> SweepResult:
         progress = progress or Progress()
         result, started = SweepResult(dry_run=dry_run), time.monotonic()
         self._lease, self._renewed = lease, time.monotonic()
         logger.debug("sweep started{}", " (dry run)" if dry_run else "")
         try:
             if not (inboxes or self.settings.inbox_ids or self.chatwoot.token):
-                raise ConfigError("CHATWOOT_BOT_TOKEN: missing; the sweep needs it to find the inboxes connected to the "
-                                  "bot (or name them with INBOX_IDS or --inbox)")
+                raise ConfigError(
+                    "CHATWOOT_BOT_TOKEN: missing; the sweep needs it to find the inboxes connected to the "
+                    "bot (or name them with INBOX_IDS or --inbox)"
+                )
             found = await self._list_all(accounts, inboxes or self.settings.inbox_ids, result, progress)
             for item in found:
                 if not await self._keep_lease():
@@ -134,19 +165,27 @@ class Sweeper:
         outcome = "failed" if result.failures else "done"
         self.metrics.sweeps.labels(outcome).inc()
         self.metrics.sweep_seconds.observe(result.seconds)
-        logger.info("sweep {}{}: {}{}", outcome, " (dry run)" if dry_run else "", result.summary(),
-                    "; " + "; ".join(result.failures) if result.failures else "")
+        logger.info(
+            "sweep {}{}: {}{}",
+            outcome,
+            " (dry run)" if dry_run else "",
+            result.summary(),
+            "; " + "; ".join(result.failures) if result.failures else "",
+        )
         return result
 
     # ---- listing ----------------------------------------------------------------------------
-    async def _list_all(self, accounts: list[int], inboxes: list[int], result: SweepResult,
-                        progress: Progress) -> list[Listed]:
+    async def _list_all(
+        self, accounts: list[int], inboxes: list[int], result: SweepResult, progress: Progress
+    ) -> list[Listed]:
         """Every pending conversation first, then the decisions: opening conversations while paging through
         the pending list would shift its pages and skip some."""
         found: dict[str, Listed] = {}
         for account in accounts:
             try:
-                chosen = [i for i in inboxes if self.settings.acts_on(account, i)] if inboxes else await self._mine(account)
+                chosen = (
+                    [i for i in inboxes if self.settings.acts_on(account, i)] if inboxes else await self._mine(account)
+                )
             except ChatwootError as exc:
                 result.failures.append(f"listing the inboxes of account {account}: {exc}")
                 logger.error("sweep: cannot list the inboxes of account {}: {}", account, exc)
@@ -156,7 +195,9 @@ class Sweeper:
                     await self._list(account, inbox, found, progress)
                 except (ChatwootError, PayloadError) as exc:
                     result.failures.append(f"listing account {account} inbox {inbox}: {exc}")
-                    logger.error("sweep: cannot list the pending conversations of account {} inbox {}: {}", account, inbox, exc)
+                    logger.error(
+                        "sweep: cannot list the pending conversations of account {} inbox {}: {}", account, inbox, exc
+                    )
         result.listed = len(found)
         return sorted(found.values(), key=lambda x: x.last_activity_at)  # longest waiting first
 
@@ -177,9 +218,12 @@ class Sweeper:
         page = 1
         while True:
             total, items, unreadable = await self._read(
-                partial(self.chatwoot.list_conversations, account, self.token, "pending", page, inbox))
+                partial(self.chatwoot.list_conversations, account, self.token, "pending", page, inbox)
+            )
             if unreadable:
-                logger.warning("sweep: {} conversations of page {} could not be read (no id or status)", unreadable, page)
+                logger.warning(
+                    "sweep: {} conversations of page {} could not be read (no id or status)", unreadable, page
+                )
             if page == 1:
                 progress.listing(total)
             for item in items:  # new activity moves a conversation up: a page may repeat one already seen
@@ -207,10 +251,14 @@ class Sweeper:
     async def _one(self, item: Listed, dry_run: bool) -> Swept:
         c = item.conversation
         if self.clock().timestamp() - item.last_activity_at < RECENT:
-            return Swept(c.key, "skipped", "recent activity", f"active in the last {RECENT:.0f} s: left to its delivery")
+            return Swept(
+                c.key, "skipped", "recent activity", f"active in the last {RECENT:.0f} s: left to its delivery"
+            )
         state, _ = await self.store.load(c.key, None)
         if state.handed_off:
-            return Swept(c.key, "skipped", "handoff already decided", "the bot handed it off before (the outbox has it)")
+            return Swept(
+                c.key, "skipped", "handoff already decided", "the bot handed it off before (the outbox has it)"
+            )
         try:
             trigger, incoming, first_at = await self._trigger(item)
         except (ChatwootError, PayloadError) as exc:

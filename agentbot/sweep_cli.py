@@ -1,4 +1,5 @@
 """`python -m agentbot sweep`: one sweep from the shell, with a progress bar (rich) and a table of outcomes."""
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,15 @@ class _Bar(SweepProgress):
     """Draws the sweep's progress on the terminal (stderr): done/total, rate, time left."""
 
     def __init__(self, console: Console):
-        self.bar = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeRemainingColumn(),
-                            console=console, transient=True)
+        self.bar = Progress(
+            TextColumn("sweep"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _Rate(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
         self.task = self.bar.add_task("sweep", total=None)
 
     def listing(self, total: int) -> None:
@@ -48,11 +56,15 @@ def _utcnow() -> datetime:
 def _check(settings: Settings, args: argparse.Namespace) -> None:
     settings.require("chatwoot_url")
     if settings.chatwoot_api_token is None:
-        raise ConfigError("CHATWOOT_API_TOKEN: missing; the sweep lists pending conversations with an administrator's "
-                          "access token (Profile settings → Access token)")
+        raise ConfigError(
+            "CHATWOOT_API_TOKEN: missing; the sweep lists pending conversations with an administrator's "
+            "access token (Profile settings → Access token)"
+        )
     if settings.store_url == "memory://" and not args.dry_run:
-        raise ConfigError("STORE_URL: memory:// forgets the queued handoffs when the command ends; use the server's "
-                          "store (sqlite:///… or redis://…), or --dry-run")
+        raise ConfigError(
+            "STORE_URL: memory:// forgets the queued handoffs when the command ends; use the server's "
+            "store (sqlite:///… or redis://…), or --dry-run"
+        )
 
 
 async def sweep(settings: Settings, args: argparse.Namespace) -> int:
@@ -74,8 +86,9 @@ async def _sweep(settings: Settings, args: argparse.Namespace, store: Store) -> 
     err = Console(stderr=True)
     async with aiohttp.ClientSession() as session:
         assert settings.chatwoot_url is not None  # _check required it
-        chatwoot = Chatwoot(session, settings.chatwoot_url, token, settings.chatwoot_timeout, metrics,
-                            Throttle(settings.sweep_rate))
+        chatwoot = Chatwoot(
+            session, settings.chatwoot_url, token, settings.chatwoot_timeout, metrics, Throttle(settings.sweep_rate)
+        )
         sweeper = Sweeper(settings, Handoffs(settings, store, chatwoot, metrics, _utcnow), chatwoot, metrics, _utcnow)
         accounts = sweeper.accounts(args.account or None)
         lease = None if args.dry_run else await store.lease("sweep", LEASE_TTL)
@@ -111,8 +124,13 @@ def _report(result: SweepResult, queued: int, out: Console) -> None:
     table.add_column("outcome")
     table.add_column("rule or reason")
     table.add_column("conversations", justify="right")
-    names = {"opened": "would open" if result.dry_run else "opened", "deferred": "deferred to opening time",
-             "kept": "kept pending", "skipped": "skipped (changed or active)", "error": "errors"}
+    names = {
+        "opened": "would open" if result.dry_run else "opened",
+        "deferred": "deferred to opening time",
+        "kept": "kept pending",
+        "skipped": "skipped (changed or active)",
+        "error": "errors",
+    }
     for outcome, labels in result.counts().items():
         if not labels:
             table.add_row(names[outcome], "", "0")
@@ -120,5 +138,8 @@ def _report(result: SweepResult, queued: int, out: Console) -> None:
             table.add_row(names[outcome], label, str(n))
     out.print(table)
     if not result.dry_run:
-        out.print(f"The handoffs are queued in the store; the running bot carries them out ({queued} jobs waiting).",
-                  markup=False, highlight=False)
+        out.print(
+            f"The handoffs are queued in the store; the running bot carries them out ({queued} jobs waiting).",
+            markup=False,
+            highlight=False,
+        )

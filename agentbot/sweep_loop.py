@@ -1,5 +1,6 @@
 """The server's sweeps: one right after start-up, then every SWEEP_INTERVAL, and the operator page's; one
 instance at a time."""
+
 from __future__ import annotations
 
 import asyncio
@@ -29,8 +30,11 @@ class SweepLoop:
         """A dry run over those of `accounts` the bot handles: one row per conversation it would open or defer."""
         s = self.sweeper
         result = await s.run([a for a in s.accounts() if a in accounts], dry_run=True)
-        return [{"conversation": f"#{x.key.split(':')[1]}", "would be": x.outcome, "rule": x.label, "why": x.reason}
-                for x in result.conversations if x.outcome in ("opened", "deferred")]
+        return [
+            {"conversation": f"#{x.key.split(':')[1]}", "would be": x.outcome, "rule": x.label, "why": x.reason}
+            for x in result.conversations
+            if x.outcome in ("opened", "deferred")
+        ]
 
     async def run(self, accounts: list[int]) -> str:
         """A sweep now, over those of `accounts` the bot handles (the operator page's button)."""
@@ -66,7 +70,9 @@ class SweepLoop:
             finally:
                 await lease.release()
             when = s.clock().astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-            self.last_run = f"{when}: {result.summary()}" + (f" ({'; '.join(result.failures)})" if result.failures else "")
+            self.last_run = f"{when}: {result.summary()}" + (
+                f" ({'; '.join(result.failures)})" if result.failures else ""
+            )
             return result
         except Exception:  # a bug or a store outage must not end the server's sweeps: logged, tried next time
             s.metrics.sweeps.labels("failed").inc()

@@ -2,6 +2,7 @@
 
 Only a delivery proven to come from Chatwoot (the WEBHOOK_TOKEN in its path, or a valid signature)
 gets the decision in its answer; any other gets `{"ok": true}`, so an outsider learns nothing."""
+
 from __future__ import annotations
 
 import hashlib
@@ -83,7 +84,9 @@ async def receive(handoffs: Handoffs, request: web.Request) -> web.Response:
     except BadBody as exc:
         return error(400, str(exc))
     except PayloadError as exc:
-        logger.warning("{} delivery {} acknowledged without acting: {}", exc.event or "unnamed", delivery_id or "-", exc)
+        logger.warning(
+            "{} delivery {} acknowledged without acting: {}", exc.event or "unnamed", delivery_id or "-", exc
+        )
         handoffs.metrics.delivered(event_label(exc.event), "invalid")
         return answer({"outcome": "ignore", "reason": str(exc)}) if verified else _ok()
     try:

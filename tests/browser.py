@@ -3,6 +3,7 @@
 Selenium blocks, and the bot and the fake Chatwoot run on the test's event loop: every browser call goes
 through a thread so the loop keeps serving the page while the browser waits for it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -90,15 +91,25 @@ class Browser:
 @pytest.fixture(scope="session")
 def chromium():
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail("chromium and chromedriver are not installed "
-                    "(.ci/run installs them: apt-get install chromium chromium-driver)")
+        pytest.fail(
+            "chromium and chromedriver are not installed "
+            "(.ci/run installs them: apt-get install chromium chromium-driver)"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--hide-scrollbars",
-                f"--window-size={DESKTOP[0]},{DESKTOP[1]}", "--no-first-run", "--disable-extensions"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--window-size={DESKTOP[0]},{DESKTOP[1]}",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(20)

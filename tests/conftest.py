@@ -1,4 +1,5 @@
 """Fixtures: the fake Chatwoot, the real app on loopback, and waiting on conditions with a bound."""
+
 from __future__ import annotations
 
 import asyncio
@@ -33,8 +34,12 @@ def counted(metrics: str, name: str) -> dict[tuple[str, ...], float]:
     """The non-zero samples of counter `name` in a /metrics text, by their label values in order."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    return {tuple(sample.labels.values()): sample.value for family in text_string_to_metric_families(metrics)
-            for sample in family.samples if sample.name == name and sample.value}
+    return {
+        tuple(sample.labels.values()): sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == name and sample.value
+    }
 
 
 def returning(fake, name="Maria Lopez", inbox=3):
@@ -90,7 +95,9 @@ class RunningBot:
     def bot(self):
         return self.app[BOT]
 
-    async def post(self, body: bytes | str | dict, headers: dict | None = None, path: str | None = None) -> tuple[int, dict]:
+    async def post(
+        self, body: bytes | str | dict, headers: dict | None = None, path: str | None = None
+    ) -> tuple[int, dict]:
         import json as _json
 
         data = _json.dumps(body).encode() if isinstance(body, dict) else body
@@ -105,6 +112,7 @@ class RunningBot:
 
     async def idle(self, timeout: float = 10.0) -> None:
         """Wait until Chatwoot has no delivery in flight and the outbox is empty, twice in a row."""
+
         async def quiet() -> bool:
             return self.fake.in_flight == 0 and await self.bot.store.depth() == 0
 
@@ -191,9 +199,24 @@ class RedisServer:
 
         import redis as sync_redis
 
-        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)],
-                                     stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
         client = sync_redis.Redis(port=self.port)
         deadline = time.monotonic() + 10
         while True:
@@ -231,8 +254,10 @@ def redis_url(tmp_path_factory):
         pytest.fail("redis-server is not installed (.ci/run installs it: apt-get install redis-server)")
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(workdir)], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+    )
     import redis as sync_redis
 
     client = sync_redis.Redis(port=port)
@@ -283,8 +308,15 @@ class BotProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         keep = {k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_"))}
-        self.env = {**keep, "CHATWOOT_URL": fake.url, "CHATWOOT_BOT_TOKEN": "bot-token-7", "PORT": str(self.port),
-                    "LOG_LEVEL": "DEBUG", "CHATWOOT_TIMEOUT": "2", **env}
+        self.env = {
+            **keep,
+            "CHATWOOT_URL": fake.url,
+            "CHATWOOT_BOT_TOKEN": "bot-token-7",
+            "PORT": str(self.port),
+            "LOG_LEVEL": "DEBUG",
+            "CHATWOOT_TIMEOUT": "2",
+            **env,
+        }
         if fake.bots[7].secret:
             self.env["CHATWOOT_BOT_SECRET"] = fake.bots[7].secret
         self.cwd = cwd
@@ -293,8 +325,9 @@ class BotProcess:
     async def start(self) -> BotProcess:
         import sys
 
-        self.proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "agentbot", env=self.env, cwd=self.cwd,
-                                                         stderr=open(self.log, "ab"))
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agentbot", env=self.env, cwd=self.cwd, stderr=open(self.log, "ab")
+        )
 
         async def healthy():
             return (await self.health()) is not None

@@ -1,4 +1,5 @@
 """Jobs as stored: what earlier versions wrote is read back to the same steps and written back unchanged."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,14 +26,28 @@ GREETING = (
 def test_jobs_written_by_the_previous_version_read_as_typed_steps() -> None:
     job = Job.loads(HANDOFF)
     assert job.steps == [
-        AssignTeam(3), SetPriority("high"), AssignAgent(7, "team 3"), AssignAgent(None), AssignAgent(5),
-        SetStatus("open"), PrivateNote("Returning customer"), PublicMessage("An agent will be with you"),
+        AssignTeam(3),
+        SetPriority("high"),
+        AssignAgent(7, "team 3"),
+        AssignAgent(None),
+        AssignAgent(5),
+        SetStatus("open"),
+        PrivateNote("Returning customer"),
+        PublicMessage("An agent will be with you"),
         SetStatus("pending"),
     ]
-    assert (job.step, job.context, job.trigger, job.unsure, job.verify) == (2, {"remark": ". Ann is offline"}, 9, True, True)
-    assert job.describe() == ("conversation 1:42: assign team 3, priority high, assign agent 7, assign agent None, "
-                              "assign agent 5, set open, private note 'Returning customer', "
-                              "message 'An agent will be with you', set pending")
+    assert (job.step, job.context, job.trigger, job.unsure, job.verify) == (
+        2,
+        {"remark": ". Ann is offline"},
+        9,
+        True,
+        True,
+    )
+    assert job.describe() == (
+        "conversation 1:42: assign team 3, priority high, assign agent 7, assign agent None, "
+        "assign agent 5, set open, private note 'Returning customer', "
+        "message 'An agent will be with you', set pending"
+    )
 
 
 @pytest.mark.parametrize("stored", [HANDOFF, GREETING], ids=["every-step-kind", "greeting"])
@@ -49,5 +64,11 @@ def test_what_a_step_is_lives_on_the_step() -> None:
     extras = [AssignTeam(1), AssignAgent(2), SetPriority("low")]
     assert all(s.optional and not s.guarded for s in extras)
     assert SetStatus("open").guarded and PublicMessage("hi").guarded and not PrivateNote("x").guarded
-    assert [s.op for s in (*extras, SetStatus("open"), PrivateNote("x"), PublicMessage("y"))] == \
-        ["team", "assign", "priority", "status", "note", "message"]
+    assert [s.op for s in (*extras, SetStatus("open"), PrivateNote("x"), PublicMessage("y"))] == [
+        "team",
+        "assign",
+        "priority",
+        "status",
+        "note",
+        "message",
+    ]

@@ -1,4 +1,5 @@
 """`register`, `inboxes` and `check` against the fake Chatwoot's administrator endpoints."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,16 @@ from agentbot.config import ConfigError, load
 
 
 def settings(fake, **env):
-    return load({"CHATWOOT_URL": fake.url, "CHATWOOT_ACCOUNT_ID": "1", "CHATWOOT_API_TOKEN": "user-token-5",
-                 "STORE_URL": "memory://", "WEBHOOK_TOKEN": "a-token-only-chatwoot-knows", **env})
+    return load(
+        {
+            "CHATWOOT_URL": fake.url,
+            "CHATWOOT_ACCOUNT_ID": "1",
+            "CHATWOOT_API_TOKEN": "user-token-5",
+            "STORE_URL": "memory://",
+            "WEBHOOK_TOKEN": "a-token-only-chatwoot-knows",
+            **env,
+        }
+    )
 
 
 def reg(url="https://bot.example.com/webhook", inbox=(3, 4), name="Handoff bot", detach=False):
@@ -30,7 +39,13 @@ async def test_register_creates_the_bot_connects_inboxes_and_prints_env(fake, ca
     assert f"CHATWOOT_BOT_TOKEN={bot.token}" in out and f"CHATWOOT_BOT_SECRET={bot.secret}" in out
     assert f"WEBHOOK_TOKEN={token}" in out
     assert load({"CHATWOOT_URL": fake.url, "WEBHOOK_TOKEN": token}).webhook_token.get_secret_value() == token
-    assert [c.endpoint for c in fake.calls] == ["inboxes", "agent_bots", "agent_bots_create", "set_agent_bot", "set_agent_bot"]
+    assert [c.endpoint for c in fake.calls] == [
+        "inboxes",
+        "agent_bots",
+        "agent_bots_create",
+        "set_agent_bot",
+        "set_agent_bot",
+    ]
 
 
 async def test_register_twice_updates_the_same_bot(fake, capsys):
@@ -55,13 +70,16 @@ async def test_detach_disconnects_the_inboxes(fake, capsys):
     assert "Disconnected the bot from inbox 3 (Website)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("env, inbox, line", [
-    ({"CHATWOOT_API_TOKEN": "nope"}, [3], "Chatwoot refused CHATWOOT_API_TOKEN (Invalid Access Token)"),
-    ({"CHATWOOT_API_TOKEN": "user-token-6"}, [3], "without administrator rights"),
-    ({}, [77], "unknown inbox id 77 in account 1"),
-    ({"CHATWOOT_ACCOUNT_ID": "9"}, [3], "does not know account CHATWOOT_ACCOUNT_ID=9"),
-    ({"CHATWOOT_API_TOKEN": "bot-token-7"}, [3], "Chatwoot answered 401 to inboxes"),
-])
+@pytest.mark.parametrize(
+    "env, inbox, line",
+    [
+        ({"CHATWOOT_API_TOKEN": "nope"}, [3], "Chatwoot refused CHATWOOT_API_TOKEN (Invalid Access Token)"),
+        ({"CHATWOOT_API_TOKEN": "user-token-6"}, [3], "without administrator rights"),
+        ({}, [77], "unknown inbox id 77 in account 1"),
+        ({"CHATWOOT_ACCOUNT_ID": "9"}, [3], "does not know account CHATWOOT_ACCOUNT_ID=9"),
+        ({"CHATWOOT_API_TOKEN": "bot-token-7"}, [3], "Chatwoot answered 401 to inboxes"),
+    ],
+)
 async def test_register_errors_are_one_clear_line(fake, capsys, env, inbox, line):
     assert await change.register(settings(fake, **env), reg(inbox=inbox)) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -85,7 +103,9 @@ async def test_inboxes_lists_ids_channels_and_bots(fake, capsys):
     assert await show.inboxes(settings(fake), argparse.Namespace()) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["id", "channel", "name", "agent", "bot"]
-    assert any(line.split()[:3] == ["3", "Channel::WebWidget", "Website"] and "Triage Bot (bot 7)" in line for line in out)
+    assert any(
+        line.split()[:3] == ["3", "Channel::WebWidget", "Website"] and "Triage Bot (bot 7)" in line for line in out
+    )
     assert any(line.split()[:3] == ["9", "Channel::Email", "Email"] and line.endswith("no bot") for line in out)
 
 
@@ -101,13 +121,17 @@ async def test_check_reports_each_item(fake, capsys):
 
 
 async def test_check_fails_without_a_secret_or_token(fake, capsys):
-    assert await show.check(settings(fake, CHATWOOT_BOT_TOKEN="bot-token-7", WEBHOOK_TOKEN=""), argparse.Namespace()) == 1
+    assert (
+        await show.check(settings(fake, CHATWOOT_BOT_TOKEN="bot-token-7", WEBHOOK_TOKEN=""), argparse.Namespace()) == 1
+    )
     out = capsys.readouterr().out
     assert "FAIL neither CHATWOOT_BOT_SECRET nor WEBHOOK_TOKEN is set: anyone who learns the webhook URL" in out
     for env in ({"WEBHOOK_TOKEN": "wh-3fK9pQ2mZx7LrT5vB8nC1dY6"}, {"CHATWOOT_BOT_SECRET": "bot-secret-7-6Ybq3sWkT2vN"}):
         env = {"WEBHOOK_TOKEN": "", **env}
         assert await show.check(settings(fake, CHATWOOT_BOT_TOKEN="bot-token-7", **env), argparse.Namespace()) == 0
-        assert f"OK   deliveries are accepted only with {[k for k, v in env.items() if v][0]}" in capsys.readouterr().out
+        assert (
+            f"OK   deliveries are accepted only with {[k for k, v in env.items() if v][0]}" in capsys.readouterr().out
+        )
 
 
 async def test_check_passes_and_names_a_bad_bot_token(fake, capsys):
@@ -116,30 +140,50 @@ async def test_check_passes_and_names_a_bad_bot_token(fake, capsys):
     capsys.readouterr()
     assert await show.check(settings(fake, CHATWOOT_BOT_TOKEN="wrong"), argparse.Namespace()) == 1
     out = capsys.readouterr().out
-    assert "FAIL CHATWOOT_BOT_TOKEN: the token is wrong or revoked" in out and "wrong" not in out.replace("wrong or", "")
+    assert "FAIL CHATWOOT_BOT_TOKEN: the token is wrong or revoked" in out and "wrong" not in out.replace(
+        "wrong or", ""
+    )
 
 
 async def test_check_accepts_the_bot_token_on_chatwoot_before_typing_was_allowed(fake, capsys, monkeypatch):
     from tests.fakechatwoot import server
 
-    older = [(m, rx, name, False if name == "toggle_typing_status" else bot_ok, admin, fn)
-             for m, rx, name, bot_ok, admin, fn in server.ROUTES]
+    older = [
+        (m, rx, name, False if name == "toggle_typing_status" else bot_ok, admin, fn)
+        for m, rx, name, bot_ok, admin, fn in server.ROUTES
+    ]
     monkeypatch.setattr(server, "ROUTES", older)
-    assert await show.check(settings(fake, CHATWOOT_BOT_TOKEN="bot-token-7", WEBHOOK_TOKEN="wh-3fK9pQ2mZx7LrT5vB8nC1dY6"),
-                             argparse.Namespace()) == 0
+    assert (
+        await show.check(
+            settings(fake, CHATWOOT_BOT_TOKEN="bot-token-7", WEBHOOK_TOKEN="wh-3fK9pQ2mZx7LrT5vB8nC1dY6"),
+            argparse.Namespace(),
+        )
+        == 0
+    )
     assert [c.status for c in fake.calls if c.endpoint == "toggle_typing_status"] == [401]
     assert "OK   Chatwoot at" in capsys.readouterr().out
 
 
 async def test_check_lists_the_sweep(fake, capsys):
-    off = load({"CHATWOOT_URL": fake.url, "CHATWOOT_ACCOUNT_ID": "1", "CHATWOOT_BOT_TOKEN": "bot-token-7", "STORE_URL": "memory://",
-                "WEBHOOK_TOKEN": "a-token-only-chatwoot-knows"})
+    off = load(
+        {
+            "CHATWOOT_URL": fake.url,
+            "CHATWOOT_ACCOUNT_ID": "1",
+            "CHATWOOT_BOT_TOKEN": "bot-token-7",
+            "STORE_URL": "memory://",
+            "WEBHOOK_TOKEN": "a-token-only-chatwoot-knows",
+        }
+    )
     assert await show.check(off, argparse.Namespace()) == 0
     out = capsys.readouterr().out
     assert "INFO sweep off: set CHATWOOT_API_TOKEN" in out
     fake.customer_writes(fake.contact(), "Hi")
     assert await show.check(settings(fake, CHATWOOT_BOT_TOKEN="bot-token-7"), argparse.Namespace()) == 0
     assert "OK   sweep every 600 s at up to 5 calls/s: 1 pending conversation in account 1" in capsys.readouterr().out
-    assert await show.check(settings(fake, CHATWOOT_BOT_TOKEN="bot-token-7", CHATWOOT_API_TOKEN="bot-token-7"),
-                             argparse.Namespace()) == 1
+    assert (
+        await show.check(
+            settings(fake, CHATWOOT_BOT_TOKEN="bot-token-7", CHATWOOT_API_TOKEN="bot-token-7"), argparse.Namespace()
+        )
+        == 1
+    )
     assert "FAIL sweep: Chatwoot answered 401 to conversations" in capsys.readouterr().out

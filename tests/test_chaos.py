@@ -10,6 +10,7 @@ The default run tries one seed per store for 20 steps; by hand, for example:
 `CHAOS_SEEDS=1-50 CHAOS_STEPS=80 .venv/bin/pytest -m chaos tests/test_chaos.py`. A failing seed is in
 the test's id (e.g. `test_chaos[redis-17]`); run it again with `CHAOS_SEEDS=17`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,8 +28,13 @@ from tests.conftest import returning, wait_for
 KEYWORD = "human"
 # The recommended setup: with a user token the bot also reads a conversation's latest messages before it posts
 # a note or message again whose answer was lost (README, "What remains", says what happens without one).
-ENV = {"HANDOFF_KEYWORDS": KEYWORD, "HANDOFF_MESSAGE": "Thanks {name}, a person will answer.", "CHATWOOT_TIMEOUT": "0.5",
-       "CHATWOOT_API_TOKEN": "user-token-5", "CHATWOOT_ACCOUNT_ID": "1"}
+ENV = {
+    "HANDOFF_KEYWORDS": KEYWORD,
+    "HANDOFF_MESSAGE": "Thanks {name}, a person will answer.",
+    "CHATWOOT_TIMEOUT": "0.5",
+    "CHATWOOT_API_TOKEN": "user-token-5",
+    "CHATWOOT_ACCOUNT_ID": "1",
+}
 
 
 def _seeds() -> list[int]:
@@ -72,8 +78,12 @@ async def test_chaos(backend, seed, fake, processes, tmp_path, request):
     await wait_for(lambda: all_quiet(instances), 60, "the outboxes to empty")
     await wait_for(lambda: fake.in_flight == 0, 30, "every delivery")
     problems = check(fake)
-    assert not problems, f"seed {seed} on {backend} (faults: {dict(faults.count)}):\n" + "\n".join(problems) + \
-        "\n" + story(fake, problems, instances)
+    assert not problems, (
+        f"seed {seed} on {backend} (faults: {dict(faults.count)}):\n"
+        + "\n".join(problems)
+        + "\n"
+        + story(fake, problems, instances)
+    )
 
 
 async def all_quiet(instances) -> bool:
@@ -146,7 +156,9 @@ class Faults:
             self.redis_server.start()
             return
         # SQLite: another connection holds the write lock (a backup, `outbox --retry`); under its patience
-        other = sqlite3.connect(self.store_url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False)
+        other = sqlite3.connect(
+            self.store_url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
+        )
         other.execute("BEGIN IMMEDIATE")
         done = threading.Event()
         threading.Timer(min(seconds, 2.0), lambda: (other.execute("COMMIT"), other.close(), done.set())).start()
@@ -215,7 +227,9 @@ def _check_conversation(fake, display_id, conv) -> list[str]:
     for n, p in enumerate(periods):
         wanted = p["returning"] or p["keyword"]
         if wanted and p["opened_by_bot"] != 1:
-            problems.append(f"#{display_id}: pending period {n} should have been handed off (ended by {p.get('ended_by')})")
+            problems.append(
+                f"#{display_id}: pending period {n} should have been handed off (ended by {p.get('ended_by')})"
+            )
         if not wanted and p["opened_by_bot"]:
             problems.append(f"#{display_id}: pending period {n} was opened by the bot though no rule says so")
     # Each handoff posts its note and message once. When an agent resolved the conversation before the
@@ -223,7 +237,9 @@ def _check_conversation(fake, display_id, conv) -> list[str]:
     if notes > bot_opens or messages > bot_opens:
         problems.append(f"#{display_id}: {notes} notes and {messages} messages for {bot_opens} handoffs")
     if after_last_open is not None and after_last_open != Counter(note=1, message=1):
-        problems.append(f"#{display_id}: after the last handoff, still open: {dict(after_last_open)} instead of one each")
+        problems.append(
+            f"#{display_id}: after the last handoff, still open: {dict(after_last_open)} instead of one each"
+        )
     return problems
 
 
@@ -242,8 +258,11 @@ def story(fake, problems, instances) -> str:
                 lines.append(f"  {who} {'note' if data.private else data.message_type} {data.id}: {data.content!r}")
         lines.append(f"--- #{display_id} in the bots' logs")
         for p in instances:
-            lines += [f"  {line}" for line in p.log.read_text().splitlines()
-                      if f"1:{display_id}:" in line or f"1:{display_id} " in line or "ready on port" in line]
+            lines += [
+                f"  {line}"
+                for line in p.log.read_text().splitlines()
+                if f"1:{display_id}:" in line or f"1:{display_id} " in line or "ready on port" in line
+            ]
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
 """chatwoot.py's answers as structs: what each decoder makes of Chatwoot's shapes, and of answers that are not."""
+
 from __future__ import annotations
 
 import json
@@ -13,15 +14,35 @@ from agentbot.events import parse_contact_conversations
 def partial(**changes: object) -> dict[str, object]:
     """api/v1/conversations/partials/_conversation.json.jbuilder, trimmed to what the bot reads: `messages` holds
     the very last message (an activity here), `last_non_activity_message` the last other one (a private note)."""
-    note = {"id": 11, "content": "Handled", "message_type": 1, "private": True, "sender_type": "User",
-            "sender": {"id": 5, "name": "Sam", "type": "user"}, "created_at": 1790000010}
-    activity = {"id": 12, "content": "Conversation was marked resolved", "message_type": 2, "private": False,
-                "created_at": 1790000020}
+    note = {
+        "id": 11,
+        "content": "Handled",
+        "message_type": 1,
+        "private": True,
+        "sender_type": "User",
+        "sender": {"id": 5, "name": "Sam", "type": "user"},
+        "created_at": 1790000010,
+    }
+    activity = {
+        "id": 12,
+        "content": "Conversation was marked resolved",
+        "message_type": 2,
+        "private": False,
+        "created_at": 1790000020,
+    }
     data: dict[str, object] = {
-        "id": 42, "account_id": 1, "inbox_id": 3, "status": "pending", "messages": [activity],
-        "last_non_activity_message": note, "meta": {"sender": {"id": 58, "name": "Maria Lopez"}},
-        "timestamp": 1790000020, "last_activity_at": 1790000020, "waiting_since": 1790000000,
-        "first_reply_created_at": 0, "labels": [],
+        "id": 42,
+        "account_id": 1,
+        "inbox_id": 3,
+        "status": "pending",
+        "messages": [activity],
+        "last_non_activity_message": note,
+        "meta": {"sender": {"id": 58, "name": "Maria Lopez"}},
+        "timestamp": 1790000020,
+        "last_activity_at": 1790000020,
+        "waiting_since": 1790000000,
+        "first_reply_created_at": 0,
+        "labels": [],
     }
     data.update(changes)
     return data
@@ -30,8 +51,14 @@ def partial(**changes: object) -> dict[str, object]:
 def test_the_conversation_partial() -> None:
     listed = _partial(json.dumps(partial()).encode())
     c = listed.conversation
-    assert (c.key, c.status, c.inbox_id, c.contact.name, c.first_reply_at, c.waiting_since) == \
-        ("1:42", "pending", 3, "Maria Lopez", None, 1790000000.0)
+    assert (c.key, c.status, c.inbox_id, c.contact.name, c.first_reply_at, c.waiting_since) == (
+        "1:42",
+        "pending",
+        3,
+        "Maria Lopez",
+        None,
+        1790000000.0,
+    )
     assert [m.id for m in listed.messages] == [11, 12] and listed.last_activity_at == 1790000020.0
     last = listed.last_message
     assert last is not None and (last.id, last.kind, last.private, last.sender.kind) == (11, "outgoing", True, "user")
@@ -50,28 +77,43 @@ def test_a_contacts_conversations_leave_out_the_unreadable() -> None:
     assert [(x.conversation.display_id, x.conversation.status) for x in found] == [(40, "resolved"), (41, "open")]
 
 
-@pytest.mark.parametrize("raw, agent", [
-    pytest.param(b'{"id": 6, "name": "Ann", "available_name": "Ann B.", "availability_status": "busy", "role": "agent"}',
-                 Agent(6, "Ann", "Ann B.", "busy"), id="agent"),
-    pytest.param(b"null", None, id="no-such-user"),
-    pytest.param(b"", None, id="nothing"),
-])
+@pytest.mark.parametrize(
+    "raw, agent",
+    [
+        pytest.param(
+            b'{"id": 6, "name": "Ann", "available_name": "Ann B.", "availability_status": "busy", "role": "agent"}',
+            Agent(6, "Ann", "Ann B.", "busy"),
+            id="agent",
+        ),
+        pytest.param(b"null", None, id="no-such-user"),
+        pytest.param(b"", None, id="nothing"),
+    ],
+)
 def test_an_assignment_answers_the_agent(raw: bytes, agent: Agent | None) -> None:
     assert _agent(raw) == agent
 
 
 def test_agent_bots_and_their_tokens() -> None:
-    bot = {"id": 7, "name": "Triage Bot", "account_id": 1, "outgoing_url": "https://bot/x",
-           "access_token": {"id": 70, "token": "bot-token-7"}, "secret": "s"}
+    bot = {
+        "id": 7,
+        "name": "Triage Bot",
+        "account_id": 1,
+        "outgoing_url": "https://bot/x",
+        "access_token": {"id": 70, "token": "bot-token-7"},
+        "secret": "s",
+    }
     assert _decode_bots(json.dumps([bot]).encode())[0].token == "bot-token-7"
     inbox_bot = _decode_inbox_bot(json.dumps({"agent_bot": {}}).encode())
     assert inbox_bot is not None and inbox_bot.agent_bot == AgentBot() and AgentBot().token is None
 
 
-@pytest.mark.parametrize("raw, version", [
-    pytest.param(b'{"version": "4.16.2", "timestamp": "x"}', "4.16.2", id="chatwoot"),
-    pytest.param(b"<html>not Chatwoot</html>", None, id="not-json"),
-    pytest.param(b'{"version": 4}', None, id="not-a-string"),
-])
+@pytest.mark.parametrize(
+    "raw, version",
+    [
+        pytest.param(b'{"version": "4.16.2", "timestamp": "x"}', "4.16.2", id="chatwoot"),
+        pytest.param(b"<html>not Chatwoot</html>", None, id="not-json"),
+        pytest.param(b'{"version": 4}', None, id="not-a-string"),
+    ],
+)
 def test_the_version(raw: bytes, version: str | None) -> None:
     assert _version(raw) == version

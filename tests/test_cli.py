@@ -1,5 +1,6 @@
 """The command line's exit statuses, as the README says: 0 done, 1 Chatwoot refused or a check failed,
 2 a setting or argument is missing or wrong (one line naming it)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -26,9 +27,14 @@ def cli(fake, tmp_path, monkeypatch, capsys):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)  # no stray .env
     (tmp_path / PAYLOAD).write_text(json.dumps(fixture("message_created_incoming_reopened")))
-    good = {"CHATWOOT_URL": fake.url, "CHATWOOT_BOT_TOKEN": "bot-token-7", "CHATWOOT_ACCOUNT_ID": "1",
-            "WEBHOOK_TOKEN": "a-token-only-chatwoot-knows",
-            "CHATWOOT_API_TOKEN": "user-token-5", "STORE_URL": f"sqlite:///{tmp_path}/bot.sqlite3"}
+    good = {
+        "CHATWOOT_URL": fake.url,
+        "CHATWOOT_BOT_TOKEN": "bot-token-7",
+        "CHATWOOT_ACCOUNT_ID": "1",
+        "WEBHOOK_TOKEN": "a-token-only-chatwoot-knows",
+        "CHATWOOT_API_TOKEN": "user-token-5",
+        "STORE_URL": f"sqlite:///{tmp_path}/bot.sqlite3",
+    }
 
     async def run(*argv: str, **env: str | None) -> tuple[int, str, str]:
         settings = {**good, **env}
@@ -121,6 +127,12 @@ def test_the_process_exit_status_is_mains(tmp_path):
     import subprocess
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_"))}
-    result = subprocess.run([sys.executable, "-m", "agentbot", "rules"], env={**clean, "TIMEZONE": "Mars/Olympus"},
-                            cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "agentbot", "rules"],
+        env={**clean, "TIMEZONE": "Mars/Olympus"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2 and one_line(result.stderr, "TIMEZONE")

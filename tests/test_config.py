@@ -1,4 +1,5 @@
 """Start-up: settings are validated once; a bad value stops with exit 2 and one line naming it."""
+
 from __future__ import annotations
 
 import asyncio
@@ -21,8 +22,14 @@ GOOD = {"CHATWOOT_URL": "https://chat.example.com", "CHATWOOT_BOT_TOKEN": "s3cr3
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_"))}
-    return subprocess.run([sys.executable, "-m", "agentbot", *args], env={**clean, **env}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "agentbot", *args],
+        env={**clean, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 class _Serves(Exception):
@@ -59,29 +66,32 @@ def start_up(monkeypatch, capfd):
     return start
 
 
-@pytest.mark.parametrize("env, variable, example", [
-    ({"CHATWOOT_BOT_TOKEN": "s3cr3t-token"}, "CHATWOOT_URL", "https://chat.example.com"),
-    ({"CHATWOOT_URL": "https://chat.example.com"}, "CHATWOOT_BOT_TOKEN", "Settings"),
-    ({**GOOD, "CHATWOOT_URL": "chat.example.com"}, "CHATWOOT_URL", "https://"),
-    ({**GOOD, "PORT": "eighty"}, "PORT", "8080"),
-    ({**GOOD, "STORE_URL": "postgres://x"}, "STORE_URL", "sqlite:///"),
-    ({**GOOD, "BUSINESS_HOURS": "mon-fry 09:00-18:00"}, "BUSINESS_HOURS", "mon-fri 09:00-18:00"),
-    ({**GOOD, "BUSINESS_HOURS": "mon 09:00-25:00"}, "BUSINESS_HOURS", "'25:00'"),
-    ({**GOOD, "TIMEZONE": "Europe/Atlantis"}, "TIMEZONE", "Europe/Lisbon"),
-    ({**GOOD, "HANDOFF_PRIORITY": "extreme"}, "HANDOFF_PRIORITY", "urgent"),
-    ({**GOOD, "HANDOFF_TEAM_ID": "support"}, "HANDOFF_TEAM_ID", "'support'"),
-    ({**GOOD, "INBOX_3_HANDOFF_ASSIGNEE_ID": "x"}, "INBOX_3_HANDOFF_ASSIGNEE_ID", "'x'"),
-    ({**GOOD, "HANDOFF_MESSAGE": "Hi {customer}"}, "HANDOFF_MESSAGE", "{customer}"),
-    ({**GOOD, "INBOX_3_PORT": "1"}, "INBOX_3_PORT", "INBOX_3_HANDOFF_ALL"),
-    ({**GOOD, "HANDOFF_AFTER_MESSAGES": "-1"}, "HANDOFF_AFTER_MESSAGES", "3"),
-    ({**GOOD, "CLOSED_DATES": "2026-02-30"}, "CLOSED_DATES", "2026-12-25"),
-    ({**GOOD, "LOG_LEVEL": "LOUD"}, "LOG_LEVEL", "INFO"),
-    ({**GOOD, "CHATWOOT_TIMEOUT": "60"}, "CHATWOOT_TIMEOUT", "at most 20"),
-    ({**GOOD, "SWEEP_INTERVAL": "-5"}, "SWEEP_INTERVAL", "600 (0 = off)"),
-    ({**GOOD, "SWEEP_RATE": "fast"}, "SWEEP_RATE", "'fast'"),
-    ({**GOOD, "STORE_URL": "redis://127.0.0.1:1/0"}, "STORE_URL", "cannot open the redis store"),
-    ({**GOOD, "STORE_URL": "sqlite:////nonexistent/dir/bot.sqlite3"}, "STORE_URL", "cannot open the sqlite store"),
-])
+@pytest.mark.parametrize(
+    "env, variable, example",
+    [
+        ({"CHATWOOT_BOT_TOKEN": "s3cr3t-token"}, "CHATWOOT_URL", "https://chat.example.com"),
+        ({"CHATWOOT_URL": "https://chat.example.com"}, "CHATWOOT_BOT_TOKEN", "Settings"),
+        ({**GOOD, "CHATWOOT_URL": "chat.example.com"}, "CHATWOOT_URL", "https://"),
+        ({**GOOD, "PORT": "eighty"}, "PORT", "8080"),
+        ({**GOOD, "STORE_URL": "postgres://x"}, "STORE_URL", "sqlite:///"),
+        ({**GOOD, "BUSINESS_HOURS": "mon-fry 09:00-18:00"}, "BUSINESS_HOURS", "mon-fri 09:00-18:00"),
+        ({**GOOD, "BUSINESS_HOURS": "mon 09:00-25:00"}, "BUSINESS_HOURS", "'25:00'"),
+        ({**GOOD, "TIMEZONE": "Europe/Atlantis"}, "TIMEZONE", "Europe/Lisbon"),
+        ({**GOOD, "HANDOFF_PRIORITY": "extreme"}, "HANDOFF_PRIORITY", "urgent"),
+        ({**GOOD, "HANDOFF_TEAM_ID": "support"}, "HANDOFF_TEAM_ID", "'support'"),
+        ({**GOOD, "INBOX_3_HANDOFF_ASSIGNEE_ID": "x"}, "INBOX_3_HANDOFF_ASSIGNEE_ID", "'x'"),
+        ({**GOOD, "HANDOFF_MESSAGE": "Hi {customer}"}, "HANDOFF_MESSAGE", "{customer}"),
+        ({**GOOD, "INBOX_3_PORT": "1"}, "INBOX_3_PORT", "INBOX_3_HANDOFF_ALL"),
+        ({**GOOD, "HANDOFF_AFTER_MESSAGES": "-1"}, "HANDOFF_AFTER_MESSAGES", "3"),
+        ({**GOOD, "CLOSED_DATES": "2026-02-30"}, "CLOSED_DATES", "2026-12-25"),
+        ({**GOOD, "LOG_LEVEL": "LOUD"}, "LOG_LEVEL", "INFO"),
+        ({**GOOD, "CHATWOOT_TIMEOUT": "60"}, "CHATWOOT_TIMEOUT", "at most 20"),
+        ({**GOOD, "SWEEP_INTERVAL": "-5"}, "SWEEP_INTERVAL", "600 (0 = off)"),
+        ({**GOOD, "SWEEP_RATE": "fast"}, "SWEEP_RATE", "'fast'"),
+        ({**GOOD, "STORE_URL": "redis://127.0.0.1:1/0"}, "STORE_URL", "cannot open the redis store"),
+        ({**GOOD, "STORE_URL": "sqlite:////nonexistent/dir/bot.sqlite3"}, "STORE_URL", "cannot open the sqlite store"),
+    ],
+)
 def test_bad_settings_stop_start_up_with_one_line(env, variable, example, start_up):
     result = start_up(env)
     assert result.returncode == 2
@@ -108,8 +118,14 @@ def test_per_inbox_overrides_apply_only_to_that_inbox():
 
 
 def test_secrets_are_not_in_the_settings_repr():
-    s = load({**GOOD, "CHATWOOT_BOT_SECRET": "hush-hush-hush-hush", "CHATWOOT_API_TOKEN": "user-tok",
-              "WEBHOOK_TOKEN": "wh-3fK9pQ2mZx7LrT5vB8nC1dY6"})
+    s = load(
+        {
+            **GOOD,
+            "CHATWOOT_BOT_SECRET": "hush-hush-hush-hush",
+            "CHATWOOT_API_TOKEN": "user-tok",
+            "WEBHOOK_TOKEN": "wh-3fK9pQ2mZx7LrT5vB8nC1dY6",
+        }
+    )
     for secret in ("s3cr3t-token", "hush-hush", "user-tok", "wh-3fK9pQ2mZx7LrT5vB8nC1dY6"):
         assert secret not in repr(s)
 
@@ -127,11 +143,17 @@ def _free_port() -> int:
 
 async def test_python_m_agentbot_serves_healthz_on_port(tmp_path):
     port = _free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CHATWOOT_")}, **GOOD, "PORT": str(port),
-           "STORE_URL": f"sqlite:///{tmp_path}/bot.sqlite3"}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "agentbot", env=env, cwd=tmp_path,
-                                                stderr=asyncio.subprocess.PIPE)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CHATWOOT_")},
+        **GOOD,
+        "PORT": str(port),
+        "STORE_URL": f"sqlite:///{tmp_path}/bot.sqlite3",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agentbot", env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
+    )
     try:
+
         async def healthy():
             try:
                 async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/healthz") as r:
@@ -148,7 +170,7 @@ async def test_python_m_agentbot_serves_healthz_on_port(tmp_path):
 def documented_settings() -> dict[str, str]:
     """The README's settings tables: variable → its default column."""
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("\n## Settings"):readme.index("\n## ", readme.index("\n## Settings") + 1)]
+    section = readme[readme.index("\n## Settings") : readme.index("\n## ", readme.index("\n## Settings") + 1)]
     return dict(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \| ([^|]*) \|", section, re.M))
 
 
@@ -162,8 +184,13 @@ def test_settings_class_knows_every_documented_variable():
         shown = re.fullmatch(r"`([^`]*)`", default.strip())
         value = real[name].default
         if shown and shown[1] not in documented and value is not None:
-            assert shown[1] == (str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float)
-                                else str(value)), name
+            assert shown[1] == (
+                str(value).lower()
+                if isinstance(value, bool)
+                else f"{value:g}"
+                if isinstance(value, float)
+                else str(value)
+            ), name
 
 
 def test_redis_url_of_a_paas_add_on_is_the_store_unless_store_url_is_set():
@@ -172,19 +199,38 @@ def test_redis_url_of_a_paas_add_on_is_the_store_unless_store_url_is_set():
     assert load({}).store_url == "sqlite:///agentbot.sqlite3"
 
 
-@pytest.mark.parametrize("env, variable, problem, hidden", [
-    ({"CHATWOOT_BOT_SECRET": "bot-secret-7"}, "CHATWOOT_BOT_SECRET", "shorter than 16 characters", "bot-secret-7"),
-    ({"WEBHOOK_TOKEN": "letmein"}, "WEBHOOK_TOKEN", "shorter than 16 characters", "letmein"),
-    ({"WEBHOOK_TOKEN": "a/b?c#d=e&f%g hij"}, "WEBHOOK_TOKEN", "only letters, digits", "a/b?c#d"),
-    ({"BOT_COMMAND": " "}, "BOT_COMMAND", "must not be blank", None),
-    ({"INBOX_3_BOT_COMMAND": ""}, "INBOX_3_BOT_COMMAND", "must not be blank", None),
-    ({"STORE_URL": "sqlite:///"}, "STORE_URL", "needs a file path", None),
-    ({"STORE_URL": "redis//:hunter2-pw@cache.example.com:6379/0"}, "STORE_URL", ":***@cache.example.com", "hunter2"),
-    ({"STORE_URL": "redis://:hunter2-pw@127.0.0.1:1/0"}, "STORE_URL", "cannot open the redis store at redis://:***@", "hunter2"),
-    ({"REDIS_URL": "redis://u:hunter2-pw@127.0.0.1:1/0?password=hunter2-pw"}, "STORE_URL", "password=***", "hunter2"),
-])
-def test_secrets_store_passwords_and_blank_commands_are_refused_without_printing_them(env, variable, problem, hidden,
-                                                                                     start_up):
+@pytest.mark.parametrize(
+    "env, variable, problem, hidden",
+    [
+        ({"CHATWOOT_BOT_SECRET": "bot-secret-7"}, "CHATWOOT_BOT_SECRET", "shorter than 16 characters", "bot-secret-7"),
+        ({"WEBHOOK_TOKEN": "letmein"}, "WEBHOOK_TOKEN", "shorter than 16 characters", "letmein"),
+        ({"WEBHOOK_TOKEN": "a/b?c#d=e&f%g hij"}, "WEBHOOK_TOKEN", "only letters, digits", "a/b?c#d"),
+        ({"BOT_COMMAND": " "}, "BOT_COMMAND", "must not be blank", None),
+        ({"INBOX_3_BOT_COMMAND": ""}, "INBOX_3_BOT_COMMAND", "must not be blank", None),
+        ({"STORE_URL": "sqlite:///"}, "STORE_URL", "needs a file path", None),
+        (
+            {"STORE_URL": "redis//:hunter2-pw@cache.example.com:6379/0"},
+            "STORE_URL",
+            ":***@cache.example.com",
+            "hunter2",
+        ),
+        (
+            {"STORE_URL": "redis://:hunter2-pw@127.0.0.1:1/0"},
+            "STORE_URL",
+            "cannot open the redis store at redis://:***@",
+            "hunter2",
+        ),
+        (
+            {"REDIS_URL": "redis://u:hunter2-pw@127.0.0.1:1/0?password=hunter2-pw"},
+            "STORE_URL",
+            "password=***",
+            "hunter2",
+        ),
+    ],
+)
+def test_secrets_store_passwords_and_blank_commands_are_refused_without_printing_them(
+    env, variable, problem, hidden, start_up
+):
     result = start_up({**GOOD, "STORE_URL": "", **env} if "REDIS_URL" in env else {**GOOD, **env})
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -199,19 +245,42 @@ def test_blank_secret_and_token_are_unset():
 
 
 def test_a_blank_per_inbox_value_switches_the_global_rule_off_there():
-    s = load({**GOOD, "HANDOFF_AFTER_SECONDS": "300", "HANDOFF_AFTER_MESSAGES": "3", "HANDOFF_TEAM_ID": "2",
-              "HANDOFF_PRIORITY": "high", "HANDOFF_ASSIGNEE_ID": "5", "INBOX_3_HANDOFF_AFTER_SECONDS": "",
-              "INBOX_3_HANDOFF_AFTER_MESSAGES": "", "INBOX_3_HANDOFF_TEAM_ID": "", "INBOX_3_HANDOFF_PRIORITY": " ",
-              "INBOX_3_HANDOFF_ASSIGNEE_ID": ""})
+    s = load(
+        {
+            **GOOD,
+            "HANDOFF_AFTER_SECONDS": "300",
+            "HANDOFF_AFTER_MESSAGES": "3",
+            "HANDOFF_TEAM_ID": "2",
+            "HANDOFF_PRIORITY": "high",
+            "HANDOFF_ASSIGNEE_ID": "5",
+            "INBOX_3_HANDOFF_AFTER_SECONDS": "",
+            "INBOX_3_HANDOFF_AFTER_MESSAGES": "",
+            "INBOX_3_HANDOFF_TEAM_ID": "",
+            "INBOX_3_HANDOFF_PRIORITY": " ",
+            "INBOX_3_HANDOFF_ASSIGNEE_ID": "",
+        }
+    )
     inbox3, other = s.rules_for(3), s.rules_for(4)
-    assert (inbox3.handoff_after_seconds, inbox3.handoff_after_messages, inbox3.handoff_team_id,
-            inbox3.handoff_priority, inbox3.handoff_assignee_id) == (None, None, None, None, None)
-    assert (other.handoff_after_seconds, other.handoff_after_messages, other.handoff_team_id,
-            other.handoff_priority, other.handoff_assignee_id) == (300, 3, 2, "high", 5)
+    assert (
+        inbox3.handoff_after_seconds,
+        inbox3.handoff_after_messages,
+        inbox3.handoff_team_id,
+        inbox3.handoff_priority,
+        inbox3.handoff_assignee_id,
+    ) == (None, None, None, None, None)
+    assert (
+        other.handoff_after_seconds,
+        other.handoff_after_messages,
+        other.handoff_team_id,
+        other.handoff_priority,
+        other.handoff_assignee_id,
+    ) == (300, 3, 2, "high", 5)
 
 
 def test_zero_seconds_or_messages_means_off():
-    s = load({**GOOD, "HANDOFF_AFTER_SECONDS": "0", "HANDOFF_AFTER_MESSAGES": "0", "INBOX_3_HANDOFF_AFTER_SECONDS": "0"})
+    s = load(
+        {**GOOD, "HANDOFF_AFTER_SECONDS": "0", "HANDOFF_AFTER_MESSAGES": "0", "INBOX_3_HANDOFF_AFTER_SECONDS": "0"}
+    )
     assert s.handoff_after_seconds is None and s.handoff_after_messages is None
     assert s.rules_for(3).handoff_after_seconds is None
 
@@ -222,8 +291,17 @@ def test_groups_is_read_under_its_new_name_and_its_old_one():
     assert load({**GOOD, "GROUPS": "open"}).whatsapp_groups == "open"  # .env files and PaaS settings
     assert load({**GOOD, "GROUPS": "open", "WHATSAPP_GROUPS": "ignore"}).whatsapp_groups == "ignore"
     assert load({**GOOD, "INBOX_4_GROUPS": "open"}).rules_for(4).whatsapp_groups == "open"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_"))},
-           **GOOD, "WHATSAPP_GROUPS": "ignore"}
-    out = subprocess.run(["bash", "-c", f"{sys.executable} -m agentbot rules"], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=30).stdout
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_"))},
+        **GOOD,
+        "WHATSAPP_GROUPS": "ignore",
+    }
+    out = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m agentbot rules"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
     assert "WhatsApp groups: ignore" in out

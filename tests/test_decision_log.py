@@ -1,5 +1,6 @@
 """The decision log: one entry per decision that is not an ignore, bounded per account and to 7 days,
 written in the same transaction as the decision (both backends), and filled by the running bot."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,11 +13,20 @@ from tests.conftest import returning, wait_for
 
 
 def entry(n: int, at: float, account: int = 1, outcome: str = "handoff") -> DecisionEntry:
-    return DecisionEntry(at, account, 3, n, "Maria", outcome, "returning", f"reason {n}", "message_created", f"d:{account}:{n}")
+    return DecisionEntry(
+        at, account, 3, n, "Maria", outcome, "returning", f"reason {n}", "message_created", f"d:{account}:{n}"
+    )
 
 
 def logged(n: int, at: float, account: int = 1, size: int = 100, **kw) -> Commit:
-    return Commit(f"d:{account}:{n}", f"{account}:{n}", ConversationState(incoming=1), log=entry(n, at, account), log_size=size, **kw)
+    return Commit(
+        f"d:{account}:{n}",
+        f"{account}:{n}",
+        ConversationState(incoming=1),
+        log=entry(n, at, account),
+        log_size=size,
+        **kw,
+    )
 
 
 async def test_entries_come_back_newest_first_once_per_delivery(store):

@@ -1,5 +1,6 @@
 """The PaaS files: Procfile, Dockerfile essentials (docker build is not available here), app.json,
 render.yaml, fly.toml, and the managed-Redis TLS setting against a real redis-server with TLS."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,11 @@ def test_procfile_runs_the_web_process():
 
 def test_dockerfile_essentials():
     text = (ROOT / "Dockerfile").read_text()
-    instructions = [line.split(None, 1) for line in re.sub(r"\\\n", " ", text).splitlines()
-                    if line.strip() and not line.startswith("#")]
+    instructions = [
+        line.split(None, 1)
+        for line in re.sub(r"\\\n", " ", text).splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     kinds = [i[0] for i in instructions]
     assert instructions[0] == ["FROM", "python:3.11-slim"]
     user = [i[1] for i in instructions if i[0] == "USER"]
@@ -120,10 +124,32 @@ def tls_redis_url(tmp_path_factory):
     cert.cert_chain_pems[0].write_to_path(str(workdir / "server.crt"))
     ca.cert_pem.write_to_path(str(workdir / "ca.crt"))
     port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-                             "--tls-cert-file", str(workdir / "server.crt"), "--tls-key-file", str(workdir / "server.key"),
-                             "--tls-ca-cert-file", str(workdir / "ca.crt"), "--tls-auth-clients", "no",
-                             "--save", "", "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            str(workdir / "server.crt"),
+            "--tls-key-file",
+            str(workdir / "server.key"),
+            "--tls-ca-cert-file",
+            str(workdir / "ca.crt"),
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     client = sync_redis.Redis(port=port, ssl=True, ssl_ca_certs=str(workdir / "ca.crt"), ssl_check_hostname=False)
     deadline = time.monotonic() + 10
     while True:
@@ -141,13 +167,22 @@ def tls_redis_url(tmp_path_factory):
 
 
 def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_", "REDIS_"))}
+    return {
+        k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_", "REDIS_"))
+    }
 
 
 def test_a_self_signed_redis_certificate_stops_start_up_naming_the_setting(tls_redis_url):
-    env = {**_clean_env(), "CHATWOOT_URL": "https://chat.example.com", "CHATWOOT_BOT_TOKEN": "s3cr3t",
-           "REDIS_URL": tls_redis_url, "PORT": str(free_port())}
-    result = subprocess.run([sys.executable, "-m", "agentbot"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    env = {
+        **_clean_env(),
+        "CHATWOOT_URL": "https://chat.example.com",
+        "CHATWOOT_BOT_TOKEN": "s3cr3t",
+        "REDIS_URL": tls_redis_url,
+        "PORT": str(free_port()),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "agentbot"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 2
     assert "REDIS_TLS_VERIFY=false" in result.stderr and "certificate" in result.stderr
     assert "Traceback" not in result.stderr and "s3cr3t" not in result.stderr

@@ -1,4 +1,5 @@
 """events.parse as a function: every payload fixture, fields of the wrong type, fields missing."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,17 @@ def body(name: str, **changes: Any) -> bytes:
 
 def conversation(c: Conversation | None) -> tuple[Any, ...]:
     assert c is not None
-    return c.key, c.inbox_id, c.status, c.contact, c.assignee, c.bot_owned, c.first_reply_at, c.last_message_id, \
-        c.status_changed
+    return (
+        c.key,
+        c.inbox_id,
+        c.status,
+        c.contact,
+        c.assignee,
+        c.bot_owned,
+        c.first_reply_at,
+        c.last_message_id,
+        c.status_changed,
+    )
 
 
 def message(m: Message | None) -> tuple[Any, ...]:
@@ -31,32 +41,62 @@ def message(m: Message | None) -> tuple[Any, ...]:
     return m.id, m.kind, m.private, m.sender, m.content[:12] if m.content else m.content
 
 
-@pytest.mark.parametrize("name, want_conversation, want_message", [
-    pytest.param("message_created_incoming_pending",
-                 ("1:42", 3, "pending", MARIA, BOT, True, None, 4711, None),
-                 (4711, "incoming", False, MARIA, "Hi, I need t"), id="incoming-pending"),
-    pytest.param("message_created_incoming_reopened",
-                 ("1:42", 3, "pending", MARIA, SAM, False, "2026-09-30T10:20:03.482Z", 4803, None),
-                 (4803, "incoming", False, MARIA, "Hi again, th"), id="incoming-reopened"),
-    pytest.param("message_created_outgoing",
-                 ("1:42", 3, "pending", MARIA, BOT, True, None, 4712, None),
-                 (4712, "outgoing", False, BOT, "Sure! What i"), id="outgoing"),
-    pytest.param("message_created_private_note",
-                 ("1:42", 3, "open", MARIA, SAM, False, None, 4714, None),
-                 (4715, "outgoing", True, Person(5, "user", "Sam Rivera"), "Customer is "), id="private-note"),
-    pytest.param("message_updated",
-                 ("1:42", 3, "pending", MARIA, BOT, True, None, 4713, None),
-                 (4713, "outgoing", False, BOT, "How can I he"), id="message-updated"),
-    pytest.param("conversation_opened", ("1:42", 3, "open", MARIA, None, False, None, 4714, None), None, id="opened"),
-    pytest.param("conversation_resolved",
-                 ("1:42", 3, "resolved", MARIA, SAM, False, "2026-09-30T10:20:03.482Z", 4720, None), None,
-                 id="resolved"),
-    pytest.param("conversation_status_changed", ("1:42", 3, "open", MARIA, None, False, None, 4714, True), None,
-                 id="status-changed"),
-    pytest.param("conversation_updated", ("1:42", 3, "open", MARIA, None, False, None, 4714, True), None,
-                 id="updated"),
-])
-def test_each_payload_fixture(name: str, want_conversation: tuple[Any, ...], want_message: tuple[Any, ...] | None) -> None:
+@pytest.mark.parametrize(
+    "name, want_conversation, want_message",
+    [
+        pytest.param(
+            "message_created_incoming_pending",
+            ("1:42", 3, "pending", MARIA, BOT, True, None, 4711, None),
+            (4711, "incoming", False, MARIA, "Hi, I need t"),
+            id="incoming-pending",
+        ),
+        pytest.param(
+            "message_created_incoming_reopened",
+            ("1:42", 3, "pending", MARIA, SAM, False, "2026-09-30T10:20:03.482Z", 4803, None),
+            (4803, "incoming", False, MARIA, "Hi again, th"),
+            id="incoming-reopened",
+        ),
+        pytest.param(
+            "message_created_outgoing",
+            ("1:42", 3, "pending", MARIA, BOT, True, None, 4712, None),
+            (4712, "outgoing", False, BOT, "Sure! What i"),
+            id="outgoing",
+        ),
+        pytest.param(
+            "message_created_private_note",
+            ("1:42", 3, "open", MARIA, SAM, False, None, 4714, None),
+            (4715, "outgoing", True, Person(5, "user", "Sam Rivera"), "Customer is "),
+            id="private-note",
+        ),
+        pytest.param(
+            "message_updated",
+            ("1:42", 3, "pending", MARIA, BOT, True, None, 4713, None),
+            (4713, "outgoing", False, BOT, "How can I he"),
+            id="message-updated",
+        ),
+        pytest.param(
+            "conversation_opened", ("1:42", 3, "open", MARIA, None, False, None, 4714, None), None, id="opened"
+        ),
+        pytest.param(
+            "conversation_resolved",
+            ("1:42", 3, "resolved", MARIA, SAM, False, "2026-09-30T10:20:03.482Z", 4720, None),
+            None,
+            id="resolved",
+        ),
+        pytest.param(
+            "conversation_status_changed",
+            ("1:42", 3, "open", MARIA, None, False, None, 4714, True),
+            None,
+            id="status-changed",
+        ),
+        pytest.param(
+            "conversation_updated", ("1:42", 3, "open", MARIA, None, False, None, 4714, True), None, id="updated"
+        ),
+    ],
+)
+def test_each_payload_fixture(
+    name: str, want_conversation: tuple[Any, ...], want_message: tuple[Any, ...] | None
+) -> None:
     d = parse(body(name), "delivery-1")
     assert (d.event, d.delivery_id) == (fixture(name)["event"], "delivery-1")
     assert conversation(d.conversation) == want_conversation
@@ -77,13 +117,16 @@ def test_rules_read_labels_attributes_and_language_on_demand() -> None:
     assert (c.labels, c.attributes, c.language) == (("VIP", "3"), {"plan": "gold", "tier": 2}, "en")
 
 
-@pytest.mark.parametrize("raw, problem", [
-    pytest.param(b"", "not JSON", id="empty"),
-    pytest.param(b"{", "not JSON", id="truncated"),
-    pytest.param(b"[1, 2]", "not a JSON object", id="array"),
-    pytest.param(b'"message_created"', "not a JSON object", id="string"),
-    pytest.param(b"[" * 100_000 + b"]" * 100_000, "nested too deeply", id="deep"),
-])
+@pytest.mark.parametrize(
+    "raw, problem",
+    [
+        pytest.param(b"", "not JSON", id="empty"),
+        pytest.param(b"{", "not JSON", id="truncated"),
+        pytest.param(b"[1, 2]", "not a JSON object", id="array"),
+        pytest.param(b'"message_created"', "not a JSON object", id="string"),
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, "nested too deeply", id="deep"),
+    ],
+)
 def test_a_body_that_is_not_an_object_is_bad(raw: bytes, problem: str) -> None:
     with pytest.raises(BadBody, match=problem):
         parse(raw)
@@ -99,23 +142,39 @@ def _without(path: str) -> bytes:
     return json.dumps(data).encode()
 
 
-@pytest.mark.parametrize("raw, problem", [
-    pytest.param(_without("event"), "no event name", id="no-event"),
-    pytest.param(_without("id"), "message id or message_type missing", id="no-message-id"),
-    pytest.param(_without("message_type"), "message id or message_type missing", id="no-message-type"),
-    pytest.param(body("message_created_incoming_pending", message_type="activity"), "message_type missing",
-                 id="activity-message"),
-    pytest.param(_without("conversation"), "no conversation object", id="no-conversation"),
-    pytest.param(_without("conversation.id"), "conversation id, account id or status missing", id="no-conversation-id"),
-    pytest.param(_without("conversation.status"), "status missing", id="no-status"),
-    pytest.param(body("conversation_opened", id=None), "conversation id", id="event-without-id"),
-    pytest.param(body("message_created_incoming_pending", id="4711"), "Expected `int | null`, got `str`",
-                 id="message-id-a-string"),
-    pytest.param(body("message_created_incoming_pending", private="yes"), "Expected `bool | null`", id="private-a-string"),
-    pytest.param(body("conversation_opened", status=1), "Expected `str | null`, got `int`", id="status-a-number"),
-    pytest.param(body("message_created_incoming_pending", conversation=[]), "Expected `object | null`, got `array`",
-                 id="conversation-a-list"),
-])
+@pytest.mark.parametrize(
+    "raw, problem",
+    [
+        pytest.param(_without("event"), "no event name", id="no-event"),
+        pytest.param(_without("id"), "message id or message_type missing", id="no-message-id"),
+        pytest.param(_without("message_type"), "message id or message_type missing", id="no-message-type"),
+        pytest.param(
+            body("message_created_incoming_pending", message_type="activity"),
+            "message_type missing",
+            id="activity-message",
+        ),
+        pytest.param(_without("conversation"), "no conversation object", id="no-conversation"),
+        pytest.param(
+            _without("conversation.id"), "conversation id, account id or status missing", id="no-conversation-id"
+        ),
+        pytest.param(_without("conversation.status"), "status missing", id="no-status"),
+        pytest.param(body("conversation_opened", id=None), "conversation id", id="event-without-id"),
+        pytest.param(
+            body("message_created_incoming_pending", id="4711"),
+            "Expected `int | null`, got `str`",
+            id="message-id-a-string",
+        ),
+        pytest.param(
+            body("message_created_incoming_pending", private="yes"), "Expected `bool | null`", id="private-a-string"
+        ),
+        pytest.param(body("conversation_opened", status=1), "Expected `str | null`, got `int`", id="status-a-number"),
+        pytest.param(
+            body("message_created_incoming_pending", conversation=[]),
+            "Expected `object | null`, got `array`",
+            id="conversation-a-list",
+        ),
+    ],
+)
 def test_a_missing_or_mistyped_field_names_the_problem(raw: bytes, problem: str) -> None:
     with pytest.raises(PayloadError, match=problem) as caught:
         parse(raw)
@@ -136,6 +195,8 @@ def test_an_unknown_event_of_another_shape_is_not_an_error() -> None:
 
 def test_dedup_keys_tell_deliveries_apart() -> None:
     message_key = parse(body("message_created_incoming_pending"), "d1").dedup_key
-    assert message_key == parse(body("message_created_incoming_pending"), "d2").dedup_key == "e:message_created:4711:1:42"
+    assert (
+        message_key == parse(body("message_created_incoming_pending"), "d2").dedup_key == "e:message_created:4711:1:42"
+    )
     assert parse(body("conversation_opened"), "d1").dedup_key == "d:d1"
     assert parse(body("conversation_opened")).dedup_key.startswith("e:conversation_opened:1:42:")

@@ -1,4 +1,5 @@
 """`rules` and `explain`: what the CLI says is what the running bot does."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,14 +19,33 @@ from tests.fakechatwoot.model import fixture
 from tests.test_config import ROOT
 from tests.test_webhook import signed
 
-PAYLOADS = ["message_created_incoming_pending", "message_created_incoming_reopened", "message_created_outgoing",
-            "message_created_private_note", "message_updated", "conversation_opened", "conversation_resolved",
-            "conversation_status_changed", "conversation_updated", "webwidget_triggered"]
+PAYLOADS = [
+    "message_created_incoming_pending",
+    "message_created_incoming_reopened",
+    "message_created_outgoing",
+    "message_created_private_note",
+    "message_updated",
+    "conversation_opened",
+    "conversation_resolved",
+    "conversation_status_changed",
+    "conversation_updated",
+    "webwidget_triggered",
+]
 SETUPS = [
     ({}, "2026-11-25T10:00:00+00:00"),
-    ({"HANDOFF_KEYWORDS": "address,human", "HANDOFF_TEAM_ID": "2", "GREETING_MESSAGE": "Hi {name}"}, "2026-11-25T10:00:00+00:00"),
-    ({"HANDOFF_ALL": "true", "BUSINESS_HOURS": "mon-fri 09:00-18:00", "TIMEZONE": "Europe/Lisbon",
-      "AWAY_MESSAGE": "closed"}, "2026-11-28T20:00:00+00:00"),
+    (
+        {"HANDOFF_KEYWORDS": "address,human", "HANDOFF_TEAM_ID": "2", "GREETING_MESSAGE": "Hi {name}"},
+        "2026-11-25T10:00:00+00:00",
+    ),
+    (
+        {
+            "HANDOFF_ALL": "true",
+            "BUSINESS_HOURS": "mon-fri 09:00-18:00",
+            "TIMEZONE": "Europe/Lisbon",
+            "AWAY_MESSAGE": "closed",
+        },
+        "2026-11-28T20:00:00+00:00",
+    ),
     ({"HANDOFF_RETURNING": "false", "HANDOFF_AFTER_SECONDS": "60"}, "2026-11-25T10:00:00+00:00"),
 ]
 
@@ -41,9 +61,14 @@ def test_explain_command_line(tmp_path):
     path = tmp_path / "p.json"
     path.write_text(json.dumps(fixture("message_created_incoming_reopened")))
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_"))}
-    result = subprocess.run([sys.executable, "-m", "agentbot", "explain", str(path), "--at", "2026-11-25T10:00:00Z"],
-                            env={**clean, "STORE_URL": "memory://", "HANDOFF_TEAM_ID": "2"}, cwd=ROOT,
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "agentbot", "explain", str(path), "--at", "2026-11-25T10:00:00Z"],
+        env={**clean, "STORE_URL": "memory://", "HANDOFF_TEAM_ID": "2"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.stdout.splitlines() == [
         "handoff: Returning customer: conversation #42 had an agent reply on 2026-09-30",
         "  then conversation 1:42: assign team 2, set open, "
@@ -60,26 +85,59 @@ QUIET = {  # the same in every setup: (outcome, rule, explain's lines); rule Non
     "message_created_private_note": ("ignore", None, ["ignore: private note"]),
     "message_updated": ("ignore", None, ["ignore: message_updated (receipts and edits) is not new customer input"]),
     "conversation_opened": ("ignore", None, ["ignore: conversation_opened with status open needs nothing"]),
-    "conversation_resolved": ("record", "-", ["record: conversation_resolved: conversation resolved",
-                                              "  drop the conversation's timer"]),
-    "conversation_status_changed": ("ignore", None, ["ignore: conversation_status_changed with status open needs nothing"]),
+    "conversation_resolved": (
+        "record",
+        "-",
+        ["record: conversation_resolved: conversation resolved", "  drop the conversation's timer"],
+    ),
+    "conversation_status_changed": (
+        "ignore",
+        None,
+        ["ignore: conversation_status_changed with status open needs nothing"],
+    ),
     "conversation_updated": ("ignore", None, ["ignore: conversation_updated with status open needs nothing"]),
     "webwidget_triggered": ("ignore", None, ["ignore: webwidget_triggered is not an event the bot acts on"]),
 }
-DEFER = ("defer", "all", ["defer: Every conversation goes to humans (HANDOFF_ALL); outside business hours, deferred to "
-                          "2026-11-30 09:00 WET",
-                          "  then conversation 1:42: message 'closed'",
-                          f"  timer at 2026-11-30T09:00:00+00:00: conversation 1:42: set open, private note '{ALL_DEFERRED}'"])
-WAIT = ("keep", "-", [f"keep: {NEW}", "  timer at 2026-11-25T10:01:00+00:00: conversation 1:42: set open, "
-                                      "private note 'Customer waited 60 s in pending'"])
+DEFER = (
+    "defer",
+    "all",
+    [
+        "defer: Every conversation goes to humans (HANDOFF_ALL); outside business hours, deferred to "
+        "2026-11-30 09:00 WET",
+        "  then conversation 1:42: message 'closed'",
+        f"  timer at 2026-11-30T09:00:00+00:00: conversation 1:42: set open, private note '{ALL_DEFERRED}'",
+    ],
+)
+WAIT = (
+    "keep",
+    "-",
+    [
+        f"keep: {NEW}",
+        "  timer at 2026-11-25T10:01:00+00:00: conversation 1:42: set open, "
+        "private note 'Customer waited 60 s in pending'",
+    ],
+)
 EXPECTED = [  # per setup of SETUPS: what each payload must lead to
-    {"message_created_incoming_pending": ("keep", "-", [f"keep: {NEW}"]),
-     "message_created_incoming_reopened": ("handoff", "returning", [
-         f"handoff: {RETURNING}", f"  then conversation 1:42: set open, private note '{RETURNING}'"])},
-    {"message_created_incoming_pending": ("handoff", "keyword", [
-        f"handoff: {ASKED}", f"  then conversation 1:42: assign team 2, set open, private note '{ASKED}'"]),
-     "message_created_incoming_reopened": ("handoff", "returning", [
-         f"handoff: {RETURNING}", f"  then conversation 1:42: assign team 2, set open, private note '{RETURNING}'"])},
+    {
+        "message_created_incoming_pending": ("keep", "-", [f"keep: {NEW}"]),
+        "message_created_incoming_reopened": (
+            "handoff",
+            "returning",
+            [f"handoff: {RETURNING}", f"  then conversation 1:42: set open, private note '{RETURNING}'"],
+        ),
+    },
+    {
+        "message_created_incoming_pending": (
+            "handoff",
+            "keyword",
+            [f"handoff: {ASKED}", f"  then conversation 1:42: assign team 2, set open, private note '{ASKED}'"],
+        ),
+        "message_created_incoming_reopened": (
+            "handoff",
+            "returning",
+            [f"handoff: {RETURNING}", f"  then conversation 1:42: assign team 2, set open, private note '{RETURNING}'"],
+        ),
+    },
     {"message_created_incoming_pending": DEFER, "message_created_incoming_reopened": DEFER},
     {"message_created_incoming_pending": WAIT, "message_created_incoming_reopened": WAIT},  # returning is off
 ]
@@ -113,10 +171,18 @@ async def test_explain_gives_the_same_decision_as_the_running_bot(fake, start_bo
 
 def test_rules_prints_the_effective_rules_per_inbox():
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_"))}
-    env = {**clean, "STORE_URL": "memory://", "HANDOFF_KEYWORDS": "human,humano", "INBOX_4_HANDOFF_ALL": "true",
-           "BUSINESS_HOURS": "mon-fri 09:00-18:00", "TIMEZONE": "Europe/Lisbon", "INBOX_IDS": "3,4"}
-    out = subprocess.run([sys.executable, "-m", "agentbot", "rules"], env=env, cwd=ROOT, capture_output=True,
-                         text=True, timeout=30).stdout
+    env = {
+        **clean,
+        "STORE_URL": "memory://",
+        "HANDOFF_KEYWORDS": "human,humano",
+        "INBOX_4_HANDOFF_ALL": "true",
+        "BUSINESS_HOURS": "mon-fri 09:00-18:00",
+        "TIMEZONE": "Europe/Lisbon",
+        "INBOX_IDS": "3,4",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "agentbot", "rules"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30
+    ).stdout
     assert "Acts on all accounts, inboxes [3, 4]." in out
     assert "messages with the words human, humano open the conversation" in out
     assert "mon 09:00-18:00" in out and "(Europe/Lisbon)" in out

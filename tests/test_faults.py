@@ -3,6 +3,7 @@
 Each asserts the end state in the fake: every decided handoff happened exactly once, no note or
 greeting twice, and Chatwoot's failure fallback never fired.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -79,10 +80,13 @@ async def test_revoked_bot_token_is_final_and_a_dead_letter(fake, start_bot, tmp
     await bot.stop()
 
     env = {"STORE_URL": store, "PATH": "/usr/bin:/bin"}
-    listed = subprocess.run([sys.executable, "-m", "agentbot", "outbox"], env=env, cwd=ROOT, capture_output=True, text=True)
+    listed = subprocess.run(
+        [sys.executable, "-m", "agentbot", "outbox"], env=env, cwd=ROOT, capture_output=True, text=True
+    )
     assert f"conversation 1:{conv.display_id}: set open" in listed.stdout and "1 dead letters" in listed.stdout
-    requeued = subprocess.run([sys.executable, "-m", "agentbot", "outbox", "--retry"], env=env, cwd=ROOT,
-                              capture_output=True, text=True)
+    requeued = subprocess.run(
+        [sys.executable, "-m", "agentbot", "outbox", "--retry"], env=env, cwd=ROOT, capture_output=True, text=True
+    )
     assert "re-queued 1 dead letters" in requeued.stdout
 
     fake.bots[7].token = "bot-token-7"  # the operator fixed the token
@@ -124,8 +128,12 @@ async def test_burst_of_new_customers_greeted_once_each(fake, start_bot):
         for p in people:
             fake.customer_writes(p, "hi")
     await bot.idle()
-    greeted = Counter(m.conversation.display_id for c in fake.conversations.values() for m in c.messages
-                      if m.sender_type == "AgentBot")
+    greeted = Counter(
+        m.conversation.display_id
+        for c in fake.conversations.values()
+        for m in c.messages
+        if m.sender_type == "AgentBot"
+    )
     assert sorted(greeted.values()) == [1] * 10
     assert all(c.status == "pending" for c in fake.conversations.values())
     assert fake.fallbacks == []
@@ -138,7 +146,9 @@ async def test_sigkill_between_acknowledgement_and_action(fake, processes, tmp_p
     first = await processes(STORE_URL=store, **quick)
     held = fake.hold("toggle_status")
     fake.customer_writes(maria, "Again")
-    await wait_for(lambda: any(d.answers == [200] for d in fake.deliveries if d.event == "message_created"), 5, "the ack")
+    await wait_for(
+        lambda: any(d.answers == [200] for d in fake.deliveries if d.event == "message_created"), 5, "the ack"
+    )
     await wait_for(lambda: held.waiting == 1, 5, "the toggle_status call in flight")
     assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
     fake.faults.remove(held)
@@ -182,9 +192,17 @@ async def test_two_processes_sharing_redis_split_the_deliveries(fake, processes,
         fake.redeliver(d)  # the retry lands on the other instance
     convs = [conv for _, conv in pairs]
     await wait_for(lambda: all(len(fake.notes(c.display_id)) == 1 for c in convs), 15, "every handoff")
-    await wait_for(lambda: fake.in_flight == 0 and all(c.status != "pending" or c.contact.name.startswith("New")
-                                                       for c in fake.conversations.values()), 10, "quiet")
-    await wait_for(lambda: sum(len(fake.bot_messages(c.display_id)) for c in fake.conversations.values()) >= 5, 10, "greetings")
+    await wait_for(
+        lambda: (
+            fake.in_flight == 0
+            and all(c.status != "pending" or c.contact.name.startswith("New") for c in fake.conversations.values())
+        ),
+        10,
+        "quiet",
+    )
+    await wait_for(
+        lambda: sum(len(fake.bot_messages(c.display_id)) for c in fake.conversations.values()) >= 5, 10, "greetings"
+    )
     await asyncio.sleep(0)  # nothing else is waited for: assertions below are about totals
     assert_exactly_once(fake, convs)
     for contact in news:

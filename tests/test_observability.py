@@ -1,4 +1,5 @@
 """/metrics in Prometheus text format and JSON log lines, read after a real handoff."""
+
 from __future__ import annotations
 
 import io
@@ -60,7 +61,12 @@ async def test_json_logs_carry_the_ids_and_stdlib_logging_is_routed_in(fake, sta
     kept = next(line for line in lines if "keep: new customer" in line["message"])
     delivery = next(d for d in fake.deliveries if d.display_id == newcomer.display_id)
     assert kept["level"] == "INFO"
-    assert (kept["account"], kept["inbox"], kept["conversation"], kept["delivery"]) == (1, 3, newcomer.display_id, delivery.id)
+    assert (kept["account"], kept["inbox"], kept["conversation"], kept["delivery"]) == (
+        1,
+        3,
+        newcomer.display_id,
+        delivery.id,
+    )
     opened = next(line for line in lines if "opened for humans: Returning customer" in line["message"])
     assert opened["level"] == "INFO" and opened["conversation"] == conv.display_id and opened["account"] == 1
     assert any(line["message"] == "something from aiohttp" and line["level"] == "ERROR" for line in lines)

@@ -1,5 +1,6 @@
 """The outbox's retry, backoff and dead-letter policy, with a fake client that records calls and fails on
 request, and the memory store; the clock is injected, so nothing waits."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,8 +20,13 @@ START = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 MAX_AGE = 3600.0
 TIMEOUT = 1.0  # the client's timeout: a call without an answer may land until 2 × TIMEOUT later
 HANDOFF: list[Step] = [AssignTeam(2), SetPriority("high"), SetStatus("open"), PrivateNote("why"), PublicMessage("hi")]
-CALLS = [("assignments", {"team_id": 2}), ("toggle_priority", "high"), ("toggle_status", "open"),
-         ("messages", ("why", True)), ("messages", ("hi", False))]
+CALLS = [
+    ("assignments", {"team_id": 2}),
+    ("toggle_priority", "high"),
+    ("toggle_status", "open"),
+    ("messages", ("why", True)),
+    ("messages", ("hi", False)),
+]
 
 
 def error(endpoint: str, status: int | None, detail: str = "boom", **more: Any) -> ChatwootError:
@@ -87,8 +93,9 @@ async def memory() -> Any:
     await store.close()
 
 
-async def run(store: Store, client: FakeChatwoot, clock: Clock, steps: list[Step], age: float = 0.0,
-              attempts: int = 0) -> tuple[Job | None, list[Job], Outbox]:
+async def run(
+    store: Store, client: FakeChatwoot, clock: Clock, steps: list[Step], age: float = 0.0, attempts: int = 0
+) -> tuple[Job | None, list[Job], Outbox]:
     """Queue one job decided `age` seconds ago and run it once: (the job as the store keeps it for its next run,
     or None when it is done or dead; the dead letters; the outbox)."""
     outbox = Outbox(store, client, Metrics(), clock, MAX_AGE)  # type: ignore[arg-type]
@@ -123,31 +130,91 @@ def case(case_id: str, **fields: Any) -> Any:
 STATUS_500 = {"toggle_status": [error("toggle_status", 500)]}
 CASES = [
     case("all-steps-in-order", fail={}, calls=CALLS, fate="done"),
-    case("server-error-retries-with-backoff", fail=STATUS_500, calls=CALLS[:3], fate="retry", unsure=True,
-         delay=(0.25, 0.5)),  # a 500 may have been applied (unsure), but the call is over: no wait for it to land
-    case("backoff-doubles-per-attempt", fail={"assignments": [error("assignments", 502)]}, steps=[AssignTeam(2)],
-         calls=CALLS[:1], fate="retry", unsure=True, attempts=3, delay=(2.0, 4.0)),
-    case("backoff-is-capped", fail={"assignments": [error("assignments", 503)]}, steps=[AssignTeam(2)],
-         calls=CALLS[:1], fate="retry", unsure=True, attempts=20, delay=(30.0, 60.0)),
-    case("retry-after-is-respected", fail={"toggle_status": [error("toggle_status", 429, retry_after=30.0)]},
-         calls=CALLS[:3], fate="retry", delay=(30.0, 30.0)),
-    case("unsent-call-retries-soon", fail={"toggle_status": [error("toggle_status", None, "refused", sent=False)]},
-         calls=CALLS[:3], fate="retry", delay=(0.25, 0.5)),
-    case("timeout-waits-until-the-call-can-have-landed",
-         fail={"toggle_status": [error("toggle_status", None, "timed out")]}, calls=CALLS[:3], fate="retry",
-         unsure=True, delay=(2 * TIMEOUT, 2 * TIMEOUT)),
-    case("final-answer-is-a-dead-letter", fail={"toggle_status": [error("toggle_status", 422)]}, calls=CALLS[:3],
-         fate="dead"),
+    case(
+        "server-error-retries-with-backoff",
+        fail=STATUS_500,
+        calls=CALLS[:3],
+        fate="retry",
+        unsure=True,
+        delay=(0.25, 0.5),
+    ),  # a 500 may have been applied (unsure), but the call is over: no wait for it to land
+    case(
+        "backoff-doubles-per-attempt",
+        fail={"assignments": [error("assignments", 502)]},
+        steps=[AssignTeam(2)],
+        calls=CALLS[:1],
+        fate="retry",
+        unsure=True,
+        attempts=3,
+        delay=(2.0, 4.0),
+    ),
+    case(
+        "backoff-is-capped",
+        fail={"assignments": [error("assignments", 503)]},
+        steps=[AssignTeam(2)],
+        calls=CALLS[:1],
+        fate="retry",
+        unsure=True,
+        attempts=20,
+        delay=(30.0, 60.0),
+    ),
+    case(
+        "retry-after-is-respected",
+        fail={"toggle_status": [error("toggle_status", 429, retry_after=30.0)]},
+        calls=CALLS[:3],
+        fate="retry",
+        delay=(30.0, 30.0),
+    ),
+    case(
+        "unsent-call-retries-soon",
+        fail={"toggle_status": [error("toggle_status", None, "refused", sent=False)]},
+        calls=CALLS[:3],
+        fate="retry",
+        delay=(0.25, 0.5),
+    ),
+    case(
+        "timeout-waits-until-the-call-can-have-landed",
+        fail={"toggle_status": [error("toggle_status", None, "timed out")]},
+        calls=CALLS[:3],
+        fate="retry",
+        unsure=True,
+        delay=(2 * TIMEOUT, 2 * TIMEOUT),
+    ),
+    case(
+        "final-answer-is-a-dead-letter",
+        fail={"toggle_status": [error("toggle_status", 422)]},
+        calls=CALLS[:3],
+        fate="dead",
+    ),
     case("not-found-is-a-dead-letter", fail={"messages": [error("messages", 404)]}, calls=CALLS[:4], fate="dead"),
-    case("bad-token-is-a-dead-letter", fail={"toggle_status": [error("toggle_status", 401, "Invalid Access Token")]},
-         calls=CALLS[:3], fate="dead"),
-    case("too-old-is-a-dead-letter", fail=STATUS_500, calls=[*CALLS[:2], ("show", 42), CALLS[2]], fate="dead",
-         age=MAX_AGE + 1),  # late: the outbox first looks where the conversation is
-    case("extras-refused-to-bots-are-skipped",
-         fail={"assignments": [error("assignments", 401, REFUSED)], "toggle_priority": [error("toggle_priority", 401, REFUSED)]},
-         calls=CALLS, fate="done"),
-    case("status-refused-to-bots-is-a-dead-letter", fail={"toggle_status": [error("toggle_status", 401, REFUSED)]},
-         calls=CALLS[:3], fate="dead"),
+    case(
+        "bad-token-is-a-dead-letter",
+        fail={"toggle_status": [error("toggle_status", 401, "Invalid Access Token")]},
+        calls=CALLS[:3],
+        fate="dead",
+    ),
+    case(
+        "too-old-is-a-dead-letter",
+        fail=STATUS_500,
+        calls=[*CALLS[:2], ("show", 42), CALLS[2]],
+        fate="dead",
+        age=MAX_AGE + 1,
+    ),  # late: the outbox first looks where the conversation is
+    case(
+        "extras-refused-to-bots-are-skipped",
+        fail={
+            "assignments": [error("assignments", 401, REFUSED)],
+            "toggle_priority": [error("toggle_priority", 401, REFUSED)],
+        },
+        calls=CALLS,
+        fate="done",
+    ),
+    case(
+        "status-refused-to-bots-is-a-dead-letter",
+        fail={"toggle_status": [error("toggle_status", 401, REFUSED)]},
+        calls=CALLS[:3],
+        fate="dead",
+    ),
 ]
 
 
@@ -180,15 +247,27 @@ async def test_a_retry_goes_on_from_the_failed_step(memory: Store) -> None:
     assert await memory.depth() == 0 and await memory.dead_letters() == []
 
 
-@pytest.mark.parametrize("agent, calls, remark", [
-    pytest.param(Agent(6, "Ann", "Ann", "online"), [], "", id="online-keeps-the-agent"),
-    pytest.param(Agent(6, "Ann", "Ann B.", "offline"), [("assignments", {"assignee_id": None})],
-                 ". Ann B. is offline; handed to team 2 instead.", id="offline-falls-back"),
-    pytest.param(None, [], ". The previous agent (id 6) no longer exists; handed to team 2.", id="gone-falls-back"),
-])
-async def test_a_returning_customers_agent_who_is_away_gives_way(memory: Store, agent: Agent | None,
-                                                                 calls: list[tuple[str, Any]], remark: str) -> None:
+@pytest.mark.parametrize(
+    "agent, calls, remark",
+    [
+        pytest.param(Agent(6, "Ann", "Ann", "online"), [], "", id="online-keeps-the-agent"),
+        pytest.param(
+            Agent(6, "Ann", "Ann B.", "offline"),
+            [("assignments", {"assignee_id": None})],
+            ". Ann B. is offline; handed to team 2 instead.",
+            id="offline-falls-back",
+        ),
+        pytest.param(None, [], ". The previous agent (id 6) no longer exists; handed to team 2.", id="gone-falls-back"),
+    ],
+)
+async def test_a_returning_customers_agent_who_is_away_gives_way(
+    memory: Store, agent: Agent | None, calls: list[tuple[str, Any]], remark: str
+) -> None:
     client, clock = FakeChatwoot(agent=agent), Clock()
     await run(memory, client, clock, [AssignAgent(6, "team 2"), SetStatus("open"), PrivateNote("Returning")])
-    assert client.calls == [("assignments", {"assignee_id": 6}), *calls, ("toggle_status", "open"),
-                            ("messages", ("Returning" + remark, True))]
+    assert client.calls == [
+        ("assignments", {"assignee_id": 6}),
+        *calls,
+        ("toggle_status", "open"),
+        ("messages", ("Returning" + remark, True)),
+    ]

@@ -1,5 +1,6 @@
 """The operator page in a real headless Chromium against the fake Chatwoot: sign-in, sessions, CSRF,
 the decisions and chart after a story, "why is #N pending?" with "hand off now", dead-letter Retry."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -57,13 +58,18 @@ async def test_nothing_is_served_and_nothing_done_without_a_session(fake, start_
             page = await r.text()
             assert r.status == 200 and "Sign in with Chatwoot" in page
             assert "Maria" not in page and "Health" not in page
-        for path, form in [("/actions/handoff", {"account": "1", "conversation": str(conv.display_id)}),
-                           ("/actions/retry", {"id": "1"}), ("/actions/sweep", {"mode": "run"}), ("/signout", {})]:
+        for path, form in [
+            ("/actions/handoff", {"account": "1", "conversation": str(conv.display_id)}),
+            ("/actions/retry", {"id": "1"}),
+            ("/actions/sweep", {"mode": "run"}),
+            ("/signout", {}),
+        ]:
             async with s.post(bot.url + path, data=form) as r:
                 assert r.status == 401, path
         forged = {"Cookie": "agentbot_session=eyJ1c2VyX2lkIjo1fQ.forged"}
-        async with s.post(bot.url + "/actions/handoff", data={"account": "1", "conversation": str(conv.display_id)},
-                          headers=forged) as r:
+        async with s.post(
+            bot.url + "/actions/handoff", data={"account": "1", "conversation": str(conv.display_id)}, headers=forged
+        ) as r:
             assert r.status == 401
     await bot.idle()
     assert conv.status == "pending" and fake.calls_to("toggle_status") == []
@@ -110,7 +116,10 @@ async def test_after_a_returning_customer_the_page_lists_the_handoff_and_charts_
     href = await browser.call(link.get_attribute, "href")
     assert href == f"{fake.url}/app/accounts/1/conversations/{conv.display_id}"
     bars = await browser.all("#activity svg rect.bar")
-    found = [(await browser.call(b.get_attribute, "data-rule"), await browser.call(b.get_attribute, "data-count")) for b in bars]
+    found = [
+        (await browser.call(b.get_attribute, "data-rule"), await browser.call(b.get_attribute, "data-count"))
+        for b in bars
+    ]
     assert found == [("returning", "1"), ("returning", "1")]  # the hour's bar and the day's bar
     height = await browser.call(bars[0].get_attribute, "height")
     assert float(height) > 50

@@ -1,5 +1,6 @@
 """The operator page over plain HTTP: cookie attributes, sessions shared by instances, sign-in limits,
 bad input, and the sweep panel against a small sweeper."""
+
 from __future__ import annotations
 
 import asyncio
@@ -42,7 +43,10 @@ async def test_instances_with_the_same_settings_accept_each_others_sessions(fake
         assert (await sign_in(s, one.url)).status == 303
         cookie = s.cookie_jar.filter_cookies(URL(one.url))["agentbot_session"].value
     for bot, accepted in ((two, True), (other, False)):
-        async with aiohttp.ClientSession() as s, s.get(bot.url + "/", headers={"Cookie": f"agentbot_session={cookie}"}) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(bot.url + "/", headers={"Cookie": f"agentbot_session={cookie}"}) as r,
+        ):
             assert ('id="health"' in await r.text()) is accepted
 
 
@@ -67,7 +71,9 @@ async def test_an_empty_token_and_bad_page_input_get_a_clear_answer(fake, start_
             assert r.status == 401 and "paste your Chatwoot access token" in await r.text()
         await sign_in(s, bot.url)
         async with s.get(bot.url + "/?why=abc&inbox=x") as r:
-            assert r.status == 200 and "'abc' is not a conversation number of your accounts" in html.unescape(await r.text())
+            assert r.status == 200 and "'abc' is not a conversation number of your accounts" in html.unescape(
+                await r.text()
+            )
         async with s.get(bot.url + "/?why=999") as r:
             assert "Chatwoot has no conversation #999 in account 1" in await r.text()
         async with s.get(bot.url + "/") as r:
@@ -137,9 +143,14 @@ async def test_hand_off_now_clicked_twice_queues_one_handoff(fake, start_bot):
         async def click():
             async with s.post(bot.url + "/actions/handoff", data=form, allow_redirects=False) as r:
                 return r.status, r.headers.get("Location")
+
         await asyncio.gather(click(), click())
     await wait_for(lambda: kept.status == "open", 5, "the handoff")
-    await wait_for(lambda: len(fake.notes(kept.display_id)) >= 1 and len(fake.bot_messages(kept.display_id)) >= 1, 5, "the note and the message")
+    await wait_for(
+        lambda: len(fake.notes(kept.display_id)) >= 1 and len(fake.bot_messages(kept.display_id)) >= 1,
+        5,
+        "the note and the message",
+    )
     await wait_for(lambda: _outbox_empty(bot), 5, "the outbox to empty")  # a second job would have run by now
     held.release()
     await bot.idle()

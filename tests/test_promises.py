@@ -3,6 +3,7 @@ a slow Chatwoot that applies a call and answers too late, deliveries out of orde
 
 Each test failed on the code before the fix it names; each asserts on what the fake Chatwoot ended up with.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,12 @@ from tests.conftest import Clock, returning, wait_for
 from tests.fakechatwoot.server import VERSIONS
 from tests.test_webhook import signed
 
-CONVERSATION_EVENTS = {"conversation_opened", "conversation_resolved", "conversation_status_changed", "conversation_updated"}
+CONVERSATION_EVENTS = {
+    "conversation_opened",
+    "conversation_resolved",
+    "conversation_status_changed",
+    "conversation_updated",
+}
 
 pytestmark = pytest.mark.parametrize("fake", VERSIONS, indirect=True)  # Chatwoot 4.6, 4.12 and 4.16+
 
@@ -48,7 +54,9 @@ async def health(bot) -> tuple[int, dict]:
         return r.status, await r.json()
 
 
-async def test_outbox_survives_a_redis_restart_mid_handoff(fake, redis_server, start_bot, monkeypatch):  # bots stop first
+async def test_outbox_survives_a_redis_restart_mid_handoff(
+    fake, redis_server, start_bot, monkeypatch
+):  # bots stop first
     monkeypatch.setattr("agentbot.outbox.STORE_DOWN_AFTER", 0.3)  # /healthz reports the store sooner than 2 s
     pairs = [returning(fake, f"Customer {i}") for i in range(16)]
     later = [returning(fake, f"Later {i}") for i in range(4)]
@@ -68,7 +76,9 @@ async def test_outbox_survives_a_redis_restart_mid_handoff(fake, redis_server, s
     await wait_for(unhealthy, 5, "/healthz to report the store")
     redis_server.start()
     convs = [conv for _, conv in pairs]
-    await wait_for(lambda: all(len(fake.notes(c.display_id)) == 1 for c in convs), 20, "every handoff after the restart")
+    await wait_for(
+        lambda: all(len(fake.notes(c.display_id)) == 1 for c in convs), 20, "every handoff after the restart"
+    )
     assert (await health(bot))[0] == 200
     sent = len(fake.deliveries)
     for contact, _ in later:
@@ -86,7 +96,9 @@ async def test_dead_outbox_workers_are_replaced(fake, start_bot):
     outbox = bot.bot.outbox
     for task in outbox.workers:  # whatever killed them
         task.cancel()
-    await wait_for(lambda: all(t.done() for t in outbox.workers) or any(not t.done() for t in outbox.workers), 2, "cancel")
+    await wait_for(
+        lambda: all(t.done() for t in outbox.workers) or any(not t.done() for t in outbox.workers), 2, "cancel"
+    )
     fake.customer_writes(maria, "Again")
     await wait_for(lambda: conv.status == "open", 5, "the handoff by a replaced worker")
     await bot.idle()
@@ -124,7 +136,9 @@ async def test_a_note_answered_too_late_is_not_posted_twice_when_the_customer_wr
     fake.customer_writes(maria, "Again")
     await wait_for(lambda: fake.notes(conv.display_id), 5, "the note, applied")
     fake.customer_writes(maria, "Hello? Anyone?")  # now the last message, before the bot tries again
-    await wait_for(lambda: len(fake.calls_to("messages")) >= 1 and fake.calls_to("messages")[-1].status == 200, 5, "the call")
+    await wait_for(
+        lambda: len(fake.calls_to("messages")) >= 1 and fake.calls_to("messages")[-1].status == 200, 5, "the call"
+    )
     await bot.idle()
     one_handoff(fake, conv)
 
@@ -337,8 +351,10 @@ async def test_the_fakes_conversation_partial_shows_the_bots_note(fake, start_bo
     fake.customer_writes(maria, "Again")
     await wait_for(lambda: fake.notes(conv.display_id), 5, "the note")
     async with aiohttp.ClientSession() as s:
-        async with s.get(f"{fake.url}/api/v1/accounts/1/conversations/{conv.display_id}",
-                         headers={"api_access_token": "user-token-5"}) as r:
+        async with s.get(
+            f"{fake.url}/api/v1/accounts/1/conversations/{conv.display_id}",
+            headers={"api_access_token": "user-token-5"},
+        ) as r:
             data = json.loads(await r.text())
     assert data["status"] == "open" and data["last_non_activity_message"]["private"] is True
     assert data["last_non_activity_message"]["sender_type"] == "AgentBot"
@@ -350,14 +366,18 @@ async def test_the_status_events_of_a_handoff_arriving_after_its_echo_still_coun
     if not fake.has("bot_owned"):
         pytest.skip("giving back by assigning the bot is Chatwoot 4.16+")
     bot = await start_bot(HANDOFF_KEYWORDS="human", HANDOFF_MESSAGE="An agent will be with you shortly.")
-    held = fake.hold_deliveries(lambda d: d.event in ("conversation_opened", "conversation_status_changed",
-                                                      "conversation_updated"))
+    held = fake.hold_deliveries(
+        lambda d: d.event in ("conversation_opened", "conversation_status_changed", "conversation_updated")
+    )
     maria = fake.contact("Maria")
     conv = fake.customer_writes(maria, "I want a human").conversation
     await wait_for(lambda: fake.bot_messages(conv.display_id), 5, "the handoff message")
 
-    await wait_for(lambda: all(d.done for d in fake.deliveries if d.event == "message_created"), 5,
-                   "the echo of the handoff message")
+    await wait_for(
+        lambda: all(d.done for d in fake.deliveries if d.event == "message_created"),
+        5,
+        "the echo of the handoff message",
+    )
     held.release()  # Sidekiq: the status events of the toggle arrive after the message's echo
     await wait_for(lambda: fake.in_flight == 0, 5, "deliveries")
     await bot.idle()
@@ -391,7 +411,8 @@ async def test_a_note_applied_while_the_bot_was_killed_is_not_posted_again_after
 
 
 async def test_a_note_whose_echo_came_before_a_restart_is_not_posted_again_when_someone_wrote_after_it(
-        fake, processes, tmp_path):
+    fake, processes, tmp_path
+):
     """Chatwoot's GET shows only the last message: after a restart the note's echo must come from the store."""
     maria, conv = returning(fake)
     store = f"sqlite:///{tmp_path}/bot.sqlite3"
@@ -411,7 +432,8 @@ async def test_a_note_whose_echo_came_before_a_restart_is_not_posted_again_when_
 
 @pytest.mark.parametrize("user_token", [None, "user-token-5"])
 async def test_a_note_whose_echo_went_with_the_killed_bot_is_not_posted_again_when_someone_wrote_after_it(
-        fake, processes, tmp_path, user_token):
+    fake, processes, tmp_path, user_token
+):
     """Neither the echo nor Chatwoot's last message shows the note: with a user token the bot reads the
     conversation's latest messages; without one, on Chatwoot before 4.16, it does not post the note again."""
     maria, conv = returning(fake)

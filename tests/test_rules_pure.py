@@ -1,4 +1,5 @@
 """The handoff rules as plain functions: business hours with an injected clock, keyword matching, decisions."""
+
 from __future__ import annotations
 
 from datetime import date, datetime, timezone
@@ -54,14 +55,17 @@ def test_utc_instants_are_compared_in_the_zone():
     assert not HOURS.is_open(datetime(2026, 7, 1, 7, 30, tzinfo=timezone.utc))
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("mon-fry 09:00-18:00", "unknown weekday 'fry'"),
-    ("mon 9-18", "not HH:MM"),
-    ("mon 18:00-09:00", "end before they start"),
-    ("mon", "has no hours"),
-    ("", "no opening hours"),
-    ("tue 24:30-25:00", "'24:30'"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("mon-fry 09:00-18:00", "unknown weekday 'fry'"),
+        ("mon 9-18", "not HH:MM"),
+        ("mon 18:00-09:00", "end before they start"),
+        ("mon", "has no hours"),
+        ("", "no opening hours"),
+        ("tue 24:30-25:00", "'24:30'"),
+    ],
+)
 def test_bad_business_hours_name_the_bad_part(text, problem):
     with pytest.raises(ValueError, match=problem):
         parse_week(text)
@@ -72,14 +76,17 @@ def test_wrapping_day_ranges_and_24_00():
     assert [bool(day) for day in week] == [True, False, False, False, True, True, True]
 
 
-@pytest.mark.parametrize("text, found", [
-    ("I want to talk to an Atendênte please", "atendente"),
-    ("HUMAN!", "human"),
-    ("agentic workflows are great", None),
-    ("my agent-id is 4", "agent"),
-    ("superhuman", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "text, found",
+    [
+        ("I want to talk to an Atendênte please", "atendente"),
+        ("HUMAN!", "human"),
+        ("agentic workflows are great", None),
+        ("my agent-id is 4", "agent"),
+        ("superhuman", None),
+        ("", None),
+    ],
+)
 def test_keywords_ignore_case_and_accents_and_match_whole_words(text, found):
     pattern = compile_keywords(["human", "agent", "atendente", "humano"])
     assert find_keyword(pattern, text) == found
@@ -96,18 +103,21 @@ def test_chatwoot_retries_back_off_as_the_readme_says():
     assert all(backoff(1, 5.0) >= 5.0 for _ in range(50))
 
 
-@pytest.mark.parametrize("keywords, text, found", [
-    (["人工"], "我要人工客服", "人工"),
-    (["オペレーター"], "オペレーターと話したい", "オペレーター"),
-    (["ｵﾍﾟﾚｰﾀｰ"], "オペレーターと話したい", "オペレーター"),  # half-width katakana folds to full width
-    (["พนักงาน"], "ขอคุยกับพนักงานหน่อยค่ะ", "พนักงาน"),
-    (["कम"], "मुझे कमी महसूस होती है", None),  # a vowel sign is part of the word
-    (["कम"], "यह कम है", "कम"),
-    (["i'd like a human"], "I’d like a human please", "i'd like a human"),
-    (["l’humain"], "je veux parler à l'humain", "l'humain"),
-    (["человек"], "Позовите ЧЕЛОВЕКА", None),
-    (["человека"], "Позовите ЧЕЛОВЕКА", "человека"),
-])
+@pytest.mark.parametrize(
+    "keywords, text, found",
+    [
+        (["人工"], "我要人工客服", "人工"),
+        (["オペレーター"], "オペレーターと話したい", "オペレーター"),
+        (["ｵﾍﾟﾚｰﾀｰ"], "オペレーターと話したい", "オペレーター"),  # half-width katakana folds to full width
+        (["พนักงาน"], "ขอคุยกับพนักงานหน่อยค่ะ", "พนักงาน"),
+        (["कम"], "मुझे कमी महसूस होती है", None),  # a vowel sign is part of the word
+        (["कम"], "यह कम है", "कम"),
+        (["i'd like a human"], "I’d like a human please", "i'd like a human"),
+        (["l’humain"], "je veux parler à l'humain", "l'humain"),
+        (["человек"], "Позовите ЧЕЛОВЕКА", None),
+        (["человека"], "Позовите ЧЕЛОВЕКА", "человека"),
+    ],
+)
 def test_keywords_in_every_script(keywords, text, found):
     assert find_keyword(compile_keywords(keywords), text) == found
 
@@ -127,8 +137,10 @@ SUNDAY_NIGHT = datetime(2026, 11, 29, 23, 0, tzinfo=timezone.utc)
 
 
 def settings(**env):
-    return load({"CHATWOOT_URL": "https://chat.example.com", "CHATWOOT_BOT_TOKEN": "t", "STORE_URL": "memory://", **env},
-                env_file=None)
+    return load(
+        {"CHATWOOT_URL": "https://chat.example.com", "CHATWOOT_BOT_TOKEN": "t", "STORE_URL": "memory://", **env},
+        env_file=None,
+    )
 
 
 def message(kind="pending", text="hello", **conversation):
@@ -187,9 +199,16 @@ def test_given_back_by_assignment_the_agent_reply_no_longer_counts():
 
 @pytest.mark.parametrize("groups", ["open", "rules"])
 def test_a_whatsapp_group_gets_the_status_change_only(groups):
-    rules = settings(WHATSAPP_GROUPS=groups, HANDOFF_ALL="true", HANDOFF_TEAM_ID="2", HANDOFF_PRIORITY="high",
-                     HANDOFF_ASSIGNEE_ID="5", HANDOFF_MESSAGE="Thanks {name}", AWAY_MESSAGE="Closed",
-                     BUSINESS_HOURS="mon-fri 09:00-18:00")
+    rules = settings(
+        WHATSAPP_GROUPS=groups,
+        HANDOFF_ALL="true",
+        HANDOFF_TEAM_ID="2",
+        HANDOFF_PRIORITY="high",
+        HANDOFF_ASSIGNEE_ID="5",
+        HANDOFF_MESSAGE="Thanks {name}",
+        AWAY_MESSAGE="Closed",
+        BUSINESS_HOURS="mon-fri 09:00-18:00",
+    )
     d = new_customer(sender={"identifier": "120363041@g.us"})
     decision = decide(d, Facts(), SUNDAY_NIGHT, rules)
     assert decision.outcome == "handoff"

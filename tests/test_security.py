@@ -1,5 +1,6 @@
 """Only Chatwoot can drive the bot: the webhook token, signatures, answers that tell an outsider
 nothing, and look-ups a flood of forged deliveries cannot turn against Chatwoot."""
+
 from __future__ import annotations
 
 import asyncio
@@ -96,8 +97,14 @@ async def test_forged_deliveries_without_the_token_change_nothing(fake, start_bo
         status, _ = await raw_post(bot.url + "/webhook", body, signed(body))  # even correctly signed
         assert status == 404
     note = json.loads(forged(fresh.display_id, fresh.contact.id))
-    note.update({"private": True, "message_type": "outgoing", "content": "#bot",
-                 "sender": {"id": 5, "name": "Sam", "type": "user"}})
+    note.update(
+        {
+            "private": True,
+            "message_type": "outgoing",
+            "content": "#bot",
+            "sender": {"id": 5, "name": "Sam", "type": "user"},
+        }
+    )
     note["conversation"]["status"] = "open"
     status, _ = await raw_post(bot.url + "/webhook", json.dumps(note).encode())
     assert status == 404
@@ -174,11 +181,14 @@ async def test_a_flood_of_forged_deliveries_cannot_spend_chatwoots_rate_limit(fa
     maria, conv = returning(fake)
     bot = await start_bot(CHATWOOT_API_TOKEN="user-token-5")
     rng = random.Random(11)
-    flood = [forged(10_000 + i, rng.randrange(10**6, 10**9), "pending") for i in range(fake.rate_limit)]  # one minute's worth
+    flood = [
+        forged(10_000 + i, rng.randrange(10**6, 10**9), "pending") for i in range(fake.rate_limit)
+    ]  # one minute's worth
     statuses: list[int] = []
     fake.fail("contact_conversations", hang=lookup_seconds, times=len(flood))
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as s:
+
         async def send(body: bytes) -> None:
             async with s.post(bot.url + "/webhook", data=body) as r:
                 statuses.append(r.status)
@@ -214,8 +224,9 @@ async def test_a_burst_while_chatwoot_is_slow_is_answered_within_chatwoots_deadl
     slow.release.set()
 
 
-async def test_a_delivery_whose_conversation_stays_locked_gets_500_in_time_and_the_retry_acts(fake, start_bot,
-                                                                                            monkeypatch):
+async def test_a_delivery_whose_conversation_stays_locked_gets_500_in_time_and_the_retry_acts(
+    fake, start_bot, monkeypatch
+):
     fake.bots[7].secret = None
     maria, conv = returning(fake)
     bot = await start_bot(WEBHOOK_TOKEN=TOKEN)

@@ -1,4 +1,5 @@
 """Each documented setting and failure answer does what the README says, end to end against the fake."""
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone

@@ -2,6 +2,7 @@
 SOAK_SECONDS (default 600) with injected Chatwoot faults, then zero lost or duplicated effects and
 a flat RSS (printed at start and end). Customer actions are paced so that Chatwoot's deliveries to
 the bot (messages, echoes of the bot's own notes and greetings, conversation events) run at RATE."""
+
 from __future__ import annotations
 
 import asyncio
@@ -39,8 +40,9 @@ async def test_soak(fake, processes, tmp_path):
         fake.agent_writes(conv.display_id, "done")
         fake.resolve(conv.display_id)
         prepared.append((contact, conv))
-    bot = await processes(STORE_URL=f"sqlite:///{tmp_path}/soak.sqlite3", GREETING_MESSAGE="Hello {name}",
-                          LOG_LEVEL="WARNING")
+    bot = await processes(
+        STORE_URL=f"sqlite:///{tmp_path}/soak.sqlite3", GREETING_MESSAGE="Hello {name}", LOG_LEVEL="WARNING"
+    )
     new: list = []
     handed: list = []
     expected_handoffs: set[int] = set()
@@ -77,11 +79,14 @@ async def test_soak(fake, processes, tmp_path):
     async def drained():
         health = await bot.health()
         return health and health["outbox"] == 0 and fake.in_flight == 0
+
     await wait_for(drained, 120, "the outbox to drain")
     rss.append(rss_mb(bot.proc.pid))
-    print(f"\nsoak: {sent} customer actions in {elapsed:.0f} s, {len(fake.deliveries)} deliveries "
-          f"({len(fake.deliveries) / elapsed:.0f}/s), "
-          f"{len(expected_handoffs)} handoffs; RSS {rss[0]:.1f} MB at start, {rss[-1]:.1f} MB at end")
+    print(
+        f"\nsoak: {sent} customer actions in {elapsed:.0f} s, {len(fake.deliveries)} deliveries "
+        f"({len(fake.deliveries) / elapsed:.0f}/s), "
+        f"{len(expected_handoffs)} handoffs; RSS {rss[0]:.1f} MB at start, {rss[-1]:.1f} MB at end"
+    )
 
     assert fake.fallbacks == []
     opened_by_bot = Counter(d for d, _, to, by in fake.status_log if to == "open" and by == "bot:7")

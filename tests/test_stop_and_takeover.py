@@ -1,5 +1,6 @@
 """`python -m agentbot` as a process: SIGTERM refuses new deliveries but lets the running job finish;
 a process killed while it holds a claim on Redis has its job carried out by another after the lease."""
+
 from __future__ import annotations
 
 import asyncio

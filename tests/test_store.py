@@ -1,4 +1,5 @@
 """The store interface, the same on SQLite and Redis: dedup, order per conversation, timers once."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +9,6 @@ import pytest
 from agentbot.actions import AssignTeam, Job, PublicMessage, SetStatus
 from agentbot.facts import ConversationState, Resolved
 from agentbot.store import Commit, open_store
-
 from tests.conftest import wait_for
 
 
@@ -29,7 +29,9 @@ async def test_commit_is_once_per_delivery_and_saves_everything(store):
 async def test_echoes_are_found_by_content_and_trigger_and_only_the_latest_are_kept(store):
     for message_id in range(10, 20):
         await store.echo("1:42", message_id, f"note {message_id}", 100.0)
-    await wait_for(lambda: store.echoed("1:42", "note 19", after=None), 5, "the echo (SQLite writes it without waiting)")
+    await wait_for(
+        lambda: store.echoed("1:42", "note 19", after=None), 5, "the echo (SQLite writes it without waiting)"
+    )
     assert await store.echoed("1:42", "note 19", after=18)
     assert not await store.echoed("1:42", "note 19", after=19)  # an older job's message, not this one's
     assert not await store.echoed("1:42", "note 11", after=None)  # forgotten: only the latest 8 are kept
@@ -132,7 +134,9 @@ async def test_concurrent_commits_all_land_and_one_failure_spoils_only_its_own(s
     # On SQLite, commits made in one turn of the event loop share a transaction (group commit).
     broken = Commit("d:bad", "1:99", jobs=[None])  # not a job: this writer's statements fail
     good = [Commit(f"d:{n}", f"1:{n}", ConversationState(incoming=n), [job(n)]) for n in range(1, 6)]
-    results = await asyncio.gather(*(store.commit(c, 100.0) for c in [*good[:2], broken, *good[2:]]), return_exceptions=True)
+    results = await asyncio.gather(
+        *(store.commit(c, 100.0) for c in [*good[:2], broken, *good[2:]]), return_exceptions=True
+    )
     assert results[:2] + results[3:] == [True] * 5 and isinstance(results[2], Exception)
     for n in range(1, 6):
         assert (await store.load(f"1:{n}", None))[0] == ConversationState(incoming=n)

@@ -1,5 +1,6 @@
 """End-to-end stories of the core behaviour (returning customers opened, everyone else left alone, once, through
 duplicates and Chatwoot failures): the real app against the fake Chatwoot, asserting on Chatwoot's state."""
+
 from __future__ import annotations
 
 import json
@@ -70,7 +71,9 @@ async def test_human_assignee_on_pending_conversation_counts_as_returning(fake, 
     fake.customer_writes(maria, "Hello?")
     await wait_for(lambda: conv.status == "open", 1.0, "the handoff")
     await bot.idle()
-    assert fake.notes(conv.display_id) == [f"Returning customer: conversation #{conv.display_id} is assigned to Ana Costa"]
+    assert fake.notes(conv.display_id) == [
+        f"Returning customer: conversation #{conv.display_id} is assigned to Ana Costa"
+    ]
 
 
 async def test_returning_customer_in_a_new_conversation(fake, start_bot):
@@ -120,11 +123,14 @@ async def test_everything_else_is_acknowledged_and_left_alone(fake, start_bot):
     fake.edit(first, "Hi, about order 1234")
     await bot.idle()
     events = [d.event for d in fake.deliveries]
-    assert events.count("message_created") == 3 and events.count("message_updated") == 3  # the greeting's receipts, the edit
+    assert (
+        events.count("message_created") == 3 and events.count("message_updated") == 3
+    )  # the greeting's receipts, the edit
     if fake.has("change_events"):
         assert "conversation_updated" in events  # waiting_since, the label
     assert [(c.endpoint, c.body) for c in fake.calls if c.caller == "bot"] == [
-        ("messages", {"content": "Hi Maria Lopez, how can I help?", "message_type": "outgoing", "private": False})]
+        ("messages", {"content": "Hi Maria Lopez, how can I help?", "message_type": "outgoing", "private": False})
+    ]
     assert conv.status == "pending"
     assert all(d.answers == [200] for d in fake.deliveries)
     # The customer's message was kept pending (and greeted); every other delivery was an ignore.
@@ -176,7 +182,9 @@ async def test_duplicate_delivery_leads_to_one_handoff(fake, start_bot):
     fake.customer_writes(maria, "Again")
     await wait_for(lambda: conv.status == "open", 1.0, "the handoff")
     await bot.idle()
-    delivery = next(d for d in fake.deliveries if d.event == "message_created" and d.payload["message_type"] == "incoming")
+    delivery = next(
+        d for d in fake.deliveries if d.event == "message_created" and d.payload["message_type"] == "incoming"
+    )
     fake.set_status(conv.display_id, "pending", by="test")  # even if it were pending again
     await bot.idle()
     fake.redeliver(delivery)

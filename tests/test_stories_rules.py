@@ -1,4 +1,5 @@
 """End-to-end stories of the handoff rules: each fires when it should, stays quiet otherwise, acts once."""
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -91,9 +92,13 @@ async def test_wait_timer_fires_after_a_restart_and_is_dropped_when_opened(fake,
 async def test_business_hours_defer_with_one_away_message_then_open_at_opening_time(fake, start_bot, tmp_path):
     saturday_evening = datetime(2026, 11, 28, 19, 0, tzinfo=timezone.utc)  # Lisbon: UTC+0 in winter
     clock = Clock(saturday_evening)
-    env = dict(HANDOFF_KEYWORDS="human", BUSINESS_HOURS="mon-fri 09:00-18:00; sat 09:00-13:00",
-               TIMEZONE="Europe/Lisbon", AWAY_MESSAGE="We are closed, {name}. A person will answer from 09:00.",
-               STORE_URL=f"sqlite:///{tmp_path}/bot.sqlite3")
+    env = dict(
+        HANDOFF_KEYWORDS="human",
+        BUSINESS_HOURS="mon-fri 09:00-18:00; sat 09:00-13:00",
+        TIMEZONE="Europe/Lisbon",
+        AWAY_MESSAGE="We are closed, {name}. A person will answer from 09:00.",
+        STORE_URL=f"sqlite:///{tmp_path}/bot.sqlite3",
+    )
     bot = await start_bot(clock, **env)
     maria = fake.contact()
     conv = fake.customer_writes(maria, "human please").conversation
@@ -162,11 +167,22 @@ async def test_whatsapp_groups(fake, start_bot):
     # README: WHATSAPP_GROUPS is open / ignore / rules; a group's handoff is the status change only (no team, priority,
     # note or message), never deferred, and a group is never greeted nor sent the away message.
     saturday_evening = Clock(datetime(2026, 11, 28, 20, 0, tzinfo=timezone.utc))  # closed
-    bot = await start_bot(saturday_evening, GROUPS="ignore", HANDOFF_ALL="true", INBOX_4_WHATSAPP_GROUPS="open",
-                          INBOX_4_HANDOFF_ALL="false", INBOX_5_WHATSAPP_GROUPS="rules", INBOX_5_HANDOFF_ALL="false",
-                          INBOX_5_HANDOFF_KEYWORDS="human", HANDOFF_TEAM_ID="2", HANDOFF_PRIORITY="high",
-                          HANDOFF_MESSAGE="A person will answer, {name}", GREETING_MESSAGE="Hi {name}",
-                          BUSINESS_HOURS="mon-fri 09:00-18:00", AWAY_MESSAGE="We are closed")
+    bot = await start_bot(
+        saturday_evening,
+        GROUPS="ignore",
+        HANDOFF_ALL="true",
+        INBOX_4_WHATSAPP_GROUPS="open",
+        INBOX_4_HANDOFF_ALL="false",
+        INBOX_5_WHATSAPP_GROUPS="rules",
+        INBOX_5_HANDOFF_ALL="false",
+        INBOX_5_HANDOFF_KEYWORDS="human",
+        HANDOFF_TEAM_ID="2",
+        HANDOFF_PRIORITY="high",
+        HANDOFF_MESSAGE="A person will answer, {name}",
+        GREETING_MESSAGE="Hi {name}",
+        BUSINESS_HOURS="mon-fri 09:00-18:00",
+        AWAY_MESSAGE="We are closed",
+    )
 
     def group(name, n):
         return fake.contact(name, identifier=f"12036304{n}@g.us")
@@ -175,7 +191,9 @@ async def test_whatsapp_groups(fake, start_bot):
     opened_group = fake.customer_writes(group("Team B", 2), "hi all", inbox=4).conversation
     ruled_group = fake.customer_writes(group("Team C", 3), "human please", inbox=5).conversation
     quiet_group = fake.customer_writes(group("Team D", 4), "hi all", inbox=5).conversation
-    person = fake.customer_writes(fake.contact("Person", identifier="351911111111@s.whatsapp.net"), "hi", inbox=4).conversation
+    person = fake.customer_writes(
+        fake.contact("Person", identifier="351911111111@s.whatsapp.net"), "hi", inbox=4
+    ).conversation
     asking = fake.customer_writes(fake.contact("Asking"), "human please", inbox=5).conversation
     for group_conv in (opened_group, ruled_group):
         await opened(bot, group_conv)
@@ -201,8 +219,13 @@ async def test_evolution_system_contact_is_opened_and_never_messaged(fake, start
 
 
 async def test_handoff_actions_in_order_once(fake, start_bot):
-    bot = await start_bot(HANDOFF_KEYWORDS="human", HANDOFF_TEAM_ID="2", HANDOFF_ASSIGNEE_ID="6",
-                          HANDOFF_PRIORITY="high", HANDOFF_MESSAGE="Hi {name}, {reason}. Ticket #{conversation_id}.")
+    bot = await start_bot(
+        HANDOFF_KEYWORDS="human",
+        HANDOFF_TEAM_ID="2",
+        HANDOFF_ASSIGNEE_ID="6",
+        HANDOFF_PRIORITY="high",
+        HANDOFF_MESSAGE="Hi {name}, {reason}. Ticket #{conversation_id}.",
+    )
     conv = fake.customer_writes(fake.contact(), "human").conversation
     await opened(bot, conv)
     reason = 'Customer asked for a person ("human")'
@@ -212,8 +235,14 @@ async def test_handoff_actions_in_order_once(fake, start_bot):
         ("toggle_status", {"status": "open"}),  # a human assignment would open a bot-owned conversation itself
         ("assignments", {"assignee_id": 6}),
         ("messages", {"content": reason, "message_type": "outgoing", "private": True}),
-        ("messages", {"content": f"Hi Maria Lopez, {reason}. Ticket #{conv.display_id}.", "message_type": "outgoing",
-                      "private": False}),
+        (
+            "messages",
+            {
+                "content": f"Hi Maria Lopez, {reason}. Ticket #{conv.display_id}.",
+                "message_type": "outgoing",
+                "private": False,
+            },
+        ),
     ]
     assert conv.team_id == 2 and conv.assignee.id == 6 and conv.priority == "high"
     assert fake.opened_by(conv.display_id) == ["bot:7"]
@@ -330,7 +359,11 @@ async def test_bot_command_gives_the_conversation_back(fake, start_bot):
     fake.customer_writes(maria, "human again please")
     await opened(bot, conv)
     assert fake.opened_by(conv.display_id) == ["bot:7", "bot:7"]
-    assert [s for d, _, s, by in fake.status_log if d == conv.display_id and by == "bot:7"] == ["open", "pending", "open"]
+    assert [s for d, _, s, by in fake.status_log if d == conv.display_id and by == "bot:7"] == [
+        "open",
+        "pending",
+        "open",
+    ]
 
 
 async def test_other_private_notes_and_notes_on_pending_do_nothing(fake, start_bot):
@@ -354,15 +387,19 @@ async def test_per_inbox_override(fake, start_bot):
 async def test_extras_refused_by_an_older_chatwoot_do_not_stop_the_handoff(fake, start_bot, monkeypatch, log_lines):
     from tests.fakechatwoot import server
 
-    older = [(m, rx, name, False if name == "toggle_priority" else bot_ok, admin, fn)
-             for m, rx, name, bot_ok, admin, fn in server.ROUTES]
+    older = [
+        (m, rx, name, False if name == "toggle_priority" else bot_ok, admin, fn)
+        for m, rx, name, bot_ok, admin, fn in server.ROUTES
+    ]
     monkeypatch.setattr(server, "ROUTES", older)
     bot = await start_bot(HANDOFF_ALL="true", HANDOFF_PRIORITY="urgent")
     conv = fake.customer_writes(fake.contact(), "hi").conversation
     await opened(bot, conv)
     assert [(c.endpoint, c.status) for c in fake.calls][:2] == [("toggle_priority", 401), ("toggle_status", 200)]
     assert len(fake.notes(conv.display_id)) == 1 and conv.priority is None
-    assert any(line.startswith("ERROR") and "does not let agent bots call toggle_priority" in line for line in log_lines)
+    assert any(
+        line.startswith("ERROR") and "does not let agent bots call toggle_priority" in line for line in log_lines
+    )
 
 
 async def test_an_agent_gives_back_by_assigning_the_bot_and_the_next_message_keeps_it_pending(fake, start_bot):
@@ -389,9 +426,17 @@ async def stays_pending_after(bot, conv, toggles):
 
 async def test_a_whatsapp_group_is_only_ever_opened(fake, start_bot):
     closed = datetime(2026, 11, 29, 23, 0, tzinfo=timezone.utc)  # a Sunday night
-    bot = await start_bot(Clock(closed), HANDOFF_KEYWORDS="urgent", GREETING_MESSAGE="Hi {name}!",
-                          AWAY_MESSAGE="We're closed", BUSINESS_HOURS="mon-fri 09:00-18:00", HANDOFF_TEAM_ID="2",
-                          HANDOFF_PRIORITY="high", HANDOFF_MESSAGE="Thanks {name}", INBOX_5_GROUPS="open")
+    bot = await start_bot(
+        Clock(closed),
+        HANDOFF_KEYWORDS="urgent",
+        GREETING_MESSAGE="Hi {name}!",
+        AWAY_MESSAGE="We're closed",
+        BUSINESS_HOURS="mon-fri 09:00-18:00",
+        HANDOFF_TEAM_ID="2",
+        HANDOFF_PRIORITY="high",
+        HANDOFF_MESSAGE="Thanks {name}",
+        INBOX_5_GROUPS="open",
+    )
     team = fake.contact("Team A", identifier="120363041@g.us")
     ruled = fake.customer_writes(team, "good morning all", inbox=4).conversation
     await bot.idle()
@@ -442,7 +487,9 @@ async def test_language_settings_written_with_an_underscore(fake, start_bot):
 async def test_a_blank_inbox_value_switches_a_global_extra_off_in_that_inbox(fake, start_bot):
     bot = await start_bot(HANDOFF_ALL="true", HANDOFF_TEAM_ID="2", INBOX_4_HANDOFF_TEAM_ID="")
     website = fake.customer_writes(fake.contact("W"), "hi", inbox=3).conversation
-    whatsapp = fake.customer_writes(fake.contact("P", identifier="351911111111@s.whatsapp.net"), "hi", inbox=4).conversation
+    whatsapp = fake.customer_writes(
+        fake.contact("P", identifier="351911111111@s.whatsapp.net"), "hi", inbox=4
+    ).conversation
     await opened(bot, website)
     await opened(bot, whatsapp)
     assert website.team_id == 2 and whatsapp.team_id is None

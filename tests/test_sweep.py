@@ -3,6 +3,7 @@
 The stories run the real app (and `python -m agentbot sweep` as a process) against the fake Chatwoot,
 whose conversation list has Chatwoot's pagination, filters, permissions and partial shape.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -59,15 +60,31 @@ def assert_handed_off_once(fake, convs):
 
 async def sweep_cli(fake, tmp_path, *args: str, quick: bool = False, **env: str | None) -> tuple[int, str, str]:
     """`python -m agentbot sweep ARGS`; `quick`: with short retry delays (tests/quick_agentbot.py)."""
-    keep = {k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_", "SWEEP_"))}
-    full = {**keep, "CHATWOOT_URL": fake.url, "CHATWOOT_BOT_TOKEN": "bot-token-7", **USER,
-            "STORE_URL": f"sqlite:///{tmp_path}/bot.sqlite3", "SWEEP_RATE": "0", **env}
+    keep = {
+        k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_", "SWEEP_"))
+    }
+    full = {
+        **keep,
+        "CHATWOOT_URL": fake.url,
+        "CHATWOOT_BOT_TOKEN": "bot-token-7",
+        **USER,
+        "STORE_URL": f"sqlite:///{tmp_path}/bot.sqlite3",
+        "SWEEP_RATE": "0",
+        **env,
+    }
     if quick:
         full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full.get("PYTHONPATH")]))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.quick_agentbot" if quick else "agentbot", "sweep", *args, cwd=tmp_path,
+        sys.executable,
+        "-m",
+        "tests.quick_agentbot" if quick else "agentbot",
+        "sweep",
+        *args,
+        cwd=tmp_path,
         env={k: v for k, v in full.items() if v is not None},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode, out.decode(), err.decode()
 
@@ -90,13 +107,20 @@ async def test_the_conversation_list_is_for_user_tokens_with_chatwoots_pages_and
             assert (r.status, await r.json()) == (401, {"error": "Access to this endpoint is not authorized for bots"})
         pages = []
         for page in (1, 2, 3):
-            async with s.get(base, params={"status": "pending", "assignee_type": "all", "inbox_id": "3", "page": str(page)},
-                             headers={"api_access_token": "user-token-5"}) as r:
+            async with s.get(
+                base,
+                params={"status": "pending", "assignee_type": "all", "inbox_id": "3", "page": str(page)},
+                headers={"api_access_token": "user-token-5"},
+            ) as r:
                 pages.append(await r.json())
     assert [len(p["data"]["payload"]) for p in pages] == [25, 4, 0]
     assert pages[0]["data"]["meta"] == {"mine_count": 0, "assigned_count": 0, "unassigned_count": 29, "all_count": 29}
     item = next(i for i in pages[0]["data"]["payload"] if i["id"] == convs[0].display_id)
-    assert item["first_reply_created_at"] == 0 and item["agent_last_seen_at"] == 0 and isinstance(item["waiting_since"], int)
+    assert (
+        item["first_reply_created_at"] == 0
+        and item["agent_last_seen_at"] == 0
+        and isinstance(item["waiting_since"], int)
+    )
     assert item["messages"][0]["private"] is True  # the last message of any kind
     assert item["last_non_activity_message"]["content"] == "a private remark"
     total, listed, unreadable = parse_page(json.dumps(pages[0]).encode())
@@ -109,12 +133,35 @@ async def test_the_conversation_list_is_for_user_tokens_with_chatwoots_pages_and
 def test_the_sweep_decides_without_greeting_and_counts_the_wait_from_waiting_since():
     settings = load({"GREETING_MESSAGE": "Hi {name}!", "HANDOFF_AFTER_SECONDS": "600"})
     now = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
-    body = {"data": {"meta": {"all_count": 1}, "payload": [{
-        "id": 42, "account_id": 1, "inbox_id": 3, "status": "pending", "first_reply_created_at": 0,
-        "waiting_since": int(now.timestamp()) - 700, "last_activity_at": int(now.timestamp()) - 700,
-        "meta": {"sender": {"id": 58, "name": "Maria"}, "channel": "Channel::WebWidget"},
-        "messages": [{"id": 9, "message_type": 0, "private": False, "content": "hi", "account_id": 1,
-                      "created_at": int(now.timestamp()) - 700, "sender_type": "Contact", "sender": {"id": 58}}]}]}}
+    body = {
+        "data": {
+            "meta": {"all_count": 1},
+            "payload": [
+                {
+                    "id": 42,
+                    "account_id": 1,
+                    "inbox_id": 3,
+                    "status": "pending",
+                    "first_reply_created_at": 0,
+                    "waiting_since": int(now.timestamp()) - 700,
+                    "last_activity_at": int(now.timestamp()) - 700,
+                    "meta": {"sender": {"id": 58, "name": "Maria"}, "channel": "Channel::WebWidget"},
+                    "messages": [
+                        {
+                            "id": 9,
+                            "message_type": 0,
+                            "private": False,
+                            "content": "hi",
+                            "account_id": 1,
+                            "created_at": int(now.timestamp()) - 700,
+                            "sender_type": "Contact",
+                            "sender": {"id": 58},
+                        }
+                    ],
+                }
+            ],
+        }
+    }
     _, [listed], _ = parse_page(json.dumps(body).encode())
     d = Delivery("message_created", None, listed.conversation, listed.messages[-1])
     swept = decide(d, Facts(), now, settings, live=False)
@@ -166,7 +213,12 @@ async def test_pending_before_the_bot_existed_dry_run_then_sweep_then_nothing(fa
     asked = aged(fake, [new_customer(fake, f"K{i}", "can I talk to a human please") for i in range(20)])
     waited = aged(fake, [new_customer(fake, f"W{i}") for i in range(20)], 7200)
     new = aged(fake, [new_customer(fake, f"N{i}") for i in range(200)])
-    rules = {"HANDOFF_KEYWORDS": "human", "HANDOFF_AFTER_SECONDS": "3600", "GREETING_MESSAGE": "Hi!", "AWAY_MESSAGE": "x"}
+    rules = {
+        "HANDOFF_KEYWORDS": "human",
+        "HANDOFF_AFTER_SECONDS": "3600",
+        "GREETING_MESSAGE": "Hi!",
+        "AWAY_MESSAGE": "x",
+    }
     expected = {f"1:{c.display_id}" for c in back + asked + waited}
 
     code, out, err = await sweep_cli(fake, tmp_path, "--dry-run", "--json", **rules)
@@ -213,8 +265,14 @@ async def test_handoff_all_outside_business_hours_defers_without_an_away_message
     disconnected(fake)
     convs = aged(fake, [new_customer(fake, f"N{i}") for i in range(3)])
     clock = Clock(datetime(2035, 12, 29, 20, 0, tzinfo=timezone.utc))  # a Saturday evening, after the messages
-    bot = await start_bot(clock, **USER, HANDOFF_ALL="true", BUSINESS_HOURS="mon-fri 09:00-18:00",
-                          AWAY_MESSAGE="We are closed.", SWEEP_INTERVAL="3600")
+    bot = await start_bot(
+        clock,
+        **USER,
+        HANDOFF_ALL="true",
+        BUSINESS_HOURS="mon-fri 09:00-18:00",
+        AWAY_MESSAGE="We are closed.",
+        SWEEP_INTERVAL="3600",
+    )
     swept = bot.bot.metrics.swept
     await wait_for(lambda: swept.labels("deferred")._value.get() == 3, 10, "the start-up sweep to defer all three")
     assert any("deferred to 2035-12-31 09:00" in line for line in log_lines)
@@ -235,7 +293,9 @@ async def test_a_customer_writing_while_the_sweep_decides_their_conversation_get
     first = fake.customer_writes(maria, "Hi", inbox=5).conversation
     fake.agent_writes(first.display_id, "Hello")
     fake.resolve(first.display_id)
-    conv = fake.customer_writes(maria, "Me again", inbox=5).conversation  # a new conversation: the evidence is in Chatwoot
+    conv = fake.customer_writes(
+        maria, "Me again", inbox=5
+    ).conversation  # a new conversation: the evidence is in Chatwoot
     aged(fake, [first, conv])
     held = fake.hold("contact_conversations")
     bot = await start_bot(**USER)
@@ -351,8 +411,13 @@ async def test_handoff_after_messages_reads_messages_only_where_that_rule_is_on(
         fake.customer_writes(talkative, text, inbox=4)
         fake.customer_writes(elsewhere, text, inbox=3)
     fake.customer_writes(quiet, "hi", inbox=4)
-    convs = aged(fake, [fake.customer_writes(c, "still there?", inbox=i).conversation
-                        for c, i in ((talkative, 4), (quiet, 4), (elsewhere, 3))])
+    convs = aged(
+        fake,
+        [
+            fake.customer_writes(c, "still there?", inbox=i).conversation
+            for c, i in ((talkative, 4), (quiet, 4), (elsewhere, 3))
+        ],
+    )
     code, out, err = await sweep_cli(fake, tmp_path, "--dry-run", "--json", INBOX_4_HANDOFF_AFTER_MESSAGES="3")
     assert code == 0, err
     result = json.loads(out)
@@ -462,7 +527,9 @@ async def test_the_operator_pages_sweep_buttons_run_the_sweep(fake, start_bot):
     assert new[0].status == "pending"
     # The decision log has the sweep's handoff; its keeps (thousands at a first sweep) stay out of it.
     logged = await bot.bot.store.decisions(datetime.now(timezone.utc).timestamp())
-    assert [(e.display_id, e.outcome, e.rule, e.event) for e in logged] == [(back[0].display_id, "handoff", "returning", "sweep")]
+    assert [(e.display_id, e.outcome, e.rule, e.event) for e in logged] == [
+        (back[0].display_id, "handoff", "returning", "sweep")
+    ]
 
 
 @pytest.mark.parametrize("change", ["snoozed", "open"])

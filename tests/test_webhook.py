@@ -1,4 +1,5 @@
 """Bad input gets a clear answer and changes nothing; signatures are checked in a time window."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,7 +17,11 @@ from tests.fakechatwoot.server import BOT_SECRET
 def signed(body: bytes, secret: str = BOT_SECRET, ts: int | None = None) -> dict:
     ts = int(time.time()) if ts is None else ts
     sig = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
-    return {"X-Chatwoot-Timestamp": str(ts), "X-Chatwoot-Signature": f"sha256={sig}", "Content-Type": "application/json"}
+    return {
+        "X-Chatwoot-Timestamp": str(ts),
+        "X-Chatwoot-Signature": f"sha256={sig}",
+        "Content-Type": "application/json",
+    }
 
 
 def reopened_body() -> bytes:
@@ -41,11 +46,14 @@ async def test_a_valid_signed_delivery_acts(fake, start_bot):
     await wait_for(lambda: fake.conversation(40).status == "open", 1.0, "the handoff")
 
 
-@pytest.mark.parametrize("raw, message", [
-    (b"{not json", "body is not JSON"),
-    (b'[{"event": "message_created"}]', "body is not a JSON object"),
-    (b'"message_created"', "body is not a JSON object"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b"{not json", "body is not JSON"),
+        (b'[{"event": "message_created"}]', "body is not a JSON object"),
+        (b'"message_created"', "body is not a JSON object"),
+    ],
+)
 async def test_body_that_is_not_a_json_object_gets_400(fake, start_bot, raw, message):
     bot = await start_bot()
     status, answer = await bot.post(raw, signed(raw))
@@ -123,8 +131,11 @@ async def test_field_of_the_wrong_type_is_acknowledged_without_acting_and_named(
 async def test_unknown_events_are_acknowledged(fake, start_bot):
     bot = await start_bot()
     # Events the bot doesn't read may use its field names with other types: still a plain ignore.
-    for body in ({"event": "contact_created", "id": 1}, {"event": "contact_updated", "id": "c-1", "status": 3},
-                 fixture("webwidget_triggered")):
+    for body in (
+        {"event": "contact_created", "id": 1},
+        {"event": "contact_updated", "id": "c-1", "status": 3},
+        fixture("webwidget_triggered"),
+    ):
         raw = json.dumps(body).encode()
         status, answer = await bot.post(raw, signed(raw))
         assert status == 200 and answer["outcome"] == "ignore"

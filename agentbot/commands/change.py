@@ -1,4 +1,5 @@
 """Commands that write: `register` (the agent bot and its inboxes in Chatwoot) and `outbox --retry`."""
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,14 @@ async def register(settings: Settings, args: argparse.Namespace) -> int:
         mine = next((b for b in bots if b.name == args.name and b.account_id == account), None)
         webhook_token = _webhook_token(settings, base, mine)
         url = f"{base}/{webhook_token}"
-        bot = await cw.save_agent_bot(account, token, mine.id if mine else None, name=args.name, outgoing_url=url,
-                                      description="Hands conversations to humans (agentbot)")
+        bot = await cw.save_agent_bot(
+            account,
+            token,
+            mine.id if mine else None,
+            name=args.name,
+            outgoing_url=url,
+            description="Hands conversations to humans (agentbot)",
+        )
         print(f"{'Updated' if mine else 'Created'} agent bot {bot.name!r} (id {bot.id}) → {url}")
         for inbox in args.inbox:
             await cw.set_agent_bot(account, inbox, bot.id, token)

@@ -1,4 +1,5 @@
 """What the commands share: the store or a Chatwoot client for one command, and one line per failure."""
+
 from __future__ import annotations
 
 import sys
@@ -21,18 +22,24 @@ def explain_error(exc: ChatwootError, settings: Settings) -> str:
     if exc.status is None:
         return f"cannot reach CHATWOOT_URL={mask(settings.chatwoot_url or '')} ({detail})"
     if exc.status == 401 and "Invalid Access Token" in detail:
-        return ("Chatwoot refused CHATWOOT_API_TOKEN (Invalid Access Token): use an administrator's access token "
-                "(Profile settings → Access token)")
+        return (
+            "Chatwoot refused CHATWOOT_API_TOKEN (Invalid Access Token): use an administrator's access token "
+            "(Profile settings → Access token)"
+        )
     if exc.status == 401 and "not authorized to do this action" in detail:
         return "CHATWOOT_API_TOKEN belongs to a user without administrator rights; use an administrator's token"
     if exc.status == 401 and "sign in" in detail:
-        return ("Chatwoot did not receive the api_access_token header (a proxy dropping underscore headers? "
-                "nginx: underscores_in_headers on)")
+        return (
+            "Chatwoot did not receive the api_access_token header (a proxy dropping underscore headers? "
+            "nginx: underscores_in_headers on)"
+        )
     if exc.status == 404 and exc.endpoint in ("set_agent_bot", "inbox_agent_bot"):
         return f"Chatwoot does not know that inbox in account {settings.chatwoot_account_id}"
     if exc.status == 404:
-        return (f"Chatwoot does not know account CHATWOOT_ACCOUNT_ID={settings.chatwoot_account_id} "
-                "(or CHATWOOT_URL is not Chatwoot)")
+        return (
+            f"Chatwoot does not know account CHATWOOT_ACCOUNT_ID={settings.chatwoot_account_id} "
+            "(or CHATWOOT_URL is not Chatwoot)"
+        )
     return f"Chatwoot answered {exc.status} to {exc.endpoint}: {detail[:160]}"
 
 

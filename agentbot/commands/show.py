@@ -1,4 +1,5 @@
 """Commands that only show: `rules`, `explain`, `outbox` (dead letters), `inboxes` and `check`. None writes."""
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,10 @@ async def outbox(settings: Settings, args: argparse.Namespace) -> int:
     async with opened_store(settings) as store:
         dead = await store.dead_letters()
         for job in dead:
-            print(f"{job.describe()} | attempts {job.attempts} | {job.error} | reason: {job.reason}"
-                  f"{await _skip(store, job)}")
+            print(
+                f"{job.describe()} | attempts {job.attempts} | {job.error} | reason: {job.reason}"
+                f"{await _skip(store, job)}"
+            )
         print(f"{len(dead)} dead letters, {await store.depth()} jobs waiting")
     return 0
 
@@ -106,7 +109,11 @@ async def check(settings: Settings, args: argparse.Namespace) -> int:
                 await cw.probe_bot_token(account)
                 results.append((True, f"Chatwoot at {mask(url)} accepts CHATWOOT_BOT_TOKEN for account {account}"))
             except ChatwootError as exc:
-                hint = "the token is wrong or revoked: copy it from Settings → Bots" if exc.status == 401 else explain_error(exc, settings)
+                hint = (
+                    "the token is wrong or revoked: copy it from Settings → Bots"
+                    if exc.status == 401
+                    else explain_error(exc, settings)
+                )
                 results.append((False, f"CHATWOOT_BOT_TOKEN: {hint}"))
             await _check_inboxes(cw, account)
             await _check_sweep(cw, account)
@@ -118,13 +125,20 @@ async def check(settings: Settings, args: argparse.Namespace) -> int:
 
     async def _check_sweep(cw: Chatwoot, account: int) -> None:
         if settings.chatwoot_api_token is None:
-            results.append((None, "sweep off: set CHATWOOT_API_TOKEN (an administrator's token) so the bot also hands off "
-                                  "pending conversations whose delivery was lost (bot down or asleep, connected later)"))
+            results.append(
+                (
+                    None,
+                    "sweep off: set CHATWOOT_API_TOKEN (an administrator's token) so the bot also hands off "
+                    "pending conversations whose delivery was lost (bot down or asleep, connected later)",
+                )
+            )
             return
         every = f"every {settings.sweep_every} s" if settings.sweep_every else "off in the server (SWEEP_INTERVAL=0)"
         rate = f"{settings.sweep_rate:g} calls/s" if settings.sweep_rate else "no rate limit"
         try:
-            total = (await cw.list_conversations(account, settings.chatwoot_api_token.get_secret_value(), "pending", 1))[0]
+            total = (
+                await cw.list_conversations(account, settings.chatwoot_api_token.get_secret_value(), "pending", 1)
+            )[0]
         except ChatwootError as exc:
             results.append((False, f"sweep: {explain_error(exc, settings)}"))
             return
@@ -132,14 +146,18 @@ async def check(settings: Settings, args: argparse.Namespace) -> int:
             results.append((False, f"sweep: {exc}"))
             return
         plural = "" if total == 1 else "s"
-        results.append((True, f"sweep {every} at up to {rate}: {total} pending conversation{plural} in account {account}"))
+        results.append(
+            (True, f"sweep {every} at up to {rate}: {total} pending conversation{plural} in account {account}")
+        )
 
     async def _check_inboxes(cw: Chatwoot, account: int) -> None:
         if not settings.inbox_ids:
             results.append((True, "INBOX_IDS is empty: the bot acts in every inbox it is connected to"))
             return
         if settings.chatwoot_api_token is None:
-            results.append((False, "set CHATWOOT_API_TOKEN (an administrator's token) to check the inboxes in INBOX_IDS"))
+            results.append(
+                (False, "set CHATWOOT_API_TOKEN (an administrator's token) to check the inboxes in INBOX_IDS")
+            )
             return
         token = settings.chatwoot_api_token.get_secret_value()
         mine = bot_token.get_secret_value()
@@ -160,12 +178,23 @@ async def check(settings: Settings, args: argparse.Namespace) -> int:
 
     def _check_protection() -> None:
         if settings.chatwoot_bot_secret is None and settings.webhook_token is None:
-            results.append((False, "neither CHATWOOT_BOT_SECRET nor WEBHOOK_TOKEN is set: anyone who learns the webhook "
-                                   "URL can open, set pending and message conversations; run `python -m agentbot register` "
-                                   "for a WEBHOOK_TOKEN"))
+            results.append(
+                (
+                    False,
+                    "neither CHATWOOT_BOT_SECRET nor WEBHOOK_TOKEN is set: anyone who learns the webhook "
+                    "URL can open, set pending and message conversations; run `python -m agentbot register` "
+                    "for a WEBHOOK_TOKEN",
+                )
+            )
         else:
-            which = " and ".join(n for n, v in (("WEBHOOK_TOKEN", settings.webhook_token),
-                                               ("CHATWOOT_BOT_SECRET", settings.chatwoot_bot_secret)) if v)
+            which = " and ".join(
+                n
+                for n, v in (
+                    ("WEBHOOK_TOKEN", settings.webhook_token),
+                    ("CHATWOOT_BOT_SECRET", settings.chatwoot_bot_secret),
+                )
+                if v
+            )
             results.append((True, f"deliveries are accepted only with {which}"))
 
     async def _check_store() -> None:

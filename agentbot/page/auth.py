@@ -1,4 +1,5 @@
 """Operator sign-in: a Chatwoot access token checked with Chatwoot, a signed session cookie, CSRF, limits."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,11 +32,19 @@ class Sessions:
     own token and secret, so every instance with the same settings accepts the others' sessions."""
 
     def __init__(self, settings: Settings):
-        material = "\n".join(s.get_secret_value() for s in (settings.chatwoot_bot_token, settings.chatwoot_bot_secret) if s)
+        material = "\n".join(
+            s.get_secret_value() for s in (settings.chatwoot_bot_token, settings.chatwoot_bot_secret) if s
+        )
         # Without key material (no CHATWOOT_BOT_TOKEN: never when serving) nobody can sign in.
-        self._serializer = URLSafeSerializer(material, salt="agentbot operator session v1",
-                                             signer_kwargs={"key_derivation": "hmac", "digest_method": hashlib.sha256}) \
-            if material else None
+        self._serializer = (
+            URLSafeSerializer(
+                material,
+                salt="agentbot operator session v1",
+                signer_kwargs={"key_derivation": "hmac", "digest_method": hashlib.sha256},
+            )
+            if material
+            else None
+        )
 
     def issue(self, user_id: int, name: str, accounts: list[int], now: float) -> tuple[str, Session]:
         if self._serializer is None:
@@ -57,8 +66,9 @@ class Sessions:
     @staticmethod
     def set_cookie(response: web.StreamResponse, request: web.Request, value: str) -> None:
         secure = request.secure or request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip() == "https"
-        response.set_cookie(COOKIE, value, max_age=SESSION_SECONDS, path="/", httponly=True, samesite="Strict",
-                            secure=secure)
+        response.set_cookie(
+            COOKIE, value, max_age=SESSION_SECONDS, path="/", httponly=True, samesite="Strict", secure=secure
+        )
 
     @staticmethod
     def clear(response: web.StreamResponse) -> None:

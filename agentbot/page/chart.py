@@ -1,4 +1,5 @@
 """The activity chart: handoffs per hour (24 h) and per day (7 days) by rule, as bar geometry for SVG."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -44,17 +45,31 @@ def colours(entries: list[DecisionEntry]) -> dict[str, str]:
 def per_hour(entries: list[DecisionEntry], now: datetime, zone: ZoneInfo, palette: dict[str, str]) -> Chart:
     end = now.astimezone(zone).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     slots = [end - timedelta(hours=24 - i) for i in range(24)]
-    chart = _bars("Handoffs per hour, last 24 hours", entries, slots, timedelta(hours=1), zone, palette,
-                  lambda s: s.strftime("%H:00"))
-    chart.labels = [(_x(i, 24) , slots[i].strftime("%H:00")) for i in range(0, 24, 6)]
+    chart = _bars(
+        "Handoffs per hour, last 24 hours",
+        entries,
+        slots,
+        timedelta(hours=1),
+        zone,
+        palette,
+        lambda s: s.strftime("%H:00"),
+    )
+    chart.labels = [(_x(i, 24), slots[i].strftime("%H:00")) for i in range(0, 24, 6)]
     return chart
 
 
 def per_day(entries: list[DecisionEntry], now: datetime, zone: ZoneInfo, palette: dict[str, str]) -> Chart:
     today = now.astimezone(zone).replace(hour=0, minute=0, second=0, microsecond=0)
     slots = [(today - timedelta(days=6 - i)) for i in range(7)]
-    chart = _bars("Handoffs per day, last 7 days", entries, slots, timedelta(days=1), zone, palette,
-                  lambda s: s.strftime("%a %d %b"))
+    chart = _bars(
+        "Handoffs per day, last 7 days",
+        entries,
+        slots,
+        timedelta(days=1),
+        zone,
+        palette,
+        lambda s: s.strftime("%a %d %b"),
+    )
     chart.labels = [(_x(i, 7), slots[i].strftime("%a %d")) for i in range(7)]
     return chart
 
@@ -63,8 +78,15 @@ def _x(i: int, n: int) -> float:
     return i * WIDTH / n
 
 
-def _bars(title: str, entries: list[DecisionEntry], slots: list[datetime], span: timedelta, zone: ZoneInfo,
-          palette: dict[str, str], words: Callable[[datetime], str]) -> Chart:
+def _bars(
+    title: str,
+    entries: list[DecisionEntry],
+    slots: list[datetime],
+    span: timedelta,
+    zone: ZoneInfo,
+    palette: dict[str, str],
+    words: Callable[[datetime], str],
+) -> Chart:
     counts: list[Counter[str]] = [Counter() for _ in slots]
     start, end = slots[0], slots[-1] + span
     for e in entries:
@@ -84,6 +106,16 @@ def _bars(title: str, entries: list[DecisionEntry], slots: list[datetime], span:
         for rule in sorted(c):
             h = plot * c[rule] / peak
             y -= h
-            chart.bars.append(Bar(round(_x(i, len(slots)) + 1, 1), round(y, 1), round(width - 2, 1), round(h, 1),
-                                  palette.get(rule, COLOURS[-1]), rule, c[rule], words(slots[i])))
+            chart.bars.append(
+                Bar(
+                    round(_x(i, len(slots)) + 1, 1),
+                    round(y, 1),
+                    round(width - 2, 1),
+                    round(h, 1),
+                    palette.get(rule, COLOURS[-1]),
+                    rule,
+                    c[rule],
+                    words(slots[i]),
+                )
+            )
     return chart

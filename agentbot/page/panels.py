@@ -1,4 +1,5 @@
 """What the operator page shows: health, rules, activity, decisions, one conversation explained, dead letters."""
+
 from __future__ import annotations
 
 import asyncio
@@ -61,8 +62,9 @@ async def health(bot: Bot, accounts: list[int]) -> tuple[list[Check], list[str],
     """(checks, what is not configured with the line to fix it, Chatwoot's version)."""
     s, cw = bot.settings, bot.chatwoot
     assert s.chatwoot_url is not None  # the server runs only with it (config.REQUIRED)
-    version, *probes = await asyncio.gather(cw.version(), *(cw.probe_bot_token(a) for a in accounts),
-                                            return_exceptions=True)
+    version, *probes = await asyncio.gather(
+        cw.version(), *(cw.probe_bot_token(a) for a in accounts), return_exceptions=True
+    )
     checks = []
     if isinstance(version, ChatwootError) and version.status is None:
         checks.append(Check("Chatwoot reachable", False, f"{s.chatwoot_url}: {version.detail}"))
@@ -72,11 +74,18 @@ async def health(bot: Bot, accounts: list[int]) -> tuple[list[Check], list[str],
         version = version if isinstance(version, str) else None
     for account, probe in zip(accounts, probes, strict=True):
         ok = not isinstance(probe, BaseException)
-        checks.append(Check(f"Bot token accepted in account {account}", ok,
-                            "yes" if ok else f"{probe}; copy the token again from Settings → Bots into CHATWOOT_BOT_TOKEN"))
+        checks.append(
+            Check(
+                f"Bot token accepted in account {account}",
+                ok,
+                "yes" if ok else f"{probe}; copy the token again from Settings → Bots into CHATWOOT_BOT_TOKEN",
+            )
+        )
     try:
         depth, dead = await bot.store.depth(), len(await bot.store.dead_letters())
-        checks.append(Check("Store", True, s.store_url.split("://")[0] + f": {depth} jobs waiting, {dead} dead letters"))
+        checks.append(
+            Check("Store", True, s.store_url.split("://")[0] + f": {depth} jobs waiting, {dead} dead letters")
+        )
     except Exception as exc:  # the page must still show what it can
         checks.append(Check("Store", False, f"{type(exc).__name__}: {exc}"))
     return checks, missing(s), version
@@ -85,13 +94,19 @@ async def health(bot: Bot, accounts: list[int]) -> tuple[list[Check], list[str],
 def missing(s: Settings) -> list[str]:
     lines = []
     if not s.chatwoot_bot_secret:
-        lines.append("Deliveries are not verified: set CHATWOOT_BOT_SECRET=<the bot's secret from Settings → Bots> "
-                     "(Chatwoot 4.13+).")
+        lines.append(
+            "Deliveries are not verified: set CHATWOOT_BOT_SECRET=<the bot's secret from Settings → Bots> "
+            "(Chatwoot 4.13+)."
+        )
     if not s.chatwoot_api_token:
-        lines.append("Returning customers in a new conversation are known only from the bot's memory: "
-                     "set CHATWOOT_API_TOKEN=<an administrator's access token>.")
+        lines.append(
+            "Returning customers in a new conversation are known only from the bot's memory: "
+            "set CHATWOOT_API_TOKEN=<an administrator's access token>."
+        )
     if s.store_url == "memory://":
-        lines.append("The memory store forgets everything at restart: set STORE_URL=sqlite:///agentbot.sqlite3 or redis://….")
+        lines.append(
+            "The memory store forgets everything at restart: set STORE_URL=sqlite:///agentbot.sqlite3 or redis://…."
+        )
     return lines
 
 
@@ -115,10 +130,15 @@ def counts(bot: Bot) -> dict[str, int]:
 def activity(entries: list[DecisionEntry], now: datetime, zone: ZoneInfo) -> dict[str, Any]:
     palette = chart.colours(entries)
     day, week = now.timestamp() - 86400, now.timestamp() - 7 * 86400
-    return {"hourly": chart.per_hour(entries, now, zone, palette), "daily": chart.per_day(entries, now, zone, palette),
-            "legend": list(palette.items()),
-            "outcomes": [(span, sorted(Counter(e.outcome for e in entries if e.at > since).items()))
-                         for span, since in (("last 24 hours", day), ("last 7 days", week))]}
+    return {
+        "hourly": chart.per_hour(entries, now, zone, palette),
+        "daily": chart.per_day(entries, now, zone, palette),
+        "legend": list(palette.items()),
+        "outcomes": [
+            (span, sorted(Counter(e.outcome for e in entries if e.at > since).items()))
+            for span, since in (("last 24 hours", day), ("last 7 days", week))
+        ],
+    }
 
 
 def decisions(entries: list[DecisionEntry], inbox: int | None, outcome: str | None) -> list[DecisionEntry]:
@@ -150,8 +170,14 @@ def decision_today(live: Listed, facts: Facts, now: datetime, settings: Settings
     """The decision the rules give if the customer wrote into the conversation now."""
     c, latest = live.conversation, live.messages[-1] if live.messages else None
     last = latest if latest and latest.kind == "incoming" else None
-    message = Message(last.id if last else 0, "incoming", False, (last.content if last else None) or "",
-                      Person(c.contact.id, "contact", c.contact.name), None)
+    message = Message(
+        last.id if last else 0,
+        "incoming",
+        False,
+        (last.content if last else None) or "",
+        Person(c.contact.id, "contact", c.contact.name),
+        None,
+    )
     return decide(Delivery("message_created", None, c, message), facts, now, settings)
 
 

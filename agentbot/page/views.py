@@ -1,4 +1,5 @@
 """The operator page's routes: `GET /` (sign-in form or the page), sign-in/out, and the POST actions."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,13 +23,17 @@ if TYPE_CHECKING:
 HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
-                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-DONE = {"handoff": "Handoff queued: the outbox opens the conversation now.", "retried": "Dead letter re-queued.",
-        "not-pending": "Chatwoot says the conversation is not pending any more; nothing was queued.",
-        "gone": "That dead letter is not there any more.", "signed-out": "Signed out."}
+DONE = {
+    "handoff": "Handoff queued: the outbox opens the conversation now.",
+    "retried": "Dead letter re-queued.",
+    "not-pending": "Chatwoot says the conversation is not pending any more; nothing was queued.",
+    "gone": "That dead letter is not there any more.",
+    "signed-out": "Signed out.",
+}
 
 
 class Page:
@@ -75,13 +80,29 @@ async def index(request: web.Request) -> web.Response:
     checks, missing, version = await panels.health(bot, session.accounts)
     dead = [j for j in await bot.store.dead_letters() if j.account_id in session.accounts]
     context = {
-        "session": session, "s": s, "zone": zone, "local": panels.local, "link": panels.link, "done": DONE.get(request.query.get("done", ""), ""),
-        "checks": checks, "missing": missing, "version": version, "inboxes": _inboxes_of(page, session.accounts), "outbox_depth": await bot.store.depth(),
-        "rules": panels.rules(s), "activity": panels.activity(entries, now, zone), "counts": panels.counts(bot),
-        "decisions": panels.decisions(entries, inbox, outcome), "filter_inbox": inbox, "filter_outcome": outcome,
+        "session": session,
+        "s": s,
+        "zone": zone,
+        "local": panels.local,
+        "link": panels.link,
+        "done": DONE.get(request.query.get("done", ""), ""),
+        "checks": checks,
+        "missing": missing,
+        "version": version,
+        "inboxes": _inboxes_of(page, session.accounts),
+        "outbox_depth": await bot.store.depth(),
+        "rules": panels.rules(s),
+        "activity": panels.activity(entries, now, zone),
+        "counts": panels.counts(bot),
+        "decisions": panels.decisions(entries, inbox, outcome),
+        "filter_inbox": inbox,
+        "filter_outcome": outcome,
         "inbox_choices": sorted({e.inbox_id for e in entries if e.inbox_id is not None}),
-        "outcome_choices": ["handoff", "defer", "keep", "pending"], "logged": len(entries),
-        "dead": dead, "sweeper": getattr(bot, "sweeper", None), "sweep_rows": None,
+        "outcome_choices": ["handoff", "defer", "keep", "pending"],
+        "logged": len(entries),
+        "dead": dead,
+        "sweeper": getattr(bot, "sweeper", None),
+        "sweep_rows": None,
         "why": await _why(page, session, request.query, now, zone),
     }
     return render(request, "index.html", context)
@@ -94,9 +115,10 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-async def _why(page: Page, session: Session, query: Mapping[str, str], now: datetime, zone: ZoneInfo
-               ) -> dict[str, Any] | None:
-    """"Why is #N pending?": what the bot remembers, what Chatwoot says now, and today's decision."""
+async def _why(
+    page: Page, session: Session, query: Mapping[str, str], now: datetime, zone: ZoneInfo
+) -> dict[str, Any] | None:
+    """ "Why is #N pending?": what the bot remembers, what Chatwoot says now, and today's decision."""
     number = (query.get("why") or "").strip().lstrip("#")
     if not number:
         return None
@@ -106,20 +128,37 @@ async def _why(page: Page, session: Session, query: Mapping[str, str], now: date
     bot, key = page.bot, f"{account}:{display_id}"
     assert bot.settings.chatwoot_url is not None  # the server runs only with it (config.REQUIRED)
     state, _ = await bot.store.load(key, None)
-    why = {"number": display_id, "account": account, "link": panels.link(bot.settings.chatwoot_url, account, display_id),
-           "remembered": panels.remembered(state, zone),
-           "log": [e for e in await bot.store.decisions(now.timestamp()) if e.account_id == account and e.display_id == display_id][:10]}
+    why = {
+        "number": display_id,
+        "account": account,
+        "link": panels.link(bot.settings.chatwoot_url, account, display_id),
+        "remembered": panels.remembered(state, zone),
+        "log": [
+            e
+            for e in await bot.store.decisions(now.timestamp())
+            if e.account_id == account and e.display_id == display_id
+        ][:10],
+    }
     try:
         live = await bot.chatwoot.conversation(account, display_id)
     except ChatwootError as exc:
-        why["error"] = (f"Chatwoot has no conversation #{display_id} in account {account}" if exc.status == 404 else
-                        "this Chatwoot does not let bots read a conversation (Chatwoot 4.16+ does)" if exc.status == 401 else
-                        f"Chatwoot did not answer: {exc}")
+        why["error"] = (
+            f"Chatwoot has no conversation #{display_id} in account {account}"
+            if exc.status == 404
+            else "this Chatwoot does not let bots read a conversation (Chatwoot 4.16+ does)"
+            if exc.status == 401
+            else f"Chatwoot did not answer: {exc}"
+        )
         return why
     c = live.conversation
     decision = panels.decision_today(live, Facts(state, None), now, bot.settings)
-    why.update(status=c.status, contact=c.contact.name, inbox=c.inbox_id,
-               decision=decision.describe().splitlines(), can_hand_off=c.status == "pending")
+    why.update(
+        status=c.status,
+        contact=c.contact.name,
+        inbox=c.inbox_id,
+        decision=decision.describe().splitlines(),
+        can_hand_off=c.status == "pending",
+    )
     return why
 
 
@@ -130,8 +169,12 @@ async def _session_for_action(request: web.Request) -> tuple[Page, Session, Mapp
         raise web.HTTPUnauthorized(text="Sign in first.", headers=HEADERS)
     form = await request.post()
     if not csrf_ok(session, form.get("csrf")):
-        logger.warning("operator page: {} (user {}) sent a form without a valid CSRF token; refused", session.name, session.user_id)
-        raise web.HTTPForbidden(text="This form has expired or did not come from the bot's page; reload the page.", headers=HEADERS)
+        logger.warning(
+            "operator page: {} (user {}) sent a form without a valid CSRF token; refused", session.name, session.user_id
+        )
+        raise web.HTTPForbidden(
+            text="This form has expired or did not come from the bot's page; reload the page.", headers=HEADERS
+        )
     return page, session, form
 
 
@@ -179,9 +222,17 @@ async def _read_inboxes(page: Page, token: str, accounts: list[int]) -> None:
                 ours = next((b.id for b in bots if b.token == mine), None)
                 inboxes = [i for i in await cw.list_inboxes(account, token) if bot.settings.acts_on(account, i.id)]
                 attached = await asyncio.gather(*(cw.inbox_agent_bot(account, i.id, token) for i in inboxes))
-                rows += [{"account": account, "id": i.id, "name": i.name or "?", "channel": i.channel_type or "",
-                          "bot": a.name or "", "ours": ours is not None and a.id == ours}
-                         for i, a in zip(inboxes, attached, strict=True)]
+                rows += [
+                    {
+                        "account": account,
+                        "id": i.id,
+                        "name": i.name or "?",
+                        "channel": i.channel_type or "",
+                        "bot": a.name or "",
+                        "ours": ours is not None and a.id == ours,
+                    }
+                    for i, a in zip(inboxes, attached, strict=True)
+                ]
     except (ChatwootError, TimeoutError) as exc:
         logger.warning("operator page: could not read the inboxes with the operator's token ({})", exc or "timed out")
         return
@@ -215,11 +266,18 @@ async def hand_off(request: web.Request) -> web.Response:
 async def retry(request: web.Request) -> web.Response:
     page, session, form = await _session_for_action(request)
     job_id = str(form.get("id") or "")
-    job = next((j for j in await page.bot.store.dead_letters() if j.id == job_id and j.account_id in session.accounts), None)
+    job = next(
+        (j for j in await page.bot.store.dead_letters() if j.id == job_id and j.account_id in session.accounts), None
+    )
     if job is None or not await page.bot.store.requeue_one(job_id, _now(page)):
         return redirect("/?done=gone#dead")
     page.bot.outbox.wake(1)
-    logger.info("operator page: {} re-queued the dead letter of conversation {}: {}", session.name, job.conversation_key, job.reason)
+    logger.info(
+        "operator page: {} re-queued the dead letter of conversation {}: {}",
+        session.name,
+        job.conversation_key,
+        job.reason,
+    )
     return redirect("/?done=retried#dead")
 
 
@@ -232,8 +290,11 @@ async def sweep(request: web.Request) -> web.Response:
         logger.info("operator page: {} ran the sweep", session.name)
         summary = await sweeper.run(session.accounts)
         return render(request, "done.html", {"message": summary})
-    return render(request, "done.html", {"message": "Dry run: nothing was changed.",
-                                         "rows": await sweeper.preview(session.accounts)})
+    return render(
+        request,
+        "done.html",
+        {"message": "Dry run: nothing was changed.", "rows": await sweeper.preview(session.accounts)},
+    )
 
 
 def setup(app: web.Application, bot: Bot) -> None:

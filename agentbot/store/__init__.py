@@ -1,4 +1,5 @@
 """Where the bot keeps what it knows: one interface, an SQLite and a Redis backend."""
+
 from __future__ import annotations
 
 from .base import Commit, DecisionEntry, Store

@@ -1,4 +1,5 @@
 """The store interface: facts, deduplication, the outbox, timers, dead letters and locks."""
+
 from __future__ import annotations
 
 import time
@@ -65,7 +66,9 @@ class Store(ABC):
     async def close(self) -> None: ...
 
     @abstractmethod
-    async def load(self, conversation_key: str, contact_key: str | None) -> tuple[ConversationState, Resolved | None]: ...
+    async def load(
+        self, conversation_key: str, contact_key: str | None
+    ) -> tuple[ConversationState, Resolved | None]: ...
 
     @abstractmethod
     async def commit(self, commit: Commit, now: float) -> bool:

@@ -1,4 +1,5 @@
 """In-process per-key locks: one decision per conversation at a time inside one process."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,5 @@
 """Redis backend for several instances: the same data as SQLite, made atomic with Lua scripts."""
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,9 @@ local function push(conv, job, now)
 end
 """
 
-COMMIT = PUSH + """
+COMMIT = (
+    PUSH
+    + """
 local a = cjson.decode(ARGV[1])
 if redis.call('SET', P..'seen:'..a.dedup, '1', 'NX', 'EX', a.dedup_ttl) == false then return 0 end
 if a.state then redis.call('SET', P..'conv:'..a.conv, a.state, 'EX', a.state_ttl) end
@@ -52,6 +55,7 @@ if a.log then
 end
 return 1
 """
+)
 
 # A claim: `owner:<conv>` holds "<job id>|<token>" of the worker running the conversation's head job;
 # the `ready` score of the conversation is when that worker's lease ends. `unsure` (a hash, job id → when)
@@ -84,14 +88,19 @@ end
 """
 
 # ARGV: conv, id, token, now, lease
-RENEW = OWNED + """
+RENEW = (
+    OWNED
+    + """
 if not owned(ARGV[1], ARGV[2], ARGV[3]) then return 0 end
 redis.call('ZADD', P..'ready', tonumber(ARGV[4]) + tonumber(ARGV[5]), ARGV[1])
 return 1
 """
+)
 
 # ARGV: conv, id, token, job json, now, lease
-PROGRESS = OWNED + """
+PROGRESS = (
+    OWNED
+    + """
 local conv, id = ARGV[1], ARGV[2]
 if not owned(conv, id, ARGV[3]) then return 0 end
 redis.call('LSET', P..'q:'..conv, 0, ARGV[4])
@@ -99,9 +108,12 @@ redis.call('HSET', P..'unsure', id, ARGV[5])
 redis.call('ZADD', P..'ready', tonumber(ARGV[5]) + tonumber(ARGV[6]), conv)
 return 1
 """
+)
 
 # ARGV: conv, id, token, how ('done'|'retry'|'dead'), job json, ready_at, unsure ('' or when the call went out)
-RELEASE = OWNED + """
+RELEASE = (
+    OWNED
+    + """
 local conv, id, how, job, at = ARGV[1], ARGV[2], ARGV[4], ARGV[5], tonumber(ARGV[6])
 if not owned(conv, id, ARGV[3]) then return 0 end
 local q = P..'q:'..conv
@@ -118,8 +130,11 @@ end
 if redis.call('LLEN', q) > 0 then redis.call('ZADD', P..'ready', at, conv) else redis.call('ZREM', P..'ready', conv) end
 return 1
 """
+)
 
-FIRE = PUSH + """
+FIRE = (
+    PUSH
+    + """
 local now = tonumber(ARGV[1])
 local due = redis.call('ZRANGEBYSCORE', P..'timers', '-inf', now, 'LIMIT', 0, 100)
 for _, conv in ipairs(due) do
@@ -134,16 +149,22 @@ for _, conv in ipairs(due) do
 end
 return #due
 """
+)
 
 # A dead letter back into its conversation's queue, with a fresh ACTION_MAX_AGE.
-REVIVE = PUSH + """
+REVIVE = (
+    PUSH
+    + """
 local function revive(j, now)
   j.attempts, j.created_at, j.next_at, j.error = 0, now, now, cjson.null
   push(j.account_id..':'..j.display_id, cjson.encode(j), now)
 end
 """
+)
 
-REQUEUE = REVIVE + """
+REQUEUE = (
+    REVIVE
+    + """
 local n = 0
 local now = tonumber(ARGV[1])
 while true do
@@ -153,8 +174,11 @@ while true do
   n = n + 1
 end
 """
+)
 
-REQUEUE_ONE = REVIVE + """
+REQUEUE_ONE = (
+    REVIVE
+    + """
 local id, now = ARGV[1], tonumber(ARGV[2])
 for _, job in ipairs(redis.call('LRANGE', P..'dead', 0, -1)) do
   local j = cjson.decode(job)
@@ -166,6 +190,7 @@ for _, job in ipairs(redis.call('LRANGE', P..'dead', 0, -1)) do
 end
 return 0
 """
+)
 
 
 def _script(redis: Redis, body: str) -> AsyncScript:
@@ -180,8 +205,12 @@ class RedisStore(Store):
         # Managed Redis (Heroku) serves TLS with a self-signed certificate and rotates the URL: the
         # choice is a setting, not part of the URL. (Hostname checks need a verified certificate.)
         unverified: dict[str, Any] = {"ssl_cert_reqs": "none", "ssl_check_hostname": False}
-        self.redis = Redis.from_url(url, retry=retry, retry_on_error=[ConnectionError, TimeoutError],
-                                    **(unverified if url.startswith("rediss://") and not tls_verify else {}))
+        self.redis = Redis.from_url(
+            url,
+            retry=retry,
+            retry_on_error=[ConnectionError, TimeoutError],
+            **(unverified if url.startswith("rediss://") and not tls_verify else {}),
+        )
         self._commit = _script(self.redis, COMMIT)
         self._claim = _script(self.redis, CLAIM)
         self._renew = _script(self.redis, RENEW)
@@ -208,14 +237,23 @@ class RedisStore(Store):
             job.created_at = job.created_at or now
             job.id = job.id or uuid.uuid4().hex
         args = {
-            "dedup": c.dedup_key, "dedup_ttl": DEDUP_TTL, "state_ttl": STATE_TTL, "conv": c.conversation_key,
-            "now": now, "state": c.state.dumps() if c.state else None, "jobs": [j.dumps() for j in c.jobs] or {},
-            "cancel_timer": c.cancel_timer, "contact": c.contact_key,
+            "dedup": c.dedup_key,
+            "dedup_ttl": DEDUP_TTL,
+            "state_ttl": STATE_TTL,
+            "conv": c.conversation_key,
+            "now": now,
+            "state": c.state.dumps() if c.state else None,
+            "jobs": [j.dumps() for j in c.jobs] or {},
+            "cancel_timer": c.cancel_timer,
+            "contact": c.contact_key,
             "resolved": c.resolved.dumps() if c.resolved and c.contact_key else None,
-            "timer_due": c.timer[0] if c.timer else None, "timer_job": c.timer[1].dumps() if c.timer else None,
+            "timer_due": c.timer[0] if c.timer else None,
+            "timer_job": c.timer[1].dumps() if c.timer else None,
         }
         if c.log is not None and c.log_size > 0:
-            args.update(log=c.log.dumps(), log_at=c.log.at, log_account=c.log.account_id, log_size=c.log_size, log_ttl=LOG_TTL)
+            args.update(
+                log=c.log.dumps(), log_at=c.log.at, log_account=c.log.account_id, log_size=c.log_size, log_ttl=LOG_TTL
+            )
         return bool(await self._commit(args=[json.dumps({k: v for k, v in args.items() if v is not None})]))
 
     async def remember(self, contact_key: str, resolved: Resolved | None, ttl: float, now: float) -> None:
@@ -275,7 +313,15 @@ class RedisStore(Store):
         return await self._release_as("dead", job, now)
 
     async def _release_as(self, how: str, job: Job, ready_at: float) -> bool:
-        args: list[str | int | float | bytes] = [job.conversation_key, job.id, job.claim, how, job.dumps(), ready_at, repr(job.sent_at) if job.unsure else ""]
+        args: list[str | int | float | bytes] = [
+            job.conversation_key,
+            job.id,
+            job.claim,
+            how,
+            job.dumps(),
+            ready_at,
+            repr(job.sent_at) if job.unsure else "",
+        ]
         return bool(await self._release(args=args))
 
     async def dead_letters(self) -> list[Job]:

@@ -1,4 +1,5 @@
 """SQLite backend (embedded default, WAL mode, one process); `memory://` is SQLite in memory."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,11 +11,10 @@ from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
+from loguru import logger
 from msgspec.structs import replace
 
 from ..actions import Job
-from loguru import logger
-
 from ..facts import ConversationState, Resolved, fingerprint
 from .base import DEDUP_TTL, ECHOES_KEPT, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Store
 from .locks import KeyedLocks
@@ -48,12 +48,16 @@ class Write(NamedTuple):
 
 def _report_lost_echo(future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and future.exception():
-        logger.warning("could not remember the bot's own message ({}); a lost answer to it is checked in Chatwoot only",
-                       future.exception())
+        logger.warning(
+            "could not remember the bot's own message ({}); a lost answer to it is checked in Chatwoot only",
+            future.exception(),
+        )
 
 
 def _locked(exc: Exception) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
 TRIM_EVERY = 64  # decision-log entries per account between deletions of the oldest
 
 
@@ -156,8 +160,7 @@ class SQLiteStore(Store):
             # one writer's statements failed and took the shared transaction with them: give each its own
             return [self._alone(apply) for apply in applies] if len(applies) > 1 else [(False, exc)]
 
-    def _written(self, writes: list[Write],
-                 results: list[tuple[bool, Any]] | BaseException) -> None:
+    def _written(self, writes: list[Write], results: list[tuple[bool, Any]] | BaseException) -> None:
         self._writing = False
         if isinstance(results, BaseException):
             if self._wait_for_lock(writes):
@@ -221,15 +224,21 @@ class SQLiteStore(Store):
 
         def apply() -> None:
             self.db.execute("INSERT OR REPLACE INTO echoes VALUES (?,?,?,?)", row)
-            self.db.execute("DELETE FROM echoes WHERE conv=? AND id NOT IN (SELECT id FROM echoes WHERE conv=? "
-                            "ORDER BY id DESC LIMIT ?)", (conversation_key, conversation_key, ECHOES_KEPT))
+            self.db.execute(
+                "DELETE FROM echoes WHERE conv=? AND id NOT IN (SELECT id FROM echoes WHERE conv=? "
+                "ORDER BY id DESC LIMIT ?)",
+                (conversation_key, conversation_key, ECHOES_KEPT),
+            )
 
         self._enqueue(apply, synced=False).add_done_callback(_report_lost_echo)  # not awaited: a hint
 
     async def echoed(self, conversation_key: str, content: str, after: int | None) -> bool:
-        row = await self._read(lambda: self.rdb.execute(
-            "SELECT 1 FROM echoes WHERE conv=? AND crc=? AND id>?", (conversation_key, fingerprint(content), after or 0)
-        ).fetchone())
+        row = await self._read(
+            lambda: self.rdb.execute(
+                "SELECT 1 FROM echoes WHERE conv=? AND crc=? AND id>?",
+                (conversation_key, fingerprint(content), after or 0),
+            ).fetchone()
+        )
         return row is not None
 
     def lock(self, conversation_key: str) -> AbstractAsyncContextManager[None]:
@@ -243,15 +252,22 @@ class SQLiteStore(Store):
         if db.execute("INSERT OR IGNORE INTO seen VALUES (?,?)", (c.dedup_key, now + DEDUP_TTL)).rowcount == 0:
             return False
         if c.state is not None:
-            db.execute("INSERT OR REPLACE INTO conversations VALUES (?,?,?)", (c.conversation_key, c.state.dumps(), now + STATE_TTL))
+            db.execute(
+                "INSERT OR REPLACE INTO conversations VALUES (?,?,?)",
+                (c.conversation_key, c.state.dumps(), now + STATE_TTL),
+            )
         for job in c.jobs:
             self._push(job, now)
         if c.cancel_timer:
             db.execute("DELETE FROM timers WHERE conv=?", (c.conversation_key,))
         if c.timer:
-            db.execute("INSERT OR REPLACE INTO timers VALUES (?,?,?)", (c.conversation_key, c.timer[0], c.timer[1].dumps()))
+            db.execute(
+                "INSERT OR REPLACE INTO timers VALUES (?,?,?)", (c.conversation_key, c.timer[0], c.timer[1].dumps())
+            )
         if c.resolved and c.contact_key:
-            db.execute("INSERT OR REPLACE INTO contacts VALUES (?,?,?)", (c.contact_key, c.resolved.dumps(), now + STATE_TTL))
+            db.execute(
+                "INSERT OR REPLACE INTO contacts VALUES (?,?,?)", (c.contact_key, c.resolved.dumps(), now + STATE_TTL)
+            )
         if c.log is not None and c.log_size > 0:
             self._log(c.log, c.log_size)
         return True
@@ -261,7 +277,9 @@ class SQLiteStore(Store):
         # every TRIM_EVERY entries (deleting one per commit dirtied one more page per transaction);
         # decisions() never returns more than `size` per account.
         account = entry.account_id
-        seq = self.db.execute("SELECT coalesce(max(seq), 0) + 1 FROM decisions WHERE account=?", (account,)).fetchone()[0]
+        seq = self.db.execute("SELECT coalesce(max(seq), 0) + 1 FROM decisions WHERE account=?", (account,)).fetchone()[
+            0
+        ]
         self.db.execute("INSERT INTO decisions VALUES (?,?,?,?,?)", (account, seq, entry.at, size, entry.dumps()))
         if seq % TRIM_EVERY == 0:
             self.db.execute("DELETE FROM decisions WHERE account=? AND seq<=?", (account, seq - size))
@@ -273,11 +291,16 @@ class SQLiteStore(Store):
 
     async def remember(self, contact_key: str, resolved: Resolved | None, ttl: float, now: float) -> None:
         value = resolved.dumps() if resolved else None
-        await self._write(lambda: self.db.execute("INSERT OR REPLACE INTO lookups VALUES (?,?,?)", (contact_key, value, now + ttl)))
+        await self._write(
+            lambda: self.db.execute("INSERT OR REPLACE INTO lookups VALUES (?,?,?)", (contact_key, value, now + ttl))
+        )
 
     async def recall(self, contact_key: str, now: float) -> tuple[bool, Resolved | None]:
-        row = await self._read(lambda: self.rdb.execute("SELECT value FROM lookups WHERE key=? AND expires>?",
-                                                       (contact_key, now)).fetchone())
+        row = await self._read(
+            lambda: self.rdb.execute(
+                "SELECT value FROM lookups WHERE key=? AND expires>?", (contact_key, now)
+            ).fetchone()
+        )
         return (True, Resolved.loads(row[0])) if row else (False, None)
 
     async def claim(self, now: float) -> Job | None:
@@ -289,8 +312,13 @@ class SQLiteStore(Store):
             if job_id is not None:
                 break
             # its jobs are all done or dead
-            await self._write(partial(self.db.execute, "DELETE FROM queues WHERE conv=? AND NOT EXISTS "
-                                      "(SELECT 1 FROM jobs WHERE conv=? AND dead=0)", (conv, conv)))
+            await self._write(
+                partial(
+                    self.db.execute,
+                    "DELETE FROM queues WHERE conv=? AND NOT EXISTS (SELECT 1 FROM jobs WHERE conv=? AND dead=0)",
+                    (conv, conv),
+                )
+            )
         self._busy.add(conv)
         assert body is not None  # a job id comes with its body
         job = Job.loads(body)
@@ -318,7 +346,9 @@ class SQLiteStore(Store):
 
     async def progress(self, job: Job, now: float) -> bool:
         body = replace(job, unsure=True, sent_at=now).dumps()
-        return await self._write(lambda: self.db.execute("UPDATE jobs SET body=? WHERE id=?", (body, int(job.id))).rowcount > 0)
+        return await self._write(
+            lambda: self.db.execute("UPDATE jobs SET body=? WHERE id=?", (body, int(job.id))).rowcount > 0
+        )
 
     async def finish(self, job: Job, now: float) -> bool:
         return await self._release(job, now, "DELETE FROM jobs WHERE id=?", (int(job.id),))
@@ -346,7 +376,9 @@ class SQLiteStore(Store):
         return found
 
     async def dead_letters(self) -> list[Job]:
-        rows = await self._read(lambda: self.rdb.execute("SELECT id, body FROM jobs WHERE dead=1 ORDER BY id").fetchall())
+        rows = await self._read(
+            lambda: self.rdb.execute("SELECT id, body FROM jobs WHERE dead=1 ORDER BY id").fetchall()
+        )
         jobs = []
         for row_id, body in rows:
             job = Job.loads(body)
@@ -355,7 +387,9 @@ class SQLiteStore(Store):
         return jobs
 
     async def requeue_dead(self, now: float) -> int:
-        return await self._write(lambda: self._revive(self.db.execute("SELECT id, body FROM jobs WHERE dead=1").fetchall(), now))
+        return await self._write(
+            lambda: self._revive(self.db.execute("SELECT id, body FROM jobs WHERE dead=1").fetchall(), now)
+        )
 
     def _revive(self, rows: list[tuple[int, str]], now: float) -> int:
         """Dead letters (id, body) back into their conversations' queues, with a fresh ACTION_MAX_AGE."""
@@ -367,10 +401,13 @@ class SQLiteStore(Store):
         return len(rows)
 
     async def jobs(self, conversation_key: str) -> list[Job]:
-        rows = await self._read(lambda: self.rdb.execute(
-            "SELECT body FROM jobs WHERE conv=? AND dead=0 UNION ALL SELECT body FROM timers WHERE conv=?",
-            (conversation_key, conversation_key)).fetchall())
-        return [Job.loads(body) for body, in rows]
+        rows = await self._read(
+            lambda: self.rdb.execute(
+                "SELECT body FROM jobs WHERE conv=? AND dead=0 UNION ALL SELECT body FROM timers WHERE conv=?",
+                (conversation_key, conversation_key),
+            ).fetchall()
+        )
+        return [Job.loads(body) for (body,) in rows]
 
     async def depth(self) -> int:
         return await self._read(lambda: self.rdb.execute("SELECT count(*) FROM jobs WHERE dead=0").fetchone()[0])
@@ -380,12 +417,15 @@ class SQLiteStore(Store):
         rows = self.rdb.execute(
             "SELECT body FROM decisions d JOIN (SELECT account, max(seq) AS top FROM decisions GROUP BY account) m "
             "USING (account) WHERE d.at>? AND d.seq > m.top - (SELECT size FROM decisions WHERE account=d.account "
-            "AND seq=m.top) ORDER BY d.at DESC, d.seq DESC", (now - LOG_TTL,))
-        return [DecisionEntry.loads(body) for body, in rows]
+            "AND seq=m.top) ORDER BY d.at DESC, d.seq DESC",
+            (now - LOG_TTL,),
+        )
+        return [DecisionEntry.loads(body) for (body,) in rows]
 
     async def requeue_one(self, job_id: str, now: float) -> bool:
         if not job_id.isdigit():
             return False
+
         def rows() -> list[Any]:
             return self.db.execute("SELECT id, body FROM jobs WHERE id=? AND dead=1", (int(job_id),)).fetchall()
 

@@ -4,6 +4,7 @@ It plays both sides of Chatwoot: the API the bot calls (token checks with the ex
 the bot-token allow list, status rules, events echoed back) and the delivery of agent-bot webhooks
 (signing, retries of 429/500, the failure fallback that opens a pending conversation).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -95,22 +96,35 @@ VERSIONS = ("4.6", "4.12", "4.16")
 
 
 class FakeChatwoot:
-    def __init__(self, *, version: str = "4.16", webhook_timeout: float = 5.0, retry_delay: float = 0.2,
-                 signed: bool | None = None, rate_limit: int | None = RATE_LIMIT):
+    def __init__(
+        self,
+        *,
+        version: str = "4.16",
+        webhook_timeout: float = 5.0,
+        retry_delay: float = 0.2,
+        signed: bool | None = None,
+        rate_limit: int | None = RATE_LIMIT,
+    ):
         self.version = tuple(int(part) for part in version.split("."))
         self.webhook_timeout, self.retry_delay, self.rate_limit = webhook_timeout, retry_delay, rate_limit
         signed = self.has("signed") if signed is None else signed
         self.account = {"id": 1, "name": "Acme Support"}
         self.other_accounts = {2: "Other Shop"}  # exist in this Chatwoot; the bot is not in them
-        self.users = {5: User(5, "Sam Rivera", "user-token-5", "administrator"), 6: User(6, "Ana Costa", "user-token-6")}
+        self.users = {
+            5: User(5, "Sam Rivera", "user-token-5", "administrator"),
+            6: User(6, "Ana Costa", "user-token-6"),
+        }
         self.evolution_user = User(9, "Evolution API", "evolution-token")
         self.users[9] = self.evolution_user
         self.users[8] = User(8, "Olga Berg", "user-token-8", roles={2: "administrator"})  # admin elsewhere only
         self.teams = {2: {"id": 2, "name": "Support", "description": "", "allow_auto_assign": True, "account_id": 1}}
         self.bots = {7: Bot(7, "Triage Bot", "bot-token-7", secret=BOT_SECRET if signed else None)}
-        self.inboxes = {3: Inbox(3, "Website", bot_id=7), 4: Inbox(4, "WhatsApp", "Channel::Api", bot_id=7),
-                        5: Inbox(5, "Instagram", "Channel::Instagram", bot_id=7, single_conversation=False),
-                        9: Inbox(9, "Email", "Channel::Email")}
+        self.inboxes = {
+            3: Inbox(3, "Website", bot_id=7),
+            4: Inbox(4, "WhatsApp", "Channel::Api", bot_id=7),
+            5: Inbox(5, "Instagram", "Channel::Instagram", bot_id=7, single_conversation=False),
+            9: Inbox(9, "Email", "Channel::Email"),
+        }
         self.contacts: dict[int, Contact] = {}
         self.conversations: dict[int, Conversation] = {}
         self._latest: dict[tuple[int, int], Conversation] = {}  # (contact, inbox) → newest conversation
@@ -179,8 +193,17 @@ class FakeChatwoot:
         self.bot_urls = list(urls)
         self.bots[bot_id].outgoing_url = urls[0]
 
-    def fail(self, endpoint: str = "*", *, status: int | None = None, times: int = 1, hang: float = 0.0,
-             retry_after: int | None = None, applied: bool = False, drop: bool = False) -> Fault:
+    def fail(
+        self,
+        endpoint: str = "*",
+        *,
+        status: int | None = None,
+        times: int = 1,
+        hang: float = 0.0,
+        retry_after: int | None = None,
+        applied: bool = False,
+        drop: bool = False,
+    ) -> Fault:
         """Make the next `times` calls to `endpoint` fail: answer `status`, hang `hang` seconds first, or
         (`applied`) carry the call out and then hang or (`drop`) close the connection without an answer."""
         fault = Fault(endpoint, times, status, hang, retry_after, applied=applied, drop=drop)
@@ -226,8 +249,12 @@ class FakeChatwoot:
         sender = {"id": user.id, "name": user.name, "email": f"user{user.id}@acme.example", "type": "user"}
         message = self._add_message(conv, text, "outgoing", sender, "User", private=private)
         if not private and (conv.first_reply_at is None or conv.waiting_since is not None):
-            changed = {"waiting_since": {"previous_value": iso(conv.waiting_since) if conv.waiting_since else None,
-                                         "current_value": None}}
+            changed = {
+                "waiting_since": {
+                    "previous_value": iso(conv.waiting_since) if conv.waiting_since else None,
+                    "current_value": None,
+                }
+            }
             if conv.first_reply_at is None:
                 conv.first_reply_at = time.time()
                 changed["first_reply_created_at"] = {"previous_value": None, "current_value": iso(conv.first_reply_at)}
@@ -239,14 +266,23 @@ class FakeChatwoot:
         """A reply typed on the business's phone, posted by Evolution API with its user token."""
         u = self.evolution_user
         sender = {"id": u.id, "name": u.name, "email": "evolution@acme.example", "type": "user"}
-        return self._add_message(self.conversations[display_id], text, "outgoing", sender, "User",
-                                 source_id=f"WAID:{uuid.uuid4().hex[:20].upper()}")
+        return self._add_message(
+            self.conversations[display_id],
+            text,
+            "outgoing",
+            sender,
+            "User",
+            source_id=f"WAID:{uuid.uuid4().hex[:20].upper()}",
+        )
 
     def edit(self, message: Message, text: str) -> None:
         """Someone edits a message: `message_updated` with the whole payload again, not new input."""
         message.content = text
-        self._dispatch("message_updated", message_payload(message, self.account, self.teams, "message_updated"),
-                       message.conversation)
+        self._dispatch(
+            "message_updated",
+            message_payload(message, self.account, self.teams, "message_updated"),
+            message.conversation,
+        )
 
     def resolve(self, display_id: int, user_id: int = 5) -> None:
         """An agent resolves the conversation (which assigns nobody; it clears waiting_since)."""
@@ -268,6 +304,7 @@ class FakeChatwoot:
         hold = DeliveryHold(predicate, asyncio.Event())
         self.delivery_holds.append(hold)
         return hold
+
     def assign_to_bot(self, display_id: int, bot_id: int = 7, user_id: int = 5) -> None:
         """An agent hands the conversation back by assigning the bot (v4.16+, #14870)."""
         self._assign_bot(self.conversations[display_id], self.bots[bot_id], f"user:{user_id}")
@@ -283,14 +320,21 @@ class FakeChatwoot:
 
     # ---- what happened ----------------------------------------------------------------------
     def calls_to(self, endpoint: str, display_id: int | None = None, caller: str = "bot") -> list[Call]:
-        return [c for c in self.calls if c.endpoint == endpoint and c.caller == caller
-                and (display_id is None or f"/conversations/{display_id}/" in c.path + "/")]
+        return [
+            c
+            for c in self.calls
+            if c.endpoint == endpoint
+            and c.caller == caller
+            and (display_id is None or f"/conversations/{display_id}/" in c.path + "/")
+        ]
 
     def notes(self, display_id: int) -> list[str]:
         return [m.content for m in self.conversations[display_id].messages if m.private and m.sender_type == "AgentBot"]
 
     def bot_messages(self, display_id: int) -> list[str]:
-        return [m.content for m in self.conversations[display_id].messages if not m.private and m.sender_type == "AgentBot"]
+        return [
+            m.content for m in self.conversations[display_id].messages if not m.private and m.sender_type == "AgentBot"
+        ]
 
     def opened_by(self, display_id: int) -> list[str]:
         return [by for d, _, to, by in self.status_log if d == display_id and to == "open"]
@@ -309,8 +353,16 @@ class FakeChatwoot:
     def _create_conversation(self, contact: Contact, box: Inbox) -> Conversation:
         status = "resolved" if contact.blocked else ("pending" if self._bot_active(box) else "open")
         owner = self.bots[box.bot_id] if box.bot_id and status == "pending" and self.has("bot_owned") else None
-        conv = Conversation(1, next(self._display_ids), box, contact, status, bot_owner=owner,
-                            created_at=self._created(), bot_owned_shape=self.has("bot_owned"))
+        conv = Conversation(
+            1,
+            next(self._display_ids),
+            box,
+            contact,
+            status,
+            bot_owner=owner,
+            created_at=self._created(),
+            bot_owned_shape=self.has("bot_owned"),
+        )
         self.conversations[conv.display_id] = conv
         self._latest[(contact.id, box.id)] = conv
         return conv
@@ -420,8 +472,9 @@ class FakeChatwoot:
             headers.update({"X-Chatwoot-Timestamp": ts, "X-Chatwoot-Signature": f"sha256={sig}"})
         started = time.perf_counter()
         try:
-            async with self.session.post(url, data=body, headers=headers,
-                                         timeout=aiohttp.ClientTimeout(total=self.webhook_timeout)) as resp:
+            async with self.session.post(
+                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=self.webhook_timeout)
+            ) as resp:
                 answer: int | str = resp.status
         except TimeoutError:
             answer = "timeout"
@@ -437,8 +490,14 @@ class FakeChatwoot:
     # ---- the API ----------------------------------------------------------------------------
     async def _api(self, request: web.Request) -> web.StreamResponse:
         path, method = request.path, request.method
-        route = next(((name, rx, bot_ok, admin, fn) for m, rx, name, bot_ok, admin, fn in ROUTES
-                      if m == method and rx.fullmatch(path)), None)
+        route = next(
+            (
+                (name, rx, bot_ok, admin, fn)
+                for m, rx, name, bot_ok, admin, fn in ROUTES
+                if m == method and rx.fullmatch(path)
+            ),
+            None,
+        )
         body = None
         if request.can_read_body:
             try:
@@ -449,8 +508,11 @@ class FakeChatwoot:
         token = request.headers.get("api_access_token")
         caller = "anonymous"
         if token:
-            caller = "bot" if any(b.token == token for b in self.bots.values()) else (
-                "user" if any(u.token == token for u in self.users.values()) else "anonymous")
+            caller = (
+                "bot"
+                if any(b.token == token for b in self.bots.values())
+                else ("user" if any(u.token == token for u in self.users.values()) else "anonymous")
+            )
 
         def answer(status: int, data=None, text: str | None = None, headers=None) -> web.Response:
             self.calls.append(Call(method, path, name, body, status, caller))
@@ -504,7 +566,9 @@ class FakeChatwoot:
                     retry = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
                     return answer(429, text="Retry later", headers=retry)
                 if fault.status:
-                    return answer(fault.status, {"error": "Internal Server Error"} if fault.status >= 500 else {"error": "fault"})
+                    return answer(
+                        fault.status, {"error": "Internal Server Error"} if fault.status >= 500 else {"error": "fault"}
+                    )
                 break
         bot_token = token is not None and any(b.token == token for b in self.bots.values())
         if route is None and method == "GET" and name in ("api", "profile"):
@@ -526,7 +590,11 @@ class FakeChatwoot:
             if bot is not None and int(match["account"]) in self.other_accounts:  # exists, but not the bot's
                 return answer(401, BOT_NOT_IN_ACCOUNT)
             return answer(404, NOT_FOUND)
-        if bot is not None and bot.account_id != self.account["id"] and not any(i.bot_id == bot.id for i in self.inboxes.values()):
+        if (
+            bot is not None
+            and bot.account_id != self.account["id"]
+            and not any(i.bot_id == bot.id for i in self.inboxes.values())
+        ):
             return answer(401, BOT_NOT_IN_ACCOUNT)
         if admin_only and (user is None or user.role != "administrator"):
             return answer(401, NOT_ALLOWED)
@@ -548,8 +616,15 @@ class FakeChatwoot:
     def _global(self, path: str, token: str | None, answer) -> web.Response:
         """`GET /api` (public: the version) and `GET /api/v1/profile` (a user token's own profile)."""
         if path == "/api":
-            return answer(200, {"version": ".".join(map(str, self.version)) + ".0", "timestamp": "2026-11-26 04:00:00",
-                                "queue_services": "ok", "data_services": "ok"})
+            return answer(
+                200,
+                {
+                    "version": ".".join(map(str, self.version)) + ".0",
+                    "timestamp": "2026-11-26 04:00:00",
+                    "queue_services": "ok",
+                    "data_services": "ok",
+                },
+            )
         if not token:
             return answer(401, SIGN_IN)
         if any(b.token == token for b in self.bots.values()):
@@ -565,13 +640,37 @@ class FakeChatwoot:
         roles = user.roles or {self.account["id"]: user.role}
         first = next(iter(roles))
         return {
-            "access_token": user.token, "account_id": first, "available_name": user.name, "avatar_url": "",
-            "confirmed": True, "display_name": None, "message_signature": None, "email": f"user{user.id}@acme.example",
-            "id": user.id, "inviter_id": None, "name": user.name, "provider": "email", "pubsub_token": f"pubsub-{user.id}",
-            "role": roles[first], "ui_settings": {}, "uid": f"user{user.id}@acme.example", "type": "User",
-            "accounts": [{"id": a, "name": names[a], "status": "active", "active_at": "2026-11-26T04:00:00.000Z",
-                          "role": role, "permissions": [role], "availability": user.availability,
-                          "availability_status": user.availability, "auto_offline": True} for a, role in roles.items()],
+            "access_token": user.token,
+            "account_id": first,
+            "available_name": user.name,
+            "avatar_url": "",
+            "confirmed": True,
+            "display_name": None,
+            "message_signature": None,
+            "email": f"user{user.id}@acme.example",
+            "id": user.id,
+            "inviter_id": None,
+            "name": user.name,
+            "provider": "email",
+            "pubsub_token": f"pubsub-{user.id}",
+            "role": roles[first],
+            "ui_settings": {},
+            "uid": f"user{user.id}@acme.example",
+            "type": "User",
+            "accounts": [
+                {
+                    "id": a,
+                    "name": names[a],
+                    "status": "active",
+                    "active_at": "2026-11-26T04:00:00.000Z",
+                    "role": role,
+                    "permissions": [role],
+                    "availability": user.availability,
+                    "availability_status": user.availability,
+                    "auto_offline": True,
+                }
+                for a, role in roles.items()
+            ],
         }
 
     # handlers: (fake, match, body, actor, conversation) → (status, json or None)
@@ -587,8 +686,15 @@ class FakeChatwoot:
             success = None
         else:
             self._set_status(conv, status, f"{'bot' if isinstance(actor, Bot) else 'user'}:{actor.id}")
-        return 200, {"meta": {}, "payload": {"success": success, "conversation_id": conv.display_id,
-                                              "current_status": conv.status, "snoozed_until": None}}
+        return 200, {
+            "meta": {},
+            "payload": {
+                "success": success,
+                "conversation_id": conv.display_id,
+                "current_status": conv.status,
+                "snoozed_until": None,
+            },
+        }
 
     def _toggle_priority(self, match, body, actor, conv):
         priority = body.get("priority")
@@ -607,12 +713,26 @@ class FakeChatwoot:
             return 422, {"error": "Incoming messages are only allowed in Api inboxes"}
         if not isinstance(body.get("content"), str) or not body["content"]:
             return 422, {"error": "Content can't be blank"}
-        sender, stype = (actor.push(), "AgentBot") if isinstance(actor, Bot) else (
-            {"id": actor.id, "name": actor.name, "type": "user"}, "User")
+        sender, stype = (
+            (actor.push(), "AgentBot")
+            if isinstance(actor, Bot)
+            else ({"id": actor.id, "name": actor.name, "type": "user"}, "User")
+        )
         m = self._add_message(conv, body["content"], kind, sender, stype, private=bool(body.get("private")))
-        return 200, {"id": m.id, "content": m.content, "inbox_id": conv.inbox.id, "conversation_id": conv.display_id,
-                     "message_type": 1, "content_type": "text", "status": "sent", "content_attributes": {},
-                     "created_at": int(m.created_at), "private": m.private, "source_id": None, "sender": sender}
+        return 200, {
+            "id": m.id,
+            "content": m.content,
+            "inbox_id": conv.inbox.id,
+            "conversation_id": conv.display_id,
+            "message_type": 1,
+            "content_type": "text",
+            "status": "sent",
+            "content_attributes": {},
+            "created_at": int(m.created_at),
+            "private": m.private,
+            "source_id": None,
+            "sender": sender,
+        }
 
     def _assign(self, match, body, actor, conv):
         if body.get("assignee_type") == "AgentBot":
@@ -633,9 +753,18 @@ class FakeChatwoot:
             self._saved(conv, {"assignee_id": {"previous_value": before, "current_value": user.id if user else None}})
             if user is None:
                 return 200, None
-            return 200, {"id": user.id, "account_id": 1, "availability_status": user.availability, "auto_offline": True,
-                         "confirmed": True, "email": f"user{user.id}@acme.example", "available_name": user.name,
-                         "name": user.name, "role": user.role, "thumbnail": ""}
+            return 200, {
+                "id": user.id,
+                "account_id": 1,
+                "availability_status": user.availability,
+                "auto_offline": True,
+                "confirmed": True,
+                "email": f"user{user.id}@acme.example",
+                "available_name": user.name,
+                "name": user.name,
+                "role": user.role,
+                "thumbnail": "",
+            }
         if "team_id" in body:
             team = self.teams.get(body["team_id"])
             before, conv.team_id = conv.team_id, team["id"] if team else None
@@ -657,13 +786,19 @@ class FakeChatwoot:
         taken before the assignee filter."""
         q = self.query
         status = q.get("status") or "open"
-        found = [c for c in self.conversations.values() if c.account_id == int(match["account"])
-                 and (status == "all" or c.status == status)]
+        found = [
+            c
+            for c in self.conversations.values()
+            if c.account_id == int(match["account"]) and (status == "all" or c.status == status)
+        ]
         if q.get("inbox_id"):
             found = [c for c in found if str(c.inbox.id) == q["inbox_id"]]
-        counts = {"mine_count": sum(c.assignee is actor for c in found),
-                  "assigned_count": sum(c.assignee is not None for c in found),
-                  "unassigned_count": sum(c.assignee is None for c in found), "all_count": len(found)}
+        counts = {
+            "mine_count": sum(c.assignee is actor for c in found),
+            "assigned_count": sum(c.assignee is not None for c in found),
+            "unassigned_count": sum(c.assignee is None for c in found),
+            "all_count": len(found),
+        }
         kind = q.get("assignee_type")
         if kind == "me":
             found = [c for c in found if c.assignee is actor]
@@ -671,14 +806,19 @@ class FakeChatwoot:
             found = [c for c in found if (c.assignee is None) == (kind == "unassigned")]
         found.sort(key=lambda c: (c.last_activity_at(), c.display_id), reverse=True)
         page = int(q["page"]) if q.get("page", "").isdigit() and int(q["page"]) > 0 else 1
-        shown = found[(page - 1) * LIST_PAGE:page * LIST_PAGE]
+        shown = found[(page - 1) * LIST_PAGE : page * LIST_PAGE]
         return 200, {"data": {"meta": counts, "payload": [c.partial(self.teams) for c in shown]}}
 
     def _messages_index(self, match, body, actor, conv):
         """MessageFinder: the latest 20 messages of any kind, oldest first, with the conversation's meta."""
-        meta = {"labels": list(conv.labels), "additional_attributes": {"browser_language": conv.browser_language},
-                "contact": conv.contact.push(), "assignee": conv.assignee.push() if conv.assignee else None,
-                "agent_last_seen_at": None, "assignee_last_seen_at": None}
+        meta = {
+            "labels": list(conv.labels),
+            "additional_attributes": {"browser_language": conv.browser_language},
+            "contact": conv.contact.push(),
+            "assignee": conv.assignee.push() if conv.assignee else None,
+            "agent_last_seen_at": None,
+            "assignee_last_seen_at": None,
+        }
         return 200, {"meta": meta, "payload": [conv._message_push(m) for m in conv.messages[-20:]]}
 
     def age(self, display_id: int, seconds: float) -> None:
@@ -691,7 +831,9 @@ class FakeChatwoot:
         conv.first_reply_at = conv.first_reply_at and conv.first_reply_at - seconds
 
     def _inboxes(self, match, body, actor, conv):
-        return 200, {"payload": [{"id": i.id, "name": i.name, "channel_type": i.channel} for i in self.inboxes.values()]}
+        return 200, {
+            "payload": [{"id": i.id, "name": i.name, "channel_type": i.channel} for i in self.inboxes.values()]
+        }
 
     def _inbox_bot(self, match, body, actor, conv):
         inbox = self.inboxes.get(int(match["inbox"]))
@@ -717,8 +859,14 @@ class FakeChatwoot:
         if not body.get("name"):
             return 422, {"message": "Name can't be blank", "attributes": ["name"]}
         bot_id = max(self.bots) + 1
-        bot = Bot(bot_id, body["name"], f"bot-token-{bot_id}", outgoing_url=body.get("outgoing_url", ""),
-                  secret=f"bot-secret-{bot_id}-{uuid.uuid4().hex[:12]}", description=body.get("description", ""))
+        bot = Bot(
+            bot_id,
+            body["name"],
+            f"bot-token-{bot_id}",
+            outgoing_url=body.get("outgoing_url", ""),
+            secret=f"bot-secret-{bot_id}-{uuid.uuid4().hex[:12]}",
+            description=body.get("description", ""),
+        )
         self.bots[bot_id] = bot
         return 200, bot.json()
 
@@ -734,7 +882,11 @@ class FakeChatwoot:
 
 def _rx(pattern: str) -> re.Pattern[str]:
     pattern = pattern.replace("{account}", r"(?P<account>\d+)").replace("{conv}", r"(?P<conv>\d+)")
-    pattern = pattern.replace("{contact}", r"(?P<contact>\d+)").replace("{inbox}", r"(?P<inbox>\d+)").replace("{bot}", r"(?P<bot>\d+)")
+    pattern = (
+        pattern.replace("{contact}", r"(?P<contact>\d+)")
+        .replace("{inbox}", r"(?P<inbox>\d+)")
+        .replace("{bot}", r"(?P<bot>\d+)")
+    )
     return re.compile("/api/v1/accounts/{account}".replace("{account}", r"(?P<account>\d+)") + pattern)
 
 

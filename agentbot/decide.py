@@ -265,7 +265,7 @@ def operator_handoff(c: Conversation, facts: Facts, now: datetime, settings: Set
         settings.rules_for(c.inbox_id),
         "operator",
         f"{who} handed the conversation to humans from the bot's page",
-        None,
+        c.last_message_id,  # the trigger: only the bot's messages after it count as this handoff's
         deferrable=False,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -97,7 +98,8 @@ class Handoffs:
         assert c is not None
         facts = await load_facts(self.store, d)
         if look_up and await self._pending_again(d, facts.state, deadline):
-            facts = Facts(facts.state.new_period(left_pending_after=facts.state.latest_message), facts.previous)
+            latest = facts.state.latest_message  # the handed-off period's jobs are moot now (closed_since)
+            facts = Facts(facts.state.new_period(left_pending_after=latest, closed_after=latest), facts.previous)
         if look_up and self._worth_looking_up(d, facts):
             facts = Facts(facts.state, await self._look_up(c, deadline))
         return facts
@@ -106,20 +108,23 @@ class Handoffs:
         """A customer's message in a period the bot handed off, from a later save of a still pending
         conversation: the handoff's open may have been undone since (an agent resolved it, the customer wrote
         again) with the events that say so still on their way (Chatwoot delivers in no set order). Once the
-        handoff's open is done, Chatwoot tells where it may (4.16+); elsewhere the sweep finds such a period."""
+        handoff's open is done, Chatwoot tells where it may (4.16+). Not for a conversation the bot owns again: the
+        handoff ended its ownership, so an agent gave it back (assigned the bot); those events say so."""
         c, m = d.conversation, d.message
         if c is None or not (
             m
             and m.kind == "incoming"
             and state.handed_off
             and c.status == "pending"
+            and not c.bot_owned  # the handoff ended the bot's ownership: an agent gave it back
             and c.updated > state.updated
             and self.chatwoot
             and not any(job.opens_later for job in await self.store.jobs(c.key))
         ):
             return False
-        try:
-            async with asyncio.timeout_at(deadline):
+        loop = asyncio.get_running_loop()
+        try:  # bounded like a look-up: the conversation's lock is held meanwhile
+            async with asyncio.timeout_at(min(deadline or math.inf, loop.time() + LOOKUP_TIMEOUT)):
                 view = await self.chatwoot.conversation_if_readable(c.account_id, c.display_id)
         except (ChatwootError, TimeoutError) as exc:
             logger.warning(
@@ -197,7 +202,8 @@ class Handoffs:
         if best:
             b = best.conversation
             on = datetime.fromtimestamp(best.last_activity_at or now, timezone.utc).date().isoformat()
-            value = Resolved(b.display_id, on, b.assignee.id if b.assignee else None, "chatwoot")
+            agent = b.assignee.id if b.assignee and b.assignee.kind == "user" else None  # 4.16+: may be the bot
+            value = Resolved(b.display_id, on, agent, "chatwoot")
         if cache:
             await self.store.remember(key, value, LOOKUP_TTL, now)
         return value

@@ -348,7 +348,18 @@ class Outbox:
         if last and last.sender.kind == "agent_bot" and last.content == content:
             return True
         if self.reader_token:
-            latest = await self.chatwoot.conversation_messages(job.account_id, job.display_id, self.reader_token)
+            try:
+                latest = await self.chatwoot.conversation_messages(job.account_id, job.display_id, self.reader_token)
+            except ChatwootError as exc:
+                if not exc.final:
+                    raise  # tried again later
+                # the user may not see this inbox: what the bot token showed must do
+                logger.warning(
+                    "conversation {}: could not read its messages with CHATWOOT_API_TOKEN ({})",
+                    job.conversation_key,
+                    exc,
+                )
+                return False if view is not None else None
             return any(
                 m.sender.kind == "agent_bot" and m.content == content and m.id > (job.trigger or 0) for m in latest
             )

@@ -218,7 +218,7 @@ class Handoffs:
     async def _handle(self, d: Delivery) -> Decision:
         why_not = triage(d, self.settings)
         m = d.message
-        if m is not None and m.sender.kind == "agent_bot" and d.conversation is not None:
+        if d.event == "message_created" and m is not None and m.sender.kind == "agent_bot" and d.conversation:
             await self._remember_echo(d.conversation.key, m.id, m.content)
         if why_not:  # the bulk of deliveries: nothing to look up
             return self._report(d, Decision("ignore", why_not))

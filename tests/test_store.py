@@ -29,6 +29,8 @@ async def test_commit_is_once_per_delivery_and_saves_everything(store):
 async def test_echoes_are_found_by_content_and_trigger_and_only_the_latest_are_kept(store):
     for message_id in range(10, 20):
         await store.echo("1:42", message_id, f"note {message_id}", 100.0)
+    for _ in range(8):  # delivered again: still one message
+        await store.echo("1:42", 19, "note 19", 100.0)
     await wait_for(
         lambda: store.echoed("1:42", "note 19", after=None), 5, "the echo (SQLite writes it without waiting)"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
@@ -23,7 +23,7 @@ P = "agentbot:"
 # lease of the worker running it ends); owner:<conv> (the claim on its head job); unsure (hash);
 # timers (zset conv → due) + timer:<conv>; dead (list); depth (counter of queued jobs);
 # lock:<conv> (redis-py Lock); log:<account> (zset entry JSON → time, the decision log) and
-# log-accounts (set of accounts with a log); echo:<conv> (list of "message id:fingerprint", newest first).
+# log-accounts (set of accounts with a log); echo:<conv> (zset "message id:fingerprint" → message id).
 
 PUSH = """
 local function push(conv, job, now)
@@ -266,18 +266,14 @@ class RedisStore(Store):
     async def echo(self, conversation_key: str, message_id: int, content: str | None, now: float) -> None:
         key = P + "echo:" + conversation_key
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.lpush(key, f"{message_id}:{fingerprint(content)}")
-            pipe.ltrim(key, 0, ECHOES_KEPT - 1)
+            pipe.zadd(key, {f"{message_id}:{fingerprint(content)}": message_id})  # once per message, however often
+            pipe.zremrangebyrank(key, 0, -ECHOES_KEPT - 1)
             pipe.expire(key, STATE_TTL)
             await pipe.execute()
 
     async def echoed(self, conversation_key: str, content: str, after: int | None) -> bool:
-        wanted = fingerprint(content)
-        for entry in await self.redis.lrange(P + "echo:" + conversation_key, 0, -1):
-            message_id, crc = map(int, (entry.decode() if isinstance(entry, bytes) else entry).split(":"))
-            if crc == wanted and message_id > (after or 0):
-                return True
-        return False
+        newer = await self.redis.zrangebyscore(P + "echo:" + conversation_key, f"({after or 0}", "+inf")
+        return any(cast(bytes, entry).endswith(b":%d" % fingerprint(content)) for entry in newer)
 
     def lock(self, conversation_key: str) -> Lock:
         # Held for milliseconds (at most the 2 s look-up); the webhook bounds its wait itself (Busy, 500).

@@ -119,7 +119,7 @@ class Handoffs:
             and not c.bot_owned  # the handoff ended the bot's ownership: an agent gave it back
             and c.updated > state.updated
             and self.chatwoot
-            and not any(job.opens_later for job in await self.store.jobs(c.key))
+            and not await self.store.opening(c.key)
         ):
             return False
         loop = asyncio.get_running_loop()
@@ -284,6 +284,10 @@ class Handoffs:
         with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id):
             async with self.store.lock(c.key):
                 facts = await self.facts(d, look_up=False)
+                if facts.state.handed_off and not await self.store.opening(c.key):
+                    # Chatwoot lists it pending and nothing queued will open it: the handoff became a dead letter,
+                    # or its open was undone by a resolve and a reopen whose events never reached the bot.
+                    facts = replace(facts, state=facts.state.new_period())
                 stored = facts.state
                 # Once the bot has seen the customer's message (live, or an earlier sweep: it records at least
                 # one), the contact was looked up then: later sweeps rely on what the bot has seen since.

@@ -255,7 +255,7 @@ class Sweeper:
                 c.key, "skipped", "recent activity", f"active in the last {RECENT:.0f} s: left to its delivery"
             )
         state, _ = await self.store.load(c.key, None)
-        if state.handed_off:
+        if state.handed_off and await self.store.opening(c.key):
             return Swept(
                 c.key, "skipped", "handoff already decided", "the bot handed it off before (the outbox has it)"
             )

@@ -552,3 +552,23 @@ async def test_an_agent_who_changes_a_conversation_after_the_listing_is_not_undo
     await bot.idle()
     assert conv.status == change
     assert fake.notes(conv.display_id) == []
+
+
+async def test_a_handoff_the_bot_decided_but_never_carried_out_is_handed_off_again_by_the_sweep(
+    fake, start_bot, tmp_path
+):
+    """The bot counts the conversation as handed off, but nothing in its outbox will open it any more (a dead
+    letter here; or its open was undone by a resolve and a reopen whose events never reached the bot)."""
+    store = f"sqlite:///{tmp_path}/bot.sqlite3"
+    maria, conv = returning(fake)
+    bot = await start_bot(**USER, STORE_URL=store, SWEEP_INTERVAL="0")
+    fake.fail("toggle_status", status=422)  # final: the handoff becomes a dead letter
+    fake.customer_writes(maria, "Again")
+    await bot.idle()
+    assert conv.status == "pending" and len(await bot.bot.store.dead_letters()) == 1
+    aged(fake, [conv])
+    code, out, err = await sweep_cli(fake, tmp_path)
+    assert code == 0, err
+    await wait_for(lambda: conv.status == "open", 10, "the sweep's handoff")
+    await bot.idle()
+    assert fake.opened_by(conv.display_id) == ["bot:7"]

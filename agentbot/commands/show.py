@@ -11,7 +11,7 @@ from ..config import ConfigError, Settings, mask, scrub
 from ..decide import decide
 from ..events import BadBody, PayloadError, parse
 from ..handoffs import load_facts
-from ..outbox import guarded, still_wanted
+from ..outbox import closed_since, guarded, still_wanted
 from ..store import Store
 from .common import admin_account, explain_error, opened_store, with_chatwoot
 
@@ -75,6 +75,8 @@ async def _skip(store: Store, job: Job) -> str:
     step = job.steps[job.step]
     if state.status and guarded(step) and still_wanted(job, state.status, job.unsure) == "drop":
         return f" | --retry would skip it: the conversation is {state.status} now"
+    if job.expected_status == "pending" and closed_since(state, job):
+        return " | --retry would skip it: the conversation was resolved or snoozed since"
     return ""
 
 

@@ -133,6 +133,10 @@ class Store(ABC):
     async def jobs(self, conversation_key: str) -> list[Job]:
         """The conversation's jobs still to run: in its outbox (the running one with its progress) and its timer's."""
 
+    async def opening(self, conversation_key: str) -> bool:
+        """Whether one of the conversation's jobs still to run sets it open."""
+        return any(job.opens_later for job in await self.jobs(conversation_key))
+
     @abstractmethod
     async def depth(self) -> int:
         """Jobs waiting in the outbox (not counting timers or dead letters)."""

@@ -71,6 +71,11 @@ def closed_since(state: ConversationState, job: Job) -> bool:
     return job.trigger is not None and state.closed_after is not None and state.closed_after >= job.trigger
 
 
+def left_since(state: ConversationState, job: Job) -> bool:
+    """The bot saw the conversation leave pending after the message that led to the job (its own open, maybe)."""
+    return job.trigger is not None and state.left_pending_after is not None and state.left_pending_after >= job.trigger
+
+
 class LostClaim(Exception):
     """Another worker owns the job now (this one's lease ran out): leave it alone."""
 
@@ -308,6 +313,8 @@ class Outbox:
         verdict = still_wanted(job, status, unsure) if guarded(step) and status else None
         if job.expected_status == "pending" and closed_since(state, job):
             verdict, status = "drop", "resolved or snoozed since"  # a later pending period is not this job's
+        elif job.expected_status == "pending" and status == "pending" and left_since(state, job):
+            verdict, status = "drop", "pending again since it was opened"  # Chatwoot shows a later pending period
         elif job.status_target == "open" and (late or unsure) and await self._superseded(job):
             verdict, status = "drop", "handed off again since"
         if verdict == "drop":

@@ -270,6 +270,30 @@ async def test_a_handoff_of_an_earlier_period_gives_way_to_the_handoff_of_the_ne
     assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]
 
 
+async def test_a_handoff_whose_open_landed_does_not_act_again_in_the_next_pending_period(fake, start_bot):
+    """The first handoff's open landed (the bot saw it) but its answer was lost; an agent resolves, the customer
+    writes again, and those deliveries are late: when the first handoff looks again, Chatwoot shows pending (the
+    new period). Its work is done; the new period is the next message's to decide."""
+    if not fake.has("bot_reads"):
+        pytest.skip("before 4.16 the bot cannot see the new period until its events arrive (README: what remains)")
+    maria, conv = returning(fake)
+    bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}", CHATWOOT_TIMEOUT="0.3")
+    fake.fail("toggle_status", applied=True, hang=0.4)
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: conv.status == "open", 5, "the first handoff, applied")
+    await wait_for(lambda: all(d.done for d in fake.deliveries), 5, "its events")
+    late = fake.hold_deliveries(lambda d: True)
+    fake.resolve(conv.display_id)
+    fake.customer_writes(maria, "Hello?")
+    await wait_for(lambda: queued(bot, 0), 5, "the first handoff, looked at again")
+    late.release()
+    await bot.idle()
+    assert conv.status == "open"
+    assert [by for by in fake.opened_by(conv.display_id) if by.startswith("bot")] == ["bot:7", "bot:7"]
+    assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)
+    assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]
+
+
 async def test_a_late_give_back_does_not_undo_an_agents_resolve(fake, start_bot):
     bot = await start_bot(HANDOFF_KEYWORDS="human")
     maria = fake.contact()

@@ -18,6 +18,7 @@ from ..facts import ConversationState, Resolved, fingerprint
 from .base import DEDUP_TTL, ECHOES_KEPT, LEASE, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Lease, Store
 
 P = "agentbot:"
+LOCK_TTL = 6  # seconds a conversation's lock outlives a holder that died
 # Keys: seen:<dedup>, conv:<key>, contact:<key>, lookup:<key> (strings with TTLs);
 # q:<conv> (list of job JSON, head first); ready (zset conv → when its head may run or the
 # lease of the worker running it ends); owner:<conv> (the claim on its head job); unsure (hash);
@@ -276,8 +277,10 @@ class RedisStore(Store):
         return any(cast(bytes, entry).endswith(b":%d" % fingerprint(content)) for entry in newer)
 
     def lock(self, conversation_key: str) -> Lock:
-        # Held for milliseconds (at most the 2 s look-up); the webhook bounds its wait itself (Busy, 500).
-        return self.redis.lock(P + "lock:" + conversation_key, timeout=10, blocking_timeout=None, sleep=0.005)
+        # Held for milliseconds; at most a delivery's 4 s budget (look-ups, the pending-again read) and its commit.
+        # The webhook bounds its wait itself (Busy, 500). A killed instance's lock lapses after LOCK_TTL, before
+        # Chatwoot's second attempt (3 s after the first's 5 s) would also find the conversation busy.
+        return self.redis.lock(P + "lock:" + conversation_key, timeout=LOCK_TTL, blocking_timeout=None, sleep=0.005)
 
     async def lease(self, name: str, ttl: float) -> Lease | None:
         lock = self.redis.lock(P + "lease:" + name, timeout=ttl)

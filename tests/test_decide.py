@@ -598,13 +598,13 @@ def test_every_job_names_the_message_that_led_to_it() -> None:
     assert all(job.reason and job.decided_at == NOON.timestamp() for job in decision.jobs)
 
 
-def test_the_operators_button_hands_off_at_once_with_no_trigger() -> None:
+def test_the_operators_button_hands_off_at_once_after_the_latest_message() -> None:
     c = delivery(Case(PENDING_MSG, "")).conversation
     assert c is not None
     decision = operator_handoff(c, Facts(), SUNDAY_NIGHT, settings(**HOURS, HANDOFF_TEAM_ID="2"), "Ana")
     reason = "Ana handed the conversation to humans from the bot's page"
     assert outcome(decision) == ("handoff", "operator", [[AssignTeam(2), OPEN, note(reason)]], None)
-    assert decision.jobs[0].trigger is None
+    assert decision.jobs[0].trigger == c.last_message_id is not None  # only later echoes count as its messages
 
 
 def test_a_resolve_remembers_the_contacts_conversation_and_its_agent() -> None:

@@ -22,7 +22,7 @@ from .keywords import compile_keywords, fold
 PLACEHOLDERS = {"name", "reason", "conversation_id"}
 REQUIRED = ("chatwoot_url", "chatwoot_bot_token")  # to serve
 CommaList = Annotated[list[str], NoDecode]
-IdList = Annotated[list[int], NoDecode]
+IdList = Annotated[list[Annotated[int, Field(gt=0)]], NoDecode]  # Chatwoot's ids start at 1
 Priority = Literal["low", "medium", "high", "urgent"]
 
 # A good value for each variable, shown when a value is refused.
@@ -143,8 +143,8 @@ class Rules(BaseModel):
     closed_dates: Annotated[list[date], NoDecode] = Field(default_factory=list)
     away_message: str | None = None
     whatsapp_groups: Literal["open", "ignore", "rules"] = "rules"  # GROUPS too: bash drops assignments to GROUPS
-    handoff_team_id: int | None = None
-    handoff_assignee_id: int | None = None
+    handoff_team_id: int | None = Field(default=None, gt=0)
+    handoff_assignee_id: int | None = Field(default=None, gt=0)
     handoff_priority: Priority | None = None
     handoff_message: str | None = None
     returning_message: str | None = None
@@ -292,7 +292,7 @@ class Settings(BaseSettings, Rules):
     chatwoot_bot_secret: SecretStr | None = None
     chatwoot_api_token: SecretStr | None = None
     webhook_token: SecretStr | None = None
-    chatwoot_account_id: int | None = None
+    chatwoot_account_id: int | None = Field(default=None, gt=0)
     chatwoot_account_ids: IdList = Field(default_factory=list)
     # At most a third of the 60 s claim lease: a step makes up to three calls (a read, an assignment and its fallback).
     chatwoot_timeout: float = Field(default=10.0, gt=0, le=20)
@@ -309,6 +309,9 @@ class Settings(BaseSettings, Rules):
     sweep_rate: float = Field(default=5.0, ge=0)
 
     _split_ids = field_validator("chatwoot_account_ids", "inbox_ids", "ignore_inbox_ids", mode="before")(_split)
+    _blank_connection = field_validator("chatwoot_url", "chatwoot_bot_token", "chatwoot_api_token", mode="before")(
+        _blank_is_unset
+    )
 
     @field_validator("chatwoot_bot_secret", "webhook_token", mode="before")
     @classmethod

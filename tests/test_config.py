@@ -80,6 +80,8 @@ def start_up(monkeypatch, capfd):
         ({**GOOD, "HANDOFF_PRIORITY": "extreme"}, "HANDOFF_PRIORITY", "urgent"),
         ({**GOOD, "HANDOFF_TEAM_ID": "support"}, "HANDOFF_TEAM_ID", "'support'"),
         ({**GOOD, "INBOX_3_HANDOFF_ASSIGNEE_ID": "x"}, "INBOX_3_HANDOFF_ASSIGNEE_ID", "'x'"),
+        ({**GOOD, "HANDOFF_TEAM_ID": "-1"}, "HANDOFF_TEAM_ID", "greater than 0"),  # Chatwoot's ids start at 1
+        ({**GOOD, "CHATWOOT_ACCOUNT_IDS": "1,0"}, "CHATWOOT_ACCOUNT_IDS", "greater than 0"),
         ({**GOOD, "HANDOFF_MESSAGE": "Hi {customer}"}, "HANDOFF_MESSAGE", "{customer}"),
         ({**GOOD, "INBOX_3_PORT": "1"}, "INBOX_3_PORT", "INBOX_3_HANDOFF_ALL"),
         ({**GOOD, "HANDOFF_AFTER_MESSAGES": "-1"}, "HANDOFF_AFTER_MESSAGES", "3"),
@@ -130,9 +132,14 @@ def test_secrets_are_not_in_the_settings_repr():
         assert secret not in repr(s)
 
 
-def test_require_names_the_missing_variable():
+@pytest.mark.parametrize("token", [None, "", "   "])
+def test_require_names_the_missing_variable(token):
+    """A blank value counts as unset, as the README says."""
+    env = {"CHATWOOT_URL": "https://x.example"} | ({} if token is None else {"CHATWOOT_BOT_TOKEN": token})
     with pytest.raises(ConfigError, match="^CHATWOOT_BOT_TOKEN: missing"):
-        load({"CHATWOOT_URL": "https://x.example"}).require("chatwoot_url", "chatwoot_bot_token")
+        load(env).require("chatwoot_url", "chatwoot_bot_token")
+    with pytest.raises(ConfigError, match="^CHATWOOT_URL: missing"):
+        load({"CHATWOOT_URL": " ", "CHATWOOT_BOT_TOKEN": "t"}).require("chatwoot_url", "chatwoot_bot_token")
 
 
 def _free_port() -> int:

@@ -74,12 +74,13 @@ def test_render_blueprint_is_a_web_service_with_health_check_redis_and_the_requi
     env = {v["key"]: v for v in web["envVars"]}
     for name in REQUIRED:
         assert env[name.upper()] == {"key": name.upper(), "sync": False}  # the operator is asked at deploy time
-    for secret in ("CHATWOOT_BOT_SECRET", "CHATWOOT_API_TOKEN"):
+    for secret in ("CHATWOOT_BOT_SECRET", "CHATWOOT_API_TOKEN", "WEBHOOK_TOKEN"):  # base64 (generateValue) is refused
         assert env[secret]["sync"] is False
     # REDIS_URL comes from the blueprint's own Redis (Key Value), read at every start.
     source = env["REDIS_URL"]["fromService"]
     redis_service = next(s for s in blueprint["services"] if s["name"] == source["name"])
     assert redis_service["type"] == source["type"] == "keyvalue" and source["property"] == "connectionString"
+    assert redis_service["plan"] != "free"  # a free Key Value keeps nothing on disk: queued handoffs would be lost
     assert set(env) <= {n.upper() for n in Settings.model_fields} | {"REDIS_URL", "PYTHON_VERSION"}
 
 

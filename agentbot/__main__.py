@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     reg.set_defaults(run=change.register)
     reg.add_argument("--url", help="the bot's public webhook URL, e.g. https://bot.example.com/webhook")
     reg.add_argument("--inbox", type=int, action="append", default=[], help="inbox id (repeatable)")
-    reg.add_argument("--name", default="Handoff bot")
+    reg.add_argument("--name", default="Handoff bot", help="the agent bot's name in Chatwoot (default: %(default)s)")
     reg.add_argument("--detach", action="store_true", help="disconnect the bot from the given inboxes")
     sub.add_parser("inboxes", help="list the account's inboxes and their bots").set_defaults(run=show.inboxes)
     sub.add_parser("check", help="verify the configuration against Chatwoot").set_defaults(run=show.check)
@@ -43,7 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--dry-run", action="store_true", help="print what would happen; change nothing")
     sw.add_argument("--json", action="store_true", help="print the result as JSON")
     sw.add_argument(
-        "--inbox", type=int, action="append", default=[], help="inbox id (repeatable; default: INBOX_IDS or all)"
+        "--inbox",
+        type=int,
+        action="append",
+        default=[],
+        help="inbox id (repeatable; default: INBOX_IDS, else every inbox connected to this bot, less IGNORE_INBOX_IDS)",
     )
     sw.add_argument(
         "--account",

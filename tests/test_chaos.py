@@ -184,7 +184,9 @@ def check(fake) -> list[str]:
     """The invariants, from the fake's records alone (not from the bot)."""
     problems: list[str] = []
     for display_id in fake.fallbacks:
-        failed = [(d.event, d.answers) for d in fake.deliveries if d.display_id == display_id and d.answers[-1:] != [200]]
+        failed = [
+            (d.event, d.answers) for d in fake.deliveries if d.display_id == display_id and d.answers[-1:] != [200]
+        ]
         problems.append(f"#{display_id}: Chatwoot's failure fallback opened it; deliveries not answered 200: {failed}")
     for display_id, conv in fake.conversations.items():
         problems += _check_conversation(fake, display_id, conv)

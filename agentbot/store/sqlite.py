@@ -16,7 +16,7 @@ from msgspec.structs import replace
 
 from ..actions import Job
 from ..facts import ConversationState, Resolved, fingerprint
-from .base import DEDUP_TTL, ECHOES_KEPT, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Store
+from .base import DEDUP_TTL, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Store
 from .locks import KeyedLocks
 
 SCHEMA = """
@@ -220,16 +220,9 @@ class SQLiteStore(Store):
         ).fetchone()
 
     async def echo(self, conversation_key: str, message_id: int, content: str | None, now: float) -> None:
-        row = (conversation_key, message_id, fingerprint(content), now + STATE_TTL)
-
-        def apply() -> None:
-            self.db.execute("INSERT OR REPLACE INTO echoes VALUES (?,?,?,?)", row)
-            self.db.execute(
-                "DELETE FROM echoes WHERE conv=? AND id NOT IN (SELECT id FROM echoes WHERE conv=? "
-                "ORDER BY id DESC LIMIT ?)",
-                (conversation_key, conversation_key, ECHOES_KEPT),
-            )
-
+        # One statement: the ignore path carries these. Old echoes go with prune() after a day, not by count.
+        row = (conversation_key, message_id, fingerprint(content), now + DEDUP_TTL)
+        apply = partial(self.db.execute, "INSERT OR REPLACE INTO echoes VALUES (?,?,?,?)", row)
         self._enqueue(apply, synced=False).add_done_callback(_report_lost_echo)  # not awaited: a hint
 
     async def echoed(self, conversation_key: str, content: str, after: int | None) -> bool:

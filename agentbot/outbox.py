@@ -311,17 +311,19 @@ class Outbox:
         state, _ = await self.store.load(job.conversation_key, None)
         status = view.conversation.status if view else state.status
         verdict = still_wanted(job, status, unsure) if guarded(step) and status else None
+        why = f"is {status} now"
+        # A later pending period is not this job's:
         if job.expected_status == "pending" and closed_since(state, job):
-            verdict, status = "drop", "resolved or snoozed since"  # a later pending period is not this job's
+            verdict, why = "drop", "was resolved or snoozed since"
         elif job.expected_status == "pending" and status == "pending" and left_since(state, job):
-            verdict, status = "drop", "pending again since it was opened"  # Chatwoot shows a later pending period
+            verdict, why = "drop", "is pending again since it was opened"
         elif job.status_target == "open" and (late or unsure) and await self._superseded(job):
-            verdict, status = "drop", "handed off again since"
+            verdict, why = "drop", "was handed off again since"
         if verdict == "drop":
             logger.info(
-                "conversation {}: is {} now, not where the decision left it; dropped: {}",
+                "conversation {}: {}, not where the decision left it; dropped: {}",
                 job.conversation_key,
-                status,
+                why,
                 job.reason,
             )
         if verdict or not (unsure and op in ("note", "message")):

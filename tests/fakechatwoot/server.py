@@ -170,7 +170,9 @@ class FakeChatwoot:
         await self.site.start()
         self.port = self.site._server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.session = aiohttp.ClientSession()
+        # A new connection per delivery, as Chatwoot's HTTP clients make (RestClient, then SafeFetch): a pooled
+        # keep-alive connection to a bot instance that was killed and restarted would fail as no real one does.
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
         return self.url
 
     async def close(self) -> None:

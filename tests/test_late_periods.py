@@ -153,3 +153,33 @@ async def test_a_contacts_previous_conversation_held_by_the_bot_gives_no_previou
         await store.close()
     assert found is not None and found.display_id == c.display_id - 1
     assert found.assignee_id is None
+
+
+async def test_an_unsure_note_of_a_dead_letter_retried_two_days_later_is_not_posted_twice(fake, start_bot, tmp_path):
+    """Echoes are now kept a day (DEDUP_TTL; they were kept 90 days), while a dead letter is re-queued with
+    `outbox --retry` whenever the operator gets to it. A note whose call Chatwoot applied but whose answer was
+    lost (unsure), in a job that then became a dead letter, is looked for on the retry in the echoes only (a
+    note is no longer the conversation's last message once an agent wrote; no CHATWOOT_API_TOKEN): two days later the echo is
+    gone and the note is posted a second time."""
+    from datetime import datetime, timedelta, timezone
+
+    from tests.conftest import Clock
+
+    clock = Clock()
+    maria, conv = returning(fake)
+    bot = await start_bot(clock, STORE_URL=f"sqlite:///{tmp_path}/bot.sqlite3", CHATWOOT_TIMEOUT="0.5")
+    fake.fail("messages", applied=True, drop=True)  # the note is posted, its answer lost: unsure
+    fake.fail("show", status=404)  # the retry's read is refused (final): a dead letter, still unsure
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: bot.bot.store.dead_letters(), 10, "the dead letter")
+    await bot.idle()
+    assert len(fake.notes(conv.display_id)) == 1
+    assert [j.unsure for j in await bot.bot.store.dead_letters()] == [True]
+    fake.agent_writes(conv.display_id, "Hello Maria")  # the note is no longer the conversation's last message
+    clock.at = datetime.now(timezone.utc) + timedelta(days=2)  # the operator retries two days later
+    await bot.bot.store.prune(clock().timestamp())
+    assert await bot.bot.store.requeue_dead(clock().timestamp()) == 1  # `outbox --retry`
+    bot.bot.outbox.wake()
+    await bot.idle()
+    assert await bot.bot.store.dead_letters() == []
+    assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)

@@ -183,3 +183,20 @@ async def test_an_unsure_note_of_a_dead_letter_retried_two_days_later_is_not_pos
     await bot.idle()
     assert await bot.bot.store.dead_letters() == []
     assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)
+
+
+async def test_the_operators_handoff_of_a_conversation_whose_handoff_is_a_dead_letter_opens_it(fake, start_bot):
+    """The sweep now hands off again a conversation the bot counts as handed off when nothing queued will open it
+    (a dead letter). The operator page's button still refuses it ("a handoff is already queued"), though nothing
+    is queued: the operator cannot hand off a customer Chatwoot shows pending."""
+    maria, conv = returning(fake)
+    bot = await start_bot()
+    fake.fail("toggle_status", status=422)  # final: the handoff becomes a dead letter
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: bot.bot.store.dead_letters(), 5, "the dead letter")
+    await bot.idle()
+    assert conv.status == "pending"
+    live = await bot.bot.chatwoot.conversation(1, conv.display_id)
+    decision = await bot.bot.handoffs.hand_off_now(live.conversation, "Ann")
+    await bot.idle()
+    assert conv.status == "open", decision.reason

@@ -200,3 +200,24 @@ async def test_the_operators_handoff_of_a_conversation_whose_handoff_is_a_dead_l
     decision = await bot.bot.handoffs.hand_off_now(live.conversation, "Ann")
     await bot.idle()
     assert conv.status == "open", decision.reason
+
+
+async def test_a_bot_owned_conversation_whose_handoff_is_a_dead_letter_is_handed_off_at_the_customers_next_message(
+    fake, start_bot
+):
+    """Chatwoot 4.16.2+: a new conversation is owned by the bot. Its handoff became a dead letter (Chatwoot refused
+    the open), so it is still pending and bot-owned. `_pending_again` now skips bot-owned conversations (taken for an
+    agent's give-back), so the customer's next message is ignored ("handoff already decided"): without the sweep
+    (no CHATWOOT_API_TOKEN) the customer stays pending. Before ad6ffc1 the next message started a new period."""
+    if not fake.has("bot_owned"):
+        pytest.skip("Chatwoot 4.16+ only")
+    bot = await start_bot(HANDOFF_KEYWORDS="human")
+    fake.fail("toggle_status", status=422)  # final: the handoff becomes a dead letter
+    maria = fake.contact("Maria")
+    conv = fake.customer_writes(maria, "I want a human").conversation
+    await wait_for(lambda: bot.bot.store.dead_letters(), 5, "the dead letter")
+    await bot.idle()
+    assert conv.status == "pending" and conv.bot_owner is not None
+    fake.customer_writes(maria, "hello? a human please")
+    await bot.idle()
+    assert conv.status == "open"

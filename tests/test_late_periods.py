@@ -153,3 +153,71 @@ async def test_a_contacts_previous_conversation_held_by_the_bot_gives_no_previou
         await store.close()
     assert found is not None and found.display_id == c.display_id - 1
     assert found.assignee_id is None
+
+
+async def test_an_unsure_note_of_a_dead_letter_retried_two_days_later_is_not_posted_twice(fake, start_bot, tmp_path):
+    """Echoes are now kept a day (DEDUP_TTL; they were kept 90 days), while a dead letter is re-queued with
+    `outbox --retry` whenever the operator gets to it. A note whose call Chatwoot applied but whose answer was
+    lost (unsure), in a job that then became a dead letter, is looked for on the retry in the echoes only (a
+    note is no longer the conversation's last message once an agent wrote; no CHATWOOT_API_TOKEN): two days later the echo is
+    gone and the note is posted a second time."""
+    from datetime import datetime, timedelta, timezone
+
+    from tests.conftest import Clock
+
+    clock = Clock()
+    maria, conv = returning(fake)
+    bot = await start_bot(clock, STORE_URL=f"sqlite:///{tmp_path}/bot.sqlite3", CHATWOOT_TIMEOUT="0.5")
+    fake.fail("messages", applied=True, drop=True)  # the note is posted, its answer lost: unsure
+    fake.fail("show", status=404)  # the retry's read is refused (final): a dead letter, still unsure
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: bot.bot.store.dead_letters(), 10, "the dead letter")
+    await bot.idle()
+    assert len(fake.notes(conv.display_id)) == 1
+    assert [j.unsure for j in await bot.bot.store.dead_letters()] == [True]
+    fake.agent_writes(conv.display_id, "Hello Maria")  # the note is no longer the conversation's last message
+    clock.at = datetime.now(timezone.utc) + timedelta(days=2)  # the operator retries two days later
+    await bot.bot.store.prune(clock().timestamp())
+    assert await bot.bot.store.requeue_dead(clock().timestamp()) == 1  # `outbox --retry`
+    bot.bot.outbox.wake()
+    await bot.idle()
+    assert await bot.bot.store.dead_letters() == []
+    assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)
+
+
+async def test_the_operators_handoff_of_a_conversation_whose_handoff_is_a_dead_letter_opens_it(fake, start_bot):
+    """The sweep now hands off again a conversation the bot counts as handed off when nothing queued will open it
+    (a dead letter). The operator page's button still refuses it ("a handoff is already queued"), though nothing
+    is queued: the operator cannot hand off a customer Chatwoot shows pending."""
+    maria, conv = returning(fake)
+    bot = await start_bot()
+    fake.fail("toggle_status", status=422)  # final: the handoff becomes a dead letter
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: bot.bot.store.dead_letters(), 5, "the dead letter")
+    await bot.idle()
+    assert conv.status == "pending"
+    live = await bot.bot.chatwoot.conversation(1, conv.display_id)
+    decision = await bot.bot.handoffs.hand_off_now(live.conversation, "Ann")
+    await bot.idle()
+    assert conv.status == "open", decision.reason
+
+
+async def test_a_bot_owned_conversation_whose_handoff_is_a_dead_letter_is_handed_off_at_the_customers_next_message(
+    fake, start_bot
+):
+    """Chatwoot 4.16.2+: a new conversation is owned by the bot. Its handoff became a dead letter (Chatwoot refused
+    the open), so it is still pending and bot-owned. `_pending_again` now skips bot-owned conversations (taken for an
+    agent's give-back), so the customer's next message is ignored ("handoff already decided"): without the sweep
+    (no CHATWOOT_API_TOKEN) the customer stays pending. Before ad6ffc1 the next message started a new period."""
+    if not fake.has("bot_owned"):
+        pytest.skip("Chatwoot 4.16+ only")
+    bot = await start_bot(HANDOFF_KEYWORDS="human")
+    fake.fail("toggle_status", status=422)  # final: the handoff becomes a dead letter
+    maria = fake.contact("Maria")
+    conv = fake.customer_writes(maria, "I want a human").conversation
+    await wait_for(lambda: bot.bot.store.dead_letters(), 5, "the dead letter")
+    await bot.idle()
+    assert conv.status == "pending" and conv.bot_owner is not None
+    fake.customer_writes(maria, "hello? a human please")
+    await bot.idle()
+    assert conv.status == "open"

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -572,3 +573,33 @@ async def test_a_handoff_the_bot_decided_but_never_carried_out_is_handed_off_aga
     await wait_for(lambda: conv.status == "open", 10, "the sweep's handoff")
     await bot.idle()
     assert fake.opened_by(conv.display_id) == ["bot:7"]
+
+
+async def test_a_dead_letter_retried_after_the_sweep_handed_off_again_posts_no_second_note_or_message(
+    fake, start_bot, tmp_path
+):
+    """Review: the sweep now hands off again a handed-off conversation whose handoff is a dead letter. When that
+    dead letter's open was unsure (a timed-out toggle, then a final 422), `outbox --retry` later takes the sweep's
+    open for its own ("done": status open and unsure) and posts its note and handoff message after the sweep's
+    job posted the same: the customer reads the handoff message twice, the agents two notes."""
+    store = f"sqlite:///{tmp_path}/bot.sqlite3"
+    maria, conv = returning(fake)
+    bot = await start_bot(**USER, STORE_URL=store, SWEEP_INTERVAL="0", CHATWOOT_TIMEOUT="0.5", HANDOFF_MESSAGE="Hi")
+    fake.fail("toggle_status", hang=1.0, status=500)  # not applied, no answer in time: unsure
+    fake.fail("toggle_status", status=422)  # then final: a dead letter that keeps its unsure mark
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: bot.bot.store.dead_letters(), 10, "the dead letter")
+    await bot.idle()
+    assert conv.status == "pending"
+    assert [j.unsure for j in await bot.bot.store.dead_letters()] == [True]
+    aged(fake, [conv])
+    code, out, err = await sweep_cli(fake, tmp_path, HANDOFF_MESSAGE="Hi")
+    assert code == 0, err
+    await wait_for(lambda: conv.status == "open" and fake.bot_messages(conv.display_id), 10, "the sweep's handoff")
+    await bot.idle()
+    assert await bot.bot.store.requeue_dead(time.time()) == 1  # `outbox --retry`
+    bot.bot.outbox.wake()
+    await bot.idle()
+    assert fake.opened_by(conv.display_id) == ["bot:7"]
+    assert fake.bot_messages(conv.display_id) == ["Hi"]
+    assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)

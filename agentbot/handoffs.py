@@ -108,20 +108,22 @@ class Handoffs:
         """A customer's message in a period the bot handed off, from a later save of a still pending
         conversation: the handoff's open may have been undone since (an agent resolved it, the customer wrote
         again) with the events that say so still on their way (Chatwoot delivers in no set order). Once the
-        handoff's open is done, Chatwoot tells where it may (4.16+). Not for a conversation the bot owns again: the
-        handoff ended its ownership, so an agent gave it back (assigned the bot); those events say so."""
+        handoff's open is done, Chatwoot tells where it may (4.16+). Not for a conversation the bot owns again
+        (the open ended its ownership, so an agent gave it back; those events say so) unless the open never
+        landed (a dead letter)."""
         c, m = d.conversation, d.message
         if c is None or not (
             m
             and m.kind == "incoming"
             and state.handed_off
             and c.status == "pending"
-            and not c.bot_owned  # the handoff ended the bot's ownership: an agent gave it back
             and c.updated > state.updated
             and self.chatwoot
             and not await self.store.opening(c.key)
         ):
             return False
+        if c.bot_owned and not await self._dead_letter(c.key):
+            return False  # the handoff's open ended the bot's ownership: an agent gave it back (those events say so)
         loop = asyncio.get_running_loop()
         try:  # bounded like a look-up: the conversation's lock is held meanwhile
             async with asyncio.timeout_at(min(deadline or math.inf, loop.time() + LOOKUP_TIMEOUT)):
@@ -137,6 +139,10 @@ class Handoffs:
             logger.info("conversation {}: pending again after the bot handed it off: a new pending period", c.key)
             return True
         return False
+
+    async def _dead_letter(self, conversation_key: str) -> bool:
+        """Whether the conversation has a dead letter: its handoff's open never landed (read only on a rare path)."""
+        return any(job.conversation_key == conversation_key for job in await self.store.dead_letters())
 
     def _worth_looking_up(self, d: Delivery, facts: Facts) -> bool:
         c, m = d.conversation, d.message
@@ -264,7 +270,7 @@ class Handoffs:
         with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id):
             async with self.store.lock(c.key):
                 facts = await self.facts(d, look_up=False)
-                if facts.state.handed_off:  # a second click, or the bot's own handoff on its way
+                if facts.state.handed_off and await self.store.opening(c.key):  # a second click, or on its way
                     return Decision("ignore", "a handoff is already queued for this conversation")
                 decision = operator_handoff(c, facts, self.clock(), self.settings, who)
                 await self._commit(d, decision)

@@ -159,8 +159,8 @@ async def test_an_unsure_note_of_a_dead_letter_retried_two_days_later_is_not_pos
     """Echoes are now kept a day (DEDUP_TTL; they were kept 90 days), while a dead letter is re-queued with
     `outbox --retry` whenever the operator gets to it. A note whose call Chatwoot applied but whose answer was
     lost (unsure), in a job that then became a dead letter, is looked for on the retry in the echoes only (a
-    note is no longer the conversation's last message once an agent wrote; no CHATWOOT_API_TOKEN): two days later the echo is
-    gone and the note is posted a second time."""
+    note is no longer the conversation's last message once an agent wrote; no CHATWOOT_API_TOKEN): two days
+    later the echo must still be there, or the note is posted a second time."""
     from datetime import datetime, timedelta, timezone
 
     from tests.conftest import Clock

@@ -37,6 +37,9 @@ async def test_echoes_are_found_by_content_and_trigger_and_only_the_latest_are_k
     assert await store.echoed("1:42", "note 19", after=18)
     assert not await store.echoed("1:42", "note 19", after=19)  # an older job's message, not this one's
     assert await store.echoed("1:42", "note 12", after=None)  # a message delivered again is not a new one
+    await store.prune(100.0 + 3 * 24 * 3600)  # days later: the latest 8 per conversation are still there
+    assert await store.echoed("1:42", "note 12", after=None)
+    assert not await store.echoed("1:42", "note 11", after=None)
     assert not await store.echoed("1:43", "note 19", after=None)
 
 

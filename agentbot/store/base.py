@@ -17,6 +17,7 @@ DEDUP_TTL = 24 * 3600
 STATE_TTL = 90 * 24 * 3600  # what the bot remembers of a conversation or contact
 LEASE = 60.0  # seconds a claimed job belongs to one worker unless renewed (Redis; survives a crashed instance)
 LOG_TTL = 7 * 24 * 3600  # how long the decision log keeps an entry
+ECHOES_KEPT = 8  # the bot's own latest messages remembered per conversation (as long as the conversation)
 
 
 class DecisionEntry(msgspec.Struct, frozen=True):

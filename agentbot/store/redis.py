@@ -15,11 +15,10 @@ from redis.exceptions import ConnectionError, LockError, TimeoutError
 
 from ..actions import Job
 from ..facts import ConversationState, Resolved, fingerprint
-from .base import DEDUP_TTL, LEASE, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Lease, Store
+from .base import DEDUP_TTL, ECHOES_KEPT, LEASE, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Lease, Store
 
 P = "agentbot:"
 LOCK_TTL = 6  # seconds a conversation's lock outlives a holder that died
-ECHOES_KEPT = 8  # the bot's own latest messages remembered per conversation
 # Keys: seen:<dedup>, conv:<key>, contact:<key>, lookup:<key> (strings with TTLs);
 # q:<conv> (list of job JSON, head first); ready (zset conv → when its head may run or the
 # lease of the worker running it ends); owner:<conv> (the claim on its head job); unsure (hash);
@@ -270,7 +269,7 @@ class RedisStore(Store):
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(key, {f"{message_id}:{fingerprint(content)}": message_id})  # once per message, however often
             pipe.zremrangebyrank(key, 0, -ECHOES_KEPT - 1)
-            pipe.expire(key, DEDUP_TTL)
+            pipe.expire(key, STATE_TTL)
             await pipe.execute()
 
     async def echoed(self, conversation_key: str, content: str, after: int | None) -> bool:

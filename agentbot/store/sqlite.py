@@ -16,7 +16,7 @@ from msgspec.structs import replace
 
 from ..actions import Job
 from ..facts import ConversationState, Resolved, fingerprint
-from .base import DEDUP_TTL, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Store
+from .base import DEDUP_TTL, ECHOES_KEPT, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Store
 from .locks import KeyedLocks
 
 SCHEMA = """
@@ -220,8 +220,8 @@ class SQLiteStore(Store):
         ).fetchone()
 
     async def echo(self, conversation_key: str, message_id: int, content: str | None, now: float) -> None:
-        # One statement: the ignore path carries these. Old echoes go with prune() after a day, not by count.
-        row = (conversation_key, message_id, fingerprint(content), now + DEDUP_TTL)
+        # One statement: the ignore path carries these; prune() keeps the latest ECHOES_KEPT per conversation.
+        row = (conversation_key, message_id, fingerprint(content), now + STATE_TTL)
         apply = partial(self.db.execute, "INSERT OR REPLACE INTO echoes VALUES (?,?,?,?)", row)
         self._enqueue(apply, synced=False).add_done_callback(_report_lost_echo)  # not awaited: a hint
 
@@ -440,6 +440,11 @@ class SQLiteStore(Store):
         def apply() -> None:
             for table in ("seen", "lookups", "conversations", "contacts", "echoes"):
                 self.db.execute(f"DELETE FROM {table} WHERE expires<=?", (now,))
+            self.db.execute(
+                "DELETE FROM echoes WHERE (conv, id) IN (SELECT conv, id FROM (SELECT conv, id, row_number() OVER "
+                "(PARTITION BY conv ORDER BY id DESC) AS n FROM echoes) WHERE n > ?)",
+                (ECHOES_KEPT,),
+            )
             self.db.execute("DELETE FROM decisions WHERE at<=?", (now - LOG_TTL,))
 
         await self._write(apply)

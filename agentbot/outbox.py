@@ -326,9 +326,16 @@ class Outbox:
                 why,
                 job.reason,
             )
-        if verdict or not (unsure and op in ("note", "message")):
+        if verdict or op not in ("note", "message") or not (unsure or late):
             return verdict
-        posted = await self._posted(job, self._content(job, step), view)
+        content = self._content(job, step)
+        # A late one (a retry, `outbox --retry`) is not repeated when the same text went out after its trigger,
+        # e.g. from the handoff that replaced a dead letter; an unsure one is looked for everywhere it may be.
+        posted = (
+            await self._posted(job, content, view)
+            if unsure
+            else await self.store.echoed(job.conversation_key, content, job.trigger)
+        )
         if posted:
             logger.info("conversation {}: the {} was posted already; not posting it again", job.conversation_key, op)
             return "done"

@@ -83,11 +83,11 @@ async def test_a_job_claimed_by_a_killed_process_is_taken_over_after_the_lease(f
     clock = Clock(datetime.fromtimestamp(claimed_at, timezone.utc) + timedelta(seconds=LEASE / 2))
     other = await start_bot(clock, STORE_URL=redis)
     seen = claims(other)
-    await wait_for(lambda: seen, 2, "a claim while the lease holds")
+    await wait_for(lambda: seen, 10, "a claim while the lease holds")
     assert all(job is None for _, job in seen)  # within the lease the job is the dead process's
     assert fake.notes(conv.display_id) == []
     clock.at = datetime.fromtimestamp(claimed_at, timezone.utc) + timedelta(seconds=LEASE + 1)
-    await wait_for(lambda: len(fake.notes(conv.display_id)) == 1, 5, "the handoff's note from the other instance")
+    await wait_for(lambda: len(fake.notes(conv.display_id)) == 1, 10, "the handoff's note from the other instance")
     await other.idle()
     assert any(job is not None and job.display_id == conv.display_id for _, job in seen)
     assert_exactly_once(fake, [conv], bot_was_down=True)

@@ -309,9 +309,9 @@ class Settings(BaseSettings, Rules):
     sweep_rate: float = Field(default=5.0, ge=0)
 
     _split_ids = field_validator("chatwoot_account_ids", "inbox_ids", "ignore_inbox_ids", mode="before")(_split)
-    _blank_connection = field_validator("chatwoot_url", "chatwoot_bot_token", "chatwoot_api_token", mode="before")(
-        _blank_is_unset
-    )
+    _blank_connection = field_validator(
+        "chatwoot_url", "chatwoot_bot_token", "chatwoot_api_token", "chatwoot_account_id", mode="before"
+    )(_blank_is_unset)
 
     @field_validator("chatwoot_bot_secret", "webhook_token", mode="before")
     @classmethod

@@ -140,6 +140,7 @@ def test_require_names_the_missing_variable(token):
         load(env).require("chatwoot_url", "chatwoot_bot_token")
     with pytest.raises(ConfigError, match="^CHATWOOT_URL: missing"):
         load({"CHATWOOT_URL": " ", "CHATWOOT_BOT_TOKEN": "t"}).require("chatwoot_url", "chatwoot_bot_token")
+    assert load({"CHATWOOT_ACCOUNT_ID": ""}).chatwoot_account_id is None  # Render passes an unanswered one blank
 
 
 def _free_port() -> int:

@@ -25,6 +25,7 @@ LOOKUP_TTL = 3600.0  # one Chatwoot look-up per contact per hour
 FAILED_LOOKUP_TTL = 60.0  # a failed look-up is not repeated for the same contact for a minute
 LOOKUP_TIMEOUT = 2.0  # the look-up happens before the webhook answers; Chatwoot waits 5 s
 LOGGED = {"handoff", "defer", "keep", "pending"}  # decisions the operator page lists ("record" is bookkeeping)
+RELEASE_WITHIN = 0.3  # seconds a conversation lock's release may take before it is left to lapse
 DELIVERY_BUDGET = 4.0  # seconds for the conversation lock plus the look-up, so the answer beats those 5 s
 # Look-ups spend the API token's share of Chatwoot's limit (3000 requests/minute per client): a few at
 # a time, and at most a fifth of that limit per minute, so a flood of (forged) deliveries from new
@@ -251,8 +252,9 @@ class Handoffs:
 
     @asynccontextmanager
     async def _locked(self, key: str, deadline: float) -> AsyncIterator[None]:
-        """The conversation's lock, waited for until `deadline` at most. The commit under it is not bounded:
-        cancelling a commit that may already be written would answer 500 for a delivery acted on."""
+        """The conversation's lock, waited for until `deadline` at most. The webhook bounds the whole delivery
+        (a commit it cuts short is found by the dedup key when Chatwoot retries); releasing the lock is bounded
+        too: a lock that cannot be released (a stalled store) lapses by itself."""
         lock = self.store.lock(key)
         try:
             async with asyncio.timeout_at(deadline):
@@ -262,7 +264,11 @@ class Handoffs:
         try:
             yield
         finally:
-            await lock.__aexit__(None, None, None)
+            try:
+                async with asyncio.timeout(RELEASE_WITHIN):
+                    await lock.__aexit__(None, None, None)
+            except Exception as exc:
+                logger.warning("conversation {}: its lock was not released ({!r}); it lapses by itself", key, exc)
 
     async def hand_off_now(self, c: Conversation, who: str) -> Decision:
         """The operator page's button: queue the inbox's handoff for a conversation Chatwoot says is pending."""

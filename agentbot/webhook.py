@@ -5,6 +5,7 @@ gets the decision in its answer; any other gets `{"ok": true}`, so an outsider l
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from .handoffs import Busy, Handoffs
 
 MAX_BODY = 1024 * 1024
 MAX_SKEW = 300  # seconds; older signed deliveries are refused as replays
+ANSWER_WITHIN = 4.5  # seconds: Chatwoot gives up on a delivery after 5 s and does not retry a timeout
 JSON = {"Content-Type": "application/json"}
 OK = b'{"ok":true}'
 
@@ -90,10 +92,16 @@ async def receive(handoffs: Handoffs, request: web.Request) -> web.Response:
         handoffs.metrics.delivered(event_label(exc.event), "invalid")
         return answer({"outcome": "ignore", "reason": str(exc)}) if verified else _ok()
     try:
-        decision = await handoffs.handle(delivery)
+        async with asyncio.timeout(ANSWER_WITHIN):
+            decision = await handoffs.handle(delivery)
     except Busy as exc:  # Chatwoot retries a 500 three seconds later
         logger.warning("{} delivery {} answered 500: {}", delivery.event, delivery_id or "-", exc)
         return error(500, "could not handle the delivery (Busy)")
+    except TimeoutError:  # a stalled store: a 500 is retried (and deduplicated), a timeout opens the conversation
+        logger.warning(
+            "{} delivery {} answered 500: not handled within {} s", delivery.event, delivery_id or "-", ANSWER_WITHIN
+        )
+        return error(500, "could not handle the delivery in time")
     except Exception as exc:  # the store is unreachable, say: Chatwoot retries 500, then opens it
         logger.exception("{} delivery {} could not be handled: {}", delivery.event, delivery_id or "-", exc)
         return error(500, f"could not handle the delivery ({type(exc).__name__})")

@@ -221,3 +221,29 @@ async def test_a_bot_owned_conversation_whose_handoff_is_a_dead_letter_is_handed
     fake.customer_writes(maria, "hello? a human please")
     await bot.idle()
     assert conv.status == "open"
+
+
+async def test_a_stalled_store_gets_a_500_chatwoot_retries_not_a_timeout_it_does_not(fake, start_bot, redis_server):
+    """Chatwoot waits 5 s for an answer and retries a 500, never a timeout (its fallback then opens the
+    conversation). A delivery the bot cannot decide in time, because Redis stalls, is answered 500 before that."""
+    import os
+    import signal
+
+    bot = await start_bot(STORE_URL=redis_server.url, HANDOFF_KEYWORDS="human", CHATWOOT_API_TOKEN="user-token-5")
+    maria = fake.contact("Maria")
+    lookup = fake.hold("contact_conversations")  # the decision waits for its look-up, holding the lock
+    message = fake.customer_writes(maria, "a human please")
+    conv = message.conversation
+    delivery = next(d for d in fake.deliveries if d.event == "message_created" and d.payload["id"] == message.id)
+    await wait_for(lambda: lookup.waiting == 1, 5, "the look-up")
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)  # then Redis stops answering; connections stay open
+    try:
+        await wait_for(lambda: delivery.answers, 8, "the first answer")
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+        fake.faults.remove(lookup)
+        lookup.release.set()
+    assert delivery.answers[0] == 500
+    await wait_for(lambda: conv.status == "open", 15, "the handoff, at Chatwoot's retry")
+    await bot.idle()
+    assert fake.fallbacks == [] and fake.opened_by(conv.display_id) == ["bot:7"]

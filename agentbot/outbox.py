@@ -76,6 +76,22 @@ def left_since(state: ConversationState, job: Job) -> bool:
     return job.trigger is not None and state.left_pending_after is not None and state.left_pending_after >= job.trigger
 
 
+def moved_on(
+    job: Job, step: Step, state: ConversationState, status: str | None, unsure: bool
+) -> tuple[str | None, str]:
+    """What the bot's view of the conversation (`status`, from Chatwoot or its memory) says of the job's current
+    step: ("drop", why) when the conversation moved on since the decision, else `still_wanted`'s verdict."""
+    verdict = still_wanted(job, status, unsure) if guarded(step) and status else None
+    if verdict == "drop":
+        return verdict, f"is {status} now"
+    # A later pending period is not this job's:
+    if job.expected_status == "pending" and closed_since(state, job):
+        return "drop", "was resolved or snoozed since"
+    if job.expected_status == "pending" and status == "pending" and left_since(state, job):
+        return "drop", "is pending again since it was opened"
+    return verdict, ""
+
+
 class LostClaim(Exception):
     """Another worker owns the job now (this one's lease ran out): leave it alone."""
 
@@ -310,14 +326,8 @@ class Outbox:
         view = await self.chatwoot.conversation_if_readable(job.account_id, job.display_id) if read else None
         state, _ = await self.store.load(job.conversation_key, None)
         status = view.conversation.status if view else state.status
-        verdict = still_wanted(job, status, unsure) if guarded(step) and status else None
-        why = f"is {status} now"
-        # A later pending period is not this job's:
-        if job.expected_status == "pending" and closed_since(state, job):
-            verdict, why = "drop", "was resolved or snoozed since"
-        elif job.expected_status == "pending" and status == "pending" and left_since(state, job):
-            verdict, why = "drop", "is pending again since it was opened"
-        elif job.status_target == "open" and (late or unsure) and await self._superseded(job):
+        verdict, why = moved_on(job, step, state, status, unsure)
+        if verdict != "drop" and job.status_target == "open" and (late or unsure) and await self._superseded(job):
             verdict, why = "drop", "was handed off again since"
         if verdict == "drop":
             logger.info(

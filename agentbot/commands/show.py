@@ -11,7 +11,7 @@ from ..config import ConfigError, Settings, mask, scrub
 from ..decide import decide
 from ..events import BadBody, PayloadError, parse
 from ..handoffs import load_facts
-from ..outbox import closed_since, guarded, still_wanted
+from ..outbox import moved_on
 from ..store import Store
 from .common import admin_account, explain_error, opened_store, with_chatwoot
 
@@ -72,12 +72,8 @@ async def outbox(settings: Settings, args: argparse.Namespace) -> int:
 async def _skip(store: Store, job: Job) -> str:
     """What a re-queued dead letter would skip, by the bot's memory (the worker checks Chatwoot itself)."""
     state, _ = await store.load(job.conversation_key, None)
-    step = job.steps[job.step]
-    if state.status and guarded(step) and still_wanted(job, state.status, job.unsure) == "drop":
-        return f" | --retry would skip it: the conversation is {state.status} now"
-    if job.expected_status == "pending" and closed_since(state, job):
-        return " | --retry would skip it: the conversation was resolved or snoozed since"
-    return ""
+    verdict, why = moved_on(job, job.steps[job.step], state, state.status, job.unsure)
+    return f" | --retry would skip it: the conversation {why}" if verdict == "drop" else ""
 
 
 async def inboxes(settings: Settings, args: argparse.Namespace) -> int:

@@ -33,7 +33,9 @@ def _json_line(record: Record) -> str:
     return "{extra[_json]}\n"
 
 
-def setup(level: str, fmt: str, sink: TextIO = sys.stderr) -> None:
+def setup(level: str, fmt: str, sink: TextIO | None = None) -> None:
+    """Logs go to `sink`, by default the standard error of the moment."""
+    sink = sink or sys.stderr
     logger.remove()
     if fmt == "json":
         logger.add(sink, level=level, format=_json_line, backtrace=False, diagnose=False)

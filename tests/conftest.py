@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import os
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -11,9 +15,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from agentbot.__main__ import main
 from agentbot.app import BOT, build_app
 from agentbot.config import load
 from tests.fakechatwoot import FakeChatwoot
+from tests.spawner import Spawner
 
 
 async def wait_for(condition: Callable[[], object], timeout: float = 5.0, what: str = "condition"):
@@ -137,6 +143,13 @@ def quick_outbox(request, monkeypatch):
         monkeypatch.setattr("agentbot.outbox.TICK", 0.1)
 
 
+@pytest.fixture(autouse=True)
+def quick_reconnects(monkeypatch):
+    """Redis stores in this process try a dropped connection again twice (about 0.15 s) instead of six times
+    (about 2 s): enough for a restarted Redis, and an outage shows sooner. `processes` run the real count."""
+    monkeypatch.setattr("agentbot.store.redis.RECONNECTS", 2)
+
+
 @pytest.fixture
 async def fake(request):
     """The fake Chatwoot; a test module runs against several versions with
@@ -171,7 +184,38 @@ def log_lines():
     lines: list[str] = []
     handler = logger.add(lambda m: lines.append(str(m)), level="DEBUG", format="{level} {message} {extra}")
     yield lines
-    logger.remove(handler)
+    with contextlib.suppress(ValueError):  # gone if the test ran `sweep` in-process (run_main)
+        logger.remove(handler)
+
+
+SETTINGS = ("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_", "REDIS_", "BUSINESS_", "GROUPS", "SWEEP_", "WHATSAPP_")
+
+
+async def run_main(cwd, *argv: str, **env: str | None) -> tuple[int, str, str]:
+    """`python -m agentbot ARGV` from `cwd` with only the settings in `env` (None: unset), in a worker thread so
+    the fake Chatwoot and the bots keep running on this loop; returns (exit status, stdout, stderr). A test of
+    its own (test_cli) shows the process exits with what `main` returns."""
+    from loguru import logger
+
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.clear()
+    os.environ.update({k: v for k, v in saved_env.items() if not k.startswith(SETTINGS)})
+    os.environ.update({k: v for k, v in env.items() if v is not None})
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = await asyncio.to_thread(main, list(argv))
+            except SystemExit as exc:  # argparse's usage errors
+                status = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        logger.remove()  # `sweep` sets up its own logging, as a process does
+        logger.add(sys.stderr)
+    return status, out.getvalue(), err.getvalue()
 
 
 def free_port() -> int:
@@ -300,9 +344,10 @@ def redis(redis_url):
 
 
 class BotProcess:
-    """`python -m agentbot` as a separate process (for SIGKILL, SIGTERM and several instances)."""
+    """`python -m agentbot` as a separate process (for SIGKILL, SIGTERM and several instances), forked by
+    tests/spawner.py."""
 
-    def __init__(self, fake: FakeChatwoot, env: dict[str, str], cwd):
+    def __init__(self, spawner: Spawner, fake: FakeChatwoot, env: dict[str, str], cwd):
         import os
 
         self.port = free_port()
@@ -319,15 +364,11 @@ class BotProcess:
         }
         if fake.bots[7].secret:
             self.env["CHATWOOT_BOT_SECRET"] = fake.bots[7].secret
-        self.cwd = cwd
+        self.spawner, self.cwd = spawner, cwd
         self.log = cwd / f"bot-{self.port}.log"
 
     async def start(self) -> BotProcess:
-        import sys
-
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agentbot", env=self.env, cwd=self.cwd, stderr=open(self.log, "ab")
-        )
+        self.proc = self.spawner.fork([], self.env, self.cwd, self.log)
 
         async def healthy():
             return (await self.health()) is not None
@@ -352,12 +393,19 @@ class BotProcess:
         return await asyncio.wait_for(self.proc.wait(), timeout)
 
 
+@pytest.fixture(scope="session")
+def spawner():
+    s = Spawner()
+    yield s
+    s.close()
+
+
 @pytest.fixture
-async def processes(fake, tmp_path):
+async def processes(spawner, fake, tmp_path):
     started: list[BotProcess] = []
 
     async def start(connect: bool = True, **env: str) -> BotProcess:
-        p = BotProcess(fake, env, tmp_path)
+        p = BotProcess(spawner, fake, env, tmp_path)
         if connect:  # before it starts: a restarted bot may act at once
             fake.connect_bot(p.url + "/webhook" + (f"/{env['WEBHOOK_TOKEN']}" if env.get("WEBHOOK_TOKEN") else ""))
         await p.start()

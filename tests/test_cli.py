@@ -3,29 +3,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
 
 import pytest
 
-from agentbot.__main__ import main
 from agentbot.actions import Job, SetStatus
 from agentbot.store import Commit, open_store
+from tests.conftest import run_main
 from tests.fakechatwoot.model import fixture
 
 PAYLOAD = "payload.json"
 
 
 @pytest.fixture
-def cli(fake, tmp_path, monkeypatch, capsys):
-    """`python -m agentbot ARGS` in a worker thread (the fake Chatwoot keeps running on this loop), with only
-    the given settings: returns (exit status, stdout, stderr)."""
-    for name in list(os.environ):
-        if name.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_", "REDIS_", "BUSINESS_", "GROUPS")):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # no stray .env
+def cli(fake, tmp_path):
+    """`python -m agentbot ARGS` (conftest.run_main) with working settings unless a test overrides them."""
     (tmp_path / PAYLOAD).write_text(json.dumps(fixture("message_created_incoming_reopened")))
     good = {
         "CHATWOOT_URL": fake.url,
@@ -37,17 +31,7 @@ def cli(fake, tmp_path, monkeypatch, capsys):
     }
 
     async def run(*argv: str, **env: str | None) -> tuple[int, str, str]:
-        settings = {**good, **env}
-        with monkeypatch.context() as m:
-            for name, value in settings.items():
-                if value is not None:
-                    m.setenv(name, value)
-            try:
-                status = await asyncio.to_thread(main, list(argv))
-            except SystemExit as exc:  # argparse's usage errors
-                status = exc.code
-        out, err = capsys.readouterr()
-        return status, out, err
+        return await run_main(tmp_path, *argv, **{**good, **env})
 
     run.store_url = good["STORE_URL"]
     return run

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import subprocess
-import sys
 from datetime import datetime
 
 import pytest
 
 from agentbot.commands import show
 from agentbot.config import load
-from tests.conftest import Clock
+from tests.conftest import Clock, run_main
 from tests.fakechatwoot.model import fixture
-from tests.test_config import ROOT
 from tests.test_webhook import signed
 
 PAYLOADS = [
@@ -57,19 +53,14 @@ async def explain(env: dict[str, str], path, at: str, capsys) -> str:
     return capsys.readouterr().out
 
 
-def test_explain_command_line(tmp_path):
+async def test_explain_command_line(tmp_path):
     path = tmp_path / "p.json"
     path.write_text(json.dumps(fixture("message_created_incoming_reopened")))
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_"))}
-    result = subprocess.run(
-        [sys.executable, "-m", "agentbot", "explain", str(path), "--at", "2026-11-25T10:00:00Z"],
-        env={**clean, "STORE_URL": "memory://", "HANDOFF_TEAM_ID": "2"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
+    status, out, _ = await run_main(
+        tmp_path, "explain", str(path), "--at", "2026-11-25T10:00:00Z", STORE_URL="memory://", HANDOFF_TEAM_ID="2"
     )
-    assert result.stdout.splitlines() == [
+    assert status == 0
+    assert out.splitlines() == [
         "handoff: Returning customer: conversation #42 had an agent reply on 2026-09-30",
         "  then conversation 1:42: assign team 2, set open, "
         "private note 'Returning customer: conversation #42 had an agent reply on 2026-09-30'",
@@ -169,20 +160,18 @@ async def test_explain_gives_the_same_decision_as_the_running_bot(fake, start_bo
         assert decisions(metrics) == ({(outcome, rule)} if rule is not None else set()), name
 
 
-def test_rules_prints_the_effective_rules_per_inbox():
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_"))}
-    env = {
-        **clean,
-        "STORE_URL": "memory://",
-        "HANDOFF_KEYWORDS": "human,humano",
-        "INBOX_4_HANDOFF_ALL": "true",
-        "BUSINESS_HOURS": "mon-fri 09:00-18:00",
-        "TIMEZONE": "Europe/Lisbon",
-        "INBOX_IDS": "3,4",
-    }
-    out = subprocess.run(
-        [sys.executable, "-m", "agentbot", "rules"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30
-    ).stdout
+async def test_rules_prints_the_effective_rules_per_inbox(tmp_path):
+    status, out, _ = await run_main(
+        tmp_path,
+        "rules",
+        STORE_URL="memory://",
+        HANDOFF_KEYWORDS="human,humano",
+        INBOX_4_HANDOFF_ALL="true",
+        BUSINESS_HOURS="mon-fri 09:00-18:00",
+        TIMEZONE="Europe/Lisbon",
+        INBOX_IDS="3,4",
+    )
+    assert status == 0
     assert "Acts on all accounts, inboxes [3, 4]." in out
     assert "messages with the words human, humano open the conversation" in out
     assert "mon 09:00-18:00" in out and "(Europe/Lisbon)" in out

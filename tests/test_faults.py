@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
-from tests.conftest import counted, returning, wait_for
+from tests.conftest import counted, returning, run_main, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,15 +77,10 @@ async def test_revoked_bot_token_is_final_and_a_dead_letter(fake, start_bot, tmp
     assert any(line.startswith("ERROR") and "CHATWOOT_BOT_TOKEN" in line for line in log_lines)
     await bot.stop()
 
-    env = {"STORE_URL": store, "PATH": "/usr/bin:/bin"}
-    listed = subprocess.run(
-        [sys.executable, "-m", "agentbot", "outbox"], env=env, cwd=ROOT, capture_output=True, text=True
-    )
-    assert f"conversation 1:{conv.display_id}: set open" in listed.stdout and "1 dead letters" in listed.stdout
-    requeued = subprocess.run(
-        [sys.executable, "-m", "agentbot", "outbox", "--retry"], env=env, cwd=ROOT, capture_output=True, text=True
-    )
-    assert "re-queued 1 dead letters" in requeued.stdout
+    status, listed, _ = await run_main(tmp_path, "outbox", STORE_URL=store)
+    assert status == 0 and f"conversation 1:{conv.display_id}: set open" in listed and "1 dead letters" in listed
+    status, requeued, _ = await run_main(tmp_path, "outbox", "--retry", STORE_URL=store)
+    assert status == 0 and "re-queued 1 dead letters" in requeued
 
     fake.bots[7].token = "bot-token-7"  # the operator fixed the token
     bot = await start_bot(STORE_URL=store)

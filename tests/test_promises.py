@@ -419,9 +419,9 @@ async def test_the_status_events_of_a_handoff_arriving_after_its_echo_still_coun
 async def test_a_note_applied_while_the_bot_was_killed_is_not_posted_again_after_the_restart(fake, processes, tmp_path):
     maria, conv = returning(fake)
     store = f"sqlite:///{tmp_path}/bot.sqlite3"
-    quick = {"CHATWOOT_TIMEOUT": "1"}  # the restarted bot looks for the note after twice this (not 2 x 2 s)
+    quick = {"CHATWOOT_TIMEOUT": "0.5"}  # the restarted bot looks for the note after twice this (not 2 x 2 s)
     first = await processes(STORE_URL=store, HANDOFF_MESSAGE="Thanks {name}", **quick)
-    fake.fail("messages", applied=True, hang=2)  # the note is in Chatwoot; its answer comes after the kill
+    fake.fail("messages", applied=True, hang=1)  # the note is in Chatwoot; its answer comes after the kill
     fake.customer_writes(maria, "Again")
     await wait_for(lambda: fake.notes(conv.display_id), 5, "the note, applied")
     await first.stop(signal.SIGKILL)
@@ -440,9 +440,9 @@ async def test_a_note_whose_echo_came_before_a_restart_is_not_posted_again_when_
     """Chatwoot's GET shows only the last message: after a restart the note's echo must come from the store."""
     maria, conv = returning(fake)
     store = f"sqlite:///{tmp_path}/bot.sqlite3"
-    quick = {"CHATWOOT_TIMEOUT": "1"}  # the restarted bot looks for the note after twice this (not 2 x 2 s)
+    quick = {"CHATWOOT_TIMEOUT": "0.5"}  # the restarted bot looks for the note after twice this (not 2 x 2 s)
     first = await processes(STORE_URL=store, HANDOFF_MESSAGE="Thanks {name}", **quick)
-    fake.fail("messages", applied=True, hang=2)  # the note is in Chatwoot; its answer comes after the kill
+    fake.fail("messages", applied=True, hang=1)  # the note is in Chatwoot; its answer comes after the kill
     fake.customer_writes(maria, "Again")
     await wait_for(lambda: fake.notes(conv.display_id), 5, "the note, applied")
     await wait_for(lambda: fake.in_flight == 0, 5, "the note's echo, delivered to the bot")
@@ -462,12 +462,12 @@ async def test_a_note_whose_echo_went_with_the_killed_bot_is_not_posted_again_wh
     """Neither the echo nor Chatwoot's last message shows the note: with a user token the bot reads the
     conversation's latest messages; without one, on Chatwoot before 4.16, it does not post the note again."""
     maria, conv = returning(fake)
-    env = dict(STORE_URL=f"sqlite:///{tmp_path}/bot.sqlite3", HANDOFF_MESSAGE="Thanks {name}", CHATWOOT_TIMEOUT="1")
+    env = dict(STORE_URL=f"sqlite:///{tmp_path}/bot.sqlite3", HANDOFF_MESSAGE="Thanks {name}", CHATWOOT_TIMEOUT="0.5")
     if user_token:
         env.update(CHATWOOT_API_TOKEN=user_token, CHATWOOT_ACCOUNT_ID="1")
     first = await processes(**env)
     echo = fake.hold_deliveries(lambda d: d.event == "message_created" and d.payload["private"])
-    fake.fail("messages", applied=True, hang=2)  # the note is in Chatwoot; its answer comes after the kill
+    fake.fail("messages", applied=True, hang=1)  # the note is in Chatwoot; its answer comes after the kill
     fake.customer_writes(maria, "Again")
     await wait_for(lambda: echo.held, 5, "the note's echo")
     await first.stop(signal.SIGKILL)

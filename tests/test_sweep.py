@@ -6,11 +6,8 @@ whose conversation list has Chatwoot's pagination, filters, permissions and part
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import re
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -21,7 +18,7 @@ from agentbot.config import load
 from agentbot.decide import decide
 from agentbot.events import Delivery, parse_page
 from agentbot.facts import Facts
-from tests.conftest import Clock, free_port, returning, wait_for
+from tests.conftest import Clock, free_port, returning, run_main, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,13 +56,9 @@ def assert_handed_off_once(fake, convs):
         assert len(fake.notes(conv.display_id)) == 1, conv.display_id
 
 
-async def sweep_cli(fake, tmp_path, *args: str, quick: bool = False, **env: str | None) -> tuple[int, str, str]:
-    """`python -m agentbot sweep ARGS`; `quick`: with short retry delays (tests/quick_agentbot.py)."""
-    keep = {
-        k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_", "SWEEP_"))
-    }
+async def sweep_cli(fake, tmp_path, *args: str, **env: str | None) -> tuple[int, str, str]:
+    """`python -m agentbot sweep ARGS` (conftest.run_main) against the fake, storing in tmp_path."""
     full = {
-        **keep,
         "CHATWOOT_URL": fake.url,
         "CHATWOOT_BOT_TOKEN": "bot-token-7",
         **USER,
@@ -73,21 +66,7 @@ async def sweep_cli(fake, tmp_path, *args: str, quick: bool = False, **env: str 
         "SWEEP_RATE": "0",
         **env,
     }
-    if quick:
-        full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full.get("PYTHONPATH")]))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.quick_agentbot" if quick else "agentbot",
-        "sweep",
-        *args,
-        cwd=tmp_path,
-        env={k: v for k, v in full.items() if v is not None},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode, out.decode(), err.decode()
+    return await run_main(tmp_path, "sweep", *args, **full)
 
 
 def opened_keys(result: dict) -> set[str]:
@@ -358,13 +337,14 @@ async def test_sweep_without_a_user_token_exits_2_naming_it(fake, tmp_path):
     assert fake.calls == []
 
 
-async def test_sweep_exits_1_when_chatwoot_refuses_or_fails(fake, tmp_path):
+async def test_sweep_exits_1_when_chatwoot_refuses_or_fails(fake, tmp_path, monkeypatch):
     code, out, err = await sweep_cli(fake, tmp_path, "--json", CHATWOOT_API_TOKEN="bot-token-7")
     assert code == 1
     assert "not authorized for bots" in err
     assert json.loads(out)["failures"]
     fake.fail("conversations", status=500, times=10)
-    code, out, err = await sweep_cli(fake, tmp_path, "--dry-run", quick=True)
+    monkeypatch.setattr("agentbot.outbox.BACKOFF_BASE", 0.1)  # the retries of conftest's quick_outbox
+    code, out, err = await sweep_cli(fake, tmp_path, "--dry-run")
     assert code == 1 and "500" in err
 
 

@@ -19,6 +19,7 @@ from .base import DEDUP_TTL, ECHOES_KEPT, LEASE, LOG_TTL, STATE_TTL, Commit, Dec
 
 P = "agentbot:"
 LOCK_TTL = 6  # seconds a conversation's lock outlives a holder that died
+RECONNECTS = 6  # a dropped connection is tried again this often, 0.05 s apart doubling up to 0.5 s (about 2 s)
 # Keys: seen:<dedup>, conv:<key>, contact:<key>, lookup:<key> (strings with TTLs);
 # q:<conv> (list of job JSON, head first); ready (zset conv → when its head may run or the
 # lease of the worker running it ends); owner:<conv> (the claim on its head job); unsure (hash);
@@ -202,7 +203,7 @@ class RedisStore(Store):
     def __init__(self, url: str, tls_verify: bool = True) -> None:
         # A restarted Redis drops every pooled connection: reconnect and send again (for about 2 s)
         # rather than fail the delivery or the outbox step that finds the dead connection first.
-        retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=6)
+        retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=RECONNECTS)
         # Managed Redis (Heroku) serves TLS with a self-signed certificate and rotates the URL: the
         # choice is a setting, not part of the URL. (Hostname checks need a verified certificate.)
         unverified: dict[str, Any] = {"ssl_cert_reqs": "none", "ssl_check_hostname": False}

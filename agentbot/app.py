@@ -11,12 +11,12 @@ from loguru import logger
 
 from . import page
 from .chatwoot import Chatwoot, Throttle
-from .config import ConfigError, Settings, mask, scrub
+from .config import ConfigError, Settings, mask
 from .handoffs import Handoffs
 from .metrics import Metrics
 from .outbox import Outbox
 from .page.panels import Sweeper as PageSweeper
-from .store import Store, open_store
+from .store import Store, open_or_refuse, store_for
 from .sweep import Sweeper
 from .sweep_loop import SweepLoop
 from .webhook import MAX_BODY, receive
@@ -39,7 +39,7 @@ class Bot:
 
     def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow, store: Store | None = None):
         self.settings, self.clock = settings, clock
-        self.store = store or open_store(settings.store_url, settings.redis_tls_verify)
+        self.store = store or store_for(settings)
         self.metrics = Metrics()
         self.sweeper: PageSweeper | None = (
             None  # the sweep, when the app has one (page.panels.Sweeper); the operator page offers it
@@ -48,17 +48,7 @@ class Bot:
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         s = self.settings
         assert s.chatwoot_url is not None  # serve requires it (config.REQUIRED)
-        try:
-            await self.store.open()
-        except Exception as exc:
-            scheme = s.store_url.split("://")[0]
-            hint = ""
-            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-                hint = "; a managed Redis with a self-signed certificate (Heroku Redis) needs REDIS_TLS_VERIFY=false"
-            problem = scrub(f"{type(exc).__name__}: {exc}", s.store_url)
-            raise ConfigError(
-                f"STORE_URL: cannot open the {scheme} store at {mask(s.store_url)} ({problem}){hint}"
-            ) from None
+        await open_or_refuse(self.store, s)
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30))
         token = s.chatwoot_bot_token.get_secret_value() if s.chatwoot_bot_token else None
         self.chatwoot = Chatwoot(self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics)

@@ -34,6 +34,7 @@ EXAMPLES = {
     "webhook_token": "a random string of 16 or more characters; `python -m agentbot register` makes one",
     "store_url": "sqlite:///agentbot.sqlite3, redis://localhost:6379/0 or memory://",
     "redis_tls_verify": "false",
+    "redis_max_connections": "20",
     "port": "8080",
     "log_level": "INFO",
     "log_format": "text or json",
@@ -298,6 +299,7 @@ class Settings(BaseSettings, Rules):
     chatwoot_timeout: float = Field(default=10.0, gt=0, le=20)
     store_url: str = "sqlite:///agentbot.sqlite3"
     redis_tls_verify: bool = True  # false: accept a managed Redis's self-signed certificate (Heroku)
+    redis_max_connections: int = Field(default=50, ge=1)  # per instance; more commands wait for a free one
     port: int = Field(default=8080, ge=1, le=65535)
     log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"

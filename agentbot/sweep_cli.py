@@ -13,11 +13,12 @@ from rich.table import Table
 from rich.text import Text
 
 from .chatwoot import Chatwoot, Throttle
+from .commands.common import opened_store
 from .config import ConfigError, Settings
 from .handoffs import Handoffs
 from .logs import setup
 from .metrics import Metrics
-from .store import Store, open_store
+from .store import Store
 from .sweep import LEASE_TTL, Sweeper, SweepResult, Swept
 from .sweep import Progress as SweepProgress
 
@@ -70,15 +71,8 @@ def _check(settings: Settings, args: argparse.Namespace) -> None:
 async def sweep(settings: Settings, args: argparse.Namespace) -> int:
     _check(settings, args)
     setup("WARNING", settings.log_format)  # the table says what happened; the log only what went wrong
-    store = open_store(settings.store_url)
-    try:
-        await store.open()
-    except Exception as exc:
-        raise ConfigError(f"STORE_URL: cannot open the store ({type(exc).__name__}: {exc})") from None
-    try:
+    async with opened_store(settings) as store:
         return await _sweep(settings, args, store)
-    finally:
-        await store.close()
 
 
 async def _sweep(settings: Settings, args: argparse.Namespace, store: Store) -> int:

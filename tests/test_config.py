@@ -90,6 +90,7 @@ def start_up(monkeypatch, capfd):
         ({**GOOD, "CHATWOOT_TIMEOUT": "60"}, "CHATWOOT_TIMEOUT", "at most 20"),
         ({**GOOD, "SWEEP_INTERVAL": "-5"}, "SWEEP_INTERVAL", "600 (0 = off)"),
         ({**GOOD, "SWEEP_RATE": "fast"}, "SWEEP_RATE", "'fast'"),
+        ({**GOOD, "REDIS_MAX_CONNECTIONS": "0"}, "REDIS_MAX_CONNECTIONS", "20"),
         ({**GOOD, "STORE_URL": "redis://127.0.0.1:1/0"}, "STORE_URL", "cannot open the redis store"),
         ({**GOOD, "STORE_URL": "sqlite:////nonexistent/dir/bot.sqlite3"}, "STORE_URL", "cannot open the sqlite store"),
     ],

@@ -54,7 +54,7 @@ async def test_chatwoot_hanging_past_the_webhook_deadline_does_not_delay_the_ans
 async def test_chatwoot_refusing_connections_for_a_while(fake, start_bot):
     maria, conv = returning(fake)
     bot = await start_bot()
-    outage = asyncio.create_task(fake.refuse_connections(1.5))
+    outage = asyncio.create_task(fake.refuse_connections(0.8))
     await asyncio.sleep(0)  # let the site stop before the customer writes
     fake.customer_writes(maria, "Again")
     failed = lambda: sum(bot.bot.metrics.calls.labels(e, "error")._value.get() for e in ("toggle_status", "show"))  # noqa: E731
@@ -135,7 +135,7 @@ async def test_burst_of_new_customers_greeted_once_each(fake, start_bot):
 async def test_sigkill_between_acknowledgement_and_action(fake, processes, tmp_path):
     maria, conv = returning(fake)
     store = f"sqlite:///{tmp_path}/bot.sqlite3"
-    quick = {"CHATWOOT_TIMEOUT": "1"}  # the restarted bot checks the killed call after twice this (not 2 x 2 s)
+    quick = {"CHATWOOT_TIMEOUT": "0.5"}  # the restarted bot checks the killed call after twice this (not 2 x 2 s)
     first = await processes(STORE_URL=store, **quick)
     held = fake.hold("toggle_status")
     fake.customer_writes(maria, "Again")
@@ -206,3 +206,42 @@ async def test_two_processes_sharing_redis_split_the_deliveries(fake, processes,
     handled = [sum(counted(await instance.metrics(), "agentbot_deliveries_total").values()) for instance in (a, b)]
     assert all(n > 0 for n in handled), handled
     assert sum(handled) == sum(len(d.answers) for d in fake.deliveries)
+
+
+async def test_a_burst_while_redis_stalls_waits_for_a_connection_instead_of_a_500(fake, redis_server, start_bot):
+    """redis-py's pool refuses a 101st connection at once ("Too many connections"). 110 deliveries that
+    arrive while Redis stalls for a moment (a fork for its snapshot, a failover) each hold one: they wait
+    for a free connection instead, and every delivery is answered 200 the first time."""
+    import os
+    import signal
+
+    pairs = [returning(fake, f"Customer {i}") for i in range(110)]
+    bot = await start_bot(STORE_URL=redis_server.url)
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)
+    try:
+        sent = len(fake.deliveries)
+        for contact, _ in pairs:
+            fake.customer_writes(contact, "Again")
+        await wait_for(lambda: fake.in_flight >= 110, 5, "110 deliveries waiting on Redis")
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+    await wait_for(lambda: all(conv.status == "open" for _, conv in pairs), 20, "110 handoffs")
+    await bot.idle()
+    assert [d.answers for d in fake.deliveries[sent:] if d.answers != [200]] == []
+    assert_exactly_once(fake, [conv for _, conv in pairs])
+
+
+async def test_redis_max_connections_bounds_the_pool_and_a_burst_waits_its_turn(fake, redis_server, start_bot):
+    import redis as sync_redis
+
+    pairs = [returning(fake, f"Customer {i}") for i in range(40)]
+    bot = await start_bot(STORE_URL=redis_server.url, REDIS_MAX_CONNECTIONS="4")
+    sent = len(fake.deliveries)
+    for contact, _ in pairs:
+        fake.customer_writes(contact, "Again")
+    await wait_for(lambda: all(conv.status == "open" for _, conv in pairs), 20, "40 handoffs")
+    await bot.idle()
+    assert [d.answers for d in fake.deliveries[sent:] if d.answers != [200]] == []
+    assert_exactly_once(fake, [conv for _, conv in pairs])
+    clients = sync_redis.Redis.from_url(redis_server.url).client_list()
+    assert len(clients) - 1 <= 4, clients  # less this look

@@ -337,6 +337,13 @@ async def test_sweep_without_a_user_token_exits_2_naming_it(fake, tmp_path):
     assert fake.calls == []
 
 
+async def test_a_store_the_sweep_cannot_open_is_one_line_naming_it_without_its_password(fake, tmp_path):
+    code, out, err = await sweep_cli(fake, tmp_path, STORE_URL="redis://:hunter2@127.0.0.1:1/0")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "STORE_URL: cannot open the redis store at redis://:***@127.0.0.1:1/0" in err and "hunter2" not in err
+    assert fake.calls == []
+
+
 async def test_sweep_exits_1_when_chatwoot_refuses_or_fails(fake, tmp_path, monkeypatch):
     code, out, err = await sweep_cli(fake, tmp_path, "--json", CHATWOOT_API_TOKEN="bot-token-7")
     assert code == 1

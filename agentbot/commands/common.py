@@ -10,7 +10,7 @@ import aiohttp
 
 from ..chatwoot import Chatwoot, ChatwootError
 from ..config import Settings, mask
-from ..store import Store, open_store
+from ..store import Store, open_or_refuse, store_for
 
 
 class Failed(Exception):
@@ -69,8 +69,8 @@ def admin_account(settings: Settings) -> tuple[int, str]:
 @asynccontextmanager
 async def opened_store(settings: Settings) -> AsyncIterator[Store]:
     """The configured store, open for one command and closed after it."""
-    store = open_store(settings.store_url, settings.redis_tls_verify)
-    await store.open()
+    store = store_for(settings)
+    await open_or_refuse(store, settings)
     try:
         yield store
     finally:

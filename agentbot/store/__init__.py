@@ -2,18 +2,46 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .base import Commit, DecisionEntry, Store
 
+if TYPE_CHECKING:
+    from ..config import Settings
 
-def open_store(url: str, tls_verify: bool = True) -> Store:
-    """The store at `url`; `tls_verify=False` accepts a rediss:// server's unverifiable certificate."""
+
+def open_store(url: str, tls_verify: bool = True, max_connections: int = 50) -> Store:
+    """The store at `url`; `tls_verify=False` accepts a rediss:// server's unverifiable certificate;
+    `max_connections`: a Redis store's connections at most (more commands wait for one)."""
     if url.startswith(("redis://", "rediss://")):
         from .redis import RedisStore
 
-        return RedisStore(url, tls_verify)
+        return RedisStore(url, tls_verify, max_connections)
     from .sqlite import SQLiteStore
 
     return SQLiteStore(":memory:" if url == "memory://" else url.removeprefix("sqlite:///"))
 
 
-__all__ = ["Commit", "DecisionEntry", "Store", "open_store"]
+def store_for(settings: Settings) -> Store:
+    """The store the settings name, not yet open."""
+    return open_store(settings.store_url, settings.redis_tls_verify, settings.redis_max_connections)
+
+
+async def open_or_refuse(store: Store, settings: Settings) -> None:
+    """Open `store`; when it cannot be, a ConfigError naming STORE_URL, its password masked."""
+    from ..config import ConfigError, mask, scrub
+
+    try:
+        await store.open()
+    except Exception as exc:
+        url = settings.store_url
+        hint = ""
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            hint = "; a managed Redis with a self-signed certificate (Heroku Redis) needs REDIS_TLS_VERIFY=false"
+        problem = scrub(f"{type(exc).__name__}: {exc}", url)
+        raise ConfigError(
+            f"STORE_URL: cannot open the {url.split('://')[0]} store at {mask(url)} ({problem}){hint}"
+        ) from None
+
+
+__all__ = ["Commit", "DecisionEntry", "Store", "open_or_refuse", "open_store", "store_for"]

@@ -6,7 +6,7 @@ import json
 import uuid
 from typing import Any, cast
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.lock import Lock
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -20,6 +20,7 @@ from .base import DEDUP_TTL, ECHOES_KEPT, LEASE, LOG_TTL, STATE_TTL, Commit, Dec
 P = "agentbot:"
 LOCK_TTL = 6  # seconds a conversation's lock outlives a holder that died
 RECONNECTS = 6  # a dropped connection is tried again this often, 0.05 s apart doubling up to 0.5 s (about 2 s)
+CONNECTION_WAIT = 10  # seconds a command waits for a free connection when all REDIS_MAX_CONNECTIONS are busy
 # Keys: seen:<dedup>, conv:<key>, contact:<key>, lookup:<key> (strings with TTLs);
 # q:<conv> (list of job JSON, head first); ready (zset conv → when its head may run or the
 # lease of the worker running it ends); owner:<conv> (the claim on its head job); unsure (hash);
@@ -200,19 +201,24 @@ def _script(redis: Redis, body: str) -> AsyncScript:
 
 
 class RedisStore(Store):
-    def __init__(self, url: str, tls_verify: bool = True) -> None:
+    def __init__(self, url: str, tls_verify: bool = True, max_connections: int = 50) -> None:
         # A restarted Redis drops every pooled connection: reconnect and send again (for about 2 s)
         # rather than fail the delivery or the outbox step that finds the dead connection first.
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=RECONNECTS)
         # Managed Redis (Heroku) serves TLS with a self-signed certificate and rotates the URL: the
         # choice is a setting, not part of the URL. (Hostname checks need a verified certificate.)
         unverified: dict[str, Any] = {"ssl_cert_reqs": "none", "ssl_check_hostname": False}
-        self.redis = Redis.from_url(
+        # When every connection is busy (a burst while Redis stalls), a command waits for one rather than
+        # fail at once as redis-py's default pool does ("Too many connections", a 500 for the delivery).
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=CONNECTION_WAIT,
             retry=retry,
             retry_on_error=[ConnectionError, TimeoutError],
             **(unverified if url.startswith("rediss://") and not tls_verify else {}),
         )
+        self.redis = Redis.from_pool(pool)
         self._commit = _script(self.redis, COMMIT)
         self._claim = _script(self.redis, CLAIM)
         self._renew = _script(self.redis, RENEW)

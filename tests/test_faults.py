@@ -94,7 +94,7 @@ async def test_a_handoff_overtaken_by_a_human_is_dropped(fake, start_bot):
     bot = await start_bot()
     fake.fail("toggle_status", status=500, times=1)
     fake.customer_writes(maria, "Again")
-    await wait_for(lambda: fake.calls_to("toggle_status"), 2, "the first attempt")
+    await wait_for(lambda: fake.calls_to("toggle_status"), 10, "the first attempt")
     fake.resolve(conv.display_id)  # an agent resolved it while the bot was retrying
     await bot.idle()
     assert conv.status == "resolved"
@@ -215,31 +215,31 @@ async def test_a_burst_while_redis_stalls_waits_for_a_connection_instead_of_a_50
     import os
     import signal
 
-    pairs = [returning(fake, f"Customer {i}") for i in range(110)]
+    contacts = [fake.contact(f"New customer {i}") for i in range(110)]
     bot = await start_bot(STORE_URL=redis_server.url)
     os.kill(redis_server.proc.pid, signal.SIGSTOP)
     try:
-        sent = len(fake.deliveries)
-        for contact, _ in pairs:
-            fake.customer_writes(contact, "Again")
-        await wait_for(lambda: fake.in_flight >= 110, 5, "110 deliveries waiting on Redis")
+        for contact in contacts:
+            fake.customer_writes(contact, "Hello")
+        await wait_for(lambda: fake.in_flight >= 200, 5, "deliveries waiting on Redis")
     finally:
         os.kill(redis_server.proc.pid, signal.SIGCONT)
-    await wait_for(lambda: all(conv.status == "open" for _, conv in pairs), 20, "110 handoffs")
     await bot.idle()
-    assert [d.answers for d in fake.deliveries[sent:] if d.answers != [200]] == []
-    assert_exactly_once(fake, [conv for _, conv in pairs])
+    assert len(fake.deliveries) == 220  # conversation_created and message_created each
+    assert [d.answers for d in fake.deliveries if d.answers != [200]] == []
+    _, metrics = await bot.get("/metrics")
+    assert counted(metrics, "agentbot_deliveries_total")[("message_created", "keep")] == 110
 
 
 async def test_redis_max_connections_bounds_the_pool_and_a_burst_waits_its_turn(fake, redis_server, start_bot):
     import redis as sync_redis
 
-    pairs = [returning(fake, f"Customer {i}") for i in range(40)]
+    pairs = [returning(fake, f"Customer {i}") for i in range(20)]
     bot = await start_bot(STORE_URL=redis_server.url, REDIS_MAX_CONNECTIONS="4")
     sent = len(fake.deliveries)
     for contact, _ in pairs:
         fake.customer_writes(contact, "Again")
-    await wait_for(lambda: all(conv.status == "open" for _, conv in pairs), 20, "40 handoffs")
+    await wait_for(lambda: all(conv.status == "open" for _, conv in pairs), 20, "20 handoffs")
     await bot.idle()
     assert [d.answers for d in fake.deliveries[sent:] if d.answers != [200]] == []
     assert_exactly_once(fake, [conv for _, conv in pairs])

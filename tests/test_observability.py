@@ -50,7 +50,7 @@ async def test_json_logs_carry_the_ids_and_stdlib_logging_is_routed_in(fake, sta
         maria, conv = returning(fake)
         bot = await start_bot()
         fake.customer_writes(maria, "again")
-        await wait_for(lambda: conv.status == "open", 2, "the handoff")
+        await wait_for(lambda: conv.status == "open", 10, "the handoff")
         newcomer = fake.customer_writes(fake.contact("Ana"), "hello").conversation
         await bot.idle()
         logging.getLogger("aiohttp.server").error("something from aiohttp")

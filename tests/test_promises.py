@@ -168,7 +168,7 @@ async def test_a_stale_resolve_delivered_late_does_not_cancel_a_deferred_handoff
     stale = fake.hold_deliveries(lambda d: d.event in CONVERSATION_EVENTS and d.payload["status"] == "resolved")
     fake.resolve(conv.display_id)
     fake.customer_writes(maria, "It broke again")  # returning: deferred to Monday 09:00
-    await wait_for(lambda: len(stale.held) == (3 if fake.has("change_events") else 1), 2, "the resolve's events held")
+    await wait_for(lambda: len(stale.held) == (3 if fake.has("change_events") else 1), 10, "the resolve's events held")
     await wait_for(lambda: all(d.done for d in fake.deliveries if d not in stale.held), 5, "the message delivered")
     stale.release()  # Sidekiq delivers the resolve after the next message
     await bot.idle()
@@ -298,11 +298,11 @@ async def test_a_late_give_back_does_not_undo_an_agents_resolve(fake, start_bot)
     bot = await start_bot(HANDOFF_KEYWORDS="human")
     maria = fake.contact()
     conv = fake.customer_writes(maria, "human").conversation
-    await wait_for(lambda: conv.status == "open", 2, "the handoff")
+    await wait_for(lambda: conv.status == "open", 10, "the handoff")
     await bot.idle()
     fake.fail("toggle_status", status=500)
     fake.agent_writes(conv.display_id, "#bot", private=True)
-    await wait_for(lambda: fake.calls_to("toggle_status")[-1].status == 500, 2, "the failed give-back")
+    await wait_for(lambda: fake.calls_to("toggle_status")[-1].status == 500, 10, "the failed give-back")
     fake.resolve(conv.display_id)  # the agent resolves it before the retry
     await bot.idle()
     assert conv.status == "resolved"

@@ -66,7 +66,7 @@ async def test_with_a_token_only_the_token_url_is_accepted(fake, start_bot, log_
     assert conv.status == "resolved"
 
     fake.customer_writes(maria, "me again")  # Chatwoot delivers to /webhook/<token>
-    await wait_for(lambda: conv.status == "open", 2, "the handoff")
+    await wait_for(lambda: conv.status == "open", 10, "the handoff")
     assert fake.opened_by(conv.display_id) == ["bot:7"]
     _, metrics = await bot.get("/metrics")
     assert TOKEN not in metrics and TOKEN not in "\n".join(log_lines)
@@ -132,7 +132,7 @@ async def test_a_replayed_signed_delivery_outside_the_window_changes_nothing(fak
     await site.start()
     fake.connect_bot(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/")
     fake.customer_writes(maria, "me again")
-    await wait_for(lambda: "body" in captured, 2, "the signed delivery")
+    await wait_for(lambda: "body" in captured, 10, "the signed delivery")
     await runner.cleanup()
     fake.set_status(conv.display_id, "resolved")
     fake.calls.clear()
@@ -151,7 +151,7 @@ async def test_a_blank_secret_is_no_secret(fake, start_bot):
     bot = await start_bot(CHATWOOT_BOT_SECRET="", WEBHOOK_TOKEN=TOKEN)
     assert bot.settings.chatwoot_bot_secret is None
     fake.customer_writes(maria, "me again")
-    await wait_for(lambda: conv.status == "open", 2, "the handoff")
+    await wait_for(lambda: conv.status == "open", 10, "the handoff")
     await bot.idle()
     assert fake.opened_by(conv.display_id) == ["bot:7"] and fake.fallbacks == []
 

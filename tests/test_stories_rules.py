@@ -77,7 +77,7 @@ async def test_wait_timer_fires_after_a_restart_and_is_dropped_when_opened(fake,
     fake.set_status(taken.display_id, "pending", by="test")
     clock.at = t0 + timedelta(seconds=299)
     ticks = timer_ticks(bot)
-    await wait_for(lambda: ticks, 2.0, "a timer tick at 299 s")  # it found nothing due yet
+    await wait_for(lambda: ticks, 10, "a timer tick at 299 s")  # it found nothing due yet
     await stays_pending(bot, waiting)
     await bot.stop()  # the bot is down when the timer comes due
 
@@ -351,7 +351,7 @@ async def test_bot_command_gives_the_conversation_back(fake, start_bot):
     await opened(bot, conv)
     fake.agent_writes(conv.display_id, "Sorted your address; the bot can take it from here.")
     fake.agent_writes(conv.display_id, "#bot", private=True)
-    await wait_for(lambda: conv.status == "pending", 2, "the give-back")
+    await wait_for(lambda: conv.status == "pending", 10, "the give-back")
     await bot.idle()
     fake.customer_writes(maria, "thanks, one more question")
     await bot.idle()

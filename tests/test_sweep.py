@@ -303,7 +303,9 @@ async def test_two_instances_on_redis_never_sweep_at_once(fake, processes, redis
         ends = [ln[:23] for ln in lines if re.search(r"sweep (done|failed)", ln)]
         return list(zip(starts, ends, strict=False))
 
-    await wait_for(lambda: len(sweeps(a)) >= 2 and len(sweeps(b)) >= 2, 30, "both instances to sweep twice")
+    await wait_for(
+        lambda: sweeps(a) and sweeps(b) and len(sweeps(a) + sweeps(b)) >= 3, 30, "three sweeps, by both instances"
+    )
     await wait_for(lambda: all(c.status == "open" for c in back), 10, "the handoffs")
     spans = sorted(sweeps(a) + sweeps(b))
     assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:], strict=False)), spans
@@ -313,7 +315,7 @@ async def test_two_instances_on_redis_never_sweep_at_once(fake, processes, redis
 async def test_429_and_500_while_listing_pause_the_sweep_not_the_webhook(fake, start_bot):
     disconnected(fake)
     back = aged(fake, [came_back(fake, f"R{i}") for i in range(3)])
-    fake.fail("conversations", status=429, retry_after=2)
+    fake.fail("conversations", status=429, retry_after=1)
     fake.fail("conversations", status=500)
     bot = await start_bot(**USER, HANDOFF_KEYWORDS="human")
     await wait_for(lambda: fake.calls_to("conversations", caller="user"), 5, "the sweep's first listing")
@@ -324,7 +326,7 @@ async def test_429_and_500_while_listing_pause_the_sweep_not_the_webhook(fake, s
     await bot.idle()
     assert [c.status for c in fake.calls_to("conversations", caller="user")][:3] == [429, 500, 200]
     gap = [c.at for c in fake.calls_to("conversations", caller="user")]
-    assert gap[1] - gap[0] >= 1.9  # Retry-After honoured
+    assert gap[1] - gap[0] >= 0.95  # Retry-After honoured
     assert_handed_off_once(fake, back + [live])
     assert all(d.answers == [200] for d in fake.deliveries)
 

@@ -43,7 +43,7 @@ async def test_a_valid_signed_delivery_acts(fake, start_bot):
     raw = json.dumps(body).encode()
     status, answer = await bot.post(raw, signed(raw))
     assert status == 200 and answer["outcome"] == "handoff"
-    await wait_for(lambda: fake.conversation(40).status == "open", 1.0, "the handoff")
+    await wait_for(lambda: fake.conversation(40).status == "open", 10, "the handoff")
 
 
 @pytest.mark.parametrize(
@@ -93,14 +93,14 @@ async def test_unsigned_deliveries_are_accepted_without_a_secret(fake, start_bot
     bot = await start_bot()
     assert bot.settings.chatwoot_bot_secret is None
     fake.customer_writes(maria, "Again")
-    await wait_for(lambda: conv.status == "open", 2.0, "the handoff of an unsigned delivery")
+    await wait_for(lambda: conv.status == "open", 10, "the handoff of an unsigned delivery")
     await bot.idle()
     assert fake.opened_by(conv.display_id) == ["bot:7"]
     assert all(d.answers == [200] for d in fake.deliveries)
     raw = reopened_body()  # a signature nobody asked for is not checked either
     status, answer = await bot.post(raw, signed(raw, secret="whatever"))
     assert status == 200 and answer == {"ok": True}  # unverified: the answer tells an outsider nothing
-    await wait_for(lambda: fake.calls_to("toggle_status", 42), 2.0, "the handoff of conversation 42")
+    await wait_for(lambda: fake.calls_to("toggle_status", 42), 10, "the handoff of conversation 42")
 
 
 async def test_payload_missing_fields_is_acknowledged_without_acting(fake, start_bot, log_lines):

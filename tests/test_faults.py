@@ -1,4 +1,5 @@
-"""Faults: Chatwoot misbehaving, the bot killed or stopped, two instances on Redis.
+"""Faults: Chatwoot misbehaving, the bot killed or stopped, two instances on Redis, the store restarting,
+locked or stalled.
 
 Each asserts the end state in the fake: every decided handoff happened exactly once, no note or
 greeting twice, and Chatwoot's failure fallback never fired.
@@ -8,8 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
+import threading
+import time
 from collections import Counter
 from pathlib import Path
+
+import aiohttp
 
 from tests.conftest import counted, returning, run_main, wait_for
 
@@ -245,3 +251,87 @@ async def test_redis_max_connections_bounds_the_pool_and_a_burst_waits_its_turn(
     assert_exactly_once(fake, [conv for _, conv in pairs])
     clients = sync_redis.Redis.from_url(redis_server.url).client_list()
     assert len(clients) - 1 <= 4, clients  # less this look
+
+
+# ---- the store fails or stalls ----
+async def health(bot) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as s, s.get(bot.url + "/healthz") as r:
+        return r.status, await r.json()
+
+
+async def test_outbox_survives_a_redis_restart_mid_handoff(
+    fake, redis_server, start_bot, monkeypatch
+):  # bots stop first
+    monkeypatch.setattr("agentbot.outbox.STORE_DOWN_AFTER", 0.3)  # /healthz reports the store sooner than 2 s
+    pairs = [returning(fake, f"Customer {i}") for i in range(16)]
+    later = [returning(fake, f"Later {i}") for i in range(4)]
+    bot = await start_bot(STORE_URL=redis_server.url)
+    held = fake.hold("toggle_status")
+    for contact, _ in pairs:
+        fake.customer_writes(contact, "Again")
+    await wait_for(lambda: held.waiting == 16, 5, "16 handoffs in flight")
+    redis_server.stop()
+    fake.faults.remove(held)
+    held.release.set()  # Chatwoot answers while the store is down: progress cannot be saved
+
+    async def unhealthy():
+        status, body = await health(bot)
+        return status == 503 and "store" in body["reason"]
+
+    await wait_for(unhealthy, 5, "/healthz to report the store")
+    redis_server.start()
+    convs = [conv for _, conv in pairs]
+    await wait_for(
+        lambda: all(len(fake.notes(c.display_id)) == 1 for c in convs), 20, "every handoff after the restart"
+    )
+    assert (await health(bot))[0] == 200
+    sent = len(fake.deliveries)
+    for contact, _ in later:
+        fake.customer_writes(contact, "Back again")
+    await wait_for(lambda: all(conv.status == "open" for _, conv in later), 10, "handoffs of customers writing later")
+    await bot.idle()
+    assert_exactly_once(fake, convs + [conv for _, conv in later])
+    assert all(d.answers[0] == 200 for d in fake.deliveries[sent:]), "a delivery after the restart was refused"
+
+
+async def test_dead_outbox_workers_are_replaced(fake, start_bot):
+    maria, conv = returning(fake)
+    bot = await start_bot()
+    outbox = bot.bot.outbox
+    for task in outbox.workers:  # whatever killed them
+        task.cancel()
+    await wait_for(
+        lambda: all(t.done() for t in outbox.workers) or any(not t.done() for t in outbox.workers), 2, "cancel"
+    )
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: conv.status == "open", 5, "the handoff by a replaced worker")
+    await bot.idle()
+    assert_exactly_once(fake, [conv])
+
+
+async def test_sqlite_locked_by_another_connection_never_stalls_the_event_loop(fake, start_bot, tmp_path):
+    path = tmp_path / "bot.sqlite3"
+    maria, conv = returning(fake)
+    bot = await start_bot(STORE_URL=f"sqlite:///{path}")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # e.g. `python -m agentbot outbox --retry`, or a backup
+    threading.Timer(1.0, other.execute, ["COMMIT"]).start()  # twice the longest stall the test allows
+    gaps: list[float] = []
+
+    async def tick():
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: conv.status == "open", 10, "the handoff once the lock is gone")
+    await bot.idle()
+    ticker.cancel()
+    other.close()
+    assert max(gaps) < 0.5, f"the event loop stalled for {max(gaps):.2f} s"
+    assert_exactly_once(fake, [conv])
+    assert all(d.answers == [200] for d in fake.deliveries)

@@ -155,3 +155,11 @@ async def test_secrets_never_reach_the_log(fake, start_bot, log_lines):
     assert "CHATWOOT_BOT_TOKEN" in err  # the 401 is named, the token is not
     for secret in ("bot-token-7", "bot-secret-7", "user-token-5", headers["X-Chatwoot-Signature"]):
         assert secret not in err
+
+
+async def test_deeply_nested_json_gets_400(fake, start_bot):
+    bot = await start_bot()
+    raw = b'{"event": "message_created", "conversation": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    status, answer = await bot.post(raw, signed(raw))
+    assert status == 400 and answer == {"error": "body is nested too deeply"}
+    assert fake.calls == []

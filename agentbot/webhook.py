@@ -17,11 +17,13 @@ from loguru import logger
 from pydantic import SecretStr
 
 from .events import BadBody, PayloadError, event_label, parse
-from .handoffs import Busy, Handoffs
+from .handoffs import RELEASE_WITHIN, Busy, Handoffs
 
 MAX_BODY = 1024 * 1024
 MAX_SKEW = 300  # seconds; older signed deliveries are refused as replays
 ANSWER_WITHIN = 4.5  # seconds: Chatwoot gives up on a delivery after 5 s and does not retry a timeout
+# A delivery cut short still releases its conversation's lock (for RELEASE_WITHIN at most) before the answer.
+DECIDE_WITHIN = ANSWER_WITHIN - RELEASE_WITHIN
 JSON = {"Content-Type": "application/json"}
 OK = b'{"ok":true}'
 
@@ -92,14 +94,14 @@ async def receive(handoffs: Handoffs, request: web.Request) -> web.Response:
         handoffs.metrics.delivered(event_label(exc.event), "invalid")
         return answer({"outcome": "ignore", "reason": str(exc)}) if verified else _ok()
     try:
-        async with asyncio.timeout(ANSWER_WITHIN):
+        async with asyncio.timeout(DECIDE_WITHIN):
             decision = await handoffs.handle(delivery)
     except Busy as exc:  # Chatwoot retries a 500 three seconds later
         logger.warning("{} delivery {} answered 500: {}", delivery.event, delivery_id or "-", exc)
         return error(500, "could not handle the delivery (Busy)")
     except TimeoutError:  # a stalled store: a 500 is retried (and deduplicated), a timeout opens the conversation
         logger.warning(
-            "{} delivery {} answered 500: not handled within {} s", delivery.event, delivery_id or "-", ANSWER_WITHIN
+            "{} delivery {} answered 500: not handled within {} s", delivery.event, delivery_id or "-", DECIDE_WITHIN
         )
         return error(500, "could not handle the delivery in time")
     except Exception as exc:  # the store is unreachable, say: Chatwoot retries 500, then opens it

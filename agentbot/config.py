@@ -354,6 +354,12 @@ class Settings(BaseSettings, Rules):
         return value
 
     _overrides: dict[int, Rules] = PrivateAttr(default_factory=dict)  # per-inbox rules, filled by load()
+    _store_variable: str = PrivateAttr(default="STORE_URL")  # REDIS_URL when load() took the URL from there
+
+    @property
+    def store_variable(self) -> str:
+        """The variable the store's URL came from, for messages: REDIS_URL (a PaaS add-on) when STORE_URL is unset."""
+        return self._store_variable
 
     @property
     def overrides(self) -> dict[int, Rules]:
@@ -413,9 +419,10 @@ def _inbox_overrides(environ: dict[str, str]) -> dict[int, dict[str, str]]:
     return found
 
 
-def _legacy_groups(environ: dict[str, str]) -> dict[str, str]:
+def _legacy_groups(environ: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
     """`GROUPS` (and `INBOX_<id>_GROUPS`) is the old name of `WHATSAPP_GROUPS`, still read from `.env` files and
-    PaaS settings (in bash, GROUPS is the shell's own variable and an assignment to it is lost). The new name wins."""
+    PaaS settings (in bash, GROUPS is the shell's own variable and an assignment to it is lost). The new name wins.
+    Returns the environment under the new names, and each new name → the old one the environment used."""
 
     def renamed(key: str) -> str | None:
         up = key.upper()
@@ -424,10 +431,17 @@ def _legacy_groups(environ: dict[str, str]) -> dict[str, str]:
         )
         return up.removesuffix("GROUPS") + "WHATSAPP_GROUPS" if old else None
 
+    old_names = {new: k for k in environ if (new := renamed(k)) and new not in environ}
     return {
         **{new: v for k, v in environ.items() if (new := renamed(k))},
         **{k: v for k, v in environ.items() if not renamed(k)},
-    }
+    }, old_names
+
+
+def _as_written(problem: str, names: dict[str, str]) -> str:
+    """`problem` ("NAME: …") under the name the user wrote, when load() read the value under another one."""
+    name, colon, rest = problem.partition(":")
+    return names.get(name, name) + colon + rest
 
 
 def load(environ: dict[str, str] | None = None, env_file: str | None = ".env") -> Settings:
@@ -435,18 +449,19 @@ def load(environ: dict[str, str] | None = None, env_file: str | None = ".env") -
     if environ is None:
         file_values = dotenv_values(env_file) if env_file and os.path.exists(env_file) else {}
         environ = {**{k: v for k, v in file_values.items() if v is not None}, **os.environ}
+    environ, names = _legacy_groups(environ)
     if not environ.get("STORE_URL") and environ.get("REDIS_URL"):  # a PaaS Redis add-on (Heroku, Render)
-        environ = {**environ, "STORE_URL": environ["REDIS_URL"]}
-    environ = _legacy_groups(environ)
+        environ, names = {**environ, "STORE_URL": environ["REDIS_URL"]}, {**names, "STORE_URL": "REDIS_URL"}
     try:
         values: dict[str, Any] = {k.lower(): v for k, v in environ.items() if k.lower() in Settings.model_fields}
         settings = Settings(**values)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(_as_written(_describe(exc), names)) from None
+    settings._store_variable = names.get("STORE_URL", "STORE_URL")
     base = settings.model_dump(include=RULE_FIELDS)
     for inbox, values in _inbox_overrides(environ).items():
         try:
             settings._overrides[inbox] = Rules(**{**base, **values})
         except ValidationError as exc:
-            raise ConfigError(_describe(exc, f"INBOX_{inbox}_")) from None
+            raise ConfigError(_as_written(_describe(exc, f"INBOX_{inbox}_"), names)) from None
     return settings

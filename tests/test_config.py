@@ -91,6 +91,8 @@ def start_up(monkeypatch, capfd):
         ({**GOOD, "SWEEP_INTERVAL": "-5"}, "SWEEP_INTERVAL", "600 (0 = off)"),
         ({**GOOD, "SWEEP_RATE": "fast"}, "SWEEP_RATE", "'fast'"),
         ({**GOOD, "REDIS_MAX_CONNECTIONS": "0"}, "REDIS_MAX_CONNECTIONS", "20"),
+        ({**GOOD, "GROUPS": "bogus"}, "GROUPS", "open, ignore or rules"),  # the old name, as the user wrote it
+        ({**GOOD, "INBOX_4_GROUPS": "bogus"}, "INBOX_4_GROUPS", "open, ignore or rules"),
         ({**GOOD, "STORE_URL": "redis://127.0.0.1:1/0"}, "STORE_URL", "cannot open the redis store"),
         ({**GOOD, "STORE_URL": "sqlite:////nonexistent/dir/bot.sqlite3"}, "STORE_URL", "cannot open the sqlite store"),
     ],
@@ -229,12 +231,13 @@ def test_redis_url_of_a_paas_add_on_is_the_store_unless_store_url_is_set():
             "cannot open the redis store at redis://:***@",
             "hunter2",
         ),
-        (
+        (  # the store comes from REDIS_URL (a PaaS add-on): the message names it
             {"REDIS_URL": "redis://u:hunter2-pw@127.0.0.1:1/0?password=hunter2-pw"},
-            "STORE_URL",
+            "REDIS_URL",
             "password=***",
             "hunter2",
         ),
+        ({"REDIS_URL": "redis//:hunter2-pw@cache.example.com:6379/0"}, "REDIS_URL", ":***@cache.example", "hunter2"),
     ],
 )
 def test_secrets_store_passwords_and_blank_commands_are_refused_without_printing_them(

@@ -40,7 +40,7 @@ async def open_or_refuse(store: Store, settings: Settings) -> None:
             hint = "; a managed Redis with a self-signed certificate (Heroku Redis) needs REDIS_TLS_VERIFY=false"
         problem = scrub(f"{type(exc).__name__}: {exc}", url)
         raise ConfigError(
-            f"STORE_URL: cannot open the {url.split('://')[0]} store at {mask(url)} ({problem}){hint}"
+            f"{settings.store_variable}: cannot open the {url.split('://')[0]} store at {mask(url)} ({problem}){hint}"
         ) from None
 
 

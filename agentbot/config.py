@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import string
@@ -355,6 +356,12 @@ class Settings(BaseSettings, Rules):
 
     _overrides: dict[int, Rules] = PrivateAttr(default_factory=dict)  # per-inbox rules, filled by load()
     _store_variable: str = PrivateAttr(default="STORE_URL")  # REDIS_URL when load() took the URL from there
+    _unknown: list[str] = PrivateAttr(default_factory=list)  # filled by load()
+
+    @property
+    def unknown(self) -> list[str]:
+        """One line per variable that looks like a setting but is none (a typo), with the one probably meant."""
+        return self._unknown
 
     @property
     def store_variable(self) -> str:
@@ -438,6 +445,23 @@ def _legacy_groups(environ: dict[str, str]) -> tuple[dict[str, str], dict[str, s
     }, old_names
 
 
+NAMES = {name.upper() for name in Settings.model_fields}
+OUR_PREFIXES = tuple({name.split("_")[0] + "_" for name in NAMES if "_" in name} - {"INBOX_", "LOG_", "KEEP_", "BOT_"})
+NOT_OURS = {"REDIS_URL", "REDIS_TLS_URL", "GROUPS"}  # set by PaaS add-ons and shells; REDIS_URL is read by load()
+
+
+def _unknown(environ: dict[str, str]) -> list[str]:
+    lines = []
+    for key in environ:
+        name = key.upper()
+        if name in NAMES or name in NOT_OURS or name.startswith("INBOX_"):  # INBOX_ names are checked when read
+            continue
+        meant = difflib.get_close_matches(name, NAMES, n=1, cutoff=0.8)
+        if meant or name.startswith(OUR_PREFIXES):
+            lines.append(f"{key} is not a setting" + (f" (did you mean {meant[0]}?)" if meant else ""))
+    return lines
+
+
 def _as_written(problem: str, names: dict[str, str]) -> str:
     """`problem` ("NAME: …") under the name the user wrote, when load() read the value under another one."""
     name, colon, rest = problem.partition(":")
@@ -458,6 +482,7 @@ def load(environ: dict[str, str] | None = None, env_file: str | None = ".env") -
     except ValidationError as exc:
         raise ConfigError(_as_written(_describe(exc), names)) from None
     settings._store_variable = names.get("STORE_URL", "STORE_URL")
+    settings._unknown = _unknown(environ)
     base = settings.model_dump(include=RULE_FIELDS)
     for inbox, values in _inbox_overrides(environ).items():
         try:

@@ -13,6 +13,8 @@ from .loop import event_loop
 
 def serve(settings: Settings) -> None:
     setup(settings.log_level, settings.log_format)
+    for line in settings.unknown:
+        logger.warning(line)
     web.run_app(
         build_app(settings),
         host="0.0.0.0",

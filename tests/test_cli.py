@@ -79,6 +79,8 @@ async def test_outbox_lists_and_retries_dead_letters(cli):
 async def test_check(cli, fake):
     status, out, _ = await cli("check", INBOX_IDS="3")
     assert status == 0 and "FAIL" not in out
+    status, out, _ = await cli("check", HANDOFF_KEYWORD="human")
+    assert status == 0 and "INFO HANDOFF_KEYWORD is not a setting (did you mean HANDOFF_KEYWORDS?)" in out
     status, out, _ = await cli("check", INBOX_IDS="9")  # the Email inbox has no bot
     assert status == 1 and "FAIL inbox 9 is not connected to this bot" in out
     status, out, _ = await cli("check", CHATWOOT_BOT_TOKEN="revoked")

@@ -310,3 +310,21 @@ def test_groups_is_read_under_its_new_name_and_its_old_one():
     received = dict(line.split("=", 1) for line in shown.splitlines() if line.endswith("GROUPS=ignore"))
     assert received == {"WHATSAPP_GROUPS": "ignore"} and "GROUPS=open" not in shown
     assert load({**GOOD, **received}).whatsapp_groups == "ignore"
+
+
+def test_a_misspelt_setting_is_named_with_the_one_meant():
+    """A typo would switch a rule off without a word: it is named (start-up logs it, `check` shows it)."""
+    settings = load({**GOOD, "HANDOF_KEYWORDS": "human", "HANDOFF_TEAM": "2", "CHATWOOT_TOKEN": "x", "PATH": "/bin"})
+    assert settings.unknown == [
+        "HANDOF_KEYWORDS is not a setting (did you mean HANDOFF_KEYWORDS?)",
+        "HANDOFF_TEAM is not a setting (did you mean HANDOFF_TEAM_ID?)",
+        "CHATWOOT_TOKEN is not a setting (did you mean CHATWOOT_BOT_TOKEN?)",
+    ]
+    # What PaaS add-ons and shells set beside ours is not a typo.
+    assert load({**GOOD, "REDIS_URL": "redis://x", "REDIS_TLS_URL": "rediss://x", "GROUPS": "open"}).unknown == []
+
+
+async def test_the_server_logs_a_misspelt_setting(fake, processes):
+    bot = await processes(HANDOF_KEYWORDS="human")
+    await bot.stop()
+    assert "HANDOF_KEYWORDS is not a setting (did you mean HANDOFF_KEYWORDS?)" in bot.log.read_text()

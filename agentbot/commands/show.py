@@ -117,6 +117,7 @@ async def check(settings: Settings, args: argparse.Namespace) -> int:
             await _check_sweep(cw, account)
         _check_protection()
         await _check_store()
+        results.extend((None, line) for line in settings.unknown)
         for ok, line in results:
             print(f"{'INFO' if ok is None else 'OK  ' if ok else 'FAIL'} {line}")
         return 0 if all(ok is not False for ok, _ in results) else 1

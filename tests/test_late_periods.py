@@ -247,3 +247,39 @@ async def test_a_stalled_store_gets_a_500_chatwoot_retries_not_a_timeout_it_does
     await wait_for(lambda: conv.status == "open", 15, "the handoff, at Chatwoot's retry")
     await bot.idle()
     assert fake.fallbacks == [] and fake.opened_by(conv.display_id) == ["bot:7"]
+
+
+async def test_a_handoffs_failing_note_is_not_posted_into_the_next_pending_period_the_sweep_found(fake, start_bot):
+    """Like test_a_handoffs_failing_note_is_not_posted_into_the_next_pending_period_found_by_pending_again, but
+    no delivery after the handoff's open reaches the bot (the bot was away): the sweep finds the conversation
+    pending again, counts as handed off with nothing queued to open it, and starts a new period
+    (`Handoffs.reconcile`). The customer's new message fires no rule (kept pending), yet the first handoff's note
+    and message, still failing, were then posted into the new period: a handoff message to a customer nobody
+    handed off."""
+    bot = await start_bot(
+        HANDOFF_KEYWORDS="human",
+        HANDOFF_RETURNING="false",
+        HANDOFF_MESSAGE="Thanks {name}",
+        CHATWOOT_API_TOKEN="user-token-5",
+        CHATWOOT_ACCOUNT_ID="1",
+        SWEEP_RATE="0",
+        SWEEP_INTERVAL="0",
+    )
+    failing = fake.fail("messages", status=429, times=10**6)  # never reached Chatwoot: retried, not unsure
+    events = fake.hold_deliveries(lambda d: d.event in CONVERSATION_EVENTS)  # the open's events: not yet
+    maria = fake.contact("Maria")
+    conv = fake.customer_writes(maria, "I want a human").conversation
+    await wait_for(lambda: conv.status == "open" and fake.calls_to("messages"), 5, "the handoff, its note failing")
+    away = fake.hold_deliveries(lambda d: True)  # from here on nothing reaches the bot (it was away)
+    fake.resolve(conv.display_id)
+    fake.customer_writes(maria, "thanks, one more question")  # pending again; no rule fires
+    fake.age(conv.display_id, 120)
+    assert (await bot.bot.sweeps.once()) is not None
+    fake.faults.remove(failing)
+    await wait_for(lambda: outbox_empty(bot), 10, "the first handoff's job, done or dropped")
+    away.release()
+    events.release()
+    await bot.idle()
+    assert conv.status == "pending"
+    assert fake.opened_by(conv.display_id) == ["bot:7"]
+    assert fake.bot_messages(conv.display_id) == [] and fake.notes(conv.display_id) == []

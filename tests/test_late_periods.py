@@ -249,13 +249,17 @@ async def test_a_stalled_store_gets_a_500_chatwoot_retries_not_a_timeout_it_does
     assert fake.fallbacks == [] and fake.opened_by(conv.display_id) == ["bot:7"]
 
 
-async def test_a_handoffs_failing_note_is_not_posted_into_the_next_pending_period_the_sweep_found(fake, start_bot):
+@pytest.mark.parametrize("open_seen", [False, True], ids=["open-unseen", "open-seen"])
+async def test_a_handoffs_failing_note_is_not_posted_into_the_next_pending_period_the_sweep_found(
+    fake, start_bot, open_seen
+):
     """Like test_a_handoffs_failing_note_is_not_posted_into_the_next_pending_period_found_by_pending_again, but
     no delivery after the handoff's open reaches the bot (the bot was away): the sweep finds the conversation
     pending again, counts as handed off with nothing queued to open it, and starts a new period
     (`Handoffs.reconcile`). The customer's new message fires no rule (kept pending), yet the first handoff's note
     and message, still failing, were then posted into the new period: a handoff message to a customer nobody
-    handed off."""
+    handed off. When the bot saw its own open (`open-seen`), the sweep's listing shows the new period (its
+    `updated_at`, which the fake's conversation JSON lacked) and the old job is dropped as pending again since."""
     bot = await start_bot(
         HANDOFF_KEYWORDS="human",
         HANDOFF_RETURNING="false",
@@ -266,10 +270,11 @@ async def test_a_handoffs_failing_note_is_not_posted_into_the_next_pending_perio
         SWEEP_INTERVAL="0",
     )
     failing = fake.fail("messages", status=429, times=10**6)  # never reached Chatwoot: retried, not unsure
-    events = fake.hold_deliveries(lambda d: d.event in CONVERSATION_EVENTS)  # the open's events: not yet
+    events = fake.hold_deliveries(lambda d: not open_seen and d.event in CONVERSATION_EVENTS)  # the open's events
     maria = fake.contact("Maria")
     conv = fake.customer_writes(maria, "I want a human").conversation
     await wait_for(lambda: conv.status == "open" and fake.calls_to("messages"), 5, "the handoff, its note failing")
+    await wait_for(lambda: all(d.done for d in fake.deliveries if d not in events.held), 5, "the open's events")
     away = fake.hold_deliveries(lambda d: True)  # from here on nothing reaches the bot (it was away)
     fake.resolve(conv.display_id)
     fake.customer_writes(maria, "thanks, one more question")  # pending again; no rule fires

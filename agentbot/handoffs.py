@@ -298,8 +298,10 @@ class Handoffs:
                 facts = await self.facts(d, look_up=False)
                 if facts.state.handed_off and not await self.store.opening(c.key):
                     # Chatwoot lists it pending and nothing queued will open it: the handoff became a dead letter,
-                    # or its open was undone by a resolve and a reopen whose events never reached the bot.
-                    facts = replace(facts, state=facts.state.new_period())
+                    # or its open was undone by a resolve and a reopen whose events never reached the bot. That
+                    # period's jobs still queued (a failing note or message) are moot, as in `_pending_again`.
+                    latest = min(facts.state.latest_message or 0, m.id - 1)
+                    facts = replace(facts, state=facts.state.new_period(left_pending_after=latest, closed_after=latest))
                 stored = facts.state
                 # Once the bot has seen the customer's message (live, or an earlier sweep: it records at least
                 # one), the contact was looked up then: later sweeps rely on what the bot has seen since.

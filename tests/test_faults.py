@@ -335,3 +335,95 @@ async def test_sqlite_locked_by_another_connection_never_stalls_the_event_loop(f
     assert max(gaps) < 0.5, f"the event loop stalled for {max(gaps):.2f} s"
     assert_exactly_once(fake, [conv])
     assert all(d.answers == [200] for d in fake.deliveries)
+
+
+async def test_a_sweep_whose_conversation_lock_lapses_while_redis_stalls_does_not_commit_beside_a_delivery(
+    fake, redis_server, start_bot
+):
+    """The sweep decides a conversation under its Redis lock (LOCK_TTL 6 s) with no bound of its own, unlike a
+    delivery (answered within 4.5 s, so nothing it sends comes after its lock's 6 s). Redis stalls while the
+    sweep waits for its contact look-up's cache write; the lock lapses meanwhile, a delivery of the same
+    conversation takes it when Redis is back and reads the conversation before the sweep's commit: both hand
+    off. The outbox's checks keep Chatwoot from seeing it twice here (the sweep's job checks Chatwoot, and a
+    handoff with a later trigger supersedes it), but two handoffs are committed for one pending period."""
+    import os
+
+    from tests.test_late_periods import CONVERSATION_EVENTS
+    from tests.test_sweep import USER, aged, disconnected
+
+    disconnected(fake)
+    maria = fake.contact("Maria")
+    first = fake.customer_writes(maria, "Hi", inbox=5).conversation
+    fake.agent_writes(first.display_id, "Hello")
+    fake.resolve(first.display_id)
+    conv = fake.customer_writes(maria, "Me again", inbox=5).conversation  # a new one: the evidence is in Chatwoot
+    aged(fake, [first, conv])
+    lookup = fake.hold("contact_conversations")
+    events = fake.hold_deliveries(lambda d: d.event in CONVERSATION_EVENTS)  # Sidekiq lag: the open's events
+    bot = await start_bot(STORE_URL=redis_server.url, HANDOFF_MESSAGE="Thanks {name}", **USER)
+    await wait_for(lambda: lookup.waiting == 1, 5, "the start-up sweep's look-up, under the conversation's lock")
+    locked_at = time.monotonic()  # give or take the look-up's cache read
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)
+    try:
+        lookup.times = 0
+        lookup.release.set()  # the sweep now writes the look-up to the cache, and waits for Redis
+        # The subject is the lock's expiry (6 s): the delivery comes late enough that its own 4 s budget for the
+        # lock outlasts it, and Redis answers again once the lock has lapsed.
+        await wait_for(lambda: time.monotonic() > locked_at + 3, 5, "3 s of the stall")
+        fake.customer_writes(maria, "Hello? Anyone?", inbox=5)
+        await wait_for(lambda: bot.bot.handoffs.live == 1, 5, "the delivery waiting for the lock")
+        await wait_for(lambda: time.monotonic() > locked_at + 6.4, 5, "the lock's expiry")
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+    await wait_for(lambda: conv.status == "open", 10, "the handoff")
+    events.release()
+    await bot.idle(20)
+    assert fake.opened_by(conv.display_id) == ["bot:7"]
+    assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)
+    assert fake.bot_messages(conv.display_id) == ["Thanks Maria"]
+    assert fake.fallbacks == []
+    handoffs = [e.event for e in await bot.bot.store.decisions(time.time()) if e.outcome == "handoff"]
+    assert len(handoffs) == 1, handoffs  # one decision for the period (the operator page's log and chart)
+
+
+async def test_a_delivery_whose_lock_lapses_while_redis_stalls_has_been_answered_500_and_commits_nothing(
+    fake, redis_server, start_bot
+):
+    """Two deliveries of one conversation while Redis stalls past the lock's 6 s: the first holds the lock and
+    waits for Redis to write its look-up; the second waits for the lock. The first is answered 500 at 4.5 s
+    (before its lock lapses) and sends nothing after that, so the second, taking the lapsed lock, decides alone;
+    Chatwoot's retry of the first finds the handoff decided. One handoff, one decision."""
+    import os
+
+    from tests.test_sweep import disconnected
+
+    disconnected(fake)  # the bot never saw the first conversation
+    maria = fake.contact("Maria")
+    first = fake.customer_writes(maria, "Hi", inbox=5).conversation
+    fake.agent_writes(first.display_id, "Hello")
+    fake.resolve(first.display_id)
+    bot = await start_bot(STORE_URL=redis_server.url, CHATWOOT_API_TOKEN="user-token-5", HANDOFF_MESSAGE="Hi {name}")
+    lookup = fake.hold("contact_conversations")
+    message = fake.customer_writes(maria, "Me again", inbox=5)  # a new conversation: the evidence is in Chatwoot
+    conv = message.conversation
+    delivery = next(d for d in fake.deliveries if d.event == "message_created" and d.payload["id"] == message.id)
+    await wait_for(lambda: lookup.waiting == 1, 5, "the look-up, under the conversation's lock")
+    locked_at = time.monotonic()
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)
+    try:
+        lookup.times = 0
+        lookup.release.set()  # the first delivery now writes the look-up to the cache, and waits for Redis
+        await wait_for(lambda: time.monotonic() > locked_at + 3, 5, "3 s of the stall")
+        fake.customer_writes(maria, "Hello? Anyone?", inbox=5)
+        await wait_for(lambda: bot.bot.handoffs.live == 2, 5, "the second delivery waiting for the lock")
+        await wait_for(lambda: time.monotonic() > locked_at + 6.4, 5, "the lock's expiry")
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+    await wait_for(lambda: conv.status == "open", 10, "the handoff")
+    await bot.idle(20)
+    assert delivery.answers[0] == 500
+    assert fake.opened_by(conv.display_id) == ["bot:7"]
+    assert len(fake.notes(conv.display_id)) == 1 and fake.bot_messages(conv.display_id) == ["Hi Maria"]
+    assert fake.fallbacks == []
+    handoffs = [e.event for e in await bot.bot.store.decisions(time.time()) if e.outcome == "handoff"]
+    assert handoffs == ["message_created"]

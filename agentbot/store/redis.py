@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
+from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -11,7 +14,7 @@ from redis.asyncio.lock import Lock
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError, LockError, TimeoutError
+from redis.exceptions import ConnectionError, LockError, LockNotOwnedError, TimeoutError
 
 from ..actions import Job
 from ..facts import ConversationState, Resolved, fingerprint
@@ -40,6 +43,8 @@ COMMIT = (
     PUSH
     + """
 local a = cjson.decode(ARGV[1])
+-- made under the conversation's lock: only while that lock is still this holder's (it lapses after LOCK_TTL)
+if a.lock and redis.call('GET', P..'lock:'..a.conv) ~= a.lock then return -1 end
 if redis.call('SET', P..'seen:'..a.dedup, '1', 'NX', 'EX', a.dedup_ttl) == false then return 0 end
 if a.state then redis.call('SET', P..'conv:'..a.conv, a.state, 'EX', a.state_ttl) end
 for _, job in ipairs(a.jobs) do push(a.conv, job, a.now) end
@@ -196,6 +201,24 @@ return 0
 )
 
 
+# The conversation locks this task holds (lock key → token): a commit is made only while its lock is still held.
+_HELD: ContextVar[Mapping[str, bytes]] = ContextVar("agentbot_redis_locks", default=MappingProxyType({}))
+
+
+class _ConversationLock(Lock):
+    """redis-py's Lock, telling the commits made under it (in the same task) which token it holds."""
+
+    async def do_acquire(self, token: str | bytes) -> bool:
+        if not await super().do_acquire(token):
+            return False
+        _HELD.set({**_HELD.get(), str(self.name): token.encode() if isinstance(token, str) else token})
+        return True
+
+    async def release(self) -> None:
+        _HELD.set({k: v for k, v in _HELD.get().items() if k != str(self.name)})
+        await super().release()
+
+
 def _script(redis: Redis, body: str) -> AsyncScript:
     return redis.register_script(f"local P = {json.dumps(P)}\n{body}")
 
@@ -257,12 +280,18 @@ class RedisStore(Store):
             "resolved": c.resolved.dumps() if c.resolved and c.contact_key else None,
             "timer_due": c.timer[0] if c.timer else None,
             "timer_job": c.timer[1].dumps() if c.timer else None,
+            "lock": token.decode() if (token := _HELD.get().get(P + "lock:" + c.conversation_key)) else None,
         }
         if c.log is not None and c.log_size > 0:
             args.update(
                 log=c.log.dumps(), log_at=c.log.at, log_account=c.log.account_id, log_size=c.log_size, log_ttl=LOG_TTL
             )
-        return bool(await self._commit(args=[json.dumps({k: v for k, v in args.items() if v is not None})]))
+        done = await self._commit(args=[json.dumps({k: v for k, v in args.items() if v is not None})])
+        if done == -1:  # the holder stalled past LOCK_TTL (Redis did): another may be deciding the conversation now
+            raise LockNotOwnedError(
+                f"conversation {c.conversation_key}: its lock lapsed before the commit; not written"
+            )
+        return bool(done)
 
     async def remember(self, contact_key: str, resolved: Resolved | None, ttl: float, now: float) -> None:
         await self.redis.set(P + "lookup:" + contact_key, resolved.dumps() if resolved else "", ex=int(ttl))
@@ -287,7 +316,15 @@ class RedisStore(Store):
         # Held for milliseconds; at most a delivery's 4 s budget (look-ups, the pending-again read) and its commit.
         # The webhook bounds its wait itself (Busy, 500). A killed instance's lock lapses after LOCK_TTL, before
         # Chatwoot's second attempt (3 s after the first's 5 s) would also find the conversation busy.
-        return self.redis.lock(P + "lock:" + conversation_key, timeout=LOCK_TTL, blocking_timeout=None, sleep=0.005)
+        # A commit made under it checks that it still holds it (COMMIT): a holder that stalled past LOCK_TTL (a stalled
+        # Redis, a paused process) writes nothing, as another delivery may have taken the lock and decided since.
+        return self.redis.lock(
+            P + "lock:" + conversation_key,
+            timeout=LOCK_TTL,
+            blocking_timeout=None,
+            sleep=0.005,
+            lock_class=_ConversationLock,
+        )
 
     async def lease(self, name: str, ttl: float) -> Lease | None:
         lock = self.redis.lock(P + "lease:" + name, timeout=ttl)

@@ -243,6 +243,7 @@ class Conversation:
             "snoozed_until": None,
             "status": self.status,
             "created_at": int(self.created_at),
+            "updated_at": self.updated_at,  # unix float (the partial's `updated_at.to_f`)
             "timestamp": activity,
             "first_reply_created_at": int(self.first_reply_at or 0),
             "unread_count": 0,

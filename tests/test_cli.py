@@ -143,3 +143,11 @@ async def test_run_main_leaves_the_test_processs_stdlib_logging_as_it_found_it(f
     )
     assert status == 0, err
     assert (list(root.handlers), root.level) == before
+
+
+async def test_run_main_runs_with_only_the_settings_the_test_gives(tmp_path, monkeypatch):
+    """conftest.run_main promises `main` sees only the settings in its arguments: a setting exported in the
+    developer's shell or CI (LOG_LEVEL, WEBHOOK_TOKEN, GREETING_MESSAGE, IGNORE_INBOX_IDS…) must not reach it."""
+    monkeypatch.setenv("LOG_LEVEL", "LOUD")  # any setting outside conftest.SETTINGS' prefixes
+    status, out, err = await run_main(tmp_path, "rules", STORE_URL="memory://")
+    assert status == 0, err

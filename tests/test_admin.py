@@ -187,3 +187,21 @@ async def test_check_lists_the_sweep(fake, capsys):
         == 1
     )
     assert "FAIL sweep: Chatwoot answered 401 to conversations" in capsys.readouterr().out
+
+
+async def test_check_reports_a_store_that_answers_but_refuses_the_bots_keys(fake, capsys, redis):
+    """A shared Redis whose ACL user may only touch another app's keys answers PING, then refuses GET:
+    `check` says so on a FAIL line (password masked) instead of ending in a traceback."""
+    import redis as sync_redis
+
+    admin = sync_redis.Redis.from_url(redis)
+    admin.acl_setuser("other-app", enabled=True, passwords=["+pw-4Kq9zT"], keys=["other:*"], commands=["+@all"])
+    try:
+        url = redis.replace("redis://", "redis://other-app:pw-4Kq9zT@")
+        good = {"CHATWOOT_BOT_TOKEN": "bot-token-7", "INBOX_IDS": "3", "WEBHOOK_TOKEN": "wh-3fK9pQ2mZx7LrT5vB8nC1dY6"}
+        assert await show.check(settings(fake, STORE_URL=url, **good), argparse.Namespace()) == 1
+        out = capsys.readouterr().out
+        assert out.splitlines()[-1].startswith("FAIL STORE_URL"), out
+        assert "pw-4Kq9zT" not in out
+    finally:
+        admin.acl_deluser("other-app")

@@ -122,3 +122,34 @@ def test_the_process_exit_status_is_mains(tmp_path):
         timeout=30,
     )
     assert result.returncode == 2 and one_line(result.stderr, "TIMEZONE")
+
+
+async def test_run_main_leaves_the_test_processs_stdlib_logging_as_it_found_it(fake, tmp_path):
+    """`sweep` sets up logging as a process does (logs.setup: the root logger's handlers replaced by loguru's
+    intercept). In-process (conftest.run_main) that must not outlive the command: pytest's capture handlers
+    of the running test would be closed, and every later test on this worker would route aiohttp's and
+    asyncio's records into loguru (log_lines) or not, depending on which tests ran before it."""
+    import logging
+
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    status, _, err = await run_main(
+        tmp_path,
+        "sweep",
+        "--dry-run",
+        CHATWOOT_URL=fake.url,
+        CHATWOOT_BOT_TOKEN="bot-token-7",
+        CHATWOOT_API_TOKEN="user-token-5",
+        CHATWOOT_ACCOUNT_ID="1",
+        STORE_URL="memory://",
+    )
+    assert status == 0, err
+    assert (list(root.handlers), root.level) == before
+
+
+async def test_run_main_runs_with_only_the_settings_the_test_gives(tmp_path, monkeypatch):
+    """conftest.run_main promises `main` sees only the settings in its arguments: a setting exported in the
+    developer's shell or CI (LOG_LEVEL, WEBHOOK_TOKEN, GREETING_MESSAGE, IGNORE_INBOX_IDS…) must not reach it."""
+    monkeypatch.setenv("LOG_LEVEL", "LOUD")  # any setting outside conftest.SETTINGS' prefixes
+    status, out, err = await run_main(tmp_path, "rules", STORE_URL="memory://")
+    assert status == 0, err

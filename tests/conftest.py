@@ -8,7 +8,7 @@ import io
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 
 import aiohttp
@@ -17,7 +17,7 @@ from aiohttp import web
 
 from agentbot.__main__ import main
 from agentbot.app import BOT, build_app
-from agentbot.config import load
+from agentbot.config import NAMES, load
 from tests.fakechatwoot import FakeChatwoot
 from tests.spawner import Spawner
 
@@ -188,19 +188,30 @@ def log_lines():
         logger.remove(handler)
 
 
-SETTINGS = ("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_", "REDIS_", "BUSINESS_", "GROUPS", "SWEEP_", "WHATSAPP_")
+def without_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` less every variable the bot reads (a developer's shell or CI may export some)."""
+    return {
+        k: v
+        for k, v in environ.items()
+        if k.upper() not in NAMES | {"REDIS_URL", "GROUPS"} and not k.upper().startswith("INBOX_")
+    }
 
 
 async def run_main(cwd, *argv: str, **env: str | None) -> tuple[int, str, str]:
     """`python -m agentbot ARGV` from `cwd` with only the settings in `env` (None: unset), in a worker thread so
     the fake Chatwoot and the bots keep running on this loop; returns (exit status, stdout, stderr). A test of
     its own (test_cli) shows the process exits with what `main` returns."""
+    import logging
+
     from loguru import logger
 
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    root = logging.getLogger()
+    saved_logging = root.handlers[:], root.level
+    root.handlers = []  # `sweep`'s logs.setup replaces them (basicConfig(force=True) would close pytest's)
     out, err = io.StringIO(), io.StringIO()
     os.environ.clear()
-    os.environ.update({k: v for k, v in saved_env.items() if not k.startswith(SETTINGS)})
+    os.environ.update(without_settings(saved_env))
     os.environ.update({k: v for k, v in env.items() if v is not None})
     os.chdir(cwd)
     try:
@@ -215,6 +226,7 @@ async def run_main(cwd, *argv: str, **env: str | None) -> tuple[int, str, str]:
         os.chdir(saved_cwd)
         logger.remove()  # `sweep` sets up its own logging, as a process does
         logger.add(sys.stderr)
+        root.handlers, root.level = saved_logging
     return status, out.getvalue(), err.getvalue()
 
 
@@ -352,7 +364,7 @@ class BotProcess:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        keep = {k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_"))}
+        keep = without_settings(os.environ)
         self.env = {
             **keep,
             "CHATWOOT_URL": fake.url,

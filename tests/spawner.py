@@ -13,6 +13,7 @@ When stdin closes, the children are killed and the spawner exits. `Spawner` is t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -25,6 +26,7 @@ from pathlib import Path
 from agentbot.__main__ import main
 
 OUT = 1  # stdout's descriptor
+CHILDREN: set[int] = set()  # forked and not yet reaped
 
 
 def _say(message: dict) -> None:
@@ -39,6 +41,7 @@ def _reap(*_: object) -> None:
             return
         if pid == 0:
             return
+        CHILDREN.discard(pid)
         _say({"exited": pid, "status": os.waitstatus_to_exitcode(status)})
 
 
@@ -70,20 +73,19 @@ def _child(ask: dict) -> None:
 
 def serve() -> None:
     signal.signal(signal.SIGCHLD, _reap)
-    children: set[int] = set()
     for line in sys.stdin:
         ask = json.loads(line)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})  # a child reaped before it is counted
         pid = os.fork()
         if pid == 0:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
             _child(ask)
-        children.add(pid)
+        CHILDREN.add(pid)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         _say({"pid": pid})
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    for pid in children:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    for pid in CHILDREN:  # still running: never reaped, so the pid is still theirs
+        os.kill(pid, signal.SIGKILL)
 
 
 class Spawner:
@@ -133,8 +135,11 @@ class Forked:
         return self.spawner.exited.get(self.pid)
 
     def send_signal(self, sig: int) -> None:
+        """Like asyncio's: nothing once the process has exited (it may be reaped before its "exited" line
+        arrives; the kernel hands its pid out again only after cycling through pid_max)."""
         if self.returncode is None:
-            os.kill(self.pid, sig)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)

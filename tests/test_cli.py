@@ -11,7 +11,7 @@ import pytest
 
 from agentbot.actions import Job, SetStatus
 from agentbot.store import Commit, open_store
-from tests.conftest import run_main
+from tests.conftest import run_main, without_settings
 from tests.fakechatwoot.model import fixture
 
 PAYLOAD = "payload.json"
@@ -112,10 +112,9 @@ def test_the_process_exit_status_is_mains(tmp_path):
     """`python -m agentbot` exits with what main() returns (the tests above call main())."""
     import subprocess
 
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_"))}
     result = subprocess.run(
         [sys.executable, "-m", "agentbot", "rules"],
-        env={**clean, "TIMEZONE": "Mars/Olympus"},
+        env={**without_settings(os.environ), "TIMEZONE": "Mars/Olympus"},
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -150,6 +149,6 @@ async def test_run_main_leaves_the_test_processs_stdlib_logging_as_it_found_it(f
 async def test_run_main_runs_with_only_the_settings_the_test_gives(tmp_path, monkeypatch):
     """conftest.run_main promises `main` sees only the settings in its arguments: a setting exported in the
     developer's shell or CI (LOG_LEVEL, WEBHOOK_TOKEN, GREETING_MESSAGE, IGNORE_INBOX_IDS…) must not reach it."""
-    monkeypatch.setenv("LOG_LEVEL", "LOUD")  # any setting outside conftest.SETTINGS' prefixes
+    monkeypatch.setenv("LOG_LEVEL", "LOUD")  # a setting without a prefix such as CHATWOOT_
     status, out, err = await run_main(tmp_path, "rules", STORE_URL="memory://")
     assert status == 0, err

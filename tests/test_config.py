@@ -14,17 +14,16 @@ import aiohttp
 import pytest
 
 from agentbot.config import ConfigError, Settings, load
-from tests.conftest import wait_for
+from tests.conftest import wait_for, without_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = {"CHATWOOT_URL": "https://chat.example.com", "CHATWOOT_BOT_TOKEN": "s3cr3t-token", "STORE_URL": "memory://"}
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_"))}
     return subprocess.run(
         [sys.executable, "-m", "agentbot", *args],
-        env={**clean, **env},
+        env={**without_settings(os.environ), **env},
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -49,7 +48,7 @@ def start_up(monkeypatch, capfd):
 
     def start(env: dict[str, str]) -> subprocess.CompletedProcess:
         with monkeypatch.context() as m:
-            for name in [k for k in os.environ if k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_"))]:
+            for name in set(os.environ) - set(without_settings(os.environ)):
                 m.delenv(name)
             for name, value in env.items():
                 m.setenv(name, value)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from agentbot.config import REQUIRED, Settings
-from tests.conftest import free_port, returning, run_main, wait_for
+from tests.conftest import free_port, returning, run_main, wait_for, without_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,15 +167,9 @@ def tls_redis_url(tmp_path_factory):
     proc.wait(10)
 
 
-def _clean_env() -> dict[str, str]:
-    return {
-        k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "HANDOFF_", "INBOX_", "STORE_", "REDIS_"))
-    }
-
-
 def test_a_self_signed_redis_certificate_stops_start_up_naming_the_setting(tls_redis_url):
     env = {
-        **_clean_env(),
+        **without_settings(os.environ),
         "CHATWOOT_URL": "https://chat.example.com",
         "CHATWOOT_BOT_TOKEN": "s3cr3t",
         "REDIS_URL": tls_redis_url,

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 from ..actions import Job
 from ..chatwoot import Chatwoot, ChatwootError
-from ..config import ConfigError, Settings, mask
+from ..config import ConfigError, Settings, mask, scrub
 from ..decide import decide
 from ..events import BadBody, PayloadError, parse
 from ..handoffs import load_facts
@@ -203,5 +203,14 @@ async def check(settings: Settings, args: argparse.Namespace) -> int:
                 results.append((True, f"store {scheme} is usable ({await store.depth()} jobs waiting)"))
         except ConfigError as exc:
             results.append((False, str(exc)))
+        except Exception as exc:  # it opened, but refuses the bot's keys (a Redis ACL user, a cluster's MOVED)
+            problem = scrub(f"{type(exc).__name__}: {exc}", settings.store_url)
+            results.append(
+                (
+                    False,
+                    f"{settings.store_variable}: the {scheme} store at {mask(settings.store_url)} opened but "
+                    f"cannot be used ({problem})",
+                )
+            )
 
     return await with_chatwoot(settings, work)

@@ -327,3 +327,21 @@ async def test_the_server_logs_a_misspelt_setting(fake, processes):
     bot = await processes(HANDOF_KEYWORDS="human")
     await bot.stop()
     assert "HANDOF_KEYWORDS is not a setting (did you mean HANDOFF_KEYWORDS?)" in bot.log.read_text()
+
+
+def test_kubernetes_service_links_are_not_taken_for_misspelt_settings():
+    """Kubernetes gives every pod <SERVICE>_SERVICE_HOST, <SERVICE>_PORT... for each service of its namespace
+    (enableServiceLinks is on by default): a bot beside Chatwoot's Helm release (service `chatwoot`, Redis
+    `chatwoot-redis-master`) or a service `redis` receives these at every start. They are no typos."""
+    links = {}
+    for service, port in (("CHATWOOT", 3000), ("CHATWOOT_REDIS_MASTER", 6379), ("REDIS", 6379)):
+        links |= {
+            f"{service}_SERVICE_HOST": "10.0.0.7",
+            f"{service}_SERVICE_PORT": str(port),
+            f"{service}_PORT": f"tcp://10.0.0.7:{port}",
+            f"{service}_PORT_{port}_TCP": f"tcp://10.0.0.7:{port}",
+            f"{service}_PORT_{port}_TCP_PROTO": "tcp",
+            f"{service}_PORT_{port}_TCP_PORT": str(port),
+            f"{service}_PORT_{port}_TCP_ADDR": "10.0.0.7",
+        }
+    assert load({**GOOD, **links, "KUBERNETES_SERVICE_HOST": "10.0.0.1"}).unknown == []

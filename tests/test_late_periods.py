@@ -317,3 +317,45 @@ async def test_an_applied_note_whose_echo_is_late_and_whose_messages_read_is_ref
     await bot.idle()
     assert fake.calls_to("messages_index", caller="user") or not fake.has("bot_reads")
     assert len(fake.notes(conv.display_id)) == (2 if fake.has("bot_reads") else 1)
+
+
+async def test_an_operators_failing_handoff_note_is_not_posted_into_the_next_pending_period_the_sweep_found(
+    fake, start_bot
+):
+    """As test_a_handoffs_failing_note_is_not_posted_into_the_next_pending_period_the_sweep_found (open unseen),
+    for the operator page's handoff. Its trigger is the conversation's last message when the button was clicked:
+    here the bot's own greeting, which the bot never records as `latest_message` (its echo is ignored). The sweep's
+    new period marks moot only the jobs up to `min(latest_message, m.id - 1)`, the customer's first message: the
+    operator's note and handoff message, still failing, are posted into the new period nobody handed off."""
+    bot = await start_bot(
+        GREETING_MESSAGE="Hi {name}",
+        HANDOFF_MESSAGE="Thanks {name}",
+        HANDOFF_RETURNING="false",
+        CHATWOOT_API_TOKEN="user-token-5",
+        CHATWOOT_ACCOUNT_ID="1",
+        SWEEP_RATE="0",
+        SWEEP_INTERVAL="0",
+    )
+    maria = fake.contact("Maria")
+    conv = fake.customer_writes(maria, "Hello").conversation
+    await wait_for(lambda: fake.bot_messages(conv.display_id) == ["Hi Maria"], 5, "the greeting")
+    await bot.idle()
+    events = fake.hold_deliveries(lambda d: d.event in CONVERSATION_EVENTS)  # the open's events: Sidekiq lag
+    failing = fake.fail("messages", status=429, times=10**6)  # never reached Chatwoot: retried, not unsure
+    live = await bot.bot.chatwoot.conversation(1, conv.display_id)
+    await bot.bot.handoffs.hand_off_now(live.conversation, "Ann")
+    await wait_for(lambda: conv.status == "open" and fake.calls_to("messages"), 5, "the handoff, its note failing")
+    await wait_for(lambda: all(d.done for d in fake.deliveries if d not in events.held), 5, "deliveries")
+    away = fake.hold_deliveries(lambda d: True)  # from here on nothing reaches the bot (it was away)
+    fake.resolve(conv.display_id)
+    fake.customer_writes(maria, "thanks, one more question")  # pending again; no rule fires
+    fake.age(conv.display_id, 120)
+    assert (await bot.bot.sweeps.once()) is not None
+    fake.faults.remove(failing)
+    await wait_for(lambda: outbox_empty(bot), 10, "the operator's handoff job, done or dropped")
+    away.release()
+    events.release()
+    await bot.idle()
+    assert conv.status == "pending"
+    assert fake.opened_by(conv.display_id) == ["bot:7"]
+    assert fake.notes(conv.display_id) == [] and fake.bot_messages(conv.display_id) == ["Hi Maria"]

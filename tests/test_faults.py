@@ -385,3 +385,18 @@ async def test_a_sweep_whose_conversation_lock_lapses_while_redis_stalls_does_no
     assert fake.fallbacks == []
     handoffs = [e.event for e in await bot.bot.store.decisions(time.time()) if e.outcome == "handoff"]
     assert len(handoffs) == 1, handoffs  # one decision for the period (the operator page's log and chart)
+
+
+async def test_a_sweep_decision_refused_for_a_lapsed_lock_is_one_warning_not_an_error_with_a_traceback(
+    fake, redis_server, start_bot, monkeypatch, log_lines
+):
+    """The refusal is the design working (README: "the sweep looks again next time"), yet it is logged as
+    `ERROR sweep: conversation 1:N failed` with a traceback whose last line is the lock's release ("Cannot release
+    a lock that's no longer owned"), and counted among the sweep's errors. It should be one warning saying the
+    decision was not written because the lock lapsed (Redis stalled)."""
+    await test_a_sweep_whose_conversation_lock_lapses_while_redis_stalls_does_not_commit_beside_a_delivery(
+        fake, redis_server, start_bot, monkeypatch
+    )
+    errors = [line.splitlines()[0] for line in log_lines if line.startswith("ERROR")]
+    assert errors == [], errors
+    assert any(line.startswith("WARNING") and "lock" in line and "Traceback" not in line for line in log_lines)

@@ -152,3 +152,13 @@ async def test_run_main_runs_with_only_the_settings_the_test_gives(tmp_path, mon
     monkeypatch.setenv("LOG_LEVEL", "LOUD")  # a setting without a prefix such as CHATWOOT_
     status, out, err = await run_main(tmp_path, "rules", STORE_URL="memory://")
     assert status == 0, err
+
+
+async def test_a_misspelt_required_setting_is_named_when_start_up_or_check_says_it_is_missing(cli):
+    """The typo warning is printed by `serve` after `require` and by `check` after every probe, so the one typo
+    that stops the bot (CHATWOOT_BOT_TOKEN written CHATWOOT_BOT_TOKN) gets only "CHATWOOT_BOT_TOKEN: missing":
+    the variable the user did set, and the setting meant, are never named."""
+    for argv in ((), ("check",)):
+        status, out, err = await cli(*argv, CHATWOOT_BOT_TOKEN=None, CHATWOOT_BOT_TOKN="bot-token-7")
+        assert status == 2 and "CHATWOOT_BOT_TOKEN" in err
+        assert "CHATWOOT_BOT_TOKN" in out + err, (argv, err)  # e.g. appended: "(CHATWOOT_BOT_TOKN is set: a typo?)"

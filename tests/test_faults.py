@@ -400,3 +400,33 @@ async def test_a_sweep_decision_refused_for_a_lapsed_lock_is_one_warning_not_an_
     errors = [line.splitlines()[0] for line in log_lines if line.startswith("ERROR")]
     assert errors == [], errors
     assert any(line.startswith("WARNING") and "lock" in line and "Traceback" not in line for line in log_lines)
+
+
+async def test_a_delivery_whose_commit_is_refused_for_a_lapsed_lock_is_one_warning_and_its_retry_hands_off_once(
+    fake, redis_server, start_bot, monkeypatch, log_lines
+):
+    """A delivery that held its lock past LOCK_TTL (a process or Redis pause; here a 1 s lock and a slow look-up
+    stand in for 6 s) is refused its commit and answered 500: right, and the retry hands off once. But the user
+    reads an ERROR with a traceback ("could not be handled"), unlike the other stalls (Busy, not decided in
+    time: one warning each), plus a warning that the lock "was not released ...; it lapses by itself" when it
+    had lapsed already."""
+    monkeypatch.setattr("agentbot.store.redis.LOCK_TTL", 1.0)
+    maria = fake.contact("Maria")
+    first = fake.customer_writes(maria, "Hi", inbox=5).conversation
+    fake.agent_writes(first.display_id, "Hello")
+    fake.resolve(first.display_id)  # before the bot ran: its look-up finds it
+    lookup = fake.hold("contact_conversations")
+    bot = await start_bot(STORE_URL=redis_server.url, CHATWOOT_API_TOKEN="user-token-5", CHATWOOT_ACCOUNT_ID="1")
+    conv = fake.customer_writes(maria, "Me again", inbox=5).conversation
+    await wait_for(lambda: lookup.waiting == 1, 5, "the delivery's look-up, under the conversation's lock")
+    held_since = time.monotonic()
+    await wait_for(lambda: time.monotonic() > held_since + 1.3, 5, "the lock's lapse")
+    lookup.times = 0
+    lookup.release.set()
+    await wait_for(lambda: conv.status == "open", 10, "the retried delivery's handoff")
+    await bot.idle()
+    assert_exactly_once(fake, [conv])
+    assert [d.answers for d in fake.deliveries if d.answers and d.answers[0] == 500], "the refused commit's 500"
+    errors = [line.splitlines()[0] for line in log_lines if line.startswith("ERROR")]
+    assert errors == [], errors
+    assert not [line for line in log_lines if "lapses by itself" in line]

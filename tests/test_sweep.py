@@ -592,3 +592,25 @@ async def test_a_dead_letter_retried_after_the_sweep_handed_off_again_posts_no_s
     assert fake.opened_by(conv.display_id) == ["bot:7"]
     assert fake.bot_messages(conv.display_id) == ["Hi"]
     assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)
+
+
+async def test_a_handoff_the_sweep_itself_decided_and_never_carried_out_is_handed_off_again_by_the_next_sweep(
+    fake, start_bot
+):
+    """As test_a_handoff_the_bot_decided_but_never_carried_out_is_handed_off_again_by_the_sweep, but the dead
+    letter is the sweep's own handoff (the customer wrote while the bot was away). The next sweep starts a new
+    period and decides the same handoff for the same message, whose dedup key (`s:<conv>:<message>:handoff:<rule>`,
+    kept 24 h) the first sweep wrote: the new handoff is refused as a duplicate and the customer stays pending."""
+    maria, conv = returning(fake)
+    disconnected(fake)
+    fake.customer_writes(maria, "Again")  # never delivered: the bot was away
+    aged(fake, [conv])
+    bot = await start_bot(**USER, SWEEP_INTERVAL="0")
+    fake.fail("toggle_status", status=422)  # final: the sweep's handoff becomes a dead letter
+    assert (await bot.bot.sweeps.once()) is not None
+    await bot.idle()
+    assert conv.status == "pending" and len(await bot.bot.store.dead_letters()) == 1
+    assert (await bot.bot.sweeps.once()) is not None
+    await wait_for(lambda: conv.status == "open", 10, "the next sweep's handoff")
+    await bot.idle()
+    assert fake.opened_by(conv.display_id) == ["bot:7"]

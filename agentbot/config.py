@@ -9,6 +9,7 @@ import string
 from datetime import date
 from functools import cached_property
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import regex
@@ -94,13 +95,13 @@ def _zero_is_off(value: int | None) -> int | None:
 
 def mask(url: str) -> str:
     """A store URL fit for a message: the password (in the authority or the query) becomes ***."""
-    masked = re.sub(r"(//[^/@:]*:)[^/]*@", r"\1***@", url, count=1)
+    masked = re.sub(r"(//[^/@:]*:).*@", r"\1***@", url, count=1)  # to the last @: a password may hold / or #
     return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", masked)
 
 
 def scrub(text: str, url: str) -> str:
     """`text` (an error about the store at `url`) with the URL's password replaced by ***."""
-    found = re.search(r"//[^/@:]*:([^/]*)@", url)
+    found = re.search(r"//[^/@:]*:(.*)@", url)
     passwords = [found.group(1)] if found else []
     passwords += re.findall(r"(?i)[?&]password=([^&]*)", url)
     text = text.replace(url, mask(url))
@@ -210,6 +211,9 @@ class Rules(BaseModel):
     @field_validator("handoff_languages", "keep_languages")
     @classmethod
     def _languages(cls, value: list[str]) -> list[str]:
+        for tag in value:  # what Chatwoot's contacts carry: ISO 639-1 codes, with a region at most (pt-BR)
+            if not re.fullmatch(r"[a-z]{2,3}([-_][a-z0-9]{2,8})?", tag.strip(), re.I):
+                raise ValueError(f"{tag!r} is not a language code")
         return [normal_language(v) for v in value]
 
     @cached_property
@@ -341,8 +345,15 @@ class Settings(BaseSettings, Rules):
     def _url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1].strip("/")) == 0:
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 (raises for a port that is not a number)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", value):
             raise ValueError(f"{value!r} is not an http(s) URL")
+        if re.search(r"/(app|api)(/|$)", parts.path):  # a page of Chatwoot, pasted from the browser
+            raise ValueError(f"{value!r} is a page of Chatwoot (/app/…, /api/…), not its address")
         return value.rstrip("/")
 
     @field_validator("store_url")
@@ -352,16 +363,29 @@ class Settings(BaseSettings, Rules):
             raise ValueError(f"{mask(value)!r} is not sqlite:///…, redis://… or memory://")
         if value.startswith("sqlite:///") and not value.removeprefix("sqlite:///").strip():
             raise ValueError("sqlite:/// needs a file path (an empty one would be a temporary database)")
+        if value.startswith("redis"):
+            try:
+                parts = urlsplit(value)
+                valid = bool(parts.hostname) and (parts.port or 0) >= 0
+            except ValueError:
+                valid = False
+            if not valid:
+                raise ValueError(
+                    f"{mask(value)!r} has no valid host and port (in a password, / # ? @ must be percent-encoded: "
+                    "%2F %23 %3F %40)"
+                )
         return value
 
     _overrides: dict[int, Rules] = PrivateAttr(default_factory=dict)  # per-inbox rules, filled by load()
     _store_variable: str = PrivateAttr(default="STORE_URL")  # REDIS_URL when load() took the URL from there
-    _unknown: list[str] = PrivateAttr(default_factory=list)  # filled by load()
+    _unknown: list[tuple[str, str | None]] = PrivateAttr(default_factory=list)  # (variable, setting meant): load()
 
     @property
     def unknown(self) -> list[str]:
         """One line per variable that looks like a setting but is none (a typo), with the one probably meant."""
-        return self._unknown
+        return [
+            f"{key} is not a setting" + (f" (did you mean {meant}?)" if meant else "") for key, meant in self._unknown
+        ]
 
     @property
     def store_variable(self) -> str:
@@ -394,7 +418,9 @@ class Settings(BaseSettings, Rules):
     def require(self, *names: str) -> None:
         for name in names:
             if getattr(self, name) is None:
-                raise ConfigError(f"{name.upper()}: missing (example: {EXAMPLES[name]})")
+                typo = next((key for key, meant in self._unknown if meant == name.upper()), None)
+                hint = f"; {typo} is set: a typo?" if typo else ""
+                raise ConfigError(f"{name.upper()}: missing (example: {EXAMPLES[name]}){hint}")
 
 
 def _describe(exc: ValidationError, prefix: str = "") -> str:
@@ -448,18 +474,21 @@ def _legacy_groups(environ: dict[str, str]) -> tuple[dict[str, str], dict[str, s
 NAMES = {name.upper() for name in Settings.model_fields}
 OUR_PREFIXES = tuple({name.split("_")[0] + "_" for name in NAMES if "_" in name} - {"INBOX_", "LOG_", "KEEP_", "BOT_"})
 NOT_OURS = {"REDIS_URL", "REDIS_TLS_URL", "GROUPS"}  # set by PaaS add-ons and shells; REDIS_URL is read by load()
+LINKS = re.compile(r"_SERVICE_(HOST|PORT)(_.*)?$|_PORT(_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?$|_NAME$|_ENV_")
 
 
-def _unknown(environ: dict[str, str]) -> list[str]:
-    lines = []
+def _unknown(environ: dict[str, str]) -> list[tuple[str, str | None]]:
+    found = []
     for key in environ:
         name = key.upper()
         if name in NAMES or name in NOT_OURS or name.startswith("INBOX_"):  # INBOX_ names are checked when read
             continue
+        if LINKS.search(name):  # Kubernetes service and Docker link variables (CHATWOOT_SERVICE_HOST, REDIS_PORT…)
+            continue
         meant = difflib.get_close_matches(name, NAMES, n=1, cutoff=0.8)
         if meant or name.startswith(OUR_PREFIXES):
-            lines.append(f"{key} is not a setting" + (f" (did you mean {meant[0]}?)" if meant else ""))
-    return lines
+            found.append((key, meant[0] if meant else None))
+    return found
 
 
 def _as_written(problem: str, names: dict[str, str]) -> str:

@@ -279,6 +279,8 @@ class Handoffs:
                 if facts.state.handed_off and await self.store.opening(c.key):  # a second click, or on its way
                     return Decision("ignore", "a handoff is already queued for this conversation")
                 decision = operator_handoff(c, facts, self.clock(), self.settings, who)
+                if decision.state is not None:  # its trigger (the last message, often the bot's own) is seen now
+                    decision.state = decision.state.saw(c.status, c.updated, c.last_message_id, c.bot_owned)
                 await self._commit(d, decision)
             self.metrics.decisions.labels(decision.outcome, decision.rule).inc()
             logger.info("conversation {}: handoff queued from the operator page: {}", c.key, decision.reason)
@@ -296,7 +298,8 @@ class Handoffs:
         with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id):
             async with self.store.lock(c.key):
                 facts = await self.facts(d, look_up=False)
-                if facts.state.handed_off and not await self.store.opening(c.key):
+                renewed = facts.state.handed_off and not await self.store.opening(c.key)
+                if renewed:
                     # Chatwoot lists it pending and nothing queued will open it: the handoff became a dead letter,
                     # or its open was undone by a resolve and a reopen whose events never reached the bot. That
                     # period's jobs still queued (a failing note or message) are moot, as in `_pending_again`.
@@ -319,8 +322,11 @@ class Handoffs:
                 if dry_run or not decision.writes:
                     return decision
                 # Its own dedup key: one sweep decision per outcome for the customer's last message, so two
-                # sweeps deciding alike (the command beside the server) commit once.
+                # sweeps deciding alike (the command beside the server) commit once; a period started again (its
+                # handoff, perhaps the sweep's own, became a dead letter) is decided anew.
                 key = f"s:{c.key}:{m.id}:{decision.outcome}:{decision.rule}"
+                if renewed:
+                    key += f":renewed at {self.clock().timestamp():.0f}"
                 if not await self._commit(d, decision, key, "sweep"):
                     decision = Decision("duplicate", f"the sweep decided conversation {c.key} this way before")
             return decision

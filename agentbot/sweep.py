@@ -21,7 +21,7 @@ from .events import Delivery, Listed, Message, PayloadError, Person
 from .handoffs import Handoffs
 from .metrics import Metrics
 from .outbox import backoff
-from .store import Store
+from .store import Lapsed, Store
 from .store.base import Lease
 
 T = TypeVar("T")
@@ -154,7 +154,10 @@ class Sweeper:
                 await self._give_way()
                 try:
                     swept = await self._one(item, dry_run)
-                except Exception as exc:  # e.g. the store's lock timed out: one conversation, not the sweep, fails
+                except Lapsed as exc:  # the store stalled past the conversation's lock: looked at again next time
+                    logger.warning("sweep: {}; looked at again next sweep", exc)
+                    swept = Swept(item.conversation.key, "error", type(exc).__name__, str(exc))
+                except Exception as exc:  # one conversation, not the sweep, fails
                     logger.exception("sweep: conversation {} failed", item.conversation.key)
                     swept = Swept(item.conversation.key, "error", type(exc).__name__, str(exc))
                 result.conversations.append(swept)

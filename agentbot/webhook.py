@@ -18,6 +18,7 @@ from pydantic import SecretStr
 
 from .events import BadBody, PayloadError, event_label, parse
 from .handoffs import RELEASE_WITHIN, Busy, Handoffs
+from .store import Lapsed, store_failure
 
 MAX_BODY = 1024 * 1024
 MAX_SKEW = 300  # seconds; older signed deliveries are refused as replays
@@ -96,7 +97,7 @@ async def receive(handoffs: Handoffs, request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(DECIDE_WITHIN):
             decision = await handoffs.handle(delivery)
-    except Busy as exc:  # Chatwoot retries a 500 three seconds later
+    except (Busy, Lapsed) as exc:  # Chatwoot retries a 500 three seconds later
         logger.warning("{} delivery {} answered 500: {}", delivery.event, delivery_id or "-", exc)
         return error(500, "could not handle the delivery (Busy)")
     except TimeoutError:  # a stalled store: a 500 is retried (and deduplicated), a timeout opens the conversation
@@ -105,7 +106,12 @@ async def receive(handoffs: Handoffs, request: web.Request) -> web.Response:
         )
         return error(500, "could not handle the delivery in time")
     except Exception as exc:  # the store is unreachable, say: Chatwoot retries 500, then opens it
-        logger.exception("{} delivery {} could not be handled: {}", delivery.event, delivery_id or "-", exc)
+        if store_failure(exc):  # one line each, not a traceback per delivery while the store is down
+            logger.error(
+                "{} delivery {} answered 500: the store failed ({!r})", delivery.event, delivery_id or "-", exc
+            )
+        else:
+            logger.exception("{} delivery {} could not be handled: {}", delivery.event, delivery_id or "-", exc)
         return error(500, f"could not handle the delivery ({type(exc).__name__})")
     return answer({"outcome": decision.outcome, "reason": decision.reason}) if verified else _ok()
 

@@ -105,6 +105,11 @@ async def test_register(cli, fake):
     assert status == 1 and one_line(err, "unknown inbox id 77")
     status, _, err = await cli("register", "--inbox", "3")
     assert status == 2 and one_line(err, "--url")
+    # The bot's bare address would register https://bot.example.com/<token>, where the bot answers 404.
+    calls = len(fake.calls)
+    status, _, err = await cli("register", "--url", "https://bot.example.com", "--inbox", "3")
+    assert status == 2 and one_line(err, "--url", "/webhook")
+    assert len(fake.calls) == calls  # nothing asked of Chatwoot
     assert (await cli("register", "--inbox", "three"))[0] == 2
 
 

@@ -90,6 +90,12 @@ def start_up(monkeypatch, capfd):
         ({**GOOD, "SWEEP_INTERVAL": "-5"}, "SWEEP_INTERVAL", "600 (0 = off)"),
         ({**GOOD, "SWEEP_RATE": "fast"}, "SWEEP_RATE", "'fast'"),
         ({**GOOD, "REDIS_MAX_CONNECTIONS": "0"}, "REDIS_MAX_CONNECTIONS", "20"),
+        ({**GOOD, "CHATWOOT_URL": "https://chat.example.com:abc"}, "CHATWOOT_URL", "https://chat.example.com"),
+        ({**GOOD, "CHATWOOT_URL": "https://chat example.com"}, "CHATWOOT_URL", "https://chat.example.com"),
+        ({**GOOD, "CHATWOOT_URL": "http://[::1"}, "CHATWOOT_URL", "https://chat.example.com"),
+        ({**GOOD, "CHATWOOT_URL": "https://chat.example.com/app/accounts/1/dashboard"}, "CHATWOOT_URL", "/app/"),
+        ({**GOOD, "KEEP_LANGUAGES": "english"}, "KEEP_LANGUAGES", "en,pt"),
+        ({**GOOD, "HANDOFF_LANGUAGES": "pt,Portuguese"}, "HANDOFF_LANGUAGES", "'Portuguese'"),
         ({**GOOD, "GROUPS": "bogus"}, "GROUPS", "open, ignore or rules"),  # the old name, as the user wrote it
         ({**GOOD, "INBOX_4_GROUPS": "bogus"}, "INBOX_4_GROUPS", "open, ignore or rules"),
         ({**GOOD, "STORE_URL": "redis://127.0.0.1:1/0"}, "STORE_URL", "cannot open the redis store"),
@@ -237,6 +243,11 @@ def test_redis_url_of_a_paas_add_on_is_the_store_unless_store_url_is_set():
             "hunter2",
         ),
         ({"REDIS_URL": "redis//:hunter2-pw@cache.example.com:6379/0"}, "REDIS_URL", ":***@cache.example", "hunter2"),
+        # A password with an unescaped / breaks the URL: refused at once, the password masked whole.
+        ({"REDIS_URL": "redis://:hun/ter2-pw@127.0.0.1:1/0"}, "REDIS_URL", "redis://:***@127.0.0.1:1/0", "ter2"),
+        ({"STORE_URL": "redis://u:hun/ter2-pw@cache.example.com/0"}, "STORE_URL", "percent-encoded", "ter2"),
+        ({"STORE_URL": "postgres://u:hun/ter2-pw@db.example.com/db"}, "STORE_URL", "postgres://u:***@", "ter2"),
+        ({"STORE_URL": "redis://cache.example.com:99999/0"}, "STORE_URL", "port", None),
     ],
 )
 def test_secrets_store_passwords_and_blank_commands_are_refused_without_printing_them(

@@ -36,6 +36,11 @@ async def register(settings: Settings, args: argparse.Namespace) -> int:
     if not args.detach and not args.url:
         raise ConfigError("--url: missing (example: --url https://bot.example.com/webhook)")
     base = (args.url or "").rstrip("/")
+    if not args.detach and not (base.startswith(("http://", "https://")) and base.endswith("/webhook")):
+        raise ConfigError(
+            f"--url: {base!r} is not the bot's webhook URL, which ends in /webhook "
+            "(example: --url https://bot.example.com/webhook)"
+        )
 
     async def work(cw: Chatwoot) -> int:
         inboxes = await _known_inboxes(cw, account, token, args.inbox)

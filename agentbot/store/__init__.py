@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Commit, DecisionEntry, Store
+from .base import Commit, DecisionEntry, Lapsed, Store, store_failure
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -44,4 +44,4 @@ async def open_or_refuse(store: Store, settings: Settings) -> None:
         ) from None
 
 
-__all__ = ["Commit", "DecisionEntry", "Store", "open_or_refuse", "open_store", "store_for"]
+__all__ = ["Commit", "DecisionEntry", "Lapsed", "Store", "open_or_refuse", "open_store", "store_failure", "store_for"]

@@ -20,6 +20,24 @@ LOG_TTL = 7 * 24 * 3600  # how long the decision log keeps an entry
 ECHOES_KEPT = 8  # the bot's own latest messages remembered per conversation (as long as the conversation)
 
 
+class Lapsed(Exception):
+    """A decision was not written: the conversation's lock lapsed before its commit (the store stalled past the
+    lock's time). Whoever took the lock since decides; a delivery is answered 500 and Chatwoot retries it."""
+
+
+def store_failure(exc: BaseException) -> bool:
+    """Whether `exc` is the store failing (unreachable, stalled, locked) rather than a defect of the bot."""
+    import sqlite3
+
+    if isinstance(exc, (Lapsed, sqlite3.Error)):
+        return True
+    try:
+        from redis.exceptions import RedisError
+    except ImportError:
+        return False
+    return isinstance(exc, RedisError)
+
+
 class DecisionEntry(msgspec.Struct, frozen=True):
     """One line of the decision log (what the operator page lists and charts)."""
 

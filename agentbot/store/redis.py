@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError, LockError, LockNotOwnedError, Time
 
 from ..actions import Job
 from ..facts import ConversationState, Resolved, fingerprint
-from .base import DEDUP_TTL, ECHOES_KEPT, LEASE, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Lease, Store
+from .base import DEDUP_TTL, ECHOES_KEPT, LEASE, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Lapsed, Lease, Store
 
 P = "agentbot:"
 LOCK_TTL = 6  # seconds a conversation's lock outlives a holder that died
@@ -216,7 +216,10 @@ class _ConversationLock(Lock):
 
     async def release(self) -> None:
         _HELD.set({k: v for k, v in _HELD.get().items() if k != str(self.name)})
-        await super().release()
+        try:
+            await super().release()
+        except LockNotOwnedError:  # it lapsed (Redis stalled past LOCK_TTL): nothing of ours to release
+            pass
 
 
 def _script(redis: Redis, body: str) -> AsyncScript:
@@ -288,9 +291,7 @@ class RedisStore(Store):
             )
         done = await self._commit(args=[json.dumps({k: v for k, v in args.items() if v is not None})])
         if done == -1:  # the holder stalled past LOCK_TTL (Redis did): another may be deciding the conversation now
-            raise LockNotOwnedError(
-                f"conversation {c.conversation_key}: its lock lapsed before the commit; not written"
-            )
+            raise Lapsed(f"conversation {c.conversation_key}: its lock lapsed before the commit; not written")
         return bool(done)
 
     async def remember(self, contact_key: str, resolved: Resolved | None, ttl: float, now: float) -> None:

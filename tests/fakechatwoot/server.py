@@ -172,7 +172,9 @@ class FakeChatwoot:
         self.url = f"http://127.0.0.1:{self.port}"
         # A new connection per delivery, as Chatwoot's HTTP clients make (RestClient, then SafeFetch): a pooled
         # keep-alive connection to a bot instance that was killed and restarted would fail as no real one does.
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+        # Every delivery its own connection, none waiting for another: Chatwoot's 5 s start with the request
+        # (its Sidekiq jobs queue before, uncounted), not in a client's connection pool.
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0))
         return self.url
 
     async def close(self) -> None:

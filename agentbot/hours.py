@@ -79,11 +79,15 @@ def _days(text: str) -> list[int]:
 def parse_week(text: str) -> tuple[tuple[tuple[time, time | None], ...], ...]:
     """`mon-fri 09:00-18:00; sat 09:00-13:00` → intervals per weekday; ValueError names the bad part."""
     week: list[list[tuple[time, time | None]]] = [[] for _ in DAYS]
-    for clause in filter(None, (c.strip().lower() for c in text.split(";"))):
-        days, _, spans = clause.partition(" ")
-        if not spans.strip():
+    # Clauses end at ";" or at a "," between hours and the next weekday ("…18:00, sat …"); spaces are free.
+    for clause in filter(None, (c.strip().lower() for c in re.split(r";|(?<=\d)\s*,\s*(?=[a-z])", text))):
+        found = re.fullmatch(r"([a-z][a-z\s,-]*?)\s*(\d.*)?", clause)
+        if not found:
+            raise ValueError(f"{clause!r} does not start with weekdays")
+        days, spans = re.sub(r"\s+", "", found.group(1)), found.group(2)
+        if not spans:
             raise ValueError(f"{clause!r} has no hours")
-        for span in spans.replace(" ", "").split(","):
+        for span in filter(None, re.split(r"[\s,]+", re.sub(r"\s*-\s*", "-", spans))):
             start_text, sep, end_text = span.partition("-")
             if not sep:
                 raise ValueError(f"hours {span!r} are not HH:MM-HH:MM")

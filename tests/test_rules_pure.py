@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agentbot.hours import Hours, parse_week
+from agentbot.hours import EXAMPLE, Hours, parse_week
 from agentbot.keywords import compile_keywords, find_keyword
 
 LISBON = ZoneInfo("Europe/Lisbon")
@@ -69,6 +69,24 @@ def test_utc_instants_are_compared_in_the_zone():
 def test_bad_business_hours_name_the_bad_part(text, problem):
     with pytest.raises(ValueError, match=problem):
         parse_week(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "mon-fri 09:00-18:00; sat 09:00-13:00",  # the README's way
+        "mon-fri 09:00-18:00, sat 09:00-13:00",
+        "Mon - Fri 09:00 - 18:00 ; sat 09:00-13:00",
+        "mon,tue, wed , thu,fri 09:00-18:00;sat 09:00-13:00",
+    ],
+)
+def test_business_hours_written_the_ways_people_write_them(text):
+    assert parse_week(text) == parse_week(EXAMPLE)
+
+
+def test_split_shifts_by_comma_or_space():
+    assert parse_week("mon 09:00-12:00 13:00-18:00") == parse_week("mon 09:00-12:00,13:00-18:00")
+    assert len(parse_week("mon 09:00-12:00, 13:00-18:00")[0]) == 2
 
 
 def test_wrapping_day_ranges_and_24_00():

@@ -114,6 +114,8 @@ def _report(result: SweepResult, queued: int, out: Console) -> None:
         if result.dry_run or swept.outcome in ("opened", "deferred", "error"):
             out.print(swept.line(result.dry_run), markup=False, highlight=False)
     title = f"{'Dry run: ' if result.dry_run else ''}{result.listed} pending conversations"
+    if result.failures:
+        title += " (incomplete: the listing failed, see below)"
     table = Table(title=title, title_justify="left")
     table.add_column("outcome")
     table.add_column("rule or reason")

@@ -355,6 +355,7 @@ async def test_sweep_exits_1_when_chatwoot_refuses_or_fails(fake, tmp_path, monk
     monkeypatch.setattr("agentbot.outbox.BACKOFF_BASE", 0.1)  # the retries of conftest's quick_outbox
     code, out, err = await sweep_cli(fake, tmp_path, "--dry-run")
     assert code == 1 and "500" in err
+    assert "incomplete: the listing failed" in " ".join(out.split())  # the table does not pass for a clean one
 
 
 async def test_sweep_with_an_inbox_lists_only_that_inbox(fake, tmp_path):

@@ -78,6 +78,11 @@ class ConfigError(Exception):
     """A setting is missing or wrong; the message is the one line the operator sees."""
 
 
+def _lower(value: Any) -> Any:
+    """A switch or a choice in any case, with stray spaces: `True `, `High`, `JSON`."""
+    return value.strip().lower() if isinstance(value, str) else value
+
+
 def _split(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -166,6 +171,15 @@ class Rules(BaseModel):
     _templates = field_validator("away_message", "handoff_message", "returning_message", "greeting_message")(
         _check_template
     )
+    _choices = field_validator(
+        "handoff_returning",
+        "handoff_note",
+        "handoff_all",
+        "handoff_on_agent_reply",
+        "handoff_priority",
+        "whatsapp_groups",
+        mode="before",
+    )(_lower)
     _blank_optionals = field_validator(
         "handoff_after_messages",
         "handoff_after_seconds",
@@ -338,7 +352,9 @@ class Settings(BaseSettings, Rules):
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
-        return value.upper() if isinstance(value, str) else value
+        return value.strip().upper() if isinstance(value, str) else value
+
+    _settings_choices = field_validator("log_format", "redis_tls_verify", mode="before")(_lower)
 
     @field_validator("chatwoot_url")
     @classmethod
@@ -431,6 +447,8 @@ def _describe(exc: ValidationError, prefix: str = "") -> str:
     if err["type"] != "value_error" and not secret and "input" in err:
         message = f"{message}: {err['input']!r}"
     example = EXAMPLES.get(field, TEMPLATE_EXAMPLE if field.endswith("_message") else None)
+    if example is None and err["type"].startswith("bool"):
+        example = "true or false"
     hint = f" (example: {example})" if example else ""
     return f"{prefix}{field.upper()}: {message}{hint}"
 

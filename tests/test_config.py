@@ -356,3 +356,13 @@ def test_kubernetes_service_links_are_not_taken_for_misspelt_settings():
             f"{service}_PORT_{port}_TCP_ADDR": "10.0.0.7",
         }
     assert load({**GOOD, **links, "KUBERNETES_SERVICE_HOST": "10.0.0.1"}).unknown == []
+
+
+def test_choices_and_switches_take_any_case_and_stray_spaces():
+    s = load(
+        {**GOOD, "HANDOFF_ALL": "True ", "LOG_FORMAT": "JSON", "HANDOFF_PRIORITY": "High", "WHATSAPP_GROUPS": "Ignore"}
+    )
+    assert (s.handoff_all, s.log_format, s.handoff_priority, s.whatsapp_groups) == (True, "json", "high", "ignore")
+    assert load({**GOOD, "LOG_LEVEL": " debug"}).log_level == "DEBUG"
+    with pytest.raises(ConfigError, match=r"HANDOFF_ALL: .*'maybe' \(example: true or false\)"):
+        load({**GOOD, "HANDOFF_ALL": "maybe"})

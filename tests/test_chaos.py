@@ -174,6 +174,10 @@ class Faults:
         victim.proc.send_signal(signal.SIGKILL)
         await victim.proc.wait()
         await victim.start()
+        # One instance down at a time: a delivery the killed one dropped went to the other (the load balancer);
+        # killing that one too before it answers (a restart takes milliseconds) is two failures at once, which
+        # Chatwoot's fallback answers by opening the conversation.
+        await wait_for(lambda: self.fake.in_flight == 0, 30, "the deliveries in flight at the kill")
 
     async def end(self) -> None:
         await asyncio.gather(*self._tasks)

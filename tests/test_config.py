@@ -366,3 +366,12 @@ def test_choices_and_switches_take_any_case_and_stray_spaces():
     assert load({**GOOD, "LOG_LEVEL": " debug"}).log_level == "DEBUG"
     with pytest.raises(ConfigError, match=r"HANDOFF_ALL: .*'maybe' \(example: true or false\)"):
         load({**GOOD, "HANDOFF_ALL": "maybe"})
+
+
+@pytest.mark.parametrize("tag", ["zh-Hant-TW", "sr-Latn-RS", "yue-Hant-HK"])
+def test_a_language_tag_with_script_and_region_is_accepted(tag: str) -> None:
+    """Review: a BCP 47 tag with a script and a region (what Windows/Safari report for Serbian, Chinese) is a
+    valid language code; the new check refuses it at start-up (fails on main since f94145e)."""
+    s = load({**GOOD, "KEEP_LANGUAGES": f"en,{tag}", "HANDOFF_LANGUAGES": tag})
+    assert s.handoff_languages == [tag.lower()]
+    assert s.keep_languages == ["en", tag.lower()]

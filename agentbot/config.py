@@ -225,8 +225,8 @@ class Rules(BaseModel):
     @field_validator("handoff_languages", "keep_languages")
     @classmethod
     def _languages(cls, value: list[str]) -> list[str]:
-        for tag in value:  # what Chatwoot's contacts carry: ISO 639-1 codes, with a region at most (pt-BR)
-            if not re.fullmatch(r"[a-z]{2,3}([-_][a-z0-9]{2,8})?", tag.strip(), re.I):
+        for tag in value:  # what contacts carry: ISO 639 codes, with a script and a region (pt-BR, zh-Hant-TW)
+            if not re.fullmatch(r"[a-z]{2,3}([-_][a-z0-9]{2,8}){0,3}", tag.strip(), re.I):
                 raise ValueError(f"{tag!r} is not a language code")
         return [normal_language(v) for v in value]
 

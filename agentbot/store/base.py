@@ -29,13 +29,13 @@ def store_failure(exc: BaseException) -> bool:
     """Whether `exc` is the store failing (unreachable, stalled, locked) rather than a defect of the bot."""
     import sqlite3
 
-    if isinstance(exc, (Lapsed, sqlite3.Error)):
+    if isinstance(exc, (Lapsed, sqlite3.OperationalError)):  # locked, busy, I/O; not a bad statement (a bug)
         return True
     try:
-        from redis.exceptions import RedisError
+        from redis.exceptions import ConnectionError, TimeoutError
     except ImportError:
         return False
-    return isinstance(exc, RedisError)
+    return isinstance(exc, (ConnectionError, TimeoutError))  # not an error reply such as WRONGTYPE (a bug)
 
 
 class DecisionEntry(msgspec.Struct, frozen=True):

@@ -78,6 +78,15 @@ class ConfigError(Exception):
     """A setting is missing or wrong; the message is the one line the operator sees."""
 
 
+def _has_host_and_port(url: str) -> bool:
+    """Whether `url` names a host and, if it has one, a port that is a number from 0 to 65535."""
+    try:
+        parts = urlsplit(url)
+        return bool(parts.hostname) and (parts.port is None or parts.port >= 0)
+    except ValueError:  # a port that is not a number, a broken [IPv6] host
+        return False
+
+
 def _lower(value: Any) -> Any:
     """A switch or a choice in any case, with stray spaces: `True `, `High`, `JSON`."""
     return value.strip().lower() if isinstance(value, str) else value
@@ -361,14 +370,9 @@ class Settings(BaseSettings, Rules):
     def _url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 (raises for a port that is not a number)
-        except ValueError:
-            parts = None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", value):
+        if not (value.startswith(("http://", "https://")) and _has_host_and_port(value)) or re.search(r"\s", value):
             raise ValueError(f"{value!r} is not an http(s) URL")
-        if re.search(r"/(app|api)(/|$)", parts.path):  # a page of Chatwoot, pasted from the browser
+        if re.search(r"/(app|api)(/|$)", urlsplit(value).path):  # a page of Chatwoot, pasted from the browser
             raise ValueError(f"{value!r} is a page of Chatwoot (/app/…, /api/…), not its address")
         return value.rstrip("/")
 
@@ -379,17 +383,11 @@ class Settings(BaseSettings, Rules):
             raise ValueError(f"{mask(value)!r} is not sqlite:///…, redis://… or memory://")
         if value.startswith("sqlite:///") and not value.removeprefix("sqlite:///").strip():
             raise ValueError("sqlite:/// needs a file path (an empty one would be a temporary database)")
-        if value.startswith("redis"):
-            try:
-                parts = urlsplit(value)
-                valid = bool(parts.hostname) and (parts.port or 0) >= 0
-            except ValueError:
-                valid = False
-            if not valid:
-                raise ValueError(
-                    f"{mask(value)!r} has no valid host and port (in a password, / # ? @ must be percent-encoded: "
-                    "%2F %23 %3F %40)"
-                )
+        if value.startswith("redis") and not _has_host_and_port(value):
+            raise ValueError(
+                f"{mask(value)!r} has no valid host and port (in a password, / # ? @ must be percent-encoded: "
+                "%2F %23 %3F %40)"
+            )
         return value
 
     _overrides: dict[int, Rules] = PrivateAttr(default_factory=dict)  # per-inbox rules, filled by load()

@@ -54,6 +54,11 @@ class ConversationState(msgspec.Struct, frozen=True):
         fresh = dict(handed_off=False, incoming=0, timer_due=None, away_period=None, given_back=False)
         return replace(self, **{**fresh, **changes})
 
+    def handoff_undone(self, latest: int | None) -> ConversationState:
+        """A new period after a handed-off one the bot did not see end (its open undone, or never landed): the
+        jobs of messages up to `latest` are moot (outbox.closed_since, left_since)."""
+        return self.new_period(left_pending_after=latest, closed_after=latest)
+
     @property
     def in_period(self) -> bool:
         return self.handed_off or bool(self.incoming) or self.timer_due is not None

@@ -99,8 +99,7 @@ class Handoffs:
         assert c is not None
         facts = await load_facts(self.store, d)
         if look_up and await self._pending_again(d, facts.state, deadline):
-            latest = facts.state.latest_message  # the handed-off period's jobs are moot now (closed_since)
-            facts = Facts(facts.state.new_period(left_pending_after=latest, closed_after=latest), facts.previous)
+            facts = Facts(facts.state.handoff_undone(facts.state.latest_message), facts.previous)
         if look_up and self._worth_looking_up(d, facts):
             facts = Facts(facts.state, await self._look_up(c, deadline))
         return facts
@@ -302,9 +301,10 @@ class Handoffs:
                 if renewed:
                     # Chatwoot lists it pending and nothing queued will open it: the handoff became a dead letter,
                     # or its open was undone by a resolve and a reopen whose events never reached the bot. That
-                    # period's jobs still queued (a failing note or message) are moot, as in `_pending_again`.
+                    # period's jobs still queued (a failing note or message) are moot, as in `_pending_again`; the
+                    # sweep's own trigger is not.
                     latest = min(facts.state.latest_message or 0, m.id - 1)
-                    facts = replace(facts, state=facts.state.new_period(left_pending_after=latest, closed_after=latest))
+                    facts = replace(facts, state=facts.state.handoff_undone(latest))
                 stored = facts.state
                 # Once the bot has seen the customer's message (live, or an earlier sweep: it records at least
                 # one), the contact was looked up then: later sweeps rely on what the bot has seen since.

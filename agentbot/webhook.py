@@ -99,7 +99,7 @@ async def receive(handoffs: Handoffs, request: web.Request) -> web.Response:
             decision = await handoffs.handle(delivery)
     except (Busy, Lapsed) as exc:  # Chatwoot retries a 500 three seconds later
         logger.warning("{} delivery {} answered 500: {}", delivery.event, delivery_id or "-", exc)
-        return error(500, "could not handle the delivery (Busy)")
+        return error(500, f"could not handle the delivery ({type(exc).__name__})")
     except TimeoutError:  # a stalled store: a 500 is retried (and deduplicated), a timeout opens the conversation
         logger.warning(
             "{} delivery {} answered 500: not handled within {} s", delivery.event, delivery_id or "-", DECIDE_WITHIN

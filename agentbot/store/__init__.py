@@ -28,7 +28,7 @@ def store_for(settings: Settings) -> Store:
 
 
 async def open_or_refuse(store: Store, settings: Settings) -> None:
-    """Open `store`; when it cannot be, a ConfigError naming STORE_URL, its password masked."""
+    """Open `store`; when it cannot be, a ConfigError naming the variable the URL came from, its password masked."""
     from ..config import ConfigError, mask, scrub
 
     try:

@@ -135,18 +135,11 @@ async def test_run_main_leaves_the_test_processs_stdlib_logging_as_it_found_it(f
     asyncio's records into loguru (log_lines) or not, depending on which tests ran before it."""
     import logging
 
+    from tests.test_sweep import sweep_cli
+
     root = logging.getLogger()
     before = (list(root.handlers), root.level)
-    status, _, err = await run_main(
-        tmp_path,
-        "sweep",
-        "--dry-run",
-        CHATWOOT_URL=fake.url,
-        CHATWOOT_BOT_TOKEN="bot-token-7",
-        CHATWOOT_API_TOKEN="user-token-5",
-        CHATWOOT_ACCOUNT_ID="1",
-        STORE_URL="memory://",
-    )
+    status, _, err = await sweep_cli(fake, tmp_path, "--dry-run", STORE_URL="memory://")
     assert status == 0, err
     assert (list(root.handlers), root.level) == before
 

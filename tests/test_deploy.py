@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from agentbot.config import REQUIRED, Settings
-from tests.conftest import free_port, returning, run_main, wait_for, without_settings
+from tests.conftest import free_port, returning, wait_for, without_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -203,16 +203,10 @@ async def test_heroku_redis_with_tls_verify_off_is_the_store_end_to_end(fake, pr
 @pytest.mark.redis
 async def test_the_sweep_command_uses_the_heroku_redis_settings_too(fake, tls_redis_url, tmp_path):
     """`python -m agentbot sweep` (a Heroku one-off dyno) opens the same store as the server."""
-    status, out, err = await run_main(
-        tmp_path,
-        "sweep",
-        "--dry-run",
-        CHATWOOT_URL=fake.url,
-        CHATWOOT_BOT_TOKEN="bot-token-7",
-        CHATWOOT_API_TOKEN="user-token-5",
-        CHATWOOT_ACCOUNT_ID="1",
-        REDIS_URL=tls_redis_url,
-        REDIS_TLS_VERIFY="false",
+    from tests.test_sweep import sweep_cli
+
+    status, out, err = await sweep_cli(
+        fake, tmp_path, "--dry-run", STORE_URL=None, REDIS_URL=tls_redis_url, REDIS_TLS_VERIFY="false"
     )
     assert status == 0, err
     assert "Dry run: 0 pending conversations" in out

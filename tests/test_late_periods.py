@@ -250,6 +250,21 @@ async def test_a_stalled_store_gets_a_500_chatwoot_retries_not_a_timeout_it_does
     assert fake.fallbacks == [] and fake.opened_by(conv.display_id) == ["bot:7"]
 
 
+async def missed_resolve_then_sweep(fake, bot, conv, maria, failing, events) -> None:
+    """While the bot is away, an agent resolves and the customer writes again (no rule fires); the sweep then
+    finds the conversation pending. Afterwards the failing calls go through and everything held is delivered."""
+    away = fake.hold_deliveries(lambda d: True)  # from here on nothing reaches the bot (it was away)
+    fake.resolve(conv.display_id)
+    fake.customer_writes(maria, "thanks, one more question")  # pending again; no rule fires
+    fake.age(conv.display_id, 120)
+    assert (await bot.bot.sweeps.once()) is not None
+    fake.faults.remove(failing)
+    await wait_for(lambda: outbox_empty(bot), 10, "the earlier handoff's job, done or dropped")
+    away.release()
+    events.release()
+    await bot.idle()
+
+
 @pytest.mark.parametrize("open_seen", [False, True], ids=["open-unseen", "open-seen"])
 async def test_a_handoffs_failing_note_is_not_posted_into_the_next_pending_period_the_sweep_found(
     fake, start_bot, open_seen
@@ -276,16 +291,7 @@ async def test_a_handoffs_failing_note_is_not_posted_into_the_next_pending_perio
     conv = fake.customer_writes(maria, "I want a human").conversation
     await wait_for(lambda: conv.status == "open" and fake.calls_to("messages"), 5, "the handoff, its note failing")
     await wait_for(lambda: all(d.done for d in fake.deliveries if d not in events.held), 5, "the open's events")
-    away = fake.hold_deliveries(lambda d: True)  # from here on nothing reaches the bot (it was away)
-    fake.resolve(conv.display_id)
-    fake.customer_writes(maria, "thanks, one more question")  # pending again; no rule fires
-    fake.age(conv.display_id, 120)
-    assert (await bot.bot.sweeps.once()) is not None
-    fake.faults.remove(failing)
-    await wait_for(lambda: outbox_empty(bot), 10, "the first handoff's job, done or dropped")
-    away.release()
-    events.release()
-    await bot.idle()
+    await missed_resolve_then_sweep(fake, bot, conv, maria, failing, events)
     assert conv.status == "pending"
     assert fake.opened_by(conv.display_id) == ["bot:7"]
     assert fake.bot_messages(conv.display_id) == [] and fake.notes(conv.display_id) == []
@@ -346,16 +352,7 @@ async def test_an_operators_failing_handoff_note_is_not_posted_into_the_next_pen
     await bot.bot.handoffs.hand_off_now(live.conversation, "Ann")
     await wait_for(lambda: conv.status == "open" and fake.calls_to("messages"), 5, "the handoff, its note failing")
     await wait_for(lambda: all(d.done for d in fake.deliveries if d not in events.held), 5, "deliveries")
-    away = fake.hold_deliveries(lambda d: True)  # from here on nothing reaches the bot (it was away)
-    fake.resolve(conv.display_id)
-    fake.customer_writes(maria, "thanks, one more question")  # pending again; no rule fires
-    fake.age(conv.display_id, 120)
-    assert (await bot.bot.sweeps.once()) is not None
-    fake.faults.remove(failing)
-    await wait_for(lambda: outbox_empty(bot), 10, "the operator's handoff job, done or dropped")
-    away.release()
-    events.release()
-    await bot.idle()
+    await missed_resolve_then_sweep(fake, bot, conv, maria, failing, events)
     assert conv.status == "pending"
     assert fake.opened_by(conv.display_id) == ["bot:7"]
     assert fake.notes(conv.display_id) == [] and fake.bot_messages(conv.display_id) == ["Hi Maria"]

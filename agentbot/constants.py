@@ -12,3 +12,5 @@ BACKOFF_BASE, BACKOFF_CAP = 0.5, 60.0  # Chatwoot calls
 STORE_BACKOFF_BASE, STORE_BACKOFF_CAP = 0.05, 2.0  # store writes a worker must get through
 STORE_DOWN_AFTER = 2.0  # seconds of failing store calls before /healthz reports it
 LATE = 5.0  # a job that starts this long after its decision first checks where the conversation is now
+CATCH_UP = 30.0  # seconds a handoff waits for a customer message Chatwoot shows but has not delivered yet
+CATCH_UP_EVERY = 0.5  # seconds between its looks meanwhile

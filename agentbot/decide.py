@@ -104,8 +104,8 @@ def _decide(d: Delivery, facts: Facts, now: datetime, settings: Settings, live: 
     if m.private:
         return _give_back(c, m, facts.state, now)
     trigger = m.id
-    if facts.state.handed_off:
-        return ignore("handoff already decided for this pending conversation")
+    if facts.state.handed_off:  # the message is seen (the outbox waits for those Chatwoot shows it has)
+        return Decision("ignore", "handoff already decided for this pending conversation", state=facts.state)
     if facts.state.left_pending_after is not None and m.id <= facts.state.left_pending_after:
         return ignore("late delivery: the conversation left pending after this message was written")
     if c.is_group and rules.whatsapp_groups == "open":

@@ -22,6 +22,8 @@ from .chatwoot import Agent, Chatwoot, ChatwootError
 from .constants import (
     BACKOFF_BASE,
     BACKOFF_CAP,
+    CATCH_UP,
+    CATCH_UP_EVERY,
     LATE,
     POLL,
     PRUNE_EVERY,
@@ -74,6 +76,20 @@ def closed_since(state: ConversationState, job: Job) -> bool:
 def left_since(state: ConversationState, job: Job) -> bool:
     """The bot saw the conversation leave pending after the message that led to the job (its own open, maybe)."""
     return job.trigger is not None and state.left_pending_after is not None and state.left_pending_after >= job.trigger
+
+
+def unheard(job: Job, step: Step, view: Listed, state: ConversationState) -> bool:
+    """Chatwoot shows a customer message the bot has not had delivered yet in the pending conversation this step
+    would open. It may begin a new pending period (the handoff's open landed unanswered, an agent resolved, the
+    customer wrote again, with those events still on their way); then that message is the one to decide on."""
+    last = view.last_message
+    return (
+        step == SetStatus("open")
+        and view.conversation.status == "pending"
+        and last is not None
+        and last.kind == "incoming"
+        and last.id > max(state.latest_message or 0, job.trigger or 0)
+    )
 
 
 def moved_on(
@@ -283,6 +299,10 @@ class Outbox:
             step = job.steps[job.step]
             try:
                 skip = await self._check(job, step, unsure, late)
+                if skip == "wait":
+                    job.next_at = self.now() + CATCH_UP_EVERY
+                    await self._save(lambda: self.store.retry(job))
+                    return
                 if skip == "drop":
                     await self._save(lambda: self.store.finish(job, self.now()))
                     return
@@ -318,7 +338,8 @@ class Outbox:
 
     async def _check(self, job: Job, step: Step, unsure: bool, late: bool) -> str | None:
         """Before a step: "drop" the rest of the job when the conversation moved on since the decision,
-        "done" when an earlier run's call already took effect, None to make the call."""
+        "done" when an earlier run's call already took effect, "wait" to look again shortly, None to make
+        the call."""
         op = step.op
         if not (guarded(step) or (op == "note" and (late or unsure))):
             return None
@@ -336,6 +357,8 @@ class Outbox:
                 why,
                 job.reason,
             )
+        elif view is not None and unheard(job, step, view, state) and self._catching_up(job):
+            return "wait"
         if verdict or op not in ("note", "message") or not (unsure or late):
             return verdict
         content = self._content(job, step)
@@ -357,6 +380,26 @@ class Outbox:
             )
             return "done"
         return None
+
+    def _catching_up(self, job: Job) -> bool:
+        """Whether the job still waits for the deliveries Chatwoot owes the bot, for CATCH_UP seconds at most
+        (a delivery can be lost: the instance it went to was killed)."""
+        now, first = self.now(), "catch_up_until" not in job.context
+        if first:
+            job.context["catch_up_until"] = now + CATCH_UP
+        if now < job.context["catch_up_until"]:
+            if first:
+                logger.info(
+                    "conversation {}: Chatwoot shows a customer message the bot has not received yet; waiting for "
+                    "it before opening the conversation",
+                    job.conversation_key,
+                )
+            return True
+        logger.warning(
+            "conversation {}: a customer message Chatwoot showed never reached the bot; opening the conversation",
+            job.conversation_key,
+        )
+        return False
 
     async def _superseded(self, job: Job) -> bool:
         """A handoff of a later pending period is queued behind this one (the bot missed the resolve between)."""

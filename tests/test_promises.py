@@ -337,3 +337,52 @@ async def test_a_note_chatwoot_carries_out_after_the_bot_gave_up_waiting_is_not_
     await wait_for(lambda: slow.slept == 1, 5, "the slow call carried out")
     await bot.idle()
     one_handoff(fake, conv)
+
+
+async def test_an_unsure_handoff_looked_at_across_a_resolve_the_bot_has_not_heard_of_acts_once(fake, start_bot):
+    """The first handoff's open landed but its answer was lost, and nothing Chatwoot sent since has reached the
+    bot (its open, an agent's resolve, the customer's next message) when it looks again: Chatwoot shows pending.
+    The bot waits for what it has not heard of, so the new period gets one handoff, one note and one message."""
+    if not fake.has("bot_reads"):
+        pytest.skip("before 4.16 the bot cannot see the new period until its events arrive (README: what remains)")
+    maria, conv = returning(fake)
+    bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}", CHATWOOT_TIMEOUT="0.3")
+    fake.fail("toggle_status", applied=True, hang=0.4)
+    late = fake.hold_deliveries(lambda d: d.payload.get("content") != "Again")
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: conv.status == "open", 5, "the first handoff, applied")
+    fake.resolve(conv.display_id)
+    fake.customer_writes(maria, "Hello?")
+    again = fake.hold("toggle_status")
+    await wait_for(
+        lambda: again.waiting or len(fake.calls_to("show", conv.display_id)) > 1, 5, "the first handoff, looked at"
+    )
+    late.release()
+    fake.faults.remove(again)
+    again.release.set()
+    await bot.idle()
+    assert conv.status == "open"
+    assert [by for by in fake.opened_by(conv.display_id) if by.startswith("bot")] == ["bot:7", "bot:7"]
+    assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)
+    assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]
+
+
+async def test_an_unsure_handoff_waits_for_an_unheard_message_only_so_long(fake, start_bot, monkeypatch):
+    """As above, but the customer's message never reaches the bot (the instance it went to was killed): after
+    CATCH_UP the handoff goes ahead, and the new period still gets one note and one message."""
+    if not fake.has("bot_reads"):
+        pytest.skip("only Chatwoot 4.16+ shows the bot a message it has not received")
+    monkeypatch.setattr("agentbot.outbox.CATCH_UP", 0.5)
+    maria, conv = returning(fake)
+    bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}", CHATWOOT_TIMEOUT="0.3")
+    fake.fail("toggle_status", applied=True, hang=0.4)
+    lost = fake.hold_deliveries(lambda d: d.payload.get("content") != "Again")
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: conv.status == "open", 5, "the first handoff, applied")
+    fake.resolve(conv.display_id)
+    fake.customer_writes(maria, "Hello?")
+    await wait_for(lambda: fake.bot_messages(conv.display_id), 10, "the handoff, after waiting")
+    assert conv.status == "open"
+    assert len(fake.notes(conv.display_id)) == 1 and len(fake.calls_to("show", conv.display_id)) > 1
+    assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]
+    fake.delivery_holds.remove(lost)  # what Chatwoot never delivered

@@ -14,12 +14,24 @@ from datetime import datetime, timezone
 import aiohttp
 import pytest
 from aiohttp import web
+from loguru import logger
 
 from agentbot.__main__ import main
 from agentbot.app import BOT, build_app
 from agentbot.config import NAMES, load
 from tests.fakechatwoot import FakeChatwoot
 from tests.spawner import Spawner
+
+
+def log_to_stderr() -> None:
+    """Where in-process bots log: standard error, shown for a failing test, in the server's text format. Not with
+    loguru's default tracebacks, which dump every variable of every frame at a cost in CPU."""
+    logger.remove()
+    text = "{time:HH:mm:ss.SSS} {level: <7} {message}"
+    logger.add(sys.stderr, level="DEBUG", backtrace=False, diagnose=False, format=text)
+
+
+log_to_stderr()
 
 
 async def wait_for(condition: Callable[[], object], timeout: float = 5.0, what: str = "condition"):
@@ -179,8 +191,6 @@ async def start_bot(fake):
 @pytest.fixture
 def log_lines():
     """Every loguru line the app writes during the test (level, message and context)."""
-    from loguru import logger
-
     lines: list[str] = []
     handler = logger.add(lambda m: lines.append(str(m)), level="DEBUG", format="{level} {message} {extra}")
     yield lines
@@ -203,8 +213,6 @@ async def run_main(cwd, *argv: str, **env: str | None) -> tuple[int, str, str]:
     its own (test_cli) shows the process exits with what `main` returns."""
     import logging
 
-    from loguru import logger
-
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     root = logging.getLogger()
     saved_logging = root.handlers[:], root.level
@@ -224,8 +232,7 @@ async def run_main(cwd, *argv: str, **env: str | None) -> tuple[int, str, str]:
         os.environ.clear()
         os.environ.update(saved_env)
         os.chdir(saved_cwd)
-        logger.remove()  # `sweep` sets up its own logging, as a process does
-        logger.add(sys.stderr)
+        log_to_stderr()  # `sweep` sets up its own logging, as a process does
         root.handlers, root.level = saved_logging
     return status, out.getvalue(), err.getvalue()
 
@@ -429,3 +436,4 @@ async def processes(spawner, fake, tmp_path):
         if p.proc.returncode is None:
             p.proc.kill()
             await p.proc.wait()
+

@@ -5,13 +5,11 @@ from __future__ import annotations
 import io
 import json
 import logging
-import sys
 
-from loguru import logger
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentbot.logs import setup
-from tests.conftest import returning, wait_for
+from tests.conftest import log_to_stderr, returning, wait_for
 
 
 def samples(text: str) -> dict[tuple, float]:
@@ -55,8 +53,7 @@ async def test_json_logs_carry_the_ids_and_stdlib_logging_is_routed_in(fake, sta
         await bot.idle()
         logging.getLogger("aiohttp.server").error("something from aiohttp")
     finally:
-        logger.remove()
-        logger.add(sys.stderr)
+        log_to_stderr()
     lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
     kept = next(line for line in lines if "keep: new customer" in line["message"])
     delivery = next(d for d in fake.deliveries if d.display_id == newcomer.display_id)

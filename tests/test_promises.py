@@ -374,7 +374,7 @@ async def test_an_unsure_handoff_waits_for_an_unheard_message_only_so_long(fake,
         pytest.skip("only Chatwoot 4.16+ shows the bot a message it has not received")
     monkeypatch.setattr("agentbot.outbox.CATCH_UP", 0.5)
     maria, conv = returning(fake)
-    bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}", CHATWOOT_TIMEOUT="0.3")
+    await start_bot(HANDOFF_MESSAGE="Thanks {name}", CHATWOOT_TIMEOUT="0.3")
     fake.fail("toggle_status", applied=True, hang=0.4)
     lost = fake.hold_deliveries(lambda d: d.payload.get("content") != "Again")
     fake.customer_writes(maria, "Again")

@@ -1,0 +1,52 @@
+"""Review of 7384fe0 (review4): failing tests for defects found; each docstring gives the sequence."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import returning, wait_for
+
+CONVERSATION_EVENTS = {
+    "conversation_opened",
+    "conversation_resolved",
+    "conversation_status_changed",
+    "conversation_updated",
+}
+
+
+async def outbox_empty(bot) -> bool:
+    return await bot.bot.store.depth() == 0
+
+
+def delivered(fake, held) -> bool:
+    return all(d.done for d in fake.deliveries if d not in held.held)
+
+
+@pytest.mark.parametrize("fake", ["4.6", "4.12"], indirect=True)
+async def test_review4_a_resolve_delivered_after_the_customers_next_message_still_ends_the_period(fake, start_bot):
+    """Before 4.16 (no `conversation_if_readable`, so `_pending_again` cannot start the new period): the handoff
+    is done (its conversation_opened still on its way); an agent resolves; the customer writes again ("Hello?",
+    pending). Chatwoot delivers "Hello?" before the open's and the resolve's events (different saves, no set
+    order). Since 7384fe0 "Hello?" in the handed-off period is remembered
+    as seen (latest_message, updated), so the late conversation_resolved is ignored as stale: no new period, no
+    resolved_on / Resolved record, and every later customer message is ignored as "handoff already decided".
+    The new period is not handed off live (only by the sweep, if it runs). Before 7384fe0 the resolve started
+    the new period and the customer's next message handed it off."""
+    maria, conv = returning(fake)
+    bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}")
+    held = fake.hold_deliveries(lambda d: d.event in CONVERSATION_EVENTS)  # its own open's events, too
+    fake.customer_writes(maria, "Again")  # a returning customer: handed off at once
+    await wait_for(lambda: conv.status == "open" and fake.bot_messages(conv.display_id), 5, "the first handoff")
+    await wait_for(lambda: outbox_empty(bot), 5, "the first handoff, finished")
+    fake.resolve(conv.display_id)
+    fake.customer_writes(maria, "Hello?")  # resolved -> pending
+    assert conv.status == "pending"
+    await wait_for(lambda: delivered(fake, held), 5, "the customer's message")
+    held.release()
+    await bot.idle()
+    fake.customer_writes(maria, "Anyone there?")
+    await wait_for(lambda: delivered(fake, held), 5, "the customer's next message")
+    await bot.idle()
+    assert conv.status == "open"
+    assert fake.opened_by(conv.display_id) == ["bot:7", "bot:7"]
+    assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez", "Thanks Maria Lopez"]

@@ -50,3 +50,31 @@ async def test_review4_a_resolve_delivered_after_the_customers_next_message_stil
     assert conv.status == "open"
     assert fake.opened_by(conv.display_id) == ["bot:7", "bot:7"]
     assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez", "Thanks Maria Lopez"]
+
+
+@pytest.mark.parametrize("fake", ["4.6", "4.12"], indirect=True)
+async def test_review4_after_a_dead_letter_a_resolve_delivered_after_the_customers_message_still_ends_the_period(
+    fake, start_bot
+):
+    """Before 4.16, one reorder is enough: the handoff's open fails finally (dead letter: handed_off stays, no
+    conversation_opened will come); an agent resolves the pending conversation; the customer writes "Hello?"
+    (pending again) and that message is delivered before the resolve. Since 7384fe0 "Hello?" is remembered as
+    seen, the resolve is ignored as stale and every later message hits "handoff already decided": the
+    conversation stays pending for good (only the sweep, or `outbox --retry`, moves it). Before 7384fe0 the
+    resolve started a new period and the next message handed it off."""
+    maria, conv = returning(fake)
+    bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}")
+    fake.fail("toggle_status", status=422)
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: bot.bot.store.dead_letters(), 5, "the handoff, a dead letter")
+    held = fake.hold_deliveries(lambda d: d.event in CONVERSATION_EVENTS)
+    fake.resolve(conv.display_id)
+    fake.customer_writes(maria, "Hello?")  # resolved -> pending
+    await wait_for(lambda: delivered(fake, held), 5, "the customer's message")
+    held.release()
+    await bot.idle()
+    fake.customer_writes(maria, "Anyone there?")
+    await bot.idle()
+    assert conv.status == "open"
+    assert fake.opened_by(conv.display_id) == ["bot:7"]
+    assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]

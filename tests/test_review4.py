@@ -78,3 +78,32 @@ async def test_review4_after_a_dead_letter_a_resolve_delivered_after_the_custome
     assert conv.status == "open"
     assert fake.opened_by(conv.display_id) == ["bot:7"]
     assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]
+
+
+async def test_review4_an_unsure_handoff_waits_for_an_unheard_message_behind_an_agents_private_note(fake, start_bot):
+    """test_promises' unsure-handoff-across-a-resolve, with an agent's private note after the customer's new
+    message (an agent annotating the reopened conversation). GET /conversations/{id} shows the last
+    non-activity message, private notes included (`last_non_activity_message`), so `unheard` sees an outgoing
+    note instead of the customer's undelivered "Hello?" and does not wait: the retry opens the new period, the
+    late resolve then starts another one, and the customer gets the handoff twice (the window 7384fe0 closes,
+    still open behind a note). Not a regression: a gap in the new check."""
+    maria, conv = returning(fake)
+    bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}", CHATWOOT_TIMEOUT="0.3")
+    fake.fail("toggle_status", applied=True, hang=0.4)
+    late = fake.hold_deliveries(lambda d: d.payload.get("content") != "Again")
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: conv.status == "open", 5, "the first handoff, applied")
+    fake.resolve(conv.display_id)
+    fake.customer_writes(maria, "Hello?")
+    fake.agent_writes(conv.display_id, "Customer is back, see the order", private=True)
+    again = fake.hold("toggle_status")
+    await wait_for(
+        lambda: again.waiting or len(fake.calls_to("show", conv.display_id)) > 1, 5, "the first handoff, looked at"
+    )
+    late.release()
+    fake.faults.remove(again)
+    again.release.set()
+    await bot.idle()
+    assert conv.status == "open"
+    assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)
+    assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]

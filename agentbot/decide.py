@@ -44,6 +44,13 @@ class Decision:
         return "\n".join(lines)
 
 
+# A customer message in a period whose handoff is still queued is remembered as seen: that handoff, unsure
+# whether its open landed, waits for the messages Chatwoot shows it has not received (outbox.unheard), and the
+# events of an earlier save delivered after it (an agent's resolve) are stale then. Once the handoff is done
+# or dead, Handoffs._handle forgets it: before 4.16 those late events are what starts the next period.
+HEARD = "handoff already decided for this pending conversation"
+
+
 def ignore(reason: str) -> Decision:
     return Decision("ignore", reason)
 
@@ -104,8 +111,8 @@ def _decide(d: Delivery, facts: Facts, now: datetime, settings: Settings, live: 
     if m.private:
         return _give_back(c, m, facts.state, now)
     trigger = m.id
-    if facts.state.handed_off:  # the message is seen (the outbox waits for those Chatwoot shows it has)
-        return Decision("ignore", "handoff already decided for this pending conversation", state=facts.state)
+    if facts.state.handed_off:
+        return Decision("ignore", HEARD, state=facts.state)
     if facts.state.left_pending_after is not None and m.id <= facts.state.left_pending_after:
         return ignore("late delivery: the conversation left pending after this message was written")
     if c.is_group and rules.whatsapp_groups == "open":

@@ -243,6 +243,8 @@ class Handoffs:
         ):
             async with self._locked(c.key, deadline):
                 decision = decide(d, await self.facts(d, deadline=deadline), self.clock(), self.settings)
+                if decision.outcome == "ignore" and decision.state and not await self.store.opening(c.key):
+                    decision.state = None  # see decide.HEARD
                 # The commit is refused for a delivery seen before; one that writes nothing is harmless
                 # (unless it belongs in the decision log).
                 if (decision.writes or decision.outcome in LOGGED) and not await self._commit(d, decision):

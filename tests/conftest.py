@@ -436,4 +436,3 @@ async def processes(spawner, fake, tmp_path):
         if p.proc.returncode is None:
             p.proc.kill()
             await p.proc.wait()
-

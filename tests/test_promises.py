@@ -37,6 +37,11 @@ def one_handoff(fake, conv, note_count=1):
     assert fake.fallbacks == []
 
 
+def delivered(fake, hold) -> bool:
+    """Every delivery Chatwoot made is answered, except those `hold` keeps back."""
+    return all(d.done for d in fake.deliveries if d not in hold.held)
+
+
 async def outbox_empty(bot) -> bool:
     return await queued(bot, 0)
 
@@ -386,3 +391,83 @@ async def test_an_unsure_handoff_waits_for_an_unheard_message_only_so_long(fake,
     assert len(fake.notes(conv.display_id)) == 1 and len(fake.calls_to("show", conv.display_id)) > 1
     assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]
     fake.delivery_holds.remove(lost)  # what Chatwoot never delivered
+
+
+async def test_a_resolve_delivered_after_the_customers_next_message_still_ends_the_handed_off_period(fake, start_bot):
+    """The handoff is done (its own conversation_opened still on its way); an agent resolves; the customer writes
+    again and that message is delivered before the open's and the resolve's events (separate saves, no set
+    order). Nothing is queued to open the conversation any more, so the message is not remembered as seen: the
+    late resolve still ends the handed-off period (before 4.16 it is the only sign of it), and the customer's
+    next message is handed off."""
+    maria, conv = returning(fake)
+    bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}")
+    held = fake.hold_deliveries(lambda d: d.event in CONVERSATION_EVENTS)  # its own open's events, too
+    fake.customer_writes(maria, "Again")  # a returning customer: handed off at once
+    await wait_for(lambda: conv.status == "open" and fake.bot_messages(conv.display_id), 5, "the first handoff")
+    await wait_for(lambda: outbox_empty(bot), 5, "the first handoff, finished")
+    fake.resolve(conv.display_id)
+    fake.customer_writes(maria, "Hello?")  # resolved -> pending
+    assert conv.status == "pending"
+    await wait_for(lambda: delivered(fake, held), 5, "the customer's message")
+    held.release()
+    await bot.idle()
+    fake.customer_writes(maria, "Anyone there?")
+    await wait_for(lambda: delivered(fake, held), 5, "the customer's next message")
+    await bot.idle()
+    assert conv.status == "open"
+    assert fake.opened_by(conv.display_id) == ["bot:7", "bot:7"]
+    assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez", "Thanks Maria Lopez"]
+
+
+async def test_after_a_dead_letter_a_resolve_delivered_after_the_customers_message_still_ends_the_period(
+    fake, start_bot
+):
+    """The handoff's open failed for good (a dead letter); an agent resolves the pending conversation; the
+    customer writes again and that message is delivered before the resolve: the resolve still ends the period
+    and the customer's next message is handed off (before 4.16 nothing else tells the bot)."""
+    maria, conv = returning(fake)
+    bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}")
+    fake.fail("toggle_status", status=422)
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: bot.bot.store.dead_letters(), 5, "the handoff, a dead letter")
+    held = fake.hold_deliveries(lambda d: d.event in CONVERSATION_EVENTS)
+    fake.resolve(conv.display_id)
+    fake.customer_writes(maria, "Hello?")  # resolved -> pending
+    await wait_for(lambda: delivered(fake, held), 5, "the customer's message")
+    held.release()
+    await bot.idle()
+    fake.customer_writes(maria, "Anyone there?")
+    await bot.idle()
+    assert conv.status == "open"
+    assert fake.opened_by(conv.display_id) == ["bot:7"]
+    assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]
+
+
+@pytest.mark.xfail(strict=True, reason="README, What remains: a private note hides the message the bot waits for")
+async def test_an_unsure_handoff_waits_for_an_unheard_message_behind_an_agents_private_note(fake, start_bot):
+    """The unsure handoff across a resolve (above), with an agent's private note after the customer's new message:
+    Chatwoot shows the note as the conversation's last message, so the bot cannot tell that a customer message
+    it has not received came before it, and the new period gets a second note and message (README: what
+    remains; a known limit, pinned here)."""
+    if not fake.has("bot_reads"):
+        pytest.skip("before 4.16 the bot cannot see the new period until its events arrive (README: what remains)")
+    maria, conv = returning(fake)
+    bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}", CHATWOOT_TIMEOUT="0.3")
+    fake.fail("toggle_status", applied=True, hang=0.4)
+    late = fake.hold_deliveries(lambda d: d.payload.get("content") != "Again")
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: conv.status == "open", 5, "the first handoff, applied")
+    fake.resolve(conv.display_id)
+    fake.customer_writes(maria, "Hello?")
+    fake.agent_writes(conv.display_id, "Customer is back, see the order", private=True)
+    again = fake.hold("toggle_status")
+    await wait_for(
+        lambda: again.waiting or len(fake.calls_to("show", conv.display_id)) > 1, 5, "the first handoff, looked at"
+    )
+    late.release()
+    fake.faults.remove(again)
+    again.release.set()
+    await bot.idle()
+    assert conv.status == "open"
+    assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)
+    assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]

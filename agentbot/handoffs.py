@@ -15,7 +15,7 @@ from msgspec.structs import replace
 
 from .chatwoot import Chatwoot, ChatwootError
 from .config import Settings
-from .decide import Decision, decide, given_back, operator_handoff, returning_reason, triage
+from .decide import HEARD, Decision, decide, given_back, operator_handoff, returning_reason, triage
 from .events import Conversation, Delivery, event_label
 from .facts import ConversationState, Facts, Resolved
 from .metrics import Metrics
@@ -243,8 +243,8 @@ class Handoffs:
         ):
             async with self._locked(c.key, deadline):
                 decision = decide(d, await self.facts(d, deadline=deadline), self.clock(), self.settings)
-                if decision.outcome == "ignore" and decision.state and not await self.store.opening(c.key):
-                    decision.state = None  # see decide.HEARD
+                if decision.reason == HEARD and not await self.store.opening(c.key):
+                    decision.state = None  # nothing queued waits for the message (decide.HEARD)
                 # The commit is refused for a delivery seen before; one that writes nothing is harmless
                 # (unless it belongs in the decision log).
                 if (decision.writes or decision.outcome in LOGGED) and not await self._commit(d, decision):

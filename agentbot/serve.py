@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 from aiohttp import web
 from loguru import logger
 
 from .app import build_app
-from .config import Settings
+from .config import ConfigError, Settings
 from .logs import setup
 from .loop import event_loop
 
 
+def listen(port: int) -> socket.socket:
+    """The server's socket, bound before start-up: a port in use is a start-up error naming PORT, not a
+    traceback after the bot said it was ready."""
+    try:
+        return socket.create_server(("0.0.0.0", port), backlog=128)
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(f"PORT: cannot listen on port {port} ({why}); set a free port, e.g. 8080") from None
+
+
 def serve(settings: Settings) -> None:
+    sock = listen(settings.port)
     setup(settings.log_level, settings.log_format)
     for line in settings.unknown:
         logger.warning(line)
     web.run_app(
         build_app(settings),
-        host="0.0.0.0",
-        port=settings.port,
+        sock=sock,
         access_log=None,
         shutdown_timeout=1.5,
         print=None,

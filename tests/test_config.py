@@ -112,6 +112,17 @@ def test_bad_settings_stop_start_up_with_one_line(env, variable, example, start_
     assert "Traceback" not in result.stderr and "s3cr3t-token" not in result.stderr + result.stdout
 
 
+def test_a_port_in_use_stops_start_up_with_one_line(start_up):
+    with socket.create_server(("0.0.0.0", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = start_up({**GOOD, "PORT": str(port)})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"agentbot: configuration error: PORT: cannot listen on port {port} (Address already in use); set a free "
+        "port, e.g. 8080"
+    ]
+
+
 def test_env_file_is_read_and_environment_wins(tmp_path, monkeypatch):
     (tmp_path / ".env").write_text("CHATWOOT_URL=https://from-file.example\nHANDOFF_ALL=true\n")
     monkeypatch.chdir(tmp_path)

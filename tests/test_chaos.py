@@ -7,7 +7,7 @@ the store down for 1-3 s (Redis restarted; SQLite locked by another connection);
 and started again. SQLite runs one instance, Redis two behind a round-robin load balancer.
 
 The default run tries one seed per store for 20 steps; by hand, for example:
-`CHAOS_SEEDS=1-50 CHAOS_STEPS=80 .venv/bin/pytest -m chaos tests/test_chaos.py`. A failing seed is in
+`CHAOS_SEEDS=1-50 CHAOS_STEPS=40 .venv/bin/pytest -m chaos tests/test_chaos.py`. A failing seed is in
 the test's id (e.g. `test_chaos[redis-17]`); run it again with `CHAOS_SEEDS=17`.
 """
 

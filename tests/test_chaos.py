@@ -204,8 +204,8 @@ def _check_conversation(fake, display_id, conv) -> list[str]:
     periods: list[dict] = []
     current = {"returning": False, "keyword": False, "opened_by_bot": 0} if _created_pending(events) else None
     bot_opens = notes = messages = 0
-    in_period: Counter = Counter()  # the bot's notes and messages since the conversation last became pending
-    after_last_open = None  # those of the pending period its last handoff opened, while it stayed open
+    in_period = 0  # the bot's public messages since the conversation last became pending
+    after_last_open = None  # its notes since its last handoff, and messages in the period that handoff opened
     for kind, data in events:
         if kind == "status":
             before, after, by = data
@@ -218,12 +218,12 @@ def _check_conversation(fake, display_id, conv) -> list[str]:
                 current = None
             if after == "pending":
                 current = {"returning": before == "resolved", "keyword": False, "opened_by_bot": 0}
-                in_period = Counter()
+                in_period = 0
             bot_opened = after == "open" and by.startswith("bot")
             bot_opens += bot_opened
-            # A message may come before the open in the same period: an earlier handoff's, posted after the
-            # conversation moved on with the events on their way, which the handoff then does not repeat.
-            after_last_open = Counter(in_period) if bot_opened and before == "pending" else None
+            # The customer's message may come before the open in the same period: an earlier handoff's, posted
+            # after the conversation moved on with the events on their way, which this handoff does not repeat.
+            after_last_open = Counter(message=in_period) if bot_opened and before == "pending" else None
         else:
             m = data
             if current is not None and m.message_type == "incoming" and KEYWORD in (m.content or ""):
@@ -231,7 +231,7 @@ def _check_conversation(fake, display_id, conv) -> list[str]:
             if m.sender_type == "AgentBot":
                 notes += m.private
                 messages += not m.private
-                in_period["note" if m.private else "message"] += 1
+                in_period += not m.private
                 if after_last_open is not None:
                     after_last_open["note" if m.private else "message"] += 1
     if current is not None:
@@ -248,7 +248,7 @@ def _check_conversation(fake, display_id, conv) -> list[str]:
     # outbox got to them, they may be dropped; when it stayed open, both must be there.
     if notes > bot_opens or messages > bot_opens:
         problems.append(f"#{display_id}: {notes} notes and {messages} messages for {bot_opens} handoffs")
-    if after_last_open is not None and after_last_open != Counter(note=1, message=1):
+    if after_last_open is not None and +after_last_open != Counter(note=1, message=1):
         problems.append(
             f"#{display_id}: after the last handoff, still open: {dict(after_last_open)} instead of one each"
         )

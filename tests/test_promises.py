@@ -1,5 +1,7 @@
 """The README's promises under the faults real installations have: a slow Chatwoot that applies a call and
-answers too late, deliveries out of order, late jobs; on every Chatwoot version, as their deliveries differ.
+answers too late, deliveries out of order, late jobs; on Chatwoot 4.12 and 4.16+, as their deliveries and reads
+differ. (4.6 sends what 4.12 sends, less Chatwoot's retries and failure fallback: a run there checks less;
+test_stories_core covers 4.6.)
 (The store's faults are in test_faults, the bot killed mid-note in test_restarts.)
 
 Each test failed on the code before the fix it names; each asserts on what the fake Chatwoot ended up with.
@@ -18,7 +20,6 @@ import pytest
 from agentbot.commands import show
 from agentbot.config import load
 from tests.conftest import Clock, returning, wait_for
-from tests.fakechatwoot.server import VERSIONS
 
 CONVERSATION_EVENTS = {
     "conversation_opened",
@@ -27,7 +28,7 @@ CONVERSATION_EVENTS = {
     "conversation_updated",
 }
 
-pytestmark = pytest.mark.parametrize("fake", VERSIONS, indirect=True)  # Chatwoot 4.6, 4.12 and 4.16+
+pytestmark = pytest.mark.parametrize("fake", ["4.12", "4.16"], indirect=True)
 
 
 def one_handoff(fake, conv, note_count=1):

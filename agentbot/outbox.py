@@ -128,6 +128,7 @@ class Outbox:
         self._stopping = asyncio.Event()
         self.workers: list[asyncio.Task[None]] = []
         self._ticker: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
         self._running: dict[str, tuple[Job, float]] = {}  # claimed jobs by id, with when their lease was last renewed
         self._store_failing_since: float | None = None
         self._store_error = ""
@@ -147,12 +148,13 @@ class Outbox:
     def start(self) -> None:
         self.workers = [asyncio.create_task(self._worker()) for _ in range(WORKERS)]
         self._ticker = asyncio.create_task(self._tick())
+        self._poller = asyncio.create_task(self._poll())
 
     async def stop(self, grace: float) -> None:
         """Let running jobs finish within `grace` seconds; whatever is left stays in the store."""
         self._stopping.set()
         self.wake()
-        tasks = [*self.workers, *([self._ticker] if self._ticker else [])]
+        tasks = [*self.workers, *(t for t in (self._ticker, self._poller) if t)]
         _, pending = await asyncio.wait(tasks, timeout=grace)
         for task in pending:
             task.cancel()
@@ -169,16 +171,27 @@ class Outbox:
         return None
 
     # ---- workers -------------------------------------------------------------------------------
-    async def _idle(self, seconds: float) -> None:
+    async def _idle(self) -> None:
+        """Sleep until woken: by a commit, by another worker that found a job, by the poll, or to stop."""
+        if self._stopping.is_set():  # stop() has woken the sleepers already
+            return
         sleeper = asyncio.get_running_loop().create_future()
         self._sleepers.append(sleeper)
         try:
-            await asyncio.wait_for(sleeper, seconds)
-        except TimeoutError:
-            pass
-        finally:  # wake() may have dropped it already while wait_for was cancelling it
+            await sleeper
+        finally:  # cancelled: wake() has not dropped it
             if sleeper in self._sleepers:
                 self._sleepers.remove(sleeper)
+
+    async def _poll(self) -> None:
+        """Work nobody commits here (retries coming due, another instance's jobs): one idle worker looks every
+        POLL seconds, rather than every idle worker."""
+        while not self._stopping.is_set():
+            self.wake(1)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), POLL)
+            except TimeoutError:
+                pass
 
     def _store_ok(self) -> None:
         self._store_failing_since = None
@@ -196,12 +209,13 @@ class Outbox:
                 job = await self.store.claim(self.now())
             except Exception as exc:
                 self._store_failed(exc)
-                await self._idle(POLL)
+                await self._idle()
                 continue
             self._store_ok()
             if job is None:
-                await self._idle(POLL)
+                await self._idle()
                 continue
+            self.wake(1)  # more may be due: another idle worker looks too
             self._running[job.id] = (job, time.monotonic())
             try:
                 with logger.contextualize(account=job.account_id, conversation=job.display_id):

@@ -14,16 +14,17 @@ import aiohttp
 import pytest
 
 from agentbot.config import ConfigError, Settings, load
-from tests.conftest import wait_for, without_settings
+from tests.conftest import free_port, wait_for, without_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = {"CHATWOOT_URL": "https://chat.example.com", "CHATWOOT_BOT_TOKEN": "s3cr3t-token", "STORE_URL": "memory://"}
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`python -m agentbot ARGS` with `env`, on a free port unless `env` names one (the port is bound first)."""
     return subprocess.run(
         [sys.executable, "-m", "agentbot", *args],
-        env={**without_settings(os.environ), **env},
+        env={**without_settings(os.environ), "PORT": str(free_port()), **env},
         cwd=ROOT,
         capture_output=True,
         text=True,

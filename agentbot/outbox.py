@@ -166,7 +166,7 @@ class Outbox:
             return None
         if self._store_failing_since is not None and time.monotonic() - self._store_failing_since > STORE_DOWN_AFTER:
             return f"store failing for {time.monotonic() - self._store_failing_since:.0f} s: {self._store_error}"
-        if self._ticker is None or self._ticker.done():
+        if any(task is None or task.done() for task in (self._ticker, self._poller)):
             return "the outbox's timer loop has stopped"
         return None
 

@@ -3,6 +3,7 @@ request, and the memory store; the clock is injected, so nothing waits."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -12,9 +13,11 @@ import pytest
 
 from agentbot.actions import AssignAgent, AssignTeam, Job, PrivateNote, PublicMessage, SetPriority, SetStatus, Step
 from agentbot.chatwoot import Agent, ChatwootError
+from agentbot.constants import WORKERS
 from agentbot.metrics import Metrics
 from agentbot.outbox import Outbox
 from agentbot.store import Commit, Store, open_store
+from tests.conftest import wait_for
 
 START = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 MAX_AGE = 3600.0
@@ -271,3 +274,76 @@ async def test_a_returning_customers_agent_who_is_away_gives_way(
         ("toggle_status", "open"),
         ("messages", ("Returning" + remark, True)),
     ]
+
+
+# ---- idle workers: asleep until woken, one looks every POLL (work another instance committed, retries) ----
+
+
+class Gated(FakeChatwoot):
+    """Holds every note until `gate` opens; counts the calls in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.in_flight, self.done = asyncio.Event(), 0, 0
+
+    async def create_message(self, account: int, display_id: int, content: str, private: bool) -> None:
+        self.in_flight += 1
+        try:
+            await self.gate.wait()
+        finally:
+            self.in_flight -= 1
+        self.done += 1
+
+
+async def queue(store: Any, clock: Clock, n: int, start: int = 1) -> None:
+    now = clock().timestamp()
+    for i in range(start, start + n):
+        job = Job(1, i, "why", [PrivateNote("n")], created_at=now, decided_at=now, trigger=1)
+        assert await store.commit(Commit(f"d:{i}", f"1:{i}", jobs=[job]), now)
+
+
+async def test_a_backlog_nobody_here_committed_reaches_every_worker(memory):
+    clock, client = Clock(), Gated()
+    outbox = Outbox(memory, client, Metrics(), clock, 3600.0)  # type: ignore[arg-type]
+    outbox.start()
+    try:
+        await wait_for(lambda: len(outbox._sleepers) == WORKERS, what="all workers idle")
+        await queue(memory, clock, 3 * WORKERS)  # written by another instance: no wake here
+        await wait_for(lambda: client.in_flight == WORKERS, what="every worker busy")
+        client.gate.set()
+        await wait_for(lambda: client.done == 3 * WORKERS, what="all done")
+    finally:
+        await outbox.stop(1.0)
+
+
+async def test_jobs_woken_for_during_a_store_outage_run_once_it_is_back(memory):
+    clock, client = Clock(), Gated()
+    client.gate.set()
+    outbox = Outbox(memory, client, Metrics(), clock, 3600.0)  # type: ignore[arg-type]
+    real = memory.claim
+    down = True
+
+    async def claim(now: float) -> Any:
+        if down:
+            raise ConnectionError("store down")
+        return await real(now)
+
+    memory.claim = claim
+    outbox.start()
+    try:
+        await wait_for(lambda: len(outbox._sleepers) == WORKERS, what="all workers idle")
+        await queue(memory, clock, 10)
+        outbox.wake(10)
+        await asyncio.sleep(0)
+        down = False
+        await wait_for(lambda: client.done == 10, what="all done")
+    finally:
+        await outbox.stop(1.0)
+
+
+async def test_stop_does_not_wait_for_sleeping_workers(memory):
+    clock, client = Clock(), Gated()
+    outbox = Outbox(memory, client, Metrics(), clock, 3600.0)  # type: ignore[arg-type]
+    outbox.start()
+    await wait_for(lambda: len(outbox._sleepers) == WORKERS, what="all workers idle")
+    await asyncio.wait_for(outbox.stop(30.0), 5.0)  # the grace is 30 s: sleepers are woken at once

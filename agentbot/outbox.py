@@ -56,16 +56,18 @@ def guarded(step: Step) -> bool:
     return step.guarded
 
 
-def still_wanted(job: Job, status: str, unsure: bool) -> str | None:
+def still_wanted(job: Job, status: str, unsure: bool, current: bool = False) -> str | None:
     """Whether the job's current (guarded) step still fits a conversation that is `status` now: None to make
-    the call, "done" when an earlier run's call took effect, "drop" when the conversation moved on."""
+    the call, "done" when an earlier run's call took effect, "drop" when the conversation moved on. `current`:
+    Chatwoot said so just now; the bot's memory may not have heard of the job's own status change yet."""
     step, expected, target = job.steps[job.step], job.expected_status, job.status_target
     if isinstance(step, SetStatus):
         if status == expected:
             return None
         return "done" if status == step.status and unsure else "drop"
-    status_done = any(isinstance(s, SetStatus) for s in job.steps[: job.step])
-    return None if status == expected or (status_done and status == target) else "drop"
+    if any(isinstance(s, SetStatus) for s in job.steps[: job.step]):  # set already: back to `expected` is a new period
+        return None if status == target or (status == expected and not current) else "drop"
+    return None if status == expected else "drop"
 
 
 def closed_since(state: ConversationState, job: Job) -> bool:
@@ -93,11 +95,12 @@ def unheard(job: Job, step: Step, view: Listed, state: ConversationState) -> boo
 
 
 def moved_on(
-    job: Job, step: Step, state: ConversationState, status: str | None, unsure: bool
+    job: Job, step: Step, state: ConversationState, status: str | None, unsure: bool, current: bool = False
 ) -> tuple[str | None, str]:
-    """What the bot's view of the conversation (`status`, from Chatwoot or its memory) says of the job's current
-    step: ("drop", why) when the conversation moved on since the decision, else `still_wanted`'s verdict."""
-    verdict = still_wanted(job, status, unsure) if guarded(step) and status else None
+    """What the bot's view of the conversation (`status`, from Chatwoot when `current`, else its memory) says of
+    the job's current step: ("drop", why) when the conversation moved on since the decision, else
+    `still_wanted`'s verdict."""
+    verdict = still_wanted(job, status, unsure, current) if guarded(step) and status else None
     if verdict == "drop":
         return verdict, f"is {status} now"
     # A later pending period is not this job's:
@@ -361,7 +364,7 @@ class Outbox:
         view = await self.chatwoot.conversation_if_readable(job.account_id, job.display_id) if read else None
         state, _ = await self.store.load(job.conversation_key, None)
         status = view.conversation.status if view else state.status
-        verdict, why = moved_on(job, step, state, status, unsure)
+        verdict, why = moved_on(job, step, state, status, unsure, current=view is not None)
         if verdict != "drop" and job.status_target == "open" and (late or unsure) and await self._superseded(job):
             verdict, why = "drop", "was handed off again since"
         if verdict == "drop":

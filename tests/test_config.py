@@ -42,7 +42,7 @@ def start_up(monkeypatch, capfd):
     in this process (its return is the exit status; stdout and stderr captured at the file descriptors), saving
     an interpreter start each; settings that get as far as serving (the store is opened there) run in a real
     process with `run`, which also shows `python -m agentbot` exits with `main()`'s return."""
-    from agentbot import __main__, serve
+    from agentbot import __main__
 
     def serves(settings):
         raise _Serves
@@ -54,7 +54,7 @@ def start_up(monkeypatch, capfd):
             for name, value in env.items():
                 m.setenv(name, value)
             m.chdir(ROOT)
-            m.setattr(serve, "serve", serves)
+            m.setattr(__main__, "serve", serves)
             capfd.readouterr()
             try:
                 code = __main__.main([])

@@ -56,6 +56,11 @@ def guarded(step: Step) -> bool:
     return step.guarded
 
 
+def status_done(job: Job) -> bool:
+    """Whether the job has set the conversation's status already (its steps before the current one)."""
+    return any(isinstance(s, SetStatus) for s in job.steps[: job.step])
+
+
 def still_wanted(job: Job, status: str, unsure: bool, current: bool = False) -> str | None:
     """Whether the job's current (guarded) step still fits a conversation that is `status` now: None to make
     the call, "done" when an earlier run's call took effect, "drop" when the conversation moved on. `current`:
@@ -65,7 +70,7 @@ def still_wanted(job: Job, status: str, unsure: bool, current: bool = False) -> 
         if status == expected:
             return None
         return "done" if status == step.status and unsure else "drop"
-    if any(isinstance(s, SetStatus) for s in job.steps[: job.step]):  # set already: back to `expected` is a new period
+    if status_done(job):  # back to `expected` then is a new period
         return None if status == target or (status == expected and not current) else "drop"
     return None if status == expected else "drop"
 
@@ -360,7 +365,8 @@ class Outbox:
         op = step.op
         if not (guarded(step) or (op == "note" and (late or unsure))):
             return None
-        read = unsure or (late and guarded(step))
+        # A handoff's message looks even on its first run (4.16+): the period may have ended since its open landed.
+        read = unsure or (late and guarded(step)) or (op == "message" and status_done(job))
         view = await self.chatwoot.conversation_if_readable(job.account_id, job.display_id) if read else None
         state, _ = await self.store.load(job.conversation_key, None)
         status = view.conversation.status if view else state.status

@@ -30,6 +30,8 @@ CALLS = [
     ("messages", ("why", True)),
     ("messages", ("hi", False)),
 ]
+# A handoff's message looks at the conversation first; this Chatwoot (before 4.16) refuses that read once.
+DONE = [*CALLS[:4], ("show", 42), CALLS[4]]
 
 
 def error(endpoint: str, status: int | None, detail: str = "boom", **more: Any) -> ChatwootError:
@@ -132,7 +134,7 @@ def case(case_id: str, **fields: Any) -> Any:
 
 STATUS_500 = {"toggle_status": [error("toggle_status", 500)]}
 CASES = [
-    case("all-steps-in-order", fail={}, calls=CALLS, fate="done"),
+    case("all-steps-in-order", fail={}, calls=DONE, fate="done"),
     case(
         "server-error-retries-with-backoff",
         fail=STATUS_500,
@@ -209,7 +211,7 @@ CASES = [
             "assignments": [error("assignments", 401, REFUSED)],
             "toggle_priority": [error("toggle_priority", 401, REFUSED)],
         },
-        calls=CALLS,
+        calls=DONE,
         fate="done",
     ),
     case(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import returning, wait_for
+from tests.test_sweep import USER
 
 CONVERSATION_EVENTS = {
     "conversation_opened",
@@ -280,10 +281,8 @@ async def test_a_handoffs_failing_note_is_not_posted_into_the_next_pending_perio
         HANDOFF_KEYWORDS="human",
         HANDOFF_RETURNING="false",
         HANDOFF_MESSAGE="Thanks {name}",
-        CHATWOOT_API_TOKEN="user-token-5",
-        CHATWOOT_ACCOUNT_ID="1",
-        SWEEP_RATE="0",
         SWEEP_INTERVAL="0",
+        **USER,
     )
     failing = fake.fail("messages", status=429, times=10**6)  # never reached Chatwoot: retried, not unsure
     events = fake.hold_deliveries(lambda d: not open_seen and d.event in CONVERSATION_EVENTS)  # the open's events
@@ -337,10 +336,8 @@ async def test_an_operators_failing_handoff_note_is_not_posted_into_the_next_pen
         GREETING_MESSAGE="Hi {name}",
         HANDOFF_MESSAGE="Thanks {name}",
         HANDOFF_RETURNING="false",
-        CHATWOOT_API_TOKEN="user-token-5",
-        CHATWOOT_ACCOUNT_ID="1",
-        SWEEP_RATE="0",
         SWEEP_INTERVAL="0",
+        **USER,
     )
     maria = fake.contact("Maria")
     conv = fake.customer_writes(maria, "Hello").conversation

@@ -51,6 +51,60 @@ async def queued(bot, jobs: int) -> bool:
     return await bot.bot.store.depth() == jobs
 
 
+def needs_reads(fake) -> None:
+    if not fake.has("bot_reads"):
+        pytest.skip("before 4.16 the bot cannot see the new period until its events arrive (README: what remains)")
+
+
+def handed_off_again(fake, conv) -> None:
+    """Both pending periods were opened by the bot, and the customer read the handoff's message once."""
+    assert conv.status == "open"
+    assert [by for by in fake.opened_by(conv.display_id) if by.startswith("bot")] == ["bot:7", "bot:7"]
+    assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]
+
+
+async def unsure_open_then_a_new_period(fake, start_bot, agent_note: bool = False):
+    """A returning customer's handoff whose open Chatwoot applies without answering; then an agent resolves, the
+    customer writes again ("Hello?") and, with `agent_note`, an agent adds a private note. Nothing after the
+    first message reaches the bot until the returned hold is released."""
+    maria, conv = returning(fake)
+    bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}", CHATWOOT_TIMEOUT="0.3")
+    fake.fail("toggle_status", applied=True, hang=0.4)
+    late = fake.hold_deliveries(lambda d: d.payload.get("content") != "Again")
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: conv.status == "open", 5, "the first handoff, applied")
+    fake.resolve(conv.display_id)
+    fake.customer_writes(maria, "Hello?")
+    if agent_note:
+        fake.agent_writes(conv.display_id, "Customer is back, see the order", private=True)
+    return bot, conv, late
+
+
+async def looked_at_again_then_delivered(fake, bot, conv, late) -> None:
+    """Once the first handoff has looked at the conversation again (and waits, or opens it), Chatwoot delivers
+    what it held back."""
+    again = fake.hold("toggle_status")
+    await wait_for(
+        lambda: again.waiting or len(fake.calls_to("show", conv.display_id)) > 1, 5, "the first handoff, looked at"
+    )
+    late.release()
+    fake.faults.remove(again)
+    again.release.set()
+    await bot.idle()
+
+
+async def handoff_with_its_note_held(fake, start_bot):
+    """A returning customer's handoff, its open landed and its note held at Chatwoot; the events of the open and
+    of what follows, and the customer's "Hello?", reach the bot only once the returned hold is released."""
+    maria, conv = returning(fake)
+    bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}")
+    late = fake.hold_deliveries(lambda d: d.event in CONVERSATION_EVENTS or d.payload.get("content") == "Hello?")
+    note = fake.hold("messages")
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: note.waiting, 5, "the handoff's note")
+    return maria, conv, bot, late, note
+
+
 async def health(bot) -> tuple[int, dict]:
     async with aiohttp.ClientSession() as s, s.get(bot.url + "/healthz") as r:
         return r.status, await r.json()
@@ -225,8 +279,7 @@ async def test_a_handoff_whose_open_landed_does_not_act_again_in_the_next_pendin
     """The first handoff's open landed (the bot saw it) but its answer was lost; an agent resolves, the customer
     writes again, and those deliveries are late: when the first handoff looks again, Chatwoot shows pending (the
     new period). Its work is done; the new period is the next message's to decide."""
-    if not fake.has("bot_reads"):
-        pytest.skip("before 4.16 the bot cannot see the new period until its events arrive (README: what remains)")
+    needs_reads(fake)
     maria, conv = returning(fake)
     bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}", CHATWOOT_TIMEOUT="0.3")
     fake.fail("toggle_status", applied=True, hang=0.4)
@@ -349,44 +402,19 @@ async def test_an_unsure_handoff_looked_at_across_a_resolve_the_bot_has_not_hear
     """The first handoff's open landed but its answer was lost, and nothing Chatwoot sent since has reached the
     bot (its open, an agent's resolve, the customer's next message) when it looks again: Chatwoot shows pending.
     The bot waits for what it has not heard of, so the new period gets one handoff, one note and one message."""
-    if not fake.has("bot_reads"):
-        pytest.skip("before 4.16 the bot cannot see the new period until its events arrive (README: what remains)")
-    maria, conv = returning(fake)
-    bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}", CHATWOOT_TIMEOUT="0.3")
-    fake.fail("toggle_status", applied=True, hang=0.4)
-    late = fake.hold_deliveries(lambda d: d.payload.get("content") != "Again")
-    fake.customer_writes(maria, "Again")
-    await wait_for(lambda: conv.status == "open", 5, "the first handoff, applied")
-    fake.resolve(conv.display_id)
-    fake.customer_writes(maria, "Hello?")
-    again = fake.hold("toggle_status")
-    await wait_for(
-        lambda: again.waiting or len(fake.calls_to("show", conv.display_id)) > 1, 5, "the first handoff, looked at"
-    )
-    late.release()
-    fake.faults.remove(again)
-    again.release.set()
-    await bot.idle()
-    assert conv.status == "open"
-    assert [by for by in fake.opened_by(conv.display_id) if by.startswith("bot")] == ["bot:7", "bot:7"]
+    needs_reads(fake)
+    bot, conv, late = await unsure_open_then_a_new_period(fake, start_bot)
+    await looked_at_again_then_delivered(fake, bot, conv, late)
+    handed_off_again(fake, conv)
     assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)
-    assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]
 
 
 async def test_an_unsure_handoff_waits_for_an_unheard_message_only_so_long(fake, start_bot, monkeypatch):
     """As above, but the customer's message never reaches the bot (the instance it went to was killed): after
     CATCH_UP the handoff goes ahead, and the new period still gets one note and one message."""
-    if not fake.has("bot_reads"):
-        pytest.skip("only Chatwoot 4.16+ shows the bot a message it has not received")
+    needs_reads(fake)
     monkeypatch.setattr("agentbot.outbox.CATCH_UP", 0.5)
-    maria, conv = returning(fake)
-    await start_bot(HANDOFF_MESSAGE="Thanks {name}", CHATWOOT_TIMEOUT="0.3")
-    fake.fail("toggle_status", applied=True, hang=0.4)
-    lost = fake.hold_deliveries(lambda d: d.payload.get("content") != "Again")
-    fake.customer_writes(maria, "Again")
-    await wait_for(lambda: conv.status == "open", 5, "the first handoff, applied")
-    fake.resolve(conv.display_id)
-    fake.customer_writes(maria, "Hello?")
+    _, conv, lost = await unsure_open_then_a_new_period(fake, start_bot)
     await wait_for(lambda: fake.bot_messages(conv.display_id), 10, "the handoff, after waiting")
     assert conv.status == "open"
     assert len(fake.notes(conv.display_id)) == 1 and len(fake.calls_to("show", conv.display_id)) > 1
@@ -450,42 +478,19 @@ async def test_an_unsure_handoff_waits_for_an_unheard_message_behind_an_agents_p
     Chatwoot shows the note as the conversation's last message, so the bot cannot tell that a customer message
     it has not received came before it, and the new period gets a second note and message (README: what
     remains; a known limit, pinned here)."""
-    if not fake.has("bot_reads"):
-        pytest.skip("before 4.16 the bot cannot see the new period until its events arrive (README: what remains)")
-    maria, conv = returning(fake)
-    bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}", CHATWOOT_TIMEOUT="0.3")
-    fake.fail("toggle_status", applied=True, hang=0.4)
-    late = fake.hold_deliveries(lambda d: d.payload.get("content") != "Again")
-    fake.customer_writes(maria, "Again")
-    await wait_for(lambda: conv.status == "open", 5, "the first handoff, applied")
-    fake.resolve(conv.display_id)
-    fake.customer_writes(maria, "Hello?")
-    fake.agent_writes(conv.display_id, "Customer is back, see the order", private=True)
-    again = fake.hold("toggle_status")
-    await wait_for(
-        lambda: again.waiting or len(fake.calls_to("show", conv.display_id)) > 1, 5, "the first handoff, looked at"
-    )
-    late.release()
-    fake.faults.remove(again)
-    again.release.set()
-    await bot.idle()
-    assert conv.status == "open"
+    needs_reads(fake)
+    bot, conv, late = await unsure_open_then_a_new_period(fake, start_bot, agent_note=True)
+    await looked_at_again_then_delivered(fake, bot, conv, late)
+    handed_off_again(fake, conv)
     assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)
-    assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]
 
 
 async def test_a_handoffs_message_retried_after_the_period_ended_is_not_posted_into_the_next(fake, start_bot):
     """The handoff's open and note landed, its message failed; before the retry an agent resolved and the customer
     wrote again (those events, and the open's, still on their way). Chatwoot shows the conversation pending again
     when the retry looks: the message belongs to a period that is over; the new period's handoff sends its own."""
-    if not fake.has("bot_reads"):
-        pytest.skip("before 4.16 the bot cannot see the new period until its events arrive (README: what remains)")
-    maria, conv = returning(fake)
-    bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}")
-    late = fake.hold_deliveries(lambda d: d.event in CONVERSATION_EVENTS or d.payload.get("content") == "Hello?")
-    note = fake.hold("messages")
-    fake.customer_writes(maria, "Again")
-    await wait_for(lambda: note.waiting, 5, "the handoff's note")
+    needs_reads(fake)
+    maria, conv, bot, late, note = await handoff_with_its_note_held(fake, start_bot)
     fake.faults.remove(note)
     fake.fail("messages", status=500, times=2)  # the message
     note.release.set()
@@ -495,23 +500,15 @@ async def test_a_handoffs_message_retried_after_the_period_ended_is_not_posted_i
     await wait_for(lambda: outbox_empty(bot), 5, "the first handoff, retried")
     late.release()
     await bot.idle()
-    assert conv.status == "open"
-    assert [by for by in fake.opened_by(conv.display_id) if by.startswith("bot")] == ["bot:7", "bot:7"]
-    assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]
+    handed_off_again(fake, conv)
 
 
 async def test_a_handoffs_message_looks_before_it_is_posted_after_a_slow_note(fake, start_bot):
     """The handoff's open landed; while its note was on its way (a slow Chatwoot, the store restarting) an agent
     resolved and the customer wrote again, with those events still on their way. The message, on its first run,
     looks first: it belongs to the period that is over, and the new period's handoff sends its own, once."""
-    if not fake.has("bot_reads"):
-        pytest.skip("before 4.16 the bot cannot see the new period until its events arrive (README: what remains)")
-    maria, conv = returning(fake)
-    bot = await start_bot(HANDOFF_MESSAGE="Thanks {name}")
-    late = fake.hold_deliveries(lambda d: d.event in CONVERSATION_EVENTS or d.payload.get("content") == "Hello?")
-    note = fake.hold("messages")
-    fake.customer_writes(maria, "Again")
-    await wait_for(lambda: note.waiting, 5, "the handoff's note")
+    needs_reads(fake)
+    maria, conv, bot, late, note = await handoff_with_its_note_held(fake, start_bot)
     fake.resolve(conv.display_id)
     fake.customer_writes(maria, "Hello?")
     fake.faults.remove(note)
@@ -519,6 +516,4 @@ async def test_a_handoffs_message_looks_before_it_is_posted_after_a_slow_note(fa
     await wait_for(lambda: outbox_empty(bot), 5, "the first handoff")
     late.release()
     await bot.idle()
-    assert conv.status == "open"
-    assert [by for by in fake.opened_by(conv.display_id) if by.startswith("bot")] == ["bot:7", "bot:7"]
-    assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]
+    handed_off_again(fake, conv)

@@ -16,18 +16,29 @@ from tests.conftest import returning, wait_for
 pytestmark = pytest.mark.parametrize("fake", ["4.12", "4.16"], indirect=True)
 
 
-async def test_a_note_applied_while_the_bot_was_killed_is_not_posted_again_after_the_restart(fake, processes, tmp_path):
+async def note_applied(fake, processes, tmp_path):
+    """A returning customer's handoff in a bot process whose note Chatwoot applied, its answer to come after a
+    second; returns the customer, the conversation, that bot and how to start it again on the same store."""
     maria, conv = returning(fake)
-    store = f"sqlite:///{tmp_path}/bot.sqlite3"
-    quick = {"CHATWOOT_TIMEOUT": "0.5"}  # the restarted bot looks for the note after twice this (not 2 x 2 s)
-    first = await processes(STORE_URL=store, HANDOFF_MESSAGE="Thanks {name}", **quick)
+
+    def bot():  # the restarted bot looks for the note after twice CHATWOOT_TIMEOUT (not 2 x 2 s)
+        return processes(
+            STORE_URL=f"sqlite:///{tmp_path}/bot.sqlite3", HANDOFF_MESSAGE="Thanks {name}", CHATWOOT_TIMEOUT="0.5"
+        )
+
+    first = await bot()
     fake.fail("messages", applied=True, hang=1)  # the note is in Chatwoot; its answer comes after the kill
     fake.customer_writes(maria, "Again")
     await wait_for(lambda: fake.notes(conv.display_id), 5, "the note, applied")
+    return maria, conv, first, bot
+
+
+async def test_a_note_applied_while_the_bot_was_killed_is_not_posted_again_after_the_restart(fake, processes, tmp_path):
+    _, conv, first, bot = await note_applied(fake, processes, tmp_path)
     await first.stop(signal.SIGKILL)
     await wait_for(lambda: fake.in_flight == 0, 10, "the deliveries to the dead bot")
     # The restarted bot finds the note: its echo, or Chatwoot's last message.
-    await processes(STORE_URL=store, HANDOFF_MESSAGE="Thanks {name}", **quick)
+    await bot()
     await wait_for(lambda: fake.bot_messages(conv.display_id), 10, "the handoff message")
     await wait_for(lambda: fake.in_flight == 0, 10, "deliveries")
     assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)
@@ -38,18 +49,12 @@ async def test_a_note_whose_echo_came_before_a_restart_is_not_posted_again_when_
     fake, processes, tmp_path
 ):
     """Chatwoot's GET shows only the last message: after a restart the note's echo must come from the store."""
-    maria, conv = returning(fake)
-    store = f"sqlite:///{tmp_path}/bot.sqlite3"
-    quick = {"CHATWOOT_TIMEOUT": "0.5"}  # the restarted bot looks for the note after twice this (not 2 x 2 s)
-    first = await processes(STORE_URL=store, HANDOFF_MESSAGE="Thanks {name}", **quick)
-    fake.fail("messages", applied=True, hang=1)  # the note is in Chatwoot; its answer comes after the kill
-    fake.customer_writes(maria, "Again")
-    await wait_for(lambda: fake.notes(conv.display_id), 5, "the note, applied")
+    maria, conv, first, bot = await note_applied(fake, processes, tmp_path)
     await wait_for(lambda: fake.in_flight == 0, 5, "the note's echo, delivered to the bot")
     fake.customer_writes(maria, "Hello? Anyone?")  # now the last message
     await wait_for(lambda: fake.in_flight == 0, 5, "the customer's message, delivered")
     await first.stop(signal.SIGKILL)
-    await processes(STORE_URL=store, HANDOFF_MESSAGE="Thanks {name}", **quick)
+    await bot()
     await wait_for(lambda: fake.bot_messages(conv.display_id), 15, "the handoff message")
     await wait_for(lambda: fake.in_flight == 0, 10, "deliveries")
     assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)

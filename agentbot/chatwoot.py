@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TypeVar, overload
+from typing import ClassVar, TypeVar, overload
 
 import aiohttp
 import msgspec
@@ -28,33 +28,79 @@ T = TypeVar("T")
 
 
 class ChatwootError(Exception):
-    """A call failed; `final` says whether trying again can help, `maybe_applied` whether Chatwoot may
-    have carried it out all the same (no answer after the request went out, or a server error)."""
+    """A call to Chatwoot failed. Every failure of a call is one of the subclasses below (httpx's way: the
+    type says what happened); `final` says whether trying again can help, `maybe_applied` whether Chatwoot may
+    have carried the call out all the same."""
 
-    def __init__(
-        self, endpoint: str, status: int | None, detail: str, retry_after: float | None = None, sent: bool = True
-    ):
+    final: ClassVar[bool] = False
+    maybe_applied: ClassVar[bool] = False
+    still_running: ClassVar[bool] = False  # no answer in time: Chatwoot may still be carrying the call out
+
+    def __init__(self, endpoint: str, status: int | None, detail: str, retry_after: float | None = None):
         self.endpoint, self.status, self.detail, self.retry_after = endpoint, status, detail, retry_after
-        self.sent = sent
         super().__init__(f"{endpoint}: {status or 'no answer'} {detail}".strip())
-
-    @property
-    def final(self) -> bool:
-        return self.status in FINAL_STATUSES
-
-    @property
-    def maybe_applied(self) -> bool:
-        return self.sent and (self.status is None or self.status >= 500)
-
-    @property
-    def timed_out(self) -> bool:
-        """No answer in time: Chatwoot may still be carrying the call out."""
-        return self.status is None and self.detail == "timed out"
 
     @property
     def refused_to_bots(self) -> bool:
         """This Chatwoot keeps the endpoint from agent bot tokens (older versions allow fewer)."""
         return self.status == 401 and "not authorized for bots" in self.detail
+
+
+class Unreachable(ChatwootError):
+    """Nothing reached Chatwoot (no connection): the call was not carried out."""
+
+
+class NoAnswer(ChatwootError):
+    """The request went out and the connection broke before an answer: it may have been carried out."""
+
+    maybe_applied = True
+
+
+class TimedOut(NoAnswer):
+    """No answer within CHATWOOT_TIMEOUT: the call may have been carried out, or still be under way."""
+
+    still_running = True
+
+
+class ServerError(ChatwootError):
+    """A 5xx: Chatwoot may have carried the call out before it failed."""
+
+    maybe_applied = True
+
+
+class RateLimited(ChatwootError):
+    """429: Chatwoot's request limit (Rack::Attack); nothing was carried out."""
+
+
+class Refused(ChatwootError):
+    """A final answer (400, 401, 403, 404, 422): trying again cannot help."""
+
+    final = True
+
+
+class Unexpected(ChatwootError):
+    """Another status (a redirect, a 405, a 409): not carried out; tried again."""
+
+
+class Unreadable(ChatwootError):
+    """Chatwoot answered 2xx with a body that is not the shape the bot reads: a write was carried out, a
+    read failed."""
+
+    maybe_applied = True
+
+
+def http_error(endpoint: str, status: int, text: str, retry_after: float | None) -> ChatwootError:
+    """The error type for a non-2xx answer."""
+    kind: type[ChatwootError] = (
+        Refused
+        if status in FINAL_STATUSES
+        else RateLimited
+        if status == 429
+        else ServerError
+        if status >= 500
+        else Unexpected
+    )
+    return kind(endpoint, status, text[:200], retry_after)
 
 
 # Chatwoot's answers, as far as the bot reads them (conversations and messages: events.py's partial).
@@ -134,20 +180,6 @@ def _version(raw: bytes) -> str | None:
         return msgspec.json.decode(raw, type=_Api).version
     except msgspec.DecodeError:  # not Chatwoot's API, or an older one without `version`
         return None
-
-
-def _contact_conversations(raw: bytes) -> list[Listed]:
-    try:
-        return parse_contact_conversations(raw)
-    except PayloadError as exc:
-        raise msgspec.DecodeError(str(exc)) from None
-
-
-def _partial(raw: bytes) -> Listed:
-    try:
-        return parse_conversation(raw)
-    except PayloadError as exc:
-        raise msgspec.DecodeError(str(exc)) from None
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -249,17 +281,17 @@ class Chatwoot:
                     retry_after = _retry_after(resp.headers.get("Retry-After"))
                     if resp.status == 429 and self.throttle:
                         self.throttle.pause(retry_after or 1.0)
-                    raise ChatwootError(endpoint, resp.status, text[:200], retry_after)
+                    raise http_error(endpoint, resp.status, text, retry_after)
                 return decoder(raw) if decoder is not None else None
         except TimeoutError:
             status = "timeout"
-            raise ChatwootError(endpoint, None, "timed out") from None
+            raise TimedOut(endpoint, None, "timed out") from None
         except aiohttp.ClientConnectorError as exc:  # nothing reached Chatwoot
-            raise ChatwootError(endpoint, None, f"{type(exc).__name__}: {exc}", sent=False) from None
+            raise Unreachable(endpoint, None, f"{type(exc).__name__}: {exc}") from None
         except aiohttp.ClientError as exc:
-            raise ChatwootError(endpoint, None, f"{type(exc).__name__}: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise ChatwootError(endpoint, None, f"unexpected answer: {exc}") from None
+            raise NoAnswer(endpoint, None, f"{type(exc).__name__}: {exc}") from None
+        except (msgspec.DecodeError, PayloadError) as exc:  # a 2xx whose body is not what the bot reads
+            raise Unreadable(endpoint, int(status) if status.isdigit() else None, f"unreadable answer: {exc}") from None
         finally:
             if self.metrics:
                 self.metrics.observe_call(endpoint, status, time.perf_counter() - started)
@@ -297,7 +329,7 @@ class Chatwoot:
 
     async def conversation(self, account: int, display_id: int) -> Listed:
         """GET the conversation (bot tokens since Chatwoot 4.16, #14655; older ones are refused "for bots")."""
-        return await self._call("GET", "show", self._conv(account, display_id), decoder=_partial)
+        return await self._call("GET", "show", self._conv(account, display_id), decoder=parse_conversation)
 
     async def conversation_if_readable(self, account: int, display_id: int) -> Listed | None:
         """`conversation`, or None where this Chatwoot does not let agent bots read (before 4.16; asked once)."""
@@ -345,14 +377,14 @@ class Chatwoot:
             "contact_conversations",
             f"/api/v1/accounts/{int(account)}/contacts/{int(contact_id)}/conversations",
             token=token,
-            decoder=_contact_conversations,
+            decoder=parse_contact_conversations,
         )
 
     async def list_conversations(
         self, account: int, token: str, status: str, page: int, inbox_id: int | None = None
     ) -> tuple[int, list[Listed], int]:
         """One page (25) of the account's conversations, newest activity first: (all_count, the conversations,
-        how many could not be read); PayloadError when the page is not Chatwoot's shape."""
+        how many could not be read); Unreadable when the page is not Chatwoot's shape."""
         params = {"status": status, "assignee_type": "all", "page": str(int(page))}
         if inbox_id is not None:
             params["inbox_id"] = str(int(inbox_id))

@@ -18,7 +18,7 @@ from datetime import datetime
 from loguru import logger
 
 from .actions import AssignAgent, AssignTeam, Job, PrivateNote, PublicMessage, SetPriority, SetStatus, Step
-from .chatwoot import Agent, Chatwoot, ChatwootError
+from .chatwoot import Agent, Chatwoot, ChatwootError, NoAnswer
 from .constants import (
     BACKOFF_BASE,
     BACKOFF_CAP,
@@ -242,7 +242,7 @@ class Outbox:
             except Exception as exc:  # a bug: retried like a failed call, within ACTION_MAX_AGE
                 logger.exception("conversation {}: job failed unexpectedly", job.conversation_key)
                 try:
-                    await self._failed(job, ChatwootError("outbox", None, f"{type(exc).__name__}: {exc}"))
+                    await self._failed(job, NoAnswer("outbox", None, f"{type(exc).__name__}: {exc}"))
                 except LostClaim:
                     pass
             finally:
@@ -338,7 +338,7 @@ class Outbox:
                     job.unsure = exc.maybe_applied or unsure
                     # only a call without an answer may still be under way; an answered or dropped one is over
                     job.sent_at = (
-                        job.sent_at if exc.timed_out else (sent_at if unsure and not exc.maybe_applied else 0.0)
+                        job.sent_at if exc.still_running else (sent_at if unsure and not exc.maybe_applied else 0.0)
                     )
                     await self._failed(job, exc)
                     return

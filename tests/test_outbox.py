@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from agentbot.actions import AssignAgent, AssignTeam, Job, PrivateNote, PublicMessage, SetPriority, SetStatus, Step
-from agentbot.chatwoot import Agent, ChatwootError
+from agentbot.chatwoot import Agent, ChatwootError, NoAnswer, TimedOut, Unreachable, http_error
 from agentbot.constants import WORKERS
 from agentbot.metrics import Metrics
 from agentbot.outbox import Outbox
@@ -34,8 +34,13 @@ CALLS = [
 DONE = [*CALLS[:4], ("show", 42), CALLS[4]]
 
 
-def error(endpoint: str, status: int | None, detail: str = "boom", **more: Any) -> ChatwootError:
-    return ChatwootError(endpoint, status, detail, **more)
+def error(
+    endpoint: str, status: int | None, detail: str = "boom", sent: bool = True, retry_after: float | None = None
+) -> ChatwootError:
+    if status is not None:
+        return http_error(endpoint, status, detail, retry_after)
+    kind = TimedOut if detail == "timed out" else NoAnswer if sent else Unreachable
+    return kind(endpoint, None, detail)
 
 
 REFUSED = "You are not authorized for bots"  # what an older Chatwoot answers a bot token (401)

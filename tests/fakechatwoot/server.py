@@ -70,6 +70,7 @@ class Fault:
     applied: bool = False  # Chatwoot carries the call out, then hangs (`hang`) or drops the connection
     slept: int = 0  # calls that have waited out `hang`
     drop: bool = False
+    garbled: bool = False  # answer 200 with a body that is not the endpoint's shape (a proxy's page, a bug)
 
 
 @dataclass
@@ -207,10 +208,12 @@ class FakeChatwoot:
         retry_after: int | None = None,
         applied: bool = False,
         drop: bool = False,
+        garbled: bool = False,
     ) -> Fault:
-        """Make the next `times` calls to `endpoint` fail: answer `status`, hang `hang` seconds first, or
-        (`applied`) carry the call out and then hang or (`drop`) close the connection without an answer."""
-        fault = Fault(endpoint, times, status, hang, retry_after, applied=applied, drop=drop)
+        """Make the next `times` calls to `endpoint` fail: answer `status`, hang `hang` seconds first,
+        (`applied`) carry the call out and then hang or (`drop`) close the connection without an answer, or
+        (`garbled`) carry it out and answer 200 with a body that is not the endpoint's shape."""
+        fault = Fault(endpoint, times, status, hang, retry_after, applied=applied, drop=drop, garbled=garbled)
         self.faults.append(fault)
         return fault
 
@@ -299,6 +302,24 @@ class FakeChatwoot:
         before = list(conv.labels)
         conv.labels = sorted(set(conv.labels) | set(labels))
         self._saved(conv, {"label_list": {"previous_value": before, "current_value": conv.labels}})
+
+    def agent_routes(
+        self, display_id: int, *, assignee: int | None = None, team: int | None = None, priority: str | None = None
+    ) -> None:
+        """An agent, in Chatwoot's UI, assigns the conversation, moves it to a team or sets its priority (each
+        a save with its conversation_updated event)."""
+        conv = self.conversations[display_id]
+        if assignee is not None:
+            before, conv.assignee, conv.bot_owner = conv.assignee, self.users[assignee], None
+            self._saved(
+                conv, {"assignee_id": {"previous_value": before.id if before else None, "current_value": assignee}}
+            )
+        if team is not None:
+            before_team, conv.team_id = conv.team_id, team
+            self._saved(conv, {"team_id": {"previous_value": before_team, "current_value": team}})
+        if priority is not None:
+            before_priority, conv.priority = conv.priority, priority
+            self._saved(conv, {"priority": {"previous_value": before_priority, "current_value": priority}})
 
     def set_status(self, display_id: int, status: str, by: str = "user:5") -> None:
         self._set_status(self.conversations[display_id], status, by)
@@ -609,6 +630,8 @@ class FakeChatwoot:
                 return answer(404, NOT_FOUND)
         self.query = request.query
         status, data = fn(self, match, body or {}, bot or user, conv)
+        if after is not None and after.garbled:
+            return answer(200, text="<html><body>Bad gateway page from a proxy</body></html>")
         response = answer(status, data)
         if after is not None:
             if after.hang:

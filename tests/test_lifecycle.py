@@ -1,0 +1,109 @@
+"""End to end: the defects the lifecycle model (period.py, guard.py) closed, each as the story that showed it:
+a retried handoff undoing an agent's routing, a clock stepped back stalling retries, an unreadable answer
+taken for a crash, and the operator's "Hand off now" ignoring the inbox filters or a deferred handoff."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from tests.conftest import Clock, returning, wait_for
+from tests.test_page_http import client, sign_in
+
+ROUTING = {"HANDOFF_TEAM_ID": "2", "HANDOFF_ASSIGNEE_ID": "6", "HANDOFF_PRIORITY": "urgent"}
+
+
+@pytest.mark.xfail(strict=True, reason="issue 20, defect 1: fails on main")
+@pytest.mark.parametrize("fake", ["4.12", "4.16"], indirect=True)
+async def test_a_retried_handoff_does_not_undo_an_agents_routing(fake, start_bot):
+    maria, conv = returning(fake)
+    bot = await start_bot(**ROUTING, HANDOFF_MESSAGE="A person will answer.")
+    first = fake.fail("assignments", status=503, hang=0.5)  # the first routing call, answered late and refused
+    fake.customer_writes(maria, "Hello again")
+    await wait_for(lambda: first.times == 0, 5, "the first routing call")
+    # Meanwhile an agent takes the conversation: assigns it to themselves, moves it to another team, opens it.
+    agent_acted = len(fake.calls)
+    fake.agent_routes(conv.display_id, assignee=5, team=3, priority="low")
+    fake.set_status(conv.display_id, "open")
+    await bot.idle()
+    assert (conv.assignee.id, conv.team_id, conv.priority, conv.status) == (5, 3, "low", "open")
+    routed = [c.endpoint for c in fake.calls[agent_acted:] if c.caller == "bot" and c.status < 300]
+    assert not {"assignments", "toggle_priority", "toggle_status", "messages"} & set(routed), routed
+
+
+@pytest.mark.xfail(strict=True, reason="issue 20, defect 2: fails on main")
+async def test_a_clock_stepped_back_does_not_stall_a_retry(fake, start_bot):
+    clock = Clock()
+    maria, conv = returning(fake)
+    bot = await start_bot(clock)
+    refused = fake.fail("toggle_status", status=503)
+    fake.customer_writes(maria, "Hello again")
+    await wait_for(lambda: refused.times == 0 and fake.calls_to("toggle_status"), 5, "the refused open")
+    clock.at = datetime.now(timezone.utc) - timedelta(minutes=10)  # NTP steps the clock back
+    await wait_for(lambda: conv.status == "open", 5, "the retry, as soon as it was due")
+    await bot.idle()
+    assert fake.opened_by(conv.display_id) == ["bot:7"]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 20, defect 3: fails on main")
+@pytest.mark.parametrize("fake", ["4.12"], indirect=True)
+async def test_an_unreadable_answer_is_a_failed_read_not_a_crash(fake, start_bot, log_lines):
+    maria, conv = returning(fake)
+    bot = await start_bot(
+        HANDOFF_MESSAGE="A person will answer.", HANDOFF_NOTE="false", CHATWOOT_API_TOKEN="user-token-5"
+    )
+    echoes = fake.hold_deliveries(lambda d: d.event == "message_created" and "A person" in str(d.payload))
+    fake.fail("messages", applied=True, drop=True)  # the message is posted; its answer is lost
+    fake.fail("messages_index", garbled=True, applied=True, times=100)  # a proxy's page instead of the messages
+    fake.customer_writes(maria, "Hello again")
+    await wait_for(lambda: conv.status == "open", 5, "the open")
+    await wait_for(lambda: fake.calls_to("messages_index", caller="user"), 5, "the look for the message")
+    await wait_for(lambda: _outbox_empty(bot), 5, "the job to end instead of retrying until ACTION_MAX_AGE")
+    echoes.release()
+    await bot.idle()
+    assert fake.bot_messages(conv.display_id) == ["A person will answer."]
+    assert not any("failed unexpectedly" in line for line in log_lines)
+
+
+async def _outbox_empty(bot) -> bool:
+    return await bot.bot.store.depth() == 0
+
+
+async def _hand_off_now(bot, display_id: int) -> str:
+    async with client() as s:
+        await sign_in(s, bot.url)
+        async with s.get(bot.url + "/") as r:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', await r.text())[1]
+        form = {"csrf": csrf, "account": "1", "conversation": str(display_id)}
+        async with s.post(bot.url + "/actions/handoff", data=form) as r:
+            return await r.text()
+
+
+@pytest.mark.xfail(strict=True, reason="issue 20, defect 4: fails on main")
+async def test_hand_off_now_respects_the_inbox_filters(fake, start_bot):
+    bot = await start_bot(IGNORE_INBOX_IDS="4", HANDOFF_MESSAGE="A person will answer.")
+    ignored = fake.customer_writes(fake.contact("Joao Silva"), "Hello", inbox=4).conversation
+    await bot.idle()
+    before = len(fake.calls)
+    await _hand_off_now(bot, ignored.display_id)
+    await bot.idle()
+    assert ignored.status == "pending"
+    assert [c.endpoint for c in fake.calls[before:] if c.caller == "bot"] == []
+
+
+@pytest.mark.xfail(strict=True, reason="issue 20, defect 4: fails on main")
+async def test_hand_off_now_brings_a_deferred_handoff_forward(fake, start_bot):
+    saturday_evening = Clock(datetime(2026, 11, 28, 20, 0, tzinfo=timezone.utc))
+    bot = await start_bot(
+        saturday_evening, BUSINESS_HOURS="mon-fri 09:00-18:00", HANDOFF_KEYWORDS="human", HANDOFF_NOTE="true"
+    )
+    conv = fake.customer_writes(fake.contact("Joao Silva"), "human please").conversation
+    await bot.idle()
+    assert conv.status == "pending"  # deferred to Monday 09:00
+    await _hand_off_now(bot, conv.display_id)
+    await wait_for(lambda: conv.status == "open", 5, "the handoff brought forward")
+    await bot.idle()
+    assert fake.opened_by(conv.display_id) == ["bot:7"]
+    assert len(fake.notes(conv.display_id)) == 1

@@ -9,10 +9,9 @@ import msgspec
 
 class _Step(msgspec.Struct, tag_field="op", omit_defaults=True, frozen=True):
     """One Chatwoot call of a job. Stored as JSON tagged by "op" (e.g. {"op": "status", "status": "open"});
-    the Chatwoot call each makes is in `outbox.Outbox._do`."""
+    the Chatwoot call each makes is in `outbox.Outbox._do`, whether it still applies in `guard.verdict`."""
 
     optional: ClassVar[bool] = False  # an extra: an older Chatwoot refusing it to bots must not stop the handoff
-    guarded: ClassVar[bool] = False  # acts on where the conversation is: made only while it is still there
 
     @property
     def op(self) -> str:
@@ -58,7 +57,6 @@ class SetStatus(_Step, tag="status", frozen=True):
     """POST toggle_status."""
 
     status: str
-    guarded: ClassVar[bool] = True
 
     def words(self) -> str:
         return f"set {self.status}"
@@ -77,7 +75,6 @@ class PublicMessage(_Step, tag="message", frozen=True):
     """POST messages (public): the customer sees it."""
 
     content: str
-    guarded: ClassVar[bool] = True
 
     def words(self) -> str:
         return f"message {self.content!r}"
@@ -86,12 +83,35 @@ class PublicMessage(_Step, tag="message", frozen=True):
 Step = AssignTeam | AssignAgent | SetPriority | SetStatus | PrivateNote | PublicMessage
 
 
-class Job(msgspec.Struct):
+class Attempt(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What is known of the last call made for a job's step: the one type the outbox records (on a failed
+    call) and guard.py reads. No attempt means the step's call was never sent, or was answered without
+    effect; `maybe` that it may have landed (no answer, a 5xx, an unreadable answer, or a run cut short by a
+    crash); `sent_at` that it may still be under way in Chatwoot (it timed out), sent at that time."""
+
+    step: int
+    maybe: bool = False
+    sent_at: float = 0.0
+
+    @classmethod
+    def after(cls, previous: Attempt | None, step: int, maybe_applied: bool, still_running: bool, at: float) -> Attempt:
+        """The step's attempt once its call (sent at `at`) failed: it may have landed if this call or an earlier
+        unanswered one may have; an earlier call still under way stays so."""
+        earlier = previous if previous is not None and previous.step == step and previous.maybe else None
+        sent_at = at if still_running else (earlier.sent_at if earlier else 0.0)
+        return cls(step, maybe_applied or earlier is not None, sent_at)
+
+
+RECOVERED = Attempt(-1, maybe=True)  # a run cut short by a crash or a lost lease: any step may have landed
+
+
+class Job(msgspec.Struct, omit_defaults=True):
     """One decision's calls for one conversation, carried out in order; `step` is the progress.
 
-    `unsure` says that the call of the current step may already have reached Chatwoot (a run was cut
-    short after sending it: a timeout, a dropped connection, a crash). The store sets it before a step
-    runs; the outbox then checks Chatwoot before sending that call again."""
+    `period` is the conversation's pending period the decision was taken in (period.py): a job of a period
+    that ended is moot. `attempt` is what is known of the current step's last call (guard.py reads it).
+    `recovered` says that the store found the job claimed by a run that never finished it (a crash, a lost
+    lease): the call of its current step may have landed (progress is written before the next step starts)."""
 
     account_id: int
     display_id: int
@@ -107,10 +127,15 @@ class Job(msgspec.Struct):
     trigger: int | None = None  # id of the message that led to the job
     id: str = ""
     decided_at: float = 0.0  # when the decision was taken (created_at restarts when a timer fires or on --retry)
-    unsure: bool = False
-    sent_at: float = 0.0  # when an unsure call went out, if it may still be under way in Chatwoot (else 0)
     claim: str = ""  # the claiming worker's token (Redis); not meaningful once released
     verify: bool = False  # decided from facts that may be old (the sweep's listing): check Chatwoot before acting
+    period: int | None = None  # None: stored before the period model (period.period_of tells)
+    attempt: Attempt | None = None
+    dead_at: float = 0.0  # when it became a dead letter
+    recovered: bool = False
+    # Written before the period model; read once by `loads`.
+    old_unsure: bool = msgspec.field(default=False, name="unsure")
+    old_sent_at: float = msgspec.field(default=0.0, name="sent_at")
 
     @property
     def status_target(self) -> str | None:
@@ -123,6 +148,11 @@ class Job(msgspec.Struct):
         return any(isinstance(s, SetStatus) and s.status == "open" for s in self.steps[self.step :])
 
     @property
+    def status_done(self) -> bool:
+        """Whether the job has set the conversation's status already (a step before the current one)."""
+        return any(isinstance(s, SetStatus) for s in self.steps[: self.step])
+
+    @property
     def expected_status(self) -> str:
         """The status the decision saw: a handoff and a greeting act on pending, a give-back on open."""
         return "open" if self.status_target == "pending" else "pending"
@@ -132,12 +162,37 @@ class Job(msgspec.Struct):
         return f"{self.account_id}:{self.display_id}"
 
     def dumps(self) -> str:
-        return msgspec.json.encode(self).decode()
+        return _encode_job(self).decode()
 
     @classmethod
     def loads(cls, text: str | bytes) -> Job:
-        return msgspec.json.decode(text, type=cls)
+        job = _decode_job(text)
+        if job.old_unsure or job.old_sent_at:
+            job.attempt = Attempt(job.step, maybe=job.old_unsure, sent_at=job.old_sent_at)
+            job.old_unsure, job.old_sent_at = False, 0.0
+        return job
+
+    def next_step(self) -> None:
+        """The current step is done. After a recovered step the rest of the run is checked like a late job's
+        (a power cut may have lost the last progress written without a sync)."""
+        self.step, self.attempt = self.step + 1, None
+        if self.recovered:
+            self.recovered, self.verify = False, True
 
     def describe(self) -> str:
         ops = ", ".join(s.words() for s in self.steps)
         return f"conversation {self.conversation_key}: {ops}"
+
+
+_decode_job = msgspec.json.Decoder(Job).decode
+_encode_job = msgspec.json.Encoder().encode
+
+
+def posted_text(job: Job, step: Step) -> str:
+    """What a note or message step posts (a note with the agent fallback's remark)."""
+    match step:
+        case PrivateNote(content):
+            return content + str(job.context.get("remark", ""))
+        case PublicMessage(content):
+            return content
+    raise TypeError(f"{step.op} posts no message")

@@ -11,6 +11,7 @@ from loguru import logger
 
 from . import page
 from .chatwoot import Chatwoot, Throttle
+from .clock import SteadyClock
 from .config import ConfigError, Settings, mask
 from .handoffs import Handoffs
 from .metrics import Metrics
@@ -39,6 +40,7 @@ class Bot:
 
     def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow, store: Store | None = None):
         self.settings, self.clock = settings, clock
+        self.steady = SteadyClock(lambda: clock().timestamp())  # the outbox's and the store queue's clock
         self.store = store or store_for(settings)
         self.metrics = Metrics()
         self.sweeper: PageSweeper | None = (
@@ -53,8 +55,8 @@ class Bot:
         token = s.chatwoot_bot_token.get_secret_value() if s.chatwoot_bot_token else None
         self.chatwoot = Chatwoot(self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics)
         reader = s.chatwoot_api_token.get_secret_value() if s.chatwoot_api_token else None
-        self.outbox = Outbox(self.store, self.chatwoot, self.metrics, self.clock, s.action_max_age, reader)
-        self.handoffs = Handoffs(s, self.store, self.chatwoot, self.metrics, self.clock, self.outbox.wake)
+        self.outbox = Outbox(self.store, self.chatwoot, self.metrics, self.steady, s.action_max_age, reader)
+        self.handoffs = Handoffs(s, self.store, self.chatwoot, self.metrics, self.clock, self.outbox.wake, self.steady)
         self.outbox.start()
         self.sweeps = self.sweeper = self._sweeps(token)
         logger.info(
@@ -86,7 +88,7 @@ class Bot:
         throttled = Chatwoot(
             self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics, Throttle(s.sweep_rate)
         )
-        handoffs = Handoffs(s, self.store, throttled, self.metrics, self.clock, self.outbox.wake)
+        handoffs = Handoffs(s, self.store, throttled, self.metrics, self.clock, self.outbox.wake, self.steady)
         sweeper = Sweeper(s, handoffs, throttled, self.metrics, self.clock, busy=lambda: self.handoffs.live)
         try:
             sweeper.accounts()

@@ -14,10 +14,11 @@ from loguru import logger
 from msgspec.structs import replace
 
 from .chatwoot import Chatwoot, ChatwootError
+from .clock import SteadyClock
 from .config import Settings
-from .decide import HEARD, Decision, decide, given_back, operator_handoff, returning_reason, triage
+from .decide import Decision, Need, decide, operator_handoff, triage
 from .events import Conversation, Delivery, event_label
-from .facts import ConversationState, Facts, Resolved
+from .facts import Facts, Resolved
 from .metrics import Metrics
 from .store import Commit, DecisionEntry, Store
 
@@ -85,45 +86,50 @@ class Handoffs:
         metrics: Metrics,
         clock: Callable[[], datetime],
         on_commit: Callable[[int], None] = lambda jobs: None,
+        steady: Callable[[], float] | None = None,
     ):
+        """`clock` is what the rules read (business hours); `steady` what the store's queue times are written
+        with (the outbox's clock: clock.SteadyClock)."""
         self.settings, self.store, self.chatwoot, self.metrics = settings, store, chatwoot, metrics
         self.clock, self.on_commit = clock, on_commit
+        self.steady = steady or SteadyClock(lambda: clock().timestamp())
         self._lookups = asyncio.Semaphore(LOOKUP_CONCURRENCY)
         self._budget = LookupBudget()
         self.live = 0  # deliveries being decided right now (the sweep gives way to them)
 
-    async def facts(self, d: Delivery, look_up: bool = True, deadline: float | None = None) -> Facts:
-        """What the bot knows; with `look_up`, also Chatwoot's answer about the contact, given by `deadline`
-        (the event loop's clock)."""
-        c = d.conversation
-        assert c is not None
-        facts = await load_facts(self.store, d)
-        if look_up and await self._pending_again(d, facts.state, deadline):
-            facts = Facts(facts.state.handoff_undone(facts.state.latest_message), facts.previous)
-        if look_up and self._worth_looking_up(d, facts):
-            facts = Facts(facts.state, await self._look_up(c, deadline))
-        return facts
+    async def _decided(
+        self,
+        choose: Callable[[Facts], Decision | Need],
+        d: Delivery,
+        facts: Facts,
+        deadline: float | None = None,
+        cache: bool = True,
+    ) -> Decision:
+        """Decide on what the bot knows; when the decision needs an observation, gather it and decide again
+        (each Need, once gathered, is never asked again, so this ends)."""
+        while True:
+            result = choose(facts)
+            if isinstance(result, Decision):
+                return result
+            facts = await self._observe(result, d, facts, deadline, cache)
 
-    async def _pending_again(self, d: Delivery, state: ConversationState, deadline: float | None) -> bool:
-        """A customer's message in a period the bot handed off, from a later save of a still pending
-        conversation: the handoff's open may have been undone since (an agent resolved it, the customer wrote
-        again) with the events that say so still on their way (Chatwoot delivers in no set order). Once the
-        handoff's open is done, Chatwoot tells where it may (4.16+). Not for a conversation the bot owns again
-        (the open ended its ownership, so an agent gave it back; those events say so) unless the open never
-        landed (a dead letter)."""
-        c, m = d.conversation, d.message
-        if c is None or not (
-            m
-            and m.kind == "incoming"
-            and state.handed_off
-            and c.status == "pending"
-            and c.updated > state.updated
-            and self.chatwoot
-            and not await self.store.opening(c.key)
-        ):
+    async def _observe(self, need: Need, d: Delivery, facts: Facts, deadline: float | None, cache: bool) -> Facts:
+        c = d.conversation
+        assert c is not None  # decisions that need observing are about a conversation
+        match need:
+            case Need.QUEUE:
+                return replace(facts, queued=await self.store.opening(c.key))
+            case Need.DEAD_LETTER:
+                return replace(facts, dead_letter=await self._dead_letter(c.key))
+            case Need.CONVERSATION:
+                return replace(facts, pending_now=await self._pending_now(c, deadline))
+            case Need.CONTACT:
+                return replace(facts, looked_up=True, previous=await self._look_up(c, deadline, cache))
+
+    async def _pending_now(self, c: Conversation, deadline: float | None) -> bool:
+        """Whether Chatwoot shows the conversation pending now (4.16+; False where it cannot be asked)."""
+        if self.chatwoot is None:
             return False
-        if c.bot_owned and not await self._dead_letter(c.key):
-            return False  # the handoff's open ended the bot's ownership: an agent gave it back (those events say so)
         loop = asyncio.get_running_loop()
         try:  # bounded like a look-up: the conversation's lock is held meanwhile
             async with asyncio.timeout_at(min(deadline or math.inf, loop.time() + LOOKUP_TIMEOUT)):
@@ -144,30 +150,13 @@ class Handoffs:
         """Whether the conversation has a dead letter: its handoff's open never landed (read only on a rare path)."""
         return any(job.conversation_key == conversation_key for job in await self.store.dead_letters())
 
-    def _worth_looking_up(self, d: Delivery, facts: Facts) -> bool:
-        c, m = d.conversation, d.message
-        assert c is not None
-        rules = self.settings.rules_for(c.inbox_id)
-        return bool(
-            self.settings.chatwoot_api_token
-            and self.chatwoot
-            and m
-            and m.kind == "incoming"
-            and rules.handoff_returning
-            and not facts.state.handed_off
-            and c.contact.id is not None
-            and not given_back(c, facts.state)
-            and returning_reason(c, facts) is None
-        )
-
     async def _look_up(self, c: Conversation, deadline: float | None = None, cache: bool = True) -> Resolved | None:
         """The contact's latest other resolved conversation in Chatwoot (user token), cached for an hour;
         a failure is cached for a minute. None (a new customer) when it cannot be asked in time. A dry run
         of the sweep (`cache=False`) writes nothing."""
         key, now = contact_key(c), self.clock().timestamp()
-        # _worth_looking_up made sure of these
-        assert key is not None and c.contact.id is not None and self.chatwoot is not None
-        assert self.settings.chatwoot_api_token is not None
+        if key is None or c.contact.id is None or self.chatwoot is None or self.settings.chatwoot_api_token is None:
+            return None  # nobody to ask (`explain`), or nothing to ask about (decide.Need.CONTACT checks the rest)
         cached, value = await self.store.recall(key, now)
         if cached:
             return value
@@ -234,7 +223,7 @@ class Handoffs:
         if d.message is None:
             # Conversation events on open conversations usually change nothing: decide those with one
             # consistent read first, and take the lock only to write (it costs round trips on Redis).
-            decision = decide(d, await self.facts(d, look_up=False), self.clock(), self.settings)
+            decision = await self._decided(self._rules(d), d, await load_facts(self.store, d))
             if not decision.writes:
                 return self._report(d, decision)
         deadline = asyncio.get_running_loop().time() + DELIVERY_BUDGET
@@ -242,14 +231,19 @@ class Handoffs:
             account=c.account_id, inbox=c.inbox_id, conversation=c.display_id, delivery=d.delivery_id
         ):
             async with self._locked(c.key, deadline):
-                decision = decide(d, await self.facts(d, deadline=deadline), self.clock(), self.settings)
-                if decision.reason == HEARD and not await self.store.opening(c.key):
-                    decision.state = None  # nothing queued waits for the message (decide.HEARD)
+                decision = await self._decided(self._rules(d), d, await load_facts(self.store, d), deadline)
                 # The commit is refused for a delivery seen before; one that writes nothing is harmless
                 # (unless it belongs in the decision log).
                 if (decision.writes or decision.outcome in LOGGED) and not await self._commit(d, decision):
                     decision = Decision("duplicate", f"delivery {d.dedup_key} was handled before")
             return self._report(d, decision)
+
+    async def decided(self, d: Delivery) -> Decision:
+        """What the bot would decide for `d` now, writing nothing (`explain`)."""
+        return await self._decided(self._rules(d), d, await load_facts(self.store, d), cache=False)
+
+    def _rules(self, d: Delivery, live: bool = True, counted: int | None = None) -> Callable[[Facts], Decision | Need]:
+        return lambda facts: decide(d, facts, self.clock(), self.settings, live=live, counted=counted)
 
     @asynccontextmanager
     async def _locked(self, key: str, deadline: float) -> AsyncIterator[None]:
@@ -272,19 +266,24 @@ class Handoffs:
                 logger.warning("conversation {}: its lock was not released ({!r}); it lapses by itself", key, exc)
 
     async def hand_off_now(self, c: Conversation, who: str) -> Decision:
-        """The operator page's button: queue the inbox's handoff for a conversation Chatwoot says is pending."""
+        """The operator page's button, for a conversation Chatwoot says is pending: decided like a delivery
+        (decide.operator_handoff says when it is refused, and why), into the same store and outbox."""
         d = Delivery("operator_handoff", f"operator:{uuid.uuid4()}", c)
         with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id):
             async with self.store.lock(c.key):
-                facts = await self.facts(d, look_up=False)
-                if facts.state.handed_off and await self.store.opening(c.key):  # a second click, or on its way
-                    return Decision("ignore", "a handoff is already queued for this conversation")
-                decision = operator_handoff(c, facts, self.clock(), self.settings, who)
+
+                def choose(facts: Facts) -> Decision | Need:
+                    return operator_handoff(c, facts, self.clock(), self.settings, who)
+
+                decision = await self._decided(choose, d, await load_facts(self.store, d))
                 if decision.state is not None:  # its trigger (the last message, often the bot's own) is seen now
                     decision.state = decision.state.saw(c.status, c.updated, c.last_message_id, c.bot_owned)
-                await self._commit(d, decision)
-            self.metrics.decisions.labels(decision.outcome, decision.rule).inc()
-            logger.info("conversation {}: handoff queued from the operator page: {}", c.key, decision.reason)
+                if decision.writes:
+                    await self._commit(d, decision)
+            self.metrics.decisions.labels(decision.outcome, decision.rule or "-").inc()
+            logger.info(
+                "conversation {}: the operator page's handoff: {}: {}", c.key, decision.outcome, decision.reason
+            )
             return decision
 
     async def reconcile(self, d: Delivery, incoming: int | None, dry_run: bool = False) -> Decision:
@@ -298,28 +297,12 @@ class Handoffs:
         assert c is not None and m is not None  # the sweep's deliveries are messages
         with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id):
             async with self.store.lock(c.key):
-                facts = await self.facts(d, look_up=False)
-                renewed = facts.state.handed_off and not await self.store.opening(c.key)
-                if renewed:
-                    # Chatwoot lists it pending and nothing queued will open it: the handoff became a dead letter,
-                    # or its open was undone by a resolve and a reopen whose events never reached the bot. That
-                    # period's jobs still queued (a failing note or message) are moot, as in `_pending_again`; the
-                    # sweep's own trigger is not.
-                    latest = min(facts.state.latest_message or 0, m.id - 1)
-                    facts = replace(facts, state=facts.state.handoff_undone(latest))
-                stored = facts.state
-                # Once the bot has seen the customer's message (live, or an earlier sweep: it records at least
-                # one), the contact was looked up then: later sweeps rely on what the bot has seen since.
-                if not stored.incoming and self._worth_looking_up(d, facts):
-                    facts = Facts(stored, await self._look_up(c, cache=not dry_run))  # a dry run writes nothing
-                seen = max(stored.incoming, incoming or 1)
-                if seen != stored.incoming:
-                    facts = replace(facts, state=replace(stored, incoming=seen))
-                decision = decide(d, facts, self.clock(), self.settings, live=False)
-                timer = [decision.timer[1]] if decision.timer else []
-                for job in decision.jobs + timer:  # the listing may be minutes old by now
-                    job.verify = True
-                if decision.state == stored:
+                stored = await load_facts(self.store, d)
+                facts = replace(stored, pending_now=True)  # Chatwoot lists it pending
+                decision = await self._decided(self._rules(d, False, incoming), d, facts, cache=not dry_run)
+                for job in decision.jobs + ([decision.timer[1]] if decision.timer else []):
+                    job.verify = True  # the listing may be minutes old by now
+                if decision.state == stored.state:
                     decision.state = None  # nothing new to remember: most kept conversations write nothing
                 if dry_run or not decision.writes:
                     return decision
@@ -327,7 +310,7 @@ class Handoffs:
                 # sweeps deciding alike (the command beside the server) commit once; a period started again (its
                 # handoff, perhaps the sweep's own, became a dead letter) is decided anew.
                 key = f"s:{c.key}:{m.id}:{decision.outcome}:{decision.rule}"
-                if renewed:
+                if decision.state is not None and decision.state.period > stored.state.period:
                     key += f":renewed at {self.clock().timestamp():.0f}"
                 if not await self._commit(d, decision, key, "sweep"):
                     decision = Decision("duplicate", f"the sweep decided conversation {c.key} this way before")
@@ -337,12 +320,12 @@ class Handoffs:
         self, d: Delivery, decision: Decision, dedup_key: str | None = None, event: str | None = None
     ) -> bool:
         """`dedup_key` and `event` name the sweep's decisions, whose keeps stay out of the decision log."""
-        c, now = d.conversation, self.clock().timestamp()
+        c, now = d.conversation, self.steady()
         assert c is not None
         log = None
         if decision.outcome in (LOGGED if event is None else SWEEP_LOGGED) and self.settings.decision_log_size:
             log = DecisionEntry(
-                now,
+                self.clock().timestamp(),
                 c.account_id,
                 c.inbox_id,
                 c.display_id,

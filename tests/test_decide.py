@@ -15,9 +15,10 @@ from msgspec.structs import replace
 
 from agentbot.actions import AssignAgent, AssignTeam, PrivateNote, PublicMessage, SetPriority, SetStatus, Step
 from agentbot.config import Settings, load
-from agentbot.decide import Decision, decide, operator_handoff
+from agentbot.decide import Decision, Need, decide, operator_handoff
 from agentbot.events import Delivery, parse
 from agentbot.facts import ConversationState, Facts, Resolved
+from agentbot.period import Phase
 from tests.fakechatwoot.model import fixture
 
 NOON = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)  # a Wednesday
@@ -45,7 +46,7 @@ def settings(**env: str) -> Settings:
 @dataclass
 class Case:
     payload: str
-    outcome: str
+    outcome: str | Need  # a Need: the decision asks for that observation first
     rule: str = ""
     jobs: list[list[Step]] = field(default_factory=list)
     timer: tuple[float, list[Step]] | str | None = None  # (due, steps), "cancel" or None
@@ -60,6 +61,7 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     live: bool = True
     waiting_since: float | None = None  # the sweep's
+    observed: dict[str, Any] = field(default_factory=dict)  # what was observed (Facts' queued, pending_now, ...)
 
 
 def delivery(case: Case) -> Delivery:
@@ -77,7 +79,7 @@ def delivery(case: Case) -> Delivery:
 
 
 def row(
-    case_id: str, payload: str, outcome: str, rule: str = "", jobs: list[list[Step]] | None = None, **more: Any
+    case_id: str, payload: str, outcome: str | Need, rule: str = "", jobs: list[list[Step]] | None = None, **more: Any
 ) -> Any:
     return pytest.param(Case(payload, outcome, rule, jobs or [], **more), id=case_id)
 
@@ -171,7 +173,8 @@ CASES = [
         "ignore-already-handed-off",
         PENDING_MSG,
         "ignore",
-        state=ConversationState(handed_off=True),
+        state=ConversationState(phase=Phase.HANDOFF),
+        observed={"queued": True},
         env=KEYWORD,
         message=HUMAN,
         reason="handoff already decided",
@@ -180,10 +183,64 @@ CASES = [
         "ignore-late-delivery",
         PENDING_MSG,
         "ignore",
-        state=ConversationState(left_pending_after=4711),
+        state=ConversationState(since=4711),
         env=KEYWORD,
         message=HUMAN,
         reason="late delivery",
+    ),
+    # ---- a message in a handed-off period: what the decision needs observed first ----
+    row(
+        "handed-off-asks-whether-a-queued-job-still-opens-it",
+        PENDING_MSG,
+        Need.QUEUE,
+        state=ConversationState(phase=Phase.HANDOFF),
+        env=KEYWORD,
+        message=HUMAN,
+    ),
+    row(
+        "handed-off-nothing-queued-bot-owned-asks-for-a-dead-letter",
+        PENDING_MSG,
+        Need.DEAD_LETTER,
+        state=ConversationState(phase=Phase.HANDOFF),
+        observed={"queued": False},
+        env=KEYWORD,
+        message=HUMAN,
+    ),
+    row(
+        "handed-off-nothing-queued-bot-owned-no-dead-letter-is-heard",
+        PENDING_MSG,
+        "ignore",
+        state=ConversationState(phase=Phase.HANDOFF),
+        observed={"queued": False, "dead_letter": False},
+        env=KEYWORD,
+        message=HUMAN,
+        reason="handoff already decided",
+    ),
+    row(
+        "handed-off-nothing-queued-asks-chatwoot-whether-it-is-pending",
+        REOPENED,
+        Need.CONVERSATION,
+        state=ConversationState(phase=Phase.HANDOFF),
+        observed={"queued": False},
+        env=KEYWORD,
+        message=HUMAN,
+    ),
+    row(
+        "handed-off-pending-again-begins-a-period-and-decides",
+        REOPENED,
+        "handoff",
+        "returning",
+        [[OPEN, note("Returning customer: conversation #42 had an agent reply on 2026-09-30")]],
+        state=ConversationState(phase=Phase.HANDOFF),
+        observed={"queued": False, "pending_now": True},
+        env=KEYWORD,
+        message=HUMAN,
+    ),
+    row(
+        "returning-asks-for-a-look-up-with-a-user-token",
+        PENDING_MSG,
+        Need.CONTACT,
+        env={"CHATWOOT_API_TOKEN": "u"},
     ),
     # ---- conversation events: bookkeeping ----
     row(
@@ -584,7 +641,11 @@ def outcome(decision: Decision) -> tuple[Any, ...]:
 
 @pytest.mark.parametrize("case", CASES)
 def test_decision(case: Case) -> None:
-    decision = decide(delivery(case), Facts(case.state, case.previous), case.now, settings(**case.env), live=case.live)
+    facts = Facts(case.state, case.previous, **case.observed)
+    decision = decide(delivery(case), facts, case.now, settings(**case.env), live=case.live)
+    if isinstance(decision, Need):
+        assert decision == case.outcome, f"needs {decision}, want {case.outcome}"
+        return
     got, want = outcome(decision), (case.outcome, case.rule, case.jobs, case.timer)
     assert got == want, f"got {got}, want {want} ({decision.reason})"
     assert case.reason in decision.reason, f"reason {decision.reason!r} lacks {case.reason!r}"

@@ -175,7 +175,7 @@ async def test_an_unsure_note_of_a_dead_letter_retried_two_days_later_is_not_pos
     await wait_for(lambda: bot.bot.store.dead_letters(), 10, "the dead letter")
     await bot.idle()
     assert len(fake.notes(conv.display_id)) == 1
-    assert [j.unsure for j in await bot.bot.store.dead_letters()] == [True]
+    assert [j.attempt.maybe for j in await bot.bot.store.dead_letters()] == [True]
     fake.agent_writes(conv.display_id, "Hello Maria")  # the note is no longer the conversation's last message
     clock.at = datetime.now(timezone.utc) + timedelta(days=2)  # the operator retries two days later
     await bot.bot.store.prune(clock().timestamp())

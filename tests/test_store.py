@@ -8,6 +8,7 @@ import pytest
 
 from agentbot.actions import AssignTeam, Job, PublicMessage, SetStatus
 from agentbot.facts import ConversationState, Resolved
+from agentbot.period import Phase
 from agentbot.store import Commit, open_store
 from tests.conftest import wait_for
 
@@ -17,7 +18,7 @@ def job(display_id: int, reason: str = "r") -> Job:
 
 
 async def test_commit_is_once_per_delivery_and_saves_everything(store):
-    state = ConversationState(handed_off=True, incoming=2)
+    state = ConversationState(period=3, phase=Phase.HANDOFF, incoming=2)
     c = Commit("d:1", "1:42", state, [job(42)], contact_key="1:58", resolved=Resolved(38, "2026-11-20", 5))
     assert await store.commit(c, 100.0) is True
     assert await store.commit(c, 101.0) is False
@@ -190,8 +191,9 @@ async def test_a_renewed_lease_keeps_the_job(redis):
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
-async def test_a_claimed_step_is_marked_unsure_before_it_runs(backend, request, tmp_path):
-    """After a crash or a lost answer the next run knows the step's call may have reached Chatwoot."""
+async def test_a_job_whose_run_never_ended_comes_back_recovered(backend, request, tmp_path):
+    """After a crash the next run knows the job's calls may have reached Chatwoot, though claiming wrote nothing
+    that waited for the disk (SQLite: no clean stop; Redis: the dead run's claim is still there)."""
     from agentbot.store.base import LEASE
 
     url = request.getfixturevalue("redis") if backend == "redis" else f"sqlite:///{tmp_path}/s.sqlite3"
@@ -199,14 +201,14 @@ async def test_a_claimed_step_is_marked_unsure_before_it_runs(backend, request, 
     await first_process.open()
     await first_process.commit(Commit("d:1", "1:1", jobs=[job(1)]), 100.0)
     running = await first_process.claim(100.0)
-    assert running.unsure is False
+    assert running.recovered is False
     await first_process.close()  # the process dies while the call is on its way
     await second_process.open()
     try:
         again = await second_process.claim(100.0 + LEASE + 1)
-        assert again.unsure is True
-        again.unsure, again.next_at = False, 200.0  # e.g. connection refused: certainly not applied
+        assert again.recovered is True
+        again.recovered, again.next_at = False, 200.0  # e.g. Chatwoot showed every step's effect missing
         assert await second_process.retry(again) is True
-        assert (await second_process.claim(200.0)).unsure is False
+        assert (await second_process.claim(200.0)).recovered is False
     finally:
         await second_process.close()

@@ -581,7 +581,7 @@ async def test_a_dead_letter_retried_after_the_sweep_handed_off_again_posts_no_s
     await wait_for(lambda: bot.bot.store.dead_letters(), 10, "the dead letter")
     await bot.idle()
     assert conv.status == "pending"
-    assert [j.unsure for j in await bot.bot.store.dead_letters()] == [True]
+    assert [j.attempt.maybe for j in await bot.bot.store.dead_letters()] == [True]
     aged(fake, [conv])
     code, out, err = await sweep_cli(fake, tmp_path, HANDOFF_MESSAGE="Hi")
     assert code == 0, err

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import time
 from datetime import datetime, timezone
 
+from .. import guard
 from ..actions import Job
 from ..chatwoot import Chatwoot, ChatwootError
 from ..config import ConfigError, Settings, mask, scrub
-from ..decide import decide
 from ..events import BadBody, PayloadError, parse
-from ..handoffs import load_facts
-from ..outbox import moved_on
+from ..handoffs import Handoffs
+from ..metrics import Metrics
+from ..period import period_of
 from ..store import Store
 from .common import admin_account, explain_error, opened_store, with_chatwoot
 
@@ -44,7 +46,8 @@ async def explain(settings: Settings, args: argparse.Namespace) -> int:
         print(f"ignore: {exc}")
         return 0
     async with opened_store(settings) as store:
-        decision = decide(delivery, await load_facts(store, delivery), now, settings)
+        # Without Chatwoot: what only a read or a look-up could tell counts as not shown (a new customer).
+        decision = await Handoffs(settings, store, None, Metrics(), lambda: now).decided(delivery)
     print(decision.describe())
     return 0
 
@@ -72,8 +75,10 @@ async def outbox(settings: Settings, args: argparse.Namespace) -> int:
 async def _skip(store: Store, job: Job) -> str:
     """What a re-queued dead letter would skip, by the bot's memory (the worker checks Chatwoot itself)."""
     state, _ = await store.load(job.conversation_key, None)
-    verdict, why = moved_on(job, job.steps[job.step], state, state.status, job.unsure)
-    return f" | --retry would skip it: the conversation {why}" if verdict == "drop" else ""
+    seen = guard.Seen(state.period, state.phase, state.status)
+    period = period_of(job.period, job.trigger, state)
+    verdict = guard.verdict(job, period, job.steps[job.step], seen, time.time(), settle=0.0)
+    return f" | --retry would skip it: the conversation {verdict.why}" if isinstance(verdict, guard.Drop) else ""
 
 
 async def inboxes(settings: Settings, args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 from ..chatwoot import ChatwootError
 from ..config import Settings
-from ..decide import Decision, decide
+from ..decide import Decision, decide_from_memory
 from ..events import Delivery, Listed, Message, Person
 from ..facts import ConversationState, Facts
 from ..store import DecisionEntry
@@ -178,7 +178,7 @@ def decision_today(live: Listed, facts: Facts, now: datetime, settings: Settings
         Person(c.contact.id, "contact", c.contact.name),
         None,
     )
-    return decide(Delivery("message_created", None, c, message), facts, now, settings)
+    return decide_from_memory(Delivery("message_created", None, c, message), facts, now, settings)
 
 
 def utc(ts: float) -> datetime:

@@ -18,7 +18,19 @@ from redis.exceptions import ConnectionError, LockError, LockNotOwnedError, Time
 
 from ..actions import Job
 from ..facts import ConversationState, Resolved, fingerprint
-from .base import DEDUP_TTL, ECHOES_KEPT, LEASE, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Lapsed, Lease, Store
+from .base import (
+    DEDUP_TTL,
+    ECHOES_KEPT,
+    HORIZON,
+    LEASE,
+    LOG_TTL,
+    STATE_TTL,
+    Commit,
+    DecisionEntry,
+    Lapsed,
+    Lease,
+    Store,
+)
 
 P = "agentbot:"
 LOCK_TTL = 6  # seconds a conversation's lock outlives a holder that died
@@ -26,7 +38,8 @@ RECONNECTS = 6  # a dropped connection is tried again this often, 0.05 s apart d
 CONNECTION_WAIT = 10  # seconds a command waits for a free connection when all REDIS_MAX_CONNECTIONS are busy
 # Keys: seen:<dedup>, conv:<key>, contact:<key>, lookup:<key> (strings with TTLs);
 # q:<conv> (list of job JSON, head first); ready (zset conv → when its head may run or the
-# lease of the worker running it ends); owner:<conv> (the claim on its head job); unsure (hash);
+# lease of the worker running it ends); owner:<conv> (the claim on its head job); unsure (hash, written
+# before the period model: read and removed by CLAIM);
 # timers (zset conv → due) + timer:<conv>; dead (list); depth (counter of queued jobs);
 # lock:<conv> (redis-py Lock); log:<account> (zset entry JSON → time, the decision log) and
 # log-accounts (set of accounts with a log); echo:<conv> (zset "message id:fingerprint" → message id).
@@ -66,12 +79,15 @@ return 1
 )
 
 # A claim: `owner:<conv>` holds "<job id>|<token>" of the worker running the conversation's head job;
-# the `ready` score of the conversation is when that worker's lease ends. `unsure` (a hash, job id → when)
-# marks jobs whose current step's call may have gone out, and when.
+# the `ready` score of the conversation is when that worker's lease ends. An owner still there at the next
+# claim never released the job (its instance died, or its lease ran out): that run may have sent a call, so the
+# job comes back `recovered` (its steps are checked, not trusted). A ready time beyond the horizon was written
+# before the wall clock stepped back: it is due.
 CLAIM = """
-local now, lease, token = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local now, lease, token, horizon = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 for _ = 1, 20 do
   local c = redis.call('ZRANGEBYSCORE', P..'ready', '-inf', now, 'LIMIT', 0, 1)
+  if #c == 0 then c = redis.call('ZRANGEBYSCORE', P..'ready', '('..(now + horizon), '+inf', 'LIMIT', 0, 1) end
   if #c == 0 then return false end
   local conv = c[1]
   local job = redis.call('LINDEX', P..'q:'..conv, 0)
@@ -79,10 +95,10 @@ for _ = 1, 20 do
     local id = cjson.decode(job).id
     if type(id) ~= 'string' or id == '' then id = conv..'@'..token end  -- written by an older version
     redis.call('ZADD', P..'ready', now + lease, conv)
+    local cut_short = redis.call('GET', P..'owner:'..conv) or redis.call('HGET', P..'unsure', id)
+    redis.call('HDEL', P..'unsure', id)
     redis.call('SET', P..'owner:'..conv, id..'|'..token)
-    local sent = redis.call('HGET', P..'unsure', id) or ''
-    redis.call('HSET', P..'unsure', id, now)
-    return {job, id, sent}
+    return {job, id, cut_short and 1 or 0}
   end
   redis.call('ZREM', P..'ready', conv)
 end
@@ -112,13 +128,12 @@ PROGRESS = (
 local conv, id = ARGV[1], ARGV[2]
 if not owned(conv, id, ARGV[3]) then return 0 end
 redis.call('LSET', P..'q:'..conv, 0, ARGV[4])
-redis.call('HSET', P..'unsure', id, ARGV[5])
 redis.call('ZADD', P..'ready', tonumber(ARGV[5]) + tonumber(ARGV[6]), conv)
 return 1
 """
 )
 
-# ARGV: conv, id, token, how ('done'|'retry'|'dead'), job json, ready_at, unsure ('' or when the call went out)
+# ARGV: conv, id, token, how ('done'|'retry'|'dead'), job json, ready_at
 RELEASE = (
     OWNED
     + """
@@ -126,8 +141,6 @@ local conv, id, how, job, at = ARGV[1], ARGV[2], ARGV[4], ARGV[5], tonumber(ARGV
 if not owned(conv, id, ARGV[3]) then return 0 end
 local q = P..'q:'..conv
 redis.call('DEL', P..'owner:'..conv)
--- a dead letter keeps its mark too: re-queued with --retry, it is checked before it is sent again
-if how ~= 'done' and ARGV[7] ~= '' then redis.call('HSET', P..'unsure', id, ARGV[7]) else redis.call('HDEL', P..'unsure', id) end
 if how == 'retry' then
   redis.call('LSET', q, 0, job)
 else
@@ -333,12 +346,13 @@ class RedisStore(Store):
 
     async def claim(self, now: float) -> Job | None:
         token = uuid.uuid4().hex
-        found = await self._claim(args=[now, LEASE, token])
+        found = await self._claim(args=[now, LEASE, token, HORIZON])
         if not found:
             return None
-        raw, job_id, sent = found
+        raw, job_id, cut_short = found
         job = Job.loads(raw)
-        job.id, job.claim, job.unsure, job.sent_at = job_id.decode(), token, bool(sent), float(sent or 0)
+        job.id, job.claim = job_id.decode(), token
+        job.recovered = job.recovered or bool(cut_short)
         return job
 
     async def renew(self, job: Job, now: float) -> bool:
@@ -364,7 +378,6 @@ class RedisStore(Store):
             how,
             job.dumps(),
             ready_at,
-            repr(job.sent_at) if job.unsure else "",
         ]
         return bool(await self._release(args=args))
 

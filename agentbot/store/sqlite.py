@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable
@@ -12,11 +13,10 @@ from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 from loguru import logger
-from msgspec.structs import replace
 
 from ..actions import Job
 from ..facts import ConversationState, Resolved, fingerprint
-from .base import DEDUP_TTL, ECHOES_KEPT, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Store
+from .base import DEDUP_TTL, ECHOES_KEPT, HORIZON, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Store
 from .locks import KeyedLocks
 
 SCHEMA = """
@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS echoes (conv TEXT NOT NULL, id INTEGER NOT NULL, crc 
   PRIMARY KEY (conv, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS decisions (account INTEGER NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, size INTEGER NOT NULL,
   body TEXT NOT NULL, PRIMARY KEY (account, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
 """
 T = TypeVar("T")
 PATIENCE = 3.0  # seconds a read or write waits for another connection's lock before it fails
@@ -43,7 +44,7 @@ BUSY_DELAYS = (0.002, 0.2)  # first and longest pause between tries while the da
 class Write(NamedTuple):
     apply: Callable[[], Any]
     future: asyncio.Future[Any]
-    synced: bool  # wait for the sync to disk (everything but echoes)
+    synced: bool  # wait for the sync to disk (not echoes, nor the outbox's progress and finished jobs)
 
 
 def _report_lost_echo(future: asyncio.Future[Any]) -> None:
@@ -66,7 +67,10 @@ class SQLiteStore(Store):
     # to a thread, and WAL lets them run beside a write. Writes made while the previous batch is being
     # written share one transaction (group commit), which a single writer thread carries out on its own
     # connection: its sync to disk (synchronous=FULL, so an acknowledged decision survives a power cut)
-    # never stalls the event loop, and each caller resumes only after its writes are committed. SQLite
+    # never stalls the event loop, and each caller resumes only after its writes are committed. Only what must
+    # survive a power cut waits for the sync (a decision, a retry's attempt): the outbox's progress and the end
+    # of a job are committed without it, in a batch of their own, as a run cut short before they reach the disk
+    # is found at start-up and its steps are checked, not trusted (`_recovered`). SQLite
     # never waits for a lock held by another connection (busy_timeout 0): reads and writes that find the
     # database locked are tried again after a pause, for up to PATIENCE seconds. (`memory://` has one
     # connection and writes on the loop: there is no disk to wait for.) Echoes are hints: a batch of
@@ -81,6 +85,7 @@ class SQLiteStore(Store):
         self._locked_since: float | None = None  # the pending writes found the database locked
         self._writer: ThreadPoolExecutor | None = None
         self._synced = True  # the writer connection's synchronous setting is FULL
+        self._recovered: set[int] = set()  # jobs a run may have been cut short in (found at an unclean start-up)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
@@ -92,17 +97,31 @@ class SQLiteStore(Store):
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        self._recover()
         if self.path == ":memory:":
             self.rdb = self.db
         else:
             self.rdb = self._connect()  # reads, on the event loop
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
 
+    def _recover(self) -> None:
+        """After a stop that was not clean (a crash, SIGKILL, a power cut), any job may have been claimed by a run
+        that sent a call and died before its progress was written: each such job's steps are checked, not
+        trusted. The mark of a clean stop is removed (and synced) before anything runs."""
+        clean = self.db.execute("DELETE FROM meta WHERE key='clean' RETURNING value").fetchone()
+        if clean is None:
+            self._recovered = {row[0] for row in self.db.execute("SELECT id FROM jobs WHERE dead=0")}
+
     async def close(self) -> None:
         for _ in range(int(PATIENCE / 0.01)):  # let the batch being written, and what waits for it, finish
             if not (self._writing or self._writes):
                 break
             await asyncio.sleep(0.01)
+        if not (self._writing or self._writes or self._recovered or self._busy):
+            # Every job released (a run cut short at stop gave its job back with its attempt): the next start-up
+            # trusts the stored progress. Without the mark it checks every job: safe, only slower.
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '1')")
         if self._writer:
             self._writer.shutdown(wait=True)
             self.rdb.close()
@@ -134,7 +153,10 @@ class SQLiteStore(Store):
     def _flush(self) -> None:
         if self._writing:
             return  # the batch being written flushes again when it is done
-        writes, self._writes = self._writes, []
+        # Writes nobody waits a sync for (the outbox's progress, echoes) go in a transaction of their own, first:
+        # they never wait behind a sync to disk. The synced ones follow in the next batch.
+        writes = [w for w in self._writes if not w.synced] or self._writes
+        self._writes = [w for w in self._writes if w.synced] if len(writes) < len(self._writes) else []
         if not writes:
             self._locked_since = None
             return
@@ -316,35 +338,33 @@ class SQLiteStore(Store):
         assert body is not None  # a job id comes with its body
         job = Job.loads(body)
         job.id = str(job_id)
-        marked = replace(job, unsure=True, sent_at=now).dumps()
-        try:
-            await self._write(lambda: self.db.execute("UPDATE jobs SET body=? WHERE id=?", (marked, job_id)))
-        except BaseException:
-            self._busy.discard(conv)
-            raise
+        if job_id in self._recovered:
+            self._recovered.discard(job_id)
+            job.recovered = True
         return job
 
     def _next(self, now: float) -> tuple[str, int | None, str | None] | None:
         busy = tuple(self._busy)
         marks = ",".join("?" * len(busy))
+        # A ready time beyond HORIZON was written before the wall clock stepped back: it is due.
         return self.rdb.execute(
             "SELECT q.conv, j.id, j.body FROM queues q LEFT JOIN jobs j "
             "ON j.id = (SELECT id FROM jobs WHERE conv=q.conv AND dead=0 ORDER BY id LIMIT 1) "
-            f"WHERE q.ready_at<=? AND q.conv NOT IN ({marks}) ORDER BY q.ready_at LIMIT 1",
-            (now, *busy),
+            f"WHERE (q.ready_at<=? OR q.ready_at>?) AND q.conv NOT IN ({marks}) ORDER BY q.ready_at LIMIT 1",
+            (now, now + HORIZON, *busy),
         ).fetchone()
 
     async def renew(self, job: Job, now: float) -> bool:
         return True  # one process: a claim ends only with the job
 
     async def progress(self, job: Job, now: float) -> bool:
-        body = replace(job, unsure=True, sent_at=now).dumps()
-        return await self._write(
-            lambda: self.db.execute("UPDATE jobs SET body=? WHERE id=?", (body, int(job.id))).rowcount > 0
-        )
+        body = job.dumps()
+        apply = partial(self.db.execute, "UPDATE jobs SET body=? WHERE id=?", (body, int(job.id)))
+        await self._enqueue(apply, synced=False)
+        return True
 
     async def finish(self, job: Job, now: float) -> bool:
-        return await self._release(job, now, "DELETE FROM jobs WHERE id=?", (int(job.id),))
+        return await self._release(job, now, "DELETE FROM jobs WHERE id=?", (int(job.id),), synced=False)
 
     async def retry(self, job: Job) -> bool:
         return await self._release(job, job.next_at, "UPDATE jobs SET body=? WHERE id=?", (job.dumps(), int(job.id)))
@@ -352,7 +372,9 @@ class SQLiteStore(Store):
     async def bury(self, job: Job, now: float) -> bool:
         return await self._release(job, now, "UPDATE jobs SET body=?, dead=1 WHERE id=?", (job.dumps(), int(job.id)))
 
-    async def _release(self, job: Job, ready_at: float, sql: str, args: tuple[Any, ...]) -> bool:
+    async def _release(
+        self, job: Job, ready_at: float, sql: str, args: tuple[Any, ...], synced: bool = True
+    ) -> bool:
         """Apply `sql` to the job and reschedule its conversation's queue, in one transaction."""
         conv = job.conversation_key
 
@@ -364,7 +386,7 @@ class SQLiteStore(Store):
                 self.db.execute("DELETE FROM queues WHERE conv=?", (conv,))
             return found
 
-        found = await self._write(apply)
+        found = await self._enqueue(apply, synced)
         self._busy.discard(conv)  # only once released: until then no other worker may take the conversation
         return found
 

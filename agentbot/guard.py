@@ -1,0 +1,189 @@
+"""Whether a job's next step still applies: a pure verdict from what the bot observed. No I/O.
+
+`needs` says what to observe before a step (the outbox gathers exactly that: observe.py); `verdict` turns the
+job, its step, the step's last attempt and the observation into one of Send, Done, Drop or Wait. Every step
+kind is guarded: none acts once the conversation's period ended, or once people moved it on since the decision.
+The table of cases is tests/test_guard.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .actions import AssignAgent, Attempt, Job, PrivateNote, PublicMessage, SetStatus, Step
+from .constants import CATCH_UP, CATCH_UP_EVERY, LATE
+from .events import Listed, Message
+from .period import Phase
+
+
+class Look(StrEnum):
+    """What the bot observes before a step."""
+
+    CONVERSATION = "conversation"  # GET the conversation (bot token, Chatwoot 4.16+; else the bot's memory only)
+    ECHO = "echo"  # whether the step's note or message was delivered back to the bot after the job's trigger
+    MESSAGES = "messages"  # the conversation's latest messages (a user token), to find a note or message posted
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What the bot observed of the conversation for one step. The bot's memory (period, phase, status) is
+    always there; the rest only when `needs` asked for it."""
+
+    period: int  # the conversation's current pending period
+    phase: Phase
+    status: str | None  # from Chatwoot just now when `fresh`, else the bot's memory
+    fresh: bool = False
+    assignee: int | None = None  # a read's human assignee (None: nobody, a bot, or not read)
+    unheard: bool = False  # a read shows a customer message the bot has not been delivered yet
+    posted: bool | None = False  # the step's note or message is in the conversation; None: it cannot be told
+
+
+# ---- verdicts ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Make the step's call."""
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The step's effect is in Chatwoot already (an earlier attempt landed): go on with the next step."""
+
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """The conversation moved on since the decision: the rest of the job is moot."""
+
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Look again at `until` (the outbox's clock); `catch_up_until` is when waiting for an unheard message ends."""
+
+    until: float
+    why: str
+    catch_up_until: float | None = None
+
+
+Verdict = Send | Done | Drop | Wait
+
+
+def late(job: Job, now: float) -> bool:
+    """A job retried, recovered, decided from old facts (the sweep), or starting long after its decision:
+    where the conversation is now is read from Chatwoot, not taken from memory."""
+    return job.attempts > 0 or job.recovered or job.verify or now - job.decided_at > LATE
+
+
+def attempt_at(job: Job) -> Attempt | None:
+    """What is known of the current step's last call."""
+    if job.attempt is not None and job.attempt.step == job.step:
+        return job.attempt
+    return Attempt(job.step, maybe=True) if job.recovered else None
+
+
+def needs(job: Job, step: Step, now: float) -> frozenset[Look]:
+    """What to observe before `step`, besides the bot's memory."""
+    attempt, old = attempt_at(job), late(job, now)
+    maybe = attempt is not None and attempt.maybe
+    looks = set()
+    # A handoff's message looks even on its first run: the period may have ended since its open landed.
+    if maybe or old or (isinstance(step, PublicMessage) and job.status_done):
+        looks.add(Look.CONVERSATION)
+    if isinstance(step, PrivateNote | PublicMessage) and (maybe or old):
+        # A late one (a retry, `outbox --retry`) is not repeated when the same text went out after its trigger,
+        # e.g. from the handoff that replaced a dead letter; one that may have landed is looked for everywhere.
+        looks.update((Look.ECHO, Look.MESSAGES) if maybe else (Look.ECHO,))
+    return frozenset(looks)
+
+
+def verdict(job: Job, period: int, step: Step, seen: Seen, now: float, settle: float) -> Verdict:
+    """`period` is the job's (period.period_of); `settle` how long an unanswered call may still be under way."""
+    attempt = attempt_at(job)
+    if attempt is not None and attempt.sent_at and now < attempt.sent_at + settle:
+        return Wait(attempt.sent_at + settle, "its last call may still be under way in Chatwoot")
+    maybe = attempt is not None and attempt.maybe
+    why = _moot(job, period, step, seen, maybe)
+    if isinstance(why, Drop | Done):
+        return why
+    if isinstance(step, SetStatus) and step.status == "open" and seen.unheard:
+        deadline = job.context.get("catch_up_until") or now + CATCH_UP
+        if now < deadline:
+            return Wait(now + CATCH_UP_EVERY, "Chatwoot shows a customer message the bot has not received", deadline)
+    if isinstance(step, PrivateNote | PublicMessage) and (maybe or late(job, now)):
+        if seen.posted:
+            return Done(f"the {step.op} was posted already")
+        if seen.posted is None:  # better lost than sent twice
+            return Done(f"the {step.op} may have been posted already and cannot be checked")
+    return Send()
+
+
+def _moot(job: Job, period: int, step: Step, seen: Seen, maybe: bool) -> Drop | Done | None:
+    """Drop when the conversation moved on since the decision; Done when the step's status is set already."""
+    by_status = _by_status(job, step, seen, maybe)
+    if isinstance(by_status, Drop):
+        return by_status
+    pending_job = job.expected_status == "pending"
+    if period < seen.period:
+        return Drop("a later pending period began")
+    if pending_job and seen.phase is Phase.CLOSED:
+        return Drop("was resolved or snoozed since")
+    if pending_job and seen.phase is Phase.HUMANS and seen.status == "pending":
+        return Drop("is pending again since it was opened")
+    if isinstance(step, AssignAgent) and seen.assignee not in (None, step.assignee_id):
+        return Drop(f"an agent assigned it to user {seen.assignee} since")
+    return by_status
+
+
+def _by_status(job: Job, step: Step, seen: Seen, maybe: bool) -> Drop | Done | None:
+    """What the conversation's status says: a step acts only where the decision left the conversation."""
+    status, expected, target = seen.status, job.expected_status, job.status_target
+    if status is None:
+        return None
+    if isinstance(step, SetStatus):
+        if status == expected:
+            return None
+        return Done(f"it is {status} already") if status == step.status and maybe else Drop(f"is {status} now")
+    if job.status_done:  # back to `expected` then is a new period, unless the bot's memory lags its own change
+        ok = status == target or (status == expected and not seen.fresh)
+    else:
+        ok = status == expected
+    return None if ok else Drop(f"is {status} now")
+
+
+# ---- reading what was observed -------------------------------------------------------------------
+def unheard(job: Job, step: Step, view: Listed, latest_message: int | None) -> bool:
+    """Chatwoot shows a customer message the bot has not had delivered yet in the pending conversation this step
+    would open. It may begin a new pending period (the handoff's open landed unanswered, an agent resolved, the
+    customer wrote again, with those events still on their way); then that message is the one to decide on."""
+    last = view.last_message
+    return (
+        step == SetStatus("open")
+        and view.conversation.status == "pending"
+        and last is not None
+        and last.kind == "incoming"
+        and last.id > max(latest_message or 0, job.trigger or 0)
+    )
+
+
+def human_assignee(view: Listed) -> int | None:
+    assignee = view.conversation.assignee
+    return assignee.id if assignee is not None and assignee.kind == "user" else None
+
+
+def posted(
+    content: str, trigger: int | None, echoed: bool, view: Listed | None, latest: list[Message] | None
+) -> bool | None:
+    """Whether the bot's `content` is in the conversation after its trigger, from the evidence gathered: its echo
+    (delivered back to the bot), the conversation's last message (a read), its latest messages (a user token).
+    None when nothing could show it either way."""
+    if echoed:
+        return True
+    last = view.last_message if view else None
+    if last and last.sender.kind == "agent_bot" and last.content == content:
+        return True
+    if latest is not None:
+        return any(m.sender.kind == "agent_bot" and m.content == content and m.id > (trigger or 0) for m in latest)
+    return False if view is not None else None

@@ -1,0 +1,231 @@
+"""guard.py as a table: the step × what was observed × its last attempt → send, done, drop or wait; and what a
+step needs observed. One named row per case, and per chaos seed that found a defect in this seam. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from agentbot import guard
+from agentbot.actions import AssignAgent, AssignTeam, Attempt, Job, PrivateNote, PublicMessage, SetPriority, SetStatus
+from agentbot.guard import Done, Drop, Look, Seen, Send, Wait
+from agentbot.period import Phase
+
+NOW = 1_800_000_000.0
+SETTLE = 20.0
+OPEN, PENDING = SetStatus("open"), SetStatus("pending")
+NOTE, MESSAGE = PrivateNote("Returning customer"), PublicMessage("A person will answer.")
+HANDOFF = [AssignTeam(2), SetPriority("urgent"), OPEN, AssignAgent(6), NOTE, MESSAGE]  # a bot-owned one (4.16+)
+AT = {step.op if step.op != "status" else "open": n for n, step in enumerate(HANDOFF)}
+MAYBE = Attempt(0, maybe=True)  # its step is set per row
+
+
+def job(steps: list[Any] = HANDOFF, at: str | int = 0, **more: Any) -> Job:
+    """A job of period 2 decided a moment ago on message 100, at step `at` (its op, or an index)."""
+    step = AT[at] if isinstance(at, str) else at
+    fields: dict[str, Any] = {"decided_at": NOW - 1, "created_at": NOW - 1, "period": 2, "trigger": 100, **more}
+    if isinstance(fields.get("attempt"), Attempt):
+        fields["attempt"] = Attempt(step, fields["attempt"].maybe, fields["attempt"].sent_at)
+    return Job(1, 42, "why", list(steps), step=step, **fields)
+
+
+def seen(status: str | None = "pending", phase: Phase = Phase.HANDOFF, period: int = 2, **more: Any) -> Seen:
+    return Seen(period, phase, status, **more)
+
+
+@dataclass
+class Row:
+    job: Job
+    seen: Seen
+    verdict: type
+    why: str = ""  # a part of the verdict's reason
+    until: float | None = None  # a Wait's time
+    more: dict[str, Any] = field(default_factory=dict)
+
+
+def row(name: str, j: Job, s: Seen, verdict: type, why: str = "", until: float | None = None) -> Any:
+    return pytest.param(Row(j, s, verdict, why, until), id=name)
+
+
+ROWS = [
+    # ---- the open ----
+    row("open-while-pending-is-sent", job(at="open"), seen(), Send),
+    row("open-an-agent-opened-first-is-dropped", job(at="open"), seen("open", Phase.HUMANS), Drop, "is open now"),
+    row("open-resolved-meanwhile-is-dropped", job(at="open"), seen("resolved", Phase.CLOSED), Drop, "resolved"),
+    row("open-whose-unanswered-call-landed-is-done", job(at="open", attempt=MAYBE), seen("open", fresh=True), Done),
+    row(
+        "open-whose-timed-out-call-may-still-be-under-way-waits",
+        job(at="open", attempt=Attempt(0, True, NOW - 5)),
+        seen(),
+        Wait,
+        "under way",
+        until=NOW - 5 + SETTLE,
+    ),
+    row(
+        "open-that-sees-an-unheard-customer-message-waits-for-its-delivery",
+        job(at="open", attempt=MAYBE),
+        seen(fresh=True, unheard=True),
+        Wait,
+        "not received",
+        until=NOW + 0.5,
+    ),
+    row(
+        "open-waits-for-an-unheard-message-only-so-long",
+        job(at="open", attempt=MAYBE, context={"catch_up_until": NOW - 1}),
+        seen(fresh=True, unheard=True),
+        Send,
+    ),
+    # ---- routing: every step kind is guarded (issue 20, defect 1) ----
+    row("team-while-pending-is-sent", job(at="team"), seen(), Send),
+    row(
+        "team-retried-after-an-agent-took-the-conversation-is-dropped",
+        job(at="team", attempts=1),
+        seen("open", Phase.HUMANS, fresh=True),
+        Drop,
+        "is open now",
+    ),
+    row(
+        "priority-after-an-agent-opened-it-is-dropped",
+        job(at="priority"),
+        seen("open", Phase.HUMANS),
+        Drop,
+        "is open now",
+    ),
+    row(
+        "assignee-after-the-bots-open-is-sent",
+        job(at="assign"),
+        seen("open", Phase.HUMANS, fresh=True),
+        Send,
+    ),
+    row(
+        "assignee-after-the-bots-open-an-agent-assigned-themselves-is-dropped",
+        job(at="assign", attempts=1),
+        seen("open", Phase.HUMANS, fresh=True, assignee=5),
+        Drop,
+        "assigned it to user 5",
+    ),
+    row(
+        "assignee-whose-earlier-call-landed-is-sent-again-harmlessly",
+        job(at="assign", attempt=MAYBE),
+        seen("open", Phase.HUMANS, fresh=True, assignee=6),
+        Send,
+    ),
+    # ---- the note and the message ----
+    row("note-after-the-open-is-sent", job(at="note"), seen("open", Phase.HUMANS), Send),
+    row(
+        "note-whose-echo-came-back-is-done",
+        job(at="note", attempt=MAYBE),
+        seen("open", Phase.HUMANS, posted=True),
+        Done,
+        "posted already",
+    ),
+    row(
+        "note-that-may-have-landed-and-cannot-be-checked-is-not-posted-twice",
+        job(at="note", attempt=MAYBE),
+        seen("open", Phase.HUMANS, posted=None),
+        Done,
+        "cannot be checked",
+    ),
+    row(
+        "seeds-11-and-36-a-note-of-an-earlier-period-is-dropped",
+        job(at="note"),
+        seen("pending", Phase.BOT, period=3),
+        Drop,
+        "later pending period",
+    ),
+    row(
+        "seeds-27-and-38-a-message-finding-the-conversation-pending-again-after-its-open-is-dropped",
+        job(at="message"),
+        seen("pending", Phase.HUMANS, fresh=True),
+        Drop,
+        "is pending now",
+    ),
+    row(
+        "a-message-whose-open-the-bots-memory-has-not-heard-of-yet-is-sent",
+        job(at="message"),
+        seen("pending", Phase.HANDOFF),
+        Send,
+    ),
+    row(
+        "seed-3-a-retried-message-an-earlier-handoff-posted-after-its-trigger-is-done",
+        job(at="message", attempts=1),
+        seen("open", Phase.HUMANS, fresh=True, posted=True),
+        Done,
+        "posted already",
+    ),
+    row(
+        "a-message-of-a-resolved-period-is-dropped",
+        job(at="message"),
+        seen("resolved", Phase.CLOSED, fresh=True),
+        Drop,
+        "is resolved now",
+    ),
+    row(
+        "a-note-whose-period-was-snoozed-is-dropped",
+        job(at="note"),
+        seen("snoozed", Phase.CLOSED),
+        Drop,
+        "is snoozed now",
+    ),
+    # ---- jobs without a status step, and the give-back ----
+    row("greeting-while-pending-is-sent", job([MESSAGE]), seen(phase=Phase.BOT), Send),
+    row("greeting-after-an-open-is-dropped", job([MESSAGE]), seen("open", Phase.HUMANS), Drop, "is open now"),
+    row("give-back-while-open-is-sent", job([PENDING], period=3), seen("open", Phase.BOT, period=3), Send),
+    row(
+        "give-back-resolved-meanwhile-is-dropped",
+        job([PENDING], period=3),
+        seen("resolved", Phase.CLOSED, period=3),
+        Drop,
+        "is resolved now",
+    ),
+    row(
+        "a-job-stored-before-the-period-model-keeps-its-period",
+        job(at="open", period=None),
+        seen(),
+        Send,
+    ),
+]
+
+
+@pytest.mark.parametrize("r", ROWS)
+def test_verdict(r: Row) -> None:
+    period = r.job.period if r.job.period is not None else r.seen.period
+    v = guard.verdict(r.job, period, r.job.steps[r.job.step], r.seen, NOW, SETTLE)
+    assert type(v) is r.verdict, v
+    if r.why:
+        assert r.why in v.why, v  # type: ignore[union-attr]
+    if r.until is not None:
+        assert isinstance(v, Wait) and v.until == pytest.approx(r.until)
+
+
+C, E, M = Look.CONVERSATION, Look.ECHO, Look.MESSAGES
+
+
+@pytest.mark.parametrize(
+    "j, looks",
+    [
+        pytest.param(job(at="team"), set(), id="a-fresh-routing-step-looks-at-memory-only"),
+        pytest.param(job(at="open"), set(), id="a-fresh-open-looks-at-memory-only"),
+        pytest.param(job(at="team", attempts=1), {C}, id="a-retried-step-reads-the-conversation"),
+        pytest.param(job(at="open", attempt=MAYBE), {C}, id="an-open-that-may-have-landed-reads-it"),
+        pytest.param(job(at="note"), set(), id="a-fresh-note-looks-at-memory-only"),
+        pytest.param(job(at="note", attempts=1), {C, E}, id="a-retried-note-looks-for-its-echo"),
+        pytest.param(job(at="note", attempt=MAYBE), {C, E, M}, id="a-note-that-may-have-landed-is-looked-for"),
+        pytest.param(job(at="message"), {C}, id="a-message-after-the-open-reads-the-conversation-first"),
+        pytest.param(job([MESSAGE]), set(), id="a-fresh-greeting-looks-at-memory-only"),
+        pytest.param(job(at="open", recovered=True), {C}, id="a-recovered-step-reads-the-conversation"),
+        pytest.param(job(at="note", verify=True), {C, E}, id="the-sweeps-late-facts-are-checked"),
+        pytest.param(job(at="open", decided_at=NOW - 60), {C}, id="a-job-starting-long-after-its-decision"),
+    ],
+)
+def test_what_a_step_needs_observed(j: Job, looks: set[Look]) -> None:
+    assert guard.needs(j, j.steps[j.step], NOW) == looks
+
+
+def test_a_recovered_run_checks_its_later_steps_like_a_late_job() -> None:
+    j = job(at="open", recovered=True)
+    assert guard.attempt_at(j) == Attempt(j.step, maybe=True)
+    j.next_step()
+    assert guard.attempt_at(j) is None and guard.late(j, NOW)  # the note: its echo is looked for, not trusted

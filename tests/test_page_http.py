@@ -71,7 +71,7 @@ async def test_an_empty_token_and_bad_page_input_get_a_clear_answer(fake, start_
             assert r.status == 401 and "paste your Chatwoot access token" in await r.text()
         await sign_in(s, bot.url)
         async with s.get(bot.url + "/?why=abc&inbox=x") as r:
-            assert r.status == 200 and "'abc' is not a conversation number of your accounts" in html.unescape(
+            assert r.status == 200 and "'abc' is not a conversation number (example: 123)" in html.unescape(
                 await r.text()
             )
         async with s.get(bot.url + "/?why=999") as r:

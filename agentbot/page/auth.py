@@ -128,8 +128,9 @@ def client_of(request: web.Request, trusted: list[str]) -> str:
     if not _trusted(peer, trusted):
         return peer
     hops = [h.strip() for h in ",".join(request.headers.getall("X-Forwarded-For", [])).split(",") if h.strip()]
+    proxies = [t for t in trusted if t != "*"]  # "*" trusts the peer only: the hop it added is the client
     for hop in reversed(hops):
-        if not _trusted(hop, trusted):
+        if not _trusted(hop, proxies):
             return hop
     return hops[0] if hops else peer
 

@@ -138,6 +138,13 @@ class Inbox(msgspec.Struct, frozen=True):
     channel_type: str | None = None
 
 
+class Named(msgspec.Struct, frozen=True):
+    """A team or an agent of an account, as their index lists them (only what the operator page shows)."""
+
+    id: int
+    name: str | None = None
+
+
 class ProfileAccount(msgspec.Struct, frozen=True):
     id: int | None = None
     role: str | None = None
@@ -168,6 +175,7 @@ _decode_inboxes = msgspec.json.Decoder(_Inboxes | None).decode
 _decode_inbox_bot = msgspec.json.Decoder(_InboxBot | None).decode
 _decode_bots = msgspec.json.Decoder(list[AgentBot] | None).decode
 _decode_bot = msgspec.json.Decoder(AgentBot).decode
+_decode_named = msgspec.json.Decoder(list[Named] | None).decode
 
 
 def _agent(raw: bytes) -> Agent | None:
@@ -439,3 +447,12 @@ class Chatwoot:
         return await self._call(
             "PATCH", "agent_bots", f"{path}/{int(bot_id)}", fields, token=token, decoder=_decode_bot
         )
+
+    # The operator page's names for ids (an administrator's token).
+    async def list_teams(self, account: int, token: str) -> list[Named]:
+        path = f"/api/v1/accounts/{int(account)}/teams"
+        return await self._call("GET", "teams", path, token=token, decoder=_decode_named) or []
+
+    async def list_agents(self, account: int, token: str) -> list[Named]:
+        path = f"/api/v1/accounts/{int(account)}/agents"
+        return await self._call("GET", "agents", path, token=token, decoder=_decode_named) or []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import string
@@ -63,6 +64,7 @@ EXAMPLES = {
     "bot_command": "#bot",
     "sweep_interval": "600 (0 = off)",
     "sweep_rate": "5 (0 = no limit)",
+    "trusted_proxies": "10.0.0.0/8 (your proxy's addresses), or * when only the platform's router can reach the bot",
 }
 SECRETS = {"chatwoot_bot_token", "chatwoot_bot_secret", "chatwoot_api_token", "webhook_token"}
 MIN_SECRET = 16  # characters; Chatwoot's bot secrets have 24
@@ -337,6 +339,8 @@ class Settings(BaseSettings, Rules):
     ignore_inbox_ids: IdList = Field(default_factory=list)
     sweep_interval: int | None = Field(default=None, ge=0)  # None: 600 with a user token, else off
     sweep_rate: float = Field(default=5.0, ge=0)
+    # The operator page: proxies whose X-Forwarded-For names the client (addresses or networks; "*": any peer).
+    trusted_proxies: CommaList = Field(default_factory=list)
 
     _split_ids = field_validator("chatwoot_account_ids", "inbox_ids", "ignore_inbox_ids", mode="before")(_split)
     _blank_connection = field_validator(
@@ -356,6 +360,19 @@ class Settings(BaseSettings, Rules):
     def _url_safe(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not re.fullmatch(r"[A-Za-z0-9._~-]+", value.get_secret_value()):
             raise ValueError("use only letters, digits and - . _ ~ (it is part of the webhook URL)")
+        return value
+
+    _split_proxies = field_validator("trusted_proxies", mode="before")(_split)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item != "*":
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(f"{item!r} is not an IP address or network") from None
         return value
 
     @field_validator("log_level", mode="before")

@@ -372,9 +372,7 @@ class SQLiteStore(Store):
     async def bury(self, job: Job, now: float) -> bool:
         return await self._release(job, now, "UPDATE jobs SET body=?, dead=1 WHERE id=?", (job.dumps(), int(job.id)))
 
-    async def _release(
-        self, job: Job, ready_at: float, sql: str, args: tuple[Any, ...], synced: bool = True
-    ) -> bool:
+    async def _release(self, job: Job, ready_at: float, sql: str, args: tuple[Any, ...], synced: bool = True) -> bool:
         """Apply `sql` to the job and reschedule its conversation's queue, in one transaction."""
         conv = job.conversation_key
 

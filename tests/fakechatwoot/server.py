@@ -879,6 +879,19 @@ class FakeChatwoot:
         inbox.bot_id = bot_id
         return 200, None
 
+    def _teams(self, match, body, actor, conv):
+        """api/v1/accounts/teams/index.json.jbuilder: a bare array of teams."""
+        return 200, [{**t, "is_member": False} for t in self.teams.values()]
+
+    def _agents(self, match, body, actor, conv):
+        """api/v1/accounts/agents/index.json.jbuilder: a bare array of the account's users, with their role."""
+        account = self.account["id"]
+        return 200, [
+            {**u.push(), "role": (u.roles or {account: u.role}).get(account), "email": f"user{u.id}@acme.example"}
+            for u in self.users.values()
+            if account in (u.roles or {account: u.role})
+        ]
+
     def _agent_bots(self, match, body, actor, conv):
         return 200, [b.json() for b in self.bots.values()]
 
@@ -936,4 +949,7 @@ ROUTES = [
     ("GET", _rx("/agent_bots"), "agent_bots", False, False, F._agent_bots),
     ("POST", _rx("/agent_bots"), "agent_bots_create", False, True, F._create_bot),
     ("PATCH", _rx("/agent_bots/{bot}"), "agent_bots_update", False, True, F._update_bot),
+    # the operator page's names
+    ("GET", _rx("/teams"), "teams", False, False, F._teams),
+    ("GET", _rx("/agents"), "agents", False, False, F._agents),
 ]

@@ -7,13 +7,15 @@ from __future__ import annotations
 import enum
 import re
 import time
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import quote
 
 import aiohttp
 import msgspec
 from yarl import URL
 
-from .config import EVOLUTION_BOTS
+from .config import EVOLUTION_BOTS, Settings
 from .events import Conversation
 from .metrics import Metrics
 
@@ -22,6 +24,7 @@ SECOND_PAUSE = 10.0  # seconds after the handoff: the message that caused it may
 STATUSES = ("opened", "paused", "closed", "delete")  # what changeStatus accepts (its JSON schema's enum)
 JID_SUFFIXES = ("@s.whatsapp.net", "@g.us", "@lid")  # what Evolution's Chatwoot integration stores as identifier
 EVOLUTION_SYSTEM_PHONE = "+123456"  # Evolution's own "EvolutionAPI" contact: no bot session to switch
+T = TypeVar("T")
 
 
 class EvolutionError(Exception):
@@ -67,12 +70,32 @@ class IntegrationDisabled(EvolutionRefused):
     """400 "<Integration> is disabled": the integration is switched off in Evolution's environment."""
 
 
+class _ChatwootLink(msgspec.Struct, frozen=True):
+    nameInbox: str | None = None  # noqa: N815 (Evolution's field name)
+
+
 class Instance(msgspec.Struct, frozen=True):
     """An instance as `GET /instance/fetchInstances` lists it; only the name and the connection are decoded (the
     answer also holds the instance's token and its Chatwoot token: never log it)."""
 
     name: str
     connectionStatus: str | None = None  # noqa: N815 (Evolution's field name) open, close, connecting
+    chatwoot: _ChatwootLink | None = msgspec.field(default=None, name="Chatwoot")
+
+    @property
+    def name_inbox(self) -> str | None:
+        """The Chatwoot inbox this instance feeds (its Chatwoot integration's `nameInbox`; unset: its own name)."""
+        if self.chatwoot is None:
+            return None
+        return self.chatwoot.nameInbox or self.name
+
+
+class BotSettings(msgspec.Struct, frozen=True):
+    """An integration's defaults on an instance (`GET /{integration}/fetchSettings/{instance}`), as far as the
+    switches care: with `keepOpen`, `closed` keeps the session (closed: the bot stays silent for that contact)."""
+
+    keepOpen: bool | None = None  # noqa: N815 (Evolution's field names)
+    stopBotFromMe: bool | None = None  # noqa: N815
 
 
 class _Answer(msgspec.Struct):
@@ -82,6 +105,7 @@ class _Answer(msgspec.Struct):
 
 
 _decode_instances = msgspec.json.Decoder(list[Instance]).decode
+_decode_settings = msgspec.json.Decoder(BotSettings).decode
 
 
 def _message(raw: bytes) -> str:
@@ -186,11 +210,24 @@ class Evolution:
     async def fetch_instances(self) -> list[Instance]:
         """The instances the key may see: all of them with the global key, the instance's own with its token."""
         raw = await self._call("GET", "fetchInstances", "/instance/fetchInstances")
-        try:
-            return _decode_instances(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            fix = "EVOLUTION_URL does not look like Evolution API 2.x"
-            raise EvolutionRefused("fetchInstances", 200, f"unexpected answer: {exc}", fix) from None
+        return _decoded("fetchInstances", raw, _decode_instances)
+
+    async def fetch_settings(self, instance: str, integration: str) -> BotSettings:
+        """The integration's settings on `instance`; read-only, so `check` learns whether the integration is
+        switched on (IntegrationDisabled otherwise) without touching a session."""
+        if integration not in EVOLUTION_BOTS:
+            raise ValueError(f"unknown integration {integration!r}")
+        path = f"/{integration}/fetchSettings/{quote(instance, safe='')}"
+        raw = await self._call("GET", "fetchSettings", path, instance=instance, integration=integration)
+        return _decoded("fetchSettings", raw, _decode_settings)
+
+
+def _decoded(endpoint: str, raw: bytes, decode: Callable[[bytes], T]) -> T:
+    try:
+        return decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        fix = "EVOLUTION_URL does not look like Evolution API 2.x"
+        raise EvolutionRefused(endpoint, 200, f"unexpected answer: {exc}", fix) from None
 
 
 # The contact's WhatsApp JID.
@@ -209,6 +246,13 @@ def conversation_jid(conversation: Conversation) -> str | None:
     if conversation.contact_phone == EVOLUTION_SYSTEM_PHONE:
         return None
     return whatsapp_jid(conversation.contact_identifier, conversation.contact_phone)
+
+
+def instance_for(settings: Settings, inbox_id: int | None, inbox_name: str | None) -> str | None:
+    """The Evolution instance of an inbox: INBOX_<id>_EVOLUTION_INSTANCE, else EVOLUTION_INSTANCE, else the inbox's
+    name (Evolution finds its Chatwoot inbox by name, `nameInbox`, which defaults to the instance's name). Message
+    deliveries carry the inbox's name; elsewhere it comes from Chatwoot's inbox list (a user token). None: unknown."""
+    return settings.rules_for(inbox_id).evolution_instance or inbox_name or None
 
 
 # Which switches a lifecycle transition needs.

@@ -67,7 +67,7 @@ class Session:
 class Call:
     method: str
     path: str
-    endpoint: str  # "changeStatus", "fetchInstances" or "unknown"
+    endpoint: str  # "changeStatus", "fetchSettings", "fetchInstances" or "unknown"
     integration: str | None
     instance: str | None
     body: dict | None
@@ -176,6 +176,8 @@ class FakeEvolution:
         endpoint, integration, instance = "unknown", None, None
         if request.method == "POST" and len(parts) == 3 and parts[1] == "changeStatus" and parts[0] in INTEGRATIONS:
             endpoint, integration, instance = "changeStatus", parts[0], parts[2]
+        elif request.method == "GET" and len(parts) == 3 and parts[1] == "fetchSettings" and parts[0] in INTEGRATIONS:
+            endpoint, integration, instance = "fetchSettings", parts[0], parts[2]
         elif request.method == "GET" and parts == ["instance", "fetchInstances"]:
             endpoint = "fetchInstances"
         key = request.headers.get("apikey")
@@ -227,6 +229,8 @@ class FakeEvolution:
             return 401, UNAUTHORIZED
         if endpoint == "fetchInstances":
             return self._fetch_instances(key)
+        if endpoint == "fetchSettings":
+            return self._fetch_settings(integration, self.instances[instance])
         if raw and body is None:  # express.json(): body-parser's SyntaxError, status 400, no `error` field
             return 400, error_body(400, "Internal Server Error", "Unexpected token in JSON")
         problems = _validate(body or {})
@@ -240,6 +244,23 @@ class FakeEvolution:
         if not shown:
             return 401, UNAUTHORIZED
         return 200, [_instance_info(i) for i in shown]
+
+    def _fetch_settings(self, integration: str, instance: Instance) -> tuple[int, object]:
+        """base-chatbot.controller fetchSettings: Evolution's defaults when the instance has no settings row."""
+        if integration in self.disabled and integration not in ALWAYS_ENABLED:
+            return 400, error_body(400, "Bad Request", [f"{INTEGRATIONS[integration]} is disabled"])
+        return 200, {
+            "expire": 300,
+            "keywordFinish": "bye",
+            "delayMessage": 1000,
+            "unknownMessage": "Sorry, I dont understand",
+            "listeningFromMe": True,
+            "stopBotFromMe": True,
+            "keepOpen": integration in instance.keep_open,
+            "debounceTime": 1,
+            "ignoreJids": [],
+            "fallback": None,
+        }
 
     def _change_status(self, integration: str, instance: Instance, body: dict) -> tuple[int, object]:
         name = INTEGRATIONS[integration]

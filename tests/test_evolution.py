@@ -3,10 +3,14 @@ needs, and the EVOLUTION_* settings."""
 
 from __future__ import annotations
 
+import json
+
 import aiohttp
+import msgspec
 import pytest
 
 from agentbot.config import ConfigError, load
+from agentbot.events import parse
 from agentbot.evolution import (
     SECOND_PAUSE,
     Evolution,
@@ -18,9 +22,12 @@ from agentbot.evolution import (
     Transition,
     UnknownInstance,
     WrongKey,
+    conversation_jid,
+    instance_for,
     switches,
     whatsapp_jid,
 )
+from tests.fakechatwoot.model import fixture
 from tests.fakeevolution import GLOBAL_KEY, FakeEvolution
 
 MARIA = "5511912345678@s.whatsapp.net"
@@ -302,3 +309,25 @@ def test_a_bad_evolution_setting_stops_start_up_with_one_line(env, variable, wor
     line = str(caught.value)
     assert line.startswith(f"{variable}: ") and words in line and "\n" not in line
 
+
+def test_a_message_delivery_names_its_inbox_and_the_contacts_jid():
+    """Message deliveries carry `inbox {id, name}` (the default Evolution instance); conversation events do not."""
+    delivery = parse(json.dumps(fixture("message_created_incoming_pending")).encode())
+    assert delivery.conversation.inbox_name == fixture("message_created_incoming_pending")["inbox"]["name"]
+    assert parse(json.dumps(fixture("conversation_opened")).encode()).conversation.inbox_name is None
+    conversation = msgspec.structs.replace(
+        delivery.conversation, contact_identifier=MARIA, contact_phone="+5511912345678"
+    )
+    assert conversation_jid(conversation) == MARIA
+    evolution_itself = msgspec.structs.replace(conversation, contact_identifier=None, contact_phone="+123456")
+    assert conversation_jid(evolution_itself) is None
+
+
+def test_the_instance_is_the_setting_else_the_inbox_name():
+    s = load({"INBOX_4_EVOLUTION_INSTANCE": "Vendas"}, None)
+    assert [instance_for(s, 4, "WhatsApp"), instance_for(s, 3, "Website"), instance_for(s, 3, None)] == [
+        "Vendas",
+        "Website",
+        None,
+    ]
+    assert instance_for(load({"EVOLUTION_INSTANCE": "main"}, None), 3, "Website") == "main"

@@ -13,7 +13,6 @@ from urllib.parse import quote
 
 import aiohttp
 import msgspec
-from yarl import URL
 
 from .config import EVOLUTION_BOTS, Settings
 from .events import Conversation
@@ -176,11 +175,10 @@ class Evolution:
     ) -> bytes:
         """The answer's body; an EvolutionError for every failure."""
         headers = {"apikey": self._key, "Accept": "application/json"}
-        url = URL(self.base_url + path, encoded=True)  # `path` quotes the instance's name itself
         started, status = time.perf_counter(), "error"
         try:
             async with self.session.request(
-                method, url, json=body, headers=headers, timeout=self.timeout, allow_redirects=False
+                method, self.base_url + path, json=body, headers=headers, timeout=self.timeout, allow_redirects=False
             ) as resp:
                 status = str(resp.status)
                 raw = await resp.read()

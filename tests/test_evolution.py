@@ -92,9 +92,10 @@ async def test_the_instances_token_works_for_its_instance_only(evo, client):
 
 
 async def test_an_instance_name_with_spaces_and_accents_reaches_its_instance(evo, client):
-    evo.add_instance("Atendimento São Paulo")
-    await client().change_status("Atendimento São Paulo", "typebot", MARIA, "paused")
-    assert evo.calls[-1].status == 200 and evo.calls[-1].instance == "Atendimento São Paulo"
+    for name in ("Atendimento São Paulo", "Loja/Centro #2"):
+        evo.add_instance(name)
+        await client().change_status(name, "typebot", MARIA, "paused")
+        assert evo.calls[-1].status == 200 and evo.calls[-1].instance == name
 
 
 @pytest.mark.parametrize("key", ["wrong-key", ""])

@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import json
 import time
+from urllib.parse import unquote
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -170,7 +171,8 @@ class FakeEvolution:
 
     # ---- the API ----------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        parts = request.path.strip("/").split("/")
+        # Express matches the raw path, then decodes each parameter (an instance name may hold %2F)
+        parts = [unquote(part) for part in request.raw_path.split("?")[0].strip("/").split("/")]
         raw = await request.read()
         body = _json(raw)
         endpoint, integration, instance = "unknown", None, None

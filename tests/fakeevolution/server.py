@@ -14,8 +14,8 @@ import asyncio
 import itertools
 import json
 import time
-from urllib.parse import unquote
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from aiohttp import web
 

@@ -130,20 +130,30 @@ def _refusal(endpoint: str, status: int, detail: str, instance: str | None, inte
     """The typed error for Evolution's answer `status` (>= 300) with message `detail`."""
     if status >= 500:
         return EvolutionServerError(endpoint, status, detail)
+    kind, fix = _diagnosis(status, detail, instance, integration)
+    return kind(endpoint, status, detail, fix)
+
+
+def _diagnosis(
+    status: int, detail: str, instance: str | None, integration: str | None
+) -> tuple[type[EvolutionRefused], str]:
+    """Which refusal, and what the operator must set."""
     if status in (401, 403):
-        fix = "set EVOLUTION_API_KEY to Evolution's AUTHENTICATION_API_KEY (or the instance's token)"
-        return WrongKey(endpoint, status, detail, fix)
-    if status == 404 and "instance" in detail.lower() and instance is not None:
-        fix = f"no instance {instance!r} in Evolution: set EVOLUTION_INSTANCE (or INBOX_<id>_EVOLUTION_INSTANCE)"
-        return UnknownInstance(endpoint, status, detail, fix)
-    if status == 400 and detail.endswith("is disabled") and integration is not None:
-        fix = f"remove {integration} from EVOLUTION_BOTS, or switch the integration on in Evolution's environment"
-        return IntegrationDisabled(endpoint, status, detail, fix)
-    if 300 <= status < 400:
-        return EvolutionRefused(endpoint, status, detail, "EVOLUTION_URL redirects: set it to the address it names")
+        return WrongKey, "set EVOLUTION_API_KEY to Evolution's AUTHENTICATION_API_KEY (or the instance's token)"
+    if status == 404 and instance is not None and "instance" in detail.lower():
+        return (
+            UnknownInstance,
+            f"no instance {instance!r} in Evolution: set EVOLUTION_INSTANCE (or INBOX_<id>_EVOLUTION_INSTANCE)",
+        )
+    if status == 400 and integration is not None and detail.endswith("is disabled"):
+        return IntegrationDisabled, (
+            f"remove {integration} from EVOLUTION_BOTS, or switch the integration on in Evolution's environment"
+        )
+    if status < 400:
+        return EvolutionRefused, "EVOLUTION_URL redirects: set it to the address it names"
     if status == 404:
-        return EvolutionRefused(endpoint, status, detail, "EVOLUTION_URL does not look like Evolution API 2.x")
-    return EvolutionRefused(endpoint, status, detail, "Evolution refused the call: see its message")
+        return EvolutionRefused, "EVOLUTION_URL does not look like Evolution API 2.x"
+    return EvolutionRefused, "Evolution refused the call: see its message"
 
 
 class Evolution:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..chatwoot import Chatwoot, ChatwootError
+from ..chatwoot import Chatwoot, ChatwootError, Inbox
 from ..config import Settings, mask
 from ..evolution import Evolution, EvolutionError, EvolutionRefused, Instance, IntegrationDisabled, instance_for
 from .common import explain_error
@@ -49,21 +49,22 @@ async def _inboxes(
         listed = await chatwoot.list_inboxes(account, settings.chatwoot_api_token.get_secret_value())
     except ChatwootError as exc:
         return {}, (False, f"Evolution: cannot list the inboxes: {explain_error(exc, settings)}")
-    chosen = [
-        i
-        for i in listed
-        if (i.id in wanted if settings.inbox_ids else i.channel_type == "Channel::Api" or i.id in wanted)
-        and i.id not in settings.ignore_inbox_ids
-    ]
-    return {i.id: i.name for i in chosen}, None
+    return {i.id: i.name for i in listed if _fed_by_evolution(settings, i, wanted)}, None
+
+
+def _fed_by_evolution(settings: Settings, inbox: Inbox, wanted: set[int]) -> bool:
+    """Whether to check `inbox`: one of INBOX_IDS, else an API inbox (what Evolution creates) or one with its own
+    INBOX_<id>_ settings; never one of IGNORE_INBOX_IDS."""
+    if inbox.id in settings.ignore_inbox_ids:
+        return False
+    return inbox.id in wanted or (not settings.inbox_ids and inbox.channel_type == "Channel::Api")
 
 
 async def _inbox_lines(
     settings: Settings, evolution: Evolution, instances: dict[str, Instance], inbox_id: int, inbox_name: str | None
 ) -> list[Line]:
-    where = f"inbox {inbox_id}" + (f" ({inbox_name})" if inbox_name else "") if inbox_id else "EVOLUTION_INSTANCE"
+    where, variable = _names(inbox_id, inbox_name)
     name = instance_for(settings, inbox_id or None, inbox_name)
-    variable = f"INBOX_{inbox_id}_EVOLUTION_INSTANCE" if inbox_id else "EVOLUTION_INSTANCE"
     if name is None:  # the inbox's name is unknown without CHATWOOT_API_TOKEN: the hint line says so
         return []
     if name not in instances:
@@ -74,6 +75,13 @@ async def _inbox_lines(
     for bot in settings.evolution_bots:
         lines.append(await _bot_line(settings, evolution, name, bot))
     return lines
+
+
+def _names(inbox_id: int, inbox_name: str | None) -> tuple[str, str]:
+    """How the lines name the inbox, and the variable that sets its instance (inbox 0: the global one)."""
+    if not inbox_id:
+        return "EVOLUTION_INSTANCE", "EVOLUTION_INSTANCE"
+    return f"inbox {inbox_id}" + (f" ({inbox_name})" if inbox_name else ""), f"INBOX_{inbox_id}_EVOLUTION_INSTANCE"
 
 
 async def _bot_line(settings: Settings, evolution: Evolution, instance: str, bot: str) -> Line:

@@ -65,8 +65,16 @@ EXAMPLES = {
     "sweep_interval": "600 (0 = off)",
     "sweep_rate": "5 (0 = no limit)",
     "trusted_proxies": "10.0.0.0/8 (your proxy's addresses), or * when only the platform's router can reach the bot",
+    # Evolution API (issue 24)
+    "evolution_url": "https://evolution.example.com",
+    "evolution_api_key": "Evolution's AUTHENTICATION_API_KEY, or the instance's token",
+    "evolution_instance": "the instance's name in Evolution (default: the inbox's name)",
+    "evolution_bots": "typebot,n8n",
+    "evolution_on_resolve": "closed or keep",
 }
-SECRETS = {"chatwoot_bot_token", "chatwoot_bot_secret", "chatwoot_api_token", "webhook_token"}
+SECRETS = {"chatwoot_bot_token", "chatwoot_bot_secret", "chatwoot_api_token", "webhook_token", "evolution_api_key"}
+# Evolution API's chatbot integrations, as its routes spell them (`POST /{integration}/changeStatus/{instance}`).
+EVOLUTION_BOTS = ("typebot", "openai", "dify", "n8n", "flowise", "evolutionBot", "evoai")
 MIN_SECRET = 16  # characters; Chatwoot's bot secrets have 24
 TEMPLATE_EXAMPLE = "Hi {name}, a person will answer you here shortly."
 
@@ -169,6 +177,7 @@ class Rules(BaseModel):
     returning_message: str | None = None
     greeting_message: str | None = None
     bot_command: str = "#bot"
+    evolution_instance: str | None = None  # None: the inbox's name (Evolution names its Chatwoot inbox so)
 
     _split_lists = field_validator(
         "handoff_keywords",
@@ -197,6 +206,7 @@ class Rules(BaseModel):
         "handoff_team_id",
         "handoff_assignee_id",
         "handoff_priority",
+        "evolution_instance",
         mode="before",
     )(_blank_is_unset)
     _zero_counts = field_validator("handoff_after_messages", "handoff_after_seconds")(_zero_is_off)
@@ -342,6 +352,12 @@ class Settings(BaseSettings, Rules):
     # The operator page: proxies whose X-Forwarded-For names the client (addresses or networks; "*": any peer).
     trusted_proxies: CommaList = Field(default_factory=list)
 
+    # Evolution API (issue 24): pause its own bots' sessions while a human has the conversation.
+    evolution_url: str | None = None  # unset: nothing is switched in Evolution
+    evolution_api_key: SecretStr | None = None
+    evolution_bots: CommaList = Field(default_factory=lambda: ["typebot"])
+    evolution_on_resolve: Literal["closed", "keep"] = "closed"
+
     _split_ids = field_validator("chatwoot_account_ids", "inbox_ids", "ignore_inbox_ids", mode="before")(_split)
     _blank_connection = field_validator(
         "chatwoot_url", "chatwoot_bot_token", "chatwoot_api_token", "chatwoot_account_id", mode="before"
@@ -406,6 +422,36 @@ class Settings(BaseSettings, Rules):
                 "%2F %23 %3F %40)"
             )
         return value
+
+    # Evolution API (issue 24)
+    _blank_evolution = field_validator("evolution_url", "evolution_api_key", mode="before")(_blank_is_unset)
+    _evolution_choice = field_validator("evolution_on_resolve", mode="before")(_lower)
+
+    @field_validator("evolution_url")
+    @classmethod
+    def _evolution_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not (value.startswith(("http://", "https://")) and _has_host_and_port(value)) or re.search(r"\s", value):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        if re.search(r"/manager(/|$)", urlsplit(value).path):  # Evolution's manager page, pasted from the browser
+            raise ValueError(f"{value!r} is Evolution's manager page, not its address")
+        return value.rstrip("/")
+
+    @field_validator("evolution_bots", mode="before")
+    @classmethod
+    def _evolution_bots(cls, value: Any) -> Any:
+        """Evolution's integration names in any case (`EvolutionBot`, `N8N`), spelled as its routes spell them."""
+        names = _split(value)
+        if not isinstance(names, list):
+            return names
+        known = {name.lower(): name for name in EVOLUTION_BOTS}
+        for name in names:
+            if name.lower() not in known:
+                raise ValueError(f"{name!r} is not one of {', '.join(EVOLUTION_BOTS)}")
+        if not names:
+            raise ValueError(f"empty: name one or more of {', '.join(EVOLUTION_BOTS)} (or unset EVOLUTION_URL)")
+        return list(dict.fromkeys(known[name.lower()] for name in names))
 
     _overrides: dict[int, Rules] = PrivateAttr(default_factory=dict)  # per-inbox rules, filled by load()
     _store_variable: str = PrivateAttr(default="STORE_URL")  # REDIS_URL when load() took the URL from there
@@ -524,6 +570,14 @@ def _unknown(environ: dict[str, str]) -> list[tuple[str, str | None]]:
     return found
 
 
+def _require_evolution_key(settings: Settings) -> None:
+    """EVOLUTION_URL without EVOLUTION_API_KEY: every switch would be refused (401), so refuse to start instead."""
+    if settings.evolution_url is not None and settings.evolution_api_key is None:
+        raise ConfigError(
+            f"EVOLUTION_API_KEY: missing, needed with EVOLUTION_URL (example: {EXAMPLES['evolution_api_key']})"
+        )
+
+
 def _as_written(problem: str, names: dict[str, str]) -> str:
     """`problem` ("NAME: …") under the name the user wrote, when load() read the value under another one."""
     name, colon, rest = problem.partition(":")
@@ -543,6 +597,7 @@ def load(environ: dict[str, str] | None = None, env_file: str | None = ".env") -
         settings = Settings(**values)
     except ValidationError as exc:
         raise ConfigError(_as_written(_describe(exc), names)) from None
+    _require_evolution_key(settings)
     settings._store_variable = names.get("STORE_URL", "STORE_URL")
     settings._unknown = _unknown(environ)
     base = settings.model_dump(include=RULE_FIELDS)

@@ -50,6 +50,13 @@ class Metrics:
             registry=r,
             buckets=(1, 5, 15, 60, 300, 900, 1800, 3600, 7200),
         )
+        # Evolution API (issue 24)
+        self.evolution_calls = Counter(
+            "agentbot_evolution_calls_total",
+            "Evolution API calls by endpoint and status",
+            ["endpoint", "status"],
+            registry=r,
+        )
         self._delivered: dict[tuple[str, str], Counter] = {}  # few: known events × outcomes
 
     def delivered(self, event: str, outcome: str) -> None:
@@ -62,6 +69,9 @@ class Metrics:
     def observe_call(self, endpoint: str, status: str, seconds: float) -> None:
         self.calls.labels(endpoint, status).inc()
         self.latency.labels(endpoint).observe(seconds)
+
+    def observe_evolution_call(self, endpoint: str, status: str, seconds: float) -> None:
+        self.evolution_calls.labels(endpoint, status).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,6 +16,7 @@ from ..metrics import Metrics
 from ..period import period_of
 from ..store import Store
 from .common import admin_account, explain_error, opened_store, with_chatwoot
+from .evolution_check import evolution_lines
 
 
 async def rules(settings: Settings, args: argparse.Namespace) -> int:
@@ -122,6 +123,7 @@ async def check(settings: Settings, args: argparse.Namespace) -> int:
             await _check_sweep(cw, account)
         _check_protection()
         await _check_store()
+        results.extend(await evolution_lines(settings, cw, account))
         results.extend((None, line) for line in settings.unknown)
         for ok, line in results:
             print(f"{'INFO' if ok is None else 'OK  ' if ok else 'FAIL'} {line}")

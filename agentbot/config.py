@@ -63,8 +63,14 @@ EXAMPLES = {
     "bot_command": "#bot",
     "sweep_interval": "600 (0 = off)",
     "sweep_rate": "5 (0 = no limit)",
+    # forwarding to the team's own bot (forward.py)
+    "forward_url": "https://n8n.example.com/webhook/chatwoot (your bot's webhook URL)",
+    "forward_secret": "a random string of 16 or more characters your bot verifies signatures with",
+    "forward_timeout": "30",
+    "forward_max_age": "120 (at least 5)",
+    "forward_fallback": "open or keep",
 }
-SECRETS = {"chatwoot_bot_token", "chatwoot_bot_secret", "chatwoot_api_token", "webhook_token"}
+SECRETS = {"chatwoot_bot_token", "chatwoot_bot_secret", "chatwoot_api_token", "webhook_token", "forward_secret"}
 MIN_SECRET = 16  # characters; Chatwoot's bot secrets have 24
 TEMPLATE_EXAMPLE = "Hi {name}, a person will answer you here shortly."
 
@@ -124,6 +130,23 @@ def scrub(text: str, url: str) -> str:
     return text
 
 
+def _check_forward_url(value: Any) -> Any:
+    """FORWARD_URL: an http(s) URL with a host; blank is off. Its path may hold the team's bot's own secret (an
+    n8n webhook id), so the message names only what is wrong, never the URL."""
+    value = _blank_is_unset(value)
+    if not isinstance(value, str):
+        return value
+    if not (value.startswith(("http://", "https://")) and _has_host_and_port(value)) or re.search(r"\s", value):
+        raise ValueError("not an http(s) URL with a host (and a numeric port, if any)")
+    return value
+
+
+def forward_host(url: str) -> str:
+    """The team's bot's host (and port) for logs, notes and the page: the URL's path and query may be secret."""
+    parts = urlsplit(url)
+    return parts.netloc.rpartition("@")[2]
+
+
 def _check_template(value: str | None) -> str | None:
     if value is None:
         return None
@@ -167,6 +190,8 @@ class Rules(BaseModel):
     returning_message: str | None = None
     greeting_message: str | None = None
     bot_command: str = "#bot"
+    # Forwarding (forward.py): the team's own bot behind this one; blank per inbox: off there.
+    forward_url: str | None = None
 
     _split_lists = field_validator(
         "handoff_keywords",
@@ -197,6 +222,7 @@ class Rules(BaseModel):
         "handoff_priority",
         mode="before",
     )(_blank_is_unset)
+    _forward_url = field_validator("forward_url", mode="before")(_check_forward_url)
     _zero_counts = field_validator("handoff_after_messages", "handoff_after_seconds")(_zero_is_off)
 
     @field_validator("bot_command")
@@ -293,6 +319,10 @@ class Rules(BaseModel):
         if r.greeting_message:
             lines.append(f"- new customers kept pending are greeted once: {r.greeting_message!r}")
         lines.append(f"- a private note {r.bot_command!r} in an open conversation gives it back to the bot")
+        if r.forward_url:
+            lines.append(
+                f"- deliveries of the bot's conversations are forwarded to your bot at {forward_host(r.forward_url)}"
+            )
         return lines
 
 
@@ -337,6 +367,11 @@ class Settings(BaseSettings, Rules):
     ignore_inbox_ids: IdList = Field(default_factory=list)
     sweep_interval: int | None = Field(default=None, ge=0)  # None: 600 with a user token, else off
     sweep_rate: float = Field(default=5.0, ge=0)
+    # Forwarding to the team's own bot (forward.py); FORWARD_URL itself is a rule (per inbox).
+    forward_secret: SecretStr | None = None
+    forward_timeout: float = Field(default=30.0, gt=0, le=300)  # seconds per attempt: LLM bots are slow
+    forward_max_age: int = Field(default=120, ge=5)  # seconds a delivery may take to reach the team's bot
+    forward_fallback: Literal["open", "keep"] = "open"
 
     _split_ids = field_validator("chatwoot_account_ids", "inbox_ids", "ignore_inbox_ids", mode="before")(_split)
     _blank_connection = field_validator(
@@ -350,6 +385,18 @@ class Settings(BaseSettings, Rules):
         if isinstance(value, str) and len(value) < MIN_SECRET:
             raise ValueError(f"shorter than {MIN_SECRET} characters, too easy to guess")
         return value
+
+    @field_validator("forward_secret", mode="before")
+    @classmethod
+    def _forward_secret(cls, value: Any) -> Any:
+        return cls._shared_secret(value)
+
+    _forward_choices = field_validator("forward_fallback", mode="before")(_lower)
+
+    @property
+    def forwards(self) -> bool:
+        """Whether any inbox forwards to a team's bot (FORWARD_URL or an INBOX_<id>_FORWARD_URL)."""
+        return any(r.forward_url for r in (self, *self.overrides.values()))
 
     @field_validator("webhook_token")
     @classmethod
@@ -534,4 +581,15 @@ def load(environ: dict[str, str] | None = None, env_file: str | None = ".env") -
             settings._overrides[inbox] = Rules(**{**base, **values})
         except ValidationError as exc:
             raise ConfigError(_as_written(_describe(exc, f"INBOX_{inbox}_"), names)) from None
+    _check_forward_timing(settings)
     return settings
+
+
+def _check_forward_timing(settings: Settings) -> None:
+    """One attempt must fit in the time a forward may take, or a slow bot would never get a second chance."""
+    if settings.forwards and settings.forward_timeout > settings.forward_max_age:
+        raise ConfigError(
+            f"FORWARD_TIMEOUT: {settings.forward_timeout:g} s is longer than FORWARD_MAX_AGE "
+            f"({settings.forward_max_age} s), so a slow bot could not be tried even once in time "
+            f"(example: FORWARD_TIMEOUT={max(1, settings.forward_max_age // 4)})"
+        )

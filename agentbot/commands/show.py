@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 from datetime import datetime, timezone
 
+import aiohttp
+
 from ..actions import Job
 from ..chatwoot import Chatwoot, ChatwootError
 from ..config import ConfigError, Settings, mask, scrub
 from ..decide import decide
 from ..events import BadBody, PayloadError, parse
+from ..forward import Standing, inbox_of, probe, verdict
 from ..handoffs import load_facts
 from ..outbox import moved_on
 from ..store import Store
@@ -44,8 +47,14 @@ async def explain(settings: Settings, args: argparse.Namespace) -> int:
         print(f"ignore: {exc}")
         return 0
     async with opened_store(settings) as store:
-        decision = decide(delivery, await load_facts(store, delivery), now, settings)
+        facts = await load_facts(store, delivery)
+        decision = decide(delivery, facts, now, settings)
     print(decision.describe())
+    if settings.forwards:
+        # What the lifecycle model knows, as the server's forward step reads it (forward.Standing).
+        standing = Standing(handed_off=facts.state.handed_off, handoff_now=decision.outcome in ("handoff", "defer"))
+        said = verdict(delivery, standing, settings, inbox_of(delivery, body))
+        print(f"forward: {'yes' if said.forward else 'no'}: {said.reason}")
     return 0
 
 
@@ -116,6 +125,7 @@ async def check(settings: Settings, args: argparse.Namespace) -> int:
             await _check_inboxes(cw, account)
             await _check_sweep(cw, account)
         _check_protection()
+        await _check_forwards(cw.session)
         await _check_store()
         results.extend((None, line) for line in settings.unknown)
         for ok, line in results:
@@ -195,6 +205,18 @@ async def check(settings: Settings, args: argparse.Namespace) -> int:
                 if v
             )
             results.append((True, f"deliveries are accepted only with {which}"))
+
+    async def _check_forwards(session: aiohttp.ClientSession) -> None:
+        """Each team's bot URL answers (a GET: no bot acts on it); forwards are signed or not."""
+        urls = {"FORWARD_URL": settings.forward_url} | {
+            f"INBOX_{inbox}_FORWARD_URL": r.forward_url for inbox, r in sorted(settings.overrides.items())
+        }
+        for variable, url in urls.items():
+            if url is not None and (variable == "FORWARD_URL" or url != settings.forward_url):
+                ok, line = await probe(session, url, min(settings.forward_timeout, 10))
+                results.append((ok, f"{variable}: {line}"))
+        if settings.forwards and settings.forward_secret is None:
+            results.append((None, "forwarded deliveries are not signed: set FORWARD_SECRET if your bot checks them"))
 
     async def _check_store() -> None:
         scheme = settings.store_url.split("://")[0]

@@ -8,11 +8,13 @@ the team's bot's, and why. `Forwarder.send` makes one attempt and says what it c
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import hmac
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timezone
 
 import aiohttp
 import msgspec
@@ -224,6 +226,35 @@ def _seconds(value: str | None) -> float | None:
         return max(0.0, float(value)) if value else None
     except ValueError:  # an HTTP date: rare from a bot; the step's own backoff applies
         return None
+
+
+# ---- what an attempt means for the forward (pure; the outbox step acts on it) ---------------------------
+class Next(enum.Enum):
+    DONE = "delivered"  # count it, with its age
+    HANDOFF = "handoff"  # delivered, and the team's bot asks for a person: hand off if the period is still on
+    RETRY = "retry"  # try again (the outbox's backoff, at least `Retry.retry_after`, within FORWARD_MAX_AGE)
+    REFUSED = "refused"  # dropped, logged with the status: sending it again cannot help
+    EXPIRED = "expired"  # FORWARD_MAX_AGE has passed: FORWARD_FALLBACK applies
+
+
+def after(result: Result, accepted_at: float, now: float, max_age: float) -> Next:
+    """What to do once an attempt came to `result`; `accepted_at`: when the webhook accepted the delivery."""
+    if isinstance(result, Delivered):
+        return Next.HANDOFF if result.handoff else Next.DONE
+    if isinstance(result, Refused):
+        return Next.REFUSED
+    return Next.RETRY if now - accepted_at < max_age else Next.EXPIRED
+
+
+def fallback_note(url: str, since: float) -> str:
+    """The private note of a FORWARD_FALLBACK=open handoff."""
+    when = datetime.fromtimestamp(since, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"Your bot at {forward_host(url)} did not answer since {when}; handed to a person instead"
+
+
+def handoff_note(request: HandoffRequest) -> str:
+    """The private note of a handoff the team's bot asked for."""
+    return f"Your bot asked for a person: {request.reason}" if request.reason else "Your bot asked for a person"
 
 
 async def probe(session: aiohttp.ClientSession, url: str, seconds: float) -> tuple[bool, str]:

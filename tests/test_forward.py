@@ -15,9 +15,16 @@ from agentbot.config import ConfigError, load
 from agentbot.events import parse
 from agentbot.forward import (
     MAX_REASON,
+    Delivered,
     HandoffRequest,
+    Next,
+    Refused,
+    Retry,
     Standing,
+    after,
     delivery_id,
+    fallback_note,
+    handoff_note,
     handoff_request,
     inbox_of,
     sign,
@@ -173,6 +180,32 @@ def test_handoff_request_in_an_answer(name):
 def test_a_long_reason_is_cut_for_the_note():
     got = handoff_request(json.dumps({"handoff": True, "reason": "x" * 5000}).encode())
     assert got is not None and got.reason == "x" * MAX_REASON
+
+
+AFTER = {  # attempt's result, seconds since the webhook accepted the delivery (FORWARD_MAX_AGE 120) → next
+    "delivered": (Delivered(200), 1, Next.DONE),
+    "delivered late, still counted": (Delivered(204), 500, Next.DONE),
+    "delivered with a handoff request": (Delivered(200, HandoffRequest("refund")), 1, Next.HANDOFF),
+    "5xx, time left": (Retry("answered 503"), 119.9, Next.RETRY),
+    "timeout, time up": (Retry("no answer"), 120, Next.EXPIRED),
+    "4xx: not retried even with time left": (Refused(404, "answered 404"), 1, Next.REFUSED),
+    "4xx after the deadline: still refused, not a fallback": (Refused(401, "answered 401"), 300, Next.REFUSED),
+}
+
+
+@pytest.mark.parametrize("name", AFTER)
+def test_what_an_attempt_leads_to(name):
+    result, age, expected = AFTER[name]
+    assert after(result, 1000.0, 1000.0 + age, 120) is expected
+
+
+def test_notes_name_the_host_and_the_reason_never_the_path():
+    note = fallback_note(URL, 1_790_000_000)
+    assert (
+        note == "Your bot at n8n.example.com did not answer since 2026-09-21 14:13:20 UTC; handed to a person instead"
+    )
+    assert handoff_note(HandoffRequest("wants a refund")) == "Your bot asked for a person: wants a refund"
+    assert handoff_note(HandoffRequest(None)) == "Your bot asked for a person"
 
 
 # ---- settings ----

@@ -141,10 +141,9 @@ def _check_forward_url(value: Any) -> Any:
     return value
 
 
-def forward_host(url: str) -> str:
+def forward_host(url: str | None) -> str:
     """The team's bot's host (and port) for logs, notes and the page: the URL's path and query may be secret."""
-    parts = urlsplit(url)
-    return parts.netloc.rpartition("@")[2]
+    return urlsplit(url).netloc.rpartition("@")[2] if url else ""
 
 
 def _check_template(value: str | None) -> str | None:
@@ -301,6 +300,10 @@ class Rules(BaseModel):
                 f"a conversation still pending {r.handoff_after_seconds} s after the first message is opened",
             ),
             (r.handoff_on_agent_reply, "an agent's public reply in a pending conversation opens it"),
+            (
+                r.forward_url,
+                f"the bot's conversations are forwarded to your bot at {forward_host(r.forward_url)}",
+            ),
         ]
         lines = [f"- {text}" for cond, text in on if cond]
         if r.hours:
@@ -319,10 +322,6 @@ class Rules(BaseModel):
         if r.greeting_message:
             lines.append(f"- new customers kept pending are greeted once: {r.greeting_message!r}")
         lines.append(f"- a private note {r.bot_command!r} in an open conversation gives it back to the bot")
-        if r.forward_url:
-            lines.append(
-                f"- deliveries of the bot's conversations are forwarded to your bot at {forward_host(r.forward_url)}"
-            )
         return lines
 
 

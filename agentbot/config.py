@@ -71,8 +71,21 @@ EXAMPLES = {
     "evolution_instance": "the instance's name in Evolution (default: the inbox's name)",
     "evolution_bots": "typebot,n8n",
     "evolution_on_resolve": "closed or keep",
+    # forwarding to the team's own bot (forward.py)
+    "forward_url": "https://n8n.example.com/webhook/chatwoot (your bot's webhook URL)",
+    "forward_secret": "a random string of 16 or more characters your bot verifies signatures with",
+    "forward_timeout": "30",
+    "forward_max_age": "120 (at least 5)",
+    "forward_fallback": "open or keep",
 }
-SECRETS = {"chatwoot_bot_token", "chatwoot_bot_secret", "chatwoot_api_token", "webhook_token", "evolution_api_key"}
+SECRETS = {
+    "chatwoot_bot_token",
+    "chatwoot_bot_secret",
+    "chatwoot_api_token",
+    "webhook_token",
+    "evolution_api_key",
+    "forward_secret",
+}
 # Evolution API's chatbot integrations, as its routes spell them (`POST /{integration}/changeStatus/{instance}`).
 EVOLUTION_BOTS = ("typebot", "openai", "dify", "n8n", "flowise", "evolutionBot", "evoai")
 MIN_SECRET = 16  # characters; Chatwoot's bot secrets have 24
@@ -134,6 +147,22 @@ def scrub(text: str, url: str) -> str:
     return text
 
 
+def _check_forward_url(value: Any) -> Any:
+    """FORWARD_URL: an http(s) URL with a host; blank is off. Its path may hold the team's bot's own secret (an
+    n8n webhook id), so the message names only what is wrong, never the URL."""
+    value = _blank_is_unset(value)
+    if not isinstance(value, str):
+        return value
+    if not (value.startswith(("http://", "https://")) and _has_host_and_port(value)) or re.search(r"\s", value):
+        raise ValueError("not an http(s) URL with a host (and a numeric port, if any)")
+    return value
+
+
+def forward_host(url: str | None) -> str:
+    """The team's bot's host (and port) for logs, notes and the page: the URL's path and query may be secret."""
+    return urlsplit(url).netloc.rpartition("@")[2] if url else ""
+
+
 def _check_template(value: str | None) -> str | None:
     if value is None:
         return None
@@ -178,6 +207,8 @@ class Rules(BaseModel):
     greeting_message: str | None = None
     bot_command: str = "#bot"
     evolution_instance: str | None = None  # None: the inbox's name (Evolution names its Chatwoot inbox so)
+    # Forwarding (forward.py): the team's own bot behind this one; blank per inbox: off there.
+    forward_url: str | None = None
 
     _split_lists = field_validator(
         "handoff_keywords",
@@ -209,6 +240,7 @@ class Rules(BaseModel):
         "evolution_instance",
         mode="before",
     )(_blank_is_unset)
+    _forward_url = field_validator("forward_url", mode="before")(_check_forward_url)
     _zero_counts = field_validator("handoff_after_messages", "handoff_after_seconds")(_zero_is_off)
 
     @field_validator("bot_command")
@@ -287,6 +319,10 @@ class Rules(BaseModel):
                 f"a conversation still pending {r.handoff_after_seconds} s after the first message is opened",
             ),
             (r.handoff_on_agent_reply, "an agent's public reply in a pending conversation opens it"),
+            (
+                r.forward_url,
+                f"the bot's conversations are forwarded to your bot at {forward_host(r.forward_url)}",
+            ),
         ]
         lines = [f"- {text}" for cond, text in on if cond]
         if r.hours:
@@ -357,6 +393,11 @@ class Settings(BaseSettings, Rules):
     evolution_api_key: SecretStr | None = None
     evolution_bots: CommaList = Field(default_factory=lambda: ["typebot"])
     evolution_on_resolve: Literal["closed", "keep"] = "closed"
+    # Forwarding to the team's own bot (forward.py); FORWARD_URL itself is a rule (per inbox).
+    forward_secret: SecretStr | None = None
+    forward_timeout: float = Field(default=30.0, gt=0, le=300)  # seconds per attempt: LLM bots are slow
+    forward_max_age: int = Field(default=120, ge=5)  # seconds a delivery may take to reach the team's bot
+    forward_fallback: Literal["open", "keep"] = "open"
 
     _split_ids = field_validator("chatwoot_account_ids", "inbox_ids", "ignore_inbox_ids", mode="before")(_split)
     _blank_connection = field_validator(
@@ -370,6 +411,18 @@ class Settings(BaseSettings, Rules):
         if isinstance(value, str) and len(value) < MIN_SECRET:
             raise ValueError(f"shorter than {MIN_SECRET} characters, too easy to guess")
         return value
+
+    @field_validator("forward_secret", mode="before")
+    @classmethod
+    def _forward_secret(cls, value: Any) -> Any:
+        return cls._shared_secret(value)
+
+    _forward_choices = field_validator("forward_fallback", mode="before")(_lower)
+
+    @property
+    def forwards(self) -> bool:
+        """Whether any inbox forwards to a team's bot (FORWARD_URL or an INBOX_<id>_FORWARD_URL)."""
+        return any(r.forward_url for r in (self, *self.overrides.values()))
 
     @field_validator("webhook_token")
     @classmethod
@@ -606,4 +659,15 @@ def load(environ: dict[str, str] | None = None, env_file: str | None = ".env") -
             settings._overrides[inbox] = Rules(**{**base, **values})
         except ValidationError as exc:
             raise ConfigError(_as_written(_describe(exc, f"INBOX_{inbox}_"), names)) from None
+    _check_forward_timing(settings)
     return settings
+
+
+def _check_forward_timing(settings: Settings) -> None:
+    """One attempt must fit in the time a forward may take, or a slow bot would never get a second chance."""
+    if settings.forwards and settings.forward_timeout > settings.forward_max_age:
+        raise ConfigError(
+            f"FORWARD_TIMEOUT: {settings.forward_timeout:g} s is longer than FORWARD_MAX_AGE "
+            f"({settings.forward_max_age} s), so a slow bot could not be tried even once in time "
+            f"(example: FORWARD_TIMEOUT={max(1, settings.forward_max_age // 4)})"
+        )

@@ -58,6 +58,25 @@ class Metrics:
             registry=r,
         )
         self._delivered: dict[tuple[str, str], Counter] = {}  # few: known events × outcomes
+        # Forwarding to the team's own bot (forward.py; the outbox step counts forwards and their age).
+        self.forwards = Counter(
+            "agentbot_forwards_total",
+            "Deliveries for the team's bot by final result (delivered, refused, expired, dropped)",
+            ["result"],
+            registry=r,
+        )
+        self.forward_attempts = Counter(
+            "agentbot_forward_attempts_total",
+            "POSTs to the team's bot by what they came to (delivered, retry, refused)",
+            ["result"],
+            registry=r,
+        )
+        self.forward_age = Histogram(
+            "agentbot_forward_age_seconds",
+            "Seconds from Chatwoot's delivery to the team's bot's 2xx",
+            registry=r,
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+        )
 
     def delivered(self, event: str, outcome: str) -> None:
         """Count a delivery; called for every one, so the labelled child is looked up once."""
@@ -72,6 +91,15 @@ class Metrics:
 
     def observe_evolution_call(self, endpoint: str, status: str, seconds: float) -> None:
         self.evolution_calls.labels(endpoint, status).inc()
+
+    def forward_attempt(self, result: str) -> None:
+        self.forward_attempts.labels(result).inc()
+
+    def forwarded(self, result: str, age: float | None = None) -> None:
+        """A forward ended: `age` (seconds since Chatwoot's delivery) when the team's bot took it."""
+        self.forwards.labels(result).inc()
+        if age is not None:
+            self.forward_age.observe(age)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -6,12 +6,15 @@ import argparse
 import time
 from datetime import datetime, timezone
 
+import aiohttp
+
 from .. import guard
 from ..actions import Job
 from ..chatwoot import Chatwoot, ChatwootError
 from ..config import ConfigError, Settings, mask, scrub
 from ..events import BadBody, PayloadError, parse
-from ..handoffs import Handoffs
+from ..forward import Standing, inbox_of, probe, verdict
+from ..handoffs import Handoffs, load_facts
 from ..metrics import Metrics
 from ..period import period_of
 from ..store import Store
@@ -49,7 +52,13 @@ async def explain(settings: Settings, args: argparse.Namespace) -> int:
     async with opened_store(settings) as store:
         # Without Chatwoot: what only a read or a look-up could tell counts as not shown (a new customer).
         decision = await Handoffs(settings, store, None, Metrics(), lambda: now).decided(delivery)
+        facts = await load_facts(store, delivery)
     print(decision.describe())
+    if settings.forwards:
+        # What the lifecycle model knows, as the server's forward step reads it (forward.Standing).
+        standing = Standing(handed_off=facts.state.handed_off, handoff_now=decision.outcome in ("handoff", "defer"))
+        said = verdict(delivery, standing, settings, inbox_of(delivery, body))
+        print(f"forward: {'yes' if said.forward else 'no'}: {said.reason}")
     return 0
 
 
@@ -122,6 +131,7 @@ async def check(settings: Settings, args: argparse.Namespace) -> int:
             await _check_inboxes(cw, account)
             await _check_sweep(cw, account)
         _check_protection()
+        await _check_forwards(cw.session)
         await _check_store()
         results.extend(await evolution_lines(settings, cw, account))
         results.extend((None, line) for line in settings.unknown)
@@ -202,6 +212,18 @@ async def check(settings: Settings, args: argparse.Namespace) -> int:
                 if v
             )
             results.append((True, f"deliveries are accepted only with {which}"))
+
+    async def _check_forwards(session: aiohttp.ClientSession) -> None:
+        """Each team's bot URL answers (a GET: no bot acts on it); forwards are signed or not."""
+        urls = {"FORWARD_URL": settings.forward_url} | {
+            f"INBOX_{inbox}_FORWARD_URL": r.forward_url for inbox, r in sorted(settings.overrides.items())
+        }
+        for variable, url in urls.items():
+            if url is not None and (variable == "FORWARD_URL" or url != settings.forward_url):
+                ok, line = await probe(session, url, min(settings.forward_timeout, 10))
+                results.append((ok, f"{variable}: {line}"))
+        if settings.forwards and settings.forward_secret is None:
+            results.append((None, "forwarded deliveries are not signed: set FORWARD_SECRET if your bot checks them"))
 
     async def _check_store() -> None:
         scheme = settings.store_url.split("://")[0]

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, ClassVar
 
 import msgspec
+
+
+class Guard(StrEnum):
+    """When a step still applies (guard.verdict carries it out): each step kind names its rule."""
+
+    WHERE_LEFT = "where the decision left it"  # Chatwoot's calls: while the conversation's status and period are
+    PERIOD = "while its period lasts"  # e.g. pausing another bot: not once the period ended (resolved, a later one)
+    NO_LATER = "unless a later period began"  # e.g. a resolve's or a give-back's follow-up
+    ALWAYS = "always"  # e.g. passing a conversation event on
 
 
 class _Step(msgspec.Struct, tag_field="op", omit_defaults=True, frozen=True):
@@ -12,6 +22,7 @@ class _Step(msgspec.Struct, tag_field="op", omit_defaults=True, frozen=True):
     the Chatwoot call each makes is in `outbox.Outbox._do`, whether it still applies in `guard.verdict`."""
 
     optional: ClassVar[bool] = False  # an extra: an older Chatwoot refusing it to bots must not stop the handoff
+    guard: ClassVar[Guard] = Guard.WHERE_LEFT
 
     @property
     def op(self) -> str:
@@ -132,6 +143,8 @@ class Job(msgspec.Struct, omit_defaults=True):
     period: int | None = None  # None: stored before the period model (period.period_of tells)
     attempt: Attempt | None = None
     dead_at: float = 0.0  # when it became a dead letter
+    lane: str = ""  # "" (Chatwoot's calls) or another queue of the conversation's ("evolution", "forward")
+    not_before: float = 0.0  # it runs no sooner (a second pause some seconds after the first; a short hold)
     recovered: bool = False
     # Written before the period model; read once by `loads`.
     old_unsure: bool = msgspec.field(default=False, name="unsure")
@@ -160,6 +173,12 @@ class Job(msgspec.Struct, omit_defaults=True):
     @property
     def conversation_key(self) -> str:
         return f"{self.account_id}:{self.display_id}"
+
+    @property
+    def queue_key(self) -> str:
+        """Jobs run one at a time, in order, per queue: a conversation's lanes do not wait for each other (a
+        failing Evolution API never delays Chatwoot's open, note or message)."""
+        return f"{self.conversation_key}/{self.lane}" if self.lane else self.conversation_key
 
     def dumps(self) -> str:
         return _encode_job(self).decode()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .actions import AssignAgent, Attempt, Job, PrivateNote, PublicMessage, SetStatus, Step
+from .actions import AssignAgent, Attempt, Guard, Job, PrivateNote, PublicMessage, SetStatus, Step
 from .constants import CATCH_UP, CATCH_UP_EVERY, LATE
 from .events import Listed, Message
 from .period import Phase
@@ -88,7 +88,9 @@ def needs(job: Job, step: Step, now: float) -> frozenset[Look]:
     """What to observe before `step`, besides the bot's memory."""
     attempt, old = attempt_at(job), late(job, now)
     maybe = attempt is not None and attempt.maybe
-    looks = set()
+    looks: set[Look] = set()
+    if step.guard is not Guard.WHERE_LEFT:  # the bot's memory of the periods is all they follow
+        return frozenset(looks)
     # A handoff's message looks even on its first run: the period may have ended since its open landed.
     if maybe or old or (isinstance(step, PublicMessage) and job.status_done):
         looks.add(Look.CONVERSATION)
@@ -103,7 +105,11 @@ def verdict(job: Job, period: int, step: Step, seen: Seen, now: float, settle: f
     """`period` is the job's (period.period_of); `settle` how long an unanswered call may still be under way."""
     attempt = attempt_at(job)
     if attempt is not None and attempt.sent_at and now < attempt.sent_at + settle:
-        return Wait(attempt.sent_at + settle, "its last call may still be under way in Chatwoot")
+        return Wait(attempt.sent_at + settle, "its last call may still be under way")
+    if now < job.not_before:
+        return Wait(job.not_before, "it runs no sooner")
+    if step.guard is not Guard.WHERE_LEFT:
+        return _by_period(step.guard, period, seen) or Send()
     maybe = attempt is not None and attempt.maybe
     why = _moot(job, period, step, seen, maybe)
     if isinstance(why, Drop | Done):
@@ -118,6 +124,17 @@ def verdict(job: Job, period: int, step: Step, seen: Seen, now: float, settle: f
         if seen.posted is None:  # better lost than sent twice
             return Done(f"the {step.op} may have been posted already and cannot be checked")
     return Send()
+
+
+def _by_period(rule: Guard, period: int, seen: Seen) -> Drop | None:
+    """The steps that follow the conversation's periods, not its status (other lanes than Chatwoot's)."""
+    if rule is Guard.ALWAYS:
+        return None
+    if period < seen.period:
+        return Drop("a later pending period began")
+    if rule is Guard.PERIOD and seen.phase is Phase.CLOSED:
+        return Drop("was resolved or snoozed since")
+    return None
 
 
 def _moot(job: Job, period: int, step: Step, seen: Seen, maybe: bool) -> Drop | Done | None:

@@ -9,7 +9,18 @@ from typing import Any
 import pytest
 
 from agentbot import guard
-from agentbot.actions import AssignAgent, AssignTeam, Attempt, Job, PrivateNote, PublicMessage, SetPriority, SetStatus
+from agentbot.actions import (
+    AssignAgent,
+    AssignTeam,
+    Attempt,
+    Guard,
+    Job,
+    PrivateNote,
+    PublicMessage,
+    SetPriority,
+    SetStatus,
+    _Step,
+)
 from agentbot.guard import Done, Drop, Look, Seen, Send, Wait
 from agentbot.period import Phase
 
@@ -198,6 +209,43 @@ def test_verdict(r: Row) -> None:
         assert r.why in v.why, v  # type: ignore[union-attr]
     if r.until is not None:
         assert isinstance(v, Wait) and v.until == pytest.approx(r.until)
+
+
+class Follows(_Step, tag="test-period", frozen=True):
+    """A step of another lane, which follows the conversation's periods, not its status (an Evolution pause)."""
+
+    guard = Guard.PERIOD
+
+
+class AfterClose(_Step, tag="test-no-later", frozen=True):
+    guard = Guard.NO_LATER
+
+
+class Always(_Step, tag="test-always", frozen=True):
+    guard = Guard.ALWAYS
+
+
+@pytest.mark.parametrize(
+    "step, s, verdict",
+    [
+        pytest.param(Follows(), seen("open", Phase.HUMANS), Send, id="period-step-after-the-open-is-sent"),
+        pytest.param(Follows(), seen("resolved", Phase.CLOSED), Drop, id="period-step-once-resolved-is-dropped"),
+        pytest.param(Follows(), seen(period=3), Drop, id="period-step-of-an-earlier-period-is-dropped"),
+        pytest.param(AfterClose(), seen("resolved", Phase.CLOSED), Send, id="no-later-step-after-the-resolve-is-sent"),
+        pytest.param(AfterClose(), seen(period=3), Drop, id="no-later-step-once-a-later-period-began-is-dropped"),
+        pytest.param(Always(), seen(period=9), Send, id="always-step-is-sent"),
+    ],
+)
+def test_verdict_of_steps_that_follow_the_periods(step: Any, s: Seen, verdict: type) -> None:
+    j = job([step])
+    assert type(guard.verdict(j, 2, step, s, NOW, SETTLE)) is verdict
+    assert guard.needs(j, step, NOW) == set()
+
+
+def test_a_job_runs_no_sooner_than_it_may() -> None:
+    j = job([Follows()], not_before=NOW + 10)
+    v = guard.verdict(j, 2, j.steps[0], seen(), NOW, SETTLE)
+    assert isinstance(v, Wait) and v.until == NOW + 10
 
 
 C, E, M = Look.CONVERSATION, Look.ECHO, Look.MESSAGES

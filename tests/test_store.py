@@ -212,3 +212,16 @@ async def test_a_job_whose_run_never_ended_comes_back_recovered(backend, request
         assert (await second_process.claim(200.0)).recovered is False
     finally:
         await second_process.close()
+
+
+async def test_a_conversations_lanes_run_beside_each_other_each_in_order(store):
+    chatwoot = job(1, "open")
+    evolution = [Job(1, 1, "pause", [SetStatus("open")], lane="evolution") for _ in range(2)]
+    await store.commit(Commit("d:1", "1:1", jobs=[chatwoot, *evolution]), 100.0)
+    first, second = await store.claim(100.0), await store.claim(100.0)
+    assert {first.queue_key, second.queue_key} == {"1:1", "1:1/evolution"}  # a failing lane holds up no other
+    assert await store.claim(100.0) is None  # the second evolution job waits for the first
+    lane = first if first.lane else second
+    await store.finish(lane, 100.0)
+    assert (await store.claim(100.0)).queue_key == "1:1/evolution"
+    assert [j.reason for j in await store.jobs("1:1")] == ["open"]  # the conversation's Chatwoot jobs only

@@ -37,7 +37,8 @@ LOCK_TTL = 6  # seconds a conversation's lock outlives a holder that died
 RECONNECTS = 6  # a dropped connection is tried again this often, 0.05 s apart doubling up to 0.5 s (about 2 s)
 CONNECTION_WAIT = 10  # seconds a command waits for a free connection when all REDIS_MAX_CONNECTIONS are busy
 # Keys: seen:<dedup>, conv:<key>, contact:<key>, lookup:<key> (strings with TTLs);
-# q:<conv> (list of job JSON, head first); ready (zset conv → when its head may run or the
+# q:<queue> (list of job JSON, head first; a queue is a conversation, or one of its lanes: "<conv>/<lane>");
+# ready (zset queue → when its head may run or the
 # lease of the worker running it ends); owner:<conv> (the claim on its head job); unsure (hash, written
 # before the period model: read and removed by CLAIM);
 # timers (zset conv → due) + timer:<conv>; dead (list); depth (counter of queued jobs);
@@ -60,7 +61,7 @@ local a = cjson.decode(ARGV[1])
 if a.lock and redis.call('GET', P..'lock:'..a.conv) ~= a.lock then return -1 end
 if redis.call('SET', P..'seen:'..a.dedup, '1', 'NX', 'EX', a.dedup_ttl) == false then return 0 end
 if a.state then redis.call('SET', P..'conv:'..a.conv, a.state, 'EX', a.state_ttl) end
-for _, job in ipairs(a.jobs) do push(a.conv, job, a.now) end
+for _, job in ipairs(a.jobs) do push(job[1], job[2], a.now) end  -- {queue, job}: a conversation's lanes
 if a.cancel_timer then redis.call('ZREM', P..'timers', a.conv); redis.call('DEL', P..'timer:'..a.conv) end
 if a.timer_job then
   redis.call('ZADD', P..'timers', a.timer_due, a.conv)
@@ -178,7 +179,9 @@ REVIVE = (
     + """
 local function revive(j, now)
   j.attempts, j.created_at, j.next_at, j.error = 0, now, now, cjson.null
-  push(j.account_id..':'..j.display_id, cjson.encode(j), now)
+  local queue = j.account_id..':'..j.display_id
+  if type(j.lane) == 'string' and j.lane ~= '' then queue = queue..'/'..j.lane end
+  push(queue, cjson.encode(j), now)
 end
 """
 )
@@ -290,7 +293,7 @@ class RedisStore(Store):
             "conv": c.conversation_key,
             "now": now,
             "state": c.state.dumps() if c.state else None,
-            "jobs": [j.dumps() for j in c.jobs] or {},
+            "jobs": [[j.queue_key, j.dumps()] for j in c.jobs] or {},
             "cancel_timer": c.cancel_timer,
             "contact": c.contact_key,
             "resolved": c.resolved.dumps() if c.resolved and c.contact_key else None,
@@ -356,10 +359,10 @@ class RedisStore(Store):
         return job
 
     async def renew(self, job: Job, now: float) -> bool:
-        return bool(await self._renew(args=[job.conversation_key, job.id, job.claim, now, LEASE]))
+        return bool(await self._renew(args=[job.queue_key, job.id, job.claim, now, LEASE]))
 
     async def progress(self, job: Job, now: float) -> bool:
-        return bool(await self._progress(args=[job.conversation_key, job.id, job.claim, job.dumps(), now, LEASE]))
+        return bool(await self._progress(args=[job.queue_key, job.id, job.claim, job.dumps(), now, LEASE]))
 
     async def finish(self, job: Job, now: float) -> bool:
         return await self._release_as("done", job, now)
@@ -372,7 +375,7 @@ class RedisStore(Store):
 
     async def _release_as(self, how: str, job: Job, ready_at: float) -> bool:
         args: list[str | int | float | bytes] = [
-            job.conversation_key,
+            job.queue_key,
             job.id,
             job.claim,
             how,

@@ -301,8 +301,8 @@ class SQLiteStore(Store):
 
     def _push(self, job: Job, now: float) -> None:
         job.created_at = job.created_at or now
-        self.db.execute("INSERT INTO jobs (conv, body) VALUES (?,?)", (job.conversation_key, job.dumps()))
-        self.db.execute("INSERT OR IGNORE INTO queues VALUES (?,?)", (job.conversation_key, now))
+        self.db.execute("INSERT INTO jobs (conv, body) VALUES (?,?)", (job.queue_key, job.dumps()))
+        self.db.execute("INSERT OR IGNORE INTO queues VALUES (?,?)", (job.queue_key, now))
 
     async def remember(self, contact_key: str, resolved: Resolved | None, ttl: float, now: float) -> None:
         value = resolved.dumps() if resolved else None
@@ -373,8 +373,8 @@ class SQLiteStore(Store):
         return await self._release(job, now, "UPDATE jobs SET body=?, dead=1 WHERE id=?", (job.dumps(), int(job.id)))
 
     async def _release(self, job: Job, ready_at: float, sql: str, args: tuple[Any, ...], synced: bool = True) -> bool:
-        """Apply `sql` to the job and reschedule its conversation's queue, in one transaction."""
-        conv = job.conversation_key
+        """Apply `sql` to the job and reschedule its queue, in one transaction."""
+        conv = job.queue_key
 
         def apply() -> bool:
             found = self.db.execute(sql, args).rowcount > 0
@@ -410,7 +410,7 @@ class SQLiteStore(Store):
             job = Job.loads(body)
             job.attempts, job.created_at, job.next_at, job.error = 0, now, now, None
             self.db.execute("UPDATE jobs SET body=?, dead=0 WHERE id=?", (job.dumps(), row_id))
-            self.db.execute("INSERT OR REPLACE INTO queues VALUES (?,?)", (job.conversation_key, now))
+            self.db.execute("INSERT OR REPLACE INTO queues VALUES (?,?)", (job.queue_key, now))
         return len(rows)
 
     async def jobs(self, conversation_key: str) -> list[Job]:

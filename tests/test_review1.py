@@ -5,6 +5,7 @@ Every test here is marked xfail(strict=True) until its fix lands; the reason nam
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,26 @@ async def test_a_long_retry_after_is_honoured(fake, start_bot, tmp_path, request
     await wait_for(lambda: limited.times == 0, 5, "the open, refused for an hour")
     await wait_for(lambda: "retry" in seen and seen[-1] is None, 5, "the outbox to look for work after the refusal")
     assert len(fake.calls_to("toggle_status", conv.display_id)) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=REVIEW + "a job found cut short at start-up (SQLiteStore._recover) is checked at once: its killed "
+    "run's call may still be under way in Chatwoot (settle), which main waited for (the claim's `unsure` mark "
+    "with its time); the note is posted twice. Fix: store the claim's time in the recovered Attempt (sent_at) or "
+    "wait `settle` after start-up before checking a recovered job",
+)
+@pytest.mark.parametrize("fake", ["4.16"], indirect=True)
+async def test_a_note_still_under_way_when_the_bot_was_killed_is_not_posted_again(fake, processes, tmp_path):
+    maria, conv = returning(fake)
+    env = dict(STORE_URL=f"sqlite:///{tmp_path}/bot.sqlite3", HANDOFF_MESSAGE="Thanks {name}", CHATWOOT_TIMEOUT="0.5")
+    first = await processes(**env)
+    slow = fake.fail("messages", hang=0.8)  # Chatwoot carries the note out 0.8 s after it came (settle: 1 s)
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: slow.times == 0, 5, "the note's call")
+    await first.stop(signal.SIGKILL)
+    await processes(**env)  # a supervisor restarts it at once
+    await wait_for(lambda: slow.slept == 1, 5, "the slow note, carried out")
+    await wait_for(lambda: fake.bot_messages(conv.display_id), 15, "the handoff message")
+    await wait_for(lambda: fake.in_flight == 0, 10, "deliveries")
+    assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import returning, wait_for
+from tests.conftest import returning, run_main, wait_for
 
 REVIEW = "review1: "
 
@@ -193,6 +193,32 @@ async def test_a_note_still_under_way_when_the_bot_was_killed_is_not_posted_agai
     await first.stop(signal.SIGKILL)
     await processes(**env)  # a supervisor restarts it at once
     await wait_for(lambda: slow.slept == 1, 5, "the slow note, carried out")
+    await wait_for(lambda: fake.bot_messages(conv.display_id), 15, "the handoff message")
+    await wait_for(lambda: fake.in_flight == 0, 10, "deliveries")
+    assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=REVIEW + "a command that opens the SQLite store beside the running server while no job is queued (`outbox`, "
+    "`sweep`, `show`...) writes the clean-stop mark when it closes (SQLiteStore.close); the server killed later "
+    "restarts trusting its progress, so the call its killed run made is not checked: the note is posted twice. Fix: "
+    "write the mark only from the process that removed it (the server), e.g. a per-process token in `meta`",
+)
+@pytest.mark.parametrize("fake", ["4.12", "4.16"], indirect=True)
+async def test_listing_the_outbox_beside_the_server_keeps_crash_recovery(fake, processes, tmp_path):
+    maria, conv = returning(fake)
+    store = f"sqlite:///{tmp_path}/bot.sqlite3"
+    env = dict(STORE_URL=store, HANDOFF_MESSAGE="Thanks {name}", CHATWOOT_TIMEOUT="2")
+    first = await processes(**env)
+    status, _, _ = await run_main(tmp_path, "outbox", STORE_URL=store)  # the operator looks at the (empty) outbox
+    assert status == 0
+    fake.fail("messages", applied=True, hang=3)  # the note is in Chatwoot; its answer comes after the kill
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: fake.notes(conv.display_id), 5, "the note, applied")
+    await first.stop(signal.SIGKILL)
+    await wait_for(lambda: fake.in_flight == 0, 10, "the deliveries to the dead bot")
+    await processes(**env)
     await wait_for(lambda: fake.bot_messages(conv.display_id), 15, "the handoff message")
     await wait_for(lambda: fake.in_flight == 0, 10, "deliveries")
     assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)

@@ -6,8 +6,8 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime, timezone
 
 from loguru import logger
@@ -25,6 +25,7 @@ from .store import Commit, DecisionEntry, Store
 LOOKUP_TTL = 3600.0  # one Chatwoot look-up per contact per hour
 FAILED_LOOKUP_TTL = 60.0  # a failed look-up is not repeated for the same contact for a minute
 LOOKUP_TIMEOUT = 2.0  # the look-up happens before the webhook answers; Chatwoot waits 5 s
+READ_AGAIN_AFTER = 0.1  # seconds before a refused read is tried again (doubling, within LOOKUP_TIMEOUT)
 LOGGED = {"handoff", "defer", "keep", "pending"}  # decisions the operator page lists ("record" is bookkeeping)
 RELEASE_WITHIN = 0.3  # seconds a conversation lock's release may take before it is left to lapse
 DELIVERY_BUDGET = 4.0  # seconds for the conversation lock plus the look-up, so the answer beats those 5 s
@@ -93,6 +94,8 @@ class Handoffs:
         self.settings, self.store, self.chatwoot, self.metrics = settings, store, chatwoot, metrics
         self.clock, self.on_commit = clock, on_commit
         self.steady = steady or SteadyClock(lambda: clock().timestamp())
+        self._committing: dict[str, asyncio.Future[bool]] = {}  # a commit per conversation whose lock is held
+        self._releasing: set[asyncio.Future[None]] = set()
         self._lookups = asyncio.Semaphore(LOOKUP_CONCURRENCY)
         self._budget = LookupBudget()
         self.live = 0  # deliveries being decided right now (the sweep gives way to them)
@@ -127,18 +130,30 @@ class Handoffs:
                 return replace(facts, looked_up=True, previous=await self._look_up(c, deadline, cache))
 
     async def _pending_now(self, c: Conversation, deadline: float | None) -> bool:
-        """Whether Chatwoot shows the conversation pending now (4.16+; False where it cannot be asked)."""
+        """Whether Chatwoot shows the conversation pending now (4.16+; False where it cannot be asked). A read
+        refused for a moment (429, 5xx, no answer) is tried again within the delivery's budget: taken for "not
+        pending", the message would be one of the handed-off period, and the new period would stay pending (chaos
+        seeds 60 and 95)."""
         if self.chatwoot is None:
             return False
         loop = asyncio.get_running_loop()
+        pause = READ_AGAIN_AFTER
         try:  # bounded like a look-up: the conversation's lock is held meanwhile
             async with asyncio.timeout_at(min(deadline or math.inf, loop.time() + LOOKUP_TIMEOUT)):
-                view = await self.chatwoot.conversation_if_readable(c.account_id, c.display_id)
+                while True:
+                    try:
+                        view = await self.chatwoot.conversation_if_readable(c.account_id, c.display_id)
+                        break
+                    except ChatwootError as exc:
+                        if exc.final:
+                            raise
+                        await asyncio.sleep(pause)
+                        pause *= 2
         except (ChatwootError, TimeoutError) as exc:
             logger.warning(
                 "conversation {}: could not ask Chatwoot whether the handoff was undone ({}); the sweep looks again",
                 c.key,
-                exc,
+                exc or "no answer in time",
             )
             return False
         if view is not None and view.conversation.status == "pending":
@@ -253,7 +268,9 @@ class Handoffs:
     async def _locked(self, key: str, deadline: float) -> AsyncIterator[None]:
         """The conversation's lock, waited for until `deadline` at most. The webhook bounds the whole delivery
         (a commit it cuts short is found by the dedup key when Chatwoot retries); releasing the lock is bounded
-        too: a lock that cannot be released (a stalled store) lapses by itself."""
+        too: a lock that cannot be released (a stalled store) lapses by itself. A commit cut short but still on
+        its way to the store keeps the lock until the store has it: the next delivery decides on what it wrote
+        (seed 75: three handoffs while SQLite was locked by another connection)."""
         lock = self.store.lock(key)
         try:
             async with asyncio.timeout_at(deadline):
@@ -263,11 +280,25 @@ class Handoffs:
         try:
             yield
         finally:
-            try:
-                async with asyncio.timeout(RELEASE_WITHIN):
-                    await lock.__aexit__(None, None, None)
-            except Exception as exc:
-                logger.warning("conversation {}: its lock was not released ({!r}); it lapses by itself", key, exc)
+            writing = self._committing.pop(key, None)
+            if writing is not None and not writing.done():
+                writing.add_done_callback(lambda w: self._spawn(self._release(lock, key), w))
+            else:
+                await self._release(lock, key)
+
+    async def _release(self, lock: AbstractAsyncContextManager[None], key: str) -> None:
+        try:
+            async with asyncio.timeout(RELEASE_WITHIN):
+                await lock.__aexit__(None, None, None)
+        except Exception as exc:
+            logger.warning("conversation {}: its lock was not released ({!r}); it lapses by itself", key, exc)
+
+    def _spawn(self, release: Awaitable[None], written: asyncio.Future[bool]) -> None:
+        if not written.cancelled() and written.exception() is not None:  # its delivery, answered 500, is retried
+            logger.warning("a commit cut short failed too ({!r})", written.exception())
+        task = asyncio.ensure_future(release)
+        self._releasing.add(task)  # keep a reference until it ran
+        task.add_done_callback(self._releasing.discard)
 
     async def hand_off_now(self, c: Conversation, who: str) -> Decision:
         """The operator page's button, for a conversation Chatwoot says is pending: decided like a delivery
@@ -354,7 +385,11 @@ class Handoffs:
             log=log,
             log_size=self.settings.decision_log_size,
         )
-        done = await self.store.commit(commit, now)
+        # Shielded: cut short, it still reaches the store, and the conversation's lock waits for it (_locked).
+        writing = asyncio.ensure_future(self.store.commit(commit, now))
+        self._committing[c.key] = writing
+        done = await asyncio.shield(writing)
+        self._committing.pop(c.key, None)
         if done and decision.jobs:
             self.on_commit(len(decision.jobs))
         return done

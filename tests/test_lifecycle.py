@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from agentbot.events import CONVERSATION_EVENTS
 from tests.conftest import Clock, returning, wait_for
 from tests.test_page_http import client, sign_in
 
@@ -103,3 +104,23 @@ async def test_hand_off_now_brings_a_deferred_handoff_forward(fake, start_bot):
     await bot.idle()
     assert fake.opened_by(conv.display_id) == ["bot:7"]
     assert len(fake.notes(conv.display_id)) == 1
+
+
+async def test_a_refused_read_of_a_pending_again_conversation_is_tried_again_before_the_answer(fake, start_bot):
+    """Chaos seeds 95 (Redis) and 60 (SQLite): the customer writes into a new period whose resolve has not reached
+    the bot, and the read that would tell is refused once (429): the message was taken for one of the handed-off
+    period, the resolve's late events then made it a late delivery, and the new period stayed pending."""
+    maria, conv = returning(fake)
+    bot = await start_bot()
+    late = fake.hold_deliveries(lambda d: d.event in CONVERSATION_EVENTS)
+    fake.customer_writes(maria, "Again")
+    await wait_for(lambda: fake.notes(conv.display_id), 5, "the handoff's note")
+    await wait_for(lambda: _outbox_empty(bot), 5, "the handoff, finished")
+    fake.resolve(conv.display_id)
+    fake.fail("show", status=429)  # Rack::Attack, once
+    fake.customer_writes(maria, "Still broken")  # pending again: a new period
+    await wait_for(lambda: all(d.done for d in fake.deliveries if d not in late.held), 5, "the message")
+    late.release()
+    await bot.idle()
+    assert conv.status == "open"
+    assert [by for by in fake.opened_by(conv.display_id) if by.startswith("bot")] == ["bot:7", "bot:7"]

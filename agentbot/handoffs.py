@@ -147,8 +147,10 @@ class Handoffs:
         return False
 
     async def _dead_letter(self, conversation_key: str) -> bool:
-        """Whether the conversation has a dead letter: its handoff's open never landed (read only on a rare path)."""
-        return any(job.conversation_key == conversation_key for job in await self.store.dead_letters())
+        """Whether the conversation has a dead letter: its handoff's open never landed (read only on a rare path).
+        Another lane's (an Evolution switch given up) says nothing of Chatwoot's calls."""
+        dead = await self.store.dead_letters()
+        return any(job.conversation_key == conversation_key and not job.lane for job in dead)
 
     async def _look_up(self, c: Conversation, deadline: float | None = None, cache: bool = True) -> Resolved | None:
         """The contact's latest other resolved conversation in Chatwoot (user token), cached for an hour;

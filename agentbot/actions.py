@@ -227,7 +227,7 @@ class Job(msgspec.Struct, omit_defaults=True):
     def describe(self) -> str:
         ops = ", ".join(s.words() for s in self.steps)
         if self.not_before > self.decided_at > 0:  # both from the decision's clock (decide.py)
-            ops += f", {self.not_before - self.decided_at:.0f} s after the decision"
+            ops += f", {round(self.not_before - self.decided_at, 1):g} s after the decision"
         return f"conversation {self.conversation_key}: {ops}"
 
 

@@ -2,8 +2,9 @@
 committed with them. Pure: no I/O (one DEBUG line when the contact has no WhatsApp JID).
 
 A handoff pauses (now, and again SECOND_PAUSE seconds later: the message that caused it may start a new session
-a moment after the first pause), a give-back opens, a resolve closes (EVOLUTION_ON_RESOLVE). The guard drops a
-pause once its period ended and any switch once a later period began (actions.EvolutionPause, EvolutionSwitch).
+a moment after the first pause; a timer's handoff once the bot sees its open), a give-back opens, a resolve closes
+(EVOLUTION_ON_RESOLVE). The guard drops a pause once its period ended and any switch once a later period began
+(actions.EvolutionPause, EvolutionSwitch).
 """
 
 from __future__ import annotations
@@ -18,15 +19,19 @@ from .config import Settings
 from .events import Conversation
 from .evolution import Switch, Transition, conversation_jid, switches
 from .facts import ConversationState
+from .period import Phase
 
 LANE = "evolution"
 
 
 def transition_of(outcome: str, rule: str, c: Conversation, before: ConversationState) -> Transition | None:
     """The lifecycle transition a decision (its outcome and rule) is, as far as Evolution's sessions care.
-    `before` is what the bot remembered before the delivery. A deferred handoff pauses nothing yet: its open
-    waits in the conversation's timer (see the README: a timer holds one job)."""
+    `before` is what the bot remembered before the delivery."""
     if outcome == "handoff":
+        return Transition.HANDOFF
+    if outcome == "record" and c.status == "open" and before.in_period and before.phase is not Phase.HANDOFF:
+        # A pending period ended open without a handoff queued at once: a timer's (HANDOFF_AFTER_SECONDS, the
+        # next opening time: a timer holds its one Chatwoot job) or an agent's. Paused once the bot sees it open.
         return Transition.HANDOFF
     if outcome == "pending" and rule == "bot_command":
         return Transition.GIVE_BACK

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import re
+import time
 
 import pytest
 
@@ -56,6 +57,7 @@ def switched(evo, instance: str = "WhatsApp") -> list[tuple[str, str, str]]:
 async def test_a_handoff_pauses_evolutions_bot_and_again_a_moment_later(fake, evo, start):
     bot = await start()
     assert evo.customer_writes(JID)  # Evolution's Typebot talks to her
+    delivered = time.monotonic()
     conv = fake.customer_writes(maria(fake), "a human please", inbox=WHATSAPP).conversation
     await wait_for(lambda: switched(evo) == [("paused", JID, "WhatsApp")], 5, "the first pause")
     assert not evo.customer_writes(JID)
@@ -63,10 +65,24 @@ async def test_a_handoff_pauses_evolutions_bot_and_again_a_moment_later(fake, ev
     assert evo.customer_writes(JID)
     await wait_for(lambda: len(switched(evo)) == 2, 5, "the second pause")
     first, second = evo.calls_to("changeStatus")
-    assert second.at - first.at >= 0.3 and switched(evo)[1] == ("paused", JID, "WhatsApp")
+    assert second.at - delivered >= 0.3 and switched(evo)[1] == ("paused", JID, "WhatsApp")
     assert not evo.customer_writes(JID)
     await bot.idle()
     assert fake.conversation(conv.display_id).status == "open" and fake.notes(conv.display_id) == [ASKED]
+
+
+async def test_a_timers_handoff_pauses_once_the_bot_sees_it_open_and_so_does_an_agents_open(fake, evo, start):
+    bot = await start(HANDOFF_AFTER_SECONDS="1", EVOLUTION_INSTANCE="WhatsApp")  # conversation events: no inbox name
+    conv = fake.customer_writes(maria(fake), "hello", inbox=WHATSAPP).conversation  # kept, for a second
+    await wait_for(lambda: fake.conversation(conv.display_id).status == "open", 5, "the timer's handoff")
+    await wait_for(lambda: len(switched(evo)) == 2, 5, "both pauses")
+    other = "15550106@s.whatsapp.net"
+    taken = fake.customer_writes(maria(fake, phone_number="+1 555 0106"), "hello", inbox=WHATSAPP).conversation
+    await wait_for(lambda: fake.in_flight == 0, 0.5, "the keep decided")  # before the timer fires
+    fake.set_status(taken.display_id, "open")  # an agent takes it over before the timer
+    await wait_for(lambda: [j for _, j, _ in switched(evo)].count(other) == 2, 5, "the pauses at the agent's open")
+    await bot.idle()
+    assert [s for s, _, _ in switched(evo)] == ["paused"] * 4
 
 
 async def test_a_give_back_opens_evolutions_bot_by_command_and_by_assigning_the_bot(fake, evo, start):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .actions import AssignAgent, Attempt, Guard, Job, PrivateNote, PublicMessage, SetStatus, Step
+from .actions import Attempt, Guard, Job, PrivateNote, PublicMessage, SetStatus, Step
 from .constants import CATCH_UP, CATCH_UP_EVERY, LATE
 from .events import Listed, Message
 from .period import Phase
@@ -34,7 +34,6 @@ class Seen:
     phase: Phase
     status: str | None  # from Chatwoot just now when `fresh`, else the bot's memory
     fresh: bool = False
-    assignee: int | None = None  # a read's human assignee (None: nobody, a bot, or not read)
     unheard: bool = False  # a read shows a customer message the bot has not been delivered yet
     posted: bool | None = False  # the step's note or message is in the conversation; None: it cannot be told
 
@@ -84,46 +83,68 @@ def attempt_at(job: Job) -> Attempt | None:
     return Attempt(job.step, maybe=True) if job.recovered else None
 
 
+def _maybe(job: Job) -> bool:
+    """The current step's call may have landed already."""
+    attempt = attempt_at(job)
+    return attempt is not None and attempt.maybe
+
+
+def _posts(step: Step) -> bool:
+    return isinstance(step, PrivateNote | PublicMessage)
+
+
 def needs(job: Job, step: Step, now: float) -> frozenset[Look]:
-    """What to observe before `step`, besides the bot's memory."""
-    attempt, old = attempt_at(job), late(job, now)
-    maybe = attempt is not None and attempt.maybe
-    looks: set[Look] = set()
-    if step.guard is not Guard.WHERE_LEFT:  # the bot's memory of the periods is all they follow
-        return frozenset(looks)
+    """What to observe before `step`, besides the bot's memory (all that steps of other lanes follow)."""
+    if step.guard is not Guard.WHERE_LEFT:
+        return frozenset()
+    maybe, old = _maybe(job), late(job, now)
     # A handoff's message looks even on its first run: the period may have ended since its open landed.
-    if maybe or old or (isinstance(step, PublicMessage) and job.status_done):
-        looks.add(Look.CONVERSATION)
-    if isinstance(step, PrivateNote | PublicMessage) and (maybe or old):
-        # A late one (a retry, `outbox --retry`) is not repeated when the same text went out after its trigger,
-        # e.g. from the handoff that replaced a dead letter; one that may have landed is looked for everywhere.
-        looks.update((Look.ECHO, Look.MESSAGES) if maybe else (Look.ECHO,))
-    return frozenset(looks)
+    read = maybe or old or (isinstance(step, PublicMessage) and job.status_done)
+    # A late note or message (a retry, `outbox --retry`) is not repeated when the same text went out after its
+    # trigger, e.g. from the handoff that replaced a dead letter; one that may have landed is looked for everywhere.
+    posted = (Look.ECHO, Look.MESSAGES) if maybe else (Look.ECHO,) if old else ()
+    return frozenset(((Look.CONVERSATION,) if read else ()) + (posted if _posts(step) else ()))
 
 
 def verdict(job: Job, period: int, step: Step, seen: Seen, now: float, settle: float) -> Verdict:
     """`period` is the job's (period.period_of); `settle` how long an unanswered call may still be under way."""
+    waiting = _not_yet(job, now, settle)
+    if waiting is not None:
+        return waiting
+    if step.guard is not Guard.WHERE_LEFT:
+        return _by_period(step.guard, period, seen) or Send()
+    return (
+        _moot(job, period, step, seen, _maybe(job))
+        or _catching_up(job, step, seen, now)
+        or _posting(job, step, seen, now)
+    )
+
+
+def _not_yet(job: Job, now: float, settle: float) -> Wait | None:
     attempt = attempt_at(job)
     if attempt is not None and attempt.sent_at and now < attempt.sent_at + settle:
         return Wait(attempt.sent_at + settle, "its last call may still be under way")
-    if now < job.not_before:
-        return Wait(job.not_before, "it runs no sooner")
-    if step.guard is not Guard.WHERE_LEFT:
-        return _by_period(step.guard, period, seen) or Send()
-    maybe = attempt is not None and attempt.maybe
-    why = _moot(job, period, step, seen, maybe)
-    if isinstance(why, Drop | Done):
-        return why
-    if isinstance(step, SetStatus) and step.status == "open" and seen.unheard:
-        deadline = job.context.get("catch_up_until") or now + CATCH_UP
-        if now < deadline:
-            return Wait(now + CATCH_UP_EVERY, "Chatwoot shows a customer message the bot has not received", deadline)
-    if isinstance(step, PrivateNote | PublicMessage) and (maybe or late(job, now)):
-        if seen.posted:
-            return Done(f"the {step.op} was posted already")
-        if seen.posted is None:  # better lost than sent twice
-            return Done(f"the {step.op} may have been posted already and cannot be checked")
-    return Send()
+    return Wait(job.not_before, "it runs no sooner") if now < job.not_before else None
+
+
+def _catching_up(job: Job, step: Step, seen: Seen, now: float) -> Wait | None:
+    """An open that sees a customer message Chatwoot has not delivered to the bot waits for it, CATCH_UP at most
+    (a delivery can be lost with a killed instance): it may begin a new period, the one to decide on."""
+    if not (step == SetStatus("open") and seen.unheard):
+        return None
+    deadline = job.context.get("catch_up_until") or now + CATCH_UP
+    if now >= deadline:
+        return None
+    return Wait(now + CATCH_UP_EVERY, "Chatwoot shows a customer message the bot has not received", deadline)
+
+
+def _posting(job: Job, step: Step, seen: Seen, now: float) -> Done | Send:
+    """A note or message that may have landed, or runs late, is not posted again when it is found (or cannot be
+    told: better lost than sent twice)."""
+    if not (_posts(step) and (_maybe(job) or late(job, now))) or seen.posted is False:
+        return Send()
+    found = "was posted already" if seen.posted else "may have been posted already and cannot be checked"
+    return Done(f"the {step.op} {found}")
 
 
 def _by_period(rule: Guard, period: int, seen: Seen) -> Drop | None:
@@ -149,8 +170,6 @@ def _moot(job: Job, period: int, step: Step, seen: Seen, maybe: bool) -> Drop | 
         return Drop("was resolved or snoozed since")
     if pending_job and seen.phase is Phase.HUMANS and seen.status == "pending":
         return Drop("is pending again since it was opened")
-    if isinstance(step, AssignAgent) and seen.assignee not in (None, step.assignee_id):
-        return Drop(f"an agent assigned it to user {seen.assignee} since")
     return by_status
 
 
@@ -165,6 +184,8 @@ def _by_status(job: Job, step: Step, seen: Seen, maybe: bool) -> Drop | Done | N
         return Done(f"it is {status} already") if status == step.status and maybe else Drop(f"is {status} now")
     if job.status_done:  # back to `expected` then is a new period, unless the bot's memory lags its own change
         ok = status == target or (status == expected and not seen.fresh)
+    elif maybe and status == target:  # a run cut short got past this step: the job's own status is set
+        return Done(f"it is {status} already: the steps before were carried out")
     else:
         ok = status == expected
     return None if ok else Drop(f"is {status} now")
@@ -185,22 +206,19 @@ def unheard(job: Job, step: Step, view: Listed, latest_message: int | None) -> b
     )
 
 
-def human_assignee(view: Listed) -> int | None:
-    assignee = view.conversation.assignee
-    return assignee.id if assignee is not None and assignee.kind == "user" else None
-
-
 def posted(
     content: str, trigger: int | None, echoed: bool, view: Listed | None, latest: list[Message] | None
 ) -> bool | None:
     """Whether the bot's `content` is in the conversation after its trigger, from the evidence gathered: its echo
     (delivered back to the bot), the conversation's last message (a read), its latest messages (a user token).
     None when nothing could show it either way."""
-    if echoed:
-        return True
-    last = view.last_message if view else None
-    if last and last.sender.kind == "agent_bot" and last.content == content:
+    last = [view.last_message] if view and view.last_message else []
+    if echoed or any(_ours(m, content, None) for m in last):
         return True
     if latest is not None:
-        return any(m.sender.kind == "agent_bot" and m.content == content and m.id > (trigger or 0) for m in latest)
+        return any(_ours(m, content, trigger) for m in latest)
     return False if view is not None else None
+
+
+def _ours(m: Message, content: str, after: int | None) -> bool:
+    return m.sender.kind == "agent_bot" and m.content == content and m.id > (after or 0)

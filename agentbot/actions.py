@@ -91,7 +91,33 @@ class PublicMessage(_Step, tag="message", frozen=True):
         return f"message {self.content!r}"
 
 
-Step = AssignTeam | AssignAgent | SetPriority | SetStatus | PrivateNote | PublicMessage
+# Evolution API (issue 24): its own bots' sessions of the contact, switched in lane "evolution" (evolution_jobs.py
+# queues them, evolution_switch.py carries them out).
+class EvolutionSwitch(_Step, tag="evolution", frozen=True):
+    """POST /{integration}/changeStatus/{instance} {remoteJid, status} in Evolution API: `opened` at a give-back,
+    `closed` at a resolve; dropped only once a later period began. The instance is the inbox's, found when the
+    call is made (the inbox's name is in message deliveries only)."""
+
+    integration: str
+    status: str
+    remote_jid: str
+    inbox_id: int | None = None
+    inbox_name: str | None = None
+    guard = Guard.NO_LATER
+
+    def words(self) -> str:
+        return f"Evolution {self.integration} {self.status} {self.remote_jid}"
+
+
+class EvolutionPause(EvolutionSwitch, tag="evolution-pause", frozen=True):
+    """`paused` at a handoff: only while the handoff's period lasts (not once it was resolved or given back)."""
+
+    guard = Guard.PERIOD
+
+
+Step = (
+    AssignTeam | AssignAgent | SetPriority | SetStatus | PrivateNote | PublicMessage | EvolutionSwitch | EvolutionPause
+)
 
 
 class Attempt(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -199,6 +225,8 @@ class Job(msgspec.Struct, omit_defaults=True):
 
     def describe(self) -> str:
         ops = ", ".join(s.words() for s in self.steps)
+        if self.not_before > self.decided_at > 0:  # both from the decision's clock (decide.py)
+            ops += f", {round(self.not_before - self.decided_at, 1):g} s after the decision"
         return f"conversation {self.conversation_key}: {ops}"
 
 

@@ -13,6 +13,8 @@ from . import page
 from .chatwoot import Chatwoot, Throttle
 from .clock import SteadyClock
 from .config import ConfigError, Settings, mask
+from .evolution import Evolution
+from .evolution_switch import Switcher
 from .handoffs import Handoffs
 from .metrics import Metrics
 from .outbox import Outbox
@@ -43,6 +45,7 @@ class Bot:
         self.steady = SteadyClock(lambda: clock().timestamp())  # the outbox's and the store queue's clock
         self.store = store or store_for(settings, runs_jobs=True)
         self.metrics = Metrics()
+        self.evolution: Switcher | None = None  # Evolution API's switches (EVOLUTION_URL), made at start-up
         self.sweeper: PageSweeper | None = (
             None  # the sweep, when the app has one (page.panels.Sweeper); the operator page offers it
         )
@@ -55,7 +58,10 @@ class Bot:
         token = s.chatwoot_bot_token.get_secret_value() if s.chatwoot_bot_token else None
         self.chatwoot = Chatwoot(self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics)
         reader = s.chatwoot_api_token.get_secret_value() if s.chatwoot_api_token else None
-        self.outbox = Outbox(self.store, self.chatwoot, self.metrics, self.steady, s.action_max_age, reader)
+        self.evolution = self._evolution()
+        self.outbox = Outbox(
+            self.store, self.chatwoot, self.metrics, self.steady, s.action_max_age, reader, self.evolution
+        )
         self.handoffs = Handoffs(s, self.store, self.chatwoot, self.metrics, self.clock, self.outbox.wake, self.steady)
         self.outbox.start()
         self.sweeps = self.sweeper = self._sweeps(token)
@@ -72,6 +78,14 @@ class Bot:
         await self.outbox.stop(SHUTDOWN_GRACE)
         await self.session.close()
         await self.store.close()
+
+    def _evolution(self) -> Switcher | None:
+        """Evolution API's switches, on the app's one session (EVOLUTION_URL unset: none)."""
+        s = self.settings
+        if s.evolution_url is None or s.evolution_api_key is None:
+            return None
+        client = Evolution(self.session, s.evolution_url, s.evolution_api_key.get_secret_value(), metrics=self.metrics)
+        return Switcher(s, client, self.chatwoot, self.metrics)
 
     def _sweeps(self, token: str | None) -> SweepLoop | None:
         """The sweep (periodic with SWEEP_INTERVAL, and on demand from the operator page), with its own throttled

@@ -17,6 +17,7 @@ from msgspec.structs import replace
 from .actions import AssignAgent, AssignTeam, Job, PrivateNote, PublicMessage, SetPriority, SetStatus, Step
 from .config import Rules, Settings
 from .events import Conversation, Delivery, Message
+from .evolution_jobs import evolution_jobs, transition_of
 from .facts import ConversationState, Facts, Resolved
 from .keywords import find_keyword, fold
 from .period import CustomerWrote, Effect, GivenBack, HandoffDecided, PendingAgain, Phase, StatusShown, on_event
@@ -109,7 +110,23 @@ def decide(
     if isinstance(decision, Decision) and m and c and decision.state is not None:
         # private notes never show as the conversation's latest message
         decision.state = decision.state.saw(c.status, c.updated, None if m.private else m.id, c.bot_owned)
+    if isinstance(decision, Decision) and c is not None:
+        _switch_evolution(decision, c, facts.state, now, settings, m.id if m else c.last_message_id)
     return decision
+
+
+def _switch_evolution(
+    decision: Decision,
+    c: Conversation,
+    before: ConversationState,
+    now: datetime,
+    settings: Settings,
+    trigger: int | None,
+) -> None:
+    """Evolution API's bot sessions follow the conversation's life (evolution_jobs.py): its jobs join the decision's."""
+    transition = transition_of(decision.outcome, decision.rule, c, before)
+    period = (decision.state or before).period
+    decision.jobs += evolution_jobs(transition, c, settings, now, period, decision.reason, decision.rule, trigger)
 
 
 def _decide(
@@ -348,7 +365,11 @@ def operator_handoff(c: Conversation, facts: Facts, now: datetime, settings: Set
         reason += " (a handoff waiting for the opening time, brought forward)"
     rules = settings.rules_for(c.inbox_id)
     # the trigger: only the bot's messages after the conversation's last one count as this handoff's
-    return _handoff(c, replace(facts, state=state), now, rules, "operator", reason, c.last_message_id, deferrable=False)
+    decision = _handoff(
+        c, replace(facts, state=state), now, rules, "operator", reason, c.last_message_id, deferrable=False
+    )
+    _switch_evolution(decision, c, facts.state, now, settings, c.last_message_id)
+    return decision
 
 
 def _handoff(

@@ -57,6 +57,13 @@ class Metrics:
             ["endpoint", "status"],
             registry=r,
         )
+        self.evolution_switches = Counter(
+            "agentbot_evolution_switches_total",
+            "Evolution switch steps by status asked and result (done; refused: a configuration problem; skipped: "
+            "an inbox Evolution does not feed)",
+            ["status", "result"],
+            registry=r,
+        )
         self._delivered: dict[tuple[str, str], Counter] = {}  # few: known events × outcomes
         # Forwarding to the team's own bot (forward.py; the outbox step counts forwards and their age).
         self.forwards = Counter(

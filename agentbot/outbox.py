@@ -22,6 +22,7 @@ from .actions import (
     AssignAgent,
     AssignTeam,
     Attempt,
+    EvolutionSwitch,
     Job,
     PrivateNote,
     PublicMessage,
@@ -43,6 +44,7 @@ from .constants import (
     TICK,
     WORKERS,
 )
+from .evolution_switch import Switcher
 from .metrics import Metrics
 from .observe import Observer
 from .store import Store
@@ -74,9 +76,12 @@ class Outbox:
         clock: Callable[[], float],
         max_age: float,
         reader_token: str | None = None,
+        evolution: Switcher | None = None,
     ):
-        """`clock`: the steady clock (clock.SteadyClock) the store's queue times are written with."""
+        """`clock`: the steady clock (clock.SteadyClock) the store's queue times are written with; `evolution`:
+        Evolution API's switches (None: EVOLUTION_URL is unset)."""
         self.store, self.chatwoot, self.metrics, self.clock, self.max_age = store, chatwoot, metrics, clock, max_age
+        self.evolution = evolution
         self.observer = Observer(store, chatwoot, reader_token)
         self._sleepers: deque[asyncio.Future[None]] = deque()  # idle workers, woken one per new job
         self._stopping = asyncio.Event()
@@ -378,6 +383,12 @@ class Outbox:
                 agent = await cw.assign_agent(a, d, assignee_id)
                 if fallback is not None:
                     await self._check_agent(job, step, fallback, agent)
+            case EvolutionSwitch() if self.evolution is not None:  # and EvolutionPause
+                await self.evolution.switch(job, step)
+            case EvolutionSwitch():
+                logger.info(
+                    "conversation {}: EVOLUTION_URL is unset now: {} left undone", job.conversation_key, step.words()
+                )
 
     async def _check_agent(self, job: Job, step: AssignAgent, fallback: str, agent: Agent | None) -> None:
         """A returning customer's previous agent who is offline or gone gives way to the fallback."""

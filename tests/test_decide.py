@@ -13,7 +13,17 @@ from typing import Any
 import pytest
 from msgspec.structs import replace
 
-from agentbot.actions import AssignAgent, AssignTeam, PrivateNote, PublicMessage, SetPriority, SetStatus, Step
+from agentbot.actions import (
+    AssignAgent,
+    AssignTeam,
+    EvolutionPause,
+    EvolutionSwitch,
+    PrivateNote,
+    PublicMessage,
+    SetPriority,
+    SetStatus,
+    Step,
+)
 from agentbot.config import Settings, load
 from agentbot.decide import Decision, Need, decide, operator_handoff
 from agentbot.events import Delivery, parse
@@ -96,6 +106,20 @@ KEYWORD = {"HANDOFF_KEYWORDS": "human"}
 ASKED = 'Customer asked for a person ("human")'
 HUMAN = {"content": "a human please"}
 DEFERRED = f"{ASKED} (deferred from closed hours)"
+
+# Evolution API (issue 24): the contact's WhatsApp sessions switched in lane "evolution" beside the decision's jobs.
+EVOLUTION = {"EVOLUTION_URL": "https://evo.example.com", "EVOLUTION_API_KEY": "k"}
+PHONE = {"phone_number": "+55 11 91234-5678"}
+JID = "5511912345678@s.whatsapp.net"
+
+
+N8N = EvolutionPause("n8n", "paused", JID, 3, "Website")
+
+
+def evo(status: str, jid: str = JID, inbox: str | None = "Website") -> EvolutionSwitch:
+    kind = EvolutionPause if status == "paused" else EvolutionSwitch
+    return kind("typebot", status, jid, 3, inbox)
+
 
 CASES = [
     # ---- why a delivery needs nothing, whatever the bot remembers (triage) ----
@@ -585,6 +609,173 @@ CASES = [
         now=SUNDAY_NIGHT,
         live=False,
     ),
+    # ---- Evolution's bot sessions (EVOLUTION_URL): paused at a handoff, twice; opened at a give-back; closed ----
+    row(
+        "evolution-handoff-pauses-now-and-again",
+        PENDING_MSG,
+        "handoff",
+        "keyword",
+        [[OPEN, note(ASKED)], [evo("paused")], [evo("paused")]],
+        env={**KEYWORD, **EVOLUTION},
+        message=HUMAN,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-each-integration",
+        PENDING_MSG,
+        "handoff",
+        "keyword",
+        [[OPEN, note(ASKED)], [evo("paused"), N8N], [evo("paused"), N8N]],
+        env={**KEYWORD, **EVOLUTION, "EVOLUTION_BOTS": "typebot,N8N"},
+        message=HUMAN,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-group-jid",
+        PENDING_MSG,
+        "handoff",
+        "group",
+        [[OPEN], [evo("paused", "120363041@g.us")], [evo("paused", "120363041@g.us")]],
+        env={"WHATSAPP_GROUPS": "open", **EVOLUTION},
+        contact={"identifier": "120363041@g.us"},
+    ),
+    row(
+        "evolution-agent-reply-pauses",
+        OUTGOING,
+        "handoff",
+        "agent_reply",
+        [[OPEN, note("Sam Rivera replied while the conversation was pending")], [evo("paused")], [evo("paused")]],
+        message={"sender": AGENT},
+        env=EVOLUTION,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-unset-pauses-nothing",
+        PENDING_MSG,
+        "handoff",
+        "keyword",
+        [[OPEN, note(ASKED)]],
+        env=KEYWORD,
+        message=HUMAN,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-website-contact-has-no-jid",
+        PENDING_MSG,
+        "handoff",
+        "keyword",
+        [[OPEN, note(ASKED)]],
+        env={**KEYWORD, **EVOLUTION},
+        message=HUMAN,
+    ),
+    row(
+        "evolution-system-contact-is-not-switched",
+        PENDING_MSG,
+        "handoff",
+        "system",
+        [[OPEN]],
+        env=EVOLUTION,
+        contact={"phone_number": "+123456"},
+    ),
+    row("evolution-keep-switches-nothing", PENDING_MSG, "keep", env=EVOLUTION, contact=PHONE),
+    row(
+        "evolution-deferred-handoff-pauses-nothing-yet",
+        PENDING_MSG,
+        "defer",
+        "keyword",
+        timer=(MONDAY_9, [OPEN, note(DEFERRED)]),
+        env={**KEYWORD, **HOURS, **EVOLUTION},
+        message=HUMAN,
+        now=SUNDAY_NIGHT,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-timers-open-pauses-when-seen",
+        "conversation_opened",
+        "record",
+        jobs=[[evo("paused", inbox=None)], [evo("paused", inbox=None)]],
+        timer="cancel",
+        state=ConversationState(phase=Phase.DEFERRED, timer_due=MONDAY_9),
+        env=EVOLUTION,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-an-agent-opening-a-pending-period-pauses",
+        "conversation_opened",
+        "record",
+        jobs=[[evo("paused", inbox=None)], [evo("paused", inbox=None)]],
+        timer="cancel",
+        state=ConversationState(incoming=1),
+        env=EVOLUTION,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-the-handoffs-own-open-pauses-nothing-more",
+        "conversation_opened",
+        "record",
+        timer="cancel",
+        state=ConversationState(phase=Phase.HANDOFF),
+        env=EVOLUTION,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-giveback-opens",
+        NOTE,
+        "pending",
+        "bot_command",
+        [[PENDING], [evo("opened")]],
+        message={"content": "#bot"},
+        timer="cancel",
+        env=EVOLUTION,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-giveback-by-assignment-opens",
+        REOPENED,
+        "keep",
+        jobs=[[evo("opened")]],
+        meta={"assignee": BOT, "assignee_type": "AgentBot"},
+        state=ConversationState(human_owned=True),
+        env=EVOLUTION,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-resolve-closes",
+        "conversation_resolved",
+        "record",
+        jobs=[[evo("closed", inbox=None)]],
+        timer="cancel",
+        env=EVOLUTION,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-resolve-seen-already-closes-nothing",
+        "conversation_status_changed",
+        "record",
+        message={"status": "resolved"},
+        timer="cancel",
+        state=ConversationState(status="resolved"),
+        env=EVOLUTION,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-resolve-keep",
+        "conversation_resolved",
+        "record",
+        timer="cancel",
+        env={**EVOLUTION, "EVOLUTION_ON_RESOLVE": "keep"},
+        contact=PHONE,
+    ),
+    row(
+        "evolution-snooze-switches-nothing",
+        "conversation_status_changed",
+        "record",
+        message={"status": "snoozed"},
+        timer="cancel",
+        state=ConversationState(timer_due=1.0),
+        env=EVOLUTION,
+        contact=PHONE,
+    ),
     # ---- no rule fired: the conversation stays pending ----
     row("keep", PENDING_MSG, "keep", reason="no rule fired"),
     row(
@@ -672,3 +863,34 @@ def test_a_resolve_remembers_the_contacts_conversation_and_its_agent() -> None:
     decision = decide(delivery(Case("conversation_resolved", "")), Facts(), NOON, settings())
     assert decision.resolved == Resolved(42, "2026-11-25", 5)
     assert decision.state is not None and decision.state.resolved_on == "2026-11-25"
+
+
+def test_evolution_jobs_queue_in_their_lane_and_the_second_pause_waits() -> None:
+    case = Case(PENDING_MSG, "handoff", env={**KEYWORD, **EVOLUTION}, message=HUMAN, contact=PHONE)
+    decision = decide(delivery(case), Facts(), NOON, settings(**case.env))
+    assert isinstance(decision, Decision)
+    chatwoot, first, second = decision.jobs
+    assert (chatwoot.lane, first.lane, second.lane) == ("", "evolution", "evolution")
+    assert first.not_before == 0 and second.not_before == NOON.timestamp() + 10
+    assert first.period == second.period == decision.state.period and first.trigger == 4711
+    assert "Evolution typebot paused 5511912345678@s.whatsapp.net, 10 s after the decision" in decision.describe()
+
+
+def test_the_operators_button_pauses_evolutions_bot_too() -> None:
+    case = Case(PENDING_MSG, "", contact=PHONE)
+    c = delivery(case).conversation
+    assert c is not None
+    decision = operator_handoff(c, Facts(), NOON, settings(**EVOLUTION), "Ana")
+    assert outcome(decision)[2][1:] == [[evo("paused")], [evo("paused")]]
+
+
+def test_a_give_back_opens_in_the_new_period_and_a_resolve_closes_in_its_own() -> None:
+    before = ConversationState(period=4, phase=Phase.HUMANS, status="open")
+    back = decide(
+        delivery(Case(NOTE, "", message={"content": "#bot"}, contact=PHONE)), Facts(before), NOON, settings(**EVOLUTION)
+    )
+    assert isinstance(back, Decision) and [j.period for j in back.jobs] == [5, 5]
+    resolved = decide(
+        delivery(Case("conversation_resolved", "", contact=PHONE)), Facts(before), NOON, settings(**EVOLUTION)
+    )
+    assert isinstance(resolved, Decision) and [j.period for j in resolved.jobs] == [4]

@@ -13,6 +13,8 @@ from agentbot.actions import (
     AssignAgent,
     AssignTeam,
     Attempt,
+    EvolutionPause,
+    EvolutionSwitch,
     Guard,
     Job,
     PrivateNote,
@@ -247,6 +249,37 @@ def test_verdict_of_steps_that_follow_the_periods(step: Any, s: Seen, verdict: t
     j = job([step])
     assert type(guard.verdict(j, 2, step, s, NOW, SETTLE)) is verdict
     assert guard.needs(j, step, NOW) == set()
+
+
+PAUSE = EvolutionPause("typebot", "paused", "5511912345678@s.whatsapp.net", 4, "WhatsApp")
+OPENED, CLOSED = (EvolutionSwitch("typebot", s, PAUSE.remote_jid, 4) for s in ("opened", "closed"))
+
+
+@pytest.mark.parametrize(
+    "step, s, verdict",
+    [
+        pytest.param(PAUSE, seen(), Send, id="evolution-pause-before-the-open-landed-is-sent"),
+        pytest.param(PAUSE, seen("open", Phase.HUMANS), Send, id="evolution-pause-after-the-open-is-sent"),
+        pytest.param(PAUSE, seen("resolved", Phase.CLOSED), Drop, id="evolution-pause-once-resolved-is-dropped"),
+        pytest.param(PAUSE, seen(period=3, phase=Phase.BOT), Drop, id="evolution-pause-once-given-back-is-dropped"),
+        pytest.param(OPENED, seen(phase=Phase.BOT), Send, id="evolution-opened-in-its-period-is-sent"),
+        pytest.param(OPENED, seen(period=3), Drop, id="evolution-opened-once-handed-off-again-is-dropped"),
+        pytest.param(CLOSED, seen("resolved", Phase.CLOSED), Send, id="evolution-closed-after-the-resolve-is-sent"),
+        pytest.param(
+            CLOSED, seen(period=3, phase=Phase.HANDOFF), Drop, id="evolution-closed-after-a-newer-handoff-is-dropped"
+        ),
+    ],
+)
+def test_verdict_of_evolutions_switches(step: Any, s: Seen, verdict: type) -> None:
+    j = job([step], attempts=3, attempt=MAYBE)  # a retried one looks at nothing either: the bot's memory says it all
+    assert type(guard.verdict(j, 2, step, s, NOW, SETTLE)) is verdict
+    assert guard.needs(j, step, NOW) == set()
+
+
+def test_the_second_pause_waits_for_its_time_then_follows_its_period() -> None:
+    j = job([PAUSE], not_before=NOW + 10)
+    assert guard.verdict(j, 2, PAUSE, seen("open", Phase.HUMANS), NOW, SETTLE) == Wait(NOW + 10, "it runs no sooner")
+    assert isinstance(guard.verdict(j, 2, PAUSE, seen(period=3), NOW + 10, SETTLE), Drop)
 
 
 def test_a_job_runs_no_sooner_than_it_may() -> None:

@@ -116,6 +116,8 @@ async def health(bot: Bot, accounts: list[int], dead: int) -> tuple[list[Check],
         detail = "yes" if ok else f"{probe}; copy the token again from Settings → Bots into CHATWOOT_BOT_TOKEN"
         checks.append(Check(f"Bot token accepted in account {account}", "ok" if ok else "bad", detail))
     checks.append(await _store(bot, dead))
+    if bot.evolution is not None:  # Evolution API (issue 24): a refused switch stays red until one works again
+        checks.append(Check("Evolution API", *bot.evolution.health()))
     return checks, missing(s), version
 
 

@@ -20,6 +20,7 @@ from .events import Conversation, Delivery, Message
 from .facts import ConversationState, Facts, Resolved
 from .keywords import find_keyword, fold
 from .period import CustomerWrote, Effect, GivenBack, HandoffDecided, PendingAgain, Phase, StatusShown, on_event
+from .relay import forward_job
 
 # What became of a delivery; "duplicate" is the service's: the store had the delivery already.
 Outcome = Literal["handoff", "defer", "keep", "pending", "record", "ignore", "duplicate"]
@@ -98,18 +99,53 @@ def triage(d: Delivery, settings: Settings) -> str | None:
 
 
 def decide(
-    d: Delivery, facts: Facts, now: datetime, settings: Settings, *, live: bool = True, counted: int | None = None
+    d: Delivery,
+    facts: Facts,
+    now: datetime,
+    settings: Settings,
+    *,
+    live: bool = True,
+    counted: int | None = None,
+    body: bytes | None = None,
 ) -> Decision | Need:
     """`live=False` is the sweep: the message was seen before (no greeting, no away message; the customer's
     messages in the period are `counted` from the listing), the contact is looked up only when the bot has not
     seen the customer write in this period, and HANDOFF_AFTER_SECONDS runs from the conversation's
-    `waiting_since`."""
+    `waiting_since`. `body`: the delivery as Chatwoot sent it, forwarded to the team's bot when it is theirs."""
     decision = _decide(d, facts, now, settings, live, counted)
     m, c = d.message, d.conversation
     if isinstance(decision, Decision) and m and c and decision.state is not None:
         # private notes never show as the conversation's latest message
         decision.state = decision.state.saw(c.status, c.updated, None if m.private else m.id, c.bot_owned)
+    if isinstance(decision, Decision) and body is not None:
+        _forward(d, body, facts, decision, now, settings)
     return decision
+
+
+# ---- forwarding to the team's own bot (relay.py) ----
+def _forward(d: Delivery, body: bytes, facts: Facts, decision: Decision, now: datetime, settings: Settings) -> None:
+    """The delivery's forward job, with the decision (and so in its commit), when it is the team's bot's."""
+    job = forward_job(d, body, facts.state, decision.outcome, decision.state, now, settings)
+    if job is not None:
+        decision.jobs.append(job)
+
+
+def forward_handoff(
+    c: Conversation, facts: Facts, now: datetime, settings: Settings, period: int | None, reason: str
+) -> Decision:
+    """The team's bot asked for a person (or did not answer for FORWARD_MAX_AGE, FORWARD_FALLBACK=open): the inbox's
+    handoff, like a rule's, while the conversation is still the bot's: in the period the forward was decided in,
+    not handed off. An answer to an event of a conversation already with humans hands off nothing."""
+    if not settings.acts_on(c.account_id, c.inbox_id):
+        return ignore(f"inbox {c.inbox_id} is not one this bot handles (INBOX_IDS, IGNORE_INBOX_IDS)")
+    state = facts.state
+    if state.phase is not Phase.BOT or (period is not None and state.period != period):
+        return ignore(f"the conversation is no longer the bot's ({state.phase}, period {state.period})")
+    trigger = max(state.latest_message or 0, c.last_message_id or 0) or None
+    return _handoff(c, facts, now, settings.rules_for(c.inbox_id), "forward", reason, trigger)
+
+
+# ---- end of forwarding ----
 
 
 def _decide(

@@ -22,6 +22,7 @@ from .actions import (
     AssignAgent,
     AssignTeam,
     Attempt,
+    Forward,
     Job,
     PrivateNote,
     PublicMessage,
@@ -30,7 +31,7 @@ from .actions import (
     Step,
     posted_text,
 )
-from .chatwoot import Agent, Chatwoot, ChatwootError, NoAnswer
+from .chatwoot import Agent, Chatwoot, ChatwootError, NoAnswer, Refused
 from .constants import (
     BACKOFF_BASE,
     BACKOFF_CAP,
@@ -44,6 +45,7 @@ from .constants import (
 )
 from .metrics import Metrics
 from .observe import Observer
+from .relay import Relay
 from .store import Store
 from .store.base import LEASE
 
@@ -72,9 +74,12 @@ class Outbox:
         clock: Callable[[], float],
         max_age: float,
         reader_token: str | None = None,
+        relay: Relay | None = None,
     ):
-        """`clock`: the steady clock (clock.SteadyClock) the store's queue times are written with."""
+        """`clock`: the steady clock (clock.SteadyClock) the store's queue times are written with; `relay` runs the
+        forwards to the team's bot (app.py sets it once Handoffs exists)."""
         self.store, self.chatwoot, self.metrics, self.clock, self.max_age = store, chatwoot, metrics, clock, max_age
+        self.relay = relay
         self.observer = Observer(store, chatwoot, reader_token)
         self._sleepers: deque[asyncio.Future[None]] = deque()  # idle workers, woken one per new job
         self._stopping = asyncio.Event()
@@ -376,6 +381,10 @@ class Outbox:
                 agent = await cw.assign_agent(a, d, assignee_id)
                 if fallback is not None:
                     await self._check_agent(job, step, fallback, agent)
+            case Forward():  # to the team's own bot (relay.py)
+                if self.relay is None:
+                    raise Refused("forward", None, "this process does not forward (no relay)")
+                await self.relay.run(job, step)
 
     async def _check_agent(self, job: Job, step: AssignAgent, fallback: str, agent: Agent | None) -> None:
         """A returning customer's previous agent who is offline or gone gives way to the fallback."""

@@ -53,7 +53,7 @@ local function order_of(job)
   local o = cjson.decode(job).order
   return type(o) == 'number' and o or 0
 end
-local function push(conv, job, now, order, not_before)
+local function place(conv, job, order)
   local q = P..'q:'..conv
   local before = nil
   if type(order) == 'number' then
@@ -64,6 +64,9 @@ local function push(conv, job, now, order, not_before)
     end
   end
   if before then redis.call('LINSERT', q, 'BEFORE', before, job) else redis.call('RPUSH', q, job) end
+end
+local function push(conv, job, now, order, not_before)
+  place(conv, job, order)
   local ready = now
   if type(not_before) == 'number' and not_before > now then ready = not_before end
   redis.call('ZADD', P..'ready', 'NX', ready, conv)
@@ -152,16 +155,24 @@ return 1
 """
 )
 
-# ARGV: conv, id, token, how ('done'|'retry'|'dead'), job json, ready_at
+# ARGV: conv, id, token, how ('done'|'retry'|'dead'), job json, ready_at. A job put back takes its place by
+# order again: one of a lower order queued meanwhile goes first (as SQLite's claim picks it).
 RELEASE = (
     OWNED
+    + PUSH
     + """
 local conv, id, how, job, at = ARGV[1], ARGV[2], ARGV[4], ARGV[5], tonumber(ARGV[6])
 if not owned(conv, id, ARGV[3]) then return 0 end
 local q = P..'q:'..conv
 redis.call('DEL', P..'owner:'..conv)
 if how == 'retry' then
-  redis.call('LSET', q, 0, job)
+  local order = cjson.decode(job).order
+  if type(order) == 'number' then
+    redis.call('LPOP', q)
+    place(conv, job, order)
+  else
+    redis.call('LSET', q, 0, job)
+  end
 else
   redis.call('LPOP', q)
   redis.call('DECR', P..'depth')

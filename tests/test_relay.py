@@ -128,7 +128,7 @@ async def test_a_dead_team_bot_ends_in_a_handoff_after_forward_max_age(fake, sta
     else:
         assert conv.status == "pending" and fake.notes(conv.display_id) == []
         assert any("did not take the message_created within FORWARD_MAX_AGE" in line for line in log_lines)
-    assert [d for d in await bot.bot.store.dead_letters()] == []
+    assert await bot.bot.store.dead_letters() == []
 
 
 async def test_a_give_back_resumes_forwarding(fake, start_bot, team):

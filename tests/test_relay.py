@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from agentbot.page import panels
 from tests.conftest import Clock, counted, wait_for
 from tests.teambot import Received, TeamBot
 
@@ -94,6 +95,9 @@ async def test_503s_are_retried_and_the_order_kept(fake, start_bot, team, store_
     assert [r.answer for r in team.received if r.payload["event"] == "message_created"][:3] == [503] * 3
     metrics = (await bot.get("/metrics"))[1]
     assert counted(metrics, "agentbot_forward_attempts_total")[("retry",)] == 3
+    health = panels.team_bot(bot.bot)  # the operator page's line
+    assert health is not None and health.level == "warn"
+    assert health.detail.startswith("last success 0 s ago, 3 failed attempts in the last hour"), health.detail
 
 
 async def test_the_team_bot_asks_for_a_person_and_the_note_says_why(fake, start_bot, team):
@@ -116,6 +120,8 @@ async def test_a_dead_team_bot_ends_in_a_handoff_after_forward_max_age(fake, sta
     bot = await start_bot(clock, **env(team), FORWARD_MAX_AGE="5", FORWARD_TIMEOUT="1", FORWARD_FALLBACK=fallback)
     conv = fake.customer_writes(fake.contact(), "Anyone there?").conversation
     await wait_for(lambda: len(team.received) >= 2, 5, "two failed attempts")
+    health = panels.team_bot(bot.bot)
+    assert health is not None and "no success yet" in health.detail and "oldest forward waiting" in health.detail
     clock.at = datetime.now(timezone.utc) + timedelta(seconds=6)  # FORWARD_MAX_AGE has passed
     await wait_for(lambda: "expired" in str(counted(bot.bot.metrics.render().decode(), "agentbot_forwards_total")))
     await bot.idle()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import statistics
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -116,7 +117,23 @@ async def health(bot: Bot, accounts: list[int], dead: int) -> tuple[list[Check],
         detail = "yes" if ok else f"{probe}; copy the token again from Settings → Bots into CHATWOOT_BOT_TOKEN"
         checks.append(Check(f"Bot token accepted in account {account}", "ok" if ok else "bad", detail))
     checks.append(await _store(bot, dead))
+    checks += [check for check in (team_bot(bot),) if check is not None]
     return checks, missing(s), version
+
+
+def team_bot(bot: Bot) -> Check | None:
+    """The team's own bot behind this one (forwarding, relay.py): its last success, failed attempts in the last
+    hour, and how long the oldest forward waiting for a retry has waited."""
+    relay = getattr(bot, "relay", None)
+    if relay is None or not bot.settings.forwards:
+        return None
+    last, failures, oldest = relay.last_success, relay.failures_last_hour(), relay.oldest_waiting()
+    said = [f"last success {_duration(time.time() - last)} ago" if last else "no success yet"]
+    said.append(f"{failures} failed attempt{'s' if failures != 1 else ''} in the last hour")
+    if oldest is not None:
+        said.append(f"oldest forward waiting {_duration(oldest)} (FORWARD_MAX_AGE {bot.settings.forward_max_age} s)")
+    level: Level = "bad" if oldest is not None and oldest > bot.settings.forward_max_age / 2 else "ok"
+    return Check("Your bot (FORWARD_URL)", "warn" if level == "ok" and failures else level, ", ".join(said))
 
 
 async def _store(bot: Bot, dead: int) -> Check:

@@ -56,7 +56,8 @@ end
 local function place(conv, job, order)
   local q = P..'q:'..conv
   local before = nil
-  if type(order) == 'number' then
+  local last = redis.call('LINDEX', q, -1)
+  if type(order) == 'number' and last and order_of(last) > order then  -- else it goes last (the usual case)
     local queued = redis.call('LRANGE', q, 0, -1)
     local first = redis.call('EXISTS', P..'owner:'..conv) == 1 and 2 or 1
     for i = first, #queued do

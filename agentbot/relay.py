@@ -26,6 +26,7 @@ from .forward import (
     Forwarder,
     Next,
     Refused,
+    Result,
     Retry,
     Standing,
     after,
@@ -179,8 +180,12 @@ class Relay:
         if job.attempts and self.clock() - step.accepted_at >= max_age:  # its retry came due after the deadline
             return await self._expired(job, step, url)
         result = await self.forwarder.send(url, step.body.encode(), step.delivery, about)
+        await self._came_to(job, step, url, result)
+
+    async def _came_to(self, job: Job, step: Forward, url: str, result: Result) -> None:
+        """What the attempt's result leads to (forward.after): done, a handoff asked for, retried, given up."""
         age = self.clock() - step.accepted_at
-        match after(result, step.accepted_at, self.clock(), max_age):
+        match after(result, step.accepted_at, self.clock(), self.settings.forward_max_age):
             case Next.DONE | Next.HANDOFF:
                 assert isinstance(result, Delivered)
                 self.last_success = time.time()

@@ -117,7 +117,8 @@ async def health(bot: Bot, accounts: list[int], dead: int) -> tuple[list[Check],
         detail = "yes" if ok else f"{probe}; copy the token again from Settings → Bots into CHATWOOT_BOT_TOKEN"
         checks.append(Check(f"Bot token accepted in account {account}", "ok" if ok else "bad", detail))
     checks.append(await _store(bot, dead))
-    checks += [check for check in (team_bot(bot),) if check is not None]
+    if (forwarding := team_bot(bot)) is not None:
+        checks.append(forwarding)
     return checks, missing(s), version
 
 

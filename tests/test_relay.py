@@ -168,3 +168,26 @@ async def test_a_sigkill_while_forwards_are_queued_loses_none(fake, processes, t
     for name, texts in sent.items():
         await wait_for(lambda t=texts, n=name: messages(team.delivered, by_name[n]) == t, 15, f"{name}'s forwards")
     assert conv is not None
+
+
+async def test_a_refused_forward_is_not_retried_and_is_logged_with_its_status(fake, start_bot, team, log_lines):
+    team.fail(404)  # a wrong path
+    bot = await start_bot(**env(team))
+    conv = fake.customer_writes(fake.contact(), "Hello").conversation
+    await wait_for(lambda: team.received, 5, "the attempt")
+    await bot.idle()
+    assert [r.answer for r in team.received if r.payload["event"] == "message_created"] == [404]
+    assert counted(bot.bot.metrics.render().decode(), "agentbot_forwards_total")[("refused",)] == 1
+    assert any(f"conversation {conv.account_id}:{conv.display_id}" in line and "404" in line for line in log_lines)
+    assert conv.status == "pending"  # a refusal is not the team bot asking for a person
+
+
+async def test_a_delivery_chatwoot_sends_again_is_forwarded_once(fake, start_bot, team):
+    bot = await start_bot(**env(team))
+    conv = fake.customer_writes(fake.contact(), "Hello").conversation
+    await wait_for(lambda: messages(team.delivered, conv.display_id), 5, "the forward")
+    [message] = [d for d in fake.deliveries if d.event == "message_created"]
+    fake.redeliver(message)  # Chatwoot's retry after an answer it did not get
+    await wait_for(lambda: len(message.answers) == 2, 5, "the second delivery")
+    await bot.idle()
+    assert messages(team.received, conv.display_id) == ["Hello"] and team.repeats() == {}

@@ -141,8 +141,10 @@ class Job(msgspec.Struct, omit_defaults=True):
 
     `period` is the conversation's pending period the decision was taken in (period.py): a job of a period
     that ended is moot. `attempt` is what is known of the current step's last call (guard.py reads it).
-    `recovered` says that the store found the job claimed by a run that never finished it (a crash, a lost
-    lease): the call of its current step may have landed (progress is written before the next step starts)."""
+    A run cut short (a crash, a lost Redis lease) comes back with an attempt that may have landed at its current
+    step (progress is committed before the next step starts). `recovered` says more: a power cut may have lost
+    progress written without a sync, so every step from the current one may have landed: each is checked (one
+    that cannot be told is not sent again)."""
 
     account_id: int
     display_id: int
@@ -213,11 +215,8 @@ class Job(msgspec.Struct, omit_defaults=True):
         return job
 
     def next_step(self) -> None:
-        """The current step is done. After a recovered step the rest of the run is checked like a late job's
-        (a power cut may have lost the last progress written without a sync)."""
+        """The current step is done (a `recovered` job's next one may have landed too: checked as well)."""
         self.step, self.attempt = self.step + 1, None
-        if self.recovered:
-            self.recovered, self.verify = False, True
 
     def describe(self) -> str:
         ops = ", ".join(s.words() for s in self.steps)

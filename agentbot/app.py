@@ -43,7 +43,7 @@ class Bot:
     def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow, store: Store | None = None):
         self.settings, self.clock = settings, clock
         self.steady = SteadyClock(lambda: clock().timestamp())  # the outbox's and the store queue's clock
-        self.store = store or store_for(settings)
+        self.store = store or store_for(settings, runs_jobs=True)
         self.metrics = Metrics()
         self.sweeper: PageSweeper | None = (
             None  # the sweep, when the app has one (page.panels.Sweeper); the operator page offers it

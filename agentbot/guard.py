@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .actions import AssignAgent, Attempt, Guard, Job, PrivateNote, PublicMessage, SetStatus, Step
+from .actions import Attempt, Guard, Job, PrivateNote, PublicMessage, SetStatus, Step
 from .constants import CATCH_UP, CATCH_UP_EVERY, LATE
 from .events import Listed, Message
 from .period import Phase
@@ -34,7 +34,6 @@ class Seen:
     phase: Phase
     status: str | None  # from Chatwoot just now when `fresh`, else the bot's memory
     fresh: bool = False
-    assignee: int | None = None  # a read's human assignee (None: nobody, a bot, or not read)
     unheard: bool = False  # a read shows a customer message the bot has not been delivered yet
     posted: bool | None = False  # the step's note or message is in the conversation; None: it cannot be told
 
@@ -171,8 +170,6 @@ def _moot(job: Job, period: int, step: Step, seen: Seen, maybe: bool) -> Drop | 
         return Drop("was resolved or snoozed since")
     if pending_job and seen.phase is Phase.HUMANS and seen.status == "pending":
         return Drop("is pending again since it was opened")
-    if isinstance(step, AssignAgent) and seen.assignee not in (None, step.assignee_id):
-        return Drop(f"an agent assigned it to user {seen.assignee} since")
     return by_status
 
 
@@ -187,6 +184,8 @@ def _by_status(job: Job, step: Step, seen: Seen, maybe: bool) -> Drop | Done | N
         return Done(f"it is {status} already") if status == step.status and maybe else Drop(f"is {status} now")
     if job.status_done:  # back to `expected` then is a new period, unless the bot's memory lags its own change
         ok = status == target or (status == expected and not seen.fresh)
+    elif maybe and status == target:  # a run cut short got past this step: the job's own status is set
+        return Done(f"it is {status} already: the steps before were carried out")
     else:
         ok = status == expected
     return None if ok else Drop(f"is {status} now")
@@ -205,11 +204,6 @@ def unheard(job: Job, step: Step, view: Listed, latest_message: int | None) -> b
         and last.kind == "incoming"
         and last.id > max(latest_message or 0, job.trigger or 0)
     )
-
-
-def human_assignee(view: Listed) -> int | None:
-    assignee = view.conversation.assignee
-    return assignee.id if assignee is not None and assignee.kind == "user" else None
 
 
 def posted(

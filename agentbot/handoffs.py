@@ -149,8 +149,12 @@ class Handoffs:
         return False
 
     async def _dead_letter(self, conversation_key: str) -> bool:
-        """Whether the conversation has a dead letter: its handoff's open never landed (read only on a rare path)."""
-        return any(job.conversation_key == conversation_key for job in await self.store.dead_letters())
+        """Whether the conversation has a dead letter that was to open it: its handoff's open never landed (read only
+        on a rare path)."""
+        return any(
+            job.conversation_key == conversation_key and not job.lane and job.status_target == "open"
+            for job in await self.store.dead_letters()
+        )
 
     async def _look_up(self, c: Conversation, deadline: float | None = None, cache: bool = True) -> Resolved | None:
         """The contact's latest other resolved conversation in Chatwoot (user token), cached for an hour;
@@ -370,6 +374,8 @@ class Handoffs:
     ) -> bool:
         """`dedup_key` and `event` name the sweep's decisions, whose keeps stay out of the decision log."""
         c, now = d.conversation, self.steady()
+        for job in decision.jobs:  # the outbox's times (age, lateness) run on its clock, which never goes back
+            job.created_at = job.decided_at = now
         assert c is not None
         log = None
         if decision.outcome in (LOGGED if event is None else SWEEP_LOGGED) and self.settings.decision_log_size:

@@ -8,7 +8,7 @@ from loguru import logger
 from .actions import Job, Step, posted_text
 from .chatwoot import Chatwoot, ChatwootError, Unreadable
 from .events import Listed, Message
-from .guard import Look, Seen, human_assignee, posted, unheard
+from .guard import Look, Seen, posted, unheard
 from .period import period_of
 from .store import Store
 
@@ -35,7 +35,6 @@ class Observer:
             phase=state.phase,
             status=view.conversation.status if view else state.status,
             fresh=view is not None,
-            assignee=human_assignee(view) if view else None,
             unheard=view is not None and unheard(job, step, view, state.latest_message),
             posted=found,
         )

@@ -37,6 +37,7 @@ from .constants import (
     BACKOFF_CAP,
     POLL,
     PRUNE_EVERY,
+    RETRY_AFTER_CAP,
     STORE_BACKOFF_BASE,
     STORE_BACKOFF_CAP,
     STORE_DOWN_AFTER,
@@ -51,9 +52,10 @@ from .store.base import LEASE
 
 
 def backoff(attempts: int, retry_after: float | None) -> float:
-    """Exponential with jitter, never sooner than Chatwoot's Retry-After."""
+    """Exponential with jitter, never sooner than Chatwoot's Retry-After (up to RETRY_AFTER_CAP: the store counts
+    a queue time further ahead than its HORIZON as written before a clock step, and due)."""
     delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempts - 1))
-    return max(random.uniform(delay / 2, delay), retry_after or 0.0)
+    return max(random.uniform(delay / 2, delay), min(retry_after or 0.0, RETRY_AFTER_CAP))
 
 
 def _optional_refused(step: Step, exc: ChatwootError) -> bool:

@@ -113,17 +113,24 @@ ROWS = [
         Send,
     ),
     row(
-        "assignee-after-the-bots-open-an-agent-assigned-themselves-is-dropped",
+        "review1-assignee-retried-after-the-bots-open-is-sent-whoever-chatwoots-auto-assignment-chose",
         job(at="assign", attempts=1),
-        seen("open", Phase.HUMANS, fresh=True, assignee=5),
-        Drop,
-        "assigned it to user 5",
+        seen("open", Phase.HUMANS, fresh=True),
+        Send,
     ),
     row(
-        "assignee-whose-earlier-call-landed-is-sent-again-harmlessly",
-        job(at="assign", attempt=MAYBE),
-        seen("open", Phase.HUMANS, fresh=True, assignee=6),
-        Send,
+        "review1-a-recovered-team-step-finding-the-jobs-own-open-is-done",
+        job(at="team", attempt=MAYBE),
+        seen("open", Phase.HANDOFF, fresh=True),
+        Done,
+        "carried out",
+    ),
+    row(
+        "an-agents-open-before-a-fresh-team-step-drops-it",
+        job(at="team"),
+        seen("open", Phase.HUMANS, fresh=True),
+        Drop,
+        "is open now",
     ),
     # ---- the note and the message ----
     row("note-after-the-open-is-sent", job(at="note"), seen("open", Phase.HUMANS), Send),
@@ -274,11 +281,12 @@ def test_what_a_step_needs_observed(j: Job, looks: set[Look]) -> None:
     assert guard.needs(j, j.steps[j.step], NOW) == looks
 
 
-def test_a_recovered_run_checks_its_later_steps_like_a_late_job() -> None:
-    j = job(at="open", recovered=True)
+def test_a_run_recovered_after_a_power_cut_checks_every_step() -> None:
+    j = job(at="assign", recovered=True)  # a power cut may have lost its progress: any later step may have landed
     assert guard.attempt_at(j) == Attempt(j.step, maybe=True)
     j.next_step()
-    assert guard.attempt_at(j) is None and guard.late(j, NOW)  # the note: its echo is looked for, not trusted
+    assert guard.attempt_at(j) == Attempt(j.step, maybe=True)
+    assert guard.needs(j, j.steps[j.step], NOW) == {Look.CONVERSATION, Look.ECHO, Look.MESSAGES}
 
 
 # ---- forwarding to the team's own bot (relay.py): a message's forward lasts its period; an event's always goes ----

@@ -191,25 +191,26 @@ async def test_a_renewed_lease_keeps_the_job(redis):
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
-async def test_a_job_whose_run_never_ended_comes_back_recovered(backend, request, tmp_path):
+async def test_a_job_whose_run_never_ended_comes_back_with_an_attempt_that_may_have_landed(backend, request, tmp_path):
     """After a crash the next run knows the job's calls may have reached Chatwoot, though claiming wrote nothing
     that waited for the disk (SQLite: no clean stop; Redis: the dead run's claim is still there)."""
     from agentbot.store.base import LEASE
 
     url = request.getfixturevalue("redis") if backend == "redis" else f"sqlite:///{tmp_path}/s.sqlite3"
-    first_process, second_process = open_store(url), open_store(url)
+    first_process, second_process = open_store(url, runs_jobs=True), open_store(url, runs_jobs=True)
     await first_process.open()
     await first_process.commit(Commit("d:1", "1:1", jobs=[job(1)]), 100.0)
     running = await first_process.claim(100.0)
-    assert running.recovered is False
+    assert running.attempt is None
     await first_process.close()  # the process dies while the call is on its way
     await second_process.open()
     try:
         again = await second_process.claim(100.0 + LEASE + 1)
-        assert again.recovered is True
-        again.recovered, again.next_at = False, 200.0  # e.g. Chatwoot showed every step's effect missing
+        assert again.attempt is not None and again.attempt.maybe and again.attempt.step == 0
+        assert again.recovered is False  # the same boot: a crash, not a power cut; its later steps are not in doubt
+        again.attempt, again.next_at = None, 200.0  # e.g. Chatwoot showed the step's effect missing
         assert await second_process.retry(again) is True
-        assert (await second_process.claim(200.0)).recovered is False
+        assert (await second_process.claim(200.0)).attempt is None
     finally:
         await second_process.close()
 

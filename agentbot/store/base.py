@@ -121,9 +121,9 @@ class Store(ABC):
     # the caller no longer owns the job.
     @abstractmethod
     async def claim(self, now: float) -> Job | None:
-        """The oldest due job of a conversation nobody is working on, now owned by the caller. `recovered` when
-        a run that claimed it before never released it (a crash, a lapsed lease): it may have sent its calls.
-        Claiming writes nothing that must reach the disk first."""
+        """The oldest due job of a queue nobody is working on, now owned by the caller. When a run that claimed it
+        before never released it (a crash, a lapsed lease), it comes with an attempt at its current step that may
+        have landed (and `recovered` when a power cut may have lost its progress). Claiming writes nothing."""
 
     @abstractmethod
     async def renew(self, job: Job, now: float) -> bool:
@@ -132,7 +132,7 @@ class Store(ABC):
     @abstractmethod
     async def progress(self, job: Job, now: float) -> bool:
         """Save the job's step and context after a step succeeded. A backend may write it without waiting
-        (SQLite): a run cut short before it is written is recovered, and its steps are checked."""
+        (SQLite): a run cut short before it reaches the disk is recovered, and its steps are checked."""
 
     @abstractmethod
     async def finish(self, job: Job, now: float) -> bool: ...

@@ -16,7 +16,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError, LockError, LockNotOwnedError, TimeoutError
 
-from ..actions import Job
+from ..actions import Attempt, Job
 from ..facts import ConversationState, Resolved, fingerprint
 from .base import (
     DEDUP_TTL,
@@ -103,9 +103,9 @@ return 1
 
 # A claim: `owner:<conv>` holds "<job id>|<token>" of the worker running the conversation's head job;
 # the `ready` score of the conversation is when that worker's lease ends. An owner still there at the next
-# claim never released the job (its instance died, or its lease ran out): that run may have sent a call, so the
-# job comes back `recovered` (its steps are checked, not trusted). A ready time beyond the horizon was written
-# before the wall clock stepped back: it is due.
+# claim never released the job (its instance died, or its lease ran out): that run may have sent its current
+# step's call, so the job comes back with an attempt that may have landed. A ready time beyond the horizon was
+# written before the wall clock stepped back: it is due.
 CLAIM = """
 local now, lease, token, horizon = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 for _ = 1, 20 do
@@ -392,7 +392,8 @@ class RedisStore(Store):
         raw, job_id, cut_short = found
         job = Job.loads(raw)
         job.id, job.claim = job_id.decode(), token
-        job.recovered = job.recovered or bool(cut_short)
+        if cut_short:  # its call may have landed (long since: its lease of 60 s ran out); checked
+            job.attempt = Attempt(job.step, maybe=True)
         return job
 
     async def renew(self, job: Job, now: float) -> bool:

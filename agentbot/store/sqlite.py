@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from loguru import logger
 
-from ..actions import Job
+from ..actions import Attempt, Job
 from ..facts import ConversationState, Resolved, fingerprint
 from .base import DEDUP_TTL, ECHOES_KEPT, HORIZON, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Store
 from .locks import KeyedLocks
@@ -60,6 +60,15 @@ def _report_lost_echo(future: asyncio.Future[Any]) -> None:
         )
 
 
+def _boot_id() -> str:
+    """This machine's boot (Linux); another one after a restart means a reboot, maybe a power cut."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"  # never equal to a stored one: every recovered step is checked
+
+
 def _locked(exc: Exception) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
@@ -81,8 +90,8 @@ class SQLiteStore(Store):
     # connection and writes on the loop: there is no disk to wait for.) Echoes are hints: a batch of
     # nothing else is committed without a sync (synchronous=NORMAL: it survives the process, not a power cut).
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, runs_jobs: bool = False) -> None:
+        self.path, self.runs_jobs = path, runs_jobs
         self._locks = KeyedLocks()
         self._busy: set[str] = set()  # conversations whose head job a worker is running
         self._writes: list[Write] = []
@@ -90,7 +99,9 @@ class SQLiteStore(Store):
         self._locked_since: float | None = None  # the pending writes found the database locked
         self._writer: ThreadPoolExecutor | None = None
         self._synced = True  # the writer connection's synchronous setting is FULL
-        self._recovered: set[int] = set()  # jobs a run may have been cut short in (found at an unclean start-up)
+        # Jobs a run may have been cut short in (found at an unclean start-up), each with whether a power cut may
+        # have lost progress written without a sync since.
+        self._recovered: dict[int, bool] = {}
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
@@ -102,7 +113,9 @@ class SQLiteStore(Store):
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
-        self._recover()
+        if self.runs_jobs:
+            self._recover()
+        self._opened_at = time.time()  # the queue's clock: wall seconds (clock.SteadyClock starts from them)
         if self.path == ":memory:":
             self.rdb = self.db
         else:
@@ -110,19 +123,24 @@ class SQLiteStore(Store):
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
 
     def _recover(self) -> None:
-        """After a stop that was not clean (a crash, SIGKILL, a power cut), any job may have been claimed by a run
-        that sent a call and died before its progress was written: each such job's steps are checked, not
-        trusted. The mark of a clean stop is removed (and synced) before anything runs."""
-        clean = self.db.execute("DELETE FROM meta WHERE key='clean' RETURNING value").fetchone()
-        if clean is None:
-            self._recovered = {row[0] for row in self.db.execute("SELECT id FROM jobs WHERE dead=0")}
+        """After a stop that was not clean (SIGKILL, a crash, a power cut), any job may have been claimed by a run
+        that sent a call and died before its progress was written: each such job's current step is checked, not
+        trusted. After a reboot (another boot id) a power cut may also have lost progress written without a sync:
+        then every step of the job is checked until one is sent. The mark of a clean stop is removed, and the
+        boot recorded, before anything runs (synced)."""
+        marks = dict(self.db.execute("SELECT key, value FROM meta WHERE key IN ('clean', 'boot')").fetchall())
+        rebooted = marks.get("boot") != _boot_id()
+        if "clean" not in marks:
+            self._recovered = {row[0]: rebooted for row in self.db.execute("SELECT id FROM jobs WHERE dead=0")}
+        self.db.execute("DELETE FROM meta WHERE key='clean'")
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('boot', ?)", (_boot_id(),))
 
     async def close(self) -> None:
         for _ in range(int(PATIENCE / 0.01)):  # let the batch being written, and what waits for it, finish
             if not (self._writing or self._writes):
                 break
             await asyncio.sleep(0.01)
-        if not (self._writing or self._writes or self._recovered or self._busy):
+        if self.runs_jobs and not (self._writing or self._writes or self._recovered or self._busy):
             # Every job released (a run cut short at stop gave its job back with its attempt): the next start-up
             # trusts the stored progress. Without the mark it checks every job: safe, only slower.
             with contextlib.suppress(sqlite3.Error):
@@ -343,9 +361,9 @@ class SQLiteStore(Store):
         assert body is not None  # a job id comes with its body
         job = Job.loads(body)
         job.id = str(job_id)
-        if job_id in self._recovered:
-            self._recovered.discard(job_id)
-            job.recovered = True
+        if job_id in self._recovered:  # its call may have landed, or still be under way when this process began
+            job.attempt = Attempt(job.step, maybe=True, sent_at=self._opened_at)
+            job.recovered = self._recovered.pop(job_id)
         return job
 
     def _next(self, now: float) -> tuple[str, int | None, str | None] | None:

@@ -115,8 +115,37 @@ class EvolutionPause(EvolutionSwitch, tag="evolution-pause", frozen=True):
     guard = Guard.PERIOD
 
 
+# ---- forwarding to the team's own bot (issue 23; relay.py builds and runs these) ----
+class Forward(_Step, tag="forward", frozen=True):
+    """POST a customer's delivery, as Chatwoot sent it, to the team's bot (lane "forward"). A message's forward
+    acts while its period lasts; `ForwardEvent` is a conversation event's, which always goes."""
+
+    inbox_id: int | None  # its URL is read at run time (INBOX_<id>_FORWARD_URL, FORWARD_URL): it may hold a secret
+    event: str
+    body: str  # the delivery's body, byte for byte
+    delivery: str  # its X-Chatwoot-Delivery (or one made from the body): the team's bot drops a repeat by it
+    accepted_at: float  # when the webhook accepted it (the steady clock): FORWARD_MAX_AGE counts from here
+    guard: ClassVar[Guard] = Guard.PERIOD
+
+    def words(self) -> str:
+        return f"forward {self.event} to your bot"
+
+
+class ForwardEvent(Forward, tag="forward_event", frozen=True):
+    guard: ClassVar[Guard] = Guard.ALWAYS
+
+
 Step = (
-    AssignTeam | AssignAgent | SetPriority | SetStatus | PrivateNote | PublicMessage | EvolutionSwitch | EvolutionPause
+    AssignTeam
+    | AssignAgent
+    | SetPriority
+    | SetStatus
+    | PrivateNote
+    | PublicMessage
+    | EvolutionSwitch
+    | EvolutionPause
+    | Forward
+    | ForwardEvent
 )
 
 
@@ -173,6 +202,7 @@ class Job(msgspec.Struct, omit_defaults=True):
     dead_at: float = 0.0  # when it became a dead letter
     lane: str = ""  # "" (Chatwoot's calls) or another queue of the conversation's ("evolution", "forward")
     not_before: float = 0.0  # it runs no sooner (a second pause some seconds after the first; a short hold)
+    order: float | None = None  # its place in its lane: lower first, then as queued (a forward: its message id)
     recovered: bool = False
     # Written before the period model; read once by `loads`.
     old_unsure: bool = msgspec.field(default=False, name="unsure")

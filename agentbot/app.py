@@ -15,10 +15,12 @@ from .clock import SteadyClock
 from .config import ConfigError, Settings, mask
 from .evolution import Evolution
 from .evolution_switch import Switcher
+from .forward import Forwarder
 from .handoffs import Handoffs
 from .metrics import Metrics
 from .outbox import Outbox
 from .page.panels import Sweeper as PageSweeper
+from .relay import Relay
 from .store import Store, open_or_refuse, store_for
 from .sweep import Sweeper
 from .sweep_loop import SweepLoop
@@ -63,6 +65,10 @@ class Bot:
             self.store, self.chatwoot, self.metrics, self.steady, s.action_max_age, reader, self.evolution
         )
         self.handoffs = Handoffs(s, self.store, self.chatwoot, self.metrics, self.clock, self.outbox.wake, self.steady)
+        # Forwarding to the team's own bot (relay.py): on the app's one session, off the webhook's path.
+        forwarder = Forwarder(self.session, s.forward_secret, s.forward_timeout, self.metrics)
+        self.relay = Relay(s, forwarder, self.metrics, self.steady, self.handoffs.forward_handoff)
+        self.outbox.relay = self.relay
         self.outbox.start()
         self.sweeps = self.sweeper = self._sweeps(token)
         logger.info(

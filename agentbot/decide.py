@@ -21,6 +21,7 @@ from .evolution_jobs import evolution_jobs, transition_of
 from .facts import ConversationState, Facts, Resolved
 from .keywords import find_keyword, fold
 from .period import CustomerWrote, Effect, GivenBack, HandoffDecided, PendingAgain, Phase, StatusShown, on_event
+from .relay import forward_job
 
 # What became of a delivery; "duplicate" is the service's: the store had the delivery already.
 Outcome = Literal["handoff", "defer", "keep", "pending", "record", "ignore", "duplicate"]
@@ -99,12 +100,19 @@ def triage(d: Delivery, settings: Settings) -> str | None:
 
 
 def decide(
-    d: Delivery, facts: Facts, now: datetime, settings: Settings, *, live: bool = True, counted: int | None = None
+    d: Delivery,
+    facts: Facts,
+    now: datetime,
+    settings: Settings,
+    *,
+    live: bool = True,
+    counted: int | None = None,
+    body: bytes | None = None,
 ) -> Decision | Need:
     """`live=False` is the sweep: the message was seen before (no greeting, no away message; the customer's
     messages in the period are `counted` from the listing), the contact is looked up only when the bot has not
     seen the customer write in this period, and HANDOFF_AFTER_SECONDS runs from the conversation's
-    `waiting_since`."""
+    `waiting_since`. `body`: the delivery as Chatwoot sent it, forwarded to the team's bot when it is theirs."""
     decision = _decide(d, facts, now, settings, live, counted)
     m, c = d.message, d.conversation
     if isinstance(decision, Decision) and m and c and decision.state is not None:
@@ -112,6 +120,8 @@ def decide(
         decision.state = decision.state.saw(c.status, c.updated, None if m.private else m.id, c.bot_owned)
     if isinstance(decision, Decision) and c is not None:
         _switch_evolution(decision, c, facts.state, now, settings, m.id if m else c.last_message_id)
+    if isinstance(decision, Decision) and body is not None:
+        _forward(d, body, facts, decision, now, settings)
     return decision
 
 
@@ -127,6 +137,32 @@ def _switch_evolution(
     transition = transition_of(decision.outcome, decision.rule, c, before)
     period = (decision.state or before).period
     decision.jobs += evolution_jobs(transition, c, settings, now, period, decision.reason, decision.rule, trigger)
+
+
+# ---- forwarding to the team's own bot (relay.py) ----
+def _forward(d: Delivery, body: bytes, facts: Facts, decision: Decision, now: datetime, settings: Settings) -> None:
+    """The delivery's forward job, with the decision (and so in its commit), when it is the team's bot's."""
+    job = forward_job(d, body, facts.state, decision.outcome, decision.state, now, settings)
+    if job is not None:
+        decision.jobs.append(job)
+
+
+def forward_handoff(
+    c: Conversation, facts: Facts, now: datetime, settings: Settings, period: int | None, reason: str
+) -> Decision:
+    """The team's bot asked for a person (or did not answer for FORWARD_MAX_AGE, FORWARD_FALLBACK=open): the inbox's
+    handoff, like a rule's, while the conversation is still the bot's: in the period the forward was decided in,
+    not handed off. An answer to an event of a conversation already with humans hands off nothing."""
+    if not settings.acts_on(c.account_id, c.inbox_id):
+        return ignore(f"inbox {c.inbox_id} is not one this bot handles (INBOX_IDS, IGNORE_INBOX_IDS)")
+    state = facts.state
+    if state.phase is not Phase.BOT or (period is not None and state.period != period):
+        return ignore(f"the conversation is no longer the bot's ({state.phase}, period {state.period})")
+    trigger = max(state.latest_message or 0, c.last_message_id or 0) or None
+    return _handoff(c, facts, now, settings.rules_for(c.inbox_id), "forward", reason, trigger)
+
+
+# ---- end of forwarding ----
 
 
 def _decide(

@@ -13,13 +13,15 @@ from datetime import datetime, timezone
 from loguru import logger
 from msgspec.structs import replace
 
+from .actions import Forward, Job
 from .chatwoot import Chatwoot, ChatwootError
 from .clock import SteadyClock
 from .config import Settings
-from .decide import Decision, Need, decide, operator_handoff, triage
-from .events import Conversation, Delivery, event_label
+from .decide import Decision, Need, decide, forward_handoff, operator_handoff, triage
+from .events import BadBody, Conversation, Delivery, PayloadError, event_label, parse
 from .facts import Facts, Resolved
 from .metrics import Metrics
+from .relay import dedup_key, worth_a_look
 from .store import Commit, DecisionEntry, Store
 
 LOOKUP_TTL = 3600.0  # one Chatwoot look-up per contact per hour
@@ -222,47 +224,67 @@ class Handoffs:
             await self.store.remember(key, value, LOOKUP_TTL, now)
         return value
 
-    async def handle(self, d: Delivery) -> Decision:
+    async def handle(self, d: Delivery, body: bytes | None = None) -> Decision:
+        """`body`: the delivery as Chatwoot sent it (the webhook's), forwarded to the team's bot when it is theirs."""
         self.live += 1
         try:
-            return await self._handle(d)
+            return await self._handle(d, body)
         finally:
             self.live -= 1
 
-    async def _handle(self, d: Delivery) -> Decision:
+    async def _handle(self, d: Delivery, body: bytes | None) -> Decision:
         why_not = triage(d, self.settings)
         m = d.message
         if d.event == "message_created" and m is not None and m.sender.kind == "agent_bot" and d.conversation:
             await self._remember_echo(d.conversation.key, m.id, m.content)
-        if why_not:  # the bulk of deliveries: nothing to look up
+        if why_not and not worth_a_look(d, body, self.settings):  # the bulk of deliveries: nothing to look up
             return self._report(d, Decision("ignore", why_not))
         c = d.conversation
-        assert c is not None  # triage ignores deliveries without a conversation
+        key = dedup_key(d, body) if body is not None else None
         decision = None
         if d.message is None:
             # Conversation events on open conversations usually change nothing: decide those with one
             # consistent read first, and take the lock only to write (it costs round trips on Redis).
-            decision = await self._decided(self._rules(d), d, await load_facts(self.store, d))
+            decision = await self._decided(self._rules(d, body=body), d, await load_facts(self.store, d))
             if not decision.writes:
                 return self._report(d, decision)
+            if c is None:  # forwarded only (webwidget_triggered): no conversation to lock
+                return self._report(d, await self._forwarded_alone(d, decision, key))
+        assert c is not None  # triage ignores messages without a conversation
         deadline = asyncio.get_running_loop().time() + DELIVERY_BUDGET
         with logger.contextualize(
             account=c.account_id, inbox=c.inbox_id, conversation=c.display_id, delivery=d.delivery_id
         ):
             async with self._locked(c.key, deadline):
-                decision = await self._decided(self._rules(d), d, await load_facts(self.store, d), deadline)
-                # The commit is refused for a delivery seen before; one that writes nothing is harmless
-                # (unless it belongs in the decision log).
-                if (decision.writes or decision.outcome in LOGGED) and not await self._commit(d, decision):
-                    decision = Decision("duplicate", f"delivery {d.dedup_key} was handled before")
+                facts = await load_facts(self.store, d)
+                decision = await self._decided(self._rules(d, body=body), d, facts, deadline)
+                decision = await self._committed(d, decision, key)
             return self._report(d, decision)
+
+    async def _committed(self, d: Delivery, decision: Decision, key: str | None) -> Decision:
+        """The decision, written unless the delivery was seen before (then "duplicate"). One that writes nothing is
+        harmless (unless it belongs in the decision log)."""
+        if (decision.writes or decision.outcome in LOGGED) and not await self._commit(d, decision, key):
+            return Decision("duplicate", f"delivery {key or d.dedup_key} was handled before")
+        return decision
+
+    async def _forwarded_alone(self, d: Delivery, decision: Decision, key: str | None) -> Decision:
+        """A delivery without a conversation that goes to the team's bot: its forward job is all it writes."""
+        job = decision.jobs[0]
+        commit = Commit(dedup_key=key or d.dedup_key, conversation_key=job.conversation_key, jobs=decision.jobs)
+        if not await self.store.commit(commit, self.steady()):
+            return Decision("duplicate", f"delivery {commit.dedup_key} was handled before")
+        self.on_commit(1)
+        return decision
 
     async def decided(self, d: Delivery) -> Decision:
         """What the bot would decide for `d` now, writing nothing (`explain`)."""
         return await self._decided(self._rules(d), d, await load_facts(self.store, d), cache=False)
 
-    def _rules(self, d: Delivery, live: bool = True, counted: int | None = None) -> Callable[[Facts], Decision | Need]:
-        return lambda facts: decide(d, facts, self.clock(), self.settings, live=live, counted=counted)
+    def _rules(
+        self, d: Delivery, live: bool = True, counted: int | None = None, body: bytes | None = None
+    ) -> Callable[[Facts], Decision | Need]:
+        return lambda facts: decide(d, facts, self.clock(), self.settings, live=live, counted=counted, body=body)
 
     @asynccontextmanager
     async def _locked(self, key: str, deadline: float) -> AsyncIterator[None]:
@@ -320,6 +342,33 @@ class Handoffs:
                 "conversation {}: the operator page's handoff: {}: {}", c.key, decision.outcome, decision.reason
             )
             return decision
+
+    # ---- forwarding to the team's own bot (relay.py) ----
+    async def forward_handoff(self, job: Job, step: Forward, reason: str) -> None:
+        """The team's bot asked for a person in its answer to `step` (or did not take it for FORWARD_MAX_AGE, with
+        FORWARD_FALLBACK=open): decided like the operator's button (decide.forward_handoff), under the
+        conversation's lock, once per forwarded delivery."""
+        try:
+            d = parse(step.body.encode(), step.delivery)
+        except (BadBody, PayloadError):
+            d = Delivery(step.event)
+        c = d.conversation
+        if c is None:
+            logger.warning("{}: {} has no conversation to hand off ({})", job.conversation_key, step.event, reason)
+            return
+        d = Delivery("forward_handoff", step.delivery, c)
+        async with self.store.lock(c.key):
+
+            def choose(facts: Facts) -> Decision:
+                return forward_handoff(c, facts, self.clock(), self.settings, job.period, reason)
+
+            decision = await self._decided(choose, d, await load_facts(self.store, d))
+            if decision.writes and not await self._commit(d, decision, f"forward-handoff:{step.delivery}"):
+                decision = Decision("duplicate", "this forward's handoff was decided before")
+        self.metrics.decisions.labels(decision.outcome, decision.rule or "-").inc()
+        logger.info("conversation {}: {}: {}: {}", c.key, reason, decision.outcome, decision.reason)
+
+    # ---- end of forwarding ----
 
     async def reconcile(self, d: Delivery, incoming: int | None, dry_run: bool = False) -> Decision:
         """The sweep's way in: decide a listed conversation like a delivery of its last customer message, seen

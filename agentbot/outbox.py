@@ -23,6 +23,7 @@ from .actions import (
     AssignTeam,
     Attempt,
     EvolutionSwitch,
+    Forward,
     Job,
     PrivateNote,
     PublicMessage,
@@ -31,7 +32,7 @@ from .actions import (
     Step,
     posted_text,
 )
-from .chatwoot import Agent, Chatwoot, ChatwootError, NoAnswer
+from .chatwoot import Agent, Chatwoot, ChatwootError, NoAnswer, Refused
 from .constants import (
     BACKOFF_BASE,
     BACKOFF_CAP,
@@ -47,6 +48,7 @@ from .constants import (
 from .evolution_switch import Switcher
 from .metrics import Metrics
 from .observe import Observer
+from .relay import Relay
 from .store import Store
 from .store.base import LEASE
 
@@ -77,11 +79,13 @@ class Outbox:
         max_age: float,
         reader_token: str | None = None,
         evolution: Switcher | None = None,
+        relay: Relay | None = None,
     ):
         """`clock`: the steady clock (clock.SteadyClock) the store's queue times are written with; `evolution`:
-        Evolution API's switches (None: EVOLUTION_URL is unset)."""
+        Evolution API's switches (None: EVOLUTION_URL is unset); `relay` runs the forwards to the team's bot
+        (app.py sets it once Handoffs exists)."""
         self.store, self.chatwoot, self.metrics, self.clock, self.max_age = store, chatwoot, metrics, clock, max_age
-        self.evolution = evolution
+        self.evolution, self.relay = evolution, relay
         self.observer = Observer(store, chatwoot, reader_token)
         self._sleepers: deque[asyncio.Future[None]] = deque()  # idle workers, woken one per new job
         self._stopping = asyncio.Event()
@@ -389,6 +393,10 @@ class Outbox:
                 logger.info(
                     "conversation {}: EVOLUTION_URL is unset now: {} left undone", job.conversation_key, step.words()
                 )
+            case Forward():  # to the team's own bot (relay.py)
+                if self.relay is None:
+                    raise Refused("forward", None, "this process does not forward (no relay)")
+                await self.relay.run(job, step)
 
     async def _check_agent(self, job: Job, step: AssignAgent, fallback: str, agent: Agent | None) -> None:
         """A returning customer's previous agent who is offline or gone gives way to the fallback."""

@@ -96,7 +96,7 @@ async def receive(handoffs: Handoffs, request: web.Request) -> web.Response:
         return answer({"outcome": "ignore", "reason": str(exc)}) if verified else _ok()
     try:
         async with asyncio.timeout(DECIDE_WITHIN):
-            decision = await handoffs.handle(delivery)
+            decision = await handoffs.handle(delivery, body)  # the body as sent: forwarded if the team's bot's
     except (Busy, Lapsed) as exc:  # Chatwoot retries a 500 three seconds later
         logger.warning("{} delivery {} answered 500: {}", delivery.event, delivery_id or "-", exc)
         return error(500, f"could not handle the delivery ({type(exc).__name__})")

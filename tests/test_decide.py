@@ -25,7 +25,7 @@ from agentbot.actions import (
     Step,
 )
 from agentbot.config import Settings, load
-from agentbot.decide import Decision, Need, decide, operator_handoff
+from agentbot.decide import Decision, Need, decide, forward_handoff, operator_handoff
 from agentbot.events import Delivery, parse
 from agentbot.facts import ConversationState, Facts, Resolved
 from agentbot.period import Phase
@@ -894,3 +894,133 @@ def test_a_give_back_opens_in_the_new_period_and_a_resolve_closes_in_its_own() -
         delivery(Case("conversation_resolved", "", contact=PHONE)), Facts(before), NOON, settings(**EVOLUTION)
     )
     assert isinstance(resolved, Decision) and [j.period for j in resolved.jobs] == [4]
+
+
+# ---- forwarding to the team's own bot (relay.py): which deliveries are queued for it, where, and when ----
+FORWARD = {"FORWARD_URL": "https://n8n.example.com/webhook/secret-path"}
+LATER = 1_790_770_000.0  # after every fixture's updated_at
+
+
+@dataclass
+class Forwarded:
+    payload: str
+    kind: str | None  # the step's op ("forward": a message's; "forward_event": an event's), None: not forwarded
+    outcome: str = ""  # the decision's, unchanged by forwarding
+    lane: str = "forward"
+    order: float = 0.0
+    period: int = 0
+    state: ConversationState = field(default_factory=ConversationState)
+    observed: dict[str, Any] = field(default_factory=dict)
+    message: dict[str, Any] = field(default_factory=dict)
+    conversation: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=lambda: FORWARD)
+
+
+def fwd(case_id: str, payload: str, kind: str | None, outcome: str = "", **more: Any) -> Any:
+    return pytest.param(Forwarded(payload, kind, outcome, **more), id=case_id)
+
+
+FORWARDS = [
+    fwd("a-customer-message-the-rules-keep", PENDING_MSG, "forward", "keep", order=4711),
+    fwd("the-message-that-hands-off-is-not", PENDING_MSG, None, "handoff", message=HUMAN, env={**FORWARD, **KEYWORD}),
+    fwd(
+        "a-message-after-the-handoff-was-decided-is-not",
+        PENDING_MSG,
+        None,
+        "ignore",
+        state=ConversationState(phase=Phase.HANDOFF),
+        observed={"queued": True},
+    ),
+    fwd(
+        "a-message-while-a-handoff-waits-for-the-opening-time-is-not",
+        PENDING_MSG,
+        None,
+        "ignore",
+        state=ConversationState(phase=Phase.DEFERRED, timer_due=MONDAY_9),
+        observed={"queued": True},
+    ),
+    fwd("a-message-in-an-open-conversation-is-not", PENDING_MSG, None, "ignore", conversation={"status": "open"}),
+    fwd(
+        "a-late-message-of-a-conversation-the-bot-saw-opened-since-is-not",
+        PENDING_MSG,
+        None,
+        "ignore",
+        state=ConversationState(phase=Phase.HUMANS, status="open", updated=LATER, since=4711),
+    ),
+    fwd(
+        "the-first-message-of-a-new-period-carries-that-period",
+        PENDING_MSG,
+        "forward",
+        "keep",
+        order=4711,
+        period=3,
+        state=ConversationState(period=2, phase=Phase.CLOSED, status="resolved", since=4700),
+    ),
+    fwd("the-bots-own-reply-the-rules-ignore", OUTGOING, "forward", "ignore", order=4712),
+    fwd("a-receipt-while-pending", "message_updated", "forward", "ignore", order=4713),
+    fwd(
+        "a-resolve-goes-after-the-message-it-followed", "conversation_resolved", "forward_event", "record", order=4720.5
+    ),
+    fwd(
+        "an-update-while-pending",
+        "conversation_updated",
+        "forward_event",
+        "ignore",
+        message={"status": "pending"},
+        order=4714.5,
+    ),
+    fwd(
+        "a-widget-event-queues-in-its-contacts-lane",
+        "webwidget_triggered",
+        "forward_event",
+        "ignore",
+        lane="forward-contact-58",
+    ),
+    fwd("nothing-without-a-forward-url", PENDING_MSG, None, "keep", env={}),
+]
+
+
+@pytest.mark.parametrize("case", FORWARDS)
+def test_where_forwards_are_queued(case: Forwarded) -> None:
+    c = Case(case.payload, "", message=case.message, conversation=case.conversation)
+    body = json.dumps(_body(c)).encode()
+    facts = Facts(case.state, **case.observed)
+    decision = decide(parse(body), facts, NOON, settings(**case.env), body=body)
+    assert isinstance(decision, Decision) and decision.outcome == case.outcome, decision
+    forwards = [job for job in decision.jobs if job.lane.startswith("forward")]
+    if case.kind is None:
+        assert forwards == [], forwards
+        return
+    [job] = forwards
+    [step] = job.steps
+    assert (step.op, job.lane, job.order, job.period) == (case.kind, case.lane, case.order, case.period)
+    assert step.body == body.decode() and job.not_before == NOON.timestamp() + 0.5  # held for an earlier message
+
+
+def _body(case: Case) -> dict[str, Any]:
+    body = fixture(case.payload)
+    body.update(case.message)
+    body.get("conversation", body).update(case.conversation)
+    return body
+
+
+HANDED = "Your bot asked for a person: wants a refund"
+
+
+@pytest.mark.parametrize(
+    "state, period, want",
+    [
+        pytest.param(ConversationState(period=2), 2, "handoff", id="still-the-bots-hands-off"),
+        pytest.param(ConversationState(period=2, phase=Phase.HUMANS), 2, "ignore", id="already-with-humans"),
+        pytest.param(ConversationState(period=2, phase=Phase.HANDOFF), 2, "ignore", id="a-handoff-already-decided"),
+        pytest.param(ConversationState(period=2, phase=Phase.DEFERRED), 2, "ignore", id="a-handoff-deferred"),
+        pytest.param(ConversationState(period=3), 2, "ignore", id="a-later-period-began"),
+    ],
+)
+def test_the_team_bots_handoff_only_while_the_conversation_is_the_bots(state, period, want) -> None:
+    c = delivery(Case(PENDING_MSG, "")).conversation
+    assert c is not None
+    decision = forward_handoff(c, Facts(state), NOON, settings(HANDOFF_TEAM_ID="2"), period, HANDED)
+    assert decision.outcome == want, decision.reason
+    if want == "handoff":
+        assert outcome(decision) == ("handoff", "forward", [[AssignTeam(2), OPEN, note(HANDED)]], None)

@@ -15,6 +15,8 @@ from agentbot.actions import (
     Attempt,
     EvolutionPause,
     EvolutionSwitch,
+    Forward,
+    ForwardEvent,
     Guard,
     Job,
     PrivateNote,
@@ -318,3 +320,70 @@ def test_a_run_recovered_after_a_power_cut_checks_every_step() -> None:
     j.next_step()
     assert guard.attempt_at(j) == Attempt(j.step, maybe=True)
     assert guard.needs(j, j.steps[j.step], NOW) == {Look.CONVERSATION, Look.ECHO, Look.MESSAGES}
+
+
+# ---- forwarding to the team's own bot (relay.py): a message's forward lasts its period; an event's always goes ----
+MESSAGE_FORWARD = Forward(3, "message_created", "{}", "d1", NOW - 1)
+EVENT_FORWARD = ForwardEvent(3, "conversation_resolved", "{}", "d2", NOW - 1)
+
+
+def forward_job(step: Forward, **more: Any) -> Job:
+    return job([step], lane="forward", **more)
+
+
+@pytest.mark.parametrize(
+    "j, s, verdict, why",
+    [
+        pytest.param(forward_job(MESSAGE_FORWARD), seen(phase=Phase.BOT), Send, "", id="message-forward-while-pending"),
+        pytest.param(
+            forward_job(MESSAGE_FORWARD),
+            seen("open", Phase.HUMANS),
+            Send,
+            "",
+            id="message-forward-queued-before-an-open",
+        ),
+        pytest.param(
+            forward_job(MESSAGE_FORWARD),
+            seen("resolved", Phase.CLOSED),
+            Drop,
+            "resolved or snoozed",
+            id="message-forward-of-a-resolved-period-is-dropped",
+        ),
+        pytest.param(
+            forward_job(MESSAGE_FORWARD),
+            seen(phase=Phase.BOT, period=3),
+            Drop,
+            "later pending period",
+            id="message-forward-of-an-earlier-period-is-dropped",
+        ),
+        pytest.param(
+            forward_job(EVENT_FORWARD), seen("resolved", Phase.CLOSED), Send, "", id="the-resolve-that-ends-it-goes"
+        ),
+        pytest.param(
+            forward_job(EVENT_FORWARD),
+            seen(phase=Phase.BOT, period=5),
+            Send,
+            "",
+            id="an-event-goes-whatever-came-since",
+        ),
+        pytest.param(
+            forward_job(MESSAGE_FORWARD, not_before=NOW + 0.5),
+            seen(phase=Phase.BOT),
+            Wait,
+            "no sooner",
+            id="a-forward-is-held-for-an-earlier-message-to-overtake-it",
+        ),
+        pytest.param(
+            forward_job(MESSAGE_FORWARD, attempts=2, attempt=Attempt(0)),
+            seen(phase=Phase.BOT),
+            Send,
+            "",
+            id="a-retried-forward-is-sent-again-the-team-bot-drops-a-repeat-by-its-delivery-id",
+        ),
+    ],
+)
+def test_verdict_of_forwards(j: Job, s: Seen, verdict: type, why: str) -> None:
+    v = guard.verdict(j, 2, j.steps[0], s, NOW, SETTLE)
+    assert type(v) is verdict, v
+    assert why in getattr(v, "why", "")
+    assert guard.needs(j, j.steps[0], NOW) == set()  # the bot's memory is all a forward follows

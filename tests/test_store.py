@@ -226,3 +226,44 @@ async def test_a_conversations_lanes_run_beside_each_other_each_in_order(store):
     await store.finish(lane, 100.0)
     assert (await store.claim(100.0)).queue_key == "1:1/evolution"
     assert [j.reason for j in await store.jobs("1:1")] == ["open"]  # the conversation's Chatwoot jobs only
+
+
+# ---- a lane in the order of its jobs' `order` (forwards: by message id), ready at its head's not_before ----
+def forward(order: float, not_before: float = 0.0) -> Job:
+    return Job(1, 1, f"message {order:g}", [SetStatus("open")], lane="forward", order=order, not_before=not_before)
+
+
+async def test_a_lane_runs_its_jobs_by_order_whatever_order_they_were_queued_in(store):
+    for n, order in enumerate((12.0, 10.0, 11.5, 11.0, 13.0)):
+        await store.commit(Commit(f"d:{n}", "1:1", jobs=[forward(order)]), 100.0)
+    ran = []
+    while (claimed := await store.claim(100.0)) is not None:
+        ran.append(claimed.order)
+        await store.finish(claimed, 100.0)
+    assert ran == [10.0, 11.0, 11.5, 12.0, 13.0]
+
+
+async def test_a_job_queued_with_a_lower_order_waits_for_the_one_running_then_goes_first(store):
+    await store.commit(Commit("d:1", "1:1", jobs=[forward(12.0)]), 100.0)
+    running = await store.claim(100.0)
+    await store.commit(Commit("d:2", "1:1", jobs=[forward(10.0)]), 100.0)  # Chatwoot delivered it late
+    await store.commit(Commit("d:3", "1:1", jobs=[forward(11.0)]), 100.0)
+    running.next_at = 101.0  # its team bot answered 503: it retries, and goes on holding the later ones
+    assert await store.retry(running) is True
+    assert await store.claim(100.5) is None
+    ran = []
+    while (claimed := await store.claim(101.0)) is not None:
+        ran.append(claimed.order)
+        await store.finish(claimed, 101.0)
+    assert ran == [10.0, 11.0, 12.0]  # once released, the lower ones first
+
+
+async def test_a_lane_is_ready_when_its_next_job_may_run(store):
+    await store.commit(Commit("d:1", "1:1", jobs=[forward(10.0, not_before=100.5)]), 100.0)
+    await store.commit(Commit("d:2", "1:1", jobs=[forward(11.0, not_before=100.8)]), 100.1)
+    assert await store.claim(100.4) is None  # nothing claimed just to be told to wait (a synced write)
+    first = await store.claim(100.5)
+    assert first.order == 10.0
+    await store.finish(first, 100.6)
+    assert await store.claim(100.7) is None
+    assert (await store.claim(100.8)).order == 11.0

@@ -8,12 +8,12 @@ from datetime import datetime, timezone
 
 import aiohttp
 
-from .. import guard
+from .. import guard, relay
 from ..actions import Job
 from ..chatwoot import Chatwoot, ChatwootError
 from ..config import ConfigError, Settings, mask, scrub
 from ..events import BadBody, PayloadError, parse
-from ..forward import Standing, inbox_of, probe, verdict
+from ..forward import inbox_of, probe, verdict
 from ..handoffs import Handoffs, load_facts
 from ..metrics import Metrics
 from ..period import period_of
@@ -56,7 +56,7 @@ async def explain(settings: Settings, args: argparse.Namespace) -> int:
     print(decision.describe())
     if settings.forwards:
         # What the lifecycle model knows, as the server's forward step reads it (forward.Standing).
-        standing = Standing(handed_off=facts.state.handed_off, handoff_now=decision.outcome in ("handoff", "defer"))
+        standing = relay.standing(delivery, facts.state, decision.outcome, decision.state)
         said = verdict(delivery, standing, settings, inbox_of(delivery, body))
         print(f"forward: {'yes' if said.forward else 'no'}: {said.reason}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import statistics
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -118,7 +119,24 @@ async def health(bot: Bot, accounts: list[int], dead: int) -> tuple[list[Check],
     checks.append(await _store(bot, dead))
     if bot.evolution is not None:  # Evolution API (issue 24): a refused switch stays red until one works again
         checks.append(Check("Evolution API", *bot.evolution.health()))
+    if (forwarding := team_bot(bot)) is not None:
+        checks.append(forwarding)
     return checks, missing(s), version
+
+
+def team_bot(bot: Bot) -> Check | None:
+    """The team's own bot behind this one (forwarding, relay.py): its last success, failed attempts in the last
+    hour, and how long the oldest forward waiting for a retry has waited."""
+    relay = getattr(bot, "relay", None)
+    if relay is None or not bot.settings.forwards:
+        return None
+    last, failures, oldest = relay.last_success, relay.failures_last_hour(), relay.oldest_waiting()
+    said = [f"last success {_duration(time.time() - last)} ago" if last else "no success yet"]
+    said.append(f"{failures} failed attempt{'s' if failures != 1 else ''} in the last hour")
+    if oldest is not None:
+        said.append(f"oldest forward waiting {_duration(oldest)} (FORWARD_MAX_AGE {bot.settings.forward_max_age} s)")
+    level: Level = "bad" if oldest is not None and oldest > bot.settings.forward_max_age / 2 else "ok"
+    return Check("Your bot (FORWARD_URL)", "warn" if level == "ok" and failures else level, ", ".join(said))
 
 
 async def _store(bot: Bot, dead: int) -> Check:

@@ -45,10 +45,32 @@ CONNECTION_WAIT = 10  # seconds a command waits for a free connection when all R
 # lock:<conv> (redis-py Lock); log:<account> (zset entry JSON → time, the decision log) and
 # log-accounts (set of accounts with a log); echo:<conv> (zset "message id:fingerprint" → message id).
 
+# A job with an `order` (Job.order: a forward's message id) goes before the first queued job of a higher order,
+# never before the head job while a worker runs it (RELEASE and PROGRESS write the head). A new queue is ready
+# when its job may run (`not_before`).
 PUSH = """
-local function push(conv, job, now)
-  redis.call('RPUSH', P..'q:'..conv, job)
-  redis.call('ZADD', P..'ready', 'NX', now, conv)
+local function order_of(job)
+  local o = cjson.decode(job).order
+  return type(o) == 'number' and o or 0
+end
+local function place(conv, job, order)
+  local q = P..'q:'..conv
+  local before = nil
+  local last = redis.call('LINDEX', q, -1)
+  if type(order) == 'number' and last and order_of(last) > order then  -- else it goes last (the usual case)
+    local queued = redis.call('LRANGE', q, 0, -1)
+    local first = redis.call('EXISTS', P..'owner:'..conv) == 1 and 2 or 1
+    for i = first, #queued do
+      if order_of(queued[i]) > order then before = queued[i]; break end
+    end
+  end
+  if before then redis.call('LINSERT', q, 'BEFORE', before, job) else redis.call('RPUSH', q, job) end
+end
+local function push(conv, job, now, order, not_before)
+  place(conv, job, order)
+  local ready = now
+  if type(not_before) == 'number' and not_before > now then ready = not_before end
+  redis.call('ZADD', P..'ready', 'NX', ready, conv)
   redis.call('INCR', P..'depth')
 end
 """
@@ -61,7 +83,7 @@ local a = cjson.decode(ARGV[1])
 if a.lock and redis.call('GET', P..'lock:'..a.conv) ~= a.lock then return -1 end
 if redis.call('SET', P..'seen:'..a.dedup, '1', 'NX', 'EX', a.dedup_ttl) == false then return 0 end
 if a.state then redis.call('SET', P..'conv:'..a.conv, a.state, 'EX', a.state_ttl) end
-for _, job in ipairs(a.jobs) do push(job[1], job[2], a.now) end  -- {queue, job}: a conversation's lanes
+for _, job in ipairs(a.jobs) do push(job[1], job[2], a.now, job[3], job[4]) end  -- {queue, job, order, not_before}
 if a.cancel_timer then redis.call('ZREM', P..'timers', a.conv); redis.call('DEL', P..'timer:'..a.conv) end
 if a.timer_job then
   redis.call('ZADD', P..'timers', a.timer_due, a.conv)
@@ -134,22 +156,37 @@ return 1
 """
 )
 
-# ARGV: conv, id, token, how ('done'|'retry'|'dead'), job json, ready_at
+# ARGV: conv, id, token, how ('done'|'retry'|'dead'), job json, ready_at. A job put back takes its place by
+# order again: one of a lower order queued meanwhile goes first (as SQLite's claim picks it).
 RELEASE = (
     OWNED
+    + PUSH
     + """
 local conv, id, how, job, at = ARGV[1], ARGV[2], ARGV[4], ARGV[5], tonumber(ARGV[6])
 if not owned(conv, id, ARGV[3]) then return 0 end
 local q = P..'q:'..conv
 redis.call('DEL', P..'owner:'..conv)
 if how == 'retry' then
-  redis.call('LSET', q, 0, job)
+  local order = cjson.decode(job).order
+  if type(order) == 'number' then
+    redis.call('LPOP', q)
+    place(conv, job, order)
+  else
+    redis.call('LSET', q, 0, job)
+  end
 else
   redis.call('LPOP', q)
   redis.call('DECR', P..'depth')
   if how == 'dead' then redis.call('RPUSH', P..'dead', job) end
 end
-if redis.call('LLEN', q) > 0 then redis.call('ZADD', P..'ready', at, conv) else redis.call('ZREM', P..'ready', conv) end
+local head = redis.call('LINDEX', q, 0)
+if head then
+  local not_before = cjson.decode(head).not_before  -- the queue is ready when its next job may run
+  if type(not_before) == 'number' and not_before > at then at = not_before end
+  redis.call('ZADD', P..'ready', at, conv)
+else
+  redis.call('ZREM', P..'ready', conv)
+end
 return 1
 """
 )
@@ -181,7 +218,7 @@ local function revive(j, now)
   j.attempts, j.created_at, j.next_at, j.error = 0, now, now, cjson.null
   local queue = j.account_id..':'..j.display_id
   if type(j.lane) == 'string' and j.lane ~= '' then queue = queue..'/'..j.lane end
-  push(queue, cjson.encode(j), now)
+  push(queue, cjson.encode(j), now, j.order)
 end
 """
 )
@@ -293,7 +330,7 @@ class RedisStore(Store):
             "conv": c.conversation_key,
             "now": now,
             "state": c.state.dumps() if c.state else None,
-            "jobs": [[j.queue_key, j.dumps()] for j in c.jobs] or {},
+            "jobs": [[j.queue_key, j.dumps(), j.order, j.not_before] for j in c.jobs] or {},
             "cancel_timer": c.cancel_timer,
             "contact": c.contact_key,
             "resolved": c.resolved.dumps() if c.resolved and c.contact_key else None,

@@ -36,6 +36,11 @@ CREATE TABLE IF NOT EXISTS decisions (account INTEGER NOT NULL, seq INTEGER NOT 
   body TEXT NOT NULL, PRIMARY KEY (account, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
 """
+# A queue's next job: the lowest `order` (Job.order; a forward's message id), then the first queued.
+HEAD_FIRST = "ORDER BY coalesce(json_extract(body, '$.order'), 0), id"
+_HEAD_NOT_BEFORE = (
+    f"SELECT coalesce(json_extract(body, '$.not_before'), 0) FROM jobs WHERE conv=? AND dead=0 {HEAD_FIRST} LIMIT 1"
+)
 T = TypeVar("T")
 PATIENCE = 3.0  # seconds a read or write waits for another connection's lock before it fails
 BUSY_DELAYS = (0.002, 0.2)  # first and longest pause between tries while the database is locked
@@ -320,7 +325,7 @@ class SQLiteStore(Store):
     def _push(self, job: Job, now: float) -> None:
         job.created_at = job.created_at or now
         self.db.execute("INSERT INTO jobs (conv, body) VALUES (?,?)", (job.queue_key, job.dumps()))
-        self.db.execute("INSERT OR IGNORE INTO queues VALUES (?,?)", (job.queue_key, now))
+        self.db.execute("INSERT OR IGNORE INTO queues VALUES (?,?)", (job.queue_key, max(now, job.not_before)))
 
     async def remember(self, contact_key: str, resolved: Resolved | None, ttl: float, now: float) -> None:
         value = resolved.dumps() if resolved else None
@@ -367,7 +372,7 @@ class SQLiteStore(Store):
         # A ready time beyond HORIZON was written before the wall clock stepped back: it is due.
         return self.rdb.execute(
             "SELECT q.conv, j.id, j.body FROM queues q LEFT JOIN jobs j "
-            "ON j.id = (SELECT id FROM jobs WHERE conv=q.conv AND dead=0 ORDER BY id LIMIT 1) "
+            f"ON j.id = (SELECT id FROM jobs WHERE conv=q.conv AND dead=0 {HEAD_FIRST} LIMIT 1) "
             f"WHERE (q.ready_at<=? OR q.ready_at>?) AND q.conv NOT IN ({marks}) ORDER BY q.ready_at LIMIT 1",
             (now, now + HORIZON, *busy),
         ).fetchone()
@@ -396,8 +401,9 @@ class SQLiteStore(Store):
 
         def apply() -> bool:
             found = self.db.execute(sql, args).rowcount > 0
-            if self.db.execute("SELECT 1 FROM jobs WHERE conv=? AND dead=0 LIMIT 1", (conv,)).fetchone():
-                self.db.execute("UPDATE queues SET ready_at=? WHERE conv=?", (ready_at, conv))
+            head = self.db.execute(_HEAD_NOT_BEFORE, (conv,)).fetchone()
+            if head:  # the queue is ready when its next job may run
+                self.db.execute("UPDATE queues SET ready_at=? WHERE conv=?", (max(ready_at, head[0]), conv))
             else:
                 self.db.execute("DELETE FROM queues WHERE conv=?", (conv,))
             return found

@@ -16,6 +16,7 @@ from .handoffs import Handoffs
 from .metrics import Metrics
 from .outbox import Outbox
 from .page.panels import Sweeper as PageSweeper
+from .ratelimit import Priority, RateLimit
 from .store import Store, open_or_refuse, store_for
 from .sweep import Sweeper
 from .sweep_loop import SweepLoop
@@ -51,12 +52,18 @@ class Bot:
         await open_or_refuse(self.store, s)
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30))
         token = s.chatwoot_bot_token.get_secret_value() if s.chatwoot_bot_token else None
-        self.chatwoot = Chatwoot(self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics)
+        # One budget for every call to Chatwoot (its 429s pause them all); handoffs' calls first, then look-ups.
+        self.ratelimit = RateLimit(s.chatwoot_rate)
+        self.metrics.watch_rate(lambda: self.ratelimit.rate, lambda: self.ratelimit.paused)
+        self.chatwoot = Chatwoot(
+            self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics, limit=self.ratelimit
+        )
         reader = s.chatwoot_api_token.get_secret_value() if s.chatwoot_api_token else None
         self.outbox = Outbox(self.store, self.chatwoot, self.metrics, self.clock, s.action_max_age, reader)
-        self.handoffs = Handoffs(s, self.store, self.chatwoot, self.metrics, self.clock, self.outbox.wake)
+        lookups = self.chatwoot.sibling(Priority.LOOKUP)  # Handoffs only reads (look-ups) while a delivery waits
+        self.handoffs = Handoffs(s, self.store, lookups, self.metrics, self.clock, self.outbox.wake)
         self.outbox.start()
-        self.sweeps = self.sweeper = self._sweeps(token)
+        self.sweeps = self.sweeper = self._sweeps()
         logger.info(
             "agentbot ready on port {} (store: {}, Chatwoot: {})", s.port, mask(s.store_url), mask(s.chatwoot_url)
         )
@@ -71,11 +78,10 @@ class Bot:
         await self.session.close()
         await self.store.close()
 
-    def _sweeps(self, token: str | None) -> SweepLoop | None:
+    def _sweeps(self) -> SweepLoop | None:
         """The sweep (periodic with SWEEP_INTERVAL, and on demand from the operator page), with its own throttled
         client (SWEEP_RATE) but the same store, locks and outbox as live deliveries."""
         s = self.settings
-        assert s.chatwoot_url is not None  # serve requires it (config.REQUIRED)
         if s.chatwoot_api_token is None:
             logger.info(
                 "sweep off: without CHATWOOT_API_TOKEN the bot cannot list pending conversations, so one whose "
@@ -83,9 +89,7 @@ class Bot:
                 "the customer writes again; set it to catch those"
             )
             return None
-        throttled = Chatwoot(
-            self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics, Throttle(s.sweep_rate)
-        )
+        throttled = self.chatwoot.sibling(Priority.SWEEP, Throttle(s.sweep_rate))
         handoffs = Handoffs(s, self.store, throttled, self.metrics, self.clock, self.outbox.wake)
         sweeper = Sweeper(s, handoffs, throttled, self.metrics, self.clock, busy=lambda: self.handoffs.live)
         try:

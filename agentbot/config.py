@@ -63,6 +63,7 @@ EXAMPLES = {
     "bot_command": "#bot",
     "sweep_interval": "600 (0 = off)",
     "sweep_rate": "5 (0 = no limit)",
+    "chatwoot_rate": "50 (0 = no cap)",
 }
 SECRETS = {"chatwoot_bot_token", "chatwoot_bot_secret", "chatwoot_api_token", "webhook_token"}
 MIN_SECRET = 16  # characters; Chatwoot's bot secrets have 24
@@ -337,6 +338,7 @@ class Settings(BaseSettings, Rules):
     ignore_inbox_ids: IdList = Field(default_factory=list)
     sweep_interval: int | None = Field(default=None, ge=0)  # None: 600 with a user token, else off
     sweep_rate: float = Field(default=5.0, ge=0)
+    chatwoot_rate: float = Field(default=0.0, ge=0)  # calls a second to Chatwoot in all; 0: paced by its 429s only
 
     _split_ids = field_validator("chatwoot_account_ids", "inbox_ids", "ignore_inbox_ids", mode="before")(_split)
     _blank_connection = field_validator(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -15,12 +16,13 @@ from .config import ConfigError, Settings, mask
 from .handoffs import Handoffs
 from .metrics import Metrics
 from .outbox import Outbox
-from .page.panels import Sweeper as PageSweeper
 from .ratelimit import Priority, RateLimit
 from .store import Store, open_or_refuse, store_for
-from .sweep import Sweeper
-from .sweep_loop import SweepLoop
 from .webhook import MAX_BODY, receive
+
+if TYPE_CHECKING:
+    from .page.panels import Sweeper as PageSweeper
+    from .sweep_loop import SweepLoop
 
 UNPROTECTED = (
     "neither CHATWOOT_BOT_SECRET nor WEBHOOK_TOKEN is set: anyone who learns the webhook URL can make the bot "
@@ -89,6 +91,9 @@ class Bot:
                 "the customer writes again; set it to catch those"
             )
             return None
+        from .sweep import Sweeper  # only with a user token: serving starts without it
+        from .sweep_loop import SweepLoop
+
         throttled = self.chatwoot.sibling(Priority.SWEEP, Throttle(s.sweep_rate))
         handoffs = Handoffs(s, self.store, throttled, self.metrics, self.clock, self.outbox.wake)
         sweeper = Sweeper(s, handoffs, throttled, self.metrics, self.clock, busy=lambda: self.handoffs.live)

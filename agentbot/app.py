@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -19,12 +20,14 @@ from .forward import Forwarder
 from .handoffs import Handoffs
 from .metrics import Metrics
 from .outbox import Outbox
-from .page.panels import Sweeper as PageSweeper
+from .ratelimit import Priority, RateLimit
 from .relay import Relay
 from .store import Store, open_or_refuse, store_for
-from .sweep import Sweeper
-from .sweep_loop import SweepLoop
 from .webhook import MAX_BODY, receive
+
+if TYPE_CHECKING:
+    from .page.panels import Sweeper as PageSweeper
+    from .sweep_loop import SweepLoop
 
 UNPROTECTED = (
     "neither CHATWOOT_BOT_SECRET nor WEBHOOK_TOKEN is set: anyone who learns the webhook URL can make the bot "
@@ -58,19 +61,25 @@ class Bot:
         await open_or_refuse(self.store, s)
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30))
         token = s.chatwoot_bot_token.get_secret_value() if s.chatwoot_bot_token else None
-        self.chatwoot = Chatwoot(self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics)
+        # One budget for every call to Chatwoot (its 429s pause them all); handoffs' calls first, then look-ups.
+        self.ratelimit = RateLimit(s.chatwoot_rate)
+        self.metrics.watch_rate(lambda: self.ratelimit.rate, lambda: self.ratelimit.paused)
+        self.chatwoot = Chatwoot(
+            self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics, limit=self.ratelimit
+        )
         reader = s.chatwoot_api_token.get_secret_value() if s.chatwoot_api_token else None
         self.evolution = self._evolution()
         self.outbox = Outbox(
             self.store, self.chatwoot, self.metrics, self.steady, s.action_max_age, reader, self.evolution
         )
-        self.handoffs = Handoffs(s, self.store, self.chatwoot, self.metrics, self.clock, self.outbox.wake, self.steady)
+        lookups = self.chatwoot.sibling(Priority.LOOKUP)  # Handoffs only reads (look-ups) while a delivery waits
+        self.handoffs = Handoffs(s, self.store, lookups, self.metrics, self.clock, self.outbox.wake, self.steady)
         # Forwarding to the team's own bot (relay.py): on the app's one session, off the webhook's path.
         forwarder = Forwarder(self.session, s.forward_secret, s.forward_timeout, self.metrics)
         self.relay = Relay(s, forwarder, self.metrics, self.steady, self.handoffs.forward_handoff)
         self.outbox.relay = self.relay
         self.outbox.start()
-        self.sweeps = self.sweeper = self._sweeps(token)
+        self.sweeps = self.sweeper = self._sweeps()
         logger.info(
             "agentbot ready on port {} (store: {}, Chatwoot: {})", s.port, mask(s.store_url), mask(s.chatwoot_url)
         )
@@ -93,11 +102,10 @@ class Bot:
         client = Evolution(self.session, s.evolution_url, s.evolution_api_key.get_secret_value(), metrics=self.metrics)
         return Switcher(s, client, self.chatwoot, self.metrics)
 
-    def _sweeps(self, token: str | None) -> SweepLoop | None:
+    def _sweeps(self) -> SweepLoop | None:
         """The sweep (periodic with SWEEP_INTERVAL, and on demand from the operator page), with its own throttled
         client (SWEEP_RATE) but the same store, locks and outbox as live deliveries."""
         s = self.settings
-        assert s.chatwoot_url is not None  # serve requires it (config.REQUIRED)
         if s.chatwoot_api_token is None:
             logger.info(
                 "sweep off: without CHATWOOT_API_TOKEN the bot cannot list pending conversations, so one whose "
@@ -105,9 +113,10 @@ class Bot:
                 "the customer writes again; set it to catch those"
             )
             return None
-        throttled = Chatwoot(
-            self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics, Throttle(s.sweep_rate)
-        )
+        from .sweep import Sweeper  # only with a user token: serving starts without it
+        from .sweep_loop import SweepLoop
+
+        throttled = self.chatwoot.sibling(Priority.SWEEP, Throttle(s.sweep_rate))
         handoffs = Handoffs(s, self.store, throttled, self.metrics, self.clock, self.outbox.wake, self.steady)
         sweeper = Sweeper(s, handoffs, throttled, self.metrics, self.clock, busy=lambda: self.handoffs.live)
         try:

@@ -77,6 +77,7 @@ EXAMPLES = {
     "forward_timeout": "30",
     "forward_max_age": "120 (at least 5)",
     "forward_fallback": "open or keep",
+    "chatwoot_rate": "50 (0 = no cap)",
 }
 SECRETS = {
     "chatwoot_bot_token",
@@ -398,6 +399,7 @@ class Settings(BaseSettings, Rules):
     forward_timeout: float = Field(default=30.0, gt=0, le=300)  # seconds per attempt: LLM bots are slow
     forward_max_age: int = Field(default=120, ge=5)  # seconds a delivery may take to reach the team's bot
     forward_fallback: Literal["open", "keep"] = "open"
+    chatwoot_rate: float = Field(default=0.0, ge=0)  # calls a second to Chatwoot in all; 0: paced by its 429s only
 
     _split_ids = field_validator("chatwoot_account_ids", "inbox_ids", "ignore_inbox_ids", mode="before")(_split)
     _blank_connection = field_validator(

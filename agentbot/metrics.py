@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
@@ -85,6 +87,24 @@ class Metrics:
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
         )
 
+        # Chatwoot's request limit (ratelimit.RateLimit): its 429s, and the pace the bot keeps because of them.
+        self.rate_limited = Counter(
+            "agentbot_chatwoot_rate_limited_total", "Chatwoot calls refused with 429 (its request limit)", registry=r
+        )
+        self.chatwoot_rate = Gauge(
+            "agentbot_chatwoot_rate", "Chatwoot calls a second the bot allows itself now (0: no limit)", registry=r
+        )
+        self.chatwoot_paused = Gauge(
+            "agentbot_chatwoot_paused",
+            "1 while Chatwoot refuses calls and the bot waits for its next window",
+            registry=r,
+        )
+
+    def watch_rate(self, rate: Callable[[], float | None], paused: Callable[[], bool]) -> None:
+        """Read the pace and the pause when /metrics is rendered."""
+        self.chatwoot_rate.set_function(lambda: rate() or 0.0)
+        self.chatwoot_paused.set_function(lambda: float(paused()))
+
     def delivered(self, event: str, outcome: str) -> None:
         """Count a delivery; called for every one, so the labelled child is looked up once."""
         child = self._delivered.get((event, outcome))
@@ -94,6 +114,8 @@ class Metrics:
 
     def observe_call(self, endpoint: str, status: str, seconds: float) -> None:
         self.calls.labels(endpoint, status).inc()
+        if status == "429":
+            self.rate_limited.inc()
         self.latency.labels(endpoint).observe(seconds)
 
     def observe_evolution_call(self, endpoint: str, status: str, seconds: float) -> None:

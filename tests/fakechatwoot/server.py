@@ -45,6 +45,7 @@ class Call:
     status: int
     caller: str  # "bot", "user" or "anonymous"
     at: float = field(default_factory=time.monotonic)
+    wall: float = field(default_factory=time.time)  # the clock of the fake's rate-limit windows
 
 
 @dataclass
@@ -146,7 +147,8 @@ class FakeChatwoot:
         self._reorder = 0.0  # deliveries delayed by up to this many seconds each (Sidekiq: no order)
         self._random = random.Random(0)
         self._auto_assign = itertools.count()
-        self._window: tuple[int, dict[str, int]] = (0, {})  # rate limit: (minute, requests per client IP)
+        self._window: tuple[int, dict[str, int]] = (0, {})  # rate limit: (window, requests per client IP)
+        self.rate_window = 60.0  # seconds; tests shorten Chatwoot's minute to see several windows
         self.lookups_in_flight = self.max_lookups_in_flight = 0  # contact_conversations calls at a time
         self.now = time.time  # Chatwoot's clock, for signatures; tests share an injected clock with the bot
         self.app = web.Application()
@@ -559,10 +561,11 @@ class FakeChatwoot:
         return await self._api_call(request, route, name, body, token, answer)
 
     def _throttled(self, client: str) -> bool:
-        """rack-attack's `req/ip` throttle: every request counts, fixed one-minute windows."""
+        """rack-attack's `req/ip` throttle: every request counts (refused ones too), fixed windows of
+        `rate_window` seconds aligned to the epoch (Chatwoot: one minute)."""
         if self.rate_limit is None:
             return False
-        minute = int(time.time() // 60)
+        minute = int(time.time() // self.rate_window)
         if self._window[0] != minute:
             self._window = (minute, {})
         counts = self._window[1]

@@ -161,6 +161,8 @@ async def test_a_sigkill_while_forwards_are_queued_loses_none(fake, processes, t
             conv = fake.customer_writes(contact, text).conversation
     await wait_for(lambda: all(d.done and d.answers == [200] for d in fake.deliveries), 5, "the acknowledgements")
     await wait_for(lambda: team.received, 5, "a failed attempt")
+    if store_url.startswith("redis"):  # killed mid-attempt, a forward would wait out its claim's 60 s lease
+        await wait_for(lambda: _unclaimed(store_url), 5, "the failed attempt's retry, scheduled")
     await first.stop(signal.SIGKILL)
     team.faults.clear()  # back up
     await processes(connect=False, **env_)
@@ -168,6 +170,13 @@ async def test_a_sigkill_while_forwards_are_queued_loses_none(fake, processes, t
     for name, texts in sent.items():
         await wait_for(lambda t=texts, n=name: messages(team.delivered, by_name[n]) == t, 15, f"{name}'s forwards")
     assert conv is not None
+
+
+async def _unclaimed(store_url: str) -> bool:
+    from redis.asyncio import Redis
+
+    async with Redis.from_url(store_url) as r:
+        return not await r.keys("agentbot:owner:*")
 
 
 async def test_a_refused_forward_is_not_retried_and_is_logged_with_its_status(fake, start_bot, team, log_lines):

@@ -18,7 +18,9 @@ from .chatwoot import Chatwoot, ChatwootError
 from .config import ConfigError, Settings
 from .decide import Decision
 from .events import Delivery, Listed, Message, PayloadError, Person
+from .facts import Facts
 from .handoffs import Handoffs
+from .lookups import Lookup, Lookups, sweep_share, worth_asking
 from .metrics import Metrics
 from .outbox import backoff
 from .store import Lapsed, Store
@@ -118,6 +120,7 @@ class Sweeper:
         self.token = settings.chatwoot_api_token.get_secret_value()
         self.busy = busy
         self.store: Store = handoffs.store
+        self.lookups = Lookups(settings, self.store, chatwoot, clock, sweep_share())
 
     def accounts(self, wanted: list[int] | None = None) -> list[int]:
         s = self.settings
@@ -274,11 +277,31 @@ class Sweeper:
         # agent before the handoff would open it without the bot: decide as if it did (open first, then assign).
         owner = c.assignee or Person(None, "agent_bot", "the inbox's bot")
         d = Delivery("message_created", None, replace(c, waiting_since=waiting, assignee=owner), trigger)
+        looked = await self._look_up(d, dry_run)
+        if looked is not None and not looked.known:
+            why = f"the contact look-up {looked.answer.value} ({looked.why}); looked at again next sweep"
+            return Swept(c.key, "skipped", f"look-up {looked.answer.value}", why)
         decision = await self.handoffs.reconcile(d, incoming, dry_run)
         swept = _swept(c.key, decision)
         level = "INFO" if swept.outcome in ("opened", "deferred") and not dry_run else "DEBUG"
         logger.log(level, "conversation {}: sweep: {}", c.key, decision.describe().splitlines()[0])
         return swept
+
+    async def _look_up(self, d: Delivery, dry_run: bool) -> Lookup | None:
+        """Chatwoot's answer about the contact when the decision needs it (as `Handoffs.reconcile` tells), waited
+        for instead of guessed, and remembered for `reconcile` to find; None when not needed.
+        A dry run cannot hand its answer to `reconcile` yet (it writes nothing), so it asks nothing here."""
+        c = d.conversation
+        assert c is not None
+        if dry_run:
+            return None
+        facts = await self.handoffs.facts(d, look_up=False)
+        state = facts.state
+        if state.handed_off and not await self.store.opening(c.key):
+            state = state.handoff_undone(None)  # `reconcile` decides it afresh
+        if state.incoming or not worth_asking(self.settings, d, Facts(state, facts.previous)):
+            return None
+        return await self.lookups.previous(c, wait=True)
 
     async def _trigger(self, item: Listed) -> tuple[Message | None, int | None, float | None]:
         """The customer's last message; with HANDOFF_AFTER_MESSAGES also how many they sent in this pending

@@ -615,3 +615,73 @@ async def test_a_handoff_the_sweep_itself_decided_and_never_carried_out_is_hande
     await wait_for(lambda: conv.status == "open", 10, "the next sweep's handoff")
     await bot.idle()
     assert fake.opened_by(conv.display_id) == ["bot:7"]
+
+
+# ---- a backlog swept right: the sweep never guesses (issue 21) --------------------------------
+def backlog(fake) -> tuple[list, list, list]:
+    """The day the bot is connected: 25 new customers, 5 asking for a person, then 10 returning customers who
+    wrote in a new conversation after a resolved one (Instagram: the evidence is only in Chatwoot). Every one
+    of the 40 needs a contact look-up, twice the live share's burst; the returning ones are swept last."""
+    disconnected(fake)
+    new = [new_customer(fake, f"N{i}", inbox=5) for i in range(25)]
+    asked = [new_customer(fake, f"K{i}", "quero falar com um atendente", inbox=5) for i in range(5)]
+    back = []
+    for i in range(10):
+        contact, first = returning(fake, f"R{i}", inbox=5)
+        back.append(fake.customer_writes(contact, "Oi de novo", inbox=5).conversation)
+        aged(fake, [first])
+    # The sweep takes the longest waiting first: the returning customers come after the 30 others' look-ups.
+    return aged(fake, new, AWAY + 600), aged(fake, asked, AWAY + 600), aged(fake, back)
+
+
+BACKLOG_RULES = {"HANDOFF_KEYWORDS": "atendente"}
+
+
+async def test_one_sweep_opens_every_returning_customer_of_a_backlog_waiting_for_its_look_ups(
+    fake, start_bot, tmp_path
+):
+    new, asked, back = backlog(fake)
+    bot = await start_bot(**USER, **BACKLOG_RULES, STORE_URL=f"sqlite:///{tmp_path}/bot.sqlite3", SWEEP_INTERVAL="0")
+    code, out, err = await sweep_cli(fake, tmp_path, "--json", **BACKLOG_RULES)
+    assert code == 0, err
+    result = json.loads(out)
+    assert opened_keys(result) == {f"1:{c.display_id}" for c in asked + back}
+    assert result["counts"]["opened"] == {"returning": 10, "keyword": 5}
+    assert len(fake.calls_to("contact_conversations", caller="user")) == 40  # each asked once, none guessed
+    await wait_for(lambda: all(c.status == "open" for c in asked + back), 20, "the 15 handoffs")
+    await bot.idle()
+    assert_handed_off_once(fake, asked + back)
+    assert [c.status for c in new] == ["pending"] * 25
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the lead's handoffs.py change (issue 20): reconcile takes the sweep's look-up (lookups.Lookup) "
+    "instead of asking through the live share, which a dry run cannot warm",
+)
+async def test_the_dry_run_of_a_backlog_names_the_same_conversations_the_sweep_opens(fake, tmp_path):
+    new, asked, back = backlog(fake)
+    code, out, err = await sweep_cli(fake, tmp_path, "--dry-run", "--json", **BACKLOG_RULES)
+    assert code == 0, err
+    assert opened_keys(json.loads(out)) == {f"1:{c.display_id}" for c in asked + back}
+    assert [c.status for c in new + asked + back] == ["pending"] * 40
+
+
+async def test_a_failed_look_up_is_not_a_new_customer_and_the_next_sweep_asks_again(fake, start_bot):
+    disconnected(fake)
+    contact, first = returning(fake, "Maria", inbox=5)
+    conv = aged(fake, [first, fake.customer_writes(contact, "Oi de novo", inbox=5).conversation])[1]
+    fake.fail("contact_conversations", status=500)
+    clock = Clock(datetime.now(timezone.utc))
+    bot = await start_bot(clock, **USER, SWEEP_INTERVAL="0")
+    first_sweep = await bot.bot.sweeps.once()
+    assert first_sweep.counts()["skipped"] == {"look-up failed": 1}
+    assert conv.status == "pending"
+    state, _ = await bot.bot.store.load(f"1:{conv.display_id}", None)
+    assert state.incoming == 0  # not remembered as seen: the next sweep decides it again
+    clock.at += timedelta(seconds=61)  # the failure is not asked again for a minute
+    again = await bot.bot.sweeps.once()
+    assert again.counts()["opened"] == {"returning": 1}
+    await wait_for(lambda: conv.status == "open", 5, "the handoff")
+    await bot.idle()
+    assert_handed_off_once(fake, [conv])

@@ -20,7 +20,7 @@ from .decide import Decision
 from .events import Delivery, Listed, Message, PayloadError, Person
 from .facts import Facts
 from .handoffs import Handoffs
-from .lookups import Lookup, Lookups, sweep_share, worth_asking
+from .lookups import FAILED_LOOKUP_TTL, Lookup, Lookups, sweep_share, worth_asking
 from .metrics import Metrics
 from .outbox import backoff
 from .store import Lapsed, Store
@@ -47,6 +47,7 @@ class Swept:
     outcome: str  # opened, deferred, kept, skipped, error
     label: str  # the rule (opened, deferred) or the short reason (kept, skipped, error)
     reason: str
+    retry_at: float | None = None  # skipped until then (unix time): worth looking at again soon after
 
     def line(self, dry_run: bool = False) -> str:
         return f"conversation {self.key}: {'would be ' if dry_run else ''}{self.outcome} ({self.label}): {self.reason}"
@@ -88,7 +89,11 @@ class SweepResult:
 class Progress:
     """What a sweep reports as it goes (the CLI draws a bar from it); the default reports nothing."""
 
-    def listing(self, total: int) -> None: ...
+    def listing(self, total: int) -> None:
+        """One inbox's pending conversations, as its first page counts them."""
+
+    def deciding(self, total: int) -> None:
+        """All listed: `total` conversations to decide."""
 
     def decided(self, swept: Swept) -> None: ...
 
@@ -138,7 +143,10 @@ class Sweeper:
         dry_run: bool = False,
         progress: Progress | None = None,
         lease: Lease | None = None,
+        only: set[str] | None = None,
     ) -> SweepResult:
+        """Sweep the pending conversations of `accounts` (and `inboxes`); with `only`, decide just those of these
+        conversation keys (a dry run's "run these now")."""
         progress = progress or Progress()
         result, started = SweepResult(dry_run=dry_run), time.monotonic()
         self._lease, self._renewed = lease, time.monotonic()
@@ -150,6 +158,9 @@ class Sweeper:
                     "bot (or name them with INBOX_IDS or --inbox)"
                 )
             found = await self._list_all(accounts, inboxes or self.settings.inbox_ids, result, progress)
+            if only is not None:
+                found = [item for item in found if item.conversation.key in only]
+            progress.deciding(len(found))
             for item in found:
                 if not await self._keep_lease():
                     result.failures.append("another instance took over the sweep lease; stopped")
@@ -257,9 +268,8 @@ class Sweeper:
     async def _one(self, item: Listed, dry_run: bool) -> Swept:
         c = item.conversation
         if self.clock().timestamp() - item.last_activity_at < RECENT:
-            return Swept(
-                c.key, "skipped", "recent activity", f"active in the last {RECENT:.0f} s: left to its delivery"
-            )
+            why = f"active in the last {RECENT:.0f} s: left to its delivery"
+            return Swept(c.key, "skipped", "recent activity", why, item.last_activity_at + RECENT)
         state, _ = await self.store.load(c.key, None)
         if state.handed_off and await self.store.opening(c.key):
             return Swept(
@@ -280,7 +290,8 @@ class Sweeper:
         looked = await self._look_up(d, dry_run)
         if looked is not None and not looked.known:
             why = f"the contact look-up {looked.answer.value} ({looked.why}); looked at again next sweep"
-            return Swept(c.key, "skipped", f"look-up {looked.answer.value}", why)
+            again = self.clock().timestamp() + FAILED_LOOKUP_TTL
+            return Swept(c.key, "skipped", f"look-up {looked.answer.value}", why, again)
         decision = await self.handoffs.reconcile(d, incoming, dry_run)
         swept = _swept(c.key, decision)
         level = "INFO" if swept.outcome in ("opened", "deferred") and not dry_run else "DEBUG"

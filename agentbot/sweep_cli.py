@@ -46,6 +46,9 @@ class _Bar(SweepProgress):
     def listing(self, total: int) -> None:
         self.bar.update(self.task, total=(self.bar.tasks[0].total or 0) + total)
 
+    def deciding(self, total: int) -> None:
+        self.bar.update(self.task, total=total)  # a page may repeat a conversation: the count of them all
+
     def decided(self, swept: Swept) -> None:
         self.bar.advance(self.task)
 

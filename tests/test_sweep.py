@@ -438,21 +438,21 @@ async def test_a_conversation_given_back_to_the_bot_waits_for_the_customers_next
     await wait_for(lambda: conv.status == "open", 5, "the handoff at the customer's next message")
 
 
-async def test_a_start_up_sweep_looks_again_at_what_was_too_recent(fake, start_bot, monkeypatch):
-    from agentbot import sweep_loop
-
-    monkeypatch.setattr(sweep_loop, "RECHECK", 0.2)  # seconds after the start-up sweep (30 in production)
+async def test_a_customer_who_wrote_5_s_before_the_bot_started_is_handed_off_within_a_minute(fake, start_bot):
+    """Their delivery was lost (the bot was down, or asleep and woken by it); the start-up sweep leaves them to it
+    (active in the last 30 s) and looks again once they are no longer recent, not a SWEEP_INTERVAL later."""
     disconnected(fake)
-    conv = aged(fake, [came_back(fake, "Woke the bot")], 5)[0]  # its delivery was lost while the bot woke up
-    clock = Clock()
-    bot = await start_bot(clock, **USER)
+    conv = aged(fake, [came_back(fake, "Woke the bot")], 5)[0]
+    clock = Clock(datetime.now(timezone.utc))
+    bot = await start_bot(clock, **USER)  # SWEEP_INTERVAL: 600 s
     swept = bot.bot.metrics.swept
     await wait_for(lambda: swept.labels("skipped")._value.get() == 1, 10, "the start-up sweep to leave it")
     assert conv.status == "pending"
-    clock.at = datetime.now(timezone.utc) + timedelta(seconds=60)
-    await wait_for(lambda: conv.status == "open", 10, "the second look")
+    clock.at += timedelta(seconds=26)  # 31 s since the customer wrote: no longer recent
+    await wait_for(lambda: conv.status == "open", 5, "the second pass")
     await bot.idle()
     assert_handed_off_once(fake, [conv])
+    assert bot.bot.metrics.sweeps.labels("done")._value.get() == 2
 
 
 async def test_a_sweep_rate_below_one_call_a_second_is_a_pace_not_an_error():

@@ -14,16 +14,18 @@ from typing import Any, TypeVar
 from loguru import logger
 from msgspec.structs import replace
 
+from .actions import Job
 from .chatwoot import Chatwoot, ChatwootError
 from .config import ConfigError, Settings
 from .decide import Decision
-from .events import Delivery, Listed, Message, PayloadError, Person
+from .events import Conversation, Delivery, Listed, Message, PayloadError, Person
+from .expiry import RULE, Expiry, Known, Verdict, dedup_key, expiry, resolve_job
 from .facts import Facts
 from .handoffs import Handoffs
 from .lookups import FAILED_LOOKUP_TTL, Lookup, Lookups, sweep_share, worth_asking
 from .metrics import Metrics
 from .outbox import backoff
-from .store import Lapsed, Store
+from .store import Commit, DecisionEntry, Lapsed, Store
 from .store.base import Lease
 
 T = TypeVar("T")
@@ -33,6 +35,7 @@ LEASE_TTL = 60.0  # the sweep lease expires this long after its holder stopped r
 ATTEMPTS = 5  # tries of one Chatwoot read before the sweep gives up on it
 YIELD = 0.05  # at most this long a conversation waits for live deliveries to finish first
 
+OUTCOMES = ("opened", "deferred", "expired", "kept", "skipped", "error")
 SKIPPED = {  # decisions that mean "someone else got there first", by the start of their reason
     "handoff already decided": "handoff already decided",
     "late delivery": "left pending meanwhile",
@@ -44,7 +47,7 @@ class Swept:
     """What the sweep did with one conversation."""
 
     key: str
-    outcome: str  # opened, deferred, kept, skipped, error
+    outcome: str  # opened, deferred, expired, kept, skipped, error
     label: str  # the rule (opened, deferred) or the short reason (kept, skipped, error)
     reason: str
     retry_at: float | None = None  # skipped until then (unix time): worth looking at again soon after
@@ -62,7 +65,7 @@ class SweepResult:
     seconds: float = 0.0
 
     def counts(self) -> dict[str, dict[str, int]]:
-        by: dict[str, Counter[str]] = {k: Counter() for k in ("opened", "deferred", "kept", "skipped", "error")}
+        by: dict[str, Counter[str]] = {k: Counter() for k in OUTCOMES}
         for s in self.conversations:
             by[s.outcome][s.label] += 1
         return {k: dict(v.most_common()) for k, v in by.items()}
@@ -294,6 +297,8 @@ class Sweeper:
             return Swept(c.key, "skipped", f"look-up {looked.answer.value}", why, again)
         decision = await self.handoffs.reconcile(d, incoming, dry_run)
         swept = _swept(c.key, decision)
+        if swept.label == "no rule fired" and self._stale(item):
+            swept = await self._expire(item, dry_run) or swept
         level = "INFO" if swept.outcome in ("opened", "deferred") and not dry_run else "DEBUG"
         logger.log(level, "conversation {}: sweep: {}", c.key, decision.describe().splitlines()[0])
         return swept
@@ -313,6 +318,54 @@ class Sweeper:
         if state.incoming or not worth_asking(self.settings, d, Facts(state, facts.previous)):
             return None
         return await self.lookups.previous(c, wait=True)
+
+    # ---- stale pending conversations (PENDING_EXPIRE_*) ---------------------------------------
+    def _stale(self, item: Listed) -> bool:
+        """Whether nothing happened in the conversation for PENDING_EXPIRE_AFTER: only then are its messages read."""
+        after = self.settings.rules_for(item.conversation.inbox_id).pending_expire_after
+        return bool(after) and self.clock().timestamp() - item.last_activity_at >= (after or 0)
+
+    async def _expire(self, item: Listed, dry_run: bool) -> Swept | None:
+        """Queue the expiry of a conversation no rule opens, when `expiry` says it expires; None when it does not."""
+        c, rules = item.conversation, self.settings.rules_for(item.conversation.inbox_id)
+        messages = await self._read(lambda: self.chatwoot.conversation_messages(c.account_id, c.display_id, self.token))
+        async with self.store.lock(c.key):
+            state, _ = await self.store.load(c.key, None)
+            now = self.clock().timestamp()
+            found = expiry(c, messages, Known(state, await self.store.jobs(c.key)), now, rules)
+            if found.verdict is Verdict.QUEUED:
+                return Swept(c.key, "skipped", "expiry queued", found.reason)
+            if not found.expires:
+                logger.debug("conversation {}: sweep: does not expire: {}", c.key, found.reason)
+                return None
+            action = rules.pending_expire_action
+            if dry_run:
+                return Swept(c.key, "expired", action, found.reason)
+            if action == "label":  # the outbox has no label step yet (issue 21)
+                why = "PENDING_EXPIRE_ACTION=label needs the outbox's label step, not in this version yet"
+                return Swept(c.key, "kept", "expiry by label unavailable", why)
+            job = resolve_job(c, found, now, rules)
+            if not await self.store.commit(self._expiry_commit(c, found, job, now), now):
+                return Swept(c.key, "skipped", "expired before", f"its expiry for message {job.trigger} was queued")
+        self.handoffs.on_commit(1)
+        logger.info("conversation {}: sweep: expiry queued ({}): {}", c.key, action, found.reason)
+        return Swept(c.key, "expired", action, found.reason)
+
+    def _expiry_commit(self, c: Conversation, found: Expiry, job: Job, now: float) -> Commit:
+        size = self.settings.decision_log_size
+        log = DecisionEntry(
+            now,
+            c.account_id,
+            c.inbox_id,
+            c.display_id,
+            c.contact.name,
+            RULE,
+            job.steps[-1].words(),
+            found.reason,
+            "sweep",
+            dedup_key(c, found),
+        )
+        return Commit(dedup_key(c, found), c.key, jobs=[job], log=log if size else None, log_size=size)
 
     async def _trigger(self, item: Listed) -> tuple[Message | None, int | None, float | None]:
         """The customer's last message; with HANDOFF_AFTER_MESSAGES also how many they sent in this pending

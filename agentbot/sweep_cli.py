@@ -114,7 +114,7 @@ async def _sweep(settings: Settings, args: argparse.Namespace, store: Store) -> 
 
 def _report(result: SweepResult, queued: int, out: Console) -> None:
     for swept in result.conversations:
-        if result.dry_run or swept.outcome in ("opened", "deferred", "error"):
+        if result.dry_run or swept.outcome in ("opened", "deferred", "expired", "error"):
             out.print(swept.line(result.dry_run), markup=False, highlight=False)
     title = f"{'Dry run: ' if result.dry_run else ''}{result.listed} pending conversations"
     if result.failures:
@@ -126,6 +126,7 @@ def _report(result: SweepResult, queued: int, out: Console) -> None:
     names = {
         "opened": "would open" if result.dry_run else "opened",
         "deferred": "deferred to opening time",
+        "expired": "would expire" if result.dry_run else "expired (queued)",
         "kept": "kept pending",
         "skipped": "skipped (changed or active)",
         "error": "errors",

@@ -685,3 +685,107 @@ async def test_a_failed_look_up_is_not_a_new_customer_and_the_next_sweep_asks_ag
     await wait_for(lambda: conv.status == "open", 5, "the handoff")
     await bot.idle()
     assert_handed_off_once(fake, [conv])
+
+
+# ---- stale pending conversations expire (PENDING_EXPIRE_*, issue 21) ----------------------------
+GOODBYE = "We're closing this conversation, {name}; write again any time."
+EXPIRE = {"PENDING_EXPIRE_AFTER": str(7 * 86400), "PENDING_EXPIRE_MESSAGE": GOODBYE}
+SILENT = 8 * 86400  # seconds: longer than PENDING_EXPIRE_AFTER
+
+
+def stale_and_spared(fake) -> tuple[list, dict]:
+    """Two customers silent for 8 days, and one of each conversation that must never expire."""
+    disconnected(fake)
+    stale = aged(fake, [new_customer(fake, f"Silent {i}", "oi") for i in range(2)], SILENT)
+    noted = new_customer(fake, "Noted", "oi")
+    fake.agent_writes(noted.display_id, "looks like spam, leave it to me", private=True)
+    group = fake.customer_writes(fake.contact("Family", identifier="120363040000000000@g.us"), "oi", inbox=4)
+    spared = {
+        "wrote yesterday": aged(fake, [new_customer(fake, "Recent", "oi")], 86400)[0],
+        "an agent's note since": aged(fake, [noted], SILENT)[0],
+        "a WhatsApp group": aged(fake, [group.conversation], SILENT)[0],
+        "a deferred handoff": aged(fake, [new_customer(fake, "Asked", "quero um atendente")], SILENT)[0],
+    }
+    return stale, spared
+
+
+def closed_today() -> dict[str, str]:
+    """Keyword handoffs, deferred: the business is closed today and tomorrow."""
+    today = datetime.now(timezone.utc).date()
+    days = f"{today.isoformat()},{(today + timedelta(days=1)).isoformat()}"
+    return {"HANDOFF_KEYWORDS": "atendente", "BUSINESS_HOURS": "mon-sun 00:00-24:00", "CLOSED_DATES": days}
+
+
+async def test_stale_pending_conversations_are_resolved_once_with_the_message_and_the_spared_ones_stay(
+    fake, start_bot, tmp_path
+):
+    stale, spared = stale_and_spared(fake)
+    env = {**EXPIRE, **closed_today()}
+    code, out, err = await sweep_cli(fake, tmp_path, "--dry-run", "--json", **env)
+    assert code == 0, err
+    dry = json.loads(out)
+    assert {c["key"] for c in dry["conversations"] if c["outcome"] == "expired"} == {f"1:{c.display_id}" for c in stale}
+    assert dry["counts"]["expired"] == {"resolve": 2} and fake.calls_to("toggle_status") == []
+
+    bot = await start_bot(**USER, **env, STORE_URL=f"sqlite:///{tmp_path}/bot.sqlite3", SWEEP_INTERVAL="0")
+    first = await bot.bot.sweeps.once()
+    assert first.counts()["expired"] == {"resolve": 2} and first.counts()["deferred"] == {"keyword": 1}
+    await wait_for(lambda: all(c.status == "resolved" for c in stale), 10, "the expiries")
+    await bot.idle()
+    second = await bot.bot.sweeps.once()
+    assert second.listed == 4 and second.counts()["expired"] == {}
+    await bot.idle()
+    for conv in stale:
+        assert fake.bot_messages(conv.display_id) == [GOODBYE.format(name=conv.contact.name)]
+        assert [(was, to, by) for d, was, to, by in fake.status_log if d == conv.display_id] == [
+            ("pending", "resolved", "bot:7")
+        ]
+    for why, conv in spared.items():
+        assert conv.status == "pending", why
+        assert fake.bot_messages(conv.display_id) == [], why
+    assert await bot.bot.sweeps.expired_today([1]) == 2
+    assert bot.bot.metrics.swept.labels("expired")._value.get() == 2
+
+
+@pytest.mark.parametrize("fake", ["4.12", "4.16"], indirect=True)  # 4.12: the bot cannot read the status
+async def test_a_restart_with_an_expiry_queued_repeats_nothing(fake, start_bot, tmp_path):
+    disconnected(fake)
+    conv = aged(fake, [new_customer(fake, "Silent", "oi")], SILENT)[0]
+    env = {**USER, **EXPIRE, "STORE_URL": f"sqlite:///{tmp_path}/bot.sqlite3"}
+    fake.fail("messages", status=500, times=10**6)  # the goodbye cannot be posted yet: the job waits in the outbox
+    bot = await start_bot(**env)
+    swept = bot.bot.metrics.swept
+    await wait_for(lambda: swept.labels("expired")._value.get() == 1, 10, "the start-up sweep's expiry")
+    await wait_for(lambda: fake.calls_to("messages", conv.display_id), 5, "the goodbye's first try")
+    await bot.stop()
+    fake.faults.clear()
+    bot = await start_bot(**env)
+    swept = bot.bot.metrics.swept
+    await wait_for(lambda: conv.status == "resolved", 10, "the queued expiry, carried out after the restart")
+    await wait_for(lambda: bot.bot.metrics.sweeps.labels("done")._value.get() == 1, 10, "the start-up sweep")
+    await bot.idle()
+    assert swept.labels("expired")._value.get() == 0
+    assert fake.bot_messages(conv.display_id) == [GOODBYE.format(name="Silent")]
+    assert [to for d, _, to, _ in fake.status_log if d == conv.display_id] == ["resolved"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the outbox's label step (actions.py/outbox.py, issue 20): PENDING_EXPIRE_ACTION=label is unwired",
+)
+@pytest.mark.parametrize("fake", ["4.12", "4.16"], indirect=True)
+async def test_stale_pending_conversations_are_labelled_once_keeping_their_labels(fake, start_bot):
+    disconnected(fake)
+    conv = aged(fake, [new_customer(fake, "Silent", "oi")], SILENT)[0]
+    fake.label(conv.display_id, "vip")
+    bot = await start_bot(
+        **USER, PENDING_EXPIRE_AFTER=str(7 * 86400), PENDING_EXPIRE_ACTION="label", SWEEP_INTERVAL="0"
+    )
+    assert (await bot.bot.sweeps.once()).counts()["expired"] == {"label": 1}
+    await wait_for(lambda: conv.labels == ["expired", "vip"], 10, "the label")
+    await bot.idle()
+    assert (await bot.bot.sweeps.once()).counts()["expired"] == {}
+    await bot.idle()
+    assert conv.status == "pending" and fake.bot_messages(conv.display_id) == []
+    caller = "bot" if fake.has("bot_reads") else "user"
+    assert len(fake.calls_to("set_labels", conv.display_id, caller=caller)) == 1

@@ -12,7 +12,7 @@ from msgspec.structs import replace
 
 from agentbot.actions import Job, PublicMessage, SetStatus
 from agentbot.chatwoot import Chatwoot, ChatwootError
-from agentbot.config import load
+from agentbot.config import ConfigError, load
 from agentbot.events import Conversation, Message, Person
 from agentbot.expiry import Known, Verdict, dedup_key, expiry, resolve_job
 from agentbot.facts import ConversationState
@@ -157,3 +157,33 @@ async def test_labels_replace_the_whole_list_bot_token_on_416_user_token_before(
         assert conv.labels == ["expired", "vip"]
         assert await bot.set_labels(1, conv.display_id, ["expired"], token="user-token-5") == ["expired"]
         assert conv.labels == ["expired"]  # "vip" was not sent: gone
+
+
+@pytest.mark.parametrize(
+    "env, problem",
+    [
+        ({"PENDING_EXPIRE_AFTER": "-1"}, "PENDING_EXPIRE_AFTER: Input should be greater than or equal to 0"),
+        ({"INBOX_3_PENDING_EXPIRE_AFTER": "a week"}, "INBOX_3_PENDING_EXPIRE_AFTER: Input should be a valid integer"),
+        ({"PENDING_EXPIRE_ACTION": "delete"}, "PENDING_EXPIRE_ACTION: Input should be 'resolve' or 'label'"),
+        ({"PENDING_EXPIRE_LABEL": "no reply"}, "PENDING_EXPIRE_LABEL: 'no reply' is not a Chatwoot label"),
+        ({"PENDING_EXPIRE_MESSAGE": "Bye {nome}"}, "PENDING_EXPIRE_MESSAGE: unknown placeholder {nome}"),
+    ],
+)
+def test_a_bad_expiry_setting_is_one_line_naming_it(env, problem):
+    with pytest.raises(ConfigError) as refused:
+        load(env)
+    assert str(refused.value).startswith(problem) and "\n" not in str(refused.value)
+
+
+def test_expiry_settings_are_read_per_inbox_and_in_any_case():
+    s = load(
+        {
+            **WEEK,
+            "PENDING_EXPIRE_ACTION": " Label",
+            "PENDING_EXPIRE_LABEL": "Sem-Resposta",
+            "INBOX_4_PENDING_EXPIRE_AFTER": "0",
+        }
+    )
+    assert (s.pending_expire_action, s.pending_expire_label) == ("label", "sem-resposta")
+    assert s.rules_for(3).pending_expire_after == 7 * 86400 and s.rules_for(4).pending_expire_after is None
+    assert load({}).pending_expire_after is None  # off by default

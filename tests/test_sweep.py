@@ -491,36 +491,92 @@ async def test_a_new_customer_is_looked_up_once_not_at_every_sweep(fake, start_b
     assert len(fake.calls_to("contact_conversations", caller="user")) == 3  # the bot remembers it saw them
 
 
-async def test_the_operator_pages_sweep_buttons_run_the_sweep(fake, start_bot):
+async def test_the_operator_pages_sweep_runs_in_the_background_and_a_dry_run_offers_run_these_now(fake, start_bot):
+    from tests.test_page_http import client, sign_in
+
+    disconnected(fake)
+    back = aged(fake, [came_back(fake, f"R{i}") for i in range(2)])
+    new = aged(fake, [new_customer(fake, "N")])
+    bot = await start_bot(**USER, SWEEP_INTERVAL="0")  # no sweeps of its own: only the page's
+    held = fake.hold("conversations")  # the listing waits: the sweep is seen running
+
+    async with client() as s:
+        await sign_in(s, bot.url)
+
+        async def page(path: str = "/sweep") -> str:
+            async with s.get(bot.url + path) as r:
+                assert r.status == 200
+                return await r.text()
+
+        async def press(mode: str, **more: str) -> str:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', await page("/"))[1]
+            form = {"csrf": csrf, "mode": mode, **more}
+            async with s.post(bot.url + "/actions/sweep", data=form, allow_redirects=False) as r:
+                assert r.status == 303  # POST-redirect-GET: a reload shows, never runs again
+                return r.headers["Location"]
+
+        assert "Last sweep: not yet" in await page("/")
+        assert await press("preview") == "/sweep"
+        running = await page()
+        assert "Dry run" in running and "running" in running and 'http-equiv="refresh"' in running
+        assert await press("run") == "/sweep?busy=1"  # one at a time
+        assert "A sweep is running already" in await page("/sweep?busy=1")
+        held.times = 0
+        held.release.set()
+        done = await wait_for(lambda: _done(page), 10, "the dry run's result")
+        assert "decided 3 of 3" in done and "would be" in done
+        for conv in back:
+            assert f'href="{fake.url}/app/accounts/1/conversations/{conv.display_id}"' in done
+        assert f"/conversations/{new[0].display_id}" not in done  # kept ones are counted, not listed
+        assert [c.status for c in back] == ["pending", "pending"]
+        run_id = re.search(r'name="run" value="([^"]+)"', done)[1]
+        assert "Run these 2 now" in done
+
+        assert await press("these", run=run_id) == "/sweep"
+        result = await wait_for(lambda: _done(page), 10, "the sweep of those conversations")
+        assert "Sweep of 2 conversations" in result and "opened 2 (returning 2)" in result
+        await wait_for(lambda: all(c.status == "open" for c in back), 5, "the page's handoffs")
+        calls = len(fake.calls_to("conversations", caller="user"))
+        for _ in range(2):  # reloading the result runs nothing
+            assert "opened 2 (returning 2)" in await page()
+        assert len(fake.calls_to("conversations", caller="user")) == calls
+        assert await press("these", run=run_id) == "/sweep?gone=1"  # that dry run is no longer the latest
+        assert "Last sweep: " in (await page("/")) and "opened 2 (returning 2)" in await page("/")
+    await bot.idle()
+    assert_handed_off_once(fake, back)
+    assert new[0].status == "pending"
+    # The decision log has the sweep's handoffs; its keeps (thousands at a first sweep) stay out of it.
+    logged = await bot.bot.store.decisions(datetime.now(timezone.utc).timestamp())
+    assert sorted((e.display_id, e.outcome, e.rule, e.event) for e in logged) == [
+        (c.display_id, "handoff", "returning", "sweep") for c in back
+    ]
+
+
+async def _done(page) -> str | None:
+    text = await page()
+    return text if "· done" in text else None
+
+
+async def test_the_pages_sweep_answers_bad_input_clearly_and_changes_nothing(fake, start_bot):
     from tests.test_page_http import client, sign_in
 
     disconnected(fake)
     back = aged(fake, [came_back(fake, "R")])
-    new = aged(fake, [new_customer(fake, "N")])
-    bot = await start_bot(**USER, SWEEP_INTERVAL="0")  # no sweeps of its own: only the page's
+    bot = await start_bot(**USER, SWEEP_INTERVAL="0")
     async with client() as s:
         await sign_in(s, bot.url)
         async with s.get(bot.url + "/") as r:
-            page = await r.text()
-        assert "Last sweep: not yet" in page
-        csrf = re.search(r'name="csrf" value="([^"]+)"', page)[1]
-        async with s.post(bot.url + "/actions/sweep", data={"csrf": csrf, "mode": "preview"}) as r:
-            text = await r.text()
-        assert f"#{back[0].display_id}" in text and f"#{new[0].display_id}" not in text and "returning" in text
-        assert back[0].status == "pending"
-        async with s.post(bot.url + "/actions/sweep", data={"csrf": csrf, "mode": "run"}) as r:
-            assert "opened 1 (returning 1)" in await r.text()
-        await wait_for(lambda: back[0].status == "open", 5, "the page's sweep handoff")
-        async with s.get(bot.url + "/") as r:
-            assert "Last sweep: " in (page := await r.text()) and "opened 1 (returning 1)" in page
+            csrf = re.search(r'name="csrf" value="([^"]+)"', await r.text())[1]
+        async with s.post(bot.url + "/actions/sweep", data={"csrf": csrf, "mode": "all"}) as r:
+            assert r.status == 400 and "mode must be one of preview, run, these" in await r.text()
+        async with s.post(bot.url + "/actions/sweep", data={"csrf": csrf, "mode": "these", "run": "nope"}) as r:
+            assert "That dry run's result is gone" in await r.text()
+        async with s.get(bot.url + "/sweep") as r:
+            assert "No sweep started from this page" in await r.text()
+    async with client() as anonymous, anonymous.get(bot.url + "/sweep", allow_redirects=False) as r:
+        assert r.status == 303 and r.headers["Location"] == "/"
     await bot.idle()
-    assert_handed_off_once(fake, back)
-    assert new[0].status == "pending"
-    # The decision log has the sweep's handoff; its keeps (thousands at a first sweep) stay out of it.
-    logged = await bot.bot.store.decisions(datetime.now(timezone.utc).timestamp())
-    assert [(e.display_id, e.outcome, e.rule, e.event) for e in logged] == [
-        (back[0].display_id, "handoff", "returning", "sweep")
-    ]
+    assert back[0].status == "pending" and fake.calls_to("conversations", caller="user") == []
 
 
 @pytest.mark.parametrize("change", ["snoozed", "open"])

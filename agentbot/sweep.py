@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from loguru import logger
 from msgspec.structs import replace
@@ -17,7 +15,6 @@ from msgspec.structs import replace
 from .actions import Job
 from .chatwoot import Chatwoot, ChatwootError
 from .config import ConfigError, Settings
-from .decide import Decision
 from .events import Conversation, Delivery, Listed, Message, PayloadError, Person
 from .expiry import RULE, Expiry, Known, Verdict, dedup_key, expiry, resolve_job
 from .facts import Facts
@@ -27,6 +24,7 @@ from .metrics import Metrics
 from .outbox import backoff
 from .store import Commit, DecisionEntry, Lapsed, Store
 from .store.base import Lease
+from .swept import Progress, SweepResult, Swept, swept_from
 
 T = TypeVar("T")
 PAGE_SIZE = 25  # Chatwoot's page of conversations
@@ -34,71 +32,10 @@ RECENT = 30.0  # seconds: a conversation active this recently is left to its del
 LEASE_TTL = 60.0  # the sweep lease expires this long after its holder stopped renewing it
 ATTEMPTS = 5  # tries of one Chatwoot read before the sweep gives up on it
 YIELD = 0.05  # at most this long a conversation waits for live deliveries to finish first
-
-OUTCOMES = ("opened", "deferred", "expired", "kept", "skipped", "error")
-SKIPPED = {  # decisions that mean "someone else got there first", by the start of their reason
-    "handoff already decided": "handoff already decided",
-    "late delivery": "left pending meanwhile",
-}
-
-
-@dataclass
-class Swept:
-    """What the sweep did with one conversation."""
-
-    key: str
-    outcome: str  # opened, deferred, expired, kept, skipped, error
-    label: str  # the rule (opened, deferred) or the short reason (kept, skipped, error)
-    reason: str
-    retry_at: float | None = None  # skipped until then (unix time): worth looking at again soon after
-
-    def line(self, dry_run: bool = False) -> str:
-        return f"conversation {self.key}: {'would be ' if dry_run else ''}{self.outcome} ({self.label}): {self.reason}"
-
-
-@dataclass
-class SweepResult:
-    dry_run: bool = False
-    listed: int = 0
-    conversations: list[Swept] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)  # Chatwoot errors that stopped a listing
-    seconds: float = 0.0
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        by: dict[str, Counter[str]] = {k: Counter() for k in OUTCOMES}
-        for s in self.conversations:
-            by[s.outcome][s.label] += 1
-        return {k: dict(v.most_common()) for k, v in by.items()}
-
-    def summary(self) -> str:
-        parts = []
-        for outcome, labels in self.counts().items():
-            detail = ", ".join(f"{label} {n}" for label, n in labels.items())
-            parts.append(f"{outcome} {sum(labels.values())}" + (f" ({detail})" if detail else ""))
-        verb = "would be " if self.dry_run else ""
-        return f"{self.listed} pending conversations listed in {self.seconds:.1f} s; {verb}" + "; ".join(parts)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "dry_run": self.dry_run,
-            "listed": self.listed,
-            "seconds": round(self.seconds, 3),
-            "counts": self.counts(),
-            "failures": self.failures,
-            "conversations": [asdict(s) for s in self.conversations],
-        }
-
-
-class Progress:
-    """What a sweep reports as it goes (the CLI draws a bar from it); the default reports nothing."""
-
-    def listing(self, total: int) -> None:
-        """One inbox's pending conversations, as its first page counts them."""
-
-    def deciding(self, total: int) -> None:
-        """All listed: `total` conversations to decide."""
-
-    def decided(self, swept: Swept) -> None: ...
+# The sweep's share of the event loop's time, which live deliveries share with it. Unpaced (SWEEP_RATE=0, no
+# look-ups to wait for: a repeat sweep, returning customers off) it would take all of it, and deliveries would
+# queue behind its turns (the webhook's p99 rose tenfold in the benchmark). So it rests in proportion.
+LOOP_SHARE = 0.5
 
 
 class Sweeper:
@@ -164,19 +101,15 @@ class Sweeper:
             if only is not None:
                 found = [item for item in found if item.conversation.key in only]
             progress.deciding(len(found))
+            worked = 0.0
             for item in found:
                 if not await self._keep_lease():
                     result.failures.append("another instance took over the sweep lease; stopped")
                     break
-                await self._give_way()
-                try:
-                    swept = await self._one(item, dry_run)
-                except Lapsed as exc:  # the store stalled past the conversation's lock: looked at again next time
-                    logger.warning("sweep: {}; looked at again next sweep", exc)
-                    swept = Swept(item.conversation.key, "error", type(exc).__name__, str(exc))
-                except Exception as exc:  # one conversation, not the sweep, fails
-                    logger.exception("sweep: conversation {} failed", item.conversation.key)
-                    swept = Swept(item.conversation.key, "error", type(exc).__name__, str(exc))
+                await self._give_way(worked)
+                cpu = time.thread_time()
+                swept = await self._one_safely(item, dry_run)
+                worked = time.thread_time() - cpu
                 result.conversations.append(swept)
                 self.metrics.swept.labels(swept.outcome).inc()
                 progress.decided(swept)
@@ -268,6 +201,17 @@ class Sweeper:
         raise AssertionError("unreachable")
 
     # ---- one conversation --------------------------------------------------------------------
+    async def _one_safely(self, item: Listed, dry_run: bool) -> Swept:
+        """`_one`, whose failure is the conversation's, not the sweep's."""
+        try:
+            return await self._one(item, dry_run)
+        except Lapsed as exc:  # the store stalled past the conversation's lock: looked at again next time
+            logger.warning("sweep: {}; looked at again next sweep", exc)
+            return Swept(item.conversation.key, "error", type(exc).__name__, str(exc))
+        except Exception as exc:
+            logger.exception("sweep: conversation {} failed", item.conversation.key)
+            return Swept(item.conversation.key, "error", type(exc).__name__, str(exc))
+
     async def _one(self, item: Listed, dry_run: bool) -> Swept:
         c = item.conversation
         if self.clock().timestamp() - item.last_activity_at < RECENT:
@@ -296,7 +240,7 @@ class Sweeper:
             again = self.clock().timestamp() + FAILED_LOOKUP_TTL
             return Swept(c.key, "skipped", f"look-up {looked.answer.value}", why, again)
         decision = await self.handoffs.reconcile(d, incoming, dry_run)
-        swept = _swept(c.key, decision)
+        swept = swept_from(c.key, decision)
         if swept.label == "no rule fired" and self._stale(item):
             swept = await self._expire(item, dry_run) or swept
         level = "INFO" if swept.outcome in ("opened", "deferred") and not dry_run else "DEBUG"
@@ -388,9 +332,11 @@ class Sweeper:
         return customer[-1], (len(period) if counting else None), (period[0].created_at if period else None)
 
     # ---- sharing the process ------------------------------------------------------------------
-    async def _give_way(self) -> None:
-        """Let live deliveries being decided finish first (briefly: the sweep must still progress)."""
-        await asyncio.sleep(0)
+    async def _give_way(self, worked: float) -> None:
+        """Let live deliveries go first: rest in proportion to the event loop's time (this thread's CPU) the last
+        conversation took, the deliveries' meanwhile included (LOOP_SHARE), then wait while deliveries are being
+        decided (briefly: the sweep must still progress)."""
+        await asyncio.sleep(worked * (1 / LOOP_SHARE - 1))
         deadline = time.monotonic() + YIELD
         while self.busy() and time.monotonic() < deadline:  # noqa: ASYNC110 (busy() is a count, not an event)
             await asyncio.sleep(0.005)
@@ -404,19 +350,3 @@ class Sweeper:
 
 def _from_customer(m: Message) -> bool:
     return m.kind == "incoming" and not m.private
-
-
-def _swept(key: str, decision: Decision) -> Swept:
-    outcome, reason = decision.outcome, decision.reason
-    if outcome == "handoff":
-        return Swept(key, "opened", decision.rule or "other", reason)
-    if outcome == "defer":
-        return Swept(key, "deferred", decision.rule or "other", reason)
-    if outcome == "duplicate":
-        return Swept(key, "skipped", "decided before", reason)
-    for start, label in SKIPPED.items():
-        if reason.startswith(start):
-            return Swept(key, "skipped", label, reason)
-    if outcome == "keep":
-        return Swept(key, "kept", "timer set" if decision.timer else "no rule fired", reason)
-    return Swept(key, "kept", reason.split(" (")[0].split(":")[0][:60], reason)

@@ -19,8 +19,9 @@ from .handoffs import Handoffs
 from .logs import setup
 from .metrics import Metrics
 from .store import Store
-from .sweep import LEASE_TTL, Sweeper, SweepResult, Swept
-from .sweep import Progress as SweepProgress
+from .sweep import LEASE_TTL, Sweeper
+from .swept import Progress as SweepProgress
+from .swept import SweepResult, Swept
 
 
 class _Rate(ProgressColumn):

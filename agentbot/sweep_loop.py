@@ -12,7 +12,8 @@ from zoneinfo import ZoneInfo
 
 from loguru import logger
 
-from .sweep import LEASE_TTL, Progress, Sweeper, SweepResult, Swept
+from .sweep import LEASE_TTL, Sweeper
+from .swept import Progress, SweepResult, Swept
 
 FOLLOW_CLOCK = 1.0  # seconds between looks at the clock while waiting for the second pass
 OUTCOMES_TO_RUN = ("opened", "deferred", "expired")  # what a dry run's "run these now" carries out

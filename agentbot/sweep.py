@@ -234,11 +234,17 @@ class Sweeper:
         # agent before the handoff would open it without the bot: decide as if it did (open first, then assign).
         owner = c.assignee or Person(None, "agent_bot", "the inbox's bot")
         d = Delivery("message_created", None, replace(c, waiting_since=waiting, assignee=owner), trigger)
+        return await self._decide(item, d, incoming, dry_run)
+
+    async def _decide(self, item: Listed, d: Delivery, incoming: int | None, dry_run: bool) -> Swept:
+        """The conversation's decision, as a delivery of the customer's last message (`d`), then its expiry."""
+        c = item.conversation
         looked = await self._look_up(d, dry_run)
         if looked is not None and not looked.known:
             why = f"the contact look-up {looked.answer.value} ({looked.why}); looked at again next sweep"
             again = self.clock().timestamp() + FAILED_LOOKUP_TTL
             return Swept(c.key, "skipped", f"look-up {looked.answer.value}", why, again)
+        # issue 20: `reconcile(d, incoming, dry_run, looked)` once it takes the sweep's look-up (a dry run asks too)
         decision = await self.handoffs.reconcile(d, incoming, dry_run)
         swept = swept_from(c.key, decision)
         if swept.label == "no rule fired" and self._stale(item):

@@ -70,6 +70,7 @@ class Share:
     ):
         self.name, self.rate, self.burst, self.at_once, self.clock = name, per_minute / 60.0, burst, at_once, clock
         self.tokens, self.at = burst, clock()
+        self.waited = 0.0  # seconds spent waiting for tokens, all told (the sweep does not count them as work)
         self.flying = asyncio.Semaphore(at_once)
 
     def _refill(self) -> None:
@@ -88,7 +89,9 @@ class Share:
     async def wait(self) -> None:
         """A token, waited for as long as it takes to refill one."""
         while not self.take():  # noqa: ASYNC110 (a token is a point in time, not an event)
-            await asyncio.sleep((1 - self.tokens) / self.rate)
+            delay = (1 - self.tokens) / self.rate
+            self.waited += delay
+            await asyncio.sleep(delay)
 
     @property
     def why_not(self) -> str:

@@ -32,10 +32,12 @@ RECENT = 30.0  # seconds: a conversation active this recently is left to its del
 LEASE_TTL = 60.0  # the sweep lease expires this long after its holder stopped renewing it
 ATTEMPTS = 5  # tries of one Chatwoot read before the sweep gives up on it
 YIELD = 0.05  # at most this long a conversation waits for live deliveries to finish first
-# The sweep's share of the event loop's time, which live deliveries share with it. Unpaced (SWEEP_RATE=0, no
-# look-ups to wait for: a repeat sweep, returning customers off) it would take all of it, and deliveries would
-# queue behind its turns (the webhook's p99 rose tenfold in the benchmark). So it rests in proportion.
-LOOP_SHARE = 0.5
+# The sweep's share of the process's time while live deliveries arrive. Unpaced (SWEEP_RATE=0 with no look-ups
+# to wait for: a repeat sweep, returning customers off) it would take all of it (the event loop, the store's one
+# writer, a core of two) and deliveries would queue behind it (the webhook's p99 rose 4 to 10 times in the
+# benchmark). So it rests three times as long as each step took while deliveries were decided in the last second.
+LOOP_SHARE = 0.25
+QUIET = 1.0  # seconds without a delivery being decided after which the sweep stops resting
 
 
 class Sweeper:
@@ -66,6 +68,7 @@ class Sweeper:
         self.busy = busy
         self.store: Store = handoffs.store
         self.lookups = Lookups(settings, self.store, chatwoot, clock, sweep_share())
+        self._live_at = -QUIET  # time.monotonic() when a delivery was last seen being decided
 
     def accounts(self, wanted: list[int] | None = None) -> list[int]:
         s = self.settings
@@ -107,9 +110,9 @@ class Sweeper:
                     result.failures.append("another instance took over the sweep lease; stopped")
                     break
                 await self._give_way(worked)
-                cpu = time.thread_time()
+                began, waited = time.monotonic(), self.lookups.share.waited
                 swept = await self._one_safely(item, dry_run)
-                worked = time.thread_time() - cpu
+                worked = time.monotonic() - began - (self.lookups.share.waited - waited)
                 result.conversations.append(swept)
                 self.metrics.swept.labels(swept.outcome).inc()
                 progress.decided(swept)
@@ -168,8 +171,10 @@ class Sweeper:
         return mine
 
     async def _list(self, account: int, inbox: int, found: dict[str, Listed], progress: Progress) -> None:
-        page = 1
+        page, worked = 1, 0.0
         while True:
+            await self._give_way(worked)
+            began = time.monotonic()
             total, items, unreadable = await self._read(
                 partial(self.chatwoot.list_conversations, account, self.token, "pending", page, inbox)
             )
@@ -186,6 +191,7 @@ class Sweeper:
                 return
             page += 1
             await self._keep_lease()
+            worked = time.monotonic() - began
 
     async def _read(self, call: Callable[[], Awaitable[T]]) -> T:
         """A read, retried on 429 (after Retry-After: the throttle pauses every sweep call), 5xx and timeouts."""
@@ -339,10 +345,12 @@ class Sweeper:
 
     # ---- sharing the process ------------------------------------------------------------------
     async def _give_way(self, worked: float) -> None:
-        """Let live deliveries go first: rest in proportion to the event loop's time (this thread's CPU) the last
-        conversation took, the deliveries' meanwhile included (LOOP_SHARE), then wait while deliveries are being
-        decided (briefly: the sweep must still progress)."""
-        await asyncio.sleep(worked * (1 / LOOP_SHARE - 1))
+        """Let live deliveries go first: while they arrive, rest in proportion to the time the last step took
+        (waiting for look-ups aside: LOOP_SHARE), then wait while deliveries are being decided (briefly: the
+        sweep must still progress)."""
+        if self.busy():
+            self._live_at = time.monotonic()
+        await asyncio.sleep(worked * (1 / LOOP_SHARE - 1) if time.monotonic() - self._live_at < QUIET else 0)
         deadline = time.monotonic() + YIELD
         while self.busy() and time.monotonic() < deadline:  # noqa: ASYNC110 (busy() is a count, not an event)
             await asyncio.sleep(0.005)

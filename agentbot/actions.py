@@ -82,6 +82,16 @@ class PrivateNote(_Step, tag="note", frozen=True):
         return f"private note {self.content!r}"
 
 
+class AddLabel(_Step, tag="label", frozen=True):
+    """GET labels, then POST labels with this one added (Chatwoot replaces the whole list): the bot token on
+    4.16+, the user token before. An expiry's (PENDING_EXPIRE_ACTION=label)."""
+
+    label: str
+
+    def words(self) -> str:
+        return f"label {self.label!r}"
+
+
 class PublicMessage(_Step, tag="message", frozen=True):
     """POST messages (public): the customer sees it."""
 
@@ -137,6 +147,7 @@ class ForwardEvent(Forward, tag="forward_event", frozen=True):
 
 Step = (
     AssignTeam
+    | AddLabel
     | AssignAgent
     | SetPriority
     | SetStatus

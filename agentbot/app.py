@@ -113,11 +113,14 @@ class Bot:
                 "the customer writes again; set it to catch those"
             )
             return None
+        from .lookups import sweep_share
         from .sweep import Sweeper  # only with a user token: serving starts without it
         from .sweep_loop import SweepLoop
 
         throttled = self.chatwoot.sibling(Priority.SWEEP, Throttle(s.sweep_rate))
-        handoffs = Handoffs(s, self.store, throttled, self.metrics, self.clock, self.outbox.wake, self.steady)
+        handoffs = Handoffs(
+            s, self.store, throttled, self.metrics, self.clock, self.outbox.wake, self.steady, sweep_share()
+        )
         sweeper = Sweeper(s, handoffs, throttled, self.metrics, self.clock, busy=lambda: self.handoffs.live)
         try:
             sweeper.accounts()

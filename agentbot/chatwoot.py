@@ -166,6 +166,10 @@ class _InboxBot(msgspec.Struct):
     agent_bot: AgentBot | None = None
 
 
+class _Labels(msgspec.Struct):
+    payload: list[str] = []
+
+
 class _Api(msgspec.Struct):
     version: str | None = None
 
@@ -176,6 +180,7 @@ _decode_inbox_bot = msgspec.json.Decoder(_InboxBot | None).decode
 _decode_bots = msgspec.json.Decoder(list[AgentBot] | None).decode
 _decode_bot = msgspec.json.Decoder(AgentBot).decode
 _decode_named = msgspec.json.Decoder(list[Named] | None).decode
+_decode_labels = msgspec.json.Decoder(_Labels).decode
 
 
 def _agent(raw: bytes) -> Agent | None:
@@ -367,6 +372,20 @@ class Chatwoot:
                 "on its memory of the events instead"
             )
             return None
+
+    # Labels (issue 21: expiring stale pending conversations). Bot tokens since Chatwoot 4.16 (#14655); before,
+    # only a user token (CHATWOOT_API_TOKEN) may: pass it as `token`.
+    async def labels(self, account: int, display_id: int, token: str | None = None) -> list[str]:
+        """GET the conversation's labels."""
+        path = self._conv(account, display_id) + "/labels"
+        return (await self._call("GET", "labels", path, token=token, decoder=_decode_labels)).payload
+
+    async def set_labels(self, account: int, display_id: int, labels: list[str], token: str | None = None) -> list[str]:
+        """POST the conversation's labels: Chatwoot replaces the whole list with `labels` (send the ones to keep
+        too); its answer is the list as saved."""
+        path = self._conv(account, display_id) + "/labels"
+        saved = await self._call("POST", "set_labels", path, {"labels": labels}, token=token, decoder=_decode_labels)
+        return saved.payload
 
     async def version(self) -> str | None:
         """Chatwoot's version from its public `GET /api` (None when it doesn't say)."""

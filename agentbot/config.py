@@ -78,6 +78,10 @@ EXAMPLES = {
     "forward_max_age": "120 (at least 5)",
     "forward_fallback": "open or keep",
     "chatwoot_rate": "50 (0 = no cap)",
+    "pending_expire_after": "604800 (7 days; 0 = off)",
+    "pending_expire_action": "resolve or label",
+    "pending_expire_label": "expired",
+    "pending_expire_message": "We're closing this conversation, {name}; write again any time.",
 }
 SECRETS = {
     "chatwoot_bot_token",
@@ -210,6 +214,11 @@ class Rules(BaseModel):
     evolution_instance: str | None = None  # None: the inbox's name (Evolution names its Chatwoot inbox so)
     # Forwarding (forward.py): the team's own bot behind this one; blank per inbox: off there.
     forward_url: str | None = None
+    # Stale pending conversations, expired by the sweep (issue 21): off unless PENDING_EXPIRE_AFTER is set.
+    pending_expire_after: int | None = Field(default=None, ge=0)  # seconds since the customer's last message
+    pending_expire_action: Literal["resolve", "label"] = "resolve"
+    pending_expire_label: str = "expired"
+    pending_expire_message: str | None = None  # public, just before resolving
 
     _split_lists = field_validator(
         "handoff_keywords",
@@ -220,9 +229,9 @@ class Rules(BaseModel):
         "closed_dates",
         mode="before",
     )(_split)
-    _templates = field_validator("away_message", "handoff_message", "returning_message", "greeting_message")(
-        _check_template
-    )
+    _templates = field_validator(
+        "away_message", "handoff_message", "returning_message", "greeting_message", "pending_expire_message"
+    )(_check_template)
     _choices = field_validator(
         "handoff_returning",
         "handoff_note",
@@ -230,11 +239,13 @@ class Rules(BaseModel):
         "handoff_on_agent_reply",
         "handoff_priority",
         "whatsapp_groups",
+        "pending_expire_action",
         mode="before",
     )(_lower)
     _blank_optionals = field_validator(
         "handoff_after_messages",
         "handoff_after_seconds",
+        "pending_expire_after",
         "handoff_team_id",
         "handoff_assignee_id",
         "handoff_priority",
@@ -242,7 +253,17 @@ class Rules(BaseModel):
         mode="before",
     )(_blank_is_unset)
     _forward_url = field_validator("forward_url", mode="before")(_check_forward_url)
-    _zero_counts = field_validator("handoff_after_messages", "handoff_after_seconds")(_zero_is_off)
+    _zero_counts = field_validator("handoff_after_messages", "handoff_after_seconds", "pending_expire_after")(
+        _zero_is_off
+    )
+
+    @field_validator("pending_expire_label", mode="before")
+    @classmethod
+    def _label(cls, value: Any) -> Any:
+        # Chatwoot's label titles: letters, digits, - and _, stored lower-case (Label#ensure_title_is_downcased)
+        if isinstance(value, str) and not regex.fullmatch(r"[\p{L}\p{N}_-]+", value.strip()):
+            raise ValueError(f"{value!r} is not a Chatwoot label (letters, digits, - and _ only)")
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("bot_command")
     @classmethod
@@ -341,8 +362,17 @@ class Rules(BaseModel):
         lines.append(f"- at handoff: {', '.join(filter(None, at)) or 'only the status change'}")
         if r.greeting_message:
             lines.append(f"- new customers kept pending are greeted once: {r.greeting_message!r}")
+        if r.pending_expire_after:
+            lines.append(f"- {self._expiry_words()}")
         lines.append(f"- a private note {r.bot_command!r} in an open conversation gives it back to the bot")
         return lines
+
+    def _expiry_words(self) -> str:
+        r = self
+        action = f"labelled {r.pending_expire_label!r}" if r.pending_expire_action == "label" else "resolved"
+        told = f" after the message {r.pending_expire_message!r}" if r.pending_expire_message else ""
+        quiet = f"{r.pending_expire_after} s"
+        return f"the sweep expires pending conversations whose customer wrote nothing for {quiet}: {action}{told}"
 
 
 RULE_FIELDS = set(Rules.model_fields)

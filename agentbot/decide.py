@@ -53,6 +53,9 @@ class Decision:
         return "\n".join(lines)
 
 
+LOOKUP_UNKNOWN = "lookup"  # the rule of a sweep's decision that waits for a contact look-up that did not answer
+
+
 class Need(StrEnum):
     """What a decision needs observed before it can be taken (Handoffs gathers it into the facts)."""
 
@@ -191,7 +194,9 @@ def _decide(
     state = t.state
     if (need := _look_up(c, m, replace(facts, state=state), settings, live)) is not None:
         return need
-    facts = replace(facts, state=state)
+    if facts.lookup_failed and not live:  # the sweep never guesses: nothing is remembered, the next sweep asks
+        return Decision("ignore", "the contact look-up did not answer; looked at again next sweep", LOOKUP_UNKNOWN)
+    facts = replace(facts, state=replace(state, contact_known=state.contact_known or not facts.lookup_failed))
     trigger = m.id
     if c.is_group and rules.whatsapp_groups == "open":
         return _handoff(c, facts, now, rules, "group", "WhatsApp group (GROUPS=open)", trigger, deferrable=False)
@@ -256,7 +261,7 @@ def _look_up(c: Conversation, m: Message, facts: Facts, settings: Settings, live
         and c.contact.id is not None
         and not given_back(c, facts.state)
         and returning_reason(c, facts) is None
-        and (live or not facts.state.incoming)  # the sweep: the bot looked it up when it heard the customer
+        and (live or not facts.state.contact_known)  # the sweep: unless a decision of this period knew the answer
     )
     return Need.CONTACT if worth else None
 

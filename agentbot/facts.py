@@ -23,6 +23,7 @@ class ConversationState(msgspec.Struct, frozen=True, omit_defaults=True):
     timer_due: float | None = None
     away_period: str | None = None
     given_back: bool = False  # an agent gave it back to the bot (BOT_COMMAND) since it was last resolved
+    contact_known: bool = False  # this period's decisions knew whether the customer is returning (no failed look-up)
     # What the newest delivery the bot acted on said; conversation events older than this are stale.
     status: str | None = None
     updated: float = 0.0  # the conversation's updated_at (Chatwoot bumps it at every save)
@@ -116,6 +117,7 @@ class Facts(msgspec.Struct, frozen=True):
     state: ConversationState = NEW
     previous: Resolved | None = None  # the contact's last resolved conversation
     looked_up: bool = False  # Chatwoot was asked for the contact's conversations (or could not be)
+    lookup_failed: bool = False  # it was asked and did not answer (failed, or its budget was spent): unknown
     queued: bool | None = None  # a job still queued opens the conversation
     dead_letter: bool | None = None  # the conversation has a dead letter
     pending_now: bool | None = None  # Chatwoot shows the conversation pending now

@@ -16,6 +16,8 @@ from .constants import CATCH_UP, CATCH_UP_EVERY, LATE
 from .events import Listed, Message
 from .period import Phase
 
+EXPIRE = "expire"  # the rule of an expiry's job (expiry.py): it acts only while nobody wrote since
+
 
 class Look(StrEnum):
     """What the bot observes before a step."""
@@ -36,6 +38,7 @@ class Seen:
     fresh: bool = False
     unheard: bool = False  # a read shows a customer message the bot has not been delivered yet
     posted: bool | None = False  # the step's note or message is in the conversation; None: it cannot be told
+    latest: int | None = None  # the newest message id the bot knows of (its memory, or a read's last message)
 
 
 # ---- verdicts ----------------------------------------------------------------------------------
@@ -170,6 +173,8 @@ def _moot(job: Job, period: int, step: Step, seen: Seen, maybe: bool) -> Drop | 
         return Drop("was resolved or snoozed since")
     if pending_job and seen.phase is Phase.HUMANS and seen.status == "pending":
         return Drop("is pending again since it was opened")
+    if job.rule == EXPIRE and (seen.latest or 0) > (job.trigger or 0):
+        return Drop("someone wrote since it was found stale")
     return by_status
 
 

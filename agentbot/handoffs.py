@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 
 from loguru import logger
 from msgspec.structs import replace
@@ -19,52 +18,24 @@ from .clock import SteadyClock
 from .config import Settings
 from .decide import Decision, Need, decide, forward_handoff, operator_handoff, triage
 from .events import BadBody, Conversation, Delivery, PayloadError, event_label, parse
-from .facts import Facts, Resolved
+from .facts import Facts
+from .lookups import Lookups, Share, contact_key, live_share
 from .metrics import Metrics
 from .relay import dedup_key, worth_a_look
 from .store import Commit, DecisionEntry, Store
 
-LOOKUP_TTL = 3600.0  # one Chatwoot look-up per contact per hour
-FAILED_LOOKUP_TTL = 60.0  # a failed look-up is not repeated for the same contact for a minute
-LOOKUP_TIMEOUT = 2.0  # the look-up happens before the webhook answers; Chatwoot waits 5 s
+LOOKUP_TIMEOUT = 2.0  # a read before the webhook answers; Chatwoot waits 5 s
 READ_AGAIN_AFTER = 0.1  # seconds before a refused read is tried again (doubling, within LOOKUP_TIMEOUT)
 LOGGED = {"handoff", "defer", "keep", "pending"}  # decisions the operator page lists ("record" is bookkeeping)
 RELEASE_WITHIN = 0.3  # seconds a conversation lock's release may take before it is left to lapse
 DELIVERY_BUDGET = 4.0  # seconds for the conversation lock plus the look-up, so the answer beats those 5 s
-# Look-ups spend the API token's share of Chatwoot's limit (3000 requests/minute per client): a few at
-# a time, and at most a fifth of that limit per minute, so a flood of (forged) deliveries from new
-# contacts cannot starve the bot's own handoffs. Beyond either, the customer counts as new.
-LOOKUP_CONCURRENCY = 4
-LOOKUPS_PER_MINUTE = 600
-LOOKUP_BURST = 20
 
 
 class Busy(Exception):
     """The conversation's lock could not be had within the delivery's budget: answered 500, Chatwoot retries."""
 
 
-class LookupBudget:
-    """A token bucket: LOOKUP_BURST look-ups at once, refilled at LOOKUPS_PER_MINUTE."""
-
-    def __init__(self, per_minute: float = LOOKUPS_PER_MINUTE, burst: float = LOOKUP_BURST):
-        self.rate, self.burst = per_minute / 60.0, burst
-        self.tokens, self.at = burst, time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-
 SWEEP_LOGGED = {"handoff", "defer"}  # the sweep's keeps (thousands at its first run) would crowd the log
-
-
-def contact_key(c: Conversation) -> str | None:
-    return f"{c.account_id}:{c.contact.id}" if c.contact.id is not None else None
 
 
 async def load_facts(store: Store, d: Delivery) -> Facts:
@@ -90,16 +61,22 @@ class Handoffs:
         clock: Callable[[], datetime],
         on_commit: Callable[[int], None] = lambda jobs: None,
         steady: Callable[[], float] | None = None,
+        share: Share | None = None,
     ):
         """`clock` is what the rules read (business hours); `steady` what the store's queue times are written
-        with (the outbox's clock: clock.SteadyClock)."""
+        with (the outbox's clock: clock.SteadyClock); `share`: the look-up budget's share it waits for (the
+        sweep's), where live deliveries take the live share's without waiting."""
+        can_look_up = settings.chatwoot_api_token is not None
         self.settings, self.store, self.chatwoot, self.metrics = settings, store, chatwoot, metrics
         self.clock, self.on_commit = clock, on_commit
         self.steady = steady or SteadyClock(lambda: clock().timestamp())
         self._committing: dict[str, asyncio.Future[bool]] = {}  # a commit per conversation whose lock is held
         self._releasing: set[asyncio.Future[None]] = set()
-        self._lookups = asyncio.Semaphore(LOOKUP_CONCURRENCY)
-        self._budget = LookupBudget()
+        # Contact look-ups (a user token): a live delivery cannot wait for its share's budget, the sweep does.
+        self.lookups = (
+            Lookups(settings, store, chatwoot, clock, share or live_share()) if can_look_up and chatwoot else None
+        )
+        self.wait_for_lookups = share is not None
         self.live = 0  # deliveries being decided right now (the sweep gives way to them)
 
     async def _decided(
@@ -129,7 +106,10 @@ class Handoffs:
             case Need.CONVERSATION:
                 return replace(facts, pending_now=await self._pending_now(c, deadline))
             case Need.CONTACT:
-                return replace(facts, looked_up=True, previous=await self._look_up(c, deadline, cache))
+                if self.lookups is None:
+                    return replace(facts, looked_up=True)
+                looked = await self.lookups.previous(c, wait=self.wait_for_lookups, deadline=deadline, cache=cache)
+                return replace(facts, looked_up=True, previous=looked.previous, lookup_failed=not looked.known)
 
     async def _pending_now(self, c: Conversation, deadline: float | None) -> bool:
         """Whether Chatwoot shows the conversation pending now (4.16+; False where it cannot be asked). A read
@@ -170,59 +150,6 @@ class Handoffs:
             job.conversation_key == conversation_key and not job.lane and job.status_target == "open"
             for job in await self.store.dead_letters()
         )
-
-    async def _look_up(self, c: Conversation, deadline: float | None = None, cache: bool = True) -> Resolved | None:
-        """The contact's latest other resolved conversation in Chatwoot (user token), cached for an hour;
-        a failure is cached for a minute. None (a new customer) when it cannot be asked in time. A dry run
-        of the sweep (`cache=False`) writes nothing."""
-        key, now = contact_key(c), self.clock().timestamp()
-        if key is None or c.contact.id is None or self.chatwoot is None or self.settings.chatwoot_api_token is None:
-            return None  # nobody to ask (`explain`), or nothing to ask about (decide.Need.CONTACT checks the rest)
-        cached, value = await self.store.recall(key, now)
-        if cached:
-            return value
-        left = LOOKUP_TIMEOUT if deadline is None else min(LOOKUP_TIMEOUT, deadline - asyncio.get_running_loop().time())
-        why = (
-            "no time left"
-            if left <= 0.05
-            else f"{LOOKUP_CONCURRENCY} look-ups at once"
-            if self._lookups.locked()
-            else f"{LOOKUPS_PER_MINUTE} look-ups a minute"
-            if not self._budget.take()
-            else None
-        )
-        if why:
-            logger.debug("conversation {}: contact look-up skipped ({}); treating the customer as new", c.key, why)
-            return None
-        token = self.settings.chatwoot_api_token.get_secret_value()
-        try:
-            async with self._lookups:
-                found = await asyncio.wait_for(
-                    self.chatwoot.contact_conversations(c.account_id, c.contact.id, token), left
-                )
-        except (TimeoutError, ChatwootError) as exc:
-            logger.warning(
-                "conversation {}: contact look-up failed ({}); treating the customer as new for {:.0f} s",
-                c.key,
-                exc or "timed out",
-                FAILED_LOOKUP_TTL,
-            )
-            if cache:
-                await self.store.remember(key, None, FAILED_LOOKUP_TTL, now)
-            return None
-        resolved = [
-            x for x in found if x.conversation.status == "resolved" and x.conversation.display_id != c.display_id
-        ]
-        best = max(resolved, key=lambda x: x.last_activity_at, default=None)
-        value = None
-        if best:
-            b = best.conversation
-            on = datetime.fromtimestamp(best.last_activity_at or now, timezone.utc).date().isoformat()
-            agent = b.assignee.id if b.assignee and b.assignee.kind == "user" else None  # 4.16+: may be the bot
-            value = Resolved(b.display_id, on, agent, "chatwoot")
-        if cache:
-            await self.store.remember(key, value, LOOKUP_TTL, now)
-        return value
 
     async def handle(self, d: Delivery, body: bytes | None = None) -> Decision:
         """`body`: the delivery as Chatwoot sent it (the webhook's), forwarded to the team's bot when it is theirs."""

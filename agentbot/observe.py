@@ -22,23 +22,26 @@ class Observer:
         """The job's period and what was seen; a ChatwootError when a read failed and is worth trying again."""
         view = await self._read(job) if Look.CONVERSATION in looks else None
         state, _ = await self.store.load(job.conversation_key, None)
-        found: bool | None = False
-        if Look.ECHO in looks:
-            text = posted_text(job, step)
-            echoed = await self.store.echoed(job.conversation_key, text, job.trigger)
-            latest = await self._messages(job, view) if Look.MESSAGES in looks and not echoed else None
-            found = posted(text, job.trigger, echoed, view if Look.MESSAGES in looks else None, latest)
-            if Look.MESSAGES not in looks:
-                found = echoed
+        found = await self._posted(job, step, looks, view) if Look.ECHO in looks else False
         seen = Seen(
             period=state.period,
             phase=state.phase,
             status=view.conversation.status if view else state.status,
             fresh=view is not None,
             unheard=view is not None and unheard(job, step, view, state.latest_message),
+            latest=_newest(state.latest_message, view),
             posted=found,
         )
         return period_of(job.period, job.trigger, state), seen
+
+    async def _posted(self, job: Job, step: Step, looks: frozenset[Look], view: Listed | None) -> bool | None:
+        """Whether the step's note or message is in the conversation: its echo; with Look.MESSAGES also the
+        conversation's last message and latest messages (guard.posted weighs them)."""
+        text = posted_text(job, step)
+        echoed = await self.store.echoed(job.conversation_key, text, job.trigger)
+        if Look.MESSAGES not in looks or echoed:
+            return echoed
+        return posted(text, job.trigger, echoed, view, await self._messages(job, view))
 
     async def _read(self, job: Job) -> Listed | None:
         try:
@@ -63,3 +66,8 @@ class Observer:
                 "conversation {}: could not read its messages with CHATWOOT_API_TOKEN ({})", job.conversation_key, exc
             )
             return None
+
+
+def _newest(remembered: int | None, view: Listed | None) -> int | None:
+    shown = view.last_message.id if view and view.last_message else None
+    return max((i for i in (remembered, shown) if i is not None), default=None)

@@ -19,6 +19,7 @@ from loguru import logger
 
 from . import guard
 from .actions import (
+    AddLabel,
     AssignAgent,
     AssignTeam,
     Attempt,
@@ -383,6 +384,8 @@ class Outbox:
                 await cw.toggle_priority(a, d, priority)
             case AssignTeam(team_id):
                 await cw.assign_team(a, d, team_id)
+            case AddLabel(label):
+                await self._label(job, label)
             case AssignAgent(assignee_id, fallback):
                 agent = await cw.assign_agent(a, d, assignee_id)
                 if fallback is not None:
@@ -397,6 +400,19 @@ class Outbox:
                 if self.relay is None:
                     raise Refused("forward", None, "this process does not forward (no relay)")
                 await self.relay.run(job, step)
+
+    async def _label(self, job: Job, label: str) -> None:
+        """Add `label`, keeping the others: the bot token where Chatwoot lets bots label (4.16+), else the user's."""
+        a, d, cw, token = job.account_id, job.display_id, self.chatwoot, None
+        try:
+            labels = await cw.labels(a, d)
+        except ChatwootError as exc:
+            token = self.observer.reader_token
+            if not (exc.refused_to_bots and token):
+                raise
+            labels = await cw.labels(a, d, token)
+        if label not in labels:
+            await cw.set_labels(a, d, [*labels, label], token)
 
     async def _check_agent(self, job: Job, step: AssignAgent, fallback: str, agent: Agent | None) -> None:
         """A returning customer's previous agent who is offline or gone gives way to the fallback."""

@@ -154,7 +154,7 @@ def _next_period(state: ConversationState, **changes: object) -> ConversationSta
     return replace(state, period=state.period + 1, phase=Phase.BOT, **{**_FRESH, **changes})
 
 
-_FRESH: dict[str, object] = dict(incoming=0, timer_due=None, away_period=None, given_back=False)
+_FRESH: dict[str, object] = dict(incoming=0, timer_due=None, away_period=None, given_back=False, contact_known=False)
 
 
 def _cancel_if(condition: object) -> frozenset[Effect]:

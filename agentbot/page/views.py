@@ -386,20 +386,65 @@ async def retry(request: web.Request) -> web.Response:
     return _with_notice(session, "/", "ok", f"#{job.display_id}: dead letter re-queued; the outbox runs it now.", "top")
 
 
+# ---- the sweep, in the background (the `sweep` helper's block, issue 21) ----------------------------------
+SWEEP_MODES = {"preview": "a dry run", "run": "a sweep", "these": "a dry run's conversations"}
+SWEEP_SHOWN = ("opened", "deferred", "expired", "error")  # the rows of a result; the kept ones are counted only
+
+
 async def sweep(request: web.Request) -> web.Response:
+    """Start a sweep in the background and redirect to its progress (POST-redirect-GET: a reload never starts
+    another); "these" runs the conversations of the dry run just shown."""
     page, session, form = await _session_for_action(request)
-    sweeper = getattr(page.bot, "sweeper", None)
-    if sweeper is None:
+    sweeps = getattr(page.bot, "sweeper", None)  # a SweepLoop (page.panels.Sweeper)
+    if sweeps is None:
         raise web.HTTPNotFound(text="This bot has no sweep.", headers=HEADERS)
-    if form.get("mode") == "run":
-        logger.info("operator page: {} ran the sweep", session.name)
-        summary = await sweeper.run(session.accounts)
-        return render(request, "done.html", {"message": summary})
-    return render(
-        request,
-        "done.html",
-        {"message": "Dry run: nothing was changed.", "rows": await sweeper.preview(session.accounts)},
-    )
+    mode = str(form.get("mode") or "")
+    if mode not in SWEEP_MODES:
+        raise web.HTTPBadRequest(text=f"mode must be one of {', '.join(SWEEP_MODES)}", headers=HEADERS)
+    only = None
+    if mode == "these":
+        shown = sweeps.current
+        if shown is None or shown.id != form.get("run") or not shown.dry_run or shown.result is None:
+            return redirect("/sweep?gone=1")
+        only = shown.to_run()
+    run, started = sweeps.begin(session.accounts, dry_run=mode == "preview", only=only)
+    if not started:
+        return redirect("/sweep?busy=1")
+    logger.info("operator page: {} started {} in the background", session.name, SWEEP_MODES[mode])
+    return redirect("/sweep")
+
+
+async def sweep_progress(request: web.Request) -> web.Response:
+    """The page's latest sweep: its progress while it runs, then its result with links to Chatwoot."""
+    page = request.app[PAGE]
+    session, _ = page.sessions.read(request, _now(page))
+    if session is None:
+        return redirect("/")
+    sweeps = getattr(page.bot, "sweeper", None)  # a SweepLoop (page.panels.Sweeper)
+    if sweeps is None:
+        raise web.HTTPNotFound(text="This bot has no sweep.", headers=HEADERS)
+    run = sweeps.current
+    if run is not None and not set(run.accounts) <= set(session.accounts):
+        run = None  # another operator's accounts
+    base = page.bot.settings.chatwoot_url or ""
+    rows = []
+    if run is not None and run.result is not None:
+        for x in run.result.conversations:
+            if x.outcome in SWEEP_SHOWN:
+                account, number = (int(part) for part in x.key.split(":"))
+                link = panels.link(base, account, number)
+                rows.append(
+                    {"number": number, "link": link, **{k: getattr(x, k) for k in ("outcome", "label", "reason")}}
+                )
+    context = {
+        "session": session,
+        "run": run,
+        "rows": rows,
+        "to_run": len(run.to_run()) if run is not None and run.dry_run and run.result else 0,
+        "busy": "busy" in request.query,
+        "gone": "gone" in request.query,
+    }
+    return render(request, "sweep.html", context)
 
 
 async def favicon(request: web.Request) -> web.Response:
@@ -419,3 +464,4 @@ def setup(app: web.Application, bot: Bot) -> None:
     app.router.add_post("/actions/handoff", hand_off)
     app.router.add_post("/actions/retry", retry)
     app.router.add_post("/actions/sweep", sweep)
+    app.router.add_get("/sweep", sweep_progress)

@@ -805,6 +805,20 @@ class FakeChatwoot:
     def _show(self, match, body, actor, conv):
         return 200, conv.partial(self.teams)
 
+    def _labels(self, match, body, actor, conv):
+        return 200, {"payload": list(conv.labels)}
+
+    def _set_labels(self, match, body, actor, conv):
+        """Api::V1::Accounts::Conversations::LabelsController#create: `params.permit(labels: [])` replaces the whole
+        list; a body without a list of labels clears them all (the permitted value is nil)."""
+        labels = body.get("labels")
+        wanted = [str(x).strip().lower() for x in labels if isinstance(x, str)] if isinstance(labels, list) else []
+        before = list(conv.labels)
+        conv.labels = sorted(set(filter(None, wanted)))
+        if conv.labels != before:
+            self._saved(conv, {"label_list": {"previous_value": before, "current_value": conv.labels}})
+        return 200, {"payload": list(conv.labels)}
+
     def _contact_conversations(self, match, body, actor, conv):
         cid = int(match["contact"])
         mine = [c.partial(self.teams) for c in self.conversations.values() if c.contact.id == cid]
@@ -934,7 +948,12 @@ def _rx(pattern: str) -> re.Pattern[str]:
 
 
 F = FakeChatwoot
-BOT_SINCE = {"show": "bot_reads", "toggle_typing_status": "bot_typing"}  # bot-token endpoints added later
+BOT_SINCE = {
+    "show": "bot_reads",
+    "toggle_typing_status": "bot_typing",
+    "labels": "bot_reads",
+    "set_labels": "bot_reads",
+}  # bot-token endpoints added later
 # method, path, route name, allowed for bot tokens, administrators only, handler
 ROUTES = [
     ("POST", _rx("/conversations/{conv}/toggle_status"), "toggle_status", True, False, F._toggle_status),
@@ -944,6 +963,8 @@ ROUTES = [
     ("GET", _rx("/conversations/{conv}/messages"), "messages_index", False, False, F._messages_index),
     ("POST", _rx("/conversations/{conv}/assignments"), "assignments", True, False, F._assign),
     ("GET", _rx("/conversations/{conv}"), "show", True, False, F._show),
+    ("GET", _rx("/conversations/{conv}/labels"), "labels", True, False, F._labels),
+    ("POST", _rx("/conversations/{conv}/labels"), "set_labels", True, False, F._set_labels),
     ("GET", _rx("/conversations"), "conversations", False, False, F._list_conversations),
     ("GET", _rx("/contacts/{contact}/conversations"), "contact_conversations", False, False, F._contact_conversations),
     ("GET", _rx("/inboxes"), "inboxes", False, False, F._inboxes),

@@ -38,7 +38,7 @@ class Seen:
     fresh: bool = False
     unheard: bool = False  # a read shows a customer message the bot has not been delivered yet
     posted: bool | None = False  # the step's note or message is in the conversation; None: it cannot be told
-    latest: int | None = None  # the newest message id the bot knows of (its memory, or a read's last message)
+    customer_latest: int | None = None  # a read's last message, when it is the customer's
 
 
 # ---- verdicts ----------------------------------------------------------------------------------
@@ -173,8 +173,8 @@ def _moot(job: Job, period: int, step: Step, seen: Seen, maybe: bool) -> Drop | 
         return Drop("was resolved or snoozed since")
     if pending_job and seen.phase is Phase.HUMANS and seen.status == "pending":
         return Drop("is pending again since it was opened")
-    if job.rule == EXPIRE and (seen.latest or 0) > (job.trigger or 0):
-        return Drop("someone wrote since it was found stale")
+    if job.rule == EXPIRE and (seen.customer_latest or 0) > (job.trigger or 0):
+        return Drop("the customer wrote since it was found stale")
     return by_status
 
 

@@ -140,11 +140,8 @@ class Lookups:
         if isinstance(budget, Lookup):
             logger.debug("conversation {}: contact look-up skipped ({})", c.key, budget.why)
             return budget
-        try:
-            async with self.share.flying:
-                found = await asyncio.wait_for(
-                    self.chatwoot.contact_conversations(c.account_id, c.contact.id or 0, self.token), budget
-                )
+        try:  # the wait for a place among the share's look-ups in flight counts against the deadline too
+            found = await asyncio.wait_for(self._ask(c), budget)
         except (TimeoutError, ChatwootError) as exc:
             why = str(exc) or "timed out"
             logger.warning(
@@ -160,6 +157,10 @@ class Lookups:
         if cache:
             await self.store.remember(key, value, LOOKUP_TTL, now)
         return Lookup(Answer.FOUND if value else Answer.NONE, value)
+
+    async def _ask(self, c: Conversation) -> list[Listed]:
+        async with self.share.flying:
+            return await self.chatwoot.contact_conversations(c.account_id, c.contact.id or 0, self.token)
 
     async def _admit(self, wait: bool, deadline: float | None) -> float | None | Lookup:
         """Seconds the call may take (None: the client's own timeout), or why it is not made. The sweep waits

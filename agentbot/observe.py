@@ -29,7 +29,7 @@ class Observer:
             status=view.conversation.status if view else state.status,
             fresh=view is not None,
             unheard=view is not None and unheard(job, step, view, state.latest_message),
-            latest=_newest(state.latest_message, view),
+            customer_latest=_customers(view),
             posted=found,
         )
         return period_of(job.period, job.trigger, state), seen
@@ -68,6 +68,7 @@ class Observer:
             return None
 
 
-def _newest(remembered: int | None, view: Listed | None) -> int | None:
-    shown = view.last_message.id if view and view.last_message else None
-    return max((i for i in (remembered, shown) if i is not None), default=None)
+def _customers(view: Listed | None) -> int | None:
+    """The id of the conversation's last message when it is the customer's (a read's)."""
+    last = view.last_message if view else None
+    return last.id if last is not None and last.kind == "incoming" and not last.private else None

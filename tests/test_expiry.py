@@ -16,6 +16,7 @@ from agentbot.config import ConfigError, load
 from agentbot.events import Conversation, Message, Person
 from agentbot.expiry import Known, Verdict, dedup_key, expiry, resolve_job
 from agentbot.facts import ConversationState
+from agentbot.period import Phase
 
 NOW = 2_000_000_000.0
 DAY = 86400.0
@@ -93,7 +94,9 @@ ROWS = [
         Verdict.HANDOFF,
         known=Known(ConversationState(timer_due=NOW + 3600)),
     ),
-    Row("handed off in this period", [said(1, 8)], Verdict.HANDOFF, known=Known(ConversationState(handed_off=True))),
+    Row(
+        "handed off in this period", [said(1, 8)], Verdict.HANDOFF, known=Known(ConversationState(phase=Phase.HANDOFF))
+    ),
     Row(
         "its expiry queued already",
         [said(1, 8)],

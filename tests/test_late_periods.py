@@ -149,7 +149,8 @@ async def test_a_contacts_previous_conversation_held_by_the_bot_gives_no_previou
     try:
         settings = load({"CHATWOOT_URL": "http://cw", "CHATWOOT_BOT_TOKEN": "t", "CHATWOOT_API_TOKEN": "u"})
         handoffs = Handoffs(settings, store, Stub(), Metrics(), lambda: datetime.now(timezone.utc))  # type: ignore[arg-type]
-        found = await handoffs._look_up(c, cache=False)
+        assert handoffs.lookups is not None
+        found = (await handoffs.lookups.previous(c, wait=True, cache=False)).previous
     finally:
         await store.close()
     assert found is not None and found.display_id == c.display_id - 1

@@ -110,7 +110,7 @@ class Outbox:
                 jobs -= 1
 
     def start(self) -> None:
-        self.workers = [asyncio.create_task(self._worker()) for _ in range(WORKERS)]
+        self.workers = [asyncio.create_task(self._worker()) for _ in range(self.store.outbox_workers(WORKERS))]
         self._ticker = asyncio.create_task(self._tick())
         self._poller = asyncio.create_task(self._poll())
 

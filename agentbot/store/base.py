@@ -185,6 +185,11 @@ class Store(ABC):
             return None
         return _LocalLease(held, name, ttl)
 
+    def outbox_workers(self, wanted: int) -> int:
+        """How many outbox workers this store serves well (a Redis pool keeps half its connections for
+        deliveries: their locks and commits must not queue behind the outbox's calls)."""
+        return wanted
+
     async def prune(self, now: float) -> None:  # noqa: B027 (optional: a no-op where keys expire natively)
         """Drop expired dedup keys and look-ups (backends with native TTLs need nothing)."""
 

@@ -298,6 +298,7 @@ class RedisStore(Store):
             **(unverified if url.startswith("rediss://") and not tls_verify else {}),
         )
         self.redis = Redis.from_pool(pool)
+        self.max_connections = max_connections
         self._commit = _script(self.redis, COMMIT)
         self._claim = _script(self.redis, CLAIM)
         self._renew = _script(self.redis, RENEW)
@@ -309,6 +310,9 @@ class RedisStore(Store):
 
     async def open(self) -> None:
         await self.redis.ping()
+
+    def outbox_workers(self, wanted: int) -> int:
+        return max(1, min(wanted, self.max_connections // 2))
 
     async def close(self) -> None:
         await self.redis.aclose()

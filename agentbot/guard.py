@@ -166,34 +166,47 @@ def _moot(job: Job, period: int, step: Step, seen: Seen, maybe: bool) -> Drop | 
     by_status = _by_status(job, step, seen, maybe)
     if isinstance(by_status, Drop):
         return by_status
-    pending_job = job.expected_status == "pending"
-    if period < seen.period:
-        return Drop("a later pending period began")
-    if pending_job and seen.phase is Phase.CLOSED:
-        return Drop("was resolved or snoozed since")
-    if pending_job and seen.phase is Phase.HUMANS and seen.status == "pending":
-        return Drop("is pending again since it was opened")
     if job.rule == EXPIRE and (seen.customer_latest or 0) > (job.trigger or 0):
         return Drop("the customer wrote since it was found stale")
-    return by_status
+    return _period_over(job, period, seen) or by_status
+
+
+def _period_over(job: Job, period: int, seen: Seen) -> Drop | None:
+    """The pending period the job was decided in is over."""
+    if period < seen.period:
+        return Drop("a later pending period began")
+    if job.expected_status != "pending":
+        return None
+    if seen.phase is Phase.CLOSED:
+        return Drop("was resolved or snoozed since")
+    if seen.phase is Phase.HUMANS and seen.status == "pending":
+        return Drop("is pending again since it was opened")
+    return None
+
+
+def _after_own_status(job: Job, status: str, fresh: bool) -> Drop | None:
+    """Once the job set the status, back to the one the decision saw is a new period, unless the bot's memory
+    lags its own change."""
+    if status == job.status_target or (status == job.expected_status and not fresh):
+        return None
+    return Drop(f"is {status} now")
 
 
 def _by_status(job: Job, step: Step, seen: Seen, maybe: bool) -> Drop | Done | None:
     """What the conversation's status says: a step acts only where the decision left the conversation."""
-    status, expected, target = seen.status, job.expected_status, job.status_target
+    status = seen.status
     if status is None:
         return None
+    if job.status_done:
+        return _after_own_status(job, status, seen.fresh)
+    if status == job.expected_status:
+        return None
+    # Not where the decision left it: the job's own status set already (an earlier call landed, or a run cut short
+    # got past this step), or moved on by someone else.
+    own = status == job.status_target and maybe
     if isinstance(step, SetStatus):
-        if status == expected:
-            return None
-        return Done(f"it is {status} already") if status == step.status and maybe else Drop(f"is {status} now")
-    if job.status_done:  # back to `expected` then is a new period, unless the bot's memory lags its own change
-        ok = status == target or (status == expected and not seen.fresh)
-    elif maybe and status == target:  # a run cut short got past this step: the job's own status is set
-        return Done(f"it is {status} already: the steps before were carried out")
-    else:
-        ok = status == expected
-    return None if ok else Drop(f"is {status} now")
+        return Done(f"it is {status} already") if own else Drop(f"is {status} now")
+    return Done(f"it is {status} already: the steps before were carried out") if own else Drop(f"is {status} now")
 
 
 # ---- reading what was observed -------------------------------------------------------------------

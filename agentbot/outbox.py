@@ -372,6 +372,22 @@ class Outbox:
         logger.info("conversation {}: opened for humans: {}", job.conversation_key, job.reason)
 
     async def _do(self, job: Job, step: Step) -> None:
+        """The step's call: Chatwoot's, or another lane's (Evolution API, the team's own bot)."""
+        match step:
+            case EvolutionSwitch() if self.evolution is not None:  # and EvolutionPause
+                await self.evolution.switch(job, step)
+            case EvolutionSwitch():
+                logger.info(
+                    "conversation {}: EVOLUTION_URL is unset now: {} left undone", job.conversation_key, step.words()
+                )
+            case Forward():  # to the team's own bot (relay.py)
+                if self.relay is None:
+                    raise Refused("forward", None, "this process does not forward (no relay)")
+                await self.relay.run(job, step)
+            case _:
+                await self._call_chatwoot(job, step)
+
+    async def _call_chatwoot(self, job: Job, step: Step) -> None:
         a, d, cw = job.account_id, job.display_id, self.chatwoot
         match step:
             case SetStatus(status):
@@ -390,16 +406,6 @@ class Outbox:
                 agent = await cw.assign_agent(a, d, assignee_id)
                 if fallback is not None:
                     await self._check_agent(job, step, fallback, agent)
-            case EvolutionSwitch() if self.evolution is not None:  # and EvolutionPause
-                await self.evolution.switch(job, step)
-            case EvolutionSwitch():
-                logger.info(
-                    "conversation {}: EVOLUTION_URL is unset now: {} left undone", job.conversation_key, step.words()
-                )
-            case Forward():  # to the team's own bot (relay.py)
-                if self.relay is None:
-                    raise Refused("forward", None, "this process does not forward (no relay)")
-                await self.relay.run(job, step)
 
     async def _label(self, job: Job, label: str) -> None:
         """Add `label`, keeping the others: the bot token where Chatwoot lets bots label (4.16+), else the user's."""

@@ -12,7 +12,8 @@ class Guard(StrEnum):
     """When a step still applies (guard.verdict carries it out): each step kind names its rule."""
 
     WHERE_LEFT = "where the decision left it"  # Chatwoot's calls: while the conversation's status and period are
-    PERIOD = "while its period lasts"  # e.g. pausing another bot: not once the period ended (resolved, a later one)
+    PERIOD = "while its period lasts"  # e.g. a message's forward: not once the period ended (resolved, a later one)
+    AFTER_OPEN = "after the open, while its period lasts"  # pausing another bot: once the handoff's open is seen
     NO_LATER = "unless a later period began"  # e.g. a resolve's or a give-back's follow-up
     ALWAYS = "always"  # e.g. passing a conversation event on
 
@@ -120,9 +121,10 @@ class EvolutionSwitch(_Step, tag="evolution", frozen=True):
 
 
 class EvolutionPause(EvolutionSwitch, tag="evolution-pause", frozen=True):
-    """`paused` at a handoff: only while the handoff's period lasts (not once it was resolved or given back)."""
+    """`paused` at a handoff: once the bot saw the conversation open (OPEN_WAIT at most), and only while the
+    handoff's period lasts (not once it was resolved or given back)."""
 
-    guard = Guard.PERIOD
+    guard = Guard.AFTER_OPEN
 
 
 # ---- forwarding to the team's own bot (issue 23; relay.py builds and runs these) ----

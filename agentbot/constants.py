@@ -15,3 +15,4 @@ STORE_DOWN_AFTER = 2.0  # seconds of failing store calls before /healthz reports
 LATE = 5.0  # a job that starts this long after its decision first checks where the conversation is now
 CATCH_UP = 30.0  # seconds a handoff waits for a customer message Chatwoot shows but has not delivered yet
 CATCH_UP_EVERY = 0.5  # seconds between its looks meanwhile
+OPEN_WAIT = 30.0  # seconds a step that follows a handoff's open (Evolution's pause) waits to see it

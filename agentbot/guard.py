@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from .actions import Attempt, Guard, Job, PrivateNote, PublicMessage, SetStatus, Step
-from .constants import CATCH_UP, CATCH_UP_EVERY, LATE
+from .constants import CATCH_UP, CATCH_UP_EVERY, LATE, OPEN_WAIT
 from .events import Listed, Message
 from .period import Phase
 
@@ -115,7 +115,7 @@ def verdict(job: Job, period: int, step: Step, seen: Seen, now: float, settle: f
     if waiting is not None:
         return waiting
     if step.guard is not Guard.WHERE_LEFT:
-        return _by_period(step.guard, period, seen) or Send()
+        return _by_period(step.guard, period, seen) or _open_seen(job, step.guard, seen, now) or Send()
     return (
         _moot(job, period, step, seen, _maybe(job))
         or _catching_up(job, step, seen, now)
@@ -156,9 +156,17 @@ def _by_period(rule: Guard, period: int, seen: Seen) -> Drop | None:
         return None
     if period < seen.period:
         return Drop("a later pending period began")
-    if rule is Guard.PERIOD and seen.phase is Phase.CLOSED:
+    if rule in (Guard.PERIOD, Guard.AFTER_OPEN) and seen.phase is Phase.CLOSED:
         return Drop("was resolved or snoozed since")
     return None
+
+
+def _open_seen(job: Job, rule: Guard, seen: Seen, now: float) -> Wait | None:
+    """A step that follows the handoff's open waits until the bot sees the conversation open, OPEN_WAIT at most
+    (the open's event may be lost: then it goes ahead)."""
+    if rule is not Guard.AFTER_OPEN or seen.phase is Phase.HUMANS or now >= job.decided_at + OPEN_WAIT:
+        return None
+    return Wait(min(now + CATCH_UP_EVERY, job.decided_at + OPEN_WAIT), "it waits for the handoff's open")
 
 
 def _moot(job: Job, period: int, step: Step, seen: Seen, maybe: bool) -> Drop | Done | None:

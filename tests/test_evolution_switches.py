@@ -31,9 +31,10 @@ async def evo():
 
 @pytest.fixture(autouse=True)
 def quick_second_pause(monkeypatch):
-    """The second pause comes 0.3 s after the handoff instead of SECOND_PAUSE (10 s)."""
+    """The second pause comes 1.5 s after the handoff instead of SECOND_PAUSE (10 s); the first waits for the bot to
+    see the handoff's open (guard.OPEN_WAIT), which takes up to half a second here."""
     assert SECOND_PAUSE == 10.0
-    monkeypatch.setattr("agentbot.evolution.SECOND_PAUSE", 0.3)
+    monkeypatch.setattr("agentbot.evolution.SECOND_PAUSE", 1.5)
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ async def test_a_handoff_pauses_evolutions_bot_and_again_a_moment_later(fake, ev
     assert evo.customer_writes(JID)
     await wait_for(lambda: len(switched(evo)) == 2, 5, "the second pause")
     first, second = evo.calls_to("changeStatus")
-    assert second.at - delivered >= 0.3 and switched(evo)[1] == ("paused", JID, "WhatsApp")
+    assert second.at - delivered >= 1.5 and switched(evo)[1] == ("paused", JID, "WhatsApp")
     assert not evo.customer_writes(JID)
     await bot.idle()
     assert fake.conversation(conv.display_id).status == "open" and fake.notes(conv.display_id) == [ASKED]

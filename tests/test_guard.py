@@ -260,7 +260,7 @@ OPENED, CLOSED = (EvolutionSwitch("typebot", s, PAUSE.remote_jid, 4) for s in ("
 @pytest.mark.parametrize(
     "step, s, verdict",
     [
-        pytest.param(PAUSE, seen(), Send, id="evolution-pause-before-the-open-landed-is-sent"),
+        pytest.param(PAUSE, seen(), Wait, id="evolution-pause-waits-for-the-handoffs-open"),
         pytest.param(PAUSE, seen("open", Phase.HUMANS), Send, id="evolution-pause-after-the-open-is-sent"),
         pytest.param(PAUSE, seen("resolved", Phase.CLOSED), Drop, id="evolution-pause-once-resolved-is-dropped"),
         pytest.param(PAUSE, seen(period=3, phase=Phase.BOT), Drop, id="evolution-pause-once-given-back-is-dropped"),
@@ -282,6 +282,11 @@ def test_the_second_pause_waits_for_its_time_then_follows_its_period() -> None:
     j = job([PAUSE], not_before=NOW + 10)
     assert guard.verdict(j, 2, PAUSE, seen("open", Phase.HUMANS), NOW, SETTLE) == Wait(NOW + 10, "it runs no sooner")
     assert isinstance(guard.verdict(j, 2, PAUSE, seen(period=3), NOW + 10, SETTLE), Drop)
+
+
+def test_an_evolution_pause_goes_ahead_when_the_open_is_not_seen_within_open_wait() -> None:
+    j = job([PAUSE], decided_at=NOW - 31)
+    assert type(guard.verdict(j, 2, PAUSE, seen(), NOW, SETTLE)) is Send
 
 
 def test_a_job_runs_no_sooner_than_it_may() -> None:

@@ -24,6 +24,7 @@ PROBE_MAX = 2.0  # seconds between probes at most: a 60 s window reopens at most
 GROWTH = 0.05  # the pace grows by this share per learned window while calls queue for it
 FORGET = 300.0  # seconds without a 429 after which the learned pace is dropped
 MIN_SAMPLE = 2  # calls a window must have let through to learn a pace from it
+MIN_PACE = 1.0  # calls a second: a slower "pace" is a one-off 429 (a proxy, a fault), not Chatwoot's window
 MAX_SPAN = 120.0  # seconds: a longer count since the last opening (or idle) mixes in slack, so it teaches nothing
 IDLE = 1.0  # seconds without a call in flight after which the count of answered calls starts again
 
@@ -120,7 +121,7 @@ class RateLimit:
         """A probe got through: Chatwoot's window opened again. What it let through since the previous
         opening, over that time, is the pace."""
         span = now - self._since
-        if self._answered >= MIN_SAMPLE and 0 < span <= MAX_SPAN:
+        if self._answered >= MIN_SAMPLE and 0 < span <= MAX_SPAN and self._answered / span >= MIN_PACE:
             self.learned, self.window = self._answered / span, span
         self.paused, self._since, self._answered = False, now, 0
         self._tat = now

@@ -15,8 +15,9 @@ RUN pip install --no-cache-dir . \
     && mkdir -p /data && chown agentbot /data
 
 USER agentbot
+# /data is where a volume goes (`docker run -v agentbot-data:/data`, fly.toml's mount). No VOLUME instruction:
+# Railway refuses to build an image with one (it has its own volumes), and a named volume needs none.
 WORKDIR /data
-VOLUME ["/data"]
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=3s --start-period=5s \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8080'), timeout=2)"

@@ -7,12 +7,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
+from collections.abc import Awaitable, Callable
 
-from .commands import change, show
-from .config import REQUIRED, ConfigError, load
+from .config import REQUIRED, ConfigError, Settings, load
 from .serve import serve
-from .sweep_cli import sweep
+
+Command = Callable[[Settings, argparse.Namespace], Awaitable[int]]
+SHOW, CHANGE = ".commands.show", ".commands.change"  # commands that only read, and those that write
+
+
+def _later(module: str, name: str) -> Command:
+    """A subcommand's function, imported when it runs: serving, the default, needs none of them (cold start)."""
+
+    async def run(settings: Settings, args: argparse.Namespace) -> int:
+        command: Command = getattr(importlib.import_module(module, __package__), name)
+        return await command(settings, args)
+
+    return run
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,24 +35,28 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=None)  # the server
     sub = p.add_subparsers(dest="command")
     sub.add_parser("serve", help="run the web server (default)")
-    sub.add_parser("rules", help="print the effective rules per inbox").set_defaults(run=show.rules)
+    sub.add_parser("rules", help="print the effective rules per inbox").set_defaults(run=_later(SHOW, "rules"))
     ex = sub.add_parser("explain", help="print the decision for one delivery without calling Chatwoot")
-    ex.set_defaults(run=show.explain)
+    ex.set_defaults(run=_later(SHOW, "explain"))
     ex.add_argument("payload", help="a delivery body as JSON file")
     ex.add_argument("--at", help="ISO time to decide at (default: now)")
     ob = sub.add_parser("outbox", help="list dead letters")
-    ob.set_defaults(run=show.outbox)
-    ob.add_argument("--retry", dest="run", action="store_const", const=change.retry, help="re-queue every dead letter")
+    ob.set_defaults(run=_later(SHOW, "outbox"))
+    ob.add_argument(
+        "--retry", dest="run", action="store_const", const=_later(CHANGE, "retry"), help="re-queue every dead letter"
+    )
     reg = sub.add_parser("register", help="create or update the agent bot in Chatwoot and connect inboxes")
-    reg.set_defaults(run=change.register)
+    reg.set_defaults(run=_later(CHANGE, "register"))
     reg.add_argument("--url", help="the bot's public webhook URL, e.g. https://bot.example.com/webhook")
     reg.add_argument("--inbox", type=int, action="append", default=[], help="inbox id (repeatable)")
     reg.add_argument("--name", default="Handoff bot", help="the agent bot's name in Chatwoot (default: %(default)s)")
     reg.add_argument("--detach", action="store_true", help="disconnect the bot from the given inboxes")
-    sub.add_parser("inboxes", help="list the account's inboxes and their bots").set_defaults(run=show.inboxes)
-    sub.add_parser("check", help="verify the configuration against Chatwoot").set_defaults(run=show.check)
+    sub.add_parser("inboxes", help="list the account's inboxes and their bots").set_defaults(
+        run=_later(SHOW, "inboxes")
+    )
+    sub.add_parser("check", help="verify the configuration against Chatwoot").set_defaults(run=_later(SHOW, "check"))
     sw = sub.add_parser("sweep", help="hand off the pending conversations the rules give to humans (user token)")
-    sw.set_defaults(run=sweep)
+    sw.set_defaults(run=_later(".sweep_cli", "sweep"))
     sw.add_argument("--dry-run", action="store_true", help="print what would happen; change nothing")
     sw.add_argument("--json", action="store_true", help="print the result as JSON")
     sw.add_argument(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -11,15 +12,22 @@ from loguru import logger
 
 from . import page
 from .chatwoot import Chatwoot, Throttle
+from .clock import SteadyClock
 from .config import ConfigError, Settings, mask
+from .evolution import Evolution
+from .evolution_switch import Switcher
+from .forward import Forwarder
 from .handoffs import Handoffs
 from .metrics import Metrics
 from .outbox import Outbox
-from .page.panels import Sweeper as PageSweeper
+from .ratelimit import Priority, RateLimit
+from .relay import Relay
 from .store import Store, open_or_refuse, store_for
-from .sweep import Sweeper
-from .sweep_loop import SweepLoop
 from .webhook import MAX_BODY, receive
+
+if TYPE_CHECKING:
+    from .page.panels import Sweeper as PageSweeper
+    from .sweep_loop import SweepLoop
 
 UNPROTECTED = (
     "neither CHATWOOT_BOT_SECRET nor WEBHOOK_TOKEN is set: anyone who learns the webhook URL can make the bot "
@@ -39,8 +47,10 @@ class Bot:
 
     def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow, store: Store | None = None):
         self.settings, self.clock = settings, clock
-        self.store = store or store_for(settings)
+        self.steady = SteadyClock(lambda: clock().timestamp())  # the outbox's and the store queue's clock
+        self.store = store or store_for(settings, runs_jobs=True)
         self.metrics = Metrics()
+        self.evolution: Switcher | None = None  # Evolution API's switches (EVOLUTION_URL), made at start-up
         self.sweeper: PageSweeper | None = (
             None  # the sweep, when the app has one (page.panels.Sweeper); the operator page offers it
         )
@@ -51,12 +61,25 @@ class Bot:
         await open_or_refuse(self.store, s)
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30))
         token = s.chatwoot_bot_token.get_secret_value() if s.chatwoot_bot_token else None
-        self.chatwoot = Chatwoot(self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics)
+        # One budget for every call to Chatwoot (its 429s pause them all); handoffs' calls first, then look-ups.
+        self.ratelimit = RateLimit(s.chatwoot_rate)
+        self.metrics.watch_rate(lambda: self.ratelimit.rate, lambda: self.ratelimit.paused)
+        self.chatwoot = Chatwoot(
+            self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics, limit=self.ratelimit
+        )
         reader = s.chatwoot_api_token.get_secret_value() if s.chatwoot_api_token else None
-        self.outbox = Outbox(self.store, self.chatwoot, self.metrics, self.clock, s.action_max_age, reader)
-        self.handoffs = Handoffs(s, self.store, self.chatwoot, self.metrics, self.clock, self.outbox.wake)
+        self.evolution = self._evolution()
+        self.outbox = Outbox(
+            self.store, self.chatwoot, self.metrics, self.steady, s.action_max_age, reader, self.evolution
+        )
+        lookups = self.chatwoot.sibling(Priority.LOOKUP)  # Handoffs only reads (look-ups) while a delivery waits
+        self.handoffs = Handoffs(s, self.store, lookups, self.metrics, self.clock, self.outbox.wake, self.steady)
+        # Forwarding to the team's own bot (relay.py): on the app's one session, off the webhook's path.
+        forwarder = Forwarder(self.session, s.forward_secret, s.forward_timeout, self.metrics)
+        self.relay = Relay(s, forwarder, self.metrics, self.steady, self.handoffs.forward_handoff)
+        self.outbox.relay = self.relay
         self.outbox.start()
-        self.sweeps = self.sweeper = self._sweeps(token)
+        self.sweeps = self.sweeper = self._sweeps()
         logger.info(
             "agentbot ready on port {} (store: {}, Chatwoot: {})", s.port, mask(s.store_url), mask(s.chatwoot_url)
         )
@@ -71,11 +94,18 @@ class Bot:
         await self.session.close()
         await self.store.close()
 
-    def _sweeps(self, token: str | None) -> SweepLoop | None:
+    def _evolution(self) -> Switcher | None:
+        """Evolution API's switches, on the app's one session (EVOLUTION_URL unset: none)."""
+        s = self.settings
+        if s.evolution_url is None or s.evolution_api_key is None:
+            return None
+        client = Evolution(self.session, s.evolution_url, s.evolution_api_key.get_secret_value(), metrics=self.metrics)
+        return Switcher(s, client, self.chatwoot, self.metrics)
+
+    def _sweeps(self) -> SweepLoop | None:
         """The sweep (periodic with SWEEP_INTERVAL, and on demand from the operator page), with its own throttled
         client (SWEEP_RATE) but the same store, locks and outbox as live deliveries."""
         s = self.settings
-        assert s.chatwoot_url is not None  # serve requires it (config.REQUIRED)
         if s.chatwoot_api_token is None:
             logger.info(
                 "sweep off: without CHATWOOT_API_TOKEN the bot cannot list pending conversations, so one whose "
@@ -83,10 +113,14 @@ class Bot:
                 "the customer writes again; set it to catch those"
             )
             return None
-        throttled = Chatwoot(
-            self.session, s.chatwoot_url, token, s.chatwoot_timeout, self.metrics, Throttle(s.sweep_rate)
+        from .lookups import sweep_share
+        from .sweep import Sweeper  # only with a user token: serving starts without it
+        from .sweep_loop import SweepLoop
+
+        throttled = self.chatwoot.sibling(Priority.SWEEP, Throttle(s.sweep_rate))
+        handoffs = Handoffs(
+            s, self.store, throttled, self.metrics, self.clock, self.outbox.wake, self.steady, sweep_share()
         )
-        handoffs = Handoffs(s, self.store, throttled, self.metrics, self.clock, self.outbox.wake)
         sweeper = Sweeper(s, handoffs, throttled, self.metrics, self.clock, busy=lambda: self.handoffs.live)
         try:
             sweeper.accounts()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import ClassVar, TypeVar, overload
@@ -22,6 +21,7 @@ from .events import (
     parse_page,
 )
 from .metrics import Metrics
+from .ratelimit import Outcome, Priority, RateLimit
 
 FINAL_STATUSES = {400, 401, 403, 404, 422}
 T = TypeVar("T")
@@ -138,6 +138,13 @@ class Inbox(msgspec.Struct, frozen=True):
     channel_type: str | None = None
 
 
+class Named(msgspec.Struct, frozen=True):
+    """A team or an agent of an account, as their index lists them (only what the operator page shows)."""
+
+    id: int
+    name: str | None = None
+
+
 class ProfileAccount(msgspec.Struct, frozen=True):
     id: int | None = None
     role: str | None = None
@@ -159,6 +166,10 @@ class _InboxBot(msgspec.Struct):
     agent_bot: AgentBot | None = None
 
 
+class _Labels(msgspec.Struct):
+    payload: list[str] = []
+
+
 class _Api(msgspec.Struct):
     version: str | None = None
 
@@ -168,6 +179,8 @@ _decode_inboxes = msgspec.json.Decoder(_Inboxes | None).decode
 _decode_inbox_bot = msgspec.json.Decoder(_InboxBot | None).decode
 _decode_bots = msgspec.json.Decoder(list[AgentBot] | None).decode
 _decode_bot = msgspec.json.Decoder(AgentBot).decode
+_decode_named = msgspec.json.Decoder(list[Named] | None).decode
+_decode_labels = msgspec.json.Decoder(_Labels).decode
 
 
 def _agent(raw: bytes) -> Agent | None:
@@ -190,20 +203,15 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class Throttle:
-    """At most `rate` calls a second (0: no limit), and none while Chatwoot asked to wait (429 Retry-After)."""
+    """At most `rate` calls a second (0: no limit) from one client: the sweep's own pace (SWEEP_RATE). Chatwoot's
+    limit, shared by every client of the app, is ratelimit.RateLimit's."""
 
     def __init__(self, rate: float):
         self.limiter = AsyncLimiter(1, 1.0 / rate) if rate > 0 else None  # one call every 1/rate s, no bursts
-        self.resume_at = 0.0  # time.monotonic()
 
     async def wait(self) -> None:
-        while (delay := self.resume_at - time.monotonic()) > 0:  # noqa: ASYNC110 (a pause may grow while we sleep)
-            await asyncio.sleep(delay)
         if self.limiter:
             await self.limiter.acquire()
-
-    def pause(self, seconds: float) -> None:
-        self.resume_at = max(self.resume_at, time.monotonic() + seconds)
 
 
 class Chatwoot:
@@ -217,11 +225,29 @@ class Chatwoot:
         timeout: float = 10.0,
         metrics: Metrics | None = None,
         throttle: Throttle | None = None,
+        limit: RateLimit | None = None,
+        priority: Priority = Priority.LIVE,
     ):
+        """`limit` is Chatwoot's budget, shared by every client of the app (default: this client's own);
+        `priority` is this client's place in its queue."""
         self.session, self.base_url, self.token = session, base_url, token
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.metrics, self.throttle = metrics, throttle
+        self.limit, self.priority = limit or RateLimit(), priority
         self.reads = True  # this Chatwoot lets the bot token read a conversation (4.16+), until it refuses
+
+    def sibling(self, priority: Priority, throttle: Throttle | None = None) -> Chatwoot:
+        """A client of the same Chatwoot, session and budget, whose calls queue at `priority`."""
+        return Chatwoot(
+            self.session,
+            self.base_url,
+            self.token,
+            self.timeout.total or 10.0,
+            self.metrics,
+            throttle,
+            self.limit,
+            priority,
+        )
 
     @overload
     async def _call(
@@ -263,7 +289,8 @@ class Chatwoot:
         headers = {"api_access_token": token or self.token or "", "Accept": "application/json"}
         if self.throttle:
             await self.throttle.wait()
-        started, status = time.perf_counter(), "error"
+        ticket = await self.limit.acquire(self.priority)
+        started, status, outcome, retry_after = time.perf_counter(), "error", Outcome.UNKNOWN, None
         try:
             async with self.session.request(
                 method,
@@ -275,13 +302,11 @@ class Chatwoot:
                 allow_redirects=False,
             ) as resp:
                 status = str(resp.status)
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
+                outcome = Outcome.REFUSED if resp.status == 429 else Outcome.ANSWERED
                 raw = await resp.read()
                 if resp.status >= 300:
-                    text = raw.decode(errors="replace")
-                    retry_after = _retry_after(resp.headers.get("Retry-After"))
-                    if resp.status == 429 and self.throttle:
-                        self.throttle.pause(retry_after or 1.0)
-                    raise http_error(endpoint, resp.status, text, retry_after)
+                    raise http_error(endpoint, resp.status, raw.decode(errors="replace"), retry_after)
                 return decoder(raw) if decoder is not None else None
         except TimeoutError:
             status = "timeout"
@@ -293,6 +318,7 @@ class Chatwoot:
         except (msgspec.DecodeError, PayloadError) as exc:  # a 2xx whose body is not what the bot reads
             raise Unreadable(endpoint, int(status) if status.isdigit() else None, f"unreadable answer: {exc}") from None
         finally:
+            self.limit.release(ticket, outcome, retry_after)
             if self.metrics:
                 self.metrics.observe_call(endpoint, status, time.perf_counter() - started)
 
@@ -346,6 +372,20 @@ class Chatwoot:
                 "on its memory of the events instead"
             )
             return None
+
+    # Labels (issue 21: expiring stale pending conversations). Bot tokens since Chatwoot 4.16 (#14655); before,
+    # only a user token (CHATWOOT_API_TOKEN) may: pass it as `token`.
+    async def labels(self, account: int, display_id: int, token: str | None = None) -> list[str]:
+        """GET the conversation's labels."""
+        path = self._conv(account, display_id) + "/labels"
+        return (await self._call("GET", "labels", path, token=token, decoder=_decode_labels)).payload
+
+    async def set_labels(self, account: int, display_id: int, labels: list[str], token: str | None = None) -> list[str]:
+        """POST the conversation's labels: Chatwoot replaces the whole list with `labels` (send the ones to keep
+        too); its answer is the list as saved."""
+        path = self._conv(account, display_id) + "/labels"
+        saved = await self._call("POST", "set_labels", path, {"labels": labels}, token=token, decoder=_decode_labels)
+        return saved.payload
 
     async def version(self) -> str | None:
         """Chatwoot's version from its public `GET /api` (None when it doesn't say)."""
@@ -439,3 +479,12 @@ class Chatwoot:
         return await self._call(
             "PATCH", "agent_bots", f"{path}/{int(bot_id)}", fields, token=token, decoder=_decode_bot
         )
+
+    # The operator page's names for ids (an administrator's token).
+    async def list_teams(self, account: int, token: str) -> list[Named]:
+        path = f"/api/v1/accounts/{int(account)}/teams"
+        return await self._call("GET", "teams", path, token=token, decoder=_decode_named) or []
+
+    async def list_agents(self, account: int, token: str) -> list[Named]:
+        path = f"/api/v1/accounts/{int(account)}/agents"
+        return await self._call("GET", "agents", path, token=token, decoder=_decode_named) or []

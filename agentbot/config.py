@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import string
@@ -63,8 +64,35 @@ EXAMPLES = {
     "bot_command": "#bot",
     "sweep_interval": "600 (0 = off)",
     "sweep_rate": "5 (0 = no limit)",
+    "trusted_proxies": "10.0.0.0/8 (your proxy's addresses), or * when only the platform's router can reach the bot",
+    # Evolution API (issue 24)
+    "evolution_url": "https://evolution.example.com",
+    "evolution_api_key": "Evolution's AUTHENTICATION_API_KEY, or the instance's token",
+    "evolution_instance": "the instance's name in Evolution (default: the inbox's name)",
+    "evolution_bots": "typebot,n8n",
+    "evolution_on_resolve": "closed or keep",
+    # forwarding to the team's own bot (forward.py)
+    "forward_url": "https://n8n.example.com/webhook/chatwoot (your bot's webhook URL)",
+    "forward_secret": "a random string of 16 or more characters your bot verifies signatures with",
+    "forward_timeout": "30",
+    "forward_max_age": "120 (at least 5)",
+    "forward_fallback": "open or keep",
+    "chatwoot_rate": "50 (0 = no cap)",
+    "pending_expire_after": "604800 (7 days; 0 = off)",
+    "pending_expire_action": "resolve or label",
+    "pending_expire_label": "expired",
+    "pending_expire_message": "We're closing this conversation, {name}; write again any time.",
 }
-SECRETS = {"chatwoot_bot_token", "chatwoot_bot_secret", "chatwoot_api_token", "webhook_token"}
+SECRETS = {
+    "chatwoot_bot_token",
+    "chatwoot_bot_secret",
+    "chatwoot_api_token",
+    "webhook_token",
+    "evolution_api_key",
+    "forward_secret",
+}
+# Evolution API's chatbot integrations, as its routes spell them (`POST /{integration}/changeStatus/{instance}`).
+EVOLUTION_BOTS = ("typebot", "openai", "dify", "n8n", "flowise", "evolutionBot", "evoai")
 MIN_SECRET = 16  # characters; Chatwoot's bot secrets have 24
 TEMPLATE_EXAMPLE = "Hi {name}, a person will answer you here shortly."
 
@@ -124,6 +152,22 @@ def scrub(text: str, url: str) -> str:
     return text
 
 
+def _check_forward_url(value: Any) -> Any:
+    """FORWARD_URL: an http(s) URL with a host; blank is off. Its path may hold the team's bot's own secret (an
+    n8n webhook id), so the message names only what is wrong, never the URL."""
+    value = _blank_is_unset(value)
+    if not isinstance(value, str):
+        return value
+    if not (value.startswith(("http://", "https://")) and _has_host_and_port(value)) or re.search(r"\s", value):
+        raise ValueError("not an http(s) URL with a host (and a numeric port, if any)")
+    return value
+
+
+def forward_host(url: str | None) -> str:
+    """The team's bot's host (and port) for logs, notes and the page: the URL's path and query may be secret."""
+    return urlsplit(url).netloc.rpartition("@")[2] if url else ""
+
+
 def _check_template(value: str | None) -> str | None:
     if value is None:
         return None
@@ -167,6 +211,14 @@ class Rules(BaseModel):
     returning_message: str | None = None
     greeting_message: str | None = None
     bot_command: str = "#bot"
+    evolution_instance: str | None = None  # None: the inbox's name (Evolution names its Chatwoot inbox so)
+    # Forwarding (forward.py): the team's own bot behind this one; blank per inbox: off there.
+    forward_url: str | None = None
+    # Stale pending conversations, expired by the sweep (issue 21): off unless PENDING_EXPIRE_AFTER is set.
+    pending_expire_after: int | None = Field(default=None, ge=0)  # seconds since the customer's last message
+    pending_expire_action: Literal["resolve", "label"] = "resolve"
+    pending_expire_label: str = "expired"
+    pending_expire_message: str | None = None  # public, just before resolving
 
     _split_lists = field_validator(
         "handoff_keywords",
@@ -177,9 +229,9 @@ class Rules(BaseModel):
         "closed_dates",
         mode="before",
     )(_split)
-    _templates = field_validator("away_message", "handoff_message", "returning_message", "greeting_message")(
-        _check_template
-    )
+    _templates = field_validator(
+        "away_message", "handoff_message", "returning_message", "greeting_message", "pending_expire_message"
+    )(_check_template)
     _choices = field_validator(
         "handoff_returning",
         "handoff_note",
@@ -187,17 +239,31 @@ class Rules(BaseModel):
         "handoff_on_agent_reply",
         "handoff_priority",
         "whatsapp_groups",
+        "pending_expire_action",
         mode="before",
     )(_lower)
     _blank_optionals = field_validator(
         "handoff_after_messages",
         "handoff_after_seconds",
+        "pending_expire_after",
         "handoff_team_id",
         "handoff_assignee_id",
         "handoff_priority",
+        "evolution_instance",
         mode="before",
     )(_blank_is_unset)
-    _zero_counts = field_validator("handoff_after_messages", "handoff_after_seconds")(_zero_is_off)
+    _forward_url = field_validator("forward_url", mode="before")(_check_forward_url)
+    _zero_counts = field_validator("handoff_after_messages", "handoff_after_seconds", "pending_expire_after")(
+        _zero_is_off
+    )
+
+    @field_validator("pending_expire_label", mode="before")
+    @classmethod
+    def _label(cls, value: Any) -> Any:
+        # Chatwoot's label titles: letters, digits, - and _, stored lower-case (Label#ensure_title_is_downcased)
+        if isinstance(value, str) and not regex.fullmatch(r"[\p{L}\p{N}_-]+", value.strip()):
+            raise ValueError(f"{value!r} is not a Chatwoot label (letters, digits, - and _ only)")
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("bot_command")
     @classmethod
@@ -275,6 +341,10 @@ class Rules(BaseModel):
                 f"a conversation still pending {r.handoff_after_seconds} s after the first message is opened",
             ),
             (r.handoff_on_agent_reply, "an agent's public reply in a pending conversation opens it"),
+            (
+                r.forward_url,
+                f"the bot's conversations are forwarded to your bot at {forward_host(r.forward_url)}",
+            ),
         ]
         lines = [f"- {text}" for cond, text in on if cond]
         if r.hours:
@@ -292,8 +362,17 @@ class Rules(BaseModel):
         lines.append(f"- at handoff: {', '.join(filter(None, at)) or 'only the status change'}")
         if r.greeting_message:
             lines.append(f"- new customers kept pending are greeted once: {r.greeting_message!r}")
+        if r.pending_expire_after:
+            lines.append(f"- {self._expiry_words()}")
         lines.append(f"- a private note {r.bot_command!r} in an open conversation gives it back to the bot")
         return lines
+
+    def _expiry_words(self) -> str:
+        r = self
+        action = f"labelled {r.pending_expire_label!r}" if r.pending_expire_action == "label" else "resolved"
+        told = f" after the message {r.pending_expire_message!r}" if r.pending_expire_message else ""
+        quiet = f"{r.pending_expire_after} s"
+        return f"the sweep expires pending conversations whose customer wrote nothing for {quiet}: {action}{told}"
 
 
 RULE_FIELDS = set(Rules.model_fields)
@@ -337,6 +416,20 @@ class Settings(BaseSettings, Rules):
     ignore_inbox_ids: IdList = Field(default_factory=list)
     sweep_interval: int | None = Field(default=None, ge=0)  # None: 600 with a user token, else off
     sweep_rate: float = Field(default=5.0, ge=0)
+    # The operator page: proxies whose X-Forwarded-For names the client (addresses or networks; "*": any peer).
+    trusted_proxies: CommaList = Field(default_factory=list)
+
+    # Evolution API (issue 24): pause its own bots' sessions while a human has the conversation.
+    evolution_url: str | None = None  # unset: nothing is switched in Evolution
+    evolution_api_key: SecretStr | None = None
+    evolution_bots: CommaList = Field(default_factory=lambda: ["typebot"])
+    evolution_on_resolve: Literal["closed", "keep"] = "closed"
+    # Forwarding to the team's own bot (forward.py); FORWARD_URL itself is a rule (per inbox).
+    forward_secret: SecretStr | None = None
+    forward_timeout: float = Field(default=30.0, gt=0, le=300)  # seconds per attempt: LLM bots are slow
+    forward_max_age: int = Field(default=120, ge=5)  # seconds a delivery may take to reach the team's bot
+    forward_fallback: Literal["open", "keep"] = "open"
+    chatwoot_rate: float = Field(default=0.0, ge=0)  # calls a second to Chatwoot in all; 0: paced by its 429s only
 
     _split_ids = field_validator("chatwoot_account_ids", "inbox_ids", "ignore_inbox_ids", mode="before")(_split)
     _blank_connection = field_validator(
@@ -351,11 +444,36 @@ class Settings(BaseSettings, Rules):
             raise ValueError(f"shorter than {MIN_SECRET} characters, too easy to guess")
         return value
 
+    @field_validator("forward_secret", mode="before")
+    @classmethod
+    def _forward_secret(cls, value: Any) -> Any:
+        return cls._shared_secret(value)
+
+    _forward_choices = field_validator("forward_fallback", mode="before")(_lower)
+
+    @property
+    def forwards(self) -> bool:
+        """Whether any inbox forwards to a team's bot (FORWARD_URL or an INBOX_<id>_FORWARD_URL)."""
+        return any(r.forward_url for r in (self, *self.overrides.values()))
+
     @field_validator("webhook_token")
     @classmethod
     def _url_safe(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not re.fullmatch(r"[A-Za-z0-9._~-]+", value.get_secret_value()):
             raise ValueError("use only letters, digits and - . _ ~ (it is part of the webhook URL)")
+        return value
+
+    _split_proxies = field_validator("trusted_proxies", mode="before")(_split)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item != "*":
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(f"{item!r} is not an IP address or network") from None
         return value
 
     @field_validator("log_level", mode="before")
@@ -389,6 +507,36 @@ class Settings(BaseSettings, Rules):
                 "%2F %23 %3F %40)"
             )
         return value
+
+    # Evolution API (issue 24)
+    _blank_evolution = field_validator("evolution_url", "evolution_api_key", mode="before")(_blank_is_unset)
+    _evolution_choice = field_validator("evolution_on_resolve", mode="before")(_lower)
+
+    @field_validator("evolution_url")
+    @classmethod
+    def _evolution_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not (value.startswith(("http://", "https://")) and _has_host_and_port(value)) or re.search(r"\s", value):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        if re.search(r"/manager(/|$)", urlsplit(value).path):  # Evolution's manager page, pasted from the browser
+            raise ValueError(f"{value!r} is Evolution's manager page, not its address")
+        return value.rstrip("/")
+
+    @field_validator("evolution_bots", mode="before")
+    @classmethod
+    def _evolution_bots(cls, value: Any) -> Any:
+        """Evolution's integration names in any case (`EvolutionBot`, `N8N`), spelled as its routes spell them."""
+        names = _split(value)
+        if not isinstance(names, list):
+            return names
+        known = {name.lower(): name for name in EVOLUTION_BOTS}
+        for name in names:
+            if name.lower() not in known:
+                raise ValueError(f"{name!r} is not one of {', '.join(EVOLUTION_BOTS)}")
+        if not names:
+            raise ValueError(f"empty: name one or more of {', '.join(EVOLUTION_BOTS)} (or unset EVOLUTION_URL)")
+        return list(dict.fromkeys(known[name.lower()] for name in names))
 
     _overrides: dict[int, Rules] = PrivateAttr(default_factory=dict)  # per-inbox rules, filled by load()
     _store_variable: str = PrivateAttr(default="STORE_URL")  # REDIS_URL when load() took the URL from there
@@ -507,6 +655,14 @@ def _unknown(environ: dict[str, str]) -> list[tuple[str, str | None]]:
     return found
 
 
+def _require_evolution_key(settings: Settings) -> None:
+    """EVOLUTION_URL without EVOLUTION_API_KEY: every switch would be refused (401), so refuse to start instead."""
+    if settings.evolution_url is not None and settings.evolution_api_key is None:
+        raise ConfigError(
+            f"EVOLUTION_API_KEY: missing, needed with EVOLUTION_URL (example: {EXAMPLES['evolution_api_key']})"
+        )
+
+
 def _as_written(problem: str, names: dict[str, str]) -> str:
     """`problem` ("NAME: …") under the name the user wrote, when load() read the value under another one."""
     name, colon, rest = problem.partition(":")
@@ -526,6 +682,7 @@ def load(environ: dict[str, str] | None = None, env_file: str | None = ".env") -
         settings = Settings(**values)
     except ValidationError as exc:
         raise ConfigError(_as_written(_describe(exc), names)) from None
+    _require_evolution_key(settings)
     settings._store_variable = names.get("STORE_URL", "STORE_URL")
     settings._unknown = _unknown(environ)
     base = settings.model_dump(include=RULE_FIELDS)
@@ -534,4 +691,15 @@ def load(environ: dict[str, str] | None = None, env_file: str | None = ".env") -
             settings._overrides[inbox] = Rules(**{**base, **values})
         except ValidationError as exc:
             raise ConfigError(_as_written(_describe(exc, f"INBOX_{inbox}_"), names)) from None
+    _check_forward_timing(settings)
     return settings
+
+
+def _check_forward_timing(settings: Settings) -> None:
+    """One attempt must fit in the time a forward may take, or a slow bot would never get a second chance."""
+    if settings.forwards and settings.forward_timeout > settings.forward_max_age:
+        raise ConfigError(
+            f"FORWARD_TIMEOUT: {settings.forward_timeout:g} s is longer than FORWARD_MAX_AGE "
+            f"({settings.forward_max_age} s), so a slow bot could not be tried even once in time "
+            f"(example: FORWARD_TIMEOUT={max(1, settings.forward_max_age // 4)})"
+        )

@@ -1,9 +1,15 @@
-"""The decision core: (delivery, facts, now, rules) → Decision. Pure: no I/O, clock passed in."""
+"""The decision core: (delivery, facts, now, rules) → Decision, or the observation it needs first. Pure: no
+I/O, clock passed in.
+
+A decision that needs more than the store's memory says so (`Need`, gidgethub's way): the caller gathers it
+into the facts and calls `decide` again. The conversation's life (its periods and their phases) is period.py's
+machine; this module applies the handoff rules inside a period."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from enum import StrEnum
 from typing import Literal
 
 from msgspec.structs import replace
@@ -11,8 +17,11 @@ from msgspec.structs import replace
 from .actions import AssignAgent, AssignTeam, Job, PrivateNote, PublicMessage, SetPriority, SetStatus, Step
 from .config import Rules, Settings
 from .events import Conversation, Delivery, Message
+from .evolution_jobs import evolution_jobs, transition_of
 from .facts import ConversationState, Facts, Resolved
 from .keywords import find_keyword, fold
+from .period import CustomerWrote, Effect, GivenBack, HandoffDecided, PendingAgain, Phase, StatusShown, on_event
+from .relay import forward_job
 
 # What became of a delivery; "duplicate" is the service's: the store had the delivery already.
 Outcome = Literal["handoff", "defer", "keep", "pending", "record", "ignore", "duplicate"]
@@ -44,11 +53,16 @@ class Decision:
         return "\n".join(lines)
 
 
-# A customer message in a period whose handoff is still queued is remembered as seen: that handoff, unsure
-# whether its open landed, waits for the messages Chatwoot shows it has not received (outbox.unheard), and the
-# events of an earlier save delivered after it (an agent's resolve) are stale then. Once the handoff is done
-# or dead, Handoffs._handle forgets it: before 4.16 those late events are what starts the next period.
-HEARD = "handoff already decided for this pending conversation"
+LOOKUP_UNKNOWN = "lookup"  # the rule of a sweep's decision that waits for a contact look-up that did not answer
+
+
+class Need(StrEnum):
+    """What a decision needs observed before it can be taken (Handoffs gathers it into the facts)."""
+
+    QUEUE = "queue"  # whether a job still queued opens the conversation (Facts.queued)
+    DEAD_LETTER = "dead letter"  # whether the conversation has a dead letter (Facts.dead_letter)
+    CONVERSATION = "conversation"  # whether Chatwoot shows the conversation pending now (Facts.pending_now)
+    CONTACT = "contact"  # the contact's last resolved conversation in Chatwoot (Facts.previous, Facts.looked_up)
 
 
 def ignore(reason: str) -> Decision:
@@ -88,18 +102,75 @@ def triage(d: Delivery, settings: Settings) -> str | None:
     return None if rules.handoff_on_agent_reply else "agent reply (HANDOFF_ON_AGENT_REPLY is off)"
 
 
-def decide(d: Delivery, facts: Facts, now: datetime, settings: Settings, *, live: bool = True) -> Decision:
-    """`live=False` is the sweep: the message was seen before (no count, no greeting, no away message), and
-    HANDOFF_AFTER_SECONDS runs from the conversation's `waiting_since`."""
-    decision = _decide(d, facts, now, settings, live)
+def decide(
+    d: Delivery,
+    facts: Facts,
+    now: datetime,
+    settings: Settings,
+    *,
+    live: bool = True,
+    counted: int | None = None,
+    body: bytes | None = None,
+) -> Decision | Need:
+    """`live=False` is the sweep: the message was seen before (no greeting, no away message; the customer's
+    messages in the period are `counted` from the listing), the contact is looked up only when the bot has not
+    seen the customer write in this period, and HANDOFF_AFTER_SECONDS runs from the conversation's
+    `waiting_since`. `body`: the delivery as Chatwoot sent it, forwarded to the team's bot when it is theirs."""
+    decision = _decide(d, facts, now, settings, live, counted)
     m, c = d.message, d.conversation
-    if m and c:
-        if decision.state is not None:  # private notes never show as the conversation's latest message
-            decision.state = decision.state.saw(c.status, c.updated, None if m.private else m.id, c.bot_owned)
+    if isinstance(decision, Decision) and m and c and decision.state is not None:
+        # private notes never show as the conversation's latest message
+        decision.state = decision.state.saw(c.status, c.updated, None if m.private else m.id, c.bot_owned)
+    if isinstance(decision, Decision) and c is not None:
+        _switch_evolution(decision, c, facts.state, now, settings, m.id if m else c.last_message_id)
+    if isinstance(decision, Decision) and body is not None:
+        _forward(d, body, facts, decision, now, settings)
     return decision
 
 
-def _decide(d: Delivery, facts: Facts, now: datetime, settings: Settings, live: bool = True) -> Decision:
+def _switch_evolution(
+    decision: Decision,
+    c: Conversation,
+    before: ConversationState,
+    now: datetime,
+    settings: Settings,
+    trigger: int | None,
+) -> None:
+    """Evolution API's bot sessions follow the conversation's life (evolution_jobs.py): its jobs join the decision's."""
+    transition = transition_of(decision.outcome, decision.rule, c, before)
+    period = (decision.state or before).period
+    decision.jobs += evolution_jobs(transition, c, settings, now, period, decision.reason, decision.rule, trigger)
+
+
+# ---- forwarding to the team's own bot (relay.py) ----
+def _forward(d: Delivery, body: bytes, facts: Facts, decision: Decision, now: datetime, settings: Settings) -> None:
+    """The delivery's forward job, with the decision (and so in its commit), when it is the team's bot's."""
+    job = forward_job(d, body, facts.state, decision.outcome, decision.state, now, settings)
+    if job is not None:
+        decision.jobs.append(job)
+
+
+def forward_handoff(
+    c: Conversation, facts: Facts, now: datetime, settings: Settings, period: int | None, reason: str
+) -> Decision:
+    """The team's bot asked for a person (or did not answer for FORWARD_MAX_AGE, FORWARD_FALLBACK=open): the inbox's
+    handoff, like a rule's, while the conversation is still the bot's: in the period the forward was decided in,
+    not handed off. An answer to an event of a conversation already with humans hands off nothing."""
+    if not settings.acts_on(c.account_id, c.inbox_id):
+        return ignore(f"inbox {c.inbox_id} is not one this bot handles (INBOX_IDS, IGNORE_INBOX_IDS)")
+    state = facts.state
+    if state.phase is not Phase.BOT or (period is not None and state.period != period):
+        return ignore(f"the conversation is no longer the bot's ({state.phase}, period {state.period})")
+    trigger = max(state.latest_message or 0, c.last_message_id or 0) or None
+    return _handoff(c, facts, now, settings.rules_for(c.inbox_id), "forward", reason, trigger)
+
+
+# ---- end of forwarding ----
+
+
+def _decide(
+    d: Delivery, facts: Facts, now: datetime, settings: Settings, live: bool, counted: int | None
+) -> Decision | Need:
     why_not = triage(d, settings)
     if why_not:
         return ignore(why_not)
@@ -110,64 +181,117 @@ def _decide(d: Delivery, facts: Facts, now: datetime, settings: Settings, live: 
         return _conversation_event(d.event, c, facts.state, now)
     if m.private:
         return _give_back(c, m, facts.state, now)
+    state = facts.state
+    if state.handed_off:
+        undone = _undone(c, m, facts, live)
+        if isinstance(undone, Need):
+            return undone
+        if undone:  # the handed-off period ended unseen: this message begins the next one
+            state = on_event(state, PendingAgain(min(state.latest_message or 0, m.id - 1)), now).state
+    t = on_event(state, CustomerWrote(m.id, c.status, c.updated, c.bot_owned, bool(facts.queued)), now)
+    if not t.decide:
+        return Decision("ignore", str(t.ignored), state=t.state if t.state != facts.state else None)
+    state = t.state
+    if (need := _look_up(c, m, replace(facts, state=state), settings, live)) is not None:
+        return need
+    if facts.lookup_failed and not live:  # the sweep never guesses: nothing is remembered, the next sweep asks
+        return Decision("ignore", "the contact look-up did not answer; looked at again next sweep", LOOKUP_UNKNOWN)
+    facts = replace(facts, state=replace(state, contact_known=state.contact_known or not facts.lookup_failed))
     trigger = m.id
-    if facts.state.handed_off:
-        return Decision("ignore", HEARD, state=facts.state)
-    if facts.state.left_pending_after is not None and m.id <= facts.state.left_pending_after:
-        return ignore("late delivery: the conversation left pending after this message was written")
     if c.is_group and rules.whatsapp_groups == "open":
         return _handoff(c, facts, now, rules, "group", "WhatsApp group (GROUPS=open)", trigger, deferrable=False)
     if c.is_evolution_system:
-        job = _job(c, "Evolution API system contact", [SetStatus("open")], now, "system", trigger)
-        return Decision("handoff", job.reason, "system", replace(facts.state, handed_off=True), [job])
+        decided = on_event(state, HandoffDecided(), now).state
+        job = _job(c, "Evolution API system contact", [SetStatus("open")], now, "system", trigger, decided.period)
+        return Decision("handoff", job.reason, "system", decided, [job])
     if m.kind != "incoming":
         who = m.sender.name or "an agent (from the phone)"
         reason = f"{who} replied while the conversation was pending"
         return _handoff(c, facts, now, rules, "agent_reply", reason, trigger, deferrable=False, human_took_over=True)
-    return _incoming(c, m, facts, now, rules, live)
+    return _incoming(c, m, facts, now, rules, live, counted)
+
+
+def decide_from_memory(d: Delivery, facts: Facts, now: datetime, settings: Settings) -> Decision:
+    """`decide` without observing anything: what a read or a look-up would tell counts as not shown (the
+    operator page's "what the rules say now")."""
+    while not isinstance(result := decide(d, facts, now, settings), Decision):
+        facts = replace(facts, **_NOT_SHOWN[result])
+    return result
+
+
+_NOT_SHOWN: dict[Need, dict[str, bool]] = {
+    Need.QUEUE: {"queued": True},
+    Need.DEAD_LETTER: {"dead_letter": False},
+    Need.CONVERSATION: {"pending_now": False},
+    Need.CONTACT: {"looked_up": True},
+}
+
+
+def _undone(c: Conversation, m: Message, facts: Facts, live: bool) -> bool | Need:
+    """Whether a customer's message in a handed-off period shows that period ended unseen: the handoff's open
+    was undone since (an agent resolved it, the customer wrote again) with the events that say so still on their
+    way (Chatwoot delivers in no set order), or it never landed (a dead letter). Never while a job still opens
+    it. The sweep's listing shows the conversation pending already; a live message asks Chatwoot (4.16+), and
+    not for a conversation the bot owns again (the open ended its ownership, so an agent gave it back: those
+    events say so) unless the open never landed."""
+    if facts.queued is None:
+        return Need.QUEUE
+    if facts.queued:
+        return False
+    if not live:
+        return True
+    if not (m.kind == "incoming" and c.status == "pending" and c.updated > facts.state.updated):
+        return False
+    if c.bot_owned:
+        if facts.dead_letter is None:
+            return Need.DEAD_LETTER
+        if not facts.dead_letter:
+            return False
+    return Need.CONVERSATION if facts.pending_now is None else facts.pending_now
+
+
+def _look_up(c: Conversation, m: Message, facts: Facts, settings: Settings, live: bool) -> Need | None:
+    """Need.CONTACT when only Chatwoot can tell whether the customer is returning."""
+    rules = settings.rules_for(c.inbox_id)
+    worth = (
+        not facts.looked_up
+        and settings.chatwoot_api_token is not None
+        and m.kind == "incoming"
+        and rules.handoff_returning
+        and c.contact.id is not None
+        and not given_back(c, facts.state)
+        and returning_reason(c, facts) is None
+        and (live or not facts.state.contact_known)  # the sweep: unless a decision of this period knew the answer
+    )
+    return Need.CONTACT if worth else None
 
 
 def _conversation_event(event: str, c: Conversation, state: ConversationState, now: datetime) -> Decision:
-    # Chatwoot delivers in no set order (Sidekiq): an event about an earlier save must not undo what the
-    # bot decided since, e.g. a resolve delivered after the customer's next message.
-    if state.is_older(c.updated, c.last_message_id):
-        return ignore(f"{event} is older than what the bot already acted on")
-    state = state.saw(c.status, c.updated, c.last_message_id, c.bot_owned)
-    if c.status == "resolved":
+    t = on_event(state, StatusShown(event, c.status, c.updated, c.last_message_id, c.bot_owned), now)
+    if t.ignored:
+        return ignore(t.ignored)
+    record = None
+    if Effect.REMEMBER_RESOLVED in t.effects and c.contact.id is not None:
         assignee = c.assignee.id if c.assignee and c.assignee.kind == "user" else None
-        on = now.date().isoformat()
-        record = Resolved(c.display_id, on, assignee) if c.contact.id is not None else None
-        latest = _latest(c, state)
-        new = state.new_period(resolved_on=on, left_pending_after=latest, closed_after=latest)
-        return Decision("record", f"{event}: conversation resolved", state=new, cancel_timer=True, resolved=record)
-    if c.status in ("open", "snoozed") and state.in_period:
-        latest = _latest(c, state)
-        closed = latest if c.status == "snoozed" else state.closed_after
-        new = state.new_period(left_pending_after=latest, closed_after=closed)
-        return Decision("record", f"{event}: conversation is {c.status}", state=new, cancel_timer=True)
-    return ignore(f"{event} with status {c.status} needs nothing")
-
-
-def _latest(c: Conversation, state: ConversationState) -> int | None:
-    """Messages up to this id were written before the conversation left pending; their status is stale."""
-    known = [i for i in (c.last_message_id, state.left_pending_after) if i is not None]
-    return max(known, default=None)
+        record = Resolved(c.display_id, str(t.state.resolved_on), assignee)
+    what = "conversation resolved" if c.status == "resolved" else f"conversation is {c.status}"
+    return Decision(
+        "record", f"{event}: {what}", state=t.state, cancel_timer=Effect.CANCEL_TIMER in t.effects, resolved=record
+    )
 
 
 def _give_back(c: Conversation, m: Message, state: ConversationState, now: datetime) -> Decision:
-    job = _job(
-        c,
-        f"{m.sender.name or 'An agent'} gave the conversation back to the bot",
-        [SetStatus("pending")],
-        now,
-        "bot_command",
-        m.id,
-    )
-    return Decision("pending", job.reason, "bot_command", state.new_period(given_back=True), [job], cancel_timer=True)
+    t = on_event(state, GivenBack(), now)
+    reason = f"{m.sender.name or 'An agent'} gave the conversation back to the bot"
+    job = _job(c, reason, [SetStatus("pending")], now, "bot_command", m.id, t.state.period)
+    return Decision("pending", job.reason, "bot_command", t.state, [job], cancel_timer=True)
 
 
-def _incoming(c: Conversation, m: Message, facts: Facts, now: datetime, rules: Rules, live: bool = True) -> Decision:
-    state = replace(facts.state, incoming=facts.state.incoming + 1) if live else facts.state
+def _incoming(
+    c: Conversation, m: Message, facts: Facts, now: datetime, rules: Rules, live: bool, counted: int | None
+) -> Decision:
+    seen = facts.state.incoming + 1 if live else max(facts.state.incoming, counted or 1)
+    state = replace(facts.state, incoming=seen)
     # After a give-back the customer's history has been seen by a human already: only other rules apply.
     returning = returning_reason(c, facts) if rules.handoff_returning and not given_back(c, state) else None
     fired = _first_rule(c, m, state, rules, returning)
@@ -187,7 +311,7 @@ def _incoming(c: Conversation, m: Message, facts: Facts, now: datetime, rules: R
     jobs: list[Job] = []
     if live and rules.greeting_message and not state.greeted and not c.is_group:
         greeting = _render(rules.greeting_message, c, "new customer")
-        jobs.append(_job(c, "greeting", [PublicMessage(greeting)], now, "", m.id))
+        jobs.append(_job(c, "greeting", [PublicMessage(greeting)], now, "", m.id, state.period))
         state = replace(state, greeted=True)
     timer: tuple[float, Job] | None = None
     if rules.handoff_after_seconds and state.timer_due is None:
@@ -263,18 +387,30 @@ def _first_rule(
     return None
 
 
-def operator_handoff(c: Conversation, facts: Facts, now: datetime, settings: Settings, who: str) -> Decision:
-    """An administrator's "hand off now" from the operator page: the inbox's handoff, at once."""
-    return _handoff(
-        c,
-        facts,
-        now,
-        settings.rules_for(c.inbox_id),
-        "operator",
-        f"{who} handed the conversation to humans from the bot's page",
-        c.last_message_id,  # the trigger: only the bot's messages after it count as this handoff's
-        deferrable=False,
+def operator_handoff(c: Conversation, facts: Facts, now: datetime, settings: Settings, who: str) -> Decision | Need:
+    """An administrator's "hand off now" from the operator page, for a conversation Chatwoot shows pending: the
+    inbox's handoff, at once, where the webhook would act at all. A handoff waiting for the opening time is
+    brought forward; one already queued is not repeated."""
+    if not settings.acts_on(c.account_id, c.inbox_id):
+        return ignore(f"inbox {c.inbox_id} is not one this bot handles (INBOX_IDS, IGNORE_INBOX_IDS)")
+    state = facts.state
+    if state.phase is Phase.HANDOFF:
+        if facts.queued is None:
+            return Need.QUEUE
+        if facts.queued:
+            return ignore("a handoff is already queued for this conversation")
+    if state.phase not in (Phase.BOT, Phase.DEFERRED):  # pending in Chatwoot: a period the bot did not see begin
+        state = on_event(state, PendingAgain(state.latest_message), now).state
+    reason = f"{who} handed the conversation to humans from the bot's page"
+    if state.phase is Phase.DEFERRED:
+        reason += " (a handoff waiting for the opening time, brought forward)"
+    rules = settings.rules_for(c.inbox_id)
+    # the trigger: only the bot's messages after the conversation's last one count as this handoff's
+    decision = _handoff(
+        c, replace(facts, state=state), now, rules, "operator", reason, c.last_message_id, deferrable=False
     )
+    _switch_evolution(decision, c, facts.state, now, settings, c.last_message_id)
+    return decision
 
 
 def _handoff(
@@ -291,20 +427,21 @@ def _handoff(
     human_took_over: bool = False,
     live: bool = True,
 ) -> Decision:
-    state = replace(facts.state, handed_off=True, timer_due=None)
     hours = rules.hours
     deferrable = deferrable and not c.is_group  # a group is only ever opened, at once
     opening = hours.next_open(now) if deferrable and hours and not hours.is_open(now) else None
+    t = on_event(facts.state, HandoffDecided(opening.timestamp() if opening else None), now)
+    state, cancel = t.state, Effect.CANCEL_TIMER in t.effects
     if opening is None:
         job = _handoff_job(c, facts, now, rules, reason, rule, trigger, returning, human_took_over)
-        return Decision("handoff", reason, rule, state, [job], cancel_timer=bool(facts.state.timer_due))
+        return Decision("handoff", reason, rule, state, [job], cancel_timer=cancel)
     job = _handoff_job(c, facts, now, rules, f"{reason} (deferred from closed hours)", rule, trigger, returning)
     jobs: list[Job] = []
     period = opening.isoformat()
     if live and rules.away_message and facts.state.away_period != period:
-        jobs.append(_job(c, "away message", [PublicMessage(_render(rules.away_message, c, reason))], now, "", trigger))
+        away = _render(rules.away_message, c, reason)
+        jobs.append(_job(c, "away message", [PublicMessage(away)], now, "", trigger, state.period))
         state = replace(state, away_period=period)
-    state = replace(state, timer_due=opening.timestamp())
     when = opening.strftime("%Y-%m-%d %H:%M %Z")
     return Decision(
         "defer", f"{reason}; outside business hours, deferred to {when}", rule, state, jobs, (opening.timestamp(), job)
@@ -322,8 +459,9 @@ def _handoff_job(
     returning: bool,
     human_took_over: bool = False,
 ) -> Job:
+    period = facts.state.period
     if c.is_group:  # the whole group would read a message or a note: the status change is all it gets
-        return _job(c, reason, [SetStatus("open")], now, rule, trigger)
+        return _job(c, reason, [SetStatus("open")], now, rule, trigger, period)
     before: list[Step] = []
     agent: list[Step] = []
     remark = ""
@@ -345,7 +483,7 @@ def _handoff_job(
     message = (rules.returning_message or rules.handoff_message) if returning else rules.handoff_message
     if message and not human_took_over:
         steps.append(PublicMessage(_render(message, c, reason)))
-    return _job(c, reason, steps, now, rule, trigger)
+    return _job(c, reason, steps, now, rule, trigger, period)
 
 
 def _keep_previous_agent(c: Conversation, facts: Facts, rules: Rules) -> tuple[list[Step], str]:
@@ -362,8 +500,11 @@ def _keep_previous_agent(c: Conversation, facts: Facts, rules: Rules) -> tuple[l
     return [], ""
 
 
-def _job(c: Conversation, reason: str, steps: list[Step], now: datetime, rule: str, trigger: int | None) -> Job:
-    """`trigger`: the message that led to the job (None for the operator's button)."""
+def _job(
+    c: Conversation, reason: str, steps: list[Step], now: datetime, rule: str, trigger: int | None, period: int
+) -> Job:
+    """`trigger`: the message that led to the job (None for the operator's button); `period`: the conversation's
+    pending period the decision was taken in."""
     return Job(
         c.account_id,
         c.display_id,
@@ -373,6 +514,7 @@ def _job(c: Conversation, reason: str, steps: list[Step], now: datetime, rule: s
         rule=rule,
         trigger=trigger,
         decided_at=now.timestamp(),
+        period=period,
     )
 
 

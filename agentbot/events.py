@@ -83,10 +83,15 @@ class _Conversation(Struct):
     changed_attributes: list[dict[str, Raw]] | None = None  # conversation events on Chatwoot 4.13+
 
 
+class _InboxRef(Struct):
+    name: str | None = None
+
+
 class _Body(_Conversation):
     """A message event is a message with its conversation; a conversation event is the conversation."""
 
     event: str | None = None
+    inbox: _InboxRef | None = None  # message events only: {id, name}
     message_type: str | None = None
     private: bool | None = False
     content: str | None = None
@@ -114,6 +119,7 @@ class Conversation(Struct, frozen=True):
     contact: Person
     contact_identifier: str | None = None
     contact_phone: str | None = None
+    inbox_name: str | None = None  # message deliveries only (Evolution's instance is named like its inbox)
     assignee: Person | None = None
     bot_owned: bool = False  # Chatwoot 4.16+: the agent bot is the conversation's assignee
     first_reply_at: str | None = None  # ISO 8601
@@ -260,6 +266,8 @@ def _delivery(wire: _Body, delivery_id: str | None) -> Delivery:
     if event in MESSAGE_EVENTS:
         account_id = wire.account.id if wire.account else None
         conversation = _conversation(wire.conversation, account_id)
+        if wire.inbox is not None and wire.inbox.name:
+            conversation = msgspec.structs.replace(conversation, inbox_name=wire.inbox.name)
         if wire.message_type not in ("incoming", "outgoing", "template") or wire.id is None:
             raise PayloadError("message id or message_type missing")
         sender = wire.sender or _Person()

@@ -3,27 +3,45 @@
 from __future__ import annotations
 
 import zlib
-from typing import Any
 
 import msgspec
 from msgspec.structs import replace
 
+from .period import HANDED_OFF, Phase
 
-class ConversationState(msgspec.Struct, frozen=True):
+
+class ConversationState(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What the bot remembers of one conversation: where it is in its life (period.py's machine moves
+    `period`, `phase` and `since`), this period's counters, and the newest state a delivery showed."""
+
+    period: int = 0  # the pending periods the bot has seen begin (jobs carry the one they were decided in)
+    phase: Phase = Phase.BOT
+    since: int | None = None  # messages up to this id were written in earlier periods
     resolved_on: str | None = None  # date the bot saw this conversation resolved
-    handed_off: bool = False  # a handoff was decided in the current pending period
     greeted: bool = False
     incoming: int = 0  # customer messages in the current pending period
     timer_due: float | None = None
     away_period: str | None = None
-    left_pending_after: int | None = None  # last message id when the bot saw the conversation leave pending
-    closed_after: int | None = None  # last message id when the bot saw it resolved or snoozed: older jobs are moot
     given_back: bool = False  # an agent gave it back to the bot (BOT_COMMAND) since it was last resolved
+    contact_known: bool = False  # this period's decisions knew whether the customer is returning (no failed look-up)
     # What the newest delivery the bot acted on said; conversation events older than this are stale.
     status: str | None = None
     updated: float = 0.0  # the conversation's updated_at (Chatwoot bumps it at every save)
     latest_message: int | None = None  # the newest public message id seen
     human_owned: bool = False  # the newest delivery showed the conversation not owned by the bot (Chatwoot 4.16+)
+    # Written by the bot before the period model; read once by `loads`, never written again.
+    old_handed_off: bool | None = msgspec.field(default=None, name="handed_off")
+    old_left_pending_after: int | None = msgspec.field(default=None, name="left_pending_after")
+    old_closed_after: int | None = msgspec.field(default=None, name="closed_after")
+
+    @property
+    def handed_off(self) -> bool:
+        """A handoff is decided in the current pending period (queued, or waiting for the opening time)."""
+        return self.phase in HANDED_OFF
+
+    @property
+    def in_period(self) -> bool:
+        return self.handed_off or bool(self.incoming) or self.timer_due is not None
 
     def saw(
         self, status: str, updated: float, message_id: int | None, bot_owned: bool | None = None
@@ -47,21 +65,30 @@ class ConversationState(msgspec.Struct, frozen=True):
 
     @classmethod
     def loads(cls, text: str | bytes | None) -> ConversationState:
-        return msgspec.json.decode(text, type=cls) if text else NEW
+        if not text:
+            return NEW
+        state = _decode_state(text)
+        return _from_before_periods(state) if state.old_handed_off is not None else state
 
-    def new_period(self, **changes: Any) -> ConversationState:
-        """The conversation left pending: forget this period's counters and timer."""
-        fresh = dict(handed_off=False, incoming=0, timer_due=None, away_period=None, given_back=False)
-        return replace(self, **{**fresh, **changes})
 
-    def handoff_undone(self, latest: int | None) -> ConversationState:
-        """A new period after a handed-off one the bot did not see end (its open undone, or never landed): the
-        jobs of messages up to `latest` are moot (outbox.closed_since, left_since)."""
-        return self.new_period(left_pending_after=latest, closed_after=latest)
+_decode_state = msgspec.json.Decoder(ConversationState).decode
 
-    @property
-    def in_period(self) -> bool:
-        return self.handed_off or bool(self.incoming) or self.timer_due is not None
+
+def _from_before_periods(old: ConversationState) -> ConversationState:
+    """A state written before the period model: its flags and watermarks as a phase (period 0)."""
+    left = old.old_left_pending_after
+    phase = (
+        (Phase.DEFERRED if old.timer_due is not None else Phase.HANDOFF)
+        if old.old_handed_off
+        else Phase.CLOSED
+        if old.status in ("resolved", "snoozed") and left is not None
+        else Phase.HUMANS
+        if old.status == "open" and left is not None
+        else Phase.BOT
+    )
+    return replace(
+        old, phase=phase, since=left, old_handed_off=None, old_left_pending_after=None, old_closed_after=None
+    )
 
 
 NEW = ConversationState()  # a conversation the bot knows nothing about
@@ -84,8 +111,16 @@ class Resolved(msgspec.Struct, frozen=True):
 
 
 class Facts(msgspec.Struct, frozen=True):
+    """What a decision is taken on: the bot's memory, and what it observed when decide.Need asked (None: not
+    observed)."""
+
     state: ConversationState = NEW
     previous: Resolved | None = None  # the contact's last resolved conversation
+    looked_up: bool = False  # Chatwoot was asked for the contact's conversations (or could not be)
+    lookup_failed: bool = False  # it was asked and did not answer (failed, or its budget was spent): unknown
+    queued: bool | None = None  # a job still queued opens the conversation
+    dead_letter: bool | None = None  # the conversation has a dead letter
+    pending_now: bool | None = None  # Chatwoot shows the conversation pending now
 
 
 def fingerprint(content: str | None) -> int:

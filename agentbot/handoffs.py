@@ -4,63 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import datetime
 
 from loguru import logger
 from msgspec.structs import replace
 
+from .actions import Forward, Job
 from .chatwoot import Chatwoot, ChatwootError
+from .clock import SteadyClock
 from .config import Settings
-from .decide import HEARD, Decision, decide, given_back, operator_handoff, returning_reason, triage
-from .events import Conversation, Delivery, event_label
-from .facts import ConversationState, Facts, Resolved
+from .decide import Decision, Need, decide, forward_handoff, operator_handoff, triage
+from .events import BadBody, Conversation, Delivery, PayloadError, event_label, parse
+from .facts import Facts
+from .lookups import Lookups, Share, contact_key, live_share
 from .metrics import Metrics
+from .relay import dedup_key, worth_a_look
 from .store import Commit, DecisionEntry, Store
 
-LOOKUP_TTL = 3600.0  # one Chatwoot look-up per contact per hour
-FAILED_LOOKUP_TTL = 60.0  # a failed look-up is not repeated for the same contact for a minute
-LOOKUP_TIMEOUT = 2.0  # the look-up happens before the webhook answers; Chatwoot waits 5 s
+LOOKUP_TIMEOUT = 2.0  # a read before the webhook answers; Chatwoot waits 5 s
+READ_AGAIN_AFTER = 0.1  # seconds before a refused read is tried again (doubling, within LOOKUP_TIMEOUT)
 LOGGED = {"handoff", "defer", "keep", "pending"}  # decisions the operator page lists ("record" is bookkeeping)
 RELEASE_WITHIN = 0.3  # seconds a conversation lock's release may take before it is left to lapse
 DELIVERY_BUDGET = 4.0  # seconds for the conversation lock plus the look-up, so the answer beats those 5 s
-# Look-ups spend the API token's share of Chatwoot's limit (3000 requests/minute per client): a few at
-# a time, and at most a fifth of that limit per minute, so a flood of (forged) deliveries from new
-# contacts cannot starve the bot's own handoffs. Beyond either, the customer counts as new.
-LOOKUP_CONCURRENCY = 4
-LOOKUPS_PER_MINUTE = 600
-LOOKUP_BURST = 20
 
 
 class Busy(Exception):
     """The conversation's lock could not be had within the delivery's budget: answered 500, Chatwoot retries."""
 
 
-class LookupBudget:
-    """A token bucket: LOOKUP_BURST look-ups at once, refilled at LOOKUPS_PER_MINUTE."""
-
-    def __init__(self, per_minute: float = LOOKUPS_PER_MINUTE, burst: float = LOOKUP_BURST):
-        self.rate, self.burst = per_minute / 60.0, burst
-        self.tokens, self.at = burst, time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-
 SWEEP_LOGGED = {"handoff", "defer"}  # the sweep's keeps (thousands at its first run) would crowd the log
-
-
-def contact_key(c: Conversation) -> str | None:
-    return f"{c.account_id}:{c.contact.id}" if c.contact.id is not None else None
 
 
 async def load_facts(store: Store, d: Delivery) -> Facts:
@@ -85,54 +60,82 @@ class Handoffs:
         metrics: Metrics,
         clock: Callable[[], datetime],
         on_commit: Callable[[int], None] = lambda jobs: None,
+        steady: Callable[[], float] | None = None,
+        share: Share | None = None,
     ):
+        """`clock` is what the rules read (business hours); `steady` what the store's queue times are written
+        with (the outbox's clock: clock.SteadyClock); `share`: the look-up budget's share it waits for (the
+        sweep's), where live deliveries take the live share's without waiting."""
+        can_look_up = settings.chatwoot_api_token is not None
         self.settings, self.store, self.chatwoot, self.metrics = settings, store, chatwoot, metrics
         self.clock, self.on_commit = clock, on_commit
-        self._lookups = asyncio.Semaphore(LOOKUP_CONCURRENCY)
-        self._budget = LookupBudget()
+        self.steady = steady or SteadyClock(lambda: clock().timestamp())
+        self._committing: dict[str, asyncio.Future[bool]] = {}  # a commit per conversation whose lock is held
+        self._releasing: set[asyncio.Future[None]] = set()
+        # Contact look-ups (a user token): a live delivery cannot wait for its share's budget, the sweep does.
+        self.lookups = (
+            Lookups(settings, store, chatwoot, clock, share or live_share()) if can_look_up and chatwoot else None
+        )
+        self.wait_for_lookups = share is not None
         self.live = 0  # deliveries being decided right now (the sweep gives way to them)
 
-    async def facts(self, d: Delivery, look_up: bool = True, deadline: float | None = None) -> Facts:
-        """What the bot knows; with `look_up`, also Chatwoot's answer about the contact, given by `deadline`
-        (the event loop's clock)."""
-        c = d.conversation
-        assert c is not None
-        facts = await load_facts(self.store, d)
-        if look_up and await self._pending_again(d, facts.state, deadline):
-            facts = Facts(facts.state.handoff_undone(facts.state.latest_message), facts.previous)
-        if look_up and self._worth_looking_up(d, facts):
-            facts = Facts(facts.state, await self._look_up(c, deadline))
-        return facts
+    async def _decided(
+        self,
+        choose: Callable[[Facts], Decision | Need],
+        d: Delivery,
+        facts: Facts,
+        deadline: float | None = None,
+        cache: bool = True,
+    ) -> Decision:
+        """Decide on what the bot knows; when the decision needs an observation, gather it and decide again
+        (each Need, once gathered, is never asked again, so this ends)."""
+        while True:
+            result = choose(facts)
+            if isinstance(result, Decision):
+                return result
+            facts = await self._observe(result, d, facts, deadline, cache)
 
-    async def _pending_again(self, d: Delivery, state: ConversationState, deadline: float | None) -> bool:
-        """A customer's message in a period the bot handed off, from a later save of a still pending
-        conversation: the handoff's open may have been undone since (an agent resolved it, the customer wrote
-        again) with the events that say so still on their way (Chatwoot delivers in no set order). Once the
-        handoff's open is done, Chatwoot tells where it may (4.16+). Not for a conversation the bot owns again
-        (the open ended its ownership, so an agent gave it back; those events say so) unless the open never
-        landed (a dead letter)."""
-        c, m = d.conversation, d.message
-        if c is None or not (
-            m
-            and m.kind == "incoming"
-            and state.handed_off
-            and c.status == "pending"
-            and c.updated > state.updated
-            and self.chatwoot
-            and not await self.store.opening(c.key)
-        ):
+    async def _observe(self, need: Need, d: Delivery, facts: Facts, deadline: float | None, cache: bool) -> Facts:
+        c = d.conversation
+        assert c is not None  # decisions that need observing are about a conversation
+        match need:
+            case Need.QUEUE:
+                return replace(facts, queued=await self.store.opening(c.key))
+            case Need.DEAD_LETTER:
+                return replace(facts, dead_letter=await self._dead_letter(c.key))
+            case Need.CONVERSATION:
+                return replace(facts, pending_now=await self._pending_now(c, deadline))
+            case Need.CONTACT:
+                if self.lookups is None:
+                    return replace(facts, looked_up=True)
+                looked = await self.lookups.previous(c, wait=self.wait_for_lookups, deadline=deadline, cache=cache)
+                return replace(facts, looked_up=True, previous=looked.previous, lookup_failed=not looked.known)
+
+    async def _pending_now(self, c: Conversation, deadline: float | None) -> bool:
+        """Whether Chatwoot shows the conversation pending now (4.16+; False where it cannot be asked). A read
+        refused for a moment (429, 5xx, no answer) is tried again within the delivery's budget: taken for "not
+        pending", the message would be one of the handed-off period, and the new period would stay pending (chaos
+        seeds 60 and 95)."""
+        if self.chatwoot is None:
             return False
-        if c.bot_owned and not await self._dead_letter(c.key):
-            return False  # the handoff's open ended the bot's ownership: an agent gave it back (those events say so)
         loop = asyncio.get_running_loop()
+        pause = READ_AGAIN_AFTER
         try:  # bounded like a look-up: the conversation's lock is held meanwhile
             async with asyncio.timeout_at(min(deadline or math.inf, loop.time() + LOOKUP_TIMEOUT)):
-                view = await self.chatwoot.conversation_if_readable(c.account_id, c.display_id)
+                while True:
+                    try:
+                        view = await self.chatwoot.conversation_if_readable(c.account_id, c.display_id)
+                        break
+                    except ChatwootError as exc:
+                        if exc.final:
+                            raise
+                        await asyncio.sleep(pause)
+                        pause *= 2
         except (ChatwootError, TimeoutError) as exc:
             logger.warning(
                 "conversation {}: could not ask Chatwoot whether the handoff was undone ({}); the sweep looks again",
                 c.key,
-                exc,
+                exc or "no answer in time",
             )
             return False
         if view is not None and view.conversation.status == "pending":
@@ -141,121 +144,82 @@ class Handoffs:
         return False
 
     async def _dead_letter(self, conversation_key: str) -> bool:
-        """Whether the conversation has a dead letter: its handoff's open never landed (read only on a rare path)."""
-        return any(job.conversation_key == conversation_key for job in await self.store.dead_letters())
-
-    def _worth_looking_up(self, d: Delivery, facts: Facts) -> bool:
-        c, m = d.conversation, d.message
-        assert c is not None
-        rules = self.settings.rules_for(c.inbox_id)
-        return bool(
-            self.settings.chatwoot_api_token
-            and self.chatwoot
-            and m
-            and m.kind == "incoming"
-            and rules.handoff_returning
-            and not facts.state.handed_off
-            and c.contact.id is not None
-            and not given_back(c, facts.state)
-            and returning_reason(c, facts) is None
+        """Whether the conversation has a dead letter that was to open it: its handoff's open never landed (read only
+        on a rare path)."""
+        return any(
+            job.conversation_key == conversation_key and not job.lane and job.status_target == "open"
+            for job in await self.store.dead_letters()
         )
 
-    async def _look_up(self, c: Conversation, deadline: float | None = None, cache: bool = True) -> Resolved | None:
-        """The contact's latest other resolved conversation in Chatwoot (user token), cached for an hour;
-        a failure is cached for a minute. None (a new customer) when it cannot be asked in time. A dry run
-        of the sweep (`cache=False`) writes nothing."""
-        key, now = contact_key(c), self.clock().timestamp()
-        # _worth_looking_up made sure of these
-        assert key is not None and c.contact.id is not None and self.chatwoot is not None
-        assert self.settings.chatwoot_api_token is not None
-        cached, value = await self.store.recall(key, now)
-        if cached:
-            return value
-        left = LOOKUP_TIMEOUT if deadline is None else min(LOOKUP_TIMEOUT, deadline - asyncio.get_running_loop().time())
-        why = (
-            "no time left"
-            if left <= 0.05
-            else f"{LOOKUP_CONCURRENCY} look-ups at once"
-            if self._lookups.locked()
-            else f"{LOOKUPS_PER_MINUTE} look-ups a minute"
-            if not self._budget.take()
-            else None
-        )
-        if why:
-            logger.debug("conversation {}: contact look-up skipped ({}); treating the customer as new", c.key, why)
-            return None
-        token = self.settings.chatwoot_api_token.get_secret_value()
-        try:
-            async with self._lookups:
-                found = await asyncio.wait_for(
-                    self.chatwoot.contact_conversations(c.account_id, c.contact.id, token), left
-                )
-        except (TimeoutError, ChatwootError) as exc:
-            logger.warning(
-                "conversation {}: contact look-up failed ({}); treating the customer as new for {:.0f} s",
-                c.key,
-                exc or "timed out",
-                FAILED_LOOKUP_TTL,
-            )
-            if cache:
-                await self.store.remember(key, None, FAILED_LOOKUP_TTL, now)
-            return None
-        resolved = [
-            x for x in found if x.conversation.status == "resolved" and x.conversation.display_id != c.display_id
-        ]
-        best = max(resolved, key=lambda x: x.last_activity_at, default=None)
-        value = None
-        if best:
-            b = best.conversation
-            on = datetime.fromtimestamp(best.last_activity_at or now, timezone.utc).date().isoformat()
-            agent = b.assignee.id if b.assignee and b.assignee.kind == "user" else None  # 4.16+: may be the bot
-            value = Resolved(b.display_id, on, agent, "chatwoot")
-        if cache:
-            await self.store.remember(key, value, LOOKUP_TTL, now)
-        return value
-
-    async def handle(self, d: Delivery) -> Decision:
+    async def handle(self, d: Delivery, body: bytes | None = None) -> Decision:
+        """`body`: the delivery as Chatwoot sent it (the webhook's), forwarded to the team's bot when it is theirs."""
         self.live += 1
         try:
-            return await self._handle(d)
+            return await self._handle(d, body)
         finally:
             self.live -= 1
 
-    async def _handle(self, d: Delivery) -> Decision:
+    async def _handle(self, d: Delivery, body: bytes | None) -> Decision:
         why_not = triage(d, self.settings)
         m = d.message
         if d.event == "message_created" and m is not None and m.sender.kind == "agent_bot" and d.conversation:
             await self._remember_echo(d.conversation.key, m.id, m.content)
-        if why_not:  # the bulk of deliveries: nothing to look up
+        if why_not and not worth_a_look(d, body, self.settings):  # the bulk of deliveries: nothing to look up
             return self._report(d, Decision("ignore", why_not))
         c = d.conversation
-        assert c is not None  # triage ignores deliveries without a conversation
+        key = dedup_key(d, body) if body is not None else None
         decision = None
         if d.message is None:
             # Conversation events on open conversations usually change nothing: decide those with one
             # consistent read first, and take the lock only to write (it costs round trips on Redis).
-            decision = decide(d, await self.facts(d, look_up=False), self.clock(), self.settings)
+            decision = await self._decided(self._rules(d, body=body), d, await load_facts(self.store, d))
             if not decision.writes:
                 return self._report(d, decision)
+            if c is None:  # forwarded only (webwidget_triggered): no conversation to lock
+                return self._report(d, await self._forwarded_alone(d, decision, key))
+        assert c is not None  # triage ignores messages without a conversation
         deadline = asyncio.get_running_loop().time() + DELIVERY_BUDGET
         with logger.contextualize(
             account=c.account_id, inbox=c.inbox_id, conversation=c.display_id, delivery=d.delivery_id
         ):
             async with self._locked(c.key, deadline):
-                decision = decide(d, await self.facts(d, deadline=deadline), self.clock(), self.settings)
-                if decision.reason == HEARD and not await self.store.opening(c.key):
-                    decision.state = None  # nothing queued waits for the message (decide.HEARD)
-                # The commit is refused for a delivery seen before; one that writes nothing is harmless
-                # (unless it belongs in the decision log).
-                if (decision.writes or decision.outcome in LOGGED) and not await self._commit(d, decision):
-                    decision = Decision("duplicate", f"delivery {d.dedup_key} was handled before")
+                facts = await load_facts(self.store, d)
+                decision = await self._decided(self._rules(d, body=body), d, facts, deadline)
+                decision = await self._committed(d, decision, key)
             return self._report(d, decision)
+
+    async def _committed(self, d: Delivery, decision: Decision, key: str | None) -> Decision:
+        """The decision, written unless the delivery was seen before (then "duplicate"). One that writes nothing is
+        harmless (unless it belongs in the decision log)."""
+        if (decision.writes or decision.outcome in LOGGED) and not await self._commit(d, decision, key):
+            return Decision("duplicate", f"delivery {key or d.dedup_key} was handled before")
+        return decision
+
+    async def _forwarded_alone(self, d: Delivery, decision: Decision, key: str | None) -> Decision:
+        """A delivery without a conversation that goes to the team's bot: its forward job is all it writes."""
+        job = decision.jobs[0]
+        commit = Commit(dedup_key=key or d.dedup_key, conversation_key=job.conversation_key, jobs=decision.jobs)
+        if not await self.store.commit(commit, self.steady()):
+            return Decision("duplicate", f"delivery {commit.dedup_key} was handled before")
+        self.on_commit(1)
+        return decision
+
+    async def decided(self, d: Delivery) -> Decision:
+        """What the bot would decide for `d` now, writing nothing (`explain`)."""
+        return await self._decided(self._rules(d), d, await load_facts(self.store, d), cache=False)
+
+    def _rules(
+        self, d: Delivery, live: bool = True, counted: int | None = None, body: bytes | None = None
+    ) -> Callable[[Facts], Decision | Need]:
+        return lambda facts: decide(d, facts, self.clock(), self.settings, live=live, counted=counted, body=body)
 
     @asynccontextmanager
     async def _locked(self, key: str, deadline: float) -> AsyncIterator[None]:
         """The conversation's lock, waited for until `deadline` at most. The webhook bounds the whole delivery
         (a commit it cuts short is found by the dedup key when Chatwoot retries); releasing the lock is bounded
-        too: a lock that cannot be released (a stalled store) lapses by itself."""
+        too: a lock that cannot be released (a stalled store) lapses by itself. A commit cut short but still on
+        its way to the store keeps the lock until the store has it: the next delivery decides on what it wrote
+        (seed 75: three handoffs while SQLite was locked by another connection)."""
         lock = self.store.lock(key)
         try:
             async with asyncio.timeout_at(deadline):
@@ -265,27 +229,73 @@ class Handoffs:
         try:
             yield
         finally:
-            try:
-                async with asyncio.timeout(RELEASE_WITHIN):
-                    await lock.__aexit__(None, None, None)
-            except Exception as exc:
-                logger.warning("conversation {}: its lock was not released ({!r}); it lapses by itself", key, exc)
+            writing = self._committing.pop(key, None)
+            if writing is not None and not writing.done():
+                writing.add_done_callback(lambda w: self._spawn(self._release(lock, key), w))
+            else:
+                await self._release(lock, key)
+
+    async def _release(self, lock: AbstractAsyncContextManager[None], key: str) -> None:
+        try:
+            async with asyncio.timeout(RELEASE_WITHIN):
+                await lock.__aexit__(None, None, None)
+        except Exception as exc:
+            logger.warning("conversation {}: its lock was not released ({!r}); it lapses by itself", key, exc)
+
+    def _spawn(self, release: Awaitable[None], written: asyncio.Future[bool]) -> None:
+        if not written.cancelled() and written.exception() is not None:  # its delivery, answered 500, is retried
+            logger.warning("a commit cut short failed too ({!r})", written.exception())
+        task = asyncio.ensure_future(release)
+        self._releasing.add(task)  # keep a reference until it ran
+        task.add_done_callback(self._releasing.discard)
 
     async def hand_off_now(self, c: Conversation, who: str) -> Decision:
-        """The operator page's button: queue the inbox's handoff for a conversation Chatwoot says is pending."""
+        """The operator page's button, for a conversation Chatwoot says is pending: decided like a delivery
+        (decide.operator_handoff says when it is refused, and why), into the same store and outbox."""
         d = Delivery("operator_handoff", f"operator:{uuid.uuid4()}", c)
         with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id):
             async with self.store.lock(c.key):
-                facts = await self.facts(d, look_up=False)
-                if facts.state.handed_off and await self.store.opening(c.key):  # a second click, or on its way
-                    return Decision("ignore", "a handoff is already queued for this conversation")
-                decision = operator_handoff(c, facts, self.clock(), self.settings, who)
+
+                def choose(facts: Facts) -> Decision | Need:
+                    return operator_handoff(c, facts, self.clock(), self.settings, who)
+
+                decision = await self._decided(choose, d, await load_facts(self.store, d))
                 if decision.state is not None:  # its trigger (the last message, often the bot's own) is seen now
                     decision.state = decision.state.saw(c.status, c.updated, c.last_message_id, c.bot_owned)
-                await self._commit(d, decision)
-            self.metrics.decisions.labels(decision.outcome, decision.rule).inc()
-            logger.info("conversation {}: handoff queued from the operator page: {}", c.key, decision.reason)
+                if decision.writes:
+                    await self._commit(d, decision)
+            self.metrics.decisions.labels(decision.outcome, decision.rule or "-").inc()
+            logger.info(
+                "conversation {}: the operator page's handoff: {}: {}", c.key, decision.outcome, decision.reason
+            )
             return decision
+
+    # ---- forwarding to the team's own bot (relay.py) ----
+    async def forward_handoff(self, job: Job, step: Forward, reason: str) -> None:
+        """The team's bot asked for a person in its answer to `step` (or did not take it for FORWARD_MAX_AGE, with
+        FORWARD_FALLBACK=open): decided like the operator's button (decide.forward_handoff), under the
+        conversation's lock, once per forwarded delivery."""
+        try:
+            d = parse(step.body.encode(), step.delivery)
+        except (BadBody, PayloadError):
+            d = Delivery(step.event)
+        c = d.conversation
+        if c is None:
+            logger.warning("{}: {} has no conversation to hand off ({})", job.conversation_key, step.event, reason)
+            return
+        d = Delivery("forward_handoff", step.delivery, c)
+        async with self.store.lock(c.key):
+
+            def choose(facts: Facts) -> Decision:
+                return forward_handoff(c, facts, self.clock(), self.settings, job.period, reason)
+
+            decision = await self._decided(choose, d, await load_facts(self.store, d))
+            if decision.writes and not await self._commit(d, decision, f"forward-handoff:{step.delivery}"):
+                decision = Decision("duplicate", "this forward's handoff was decided before")
+        self.metrics.decisions.labels(decision.outcome, decision.rule or "-").inc()
+        logger.info("conversation {}: {}: {}: {}", c.key, reason, decision.outcome, decision.reason)
+
+    # ---- end of forwarding ----
 
     async def reconcile(self, d: Delivery, incoming: int | None, dry_run: bool = False) -> Decision:
         """The sweep's way in: decide a listed conversation like a delivery of its last customer message, seen
@@ -298,28 +308,12 @@ class Handoffs:
         assert c is not None and m is not None  # the sweep's deliveries are messages
         with logger.contextualize(account=c.account_id, inbox=c.inbox_id, conversation=c.display_id):
             async with self.store.lock(c.key):
-                facts = await self.facts(d, look_up=False)
-                renewed = facts.state.handed_off and not await self.store.opening(c.key)
-                if renewed:
-                    # Chatwoot lists it pending and nothing queued will open it: the handoff became a dead letter,
-                    # or its open was undone by a resolve and a reopen whose events never reached the bot. That
-                    # period's jobs still queued (a failing note or message) are moot, as in `_pending_again`; the
-                    # sweep's own trigger is not.
-                    latest = min(facts.state.latest_message or 0, m.id - 1)
-                    facts = replace(facts, state=facts.state.handoff_undone(latest))
-                stored = facts.state
-                # Once the bot has seen the customer's message (live, or an earlier sweep: it records at least
-                # one), the contact was looked up then: later sweeps rely on what the bot has seen since.
-                if not stored.incoming and self._worth_looking_up(d, facts):
-                    facts = Facts(stored, await self._look_up(c, cache=not dry_run))  # a dry run writes nothing
-                seen = max(stored.incoming, incoming or 1)
-                if seen != stored.incoming:
-                    facts = replace(facts, state=replace(stored, incoming=seen))
-                decision = decide(d, facts, self.clock(), self.settings, live=False)
-                timer = [decision.timer[1]] if decision.timer else []
-                for job in decision.jobs + timer:  # the listing may be minutes old by now
-                    job.verify = True
-                if decision.state == stored:
+                stored = await load_facts(self.store, d)
+                facts = replace(stored, pending_now=True)  # Chatwoot lists it pending
+                decision = await self._decided(self._rules(d, False, incoming), d, facts, cache=not dry_run)
+                for job in decision.jobs + ([decision.timer[1]] if decision.timer else []):
+                    job.verify = True  # the listing may be minutes old by now
+                if decision.state == stored.state:
                     decision.state = None  # nothing new to remember: most kept conversations write nothing
                 if dry_run or not decision.writes:
                     return decision
@@ -327,7 +321,7 @@ class Handoffs:
                 # sweeps deciding alike (the command beside the server) commit once; a period started again (its
                 # handoff, perhaps the sweep's own, became a dead letter) is decided anew.
                 key = f"s:{c.key}:{m.id}:{decision.outcome}:{decision.rule}"
-                if renewed:
+                if decision.state is not None and decision.state.period > stored.state.period:
                     key += f":renewed at {self.clock().timestamp():.0f}"
                 if not await self._commit(d, decision, key, "sweep"):
                     decision = Decision("duplicate", f"the sweep decided conversation {c.key} this way before")
@@ -337,12 +331,14 @@ class Handoffs:
         self, d: Delivery, decision: Decision, dedup_key: str | None = None, event: str | None = None
     ) -> bool:
         """`dedup_key` and `event` name the sweep's decisions, whose keeps stay out of the decision log."""
-        c, now = d.conversation, self.clock().timestamp()
+        c, now = d.conversation, self.steady()
+        for job in decision.jobs:  # the outbox's times (age, lateness) run on its clock, which never goes back
+            job.created_at = job.decided_at = now
         assert c is not None
         log = None
         if decision.outcome in (LOGGED if event is None else SWEEP_LOGGED) and self.settings.decision_log_size:
             log = DecisionEntry(
-                now,
+                self.clock().timestamp(),
                 c.account_id,
                 c.inbox_id,
                 c.display_id,
@@ -365,7 +361,11 @@ class Handoffs:
             log=log,
             log_size=self.settings.decision_log_size,
         )
-        done = await self.store.commit(commit, now)
+        # Shielded: cut short, it still reaches the store, and the conversation's lock waits for it (_locked).
+        writing = asyncio.ensure_future(self.store.commit(commit, now))
+        self._committing[c.key] = writing
+        done = await asyncio.shield(writing)
+        self._committing.pop(c.key, None)
         if done and decision.jobs:
             self.on_commit(len(decision.jobs))
         return done

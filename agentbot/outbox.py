@@ -1,8 +1,9 @@
 """The outbox worker: carries out stored jobs in order per conversation, retrying with backoff.
 
-Promises kept here: a job is carried out or becomes a dead letter, whatever fails meanwhile (Chatwoot,
-the store, a worker); a call Chatwoot may already have applied is checked before it is sent again; a
-job that runs late acts only if the conversation is still where its decision left it.
+It holds no conversation semantics: before each step it gathers what guard.needs asks for (observe.py) and
+carries out guard.verdict (send, done, drop, wait). Promises kept here: a job is carried out or becomes a dead
+letter, whatever fails meanwhile (Chatwoot, the store, a worker); a failed call is recorded as the step's
+Attempt, which the next verdict reads.
 """
 
 from __future__ import annotations
@@ -13,107 +14,56 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 
 from loguru import logger
 
-from .actions import AssignAgent, AssignTeam, Job, PrivateNote, PublicMessage, SetPriority, SetStatus, Step
-from .chatwoot import Agent, Chatwoot, ChatwootError, NoAnswer
+from . import guard
+from .actions import (
+    AddLabel,
+    AssignAgent,
+    AssignTeam,
+    Attempt,
+    EvolutionSwitch,
+    Forward,
+    Job,
+    PrivateNote,
+    PublicMessage,
+    SetPriority,
+    SetStatus,
+    Step,
+    posted_text,
+)
+from .chatwoot import Agent, Chatwoot, ChatwootError, NoAnswer, Refused
 from .constants import (
     BACKOFF_BASE,
     BACKOFF_CAP,
-    CATCH_UP,
-    CATCH_UP_EVERY,
-    LATE,
     POLL,
     PRUNE_EVERY,
+    RETRY_AFTER_CAP,
     STORE_BACKOFF_BASE,
     STORE_BACKOFF_CAP,
     STORE_DOWN_AFTER,
     TICK,
     WORKERS,
 )
-from .events import Listed
-from .facts import ConversationState
+from .evolution_switch import Switcher
 from .metrics import Metrics
+from .observe import Observer
+from .relay import Relay
 from .store import Store
 from .store.base import LEASE
 
 
 def backoff(attempts: int, retry_after: float | None) -> float:
-    """Exponential with jitter, never sooner than Chatwoot's Retry-After."""
+    """Exponential with jitter, never sooner than Chatwoot's Retry-After (up to RETRY_AFTER_CAP: the store counts
+    a queue time further ahead than its HORIZON as written before a clock step, and due)."""
     delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempts - 1))
-    return max(random.uniform(delay / 2, delay), retry_after or 0.0)
+    return max(random.uniform(delay / 2, delay), min(retry_after or 0.0, RETRY_AFTER_CAP))
 
 
 def _optional_refused(step: Step, exc: ChatwootError) -> bool:
     """Team, agent and priority are extras: an older Chatwoot refusing them to bots must not stop the handoff."""
     return step.optional and exc.refused_to_bots
-
-
-def guarded(step: Step) -> bool:
-    """Steps that act on where the conversation is: its status, and messages the customer sees."""
-    return step.guarded
-
-
-def status_done(job: Job) -> bool:
-    """Whether the job has set the conversation's status already (its steps before the current one)."""
-    return any(isinstance(s, SetStatus) for s in job.steps[: job.step])
-
-
-def still_wanted(job: Job, status: str, unsure: bool, current: bool = False) -> str | None:
-    """Whether the job's current (guarded) step still fits a conversation that is `status` now: None to make
-    the call, "done" when an earlier run's call took effect, "drop" when the conversation moved on. `current`:
-    Chatwoot said so just now; the bot's memory may not have heard of the job's own status change yet."""
-    step, expected, target = job.steps[job.step], job.expected_status, job.status_target
-    if isinstance(step, SetStatus):
-        if status == expected:
-            return None
-        return "done" if status == step.status and unsure else "drop"
-    if status_done(job):  # back to `expected` then is a new period
-        return None if status == target or (status == expected and not current) else "drop"
-    return None if status == expected else "drop"
-
-
-def closed_since(state: ConversationState, job: Job) -> bool:
-    """The bot saw the conversation resolved or snoozed after the message that led to the job."""
-    return job.trigger is not None and state.closed_after is not None and state.closed_after >= job.trigger
-
-
-def left_since(state: ConversationState, job: Job) -> bool:
-    """The bot saw the conversation leave pending after the message that led to the job (its own open, maybe)."""
-    return job.trigger is not None and state.left_pending_after is not None and state.left_pending_after >= job.trigger
-
-
-def unheard(job: Job, step: Step, view: Listed, state: ConversationState) -> bool:
-    """Chatwoot shows a customer message the bot has not had delivered yet in the pending conversation this step
-    would open. It may begin a new pending period (the handoff's open landed unanswered, an agent resolved, the
-    customer wrote again, with those events still on their way); then that message is the one to decide on."""
-    last = view.last_message
-    return (
-        step == SetStatus("open")
-        and view.conversation.status == "pending"
-        and last is not None
-        and last.kind == "incoming"
-        and last.id > max(state.latest_message or 0, job.trigger or 0)
-    )
-
-
-def moved_on(
-    job: Job, step: Step, state: ConversationState, status: str | None, unsure: bool, current: bool = False
-) -> tuple[str | None, str]:
-    """What the bot's view of the conversation (`status`, from Chatwoot when `current`, else its memory) says of
-    the job's current step: ("drop", why) when the conversation moved on since the decision, else
-    `still_wanted`'s verdict."""
-    verdict = still_wanted(job, status, unsure, current) if guarded(step) and status else None
-    if verdict == "drop":
-        return verdict, f"is {status} now"
-    # A later pending period is not this job's:
-    if job.expected_status == "pending" and closed_since(state, job):
-        return "drop", "was resolved or snoozed since"
-    if job.expected_status == "pending" and status == "pending" and left_since(state, job):
-        return "drop", "is pending again since it was opened"
-    return verdict, ""
 
 
 class LostClaim(Exception):
@@ -126,12 +76,18 @@ class Outbox:
         store: Store,
         chatwoot: Chatwoot,
         metrics: Metrics,
-        clock: Callable[[], datetime],
+        clock: Callable[[], float],
         max_age: float,
         reader_token: str | None = None,
+        evolution: Switcher | None = None,
+        relay: Relay | None = None,
     ):
+        """`clock`: the steady clock (clock.SteadyClock) the store's queue times are written with; `evolution`:
+        Evolution API's switches (None: EVOLUTION_URL is unset); `relay` runs the forwards to the team's bot
+        (app.py sets it once Handoffs exists)."""
         self.store, self.chatwoot, self.metrics, self.clock, self.max_age = store, chatwoot, metrics, clock, max_age
-        self.reader_token = reader_token  # a user token (CHATWOOT_API_TOKEN): may read a conversation's messages
+        self.evolution, self.relay = evolution, relay
+        self.observer = Observer(store, chatwoot, reader_token)
         self._sleepers: deque[asyncio.Future[None]] = deque()  # idle workers, woken one per new job
         self._stopping = asyncio.Event()
         self.workers: list[asyncio.Task[None]] = []
@@ -143,7 +99,7 @@ class Outbox:
         self.settle = 2 * (chatwoot.timeout.total or 0)  # how long a call Chatwoot got may still be under way
 
     def now(self) -> float:
-        return self.clock().timestamp()
+        return self.clock()
 
     def wake(self, jobs: int = WORKERS) -> None:
         """New work in the store: wake as many idle workers as there are jobs."""
@@ -154,7 +110,7 @@ class Outbox:
                 jobs -= 1
 
     def start(self) -> None:
-        self.workers = [asyncio.create_task(self._worker()) for _ in range(WORKERS)]
+        self.workers = [asyncio.create_task(self._worker()) for _ in range(self.store.outbox_workers(WORKERS))]
         self._ticker = asyncio.create_task(self._tick())
         self._poller = asyncio.create_task(self._poll())
 
@@ -235,13 +191,14 @@ class Outbox:
                     job.reason,
                 )
             except asyncio.CancelledError:  # shutdown: give the job back (its progress is saved) at once
-                job.next_at, job.unsure = self.now(), True
+                job.next_at, job.attempt = self.now(), Attempt(job.step, maybe=True)
                 with contextlib.suppress(LostClaim):
                     await asyncio.shield(self._save(lambda: self.store.retry(job), give_up_on_stop=True))  # noqa: B023 (awaited here)
                 raise
             except Exception as exc:  # a bug: retried like a failed call, within ACTION_MAX_AGE
                 logger.exception("conversation {}: job failed unexpectedly", job.conversation_key)
                 try:
+                    job.attempt = Attempt.after(job.attempt, job.step, True, False, self.now())
                     await self._failed(job, NoAnswer("outbox", None, f"{type(exc).__name__}: {exc}"))
                 except LostClaim:
                     pass
@@ -308,38 +265,16 @@ class Outbox:
 
     # ---- running one job -----------------------------------------------------------------------
     async def run(self, job: Job) -> None:
-        """Carry out the job's remaining steps; on failure reschedule it or make it a dead letter."""
-        unsure, sent_at = job.unsure, job.sent_at  # an earlier run may have sent the current step's call
-        if unsure and self.now() < sent_at + self.settle:
-            # That call may still be under way in Chatwoot (it timed out, or the worker died while waiting):
-            # look for its effect only once it can no longer be.
-            job.next_at = sent_at + self.settle
-            await self._save(lambda: self.store.retry(job))
-            return
-        late = unsure or job.verify or job.attempts > 0 or self.now() - job.decided_at > LATE
+        """Carry out the job's remaining steps as the guard says; on failure reschedule it or bury it."""
         while job.step < len(job.steps):
             step = job.steps[job.step]
             try:
-                skip = await self._check(job, step, unsure, late)
-                if skip == "wait":
-                    job.next_at = self.now() + CATCH_UP_EVERY
-                    await self._save(lambda: self.store.retry(job))
+                period, seen = await self.observer.observe(job, step, guard.needs(job, step, self.now()))
+                verdict = guard.verdict(job, period, step, seen, self.now(), self.settle)
+                if not await self._carry_out(job, step, verdict, seen):
                     return
-                if skip == "drop":
-                    await self._save(lambda: self.store.finish(job, self.now()))
-                    return
-                if skip != "done":
-                    job.unsure, job.sent_at = True, self.now()
-                    await self._do(job, step)
-                elif step == SetStatus("open"):
-                    self._opened(job)
             except ChatwootError as exc:
                 if not _optional_refused(step, exc):
-                    job.unsure = exc.maybe_applied or unsure
-                    # only a call without an answer may still be under way; an answered or dropped one is over
-                    job.sent_at = (
-                        job.sent_at if exc.still_running else (sent_at if unsure and not exc.maybe_applied else 0.0)
-                    )
                     await self._failed(job, exc)
                     return
                 logger.error(
@@ -349,8 +284,7 @@ class Outbox:
                     exc.endpoint,
                     step.op,
                 )
-            job.step += 1
-            unsure = job.unsure = False
+            job.next_step()
             if job.step < len(job.steps):
                 await self._save(lambda: self.store.progress(job, self.now()))
         await self._save(lambda: self.store.finish(job, self.now()))
@@ -358,104 +292,47 @@ class Outbox:
             "conversation {}: done: {} ({})", job.conversation_key, job.describe().split(": ", 1)[1], job.reason
         )
 
-    async def _check(self, job: Job, step: Step, unsure: bool, late: bool) -> str | None:
-        """Before a step: "drop" the rest of the job when the conversation moved on since the decision,
-        "done" when an earlier run's call already took effect, "wait" to look again shortly, None to make
-        the call."""
-        op = step.op
-        if not (guarded(step) or (op == "note" and (late or unsure))):
-            return None
-        # A handoff's message looks even on its first run (4.16+): the period may have ended since its open landed.
-        read = unsure or (late and guarded(step)) or (op == "message" and status_done(job))
-        view = await self.chatwoot.conversation_if_readable(job.account_id, job.display_id) if read else None
-        state, _ = await self.store.load(job.conversation_key, None)
-        status = view.conversation.status if view else state.status
-        verdict, why = moved_on(job, step, state, status, unsure, current=view is not None)
-        if verdict != "drop" and job.status_target == "open" and (late or unsure) and await self._superseded(job):
-            verdict, why = "drop", "was handed off again since"
-        if verdict == "drop":
-            logger.info(
-                "conversation {}: {}, not where the decision left it; dropped: {}",
-                job.conversation_key,
-                why,
-                job.reason,
-            )
-        elif view is not None and unheard(job, step, view, state) and self._catching_up(job):
-            return "wait"
-        if verdict or op not in ("note", "message") or not (unsure or late):
-            return verdict
-        content = self._content(job, step)
-        # A late one (a retry, `outbox --retry`) is not repeated when the same text went out after its trigger,
-        # e.g. from the handoff that replaced a dead letter; an unsure one is looked for everywhere it may be.
-        posted = (
-            await self._posted(job, content, view)
-            if unsure
-            else await self.store.echoed(job.conversation_key, content, job.trigger)
-        )
-        if posted:
-            logger.info("conversation {}: the {} was posted already; not posting it again", job.conversation_key, op)
-            return "done"
-        if posted is None:  # better lost than sent twice
-            logger.warning(
-                "conversation {}: the {} may have been posted already and cannot be checked; not posting it again",
-                job.conversation_key,
-                op,
-            )
-            return "done"
-        return None
-
-    def _catching_up(self, job: Job) -> bool:
-        """Whether the job still waits for the deliveries Chatwoot owes the bot, for CATCH_UP seconds at most
-        (a delivery can be lost: the instance it went to was killed)."""
-        now, first = self.now(), "catch_up_until" not in job.context
-        if first:
-            job.context["catch_up_until"] = now + CATCH_UP
-        if now < job.context["catch_up_until"]:
-            if first:
+    async def _carry_out(self, job: Job, step: Step, verdict: guard.Verdict, seen: guard.Seen) -> bool:
+        """Act on the verdict; False when the job is over for now (dropped, or waiting)."""
+        match verdict:
+            case guard.Wait(until, why, catch_up_until):
+                if catch_up_until is not None and "catch_up_until" not in job.context:
+                    job.context["catch_up_until"] = catch_up_until
+                    logger.info("conversation {}: {}; waiting for it before acting", job.conversation_key, why)
+                job.next_at = until
+                await self._save(lambda: self.store.retry(job))
+                return False
+            case guard.Drop(why):
                 logger.info(
-                    "conversation {}: Chatwoot shows a customer message the bot has not received yet; waiting for "
-                    "it before opening the conversation",
+                    "conversation {}: {}, not where the decision left it; dropped: {}",
                     job.conversation_key,
+                    why,
+                    job.reason,
                 )
-            return True
-        logger.warning(
-            "conversation {}: a customer message Chatwoot showed never reached the bot; opening the conversation",
-            job.conversation_key,
-        )
-        return False
+                await self._save(lambda: self.store.finish(job, self.now()))
+                return False
+            case guard.Done(why):
+                logger.info("conversation {}: {}; not doing it again", job.conversation_key, why)
+                if step == SetStatus("open"):
+                    self._opened(job)
+            case guard.Send():
+                if seen.unheard:
+                    logger.warning(
+                        "conversation {}: a customer message Chatwoot showed never reached the bot; acting anyway",
+                        job.conversation_key,
+                    )
+                await self._send(job, step)
+        return True
 
-    async def _superseded(self, job: Job) -> bool:
-        """A handoff of a later pending period is queued behind this one (the bot missed the resolve between)."""
-        return any(
-            other.opens_later and (other.trigger or 0) > (job.trigger or 0)
-            for other in await self.store.jobs(job.conversation_key)
-        )
-
-    async def _posted(self, job: Job, content: str, view: Listed | None) -> bool | None:
-        """Whether an earlier run's note or message is in the conversation (None: it cannot be told). Its echo,
-        else the conversation's last message (bot token, 4.16+), else its latest messages (a user token)."""
-        if await self.store.echoed(job.conversation_key, content, job.trigger):
-            return True
-        last = view.last_message if view else None
-        if last and last.sender.kind == "agent_bot" and last.content == content:
-            return True
-        if self.reader_token:
-            try:
-                latest = await self.chatwoot.conversation_messages(job.account_id, job.display_id, self.reader_token)
-            except ChatwootError as exc:
-                if not exc.final:
-                    raise  # tried again later
-                # the user may not see this inbox: what the bot token showed must do
-                logger.warning(
-                    "conversation {}: could not read its messages with CHATWOOT_API_TOKEN ({})",
-                    job.conversation_key,
-                    exc,
-                )
-                return False if view is not None else None
-            return any(
-                m.sender.kind == "agent_bot" and m.content == content and m.id > (job.trigger or 0) for m in latest
-            )
-        return False if view is not None else None
+    async def _send(self, job: Job, step: Step) -> None:
+        """The step's call; a failure is recorded as the step's attempt (the one place that writes it)."""
+        sent_at = self.now()
+        try:
+            await self._do(job, step)
+        except ChatwootError as exc:
+            if not _optional_refused(step, exc):
+                job.attempt = Attempt.after(job.attempt, job.step, exc.maybe_applied, exc.still_running, sent_at)
+            raise
 
     async def _failed(self, job: Job, exc: ChatwootError) -> None:
         job.attempts += 1
@@ -474,8 +351,8 @@ class Outbox:
             )
         else:
             job.next_at = self.now() + backoff(job.attempts, exc.retry_after)
-            if job.unsure and job.sent_at:  # not before the call can have landed
-                job.next_at = max(job.next_at, job.sent_at + self.settle)
+            if job.attempt is not None and job.attempt.sent_at:  # not before the call can have landed
+                job.next_at = max(job.next_at, job.attempt.sent_at + self.settle)
             logger.warning(
                 "conversation {}: {}; retry {} in {:.1f} s",
                 job.conversation_key,
@@ -487,16 +364,8 @@ class Outbox:
             self.wake(1)
             return
         self.metrics.dead_letters.inc()
+        job.dead_at = self.now()
         await self._save(lambda: self.store.bury(job, self.now()))
-
-    def _content(self, job: Job, step: Step) -> str:
-        """What a note or message step posts (a note with the agent fallback's remark)."""
-        match step:
-            case PrivateNote(content):
-                return content + str(job.context.get("remark", ""))
-            case PublicMessage(content):
-                return content
-        raise TypeError(f"{step.op} posts no message")
 
     def _opened(self, job: Job) -> None:
         self.metrics.handoffs.labels(job.rule or "other").inc()
@@ -510,15 +379,40 @@ class Outbox:
                 if status == "open":
                     self._opened(job)
             case PrivateNote() | PublicMessage():
-                await cw.create_message(a, d, self._content(job, step), private=isinstance(step, PrivateNote))
+                await cw.create_message(a, d, posted_text(job, step), private=isinstance(step, PrivateNote))
             case SetPriority(priority):
                 await cw.toggle_priority(a, d, priority)
             case AssignTeam(team_id):
                 await cw.assign_team(a, d, team_id)
+            case AddLabel(label):
+                await self._label(job, label)
             case AssignAgent(assignee_id, fallback):
                 agent = await cw.assign_agent(a, d, assignee_id)
                 if fallback is not None:
                     await self._check_agent(job, step, fallback, agent)
+            case EvolutionSwitch() if self.evolution is not None:  # and EvolutionPause
+                await self.evolution.switch(job, step)
+            case EvolutionSwitch():
+                logger.info(
+                    "conversation {}: EVOLUTION_URL is unset now: {} left undone", job.conversation_key, step.words()
+                )
+            case Forward():  # to the team's own bot (relay.py)
+                if self.relay is None:
+                    raise Refused("forward", None, "this process does not forward (no relay)")
+                await self.relay.run(job, step)
+
+    async def _label(self, job: Job, label: str) -> None:
+        """Add `label`, keeping the others: the bot token where Chatwoot lets bots label (4.16+), else the user's."""
+        a, d, cw, token = job.account_id, job.display_id, self.chatwoot, None
+        try:
+            labels = await cw.labels(a, d)
+        except ChatwootError as exc:
+            token = self.observer.reader_token
+            if not (exc.refused_to_bots and token):
+                raise
+            labels = await cw.labels(a, d, token)
+        if label not in labels:
+            await cw.set_labels(a, d, [*labels, label], token)
 
     async def _check_agent(self, job: Job, step: AssignAgent, fallback: str, agent: Agent | None) -> None:
         """A returning customer's previous agent who is offline or gone gives way to the fallback."""

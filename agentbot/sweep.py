@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from loguru import logger
 from msgspec.structs import replace
 
+from .actions import Job
 from .chatwoot import Chatwoot, ChatwootError
 from .config import ConfigError, Settings
-from .decide import Decision
-from .events import Delivery, Listed, Message, PayloadError, Person
+from .decide import LOOKUP_UNKNOWN
+from .events import Conversation, Delivery, Listed, Message, PayloadError, Person
+from .expiry import RULE, Expiry, Known, Verdict, dedup_key, expiry, label_job, resolve_job
 from .handoffs import Handoffs
+from .lookups import FAILED_LOOKUP_TTL, sweep_share
 from .metrics import Metrics
 from .outbox import backoff
-from .store import Lapsed, Store
+from .store import Commit, DecisionEntry, Lapsed, Store
 from .store.base import Lease
+from .swept import Progress, SweepResult, Swept, swept_from
 
 T = TypeVar("T")
 PAGE_SIZE = 25  # Chatwoot's page of conversations
@@ -30,65 +32,12 @@ RECENT = 30.0  # seconds: a conversation active this recently is left to its del
 LEASE_TTL = 60.0  # the sweep lease expires this long after its holder stopped renewing it
 ATTEMPTS = 5  # tries of one Chatwoot read before the sweep gives up on it
 YIELD = 0.05  # at most this long a conversation waits for live deliveries to finish first
-
-SKIPPED = {  # decisions that mean "someone else got there first", by the start of their reason
-    "handoff already decided": "handoff already decided",
-    "late delivery": "left pending meanwhile",
-}
-
-
-@dataclass
-class Swept:
-    """What the sweep did with one conversation."""
-
-    key: str
-    outcome: str  # opened, deferred, kept, skipped, error
-    label: str  # the rule (opened, deferred) or the short reason (kept, skipped, error)
-    reason: str
-
-    def line(self, dry_run: bool = False) -> str:
-        return f"conversation {self.key}: {'would be ' if dry_run else ''}{self.outcome} ({self.label}): {self.reason}"
-
-
-@dataclass
-class SweepResult:
-    dry_run: bool = False
-    listed: int = 0
-    conversations: list[Swept] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)  # Chatwoot errors that stopped a listing
-    seconds: float = 0.0
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        by: dict[str, Counter[str]] = {k: Counter() for k in ("opened", "deferred", "kept", "skipped", "error")}
-        for s in self.conversations:
-            by[s.outcome][s.label] += 1
-        return {k: dict(v.most_common()) for k, v in by.items()}
-
-    def summary(self) -> str:
-        parts = []
-        for outcome, labels in self.counts().items():
-            detail = ", ".join(f"{label} {n}" for label, n in labels.items())
-            parts.append(f"{outcome} {sum(labels.values())}" + (f" ({detail})" if detail else ""))
-        verb = "would be " if self.dry_run else ""
-        return f"{self.listed} pending conversations listed in {self.seconds:.1f} s; {verb}" + "; ".join(parts)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "dry_run": self.dry_run,
-            "listed": self.listed,
-            "seconds": round(self.seconds, 3),
-            "counts": self.counts(),
-            "failures": self.failures,
-            "conversations": [asdict(s) for s in self.conversations],
-        }
-
-
-class Progress:
-    """What a sweep reports as it goes (the CLI draws a bar from it); the default reports nothing."""
-
-    def listing(self, total: int) -> None: ...
-
-    def decided(self, swept: Swept) -> None: ...
+# The sweep's share of the process's time while live deliveries arrive. Unpaced (SWEEP_RATE=0 with no look-ups
+# to wait for: a repeat sweep, returning customers off) it would take all of it (the event loop, the store's one
+# writer, a core of two) and deliveries would queue behind it (the webhook's p99 rose 4 to 10 times in the
+# benchmark). So it rests three times as long as each step took while deliveries were decided in the last second.
+LOOP_SHARE = 0.25
+QUIET = 1.0  # seconds without a delivery being decided after which the sweep stops resting
 
 
 class Sweeper:
@@ -118,6 +67,8 @@ class Sweeper:
         self.token = settings.chatwoot_api_token.get_secret_value()
         self.busy = busy
         self.store: Store = handoffs.store
+        self.share = handoffs.lookups.share if handoffs.lookups else sweep_share()  # its look-ups' (waited for)
+        self._live_at = -QUIET  # time.monotonic() when a delivery was last seen being decided
 
     def accounts(self, wanted: list[int] | None = None) -> list[int]:
         s = self.settings
@@ -135,7 +86,10 @@ class Sweeper:
         dry_run: bool = False,
         progress: Progress | None = None,
         lease: Lease | None = None,
+        only: set[str] | None = None,
     ) -> SweepResult:
+        """Sweep the pending conversations of `accounts` (and `inboxes`); with `only`, decide just those of these
+        conversation keys (a dry run's "run these now")."""
         progress = progress or Progress()
         result, started = SweepResult(dry_run=dry_run), time.monotonic()
         self._lease, self._renewed = lease, time.monotonic()
@@ -147,19 +101,18 @@ class Sweeper:
                     "bot (or name them with INBOX_IDS or --inbox)"
                 )
             found = await self._list_all(accounts, inboxes or self.settings.inbox_ids, result, progress)
+            if only is not None:
+                found = [item for item in found if item.conversation.key in only]
+            progress.deciding(len(found))
+            worked = 0.0
             for item in found:
                 if not await self._keep_lease():
                     result.failures.append("another instance took over the sweep lease; stopped")
                     break
-                await self._give_way()
-                try:
-                    swept = await self._one(item, dry_run)
-                except Lapsed as exc:  # the store stalled past the conversation's lock: looked at again next time
-                    logger.warning("sweep: {}; looked at again next sweep", exc)
-                    swept = Swept(item.conversation.key, "error", type(exc).__name__, str(exc))
-                except Exception as exc:  # one conversation, not the sweep, fails
-                    logger.exception("sweep: conversation {} failed", item.conversation.key)
-                    swept = Swept(item.conversation.key, "error", type(exc).__name__, str(exc))
+                await self._give_way(worked)
+                began, waited = time.monotonic(), self.share.waited
+                swept = await self._one_safely(item, dry_run)
+                worked = time.monotonic() - began - (self.share.waited - waited)
                 result.conversations.append(swept)
                 self.metrics.swept.labels(swept.outcome).inc()
                 progress.decided(swept)
@@ -218,8 +171,10 @@ class Sweeper:
         return mine
 
     async def _list(self, account: int, inbox: int, found: dict[str, Listed], progress: Progress) -> None:
-        page = 1
+        page, worked = 1, 0.0
         while True:
+            await self._give_way(worked)
+            began = time.monotonic()
             total, items, unreadable = await self._read(
                 partial(self.chatwoot.list_conversations, account, self.token, "pending", page, inbox)
             )
@@ -236,6 +191,7 @@ class Sweeper:
                 return
             page += 1
             await self._keep_lease()
+            worked = time.monotonic() - began
 
     async def _read(self, call: Callable[[], Awaitable[T]]) -> T:
         """A read, retried on 429 (after Retry-After: the throttle pauses every sweep call), 5xx and timeouts."""
@@ -251,12 +207,22 @@ class Sweeper:
         raise AssertionError("unreachable")
 
     # ---- one conversation --------------------------------------------------------------------
+    async def _one_safely(self, item: Listed, dry_run: bool) -> Swept:
+        """`_one`, whose failure is the conversation's, not the sweep's."""
+        try:
+            return await self._one(item, dry_run)
+        except Lapsed as exc:  # the store stalled past the conversation's lock: looked at again next time
+            logger.warning("sweep: {}; looked at again next sweep", exc)
+            return Swept(item.conversation.key, "error", type(exc).__name__, str(exc))
+        except Exception as exc:
+            logger.exception("sweep: conversation {} failed", item.conversation.key)
+            return Swept(item.conversation.key, "error", type(exc).__name__, str(exc))
+
     async def _one(self, item: Listed, dry_run: bool) -> Swept:
         c = item.conversation
         if self.clock().timestamp() - item.last_activity_at < RECENT:
-            return Swept(
-                c.key, "skipped", "recent activity", f"active in the last {RECENT:.0f} s: left to its delivery"
-            )
+            why = f"active in the last {RECENT:.0f} s: left to its delivery"
+            return Swept(c.key, "skipped", "recent activity", why, item.last_activity_at + RECENT)
         state, _ = await self.store.load(c.key, None)
         if state.handed_off and await self.store.opening(c.key):
             return Swept(
@@ -274,11 +240,67 @@ class Sweeper:
         # agent before the handoff would open it without the bot: decide as if it did (open first, then assign).
         owner = c.assignee or Person(None, "agent_bot", "the inbox's bot")
         d = Delivery("message_created", None, replace(c, waiting_since=waiting, assignee=owner), trigger)
+        return await self._decide(item, d, incoming, dry_run)
+
+    async def _decide(self, item: Listed, d: Delivery, incoming: int | None, dry_run: bool) -> Swept:
+        """The conversation's decision, as a delivery of the customer's last message (`d`), then its expiry."""
+        c = item.conversation
+        # The decision asks for the contact's look-up when it needs one, waited for in the sweep's share.
         decision = await self.handoffs.reconcile(d, incoming, dry_run)
-        swept = _swept(c.key, decision)
+        if decision.rule == LOOKUP_UNKNOWN:
+            again = self.clock().timestamp() + FAILED_LOOKUP_TTL
+            return Swept(c.key, "skipped", "look-up failed", decision.reason, again)
+        swept = swept_from(c.key, decision)
+        if swept.label == "no rule fired" and self._stale(item):
+            swept = await self._expire(item, dry_run) or swept
         level = "INFO" if swept.outcome in ("opened", "deferred") and not dry_run else "DEBUG"
         logger.log(level, "conversation {}: sweep: {}", c.key, decision.describe().splitlines()[0])
         return swept
+
+    # ---- stale pending conversations (PENDING_EXPIRE_*) ---------------------------------------
+    def _stale(self, item: Listed) -> bool:
+        """Whether nothing happened in the conversation for PENDING_EXPIRE_AFTER: only then are its messages read."""
+        after = self.settings.rules_for(item.conversation.inbox_id).pending_expire_after
+        return bool(after) and self.clock().timestamp() - item.last_activity_at >= (after or 0)
+
+    async def _expire(self, item: Listed, dry_run: bool) -> Swept | None:
+        """Queue the expiry of a conversation no rule opens, when `expiry` says it expires; None when it does not."""
+        c, rules = item.conversation, self.settings.rules_for(item.conversation.inbox_id)
+        messages = await self._read(lambda: self.chatwoot.conversation_messages(c.account_id, c.display_id, self.token))
+        async with self.store.lock(c.key):
+            state, _ = await self.store.load(c.key, None)
+            now = self.clock().timestamp()
+            found = expiry(c, messages, Known(state, await self.store.jobs(c.key)), now, rules)
+            if found.verdict is Verdict.QUEUED:
+                return Swept(c.key, "skipped", "expiry queued", found.reason)
+            if not found.expires:
+                logger.debug("conversation {}: sweep: does not expire: {}", c.key, found.reason)
+                return None
+            action = rules.pending_expire_action
+            if dry_run:
+                return Swept(c.key, "expired", action, found.reason)
+            job = (label_job if action == "label" else resolve_job)(c, found, now, rules, state.period)
+            if not await self.store.commit(self._expiry_commit(c, found, job, now), now):
+                return Swept(c.key, "skipped", "expired before", f"its expiry for message {job.trigger} was queued")
+        self.handoffs.on_commit(1)
+        logger.info("conversation {}: sweep: expiry queued ({}): {}", c.key, action, found.reason)
+        return Swept(c.key, "expired", action, found.reason)
+
+    def _expiry_commit(self, c: Conversation, found: Expiry, job: Job, now: float) -> Commit:
+        size = self.settings.decision_log_size
+        log = DecisionEntry(
+            now,
+            c.account_id,
+            c.inbox_id,
+            c.display_id,
+            c.contact.name,
+            RULE,
+            job.steps[-1].words(),
+            found.reason,
+            "sweep",
+            dedup_key(c, found),
+        )
+        return Commit(dedup_key(c, found), c.key, jobs=[job], log=log if size else None, log_size=size)
 
     async def _trigger(self, item: Listed) -> tuple[Message | None, int | None, float | None]:
         """The customer's last message; with HANDOFF_AFTER_MESSAGES also how many they sent in this pending
@@ -301,9 +323,13 @@ class Sweeper:
         return customer[-1], (len(period) if counting else None), (period[0].created_at if period else None)
 
     # ---- sharing the process ------------------------------------------------------------------
-    async def _give_way(self) -> None:
-        """Let live deliveries being decided finish first (briefly: the sweep must still progress)."""
-        await asyncio.sleep(0)
+    async def _give_way(self, worked: float) -> None:
+        """Let live deliveries go first: while they arrive, rest in proportion to the time the last step took
+        (waiting for look-ups aside: LOOP_SHARE), then wait while deliveries are being decided (briefly: the
+        sweep must still progress)."""
+        if self.busy():
+            self._live_at = time.monotonic()
+        await asyncio.sleep(worked * (1 / LOOP_SHARE - 1) if time.monotonic() - self._live_at < QUIET else 0)
         deadline = time.monotonic() + YIELD
         while self.busy() and time.monotonic() < deadline:  # noqa: ASYNC110 (busy() is a count, not an event)
             await asyncio.sleep(0.005)
@@ -317,19 +343,3 @@ class Sweeper:
 
 def _from_customer(m: Message) -> bool:
     return m.kind == "incoming" and not m.private
-
-
-def _swept(key: str, decision: Decision) -> Swept:
-    outcome, reason = decision.outcome, decision.reason
-    if outcome == "handoff":
-        return Swept(key, "opened", decision.rule or "other", reason)
-    if outcome == "defer":
-        return Swept(key, "deferred", decision.rule or "other", reason)
-    if outcome == "duplicate":
-        return Swept(key, "skipped", "decided before", reason)
-    for start, label in SKIPPED.items():
-        if reason.startswith(start):
-            return Swept(key, "skipped", label, reason)
-    if outcome == "keep":
-        return Swept(key, "kept", "timer set" if decision.timer else "no rule fired", reason)
-    return Swept(key, "kept", reason.split(" (")[0].split(":")[0][:60], reason)

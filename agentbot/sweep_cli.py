@@ -17,10 +17,12 @@ from .commands.common import opened_store
 from .config import ConfigError, Settings
 from .handoffs import Handoffs
 from .logs import setup
+from .lookups import sweep_share
 from .metrics import Metrics
 from .store import Store
-from .sweep import LEASE_TTL, Sweeper, SweepResult, Swept
-from .sweep import Progress as SweepProgress
+from .sweep import LEASE_TTL, Sweeper
+from .swept import Progress as SweepProgress
+from .swept import SweepResult, Swept
 
 
 class _Rate(ProgressColumn):
@@ -45,6 +47,9 @@ class _Bar(SweepProgress):
 
     def listing(self, total: int) -> None:
         self.bar.update(self.task, total=(self.bar.tasks[0].total or 0) + total)
+
+    def deciding(self, total: int) -> None:
+        self.bar.update(self.task, total=total)  # a page may repeat a conversation: the count of them all
 
     def decided(self, swept: Swept) -> None:
         self.bar.advance(self.task)
@@ -83,7 +88,13 @@ async def _sweep(settings: Settings, args: argparse.Namespace, store: Store) -> 
         chatwoot = Chatwoot(
             session, settings.chatwoot_url, token, settings.chatwoot_timeout, metrics, Throttle(settings.sweep_rate)
         )
-        sweeper = Sweeper(settings, Handoffs(settings, store, chatwoot, metrics, _utcnow), chatwoot, metrics, _utcnow)
+        sweeper = Sweeper(
+            settings,
+            Handoffs(settings, store, chatwoot, metrics, _utcnow, share=sweep_share()),
+            chatwoot,
+            metrics,
+            _utcnow,
+        )
         accounts = sweeper.accounts(args.account or None)
         lease = None if args.dry_run else await store.lease("sweep", LEASE_TTL)
         if lease is None and not args.dry_run:
@@ -111,7 +122,7 @@ async def _sweep(settings: Settings, args: argparse.Namespace, store: Store) -> 
 
 def _report(result: SweepResult, queued: int, out: Console) -> None:
     for swept in result.conversations:
-        if result.dry_run or swept.outcome in ("opened", "deferred", "error"):
+        if result.dry_run or swept.outcome in ("opened", "deferred", "expired", "error"):
             out.print(swept.line(result.dry_run), markup=False, highlight=False)
     title = f"{'Dry run: ' if result.dry_run else ''}{result.listed} pending conversations"
     if result.failures:
@@ -123,6 +134,7 @@ def _report(result: SweepResult, queued: int, out: Console) -> None:
     names = {
         "opened": "would open" if result.dry_run else "opened",
         "deferred": "deferred to opening time",
+        "expired": "would expire" if result.dry_run else "expired (queued)",
         "kept": "kept pending",
         "skipped": "skipped (changed or active)",
         "error": "errors",

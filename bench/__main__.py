@@ -21,7 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
-from . import payloads, sweep
+from . import burst, payloads, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("bot", "ceiling", "usual")
@@ -259,12 +259,15 @@ async def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench")
     p.add_argument("--store", default="sqlite", help="sqlite (default) or a redis://… URL for the bot")
     p.add_argument("--seconds", type=int, default=6, help="seconds per throughput run and per mixed run")
-    p.add_argument("--rounds", type=int, default=3, help="rounds; each figure is the median over them (0: only the sweep)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds; each figure is the median over them (0: only the sweep and burst workloads)")
     p.add_argument("--rate", type=int, default=500, help="offered deliveries/s for the latency runs")
     p.add_argument("--connections", type=int, default=32, help="wrk connections")
     p.add_argument("--targets", default=",".join(TARGETS))
     p.add_argument("--sweep", type=int, default=10_000, help="pending conversations for the sweep workload (0: skip it)")
     p.add_argument("--sweep-sample", type=float, default=20, help="seconds the default-rate sweep is sampled")
+    p.add_argument("--burst", type=int, default=1000, help="returning customers for the burst workload (0: skip it)")
+    p.add_argument("--burst-limit", type=int, default=200, help="the stand-in's calls per window (Chatwoot: 3000)")
+    p.add_argument("--burst-window", type=float, default=2.0, help="the stand-in's window, seconds (Chatwoot: 60)")
     args = p.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="agentbot-bench-"))
     files = {"ignore": workdir / "ignore.jsonl", "handoff": workdir / "handoff.jsonl"}
@@ -296,6 +299,12 @@ async def main() -> None:
             print(f"sweep workload: {args.sweep} pending conversations", flush=True)
             sweep_figures = await sweep.run(args, standin_url, workdir, Server, open_loop)
             print(f"  {json.dumps(sweep_figures)}", flush=True)
+        burst_figures = None
+        if args.burst and "bot" in targets:
+            print(f"burst workload: {args.burst} returning customers, {args.burst_limit} calls per {args.burst_window} s",
+                  flush=True)
+            burst_figures = await burst.run(args, standin_url, workdir, Server)
+            print(f"  {json.dumps(burst_figures)}", flush=True)
         results = {}
         for target in targets if args.rounds else ():
             results[target] = {w: median_of(runs[target][w]) for w in WORKLOADS}
@@ -314,6 +323,10 @@ async def main() -> None:
         report["sweep"] = sweep_figures
         report["sweep_table"] = sweep.table(sweep_figures, args.rate)
         print("\n" + report["sweep_table"])
+    if burst_figures:
+        report["burst"] = burst_figures
+        report["burst_table"] = burst.table(burst_figures)
+        print("\n" + report["burst_table"])
     (ROOT / "bench" / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwritten to bench/results.json (logs in {workdir})")
 

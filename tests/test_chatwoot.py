@@ -8,9 +8,8 @@ import msgspec
 import pytest
 
 from agentbot.chatwoot import Agent, AgentBot, _agent, _decode_bots, _decode_inbox_bot, _version
-from agentbot.events import PayloadError
+from agentbot.events import PayloadError, parse_contact_conversations
 from agentbot.events import parse_conversation as _partial
-from agentbot.events import parse_contact_conversations
 
 
 def partial(**changes: object) -> dict[str, object]:

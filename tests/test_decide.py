@@ -13,11 +13,22 @@ from typing import Any
 import pytest
 from msgspec.structs import replace
 
-from agentbot.actions import AssignAgent, AssignTeam, PrivateNote, PublicMessage, SetPriority, SetStatus, Step
+from agentbot.actions import (
+    AssignAgent,
+    AssignTeam,
+    EvolutionPause,
+    EvolutionSwitch,
+    PrivateNote,
+    PublicMessage,
+    SetPriority,
+    SetStatus,
+    Step,
+)
 from agentbot.config import Settings, load
-from agentbot.decide import Decision, decide, operator_handoff
+from agentbot.decide import Decision, Need, decide, forward_handoff, operator_handoff
 from agentbot.events import Delivery, parse
 from agentbot.facts import ConversationState, Facts, Resolved
+from agentbot.period import Phase
 from tests.fakechatwoot.model import fixture
 
 NOON = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)  # a Wednesday
@@ -45,7 +56,7 @@ def settings(**env: str) -> Settings:
 @dataclass
 class Case:
     payload: str
-    outcome: str
+    outcome: str | Need  # a Need: the decision asks for that observation first
     rule: str = ""
     jobs: list[list[Step]] = field(default_factory=list)
     timer: tuple[float, list[Step]] | str | None = None  # (due, steps), "cancel" or None
@@ -60,6 +71,7 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     live: bool = True
     waiting_since: float | None = None  # the sweep's
+    observed: dict[str, Any] = field(default_factory=dict)  # what was observed (Facts' queued, pending_now, ...)
 
 
 def delivery(case: Case) -> Delivery:
@@ -77,7 +89,7 @@ def delivery(case: Case) -> Delivery:
 
 
 def row(
-    case_id: str, payload: str, outcome: str, rule: str = "", jobs: list[list[Step]] | None = None, **more: Any
+    case_id: str, payload: str, outcome: str | Need, rule: str = "", jobs: list[list[Step]] | None = None, **more: Any
 ) -> Any:
     return pytest.param(Case(payload, outcome, rule, jobs or [], **more), id=case_id)
 
@@ -94,6 +106,20 @@ KEYWORD = {"HANDOFF_KEYWORDS": "human"}
 ASKED = 'Customer asked for a person ("human")'
 HUMAN = {"content": "a human please"}
 DEFERRED = f"{ASKED} (deferred from closed hours)"
+
+# Evolution API (issue 24): the contact's WhatsApp sessions switched in lane "evolution" beside the decision's jobs.
+EVOLUTION = {"EVOLUTION_URL": "https://evo.example.com", "EVOLUTION_API_KEY": "k"}
+PHONE = {"phone_number": "+55 11 91234-5678"}
+JID = "5511912345678@s.whatsapp.net"
+
+
+N8N = EvolutionPause("n8n", "paused", JID, 3, "Website")
+
+
+def evo(status: str, jid: str = JID, inbox: str | None = "Website") -> EvolutionSwitch:
+    kind = EvolutionPause if status == "paused" else EvolutionSwitch
+    return kind("typebot", status, jid, 3, inbox)
+
 
 CASES = [
     # ---- why a delivery needs nothing, whatever the bot remembers (triage) ----
@@ -171,7 +197,8 @@ CASES = [
         "ignore-already-handed-off",
         PENDING_MSG,
         "ignore",
-        state=ConversationState(handed_off=True),
+        state=ConversationState(phase=Phase.HANDOFF),
+        observed={"queued": True},
         env=KEYWORD,
         message=HUMAN,
         reason="handoff already decided",
@@ -180,10 +207,64 @@ CASES = [
         "ignore-late-delivery",
         PENDING_MSG,
         "ignore",
-        state=ConversationState(left_pending_after=4711),
+        state=ConversationState(since=4711),
         env=KEYWORD,
         message=HUMAN,
         reason="late delivery",
+    ),
+    # ---- a message in a handed-off period: what the decision needs observed first ----
+    row(
+        "handed-off-asks-whether-a-queued-job-still-opens-it",
+        PENDING_MSG,
+        Need.QUEUE,
+        state=ConversationState(phase=Phase.HANDOFF),
+        env=KEYWORD,
+        message=HUMAN,
+    ),
+    row(
+        "handed-off-nothing-queued-bot-owned-asks-for-a-dead-letter",
+        PENDING_MSG,
+        Need.DEAD_LETTER,
+        state=ConversationState(phase=Phase.HANDOFF),
+        observed={"queued": False},
+        env=KEYWORD,
+        message=HUMAN,
+    ),
+    row(
+        "handed-off-nothing-queued-bot-owned-no-dead-letter-is-heard",
+        PENDING_MSG,
+        "ignore",
+        state=ConversationState(phase=Phase.HANDOFF),
+        observed={"queued": False, "dead_letter": False},
+        env=KEYWORD,
+        message=HUMAN,
+        reason="handoff already decided",
+    ),
+    row(
+        "handed-off-nothing-queued-asks-chatwoot-whether-it-is-pending",
+        REOPENED,
+        Need.CONVERSATION,
+        state=ConversationState(phase=Phase.HANDOFF),
+        observed={"queued": False},
+        env=KEYWORD,
+        message=HUMAN,
+    ),
+    row(
+        "handed-off-pending-again-begins-a-period-and-decides",
+        REOPENED,
+        "handoff",
+        "returning",
+        [[OPEN, note("Returning customer: conversation #42 had an agent reply on 2026-09-30")]],
+        state=ConversationState(phase=Phase.HANDOFF),
+        observed={"queued": False, "pending_now": True},
+        env=KEYWORD,
+        message=HUMAN,
+    ),
+    row(
+        "returning-asks-for-a-look-up-with-a-user-token",
+        PENDING_MSG,
+        Need.CONTACT,
+        env={"CHATWOOT_API_TOKEN": "u"},
     ),
     # ---- conversation events: bookkeeping ----
     row(
@@ -528,6 +609,173 @@ CASES = [
         now=SUNDAY_NIGHT,
         live=False,
     ),
+    # ---- Evolution's bot sessions (EVOLUTION_URL): paused at a handoff, twice; opened at a give-back; closed ----
+    row(
+        "evolution-handoff-pauses-now-and-again",
+        PENDING_MSG,
+        "handoff",
+        "keyword",
+        [[OPEN, note(ASKED)], [evo("paused")], [evo("paused")]],
+        env={**KEYWORD, **EVOLUTION},
+        message=HUMAN,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-each-integration",
+        PENDING_MSG,
+        "handoff",
+        "keyword",
+        [[OPEN, note(ASKED)], [evo("paused"), N8N], [evo("paused"), N8N]],
+        env={**KEYWORD, **EVOLUTION, "EVOLUTION_BOTS": "typebot,N8N"},
+        message=HUMAN,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-group-jid",
+        PENDING_MSG,
+        "handoff",
+        "group",
+        [[OPEN], [evo("paused", "120363041@g.us")], [evo("paused", "120363041@g.us")]],
+        env={"WHATSAPP_GROUPS": "open", **EVOLUTION},
+        contact={"identifier": "120363041@g.us"},
+    ),
+    row(
+        "evolution-agent-reply-pauses",
+        OUTGOING,
+        "handoff",
+        "agent_reply",
+        [[OPEN, note("Sam Rivera replied while the conversation was pending")], [evo("paused")], [evo("paused")]],
+        message={"sender": AGENT},
+        env=EVOLUTION,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-unset-pauses-nothing",
+        PENDING_MSG,
+        "handoff",
+        "keyword",
+        [[OPEN, note(ASKED)]],
+        env=KEYWORD,
+        message=HUMAN,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-website-contact-has-no-jid",
+        PENDING_MSG,
+        "handoff",
+        "keyword",
+        [[OPEN, note(ASKED)]],
+        env={**KEYWORD, **EVOLUTION},
+        message=HUMAN,
+    ),
+    row(
+        "evolution-system-contact-is-not-switched",
+        PENDING_MSG,
+        "handoff",
+        "system",
+        [[OPEN]],
+        env=EVOLUTION,
+        contact={"phone_number": "+123456"},
+    ),
+    row("evolution-keep-switches-nothing", PENDING_MSG, "keep", env=EVOLUTION, contact=PHONE),
+    row(
+        "evolution-deferred-handoff-pauses-nothing-yet",
+        PENDING_MSG,
+        "defer",
+        "keyword",
+        timer=(MONDAY_9, [OPEN, note(DEFERRED)]),
+        env={**KEYWORD, **HOURS, **EVOLUTION},
+        message=HUMAN,
+        now=SUNDAY_NIGHT,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-timers-open-pauses-when-seen",
+        "conversation_opened",
+        "record",
+        jobs=[[evo("paused", inbox=None)], [evo("paused", inbox=None)]],
+        timer="cancel",
+        state=ConversationState(phase=Phase.DEFERRED, timer_due=MONDAY_9),
+        env=EVOLUTION,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-an-agent-opening-a-pending-period-pauses",
+        "conversation_opened",
+        "record",
+        jobs=[[evo("paused", inbox=None)], [evo("paused", inbox=None)]],
+        timer="cancel",
+        state=ConversationState(incoming=1),
+        env=EVOLUTION,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-the-handoffs-own-open-pauses-nothing-more",
+        "conversation_opened",
+        "record",
+        timer="cancel",
+        state=ConversationState(phase=Phase.HANDOFF),
+        env=EVOLUTION,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-giveback-opens",
+        NOTE,
+        "pending",
+        "bot_command",
+        [[PENDING], [evo("opened")]],
+        message={"content": "#bot"},
+        timer="cancel",
+        env=EVOLUTION,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-giveback-by-assignment-opens",
+        REOPENED,
+        "keep",
+        jobs=[[evo("opened")]],
+        meta={"assignee": BOT, "assignee_type": "AgentBot"},
+        state=ConversationState(human_owned=True),
+        env=EVOLUTION,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-resolve-closes",
+        "conversation_resolved",
+        "record",
+        jobs=[[evo("closed", inbox=None)]],
+        timer="cancel",
+        env=EVOLUTION,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-resolve-seen-already-closes-nothing",
+        "conversation_status_changed",
+        "record",
+        message={"status": "resolved"},
+        timer="cancel",
+        state=ConversationState(status="resolved"),
+        env=EVOLUTION,
+        contact=PHONE,
+    ),
+    row(
+        "evolution-resolve-keep",
+        "conversation_resolved",
+        "record",
+        timer="cancel",
+        env={**EVOLUTION, "EVOLUTION_ON_RESOLVE": "keep"},
+        contact=PHONE,
+    ),
+    row(
+        "evolution-snooze-switches-nothing",
+        "conversation_status_changed",
+        "record",
+        message={"status": "snoozed"},
+        timer="cancel",
+        state=ConversationState(timer_due=1.0),
+        env=EVOLUTION,
+        contact=PHONE,
+    ),
     # ---- no rule fired: the conversation stays pending ----
     row("keep", PENDING_MSG, "keep", reason="no rule fired"),
     row(
@@ -584,7 +832,11 @@ def outcome(decision: Decision) -> tuple[Any, ...]:
 
 @pytest.mark.parametrize("case", CASES)
 def test_decision(case: Case) -> None:
-    decision = decide(delivery(case), Facts(case.state, case.previous), case.now, settings(**case.env), live=case.live)
+    facts = Facts(case.state, case.previous, **case.observed)
+    decision = decide(delivery(case), facts, case.now, settings(**case.env), live=case.live)
+    if isinstance(decision, Need):
+        assert decision == case.outcome, f"needs {decision}, want {case.outcome}"
+        return
     got, want = outcome(decision), (case.outcome, case.rule, case.jobs, case.timer)
     assert got == want, f"got {got}, want {want} ({decision.reason})"
     assert case.reason in decision.reason, f"reason {decision.reason!r} lacks {case.reason!r}"
@@ -611,3 +863,164 @@ def test_a_resolve_remembers_the_contacts_conversation_and_its_agent() -> None:
     decision = decide(delivery(Case("conversation_resolved", "")), Facts(), NOON, settings())
     assert decision.resolved == Resolved(42, "2026-11-25", 5)
     assert decision.state is not None and decision.state.resolved_on == "2026-11-25"
+
+
+def test_evolution_jobs_queue_in_their_lane_and_the_second_pause_waits() -> None:
+    case = Case(PENDING_MSG, "handoff", env={**KEYWORD, **EVOLUTION}, message=HUMAN, contact=PHONE)
+    decision = decide(delivery(case), Facts(), NOON, settings(**case.env))
+    assert isinstance(decision, Decision)
+    chatwoot, first, second = decision.jobs
+    assert (chatwoot.lane, first.lane, second.lane) == ("", "evolution", "evolution")
+    assert first.not_before == 0 and second.not_before == NOON.timestamp() + 10
+    assert first.period == second.period == decision.state.period and first.trigger == 4711
+    assert "Evolution typebot paused 5511912345678@s.whatsapp.net, 10 s after the decision" in decision.describe()
+
+
+def test_the_operators_button_pauses_evolutions_bot_too() -> None:
+    case = Case(PENDING_MSG, "", contact=PHONE)
+    c = delivery(case).conversation
+    assert c is not None
+    decision = operator_handoff(c, Facts(), NOON, settings(**EVOLUTION), "Ana")
+    assert outcome(decision)[2][1:] == [[evo("paused")], [evo("paused")]]
+
+
+def test_a_give_back_opens_in_the_new_period_and_a_resolve_closes_in_its_own() -> None:
+    before = ConversationState(period=4, phase=Phase.HUMANS, status="open")
+    back = decide(
+        delivery(Case(NOTE, "", message={"content": "#bot"}, contact=PHONE)), Facts(before), NOON, settings(**EVOLUTION)
+    )
+    assert isinstance(back, Decision) and [j.period for j in back.jobs] == [5, 5]
+    resolved = decide(
+        delivery(Case("conversation_resolved", "", contact=PHONE)), Facts(before), NOON, settings(**EVOLUTION)
+    )
+    assert isinstance(resolved, Decision) and [j.period for j in resolved.jobs] == [4]
+
+
+# ---- forwarding to the team's own bot (relay.py): which deliveries are queued for it, where, and when ----
+FORWARD = {"FORWARD_URL": "https://n8n.example.com/webhook/secret-path"}
+LATER = 1_790_770_000.0  # after every fixture's updated_at
+
+
+@dataclass
+class Forwarded:
+    payload: str
+    kind: str | None  # the step's op ("forward": a message's; "forward_event": an event's), None: not forwarded
+    outcome: str = ""  # the decision's, unchanged by forwarding
+    lane: str = "forward"
+    order: float = 0.0
+    period: int = 0
+    state: ConversationState = field(default_factory=ConversationState)
+    observed: dict[str, Any] = field(default_factory=dict)
+    message: dict[str, Any] = field(default_factory=dict)
+    conversation: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=lambda: FORWARD)
+
+
+def fwd(case_id: str, payload: str, kind: str | None, outcome: str = "", **more: Any) -> Any:
+    return pytest.param(Forwarded(payload, kind, outcome, **more), id=case_id)
+
+
+FORWARDS = [
+    fwd("a-customer-message-the-rules-keep", PENDING_MSG, "forward", "keep", order=4711),
+    fwd("the-message-that-hands-off-is-not", PENDING_MSG, None, "handoff", message=HUMAN, env={**FORWARD, **KEYWORD}),
+    fwd(
+        "a-message-after-the-handoff-was-decided-is-not",
+        PENDING_MSG,
+        None,
+        "ignore",
+        state=ConversationState(phase=Phase.HANDOFF),
+        observed={"queued": True},
+    ),
+    fwd(
+        "a-message-while-a-handoff-waits-for-the-opening-time-is-not",
+        PENDING_MSG,
+        None,
+        "ignore",
+        state=ConversationState(phase=Phase.DEFERRED, timer_due=MONDAY_9),
+        observed={"queued": True},
+    ),
+    fwd("a-message-in-an-open-conversation-is-not", PENDING_MSG, None, "ignore", conversation={"status": "open"}),
+    fwd(
+        "a-late-message-of-a-conversation-the-bot-saw-opened-since-is-not",
+        PENDING_MSG,
+        None,
+        "ignore",
+        state=ConversationState(phase=Phase.HUMANS, status="open", updated=LATER, since=4711),
+    ),
+    fwd(
+        "the-first-message-of-a-new-period-carries-that-period",
+        PENDING_MSG,
+        "forward",
+        "keep",
+        order=4711,
+        period=3,
+        state=ConversationState(period=2, phase=Phase.CLOSED, status="resolved", since=4700),
+    ),
+    fwd("the-bots-own-reply-the-rules-ignore", OUTGOING, "forward", "ignore", order=4712),
+    fwd("a-receipt-while-pending", "message_updated", "forward", "ignore", order=4713),
+    fwd(
+        "a-resolve-goes-after-the-message-it-followed", "conversation_resolved", "forward_event", "record", order=4720.5
+    ),
+    fwd(
+        "an-update-while-pending",
+        "conversation_updated",
+        "forward_event",
+        "ignore",
+        message={"status": "pending"},
+        order=4714.5,
+    ),
+    fwd(
+        "a-widget-event-queues-in-its-contacts-lane",
+        "webwidget_triggered",
+        "forward_event",
+        "ignore",
+        lane="forward-contact-58",
+    ),
+    fwd("nothing-without-a-forward-url", PENDING_MSG, None, "keep", env={}),
+]
+
+
+@pytest.mark.parametrize("case", FORWARDS)
+def test_where_forwards_are_queued(case: Forwarded) -> None:
+    c = Case(case.payload, "", message=case.message, conversation=case.conversation)
+    body = json.dumps(_body(c)).encode()
+    facts = Facts(case.state, **case.observed)
+    decision = decide(parse(body), facts, NOON, settings(**case.env), body=body)
+    assert isinstance(decision, Decision) and decision.outcome == case.outcome, decision
+    forwards = [job for job in decision.jobs if job.lane.startswith("forward")]
+    if case.kind is None:
+        assert forwards == [], forwards
+        return
+    [job] = forwards
+    [step] = job.steps
+    assert (step.op, job.lane, job.order, job.period) == (case.kind, case.lane, case.order, case.period)
+    assert step.body == body.decode() and job.not_before == NOON.timestamp() + 0.5  # held for an earlier message
+
+
+def _body(case: Case) -> dict[str, Any]:
+    body = fixture(case.payload)
+    body.update(case.message)
+    body.get("conversation", body).update(case.conversation)
+    return body
+
+
+HANDED = "Your bot asked for a person: wants a refund"
+
+
+@pytest.mark.parametrize(
+    "state, period, want",
+    [
+        pytest.param(ConversationState(period=2), 2, "handoff", id="still-the-bots-hands-off"),
+        pytest.param(ConversationState(period=2, phase=Phase.HUMANS), 2, "ignore", id="already-with-humans"),
+        pytest.param(ConversationState(period=2, phase=Phase.HANDOFF), 2, "ignore", id="a-handoff-already-decided"),
+        pytest.param(ConversationState(period=2, phase=Phase.DEFERRED), 2, "ignore", id="a-handoff-deferred"),
+        pytest.param(ConversationState(period=3), 2, "ignore", id="a-later-period-began"),
+    ],
+)
+def test_the_team_bots_handoff_only_while_the_conversation_is_the_bots(state, period, want) -> None:
+    c = delivery(Case(PENDING_MSG, "")).conversation
+    assert c is not None
+    decision = forward_handoff(c, Facts(state), NOON, settings(HANDOFF_TEAM_ID="2"), period, HANDED)
+    assert decision.outcome == want, decision.reason
+    if want == "handoff":
+        assert outcome(decision) == ("handoff", "forward", [[AssignTeam(2), OPEN, note(HANDED)]], None)

@@ -44,16 +44,21 @@ def test_dockerfile_essentials():
     assert "STORE_URL" not in env
     assert Settings.model_fields["store_url"].default == "sqlite:///agentbot.sqlite3"
     workdir = [i[1] for i in instructions if i[0] == "WORKDIR"][-1]
-    assert workdir == "/data" and '["/data"]' in [i[1] for i in instructions if i[0] == "VOLUME"]
+    assert workdir == "/data"
+    # Railway builds from a Dockerfile when there is one and refuses VOLUME ("use Railway Volumes").
+    assert "VOLUME" not in kinds
     health = next(i[1] for i in instructions if i[0] == "HEALTHCHECK")
     assert "/healthz" in health and "PORT" in health
     assert instructions[-1] == ["CMD", '["python", "-m", "agentbot"]']
 
 
-def test_app_json_lists_every_setting():
+def test_app_json_lists_every_setting_but_port_and_has_dokkus_health_check():
     app = json.loads((ROOT / "app.json").read_text())
     names = {name.upper() for name in Settings.model_fields}
-    assert names == set(app["env"])
+    assert names - {"PORT"} == set(app["env"])  # Heroku and Dokku assign PORT: not a field to fill
+    # Dokku reads its zero-downtime checks from app.json (there is no `dokku checks:set web /healthz`).
+    [check] = app["healthchecks"]["web"]
+    assert check["type"] == "startup" and check["path"] == "/healthz" and check["attempts"] >= 1
     for name in ("CHATWOOT_URL", "CHATWOOT_BOT_TOKEN"):
         assert app["env"][name]["required"] is True
     assert all(v["description"] for v in app["env"].values())
@@ -102,6 +107,19 @@ def test_heroku_button_needs_no_hand_edits_for_heroku_redis():
     app = json.loads((ROOT / "app.json").read_text())
     assert app["env"]["REDIS_TLS_VERIFY"]["value"] == "false"  # Heroku Redis: self-signed certificate
     assert "STORE_URL" not in {k for k, v in app["env"].items() if "value" in v}  # REDIS_URL is read at start
+
+
+def test_readme_states_every_paid_plan_the_deploy_files_choose():
+    readme = (ROOT / "README.md").read_text()
+    deploy = readme.split("\n## Deploy\n", 1)[1].split("\n### ", 1)[0]
+    app = json.loads((ROOT / "app.json").read_text())
+    blueprint = yaml.safe_load((ROOT / "render.yaml").read_text())
+    plans = [f"Render {s['type']} `{s['plan']}`" for s in blueprint["services"]]
+    plans += [f"Heroku `{a['plan']}`" for a in app["addons"]] + [f"Heroku `{app['formation']['web']['size']}`"]
+    for plan in plans:
+        assert plan.split(" ", 1)[1].split(" ")[-1] in deploy, plan
+    assert deploy.count("/month") >= len(plans)  # each with its price
+    assert "checks:set web /healthz" not in readme and "RAILWAY_RUN_UID=0" in deploy
 
 
 def test_readme_deploy_section_starts_with_the_buttons():

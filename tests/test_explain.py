@@ -178,3 +178,18 @@ async def test_rules_prints_the_effective_rules_per_inbox(tmp_path):
     every, inbox4 = out.split("Inbox 4:")
     assert "every pending conversation is opened" not in every
     assert "every pending conversation is opened" in inbox4
+
+
+async def test_explain_shows_the_evolution_switches_a_delivery_would_queue(tmp_path, capsys):
+    body = fixture("message_created_incoming_pending")
+    body["content"] = "a human please"
+    body["conversation"]["meta"]["sender"]["phone_number"] = "+55 11 91234-5678"
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(body))
+    env = {"HANDOFF_KEYWORDS": "human", "EVOLUTION_URL": "https://evo.example.com", "EVOLUTION_API_KEY": "k"}
+    out = await explain(env, path, "2026-11-25T10:00:00+00:00", capsys)
+    assert out.splitlines()[1:] == [
+        "  then conversation 1:42: set open, private note 'Customer asked for a person (\"human\")'",
+        "  then conversation 1:42: Evolution typebot paused 5511912345678@s.whatsapp.net",
+        "  then conversation 1:42: Evolution typebot paused 5511912345678@s.whatsapp.net, 10 s after the decision",
+    ]

@@ -149,7 +149,8 @@ async def test_a_contacts_previous_conversation_held_by_the_bot_gives_no_previou
     try:
         settings = load({"CHATWOOT_URL": "http://cw", "CHATWOOT_BOT_TOKEN": "t", "CHATWOOT_API_TOKEN": "u"})
         handoffs = Handoffs(settings, store, Stub(), Metrics(), lambda: datetime.now(timezone.utc))  # type: ignore[arg-type]
-        found = await handoffs._look_up(c, cache=False)
+        assert handoffs.lookups is not None
+        found = (await handoffs.lookups.previous(c, wait=True, cache=False)).previous
     finally:
         await store.close()
     assert found is not None and found.display_id == c.display_id - 1
@@ -175,7 +176,7 @@ async def test_an_unsure_note_of_a_dead_letter_retried_two_days_later_is_not_pos
     await wait_for(lambda: bot.bot.store.dead_letters(), 10, "the dead letter")
     await bot.idle()
     assert len(fake.notes(conv.display_id)) == 1
-    assert [j.unsure for j in await bot.bot.store.dead_letters()] == [True]
+    assert [j.attempt.maybe for j in await bot.bot.store.dead_letters()] == [True]
     fake.agent_writes(conv.display_id, "Hello Maria")  # the note is no longer the conversation's last message
     clock.at = datetime.now(timezone.utc) + timedelta(days=2)  # the operator retries two days later
     await bot.bot.store.prune(clock().timestamp())

@@ -110,7 +110,7 @@ async def test_after_a_returning_customer_the_page_lists_the_handoff_and_charts_
     await signed_in(bot, browser)
     [row] = await browser.all("tr.decision")
     text = await browser.call(lambda: row.text)
-    assert "Maria Lopez" in text and "handoff" in text and "returning" in text
+    assert "Maria Lopez" in text and "handed to humans" in text and "Returning customer" in text and "Website" in text
     assert f"Returning customer: conversation #{conv.display_id}" in text
     link = await browser.find("tr.decision a")
     href = await browser.call(link.get_attribute, "href")
@@ -123,7 +123,7 @@ async def test_after_a_returning_customer_the_page_lists_the_handoff_and_charts_
     assert found == [("returning", "1"), ("returning", "1")]  # the hour's bar and the day's bar
     height = await browser.call(bars[0].get_attribute, "height")
     assert float(height) > 50
-    assert "Decisions, last 24 hours: handoff 1" in await browser.text("#activity")
+    assert "Decisions, today: handed to humans 1" in await browser.text("#activity")
     await browser.shot("story")
 
     await browser.go(bot.url + "/?outcome=keep#decisions")
@@ -141,11 +141,11 @@ async def test_why_is_a_kept_conversation_pending_and_hand_it_off_now(fake, star
     await browser.click("#why-button")
     assert await browser.text("#why-status") == "pending"
     assert "1 customer message(s) in the current pending period" in await browser.text("#why-remembered")
-    assert "keep: new customer: no rule fired" in await browser.text("#why-log")
+    assert "kept pending: new customer: no rule fired" in await browser.text("#why-log")
     assert "keep: new customer: no rule fired, conversation stays pending" in await browser.text("#why-decision")
     await browser.shot("why-pending")
     await browser.click("#handoff-now")
-    assert "Handoff queued" in await browser.text("#notice")
+    assert f"#{kept.display_id}: handoff queued" in await browser.text("#notice")
     await wait_for(lambda: kept.status == "open", 5, "the handoff from the page")
     await bot.idle()
     assert fake.opened_by(kept.display_id) == ["bot:7"]
@@ -163,16 +163,16 @@ async def test_a_dead_letters_retry_requeues_it_and_it_completes(fake, start_bot
     fake.customer_writes(maria, "Back again")
     await wait_for(lambda: bot.bot.store.dead_letters(), 5, "the dead letter")
     await signed_in(bot, browser)
-    assert "toggle_status: 422" in await browser.text("#dead")
+    assert "Chatwoot refused to open the conversation: 422" in await browser.text("#failures")
     await browser.shot("dead-letter")
-    await browser.click("#dead button.retry")
-    assert "Dead letter re-queued" in await browser.text("#notice")
+    await browser.click("#failures button.retry")
+    assert "dead letter re-queued" in await browser.text("#notice")
     await wait_for(lambda: conv.status == "open", 5, "the re-queued handoff")
     await bot.idle()
     assert await bot.bot.store.dead_letters() == []
     assert len(fake.notes(conv.display_id)) == 1
     await browser.go(bot.url + "/")
-    assert "None." in await browser.text("#dead")
+    assert "Nobody is stuck" in await browser.text("#failures")
 
 
 async def test_the_page_fits_a_phone(fake, start_bot, browser):

@@ -71,7 +71,7 @@ async def test_an_empty_token_and_bad_page_input_get_a_clear_answer(fake, start_
             assert r.status == 401 and "paste your Chatwoot access token" in await r.text()
         await sign_in(s, bot.url)
         async with s.get(bot.url + "/?why=abc&inbox=x") as r:
-            assert r.status == 200 and "'abc' is not a conversation number of your accounts" in html.unescape(
+            assert r.status == 200 and "'abc' is not a conversation number (example: 123)" in html.unescape(
                 await r.text()
             )
         async with s.get(bot.url + "/?why=999") as r:
@@ -98,25 +98,14 @@ class Sweeper:
         return "Opened 1 conversation."
 
 
-async def test_the_sweep_panel_shows_when_the_bot_has_a_sweeper(fake, start_bot):
+async def test_the_sweep_panel_says_when_the_bot_has_no_sweeper(fake, start_bot):
+    """Without CHATWOOT_API_TOKEN there is no sweep; the background sweep itself: test_sweep's page stories."""
     bot = await start_bot()
     async with client() as s:
         await sign_in(s, bot.url)
         async with s.get(bot.url + "/") as r:
             page = await r.text()
         assert "Sweep not available" in page and "sweep not available" in page
-        bot.bot.sweeper = sweeper = Sweeper()
-        async with s.get(bot.url + "/") as r:
-            page = await r.text()
-        csrf = re.search(r'name="csrf" value="([^"]+)"', page)[1]
-        assert "Dry run" in page and "Last sweep: not yet" in page
-        async with s.post(bot.url + "/actions/sweep", data={"csrf": csrf, "mode": "preview"}) as r:
-            text = await r.text()
-            assert "Dry run: nothing was changed" in text and "open (returning customer)" in text and sweeper.runs == 0
-        async with s.post(bot.url + "/actions/sweep", data={"csrf": csrf, "mode": "run"}) as r:
-            assert "Opened 1 conversation." in await r.text() and sweeper.runs == 1
-        async with s.post(bot.url + "/actions/sweep", data={"csrf": "x", "mode": "run"}) as r:
-            assert r.status == 403 and sweeper.runs == 1
 
 
 async def test_healthz_metrics_and_webhook_need_no_session(fake, start_bot):
@@ -160,3 +149,71 @@ async def test_hand_off_now_clicked_twice_queues_one_handoff(fake, start_bot):
 
 async def _outbox_empty(bot) -> bool:
     return await bot.bot.store.depth() == 0
+
+
+async def test_a_hand_off_for_an_unknown_conversation_answers_in_html_and_queues_nothing(fake, start_bot):
+    bot = await start_bot()
+    async with client() as s:
+        await sign_in(s, bot.url)
+        async with s.get(bot.url + "/") as r:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', await r.text())[1]
+        for number, said in (
+            ("9999", "Nothing was queued: Chatwoot has no conversation #9999 in account 1."),
+            ("-5", "'-5' is not a conversation number: they start at 1"),
+        ):
+            form = {"csrf": csrf, "account": "1", "conversation": number}
+            async with s.post(bot.url + "/actions/handoff", data=form) as r:
+                page = html.unescape(await r.text())
+                assert r.status == 200 and r.content_type == "text/html" and said in page
+        async with s.get(bot.url + "/?why=1&note=ok:forged&sig=0") as r:
+            assert "forged" not in await r.text()  # a notice in the URL shows only with the session's signature
+    assert fake.calls_to("toggle_status") == []
+
+
+async def test_keeps_are_one_row_per_conversation_and_hidden_by_default(fake, start_bot):
+    bot = await start_bot()
+    joao = fake.contact("Joao Silva")
+    for text in ("Hello", "Are you there?", "Hello?"):
+        fake.customer_writes(joao, text)
+        await bot.idle()
+    async with client() as s:
+        await sign_in(s, bot.url)
+        async with s.get(bot.url + "/") as r:
+            assert 'data-outcome="keep"' not in await r.text()  # the default: what needs attention
+        async with s.get(bot.url + "/?outcome=keep") as r:
+            page = await r.text()
+    assert page.count('data-outcome="keep"') == 1 and "×3" in page
+
+
+async def test_the_last_sweep_is_shown_in_the_pages_time_zone(fake, start_bot):
+    bot = await start_bot(TIMEZONE="America/Sao_Paulo")
+    bot.bot.sweeper = sweeper = Sweeper()
+    sweeper.last_run = "2026-11-26 04:00 UTC: opened 1 conversation"
+    async with client() as s:
+        await sign_in(s, bot.url)
+        async with s.get(bot.url + "/") as r:
+            assert "Last sweep: 2026-11-26 01:00 America/Sao_Paulo: opened 1 conversation" in await r.text()
+
+
+async def test_trusted_proxies_must_be_addresses_or_networks():
+    from agentbot.config import ConfigError, load
+
+    assert load({"TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1,*"}).trusted_proxies == ["10.0.0.0/8", "192.0.2.1", "*"]
+    try:
+        load({"TRUSTED_PROXIES": "10.0.0.0/8,router"})
+    except ConfigError as exc:
+        assert str(exc).startswith("TRUSTED_PROXIES: 'router' is not an IP address or network")
+    else:
+        raise AssertionError("accepted")
+
+
+async def test_behind_a_platform_router_the_hop_it_added_is_the_client(fake, start_bot):
+    bot = await start_bot(TRUSTED_PROXIES="*")  # Heroku, Render, Railway, Fly: only their router reaches the bot
+    async with client() as s:
+        for i in range(6):  # forged first hops, the router's own hop last
+            assert (await sign_in(s, bot.url, "wrong", **{"X-Forwarded-For": f"10.0.0.{i}, 203.0.113.9"})).status in (
+                401,
+                429,
+            )
+        assert (await sign_in(s, bot.url, "wrong", **{"X-Forwarded-For": "10.0.0.99, 203.0.113.9"})).status == 429
+        assert (await sign_in(s, bot.url, ADMIN, **{"X-Forwarded-For": "198.51.100.7"})).status == 303

@@ -413,7 +413,7 @@ async def test_an_unsure_handoff_waits_for_an_unheard_message_only_so_long(fake,
     """As above, but the customer's message never reaches the bot (the instance it went to was killed): after
     CATCH_UP the handoff goes ahead, and the new period still gets one note and one message."""
     needs_reads(fake)
-    monkeypatch.setattr("agentbot.outbox.CATCH_UP", 0.5)
+    monkeypatch.setattr("agentbot.guard.CATCH_UP", 0.5)
     _, conv, lost = await unsure_open_then_a_new_period(fake, start_bot)
     await wait_for(lambda: fake.bot_messages(conv.display_id), 10, "the handoff, after waiting")
     assert conv.status == "open"

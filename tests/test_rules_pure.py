@@ -203,13 +203,13 @@ def test_given_back_by_assignment_the_agent_reply_no_longer_counts():
     assert d.conversation.first_reply_at is not None
     had_it = Facts(ConversationState(human_owned=True))  # the bot last saw it with a human (or nobody)
     assert decide(d, had_it, NOON, settings()).outcome == "keep"
-    seen = Facts(ConversationState(resolved_on="2026-11-20", left_pending_after=900, human_owned=True))
+    seen = Facts(ConversationState(resolved_on="2026-11-20", since=900, human_owned=True))
     assert decide(d, seen, NOON, settings()).outcome == "keep"
     # Other rules still apply; a conversation bot-owned since its creation (an agent replied and resolved it
     # without taking it) is a returning customer's, and so is one the bot never saw.
     assert decide(d, had_it, NOON, settings(HANDOFF_KEYWORDS="thanks")).rule == "keyword"
     assert decide(d, Facts(), NOON, settings()).rule == "returning"
-    always_bot = Facts(ConversationState(resolved_on="2026-11-20", left_pending_after=900))
+    always_bot = Facts(ConversationState(resolved_on="2026-11-20", since=900))
     assert decide(d, always_bot, NOON, settings()).rule == "returning"
     human = message("reopened", "thanks!")
     assert decide(human, Facts(), NOON, settings()).rule == "returning"

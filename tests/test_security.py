@@ -208,9 +208,9 @@ async def test_a_burst_while_chatwoot_is_slow_is_answered_within_chatwoots_deadl
     fake.bots[7].secret = None
     bot = await start_bot(CHATWOOT_API_TOKEN="user-token-5", WEBHOOK_TOKEN=TOKEN)
     # Scaled down: the bot gives up on a look-up after 0.5 s (2 s) and Chatwoot waits 1.25 s (5 s).
-    handoffs = sys.modules[type(bot.bot.handoffs).__module__]
-    assert handoffs.LOOKUP_TIMEOUT < fake.webhook_timeout == 5.0  # the real look-up timeout beats Chatwoot's deadline
-    monkeypatch.setattr(handoffs, "LOOKUP_TIMEOUT", 0.5)
+    lookups = sys.modules[type(bot.bot.handoffs.lookups).__module__]
+    assert lookups.LOOKUP_TIMEOUT < fake.webhook_timeout == 5.0  # the real look-up timeout beats Chatwoot's deadline
+    monkeypatch.setattr(lookups, "LOOKUP_TIMEOUT", 0.5)
     fake.webhook_timeout = 1.25
     slow = fake.hold("contact_conversations")  # Chatwoot does not answer the look-ups
     ana = fake.contact("Ana")

@@ -8,6 +8,7 @@ import pytest
 
 from agentbot.actions import AssignTeam, Job, PublicMessage, SetStatus
 from agentbot.facts import ConversationState, Resolved
+from agentbot.period import Phase
 from agentbot.store import Commit, open_store
 from tests.conftest import wait_for
 
@@ -17,7 +18,7 @@ def job(display_id: int, reason: str = "r") -> Job:
 
 
 async def test_commit_is_once_per_delivery_and_saves_everything(store):
-    state = ConversationState(handed_off=True, incoming=2)
+    state = ConversationState(period=3, phase=Phase.HANDOFF, incoming=2)
     c = Commit("d:1", "1:42", state, [job(42)], contact_key="1:58", resolved=Resolved(38, "2026-11-20", 5))
     assert await store.commit(c, 100.0) is True
     assert await store.commit(c, 101.0) is False
@@ -190,23 +191,79 @@ async def test_a_renewed_lease_keeps_the_job(redis):
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
-async def test_a_claimed_step_is_marked_unsure_before_it_runs(backend, request, tmp_path):
-    """After a crash or a lost answer the next run knows the step's call may have reached Chatwoot."""
+async def test_a_job_whose_run_never_ended_comes_back_with_an_attempt_that_may_have_landed(backend, request, tmp_path):
+    """After a crash the next run knows the job's calls may have reached Chatwoot, though claiming wrote nothing
+    that waited for the disk (SQLite: no clean stop; Redis: the dead run's claim is still there)."""
     from agentbot.store.base import LEASE
 
     url = request.getfixturevalue("redis") if backend == "redis" else f"sqlite:///{tmp_path}/s.sqlite3"
-    first_process, second_process = open_store(url), open_store(url)
+    first_process, second_process = open_store(url, runs_jobs=True), open_store(url, runs_jobs=True)
     await first_process.open()
     await first_process.commit(Commit("d:1", "1:1", jobs=[job(1)]), 100.0)
     running = await first_process.claim(100.0)
-    assert running.unsure is False
+    assert running.attempt is None
     await first_process.close()  # the process dies while the call is on its way
     await second_process.open()
     try:
         again = await second_process.claim(100.0 + LEASE + 1)
-        assert again.unsure is True
-        again.unsure, again.next_at = False, 200.0  # e.g. connection refused: certainly not applied
+        assert again.attempt is not None and again.attempt.maybe and again.attempt.step == 0
+        assert again.recovered is False  # the same boot: a crash, not a power cut; its later steps are not in doubt
+        again.attempt, again.next_at = None, 200.0  # e.g. Chatwoot showed the step's effect missing
         assert await second_process.retry(again) is True
-        assert (await second_process.claim(200.0)).unsure is False
+        assert (await second_process.claim(200.0)).attempt is None
     finally:
         await second_process.close()
+
+
+async def test_a_conversations_lanes_run_beside_each_other_each_in_order(store):
+    chatwoot = job(1, "open")
+    evolution = [Job(1, 1, "pause", [SetStatus("open")], lane="evolution") for _ in range(2)]
+    await store.commit(Commit("d:1", "1:1", jobs=[chatwoot, *evolution]), 100.0)
+    first, second = await store.claim(100.0), await store.claim(100.0)
+    assert {first.queue_key, second.queue_key} == {"1:1", "1:1/evolution"}  # a failing lane holds up no other
+    assert await store.claim(100.0) is None  # the second evolution job waits for the first
+    lane = first if first.lane else second
+    await store.finish(lane, 100.0)
+    assert (await store.claim(100.0)).queue_key == "1:1/evolution"
+    assert [j.reason for j in await store.jobs("1:1")] == ["open"]  # the conversation's Chatwoot jobs only
+
+
+# ---- a lane in the order of its jobs' `order` (forwards: by message id), ready at its head's not_before ----
+def forward(order: float, not_before: float = 0.0) -> Job:
+    return Job(1, 1, f"message {order:g}", [SetStatus("open")], lane="forward", order=order, not_before=not_before)
+
+
+async def test_a_lane_runs_its_jobs_by_order_whatever_order_they_were_queued_in(store):
+    for n, order in enumerate((12.0, 10.0, 11.5, 11.0, 13.0)):
+        await store.commit(Commit(f"d:{n}", "1:1", jobs=[forward(order)]), 100.0)
+    ran = []
+    while (claimed := await store.claim(100.0)) is not None:
+        ran.append(claimed.order)
+        await store.finish(claimed, 100.0)
+    assert ran == [10.0, 11.0, 11.5, 12.0, 13.0]
+
+
+async def test_a_job_queued_with_a_lower_order_waits_for_the_one_running_then_goes_first(store):
+    await store.commit(Commit("d:1", "1:1", jobs=[forward(12.0)]), 100.0)
+    running = await store.claim(100.0)
+    await store.commit(Commit("d:2", "1:1", jobs=[forward(10.0)]), 100.0)  # Chatwoot delivered it late
+    await store.commit(Commit("d:3", "1:1", jobs=[forward(11.0)]), 100.0)
+    running.next_at = 101.0  # its team bot answered 503: it retries, and goes on holding the later ones
+    assert await store.retry(running) is True
+    assert await store.claim(100.5) is None
+    ran = []
+    while (claimed := await store.claim(101.0)) is not None:
+        ran.append(claimed.order)
+        await store.finish(claimed, 101.0)
+    assert ran == [10.0, 11.0, 12.0]  # once released, the lower ones first
+
+
+async def test_a_lane_is_ready_when_its_next_job_may_run(store):
+    await store.commit(Commit("d:1", "1:1", jobs=[forward(10.0, not_before=100.5)]), 100.0)
+    await store.commit(Commit("d:2", "1:1", jobs=[forward(11.0, not_before=100.8)]), 100.1)
+    assert await store.claim(100.4) is None  # nothing claimed just to be told to wait (a synced write)
+    first = await store.claim(100.5)
+    assert first.order == 10.0
+    await store.finish(first, 100.6)
+    assert await store.claim(100.7) is None
+    assert (await store.claim(100.8)).order == 11.0

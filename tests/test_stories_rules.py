@@ -403,8 +403,8 @@ async def test_extras_refused_by_an_older_chatwoot_do_not_stop_the_handoff(fake,
 
 
 async def test_an_agent_gives_back_by_assigning_the_bot_and_the_next_message_keeps_it_pending(fake, start_bot):
+    maria, conv = returning(fake)  # before the bot ran (as `returning` says): its reply and resolve took minutes
     bot = await start_bot(HANDOFF_KEYWORDS="human")
-    maria, conv = returning(fake)
     fake.customer_writes(maria, "me again")  # returning: opened for humans
     await opened(bot, conv)
     fake.agent_writes(conv.display_id, "Done; the bot takes it from here.")

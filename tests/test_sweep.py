@@ -438,21 +438,21 @@ async def test_a_conversation_given_back_to_the_bot_waits_for_the_customers_next
     await wait_for(lambda: conv.status == "open", 5, "the handoff at the customer's next message")
 
 
-async def test_a_start_up_sweep_looks_again_at_what_was_too_recent(fake, start_bot, monkeypatch):
-    from agentbot import sweep_loop
-
-    monkeypatch.setattr(sweep_loop, "RECHECK", 0.2)  # seconds after the start-up sweep (30 in production)
+async def test_a_customer_who_wrote_5_s_before_the_bot_started_is_handed_off_within_a_minute(fake, start_bot):
+    """Their delivery was lost (the bot was down, or asleep and woken by it); the start-up sweep leaves them to it
+    (active in the last 30 s) and looks again once they are no longer recent, not a SWEEP_INTERVAL later."""
     disconnected(fake)
-    conv = aged(fake, [came_back(fake, "Woke the bot")], 5)[0]  # its delivery was lost while the bot woke up
-    clock = Clock()
-    bot = await start_bot(clock, **USER)
+    conv = aged(fake, [came_back(fake, "Woke the bot")], 5)[0]
+    clock = Clock(datetime.now(timezone.utc))
+    bot = await start_bot(clock, **USER)  # SWEEP_INTERVAL: 600 s
     swept = bot.bot.metrics.swept
     await wait_for(lambda: swept.labels("skipped")._value.get() == 1, 10, "the start-up sweep to leave it")
     assert conv.status == "pending"
-    clock.at = datetime.now(timezone.utc) + timedelta(seconds=60)
-    await wait_for(lambda: conv.status == "open", 10, "the second look")
+    clock.at += timedelta(seconds=26)  # 31 s since the customer wrote: no longer recent
+    await wait_for(lambda: conv.status == "open", 5, "the second pass")
     await bot.idle()
     assert_handed_off_once(fake, [conv])
+    assert bot.bot.metrics.sweeps.labels("done")._value.get() == 2
 
 
 async def test_a_sweep_rate_below_one_call_a_second_is_a_pace_not_an_error():
@@ -491,36 +491,92 @@ async def test_a_new_customer_is_looked_up_once_not_at_every_sweep(fake, start_b
     assert len(fake.calls_to("contact_conversations", caller="user")) == 3  # the bot remembers it saw them
 
 
-async def test_the_operator_pages_sweep_buttons_run_the_sweep(fake, start_bot):
+async def test_the_operator_pages_sweep_runs_in_the_background_and_a_dry_run_offers_run_these_now(fake, start_bot):
+    from tests.test_page_http import client, sign_in
+
+    disconnected(fake)
+    back = aged(fake, [came_back(fake, f"R{i}") for i in range(2)])
+    new = aged(fake, [new_customer(fake, "N")])
+    bot = await start_bot(**USER, SWEEP_INTERVAL="0")  # no sweeps of its own: only the page's
+    held = fake.hold("conversations")  # the listing waits: the sweep is seen running
+
+    async with client() as s:
+        await sign_in(s, bot.url)
+
+        async def page(path: str = "/sweep") -> str:
+            async with s.get(bot.url + path) as r:
+                assert r.status == 200
+                return await r.text()
+
+        async def press(mode: str, **more: str) -> str:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', await page("/"))[1]
+            form = {"csrf": csrf, "mode": mode, **more}
+            async with s.post(bot.url + "/actions/sweep", data=form, allow_redirects=False) as r:
+                assert r.status == 303  # POST-redirect-GET: a reload shows, never runs again
+                return r.headers["Location"]
+
+        assert "Last sweep: not yet" in await page("/")
+        assert await press("preview") == "/sweep"
+        running = await page()
+        assert "Dry run" in running and "running" in running and 'http-equiv="refresh"' in running
+        assert await press("run") == "/sweep?busy=1"  # one at a time
+        assert "A sweep is running already" in await page("/sweep?busy=1")
+        held.times = 0
+        held.release.set()
+        done = await wait_for(lambda: _done(page), 10, "the dry run's result")
+        assert "decided 3 of 3" in done and "would be" in done
+        for conv in back:
+            assert f'href="{fake.url}/app/accounts/1/conversations/{conv.display_id}"' in done
+        assert f"/conversations/{new[0].display_id}" not in done  # kept ones are counted, not listed
+        assert [c.status for c in back] == ["pending", "pending"]
+        run_id = re.search(r'name="run" value="([^"]+)"', done)[1]
+        assert "Run these 2 now" in done
+
+        assert await press("these", run=run_id) == "/sweep"
+        result = await wait_for(lambda: _done(page), 10, "the sweep of those conversations")
+        assert "Sweep of 2 conversations" in result and "opened 2 (returning 2)" in result
+        await wait_for(lambda: all(c.status == "open" for c in back), 5, "the page's handoffs")
+        calls = len(fake.calls_to("conversations", caller="user"))
+        for _ in range(2):  # reloading the result runs nothing
+            assert "opened 2 (returning 2)" in await page()
+        assert len(fake.calls_to("conversations", caller="user")) == calls
+        assert await press("these", run=run_id) == "/sweep?gone=1"  # that dry run is no longer the latest
+        assert "Last sweep: " in (await page("/")) and "opened 2 (returning 2)" in await page("/")
+    await bot.idle()
+    assert_handed_off_once(fake, back)
+    assert new[0].status == "pending"
+    # The decision log has the sweep's handoffs; its keeps (thousands at a first sweep) stay out of it.
+    logged = await bot.bot.store.decisions(datetime.now(timezone.utc).timestamp())
+    assert sorted((e.display_id, e.outcome, e.rule, e.event) for e in logged) == [
+        (c.display_id, "handoff", "returning", "sweep") for c in back
+    ]
+
+
+async def _done(page) -> str | None:
+    text = await page()
+    return text if "· done" in text else None
+
+
+async def test_the_pages_sweep_answers_bad_input_clearly_and_changes_nothing(fake, start_bot):
     from tests.test_page_http import client, sign_in
 
     disconnected(fake)
     back = aged(fake, [came_back(fake, "R")])
-    new = aged(fake, [new_customer(fake, "N")])
-    bot = await start_bot(**USER, SWEEP_INTERVAL="0")  # no sweeps of its own: only the page's
+    bot = await start_bot(**USER, SWEEP_INTERVAL="0")
     async with client() as s:
         await sign_in(s, bot.url)
         async with s.get(bot.url + "/") as r:
-            page = await r.text()
-        assert "Last sweep: not yet" in page
-        csrf = re.search(r'name="csrf" value="([^"]+)"', page)[1]
-        async with s.post(bot.url + "/actions/sweep", data={"csrf": csrf, "mode": "preview"}) as r:
-            text = await r.text()
-        assert f"#{back[0].display_id}" in text and f"#{new[0].display_id}" not in text and "returning" in text
-        assert back[0].status == "pending"
-        async with s.post(bot.url + "/actions/sweep", data={"csrf": csrf, "mode": "run"}) as r:
-            assert "opened 1 (returning 1)" in await r.text()
-        await wait_for(lambda: back[0].status == "open", 5, "the page's sweep handoff")
-        async with s.get(bot.url + "/") as r:
-            assert "Last sweep: " in (page := await r.text()) and "opened 1 (returning 1)" in page
+            csrf = re.search(r'name="csrf" value="([^"]+)"', await r.text())[1]
+        async with s.post(bot.url + "/actions/sweep", data={"csrf": csrf, "mode": "all"}) as r:
+            assert r.status == 400 and "mode must be one of preview, run, these" in await r.text()
+        async with s.post(bot.url + "/actions/sweep", data={"csrf": csrf, "mode": "these", "run": "nope"}) as r:
+            assert "That dry run's result is gone" in await r.text()
+        async with s.get(bot.url + "/sweep") as r:
+            assert "No sweep started from this page" in await r.text()
+    async with client() as anonymous, anonymous.get(bot.url + "/sweep", allow_redirects=False) as r:
+        assert r.status == 303 and r.headers["Location"] == "/"
     await bot.idle()
-    assert_handed_off_once(fake, back)
-    assert new[0].status == "pending"
-    # The decision log has the sweep's handoff; its keeps (thousands at a first sweep) stay out of it.
-    logged = await bot.bot.store.decisions(datetime.now(timezone.utc).timestamp())
-    assert [(e.display_id, e.outcome, e.rule, e.event) for e in logged] == [
-        (back[0].display_id, "handoff", "returning", "sweep")
-    ]
+    assert back[0].status == "pending" and fake.calls_to("conversations", caller="user") == []
 
 
 @pytest.mark.parametrize("change", ["snoozed", "open"])
@@ -581,7 +637,7 @@ async def test_a_dead_letter_retried_after_the_sweep_handed_off_again_posts_no_s
     await wait_for(lambda: bot.bot.store.dead_letters(), 10, "the dead letter")
     await bot.idle()
     assert conv.status == "pending"
-    assert [j.unsure for j in await bot.bot.store.dead_letters()] == [True]
+    assert [j.attempt.maybe for j in await bot.bot.store.dead_letters()] == [True]
     aged(fake, [conv])
     code, out, err = await sweep_cli(fake, tmp_path, HANDOFF_MESSAGE="Hi")
     assert code == 0, err
@@ -615,3 +671,168 @@ async def test_a_handoff_the_sweep_itself_decided_and_never_carried_out_is_hande
     await wait_for(lambda: conv.status == "open", 10, "the next sweep's handoff")
     await bot.idle()
     assert fake.opened_by(conv.display_id) == ["bot:7"]
+
+
+# ---- a backlog swept right: the sweep never guesses (issue 21) --------------------------------
+def backlog(fake) -> tuple[list, list, list]:
+    """The day the bot is connected: 25 new customers, 5 asking for a person, then 10 returning customers who
+    wrote in a new conversation after a resolved one (Instagram: the evidence is only in Chatwoot). Every one
+    of the 40 needs a contact look-up, twice the live share's burst; the returning ones are swept last."""
+    disconnected(fake)
+    new = [new_customer(fake, f"N{i}", inbox=5) for i in range(25)]
+    asked = [new_customer(fake, f"K{i}", "quero falar com um atendente", inbox=5) for i in range(5)]
+    back = []
+    for i in range(10):
+        contact, first = returning(fake, f"R{i}", inbox=5)
+        back.append(fake.customer_writes(contact, "Oi de novo", inbox=5).conversation)
+        aged(fake, [first])
+    # The sweep takes the longest waiting first: the returning customers come after the 30 others' look-ups.
+    return aged(fake, new, AWAY + 600), aged(fake, asked, AWAY + 600), aged(fake, back)
+
+
+BACKLOG_RULES = {"HANDOFF_KEYWORDS": "atendente"}
+
+
+async def test_one_sweep_opens_every_returning_customer_of_a_backlog_waiting_for_its_look_ups(
+    fake, start_bot, tmp_path
+):
+    new, asked, back = backlog(fake)
+    bot = await start_bot(**USER, **BACKLOG_RULES, STORE_URL=f"sqlite:///{tmp_path}/bot.sqlite3", SWEEP_INTERVAL="0")
+    code, out, err = await sweep_cli(fake, tmp_path, "--json", **BACKLOG_RULES)
+    assert code == 0, err
+    result = json.loads(out)
+    assert opened_keys(result) == {f"1:{c.display_id}" for c in asked + back}
+    assert result["counts"]["opened"] == {"returning": 10, "keyword": 5}
+    assert len(fake.calls_to("contact_conversations", caller="user")) == 40  # each asked once, none guessed
+    await wait_for(lambda: all(c.status == "open" for c in asked + back), 20, "the 15 handoffs")
+    await bot.idle()
+    assert_handed_off_once(fake, asked + back)
+    assert [c.status for c in new] == ["pending"] * 25
+
+
+async def test_the_dry_run_of_a_backlog_names_the_same_conversations_the_sweep_opens(fake, tmp_path):
+    new, asked, back = backlog(fake)
+    code, out, err = await sweep_cli(fake, tmp_path, "--dry-run", "--json", **BACKLOG_RULES)
+    assert code == 0, err
+    assert opened_keys(json.loads(out)) == {f"1:{c.display_id}" for c in asked + back}
+    assert [c.status for c in new + asked + back] == ["pending"] * 40
+
+
+async def test_a_failed_look_up_is_not_a_new_customer_and_the_next_sweep_asks_again(fake, start_bot):
+    disconnected(fake)
+    contact, first = returning(fake, "Maria", inbox=5)
+    conv = aged(fake, [first, fake.customer_writes(contact, "Oi de novo", inbox=5).conversation])[1]
+    fake.fail("contact_conversations", status=500)
+    clock = Clock(datetime.now(timezone.utc))
+    bot = await start_bot(clock, **USER, SWEEP_INTERVAL="0")
+    first_sweep = await bot.bot.sweeps.once()
+    assert first_sweep.counts()["skipped"] == {"look-up failed": 1}
+    assert conv.status == "pending"
+    state, _ = await bot.bot.store.load(f"1:{conv.display_id}", None)
+    assert state.incoming == 0  # not remembered as seen: the next sweep decides it again
+    clock.at += timedelta(seconds=61)  # the failure is not asked again for a minute
+    again = await bot.bot.sweeps.once()
+    assert again.counts()["opened"] == {"returning": 1}
+    await wait_for(lambda: conv.status == "open", 5, "the handoff")
+    await bot.idle()
+    assert_handed_off_once(fake, [conv])
+
+
+# ---- stale pending conversations expire (PENDING_EXPIRE_*, issue 21) ----------------------------
+GOODBYE = "We're closing this conversation, {name}; write again any time."
+EXPIRE = {"PENDING_EXPIRE_AFTER": str(7 * 86400), "PENDING_EXPIRE_MESSAGE": GOODBYE}
+SILENT = 8 * 86400  # seconds: longer than PENDING_EXPIRE_AFTER
+
+
+def stale_and_spared(fake) -> tuple[list, dict]:
+    """Two customers silent for 8 days, and one of each conversation that must never expire."""
+    disconnected(fake)
+    stale = aged(fake, [new_customer(fake, f"Silent {i}", "oi") for i in range(2)], SILENT)
+    noted = new_customer(fake, "Noted", "oi")
+    fake.agent_writes(noted.display_id, "looks like spam, leave it to me", private=True)
+    group = fake.customer_writes(fake.contact("Family", identifier="120363040000000000@g.us"), "oi", inbox=4)
+    spared = {
+        "wrote yesterday": aged(fake, [new_customer(fake, "Recent", "oi")], 86400)[0],
+        "an agent's note since": aged(fake, [noted], SILENT)[0],
+        "a WhatsApp group": aged(fake, [group.conversation], SILENT)[0],
+        "a deferred handoff": aged(fake, [new_customer(fake, "Asked", "quero um atendente")], SILENT)[0],
+    }
+    return stale, spared
+
+
+def closed_today() -> dict[str, str]:
+    """Keyword handoffs, deferred: the business is closed today and tomorrow."""
+    today = datetime.now(timezone.utc).date()
+    days = f"{today.isoformat()},{(today + timedelta(days=1)).isoformat()}"
+    return {"HANDOFF_KEYWORDS": "atendente", "BUSINESS_HOURS": "mon-sun 00:00-24:00", "CLOSED_DATES": days}
+
+
+async def test_stale_pending_conversations_are_resolved_once_with_the_message_and_the_spared_ones_stay(
+    fake, start_bot, tmp_path
+):
+    stale, spared = stale_and_spared(fake)
+    env = {**EXPIRE, **closed_today()}
+    code, out, err = await sweep_cli(fake, tmp_path, "--dry-run", "--json", **env)
+    assert code == 0, err
+    dry = json.loads(out)
+    assert {c["key"] for c in dry["conversations"] if c["outcome"] == "expired"} == {f"1:{c.display_id}" for c in stale}
+    assert dry["counts"]["expired"] == {"resolve": 2} and fake.calls_to("toggle_status") == []
+
+    bot = await start_bot(**USER, **env, STORE_URL=f"sqlite:///{tmp_path}/bot.sqlite3", SWEEP_INTERVAL="0")
+    first = await bot.bot.sweeps.once()
+    assert first.counts()["expired"] == {"resolve": 2} and first.counts()["deferred"] == {"keyword": 1}
+    await wait_for(lambda: all(c.status == "resolved" for c in stale), 10, "the expiries")
+    await bot.idle()
+    second = await bot.bot.sweeps.once()
+    assert second.listed == 4 and second.counts()["expired"] == {}
+    await bot.idle()
+    for conv in stale:
+        assert fake.bot_messages(conv.display_id) == [GOODBYE.format(name=conv.contact.name)]
+        assert [(was, to, by) for d, was, to, by in fake.status_log if d == conv.display_id] == [
+            ("pending", "resolved", "bot:7")
+        ]
+    for why, conv in spared.items():
+        assert conv.status == "pending", why
+        assert fake.bot_messages(conv.display_id) == [], why
+    assert await bot.bot.sweeps.expired_today([1]) == 2
+    assert bot.bot.metrics.swept.labels("expired")._value.get() == 2
+
+
+@pytest.mark.parametrize("fake", ["4.12", "4.16"], indirect=True)  # 4.12: the bot cannot read the status
+async def test_a_restart_with_an_expiry_queued_repeats_nothing(fake, start_bot, tmp_path):
+    disconnected(fake)
+    conv = aged(fake, [new_customer(fake, "Silent", "oi")], SILENT)[0]
+    env = {**USER, **EXPIRE, "STORE_URL": f"sqlite:///{tmp_path}/bot.sqlite3"}
+    fake.fail("messages", status=500, times=10**6)  # the goodbye cannot be posted yet: the job waits in the outbox
+    bot = await start_bot(**env)
+    swept = bot.bot.metrics.swept
+    await wait_for(lambda: swept.labels("expired")._value.get() == 1, 10, "the start-up sweep's expiry")
+    await wait_for(lambda: fake.calls_to("messages", conv.display_id), 5, "the goodbye's first try")
+    await bot.stop()
+    fake.faults.clear()
+    bot = await start_bot(**env)
+    swept = bot.bot.metrics.swept
+    await wait_for(lambda: conv.status == "resolved", 10, "the queued expiry, carried out after the restart")
+    await wait_for(lambda: bot.bot.metrics.sweeps.labels("done")._value.get() == 1, 10, "the start-up sweep")
+    await bot.idle()
+    assert swept.labels("expired")._value.get() == 0
+    assert fake.bot_messages(conv.display_id) == [GOODBYE.format(name="Silent")]
+    assert [to for d, _, to, _ in fake.status_log if d == conv.display_id] == ["resolved"]
+
+
+@pytest.mark.parametrize("fake", ["4.12", "4.16"], indirect=True)
+async def test_stale_pending_conversations_are_labelled_once_keeping_their_labels(fake, start_bot):
+    disconnected(fake)
+    conv = aged(fake, [new_customer(fake, "Silent", "oi")], SILENT)[0]
+    fake.label(conv.display_id, "vip")
+    bot = await start_bot(
+        **USER, PENDING_EXPIRE_AFTER=str(7 * 86400), PENDING_EXPIRE_ACTION="label", SWEEP_INTERVAL="0"
+    )
+    assert (await bot.bot.sweeps.once()).counts()["expired"] == {"label": 1}
+    await wait_for(lambda: conv.labels == ["expired", "vip"], 10, "the label")
+    await bot.idle()
+    assert (await bot.bot.sweeps.once()).counts()["expired"] == {}
+    await bot.idle()
+    assert conv.status == "pending" and fake.bot_messages(conv.display_id) == []
+    caller = "bot" if fake.has("bot_reads") else "user"
+    assert len(fake.calls_to("set_labels", conv.display_id, caller=caller)) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -163,3 +164,47 @@ async def test_deeply_nested_json_gets_400(fake, start_bot):
     status, answer = await bot.post(raw, signed(raw))
     assert status == 400 and answer == {"error": "body is nested too deeply"}
     assert fake.calls == []
+
+
+# ---- within: the delivery's time limit, started only once the decision has to wait ------------------------------
+async def test_within_returns_what_a_decision_that_never_waits_returns():
+    from agentbot.webhook import within
+
+    async def decided() -> str:
+        return "ignore"
+
+    assert await within(decided(), 0.01) == "ignore"
+
+
+async def test_within_waits_with_the_coroutine_and_passes_its_errors_on():
+    from agentbot.webhook import within
+
+    async def slow(value: str) -> str:
+        await asyncio.sleep(0.02)
+        await asyncio.sleep(0)
+        return value
+
+    async def failing() -> None:
+        await asyncio.sleep(0)
+        raise KeyError("store")
+
+    assert await within(slow("handoff"), 1) == "handoff"
+    with pytest.raises(KeyError):
+        await within(failing(), 1)
+
+
+async def test_within_cuts_a_stalled_decision_short_and_lets_it_clean_up():
+    from agentbot.webhook import within
+
+    cleaned = []
+
+    async def stalled() -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            cleaned.append(True)
+
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError):
+        await within(stalled(), 0.05)
+    assert cleaned == [True] and asyncio.get_running_loop().time() - started < 5

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import time
 from datetime import datetime, timezone
 
+import aiohttp
+
+from .. import guard, relay
 from ..actions import Job
 from ..chatwoot import Chatwoot, ChatwootError
 from ..config import ConfigError, Settings, mask, scrub
-from ..decide import decide
 from ..events import BadBody, PayloadError, parse
-from ..handoffs import load_facts
-from ..outbox import moved_on
+from ..forward import inbox_of, probe, verdict
+from ..handoffs import Handoffs, load_facts
+from ..metrics import Metrics
+from ..period import period_of
 from ..store import Store
 from .common import admin_account, explain_error, opened_store, with_chatwoot
+from .evolution_check import evolution_lines
 
 
 async def rules(settings: Settings, args: argparse.Namespace) -> int:
@@ -44,8 +50,15 @@ async def explain(settings: Settings, args: argparse.Namespace) -> int:
         print(f"ignore: {exc}")
         return 0
     async with opened_store(settings) as store:
-        decision = decide(delivery, await load_facts(store, delivery), now, settings)
+        # Without Chatwoot: what only a read or a look-up could tell counts as not shown (a new customer).
+        decision = await Handoffs(settings, store, None, Metrics(), lambda: now).decided(delivery)
+        facts = await load_facts(store, delivery)
     print(decision.describe())
+    if settings.forwards:
+        # What the lifecycle model knows, as the server's forward step reads it (forward.Standing).
+        standing = relay.standing(delivery, facts.state, decision.outcome, decision.state)
+        said = verdict(delivery, standing, settings, inbox_of(delivery, body))
+        print(f"forward: {'yes' if said.forward else 'no'}: {said.reason}")
     return 0
 
 
@@ -72,8 +85,10 @@ async def outbox(settings: Settings, args: argparse.Namespace) -> int:
 async def _skip(store: Store, job: Job) -> str:
     """What a re-queued dead letter would skip, by the bot's memory (the worker checks Chatwoot itself)."""
     state, _ = await store.load(job.conversation_key, None)
-    verdict, why = moved_on(job, job.steps[job.step], state, state.status, job.unsure)
-    return f" | --retry would skip it: the conversation {why}" if verdict == "drop" else ""
+    seen = guard.Seen(state.period, state.phase, state.status)
+    period = period_of(job.period, job.trigger, state)
+    verdict = guard.verdict(job, period, job.steps[job.step], seen, time.time(), settle=0.0)
+    return f" | --retry would skip it: the conversation {verdict.why}" if isinstance(verdict, guard.Drop) else ""
 
 
 async def inboxes(settings: Settings, args: argparse.Namespace) -> int:
@@ -116,7 +131,9 @@ async def check(settings: Settings, args: argparse.Namespace) -> int:
             await _check_inboxes(cw, account)
             await _check_sweep(cw, account)
         _check_protection()
+        await _check_forwards(cw.session)
         await _check_store()
+        results.extend(await evolution_lines(settings, cw, account))
         results.extend((None, line) for line in settings.unknown)
         for ok, line in results:
             print(f"{'INFO' if ok is None else 'OK  ' if ok else 'FAIL'} {line}")
@@ -195,6 +212,18 @@ async def check(settings: Settings, args: argparse.Namespace) -> int:
                 if v
             )
             results.append((True, f"deliveries are accepted only with {which}"))
+
+    async def _check_forwards(session: aiohttp.ClientSession) -> None:
+        """Each team's bot URL answers (a GET: no bot acts on it); forwards are signed or not."""
+        urls = {"FORWARD_URL": settings.forward_url} | {
+            f"INBOX_{inbox}_FORWARD_URL": r.forward_url for inbox, r in sorted(settings.overrides.items())
+        }
+        for variable, url in urls.items():
+            if url is not None and (variable == "FORWARD_URL" or url != settings.forward_url):
+                ok, line = await probe(session, url, min(settings.forward_timeout, 10))
+                results.append((ok, f"{variable}: {line}"))
+        if settings.forwards and settings.forward_secret is None:
+            results.append((None, "forwarded deliveries are not signed: set FORWARD_SECRET if your bot checks them"))
 
     async def _check_store() -> None:
         scheme = settings.store_url.split("://")[0]

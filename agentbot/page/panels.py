@@ -1,26 +1,32 @@
-"""What the operator page shows: health, rules, activity, decisions, one conversation explained, dead letters."""
+"""What the operator page shows: failures, health, rules, activity, decisions, one conversation explained."""
 
 from __future__ import annotations
 
 import asyncio
+import re
+import statistics
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
+from ..actions import Job
 from ..chatwoot import ChatwootError
-from ..config import Settings
-from ..decide import Decision, decide
+from ..config import Rules, Settings
+from ..decide import Decision, decide_from_memory
 from ..events import Delivery, Listed, Message, Person
 from ..facts import ConversationState, Facts
 from ..store import DecisionEntry
-from . import chart
+from . import chart, words
+from .names import Names
 
 if TYPE_CHECKING:
     from ..app import Bot
 
 SHOWN_DECISIONS = 300
+Level = Literal["ok", "warn", "bad"]
 
 
 class Sweeper(Protocol):
@@ -38,16 +44,40 @@ class Sweeper(Protocol):
 @dataclass
 class Check:
     what: str
-    ok: bool
+    level: Level  # green, amber or red by what it means for customers, not by whether something answered
     detail: str
 
 
 @dataclass
-class Inboxes:
-    """Inbox names and whether this bot is attached, as read with the operator's token at sign-in."""
+class Failure:
+    """A dead letter, as the banner, the decision list and the Why panel show it."""
 
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    read_at: str = ""
+    job: Job
+    words: str  # the error in words
+    at: float  # when it died (or was decided, when the store does not say)
+    opens: bool  # the handoff itself failed: the customer is still waiting in pending
+    contact: str  # from the decision log; "" when it has none
+
+
+@dataclass
+class Row:
+    """One line of Recent decisions; a conversation's keeps are one row with their count."""
+
+    entry: DecisionEntry
+    outcome: str  # the entry's outcome, or "failed" for a handoff that became a dead letter
+    inbox: str
+    count: int = 1
+    first_at: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class Summary:
+    today: int = 0
+    median_wait: str = "–"
+    failed: int = 0
+    pending: int = 0
+    spans: list[tuple[str, list[tuple[str, int]]]] = field(default_factory=list)
 
 
 def local(ts: float, zone: ZoneInfo) -> str:
@@ -58,7 +88,17 @@ def link(base: str, account: int, display_id: int) -> str:
     return f"{base}/app/accounts/{int(account)}/conversations/{int(display_id)}"
 
 
-async def health(bot: Bot, accounts: list[int]) -> tuple[list[Check], list[str], str | None]:
+def failures(dead: list[Job], entries: list[DecisionEntry]) -> list[Failure]:
+    contacts = {(e.account_id, e.display_id): e.contact for e in reversed(entries)}  # the newest name wins
+    found = []
+    for j in dead:
+        at = j.dead_at or j.decided_at or j.created_at  # dead letters buried before dead_at existed have none
+        contact = contacts.get((j.account_id, j.display_id), "")
+        found.append(Failure(j, words.failure(j), at, j.status_target == "open", contact))
+    return sorted(found, key=lambda f: f.at, reverse=True)
+
+
+async def health(bot: Bot, accounts: list[int], dead: int) -> tuple[list[Check], list[str], str | None]:
     """(checks, what is not configured with the line to fix it, Chatwoot's version)."""
     s, cw = bot.settings, bot.chatwoot
     assert s.chatwoot_url is not None  # the server runs only with it (config.REQUIRED)
@@ -67,28 +107,48 @@ async def health(bot: Bot, accounts: list[int]) -> tuple[list[Check], list[str],
     )
     checks = []
     if isinstance(version, ChatwootError) and version.status is None:
-        checks.append(Check("Chatwoot reachable", False, f"{s.chatwoot_url}: {version.detail}"))
+        checks.append(Check("Chatwoot reachable", "bad", f"no: {s.chatwoot_url}: {version.detail}"))
         version = None
     else:
-        checks.append(Check("Chatwoot reachable", True, s.chatwoot_url))
+        checks.append(Check("Chatwoot reachable", "ok", s.chatwoot_url))
         version = version if isinstance(version, str) else None
     for account, probe in zip(accounts, probes, strict=True):
         ok = not isinstance(probe, BaseException)
-        checks.append(
-            Check(
-                f"Bot token accepted in account {account}",
-                ok,
-                "yes" if ok else f"{probe}; copy the token again from Settings → Bots into CHATWOOT_BOT_TOKEN",
-            )
-        )
-    try:
-        depth, dead = await bot.store.depth(), len(await bot.store.dead_letters())
-        checks.append(
-            Check("Store", True, s.store_url.split("://")[0] + f": {depth} jobs waiting, {dead} dead letters")
-        )
-    except Exception as exc:  # the page must still show what it can
-        checks.append(Check("Store", False, f"{type(exc).__name__}: {exc}"))
+        detail = "yes" if ok else f"{probe}; copy the token again from Settings → Bots into CHATWOOT_BOT_TOKEN"
+        checks.append(Check(f"Bot token accepted in account {account}", "ok" if ok else "bad", detail))
+    checks.append(await _store(bot, dead))
+    if bot.evolution is not None:  # Evolution API (issue 24): a refused switch stays red until one works again
+        checks.append(Check("Evolution API", *bot.evolution.health()))
+    if (forwarding := team_bot(bot)) is not None:
+        checks.append(forwarding)
     return checks, missing(s), version
+
+
+def team_bot(bot: Bot) -> Check | None:
+    """The team's own bot behind this one (forwarding, relay.py): its last success, failed attempts in the last
+    hour, and how long the oldest forward waiting for a retry has waited."""
+    relay = getattr(bot, "relay", None)
+    if relay is None or not bot.settings.forwards:
+        return None
+    last, failures, oldest = relay.last_success, relay.failures_last_hour(), relay.oldest_waiting()
+    said = [f"last success {_duration(time.time() - last)} ago" if last else "no success yet"]
+    said.append(f"{failures} failed attempt{'s' if failures != 1 else ''} in the last hour")
+    if oldest is not None:
+        said.append(f"oldest forward waiting {_duration(oldest)} (FORWARD_MAX_AGE {bot.settings.forward_max_age} s)")
+    level: Level = "bad" if oldest is not None and oldest > bot.settings.forward_max_age / 2 else "ok"
+    return Check("Your bot (FORWARD_URL)", "warn" if level == "ok" and failures else level, ", ".join(said))
+
+
+async def _store(bot: Bot, dead: int) -> Check:
+    kind = bot.settings.store_url.split("://")[0]
+    try:
+        depth = await bot.store.depth()
+    except Exception as exc:  # the page must still show what it can
+        return Check("Store", "bad", f"{kind}: {type(exc).__name__}: {exc}")
+    if dead:
+        return Check("Store", "bad", f"{kind}: {dead} dead letter(s): Chatwoot calls given up (listed at the top)")
+    level: Level = "warn" if depth > 100 else "ok"
+    return Check("Store", level, f"{kind}: {depth} jobs waiting, no dead letters")
 
 
 def missing(s: Settings) -> list[str]:
@@ -110,10 +170,41 @@ def missing(s: Settings) -> list[str]:
     return lines
 
 
-def rules(s: Settings) -> list[tuple[str, list[str]]]:
-    groups = [("Every inbox" if not s.overrides else "Every other inbox", s.describe())]
-    groups += [(f"Inbox {inbox}", r.describe()) for inbox, r in sorted(s.overrides.items())]
-    return [(title, [line.removeprefix("- ") for line in lines]) for title, lines in groups]
+def inbox_level(s: Settings, row: Any) -> Level:
+    """Green when this bot serves it; red when it should (listed in INBOX_IDS) but does not; else neutral."""
+    if row.ours:
+        return "ok"
+    return "bad" if row.id in s.inbox_ids else "warn" if row.bot else "ok"
+
+
+def rules(s: Settings, names: Names) -> list[tuple[str, list[str]]]:
+    """The rules in words: every inbox's, then each overridden inbox's differences from them."""
+    base = _lines(s, names)
+    if not s.overrides:
+        return [("Every inbox", base)]
+    others = [r.name for r in names.inboxes if r.id not in s.overrides]
+    title = "Every other inbox" + (f" ({', '.join(others)})" if others else "")
+    groups = [(title, base)]
+    for inbox, r in sorted(s.overrides.items()):
+        differ = [line for line in _lines(r, names) if line not in base]
+        groups.append((f"{names.inbox_anywhere(inbox)}: differs in", differ or ["nothing: the same rules"]))
+    return groups
+
+
+def _lines(r: Rules, names: Names) -> list[str]:
+    lines = [line.removeprefix("- ") for line in r.describe()]
+    if r.hours:
+        lines = [line.replace(r.hours.describe(), words.hours(r.hours)) for line in lines]
+    return [
+        re.sub(
+            r"\b(team|agent) (\d+)\b",
+            lambda m: names.team(int(m[2])) if m[1] == "team" else names.agent(int(m[2])),
+            line,
+        )
+        if line.startswith("at handoff")
+        else line
+        for line in lines
+    ]
 
 
 def counts(bot: Bot) -> dict[str, int]:
@@ -127,33 +218,117 @@ def counts(bot: Bot) -> dict[str, int]:
     return dict(sorted(found.items()))
 
 
-def activity(entries: list[DecisionEntry], now: datetime, zone: ZoneInfo) -> dict[str, Any]:
-    palette = chart.colours(entries)
-    day, week = now.timestamp() - 86400, now.timestamp() - 7 * 86400
+def activity(entries: list[DecisionEntry], now: datetime, zone: ZoneInfo, failed: int) -> dict[str, Any]:
+    week = chart.week_start(now, zone).timestamp()
+    recent = [e for e in entries if e.at >= week]
+    rules_seen = {e.rule or "other" for e in recent if e.outcome == "handoff"}
     return {
-        "hourly": chart.per_hour(entries, now, zone, palette),
-        "daily": chart.per_day(entries, now, zone, palette),
-        "legend": list(palette.items()),
-        "outcomes": [
-            (span, sorted(Counter(e.outcome for e in entries if e.at > since).items()))
-            for span, since in (("last 24 hours", day), ("last 7 days", week))
-        ],
+        "hourly": chart.per_hour(entries, now, zone),
+        "daily": chart.per_day(entries, now, zone),
+        "legend": [(words.rule(r), words.colour(r), r) for r in sorted(rules_seen, key=words.rule)],
+        "summary": summary(entries, now, zone, failed),
     }
 
 
-def decisions(entries: list[DecisionEntry], inbox: int | None, outcome: str | None) -> list[DecisionEntry]:
-    chosen = [e for e in entries if (inbox is None or e.inbox_id == inbox) and (not outcome or e.outcome == outcome)]
-    return chosen[:SHOWN_DECISIONS]
+def summary(entries: list[DecisionEntry], now: datetime, zone: ZoneInfo, failed: int) -> Summary:
+    today, week = chart.day_start(now, zone).timestamp(), chart.week_start(now, zone).timestamp()
+    recent = [e for e in entries if e.at >= week]
+    latest: dict[tuple[int, int], DecisionEntry] = {}
+    for e in recent:  # newest first: the first seen is the conversation's latest decision
+        latest.setdefault((e.account_id, e.display_id), e)
+    waits = _waits(recent)
+    return Summary(
+        today=sum(1 for e in recent if e.outcome == "handoff" and e.at >= today),
+        median_wait=_duration(statistics.median(waits)) if waits else "–",
+        failed=failed,
+        pending=sum(1 for e in latest.values() if e.outcome in ("keep", "defer")),
+        spans=[
+            (span, sorted(Counter(words.outcome(e.outcome) for e in recent if e.at >= since).items()))
+            for span, since in (("today", today), ("last 7 days", week))
+        ],
+    )
 
 
-def remembered(state: ConversationState, zone: ZoneInfo) -> list[str]:
+def _waits(recent: list[DecisionEntry]) -> list[float]:
+    """Seconds from a pending period's first decision (its first customer message) to its handoff."""
+    waits: list[float] = []
+    first: dict[tuple[int, int], float] = {}
+    for e in reversed(recent):  # oldest first
+        key = (e.account_id, e.display_id)
+        if e.outcome in ("keep", "defer"):
+            first.setdefault(key, e.at)
+        elif e.outcome == "handoff":
+            waits.append(e.at - first.pop(key, e.at))
+        else:
+            first.pop(key, None)
+    return waits
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def failed_entries(entries: list[DecisionEntry], found: list[Failure]) -> dict[str, Failure]:
+    """Entry key → its failure: for each dead letter, the conversation's handoff decided when the job was."""
+    marked: dict[str, Failure] = {}
+    for f in found:
+        j = f.job
+        mine = [
+            e
+            for e in entries
+            if e.outcome == "handoff"
+            and (e.account_id, e.display_id) == (j.account_id, j.display_id)
+            and (not j.decided_at or e.at <= j.decided_at + 1)
+        ]
+        if mine:
+            marked.setdefault(mine[0].key, f)
+    return marked
+
+
+def decisions(
+    entries: list[DecisionEntry], names: Names, inbox: int | None, shown: str, failed: dict[str, Failure]
+) -> list[Row]:
+    """The rows of Recent decisions: `shown` is a key of words.FILTERS; keeps collapse per conversation."""
+    outcomes = words.FILTERS.get(shown, words.FILTERS["attention"])[1]
+    rows: list[Row] = []
+    keeps: dict[tuple[int, int], Row] = {}
+    for e in entries:
+        if inbox is not None and e.inbox_id != inbox:
+            continue
+        f = failed.get(e.key)
+        outcome = "failed" if f else e.outcome
+        if outcome not in outcomes:
+            continue
+        if outcome == "keep":
+            row = keeps.get((e.account_id, e.display_id))
+            if row is not None:  # an older keep of a conversation already listed
+                row.count, row.first_at = row.count + 1, e.at
+                continue
+        row = Row(e, outcome, names.inbox(e.account_id, e.inbox_id), first_at=e.at, error=f.words if f else "")
+        if outcome == "keep":
+            keeps[(e.account_id, e.display_id)] = row
+        rows.append(row)
+        if len(rows) >= SHOWN_DECISIONS:
+            break
+    return rows
+
+
+def remembered(state: ConversationState, zone: ZoneInfo, failure: Failure | None) -> list[str]:
     if state == ConversationState():
         return ["nothing: the bot has not seen this conversation (or forgot it after 90 days)"]
     lines = []
     if state.resolved_on:
         lines.append(f"saw it resolved on {state.resolved_on}")
     if state.handed_off:
-        lines.append("a handoff was decided in the current pending period")
+        lines.append(
+            "a handoff was decided in the current pending period, and FAILED: " + failure.words
+            if failure and failure.opens
+            else "a handoff was decided in the current pending period"
+        )
     lines.append(f"{state.incoming} customer message(s) in the current pending period")
     if state.greeted:
         lines.append("the customer was greeted")
@@ -178,7 +353,27 @@ def decision_today(live: Listed, facts: Facts, now: datetime, settings: Settings
         Person(c.contact.id, "contact", c.contact.name),
         None,
     )
-    return decide(Delivery("message_created", None, c, message), facts, now, settings)
+    return decide_from_memory(Delivery("message_created", None, c, message), facts, now, settings)
+
+
+_UTC_RUN = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d) UTC(.*)$", re.S)
+
+
+def last_sweep(sweeper: Any, zone: ZoneInfo) -> str:
+    """The last sweep in words, its time in TIMEZONE like the rest of the page."""
+    if sweeper is None:
+        return "sweep not available"
+    at = getattr(sweeper, "last_at", None)  # unix seconds, where the sweep says it
+    text = sweeper.last_run or ""
+    if not text:
+        return "not yet"
+    if isinstance(at, (int, float)) and at:
+        return f"{local(at, zone)} {zone.key}{text.split(' UTC', 1)[-1] if ' UTC' in text else ': ' + text}"
+    m = _UTC_RUN.match(text)
+    if m is None:
+        return text
+    when = datetime.strptime(m[1], "%Y-%m-%d %H:%M").replace(tzinfo=timezone.utc)
+    return f"{local(when.timestamp(), zone)} {zone.key}{m[2]}"
 
 
 def utc(ts: float) -> datetime:

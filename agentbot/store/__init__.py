@@ -10,21 +10,22 @@ if TYPE_CHECKING:
     from ..config import Settings
 
 
-def open_store(url: str, tls_verify: bool = True, max_connections: int = 50) -> Store:
+def open_store(url: str, tls_verify: bool = True, max_connections: int = 50, runs_jobs: bool = False) -> Store:
     """The store at `url`; `tls_verify=False` accepts a rediss:// server's unverifiable certificate;
-    `max_connections`: a Redis store's connections at most (more commands wait for one)."""
+    `max_connections`: a Redis store's connections at most (more commands wait for one); `runs_jobs`: this process
+    runs the outbox (the server), so the store recovers the runs a crash cut short (SQLite)."""
     if url.startswith(("redis://", "rediss://")):
         from .redis import RedisStore
 
         return RedisStore(url, tls_verify, max_connections)
     from .sqlite import SQLiteStore
 
-    return SQLiteStore(":memory:" if url == "memory://" else url.removeprefix("sqlite:///"))
+    return SQLiteStore(":memory:" if url == "memory://" else url.removeprefix("sqlite:///"), runs_jobs)
 
 
-def store_for(settings: Settings) -> Store:
+def store_for(settings: Settings, runs_jobs: bool = False) -> Store:
     """The store the settings name, not yet open."""
-    return open_store(settings.store_url, settings.redis_tls_verify, settings.redis_max_connections)
+    return open_store(settings.store_url, settings.redis_tls_verify, settings.redis_max_connections, runs_jobs)
 
 
 async def open_or_refuse(store: Store, settings: Settings) -> None:

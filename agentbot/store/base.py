@@ -16,6 +16,9 @@ from ..facts import ConversationState, Resolved
 DEDUP_TTL = 24 * 3600
 STATE_TTL = 90 * 24 * 3600  # what the bot remembers of a conversation or contact
 LEASE = 60.0  # seconds a claimed job belongs to one worker unless renewed (Redis; survives a crashed instance)
+# A queue time further ahead than this was written before the wall clock stepped back (no retry, settle or lease
+# waits this long): the job is due. Within a process the steady clock (clock.py) never goes back at all.
+HORIZON = 900.0
 LOG_TTL = 7 * 24 * 3600  # how long the decision log keeps an entry
 ECHOES_KEPT = 8  # the bot's own latest messages remembered per conversation (as long as the conversation)
 
@@ -118,9 +121,9 @@ class Store(ABC):
     # the caller no longer owns the job.
     @abstractmethod
     async def claim(self, now: float) -> Job | None:
-        """The oldest due job of a conversation nobody is working on, now owned by the caller. Its `unsure`
-        says whether an earlier run may have sent the current step's call; the store records, before
-        returning, that this run may send it."""
+        """The oldest due job of a queue nobody is working on, now owned by the caller. When a run that claimed it
+        before never released it (a crash, a lapsed lease), it comes with an attempt at its current step that may
+        have landed (and `recovered` when a power cut may have lost its progress). Claiming writes nothing."""
 
     @abstractmethod
     async def renew(self, job: Job, now: float) -> bool:
@@ -128,14 +131,16 @@ class Store(ABC):
 
     @abstractmethod
     async def progress(self, job: Job, now: float) -> bool:
-        """Save the job's step and context after a step succeeded; the next step counts as unsure."""
+        """Save the job's step and context after a step succeeded. A backend may write it without waiting
+        (SQLite): a run cut short before it reaches the disk is recovered, and its steps are checked."""
 
     @abstractmethod
     async def finish(self, job: Job, now: float) -> bool: ...
 
     @abstractmethod
     async def retry(self, job: Job) -> bool:
-        """Put the job back with its new attempts, error, next_at and `unsure`."""
+        """Put the job back with its new attempts, error, next_at and attempt (waited for: the attempt is what
+        the next run's verdict reads)."""
 
     @abstractmethod
     async def bury(self, job: Job, now: float) -> bool:
@@ -179,6 +184,11 @@ class Store(ABC):
         if held.get(name, 0.0) > time.monotonic():
             return None
         return _LocalLease(held, name, ttl)
+
+    def outbox_workers(self, wanted: int) -> int:
+        """How many outbox workers this store serves well (a Redis pool keeps half its connections for
+        deliveries: their locks and commits must not queue behind the outbox's calls)."""
+        return wanted
 
     async def prune(self, now: float) -> None:  # noqa: B027 (optional: a no-op where keys expire natively)
         """Drop expired dedup keys and look-ups (backends with native TTLs need nothing)."""

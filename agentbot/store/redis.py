@@ -16,25 +16,61 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError, LockError, LockNotOwnedError, TimeoutError
 
-from ..actions import Job
+from ..actions import Attempt, Job
 from ..facts import ConversationState, Resolved, fingerprint
-from .base import DEDUP_TTL, ECHOES_KEPT, LEASE, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Lapsed, Lease, Store
+from .base import (
+    DEDUP_TTL,
+    ECHOES_KEPT,
+    HORIZON,
+    LEASE,
+    LOG_TTL,
+    STATE_TTL,
+    Commit,
+    DecisionEntry,
+    Lapsed,
+    Lease,
+    Store,
+)
 
 P = "agentbot:"
 LOCK_TTL = 6  # seconds a conversation's lock outlives a holder that died
 RECONNECTS = 6  # a dropped connection is tried again this often, 0.05 s apart doubling up to 0.5 s (about 2 s)
 CONNECTION_WAIT = 10  # seconds a command waits for a free connection when all REDIS_MAX_CONNECTIONS are busy
 # Keys: seen:<dedup>, conv:<key>, contact:<key>, lookup:<key> (strings with TTLs);
-# q:<conv> (list of job JSON, head first); ready (zset conv → when its head may run or the
-# lease of the worker running it ends); owner:<conv> (the claim on its head job); unsure (hash);
+# q:<queue> (list of job JSON, head first; a queue is a conversation, or one of its lanes: "<conv>/<lane>");
+# ready (zset queue → when its head may run or the
+# lease of the worker running it ends); owner:<conv> (the claim on its head job); unsure (hash, written
+# before the period model: read and removed by CLAIM);
 # timers (zset conv → due) + timer:<conv>; dead (list); depth (counter of queued jobs);
 # lock:<conv> (redis-py Lock); log:<account> (zset entry JSON → time, the decision log) and
 # log-accounts (set of accounts with a log); echo:<conv> (zset "message id:fingerprint" → message id).
 
+# A job with an `order` (Job.order: a forward's message id) goes before the first queued job of a higher order,
+# never before the head job while a worker runs it (RELEASE and PROGRESS write the head). A new queue is ready
+# when its job may run (`not_before`).
 PUSH = """
-local function push(conv, job, now)
-  redis.call('RPUSH', P..'q:'..conv, job)
-  redis.call('ZADD', P..'ready', 'NX', now, conv)
+local function order_of(job)
+  local o = cjson.decode(job).order
+  return type(o) == 'number' and o or 0
+end
+local function place(conv, job, order)
+  local q = P..'q:'..conv
+  local before = nil
+  local last = redis.call('LINDEX', q, -1)
+  if type(order) == 'number' and last and order_of(last) > order then  -- else it goes last (the usual case)
+    local queued = redis.call('LRANGE', q, 0, -1)
+    local first = redis.call('EXISTS', P..'owner:'..conv) == 1 and 2 or 1
+    for i = first, #queued do
+      if order_of(queued[i]) > order then before = queued[i]; break end
+    end
+  end
+  if before then redis.call('LINSERT', q, 'BEFORE', before, job) else redis.call('RPUSH', q, job) end
+end
+local function push(conv, job, now, order, not_before)
+  place(conv, job, order)
+  local ready = now
+  if type(not_before) == 'number' and not_before > now then ready = not_before end
+  redis.call('ZADD', P..'ready', 'NX', ready, conv)
   redis.call('INCR', P..'depth')
 end
 """
@@ -47,7 +83,7 @@ local a = cjson.decode(ARGV[1])
 if a.lock and redis.call('GET', P..'lock:'..a.conv) ~= a.lock then return -1 end
 if redis.call('SET', P..'seen:'..a.dedup, '1', 'NX', 'EX', a.dedup_ttl) == false then return 0 end
 if a.state then redis.call('SET', P..'conv:'..a.conv, a.state, 'EX', a.state_ttl) end
-for _, job in ipairs(a.jobs) do push(a.conv, job, a.now) end
+for _, job in ipairs(a.jobs) do push(job[1], job[2], a.now, job[3], job[4]) end  -- {queue, job, order, not_before}
 if a.cancel_timer then redis.call('ZREM', P..'timers', a.conv); redis.call('DEL', P..'timer:'..a.conv) end
 if a.timer_job then
   redis.call('ZADD', P..'timers', a.timer_due, a.conv)
@@ -66,12 +102,15 @@ return 1
 )
 
 # A claim: `owner:<conv>` holds "<job id>|<token>" of the worker running the conversation's head job;
-# the `ready` score of the conversation is when that worker's lease ends. `unsure` (a hash, job id → when)
-# marks jobs whose current step's call may have gone out, and when.
+# the `ready` score of the conversation is when that worker's lease ends. An owner still there at the next
+# claim never released the job (its instance died, or its lease ran out): that run may have sent its current
+# step's call, so the job comes back with an attempt that may have landed. A ready time beyond the horizon was
+# written before the wall clock stepped back: it is due.
 CLAIM = """
-local now, lease, token = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local now, lease, token, horizon = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 for _ = 1, 20 do
   local c = redis.call('ZRANGEBYSCORE', P..'ready', '-inf', now, 'LIMIT', 0, 1)
+  if #c == 0 then c = redis.call('ZRANGEBYSCORE', P..'ready', '('..(now + horizon), '+inf', 'LIMIT', 0, 1) end
   if #c == 0 then return false end
   local conv = c[1]
   local job = redis.call('LINDEX', P..'q:'..conv, 0)
@@ -79,10 +118,10 @@ for _ = 1, 20 do
     local id = cjson.decode(job).id
     if type(id) ~= 'string' or id == '' then id = conv..'@'..token end  -- written by an older version
     redis.call('ZADD', P..'ready', now + lease, conv)
+    local cut_short = redis.call('GET', P..'owner:'..conv) or redis.call('HGET', P..'unsure', id)
+    redis.call('HDEL', P..'unsure', id)
     redis.call('SET', P..'owner:'..conv, id..'|'..token)
-    local sent = redis.call('HGET', P..'unsure', id) or ''
-    redis.call('HSET', P..'unsure', id, now)
-    return {job, id, sent}
+    return {job, id, cut_short and 1 or 0}
   end
   redis.call('ZREM', P..'ready', conv)
 end
@@ -112,30 +151,42 @@ PROGRESS = (
 local conv, id = ARGV[1], ARGV[2]
 if not owned(conv, id, ARGV[3]) then return 0 end
 redis.call('LSET', P..'q:'..conv, 0, ARGV[4])
-redis.call('HSET', P..'unsure', id, ARGV[5])
 redis.call('ZADD', P..'ready', tonumber(ARGV[5]) + tonumber(ARGV[6]), conv)
 return 1
 """
 )
 
-# ARGV: conv, id, token, how ('done'|'retry'|'dead'), job json, ready_at, unsure ('' or when the call went out)
+# ARGV: conv, id, token, how ('done'|'retry'|'dead'), job json, ready_at. A job put back takes its place by
+# order again: one of a lower order queued meanwhile goes first (as SQLite's claim picks it).
 RELEASE = (
     OWNED
+    + PUSH
     + """
 local conv, id, how, job, at = ARGV[1], ARGV[2], ARGV[4], ARGV[5], tonumber(ARGV[6])
 if not owned(conv, id, ARGV[3]) then return 0 end
 local q = P..'q:'..conv
 redis.call('DEL', P..'owner:'..conv)
--- a dead letter keeps its mark too: re-queued with --retry, it is checked before it is sent again
-if how ~= 'done' and ARGV[7] ~= '' then redis.call('HSET', P..'unsure', id, ARGV[7]) else redis.call('HDEL', P..'unsure', id) end
 if how == 'retry' then
-  redis.call('LSET', q, 0, job)
+  local order = cjson.decode(job).order
+  if type(order) == 'number' then
+    redis.call('LPOP', q)
+    place(conv, job, order)
+  else
+    redis.call('LSET', q, 0, job)
+  end
 else
   redis.call('LPOP', q)
   redis.call('DECR', P..'depth')
   if how == 'dead' then redis.call('RPUSH', P..'dead', job) end
 end
-if redis.call('LLEN', q) > 0 then redis.call('ZADD', P..'ready', at, conv) else redis.call('ZREM', P..'ready', conv) end
+local head = redis.call('LINDEX', q, 0)
+if head then
+  local not_before = cjson.decode(head).not_before  -- the queue is ready when its next job may run
+  if type(not_before) == 'number' and not_before > at then at = not_before end
+  redis.call('ZADD', P..'ready', at, conv)
+else
+  redis.call('ZREM', P..'ready', conv)
+end
 return 1
 """
 )
@@ -165,7 +216,9 @@ REVIVE = (
     + """
 local function revive(j, now)
   j.attempts, j.created_at, j.next_at, j.error = 0, now, now, cjson.null
-  push(j.account_id..':'..j.display_id, cjson.encode(j), now)
+  local queue = j.account_id..':'..j.display_id
+  if type(j.lane) == 'string' and j.lane ~= '' then queue = queue..'/'..j.lane end
+  push(queue, cjson.encode(j), now, j.order)
 end
 """
 )
@@ -245,6 +298,7 @@ class RedisStore(Store):
             **(unverified if url.startswith("rediss://") and not tls_verify else {}),
         )
         self.redis = Redis.from_pool(pool)
+        self.max_connections = max_connections
         self._commit = _script(self.redis, COMMIT)
         self._claim = _script(self.redis, CLAIM)
         self._renew = _script(self.redis, RENEW)
@@ -256,6 +310,9 @@ class RedisStore(Store):
 
     async def open(self) -> None:
         await self.redis.ping()
+
+    def outbox_workers(self, wanted: int) -> int:
+        return max(1, min(wanted, self.max_connections // 2))
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -277,7 +334,7 @@ class RedisStore(Store):
             "conv": c.conversation_key,
             "now": now,
             "state": c.state.dumps() if c.state else None,
-            "jobs": [j.dumps() for j in c.jobs] or {},
+            "jobs": [[j.queue_key, j.dumps(), j.order, j.not_before] for j in c.jobs] or {},
             "cancel_timer": c.cancel_timer,
             "contact": c.contact_key,
             "resolved": c.resolved.dumps() if c.resolved and c.contact_key else None,
@@ -333,19 +390,21 @@ class RedisStore(Store):
 
     async def claim(self, now: float) -> Job | None:
         token = uuid.uuid4().hex
-        found = await self._claim(args=[now, LEASE, token])
+        found = await self._claim(args=[now, LEASE, token, HORIZON])
         if not found:
             return None
-        raw, job_id, sent = found
+        raw, job_id, cut_short = found
         job = Job.loads(raw)
-        job.id, job.claim, job.unsure, job.sent_at = job_id.decode(), token, bool(sent), float(sent or 0)
+        job.id, job.claim = job_id.decode(), token
+        if cut_short:  # its call may have landed (long since: its lease of 60 s ran out); checked
+            job.attempt = Attempt(job.step, maybe=True)
         return job
 
     async def renew(self, job: Job, now: float) -> bool:
-        return bool(await self._renew(args=[job.conversation_key, job.id, job.claim, now, LEASE]))
+        return bool(await self._renew(args=[job.queue_key, job.id, job.claim, now, LEASE]))
 
     async def progress(self, job: Job, now: float) -> bool:
-        return bool(await self._progress(args=[job.conversation_key, job.id, job.claim, job.dumps(), now, LEASE]))
+        return bool(await self._progress(args=[job.queue_key, job.id, job.claim, job.dumps(), now, LEASE]))
 
     async def finish(self, job: Job, now: float) -> bool:
         return await self._release_as("done", job, now)
@@ -358,13 +417,12 @@ class RedisStore(Store):
 
     async def _release_as(self, how: str, job: Job, ready_at: float) -> bool:
         args: list[str | int | float | bytes] = [
-            job.conversation_key,
+            job.queue_key,
             job.id,
             job.claim,
             how,
             job.dumps(),
             ready_at,
-            repr(job.sent_at) if job.unsure else "",
         ]
         return bool(await self._release(args=args))
 

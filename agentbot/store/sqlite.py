@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable
@@ -12,11 +13,10 @@ from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 from loguru import logger
-from msgspec.structs import replace
 
-from ..actions import Job
+from ..actions import Attempt, Job
 from ..facts import ConversationState, Resolved, fingerprint
-from .base import DEDUP_TTL, ECHOES_KEPT, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Store
+from .base import DEDUP_TTL, ECHOES_KEPT, HORIZON, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Store
 from .locks import KeyedLocks
 
 SCHEMA = """
@@ -34,7 +34,13 @@ CREATE TABLE IF NOT EXISTS echoes (conv TEXT NOT NULL, id INTEGER NOT NULL, crc 
   PRIMARY KEY (conv, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS decisions (account INTEGER NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, size INTEGER NOT NULL,
   body TEXT NOT NULL, PRIMARY KEY (account, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
 """
+# A queue's next job: the lowest `order` (Job.order; a forward's message id), then the first queued.
+HEAD_FIRST = "ORDER BY coalesce(json_extract(body, '$.order'), 0), id"
+_HEAD_NOT_BEFORE = (
+    f"SELECT coalesce(json_extract(body, '$.not_before'), 0) FROM jobs WHERE conv=? AND dead=0 {HEAD_FIRST} LIMIT 1"
+)
 T = TypeVar("T")
 PATIENCE = 3.0  # seconds a read or write waits for another connection's lock before it fails
 BUSY_DELAYS = (0.002, 0.2)  # first and longest pause between tries while the database is locked
@@ -43,7 +49,7 @@ BUSY_DELAYS = (0.002, 0.2)  # first and longest pause between tries while the da
 class Write(NamedTuple):
     apply: Callable[[], Any]
     future: asyncio.Future[Any]
-    synced: bool  # wait for the sync to disk (everything but echoes)
+    synced: bool  # wait for the sync to disk (not echoes, nor the outbox's progress and finished jobs)
 
 
 def _report_lost_echo(future: asyncio.Future[Any]) -> None:
@@ -52,6 +58,15 @@ def _report_lost_echo(future: asyncio.Future[Any]) -> None:
             "could not remember the bot's own message ({}); a lost answer to it is checked in Chatwoot only",
             future.exception(),
         )
+
+
+def _boot_id() -> str:
+    """This machine's boot (Linux); another one after a restart means a reboot, maybe a power cut."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"  # never equal to a stored one: every recovered step is checked
 
 
 def _locked(exc: Exception) -> bool:
@@ -66,14 +81,17 @@ class SQLiteStore(Store):
     # to a thread, and WAL lets them run beside a write. Writes made while the previous batch is being
     # written share one transaction (group commit), which a single writer thread carries out on its own
     # connection: its sync to disk (synchronous=FULL, so an acknowledged decision survives a power cut)
-    # never stalls the event loop, and each caller resumes only after its writes are committed. SQLite
+    # never stalls the event loop, and each caller resumes only after its writes are committed. Only what must
+    # survive a power cut waits for the sync (a decision, a retry's attempt): the outbox's progress and the end
+    # of a job are committed without it, in a batch of their own, as a run cut short before they reach the disk
+    # is found at start-up and its steps are checked, not trusted (`_recovered`). SQLite
     # never waits for a lock held by another connection (busy_timeout 0): reads and writes that find the
     # database locked are tried again after a pause, for up to PATIENCE seconds. (`memory://` has one
     # connection and writes on the loop: there is no disk to wait for.) Echoes are hints: a batch of
     # nothing else is committed without a sync (synchronous=NORMAL: it survives the process, not a power cut).
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, runs_jobs: bool = False) -> None:
+        self.path, self.runs_jobs = path, runs_jobs
         self._locks = KeyedLocks()
         self._busy: set[str] = set()  # conversations whose head job a worker is running
         self._writes: list[Write] = []
@@ -81,6 +99,9 @@ class SQLiteStore(Store):
         self._locked_since: float | None = None  # the pending writes found the database locked
         self._writer: ThreadPoolExecutor | None = None
         self._synced = True  # the writer connection's synchronous setting is FULL
+        # Jobs a run may have been cut short in (found at an unclean start-up), each with whether a power cut may
+        # have lost progress written without a sync since.
+        self._recovered: dict[int, bool] = {}
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
@@ -92,17 +113,38 @@ class SQLiteStore(Store):
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        if self.runs_jobs:
+            self._recover()
+        self._opened_at = time.time()  # the queue's clock: wall seconds (clock.SteadyClock starts from them)
         if self.path == ":memory:":
             self.rdb = self.db
         else:
             self.rdb = self._connect()  # reads, on the event loop
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
 
+    def _recover(self) -> None:
+        """After a stop that was not clean (SIGKILL, a crash, a power cut), any job may have been claimed by a run
+        that sent a call and died before its progress was written: each such job's current step is checked, not
+        trusted. After a reboot (another boot id) a power cut may also have lost progress written without a sync:
+        then every step of the job is checked until one is sent. The mark of a clean stop is removed, and the
+        boot recorded, before anything runs (synced)."""
+        marks = dict(self.db.execute("SELECT key, value FROM meta WHERE key IN ('clean', 'boot')").fetchall())
+        rebooted = marks.get("boot") != _boot_id()
+        if "clean" not in marks:
+            self._recovered = {row[0]: rebooted for row in self.db.execute("SELECT id FROM jobs WHERE dead=0")}
+        self.db.execute("DELETE FROM meta WHERE key='clean'")
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('boot', ?)", (_boot_id(),))
+
     async def close(self) -> None:
         for _ in range(int(PATIENCE / 0.01)):  # let the batch being written, and what waits for it, finish
             if not (self._writing or self._writes):
                 break
             await asyncio.sleep(0.01)
+        if self.runs_jobs and not (self._writing or self._writes or self._recovered or self._busy):
+            # Every job released (a run cut short at stop gave its job back with its attempt): the next start-up
+            # trusts the stored progress. Without the mark it checks every job: safe, only slower.
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '1')")
         if self._writer:
             self._writer.shutdown(wait=True)
             self.rdb.close()
@@ -134,7 +176,10 @@ class SQLiteStore(Store):
     def _flush(self) -> None:
         if self._writing:
             return  # the batch being written flushes again when it is done
-        writes, self._writes = self._writes, []
+        # Writes nobody waits a sync for (the outbox's progress, echoes) go in a transaction of their own, first:
+        # they never wait behind a sync to disk. The synced ones follow in the next batch.
+        writes = [w for w in self._writes if not w.synced] or self._writes
+        self._writes = [w for w in self._writes if w.synced] if len(writes) < len(self._writes) else []
         if not writes:
             self._locked_since = None
             return
@@ -279,8 +324,8 @@ class SQLiteStore(Store):
 
     def _push(self, job: Job, now: float) -> None:
         job.created_at = job.created_at or now
-        self.db.execute("INSERT INTO jobs (conv, body) VALUES (?,?)", (job.conversation_key, job.dumps()))
-        self.db.execute("INSERT OR IGNORE INTO queues VALUES (?,?)", (job.conversation_key, now))
+        self.db.execute("INSERT INTO jobs (conv, body) VALUES (?,?)", (job.queue_key, job.dumps()))
+        self.db.execute("INSERT OR IGNORE INTO queues VALUES (?,?)", (job.queue_key, max(now, job.not_before)))
 
     async def remember(self, contact_key: str, resolved: Resolved | None, ttl: float, now: float) -> None:
         value = resolved.dumps() if resolved else None
@@ -316,35 +361,33 @@ class SQLiteStore(Store):
         assert body is not None  # a job id comes with its body
         job = Job.loads(body)
         job.id = str(job_id)
-        marked = replace(job, unsure=True, sent_at=now).dumps()
-        try:
-            await self._write(lambda: self.db.execute("UPDATE jobs SET body=? WHERE id=?", (marked, job_id)))
-        except BaseException:
-            self._busy.discard(conv)
-            raise
+        if job_id in self._recovered:  # its call may have landed, or still be under way when this process began
+            job.attempt = Attempt(job.step, maybe=True, sent_at=self._opened_at)
+            job.recovered = self._recovered.pop(job_id)
         return job
 
     def _next(self, now: float) -> tuple[str, int | None, str | None] | None:
         busy = tuple(self._busy)
         marks = ",".join("?" * len(busy))
+        # A ready time beyond HORIZON was written before the wall clock stepped back: it is due.
         return self.rdb.execute(
             "SELECT q.conv, j.id, j.body FROM queues q LEFT JOIN jobs j "
-            "ON j.id = (SELECT id FROM jobs WHERE conv=q.conv AND dead=0 ORDER BY id LIMIT 1) "
-            f"WHERE q.ready_at<=? AND q.conv NOT IN ({marks}) ORDER BY q.ready_at LIMIT 1",
-            (now, *busy),
+            f"ON j.id = (SELECT id FROM jobs WHERE conv=q.conv AND dead=0 {HEAD_FIRST} LIMIT 1) "
+            f"WHERE (q.ready_at<=? OR q.ready_at>?) AND q.conv NOT IN ({marks}) ORDER BY q.ready_at LIMIT 1",
+            (now, now + HORIZON, *busy),
         ).fetchone()
 
     async def renew(self, job: Job, now: float) -> bool:
         return True  # one process: a claim ends only with the job
 
     async def progress(self, job: Job, now: float) -> bool:
-        body = replace(job, unsure=True, sent_at=now).dumps()
-        return await self._write(
-            lambda: self.db.execute("UPDATE jobs SET body=? WHERE id=?", (body, int(job.id))).rowcount > 0
-        )
+        body = job.dumps()
+        apply = partial(self.db.execute, "UPDATE jobs SET body=? WHERE id=?", (body, int(job.id)))
+        await self._enqueue(apply, synced=False)
+        return True
 
     async def finish(self, job: Job, now: float) -> bool:
-        return await self._release(job, now, "DELETE FROM jobs WHERE id=?", (int(job.id),))
+        return await self._release(job, now, "DELETE FROM jobs WHERE id=?", (int(job.id),), synced=False)
 
     async def retry(self, job: Job) -> bool:
         return await self._release(job, job.next_at, "UPDATE jobs SET body=? WHERE id=?", (job.dumps(), int(job.id)))
@@ -352,19 +395,20 @@ class SQLiteStore(Store):
     async def bury(self, job: Job, now: float) -> bool:
         return await self._release(job, now, "UPDATE jobs SET body=?, dead=1 WHERE id=?", (job.dumps(), int(job.id)))
 
-    async def _release(self, job: Job, ready_at: float, sql: str, args: tuple[Any, ...]) -> bool:
-        """Apply `sql` to the job and reschedule its conversation's queue, in one transaction."""
-        conv = job.conversation_key
+    async def _release(self, job: Job, ready_at: float, sql: str, args: tuple[Any, ...], synced: bool = True) -> bool:
+        """Apply `sql` to the job and reschedule its queue, in one transaction."""
+        conv = job.queue_key
 
         def apply() -> bool:
             found = self.db.execute(sql, args).rowcount > 0
-            if self.db.execute("SELECT 1 FROM jobs WHERE conv=? AND dead=0 LIMIT 1", (conv,)).fetchone():
-                self.db.execute("UPDATE queues SET ready_at=? WHERE conv=?", (ready_at, conv))
+            head = self.db.execute(_HEAD_NOT_BEFORE, (conv,)).fetchone()
+            if head:  # the queue is ready when its next job may run
+                self.db.execute("UPDATE queues SET ready_at=? WHERE conv=?", (max(ready_at, head[0]), conv))
             else:
                 self.db.execute("DELETE FROM queues WHERE conv=?", (conv,))
             return found
 
-        found = await self._write(apply)
+        found = await self._enqueue(apply, synced)
         self._busy.discard(conv)  # only once released: until then no other worker may take the conversation
         return found
 
@@ -390,7 +434,7 @@ class SQLiteStore(Store):
             job = Job.loads(body)
             job.attempts, job.created_at, job.next_at, job.error = 0, now, now, None
             self.db.execute("UPDATE jobs SET body=?, dead=0 WHERE id=?", (job.dumps(), row_id))
-            self.db.execute("INSERT OR REPLACE INTO queues VALUES (?,?)", (job.conversation_key, now))
+            self.db.execute("INSERT OR REPLACE INTO queues VALUES (?,?)", (job.queue_key, now))
         return len(rows)
 
     async def jobs(self, conversation_key: str) -> list[Job]:

@@ -45,6 +45,7 @@ class Call:
     status: int
     caller: str  # "bot", "user" or "anonymous"
     at: float = field(default_factory=time.monotonic)
+    wall: float = field(default_factory=time.time)  # the clock of the fake's rate-limit windows
 
 
 @dataclass
@@ -146,7 +147,8 @@ class FakeChatwoot:
         self._reorder = 0.0  # deliveries delayed by up to this many seconds each (Sidekiq: no order)
         self._random = random.Random(0)
         self._auto_assign = itertools.count()
-        self._window: tuple[int, dict[str, int]] = (0, {})  # rate limit: (minute, requests per client IP)
+        self._window: tuple[int, dict[str, int]] = (0, {})  # rate limit: (window, requests per client IP)
+        self.rate_window = 60.0  # seconds; tests shorten Chatwoot's minute to see several windows
         self.lookups_in_flight = self.max_lookups_in_flight = 0  # contact_conversations calls at a time
         self.now = time.time  # Chatwoot's clock, for signatures; tests share an injected clock with the bot
         self.app = web.Application()
@@ -559,10 +561,11 @@ class FakeChatwoot:
         return await self._api_call(request, route, name, body, token, answer)
 
     def _throttled(self, client: str) -> bool:
-        """rack-attack's `req/ip` throttle: every request counts, fixed one-minute windows."""
+        """rack-attack's `req/ip` throttle: every request counts (refused ones too), fixed windows of
+        `rate_window` seconds aligned to the epoch (Chatwoot: one minute)."""
         if self.rate_limit is None:
             return False
-        minute = int(time.time() // 60)
+        minute = int(time.time() // self.rate_window)
         if self._window[0] != minute:
             self._window = (minute, {})
         counts = self._window[1]
@@ -802,6 +805,20 @@ class FakeChatwoot:
     def _show(self, match, body, actor, conv):
         return 200, conv.partial(self.teams)
 
+    def _labels(self, match, body, actor, conv):
+        return 200, {"payload": list(conv.labels)}
+
+    def _set_labels(self, match, body, actor, conv):
+        """Api::V1::Accounts::Conversations::LabelsController#create: `params.permit(labels: [])` replaces the whole
+        list; a body without a list of labels clears them all (the permitted value is nil)."""
+        labels = body.get("labels")
+        wanted = [str(x).strip().lower() for x in labels if isinstance(x, str)] if isinstance(labels, list) else []
+        before = list(conv.labels)
+        conv.labels = sorted(set(filter(None, wanted)))
+        if conv.labels != before:
+            self._saved(conv, {"label_list": {"previous_value": before, "current_value": conv.labels}})
+        return 200, {"payload": list(conv.labels)}
+
     def _contact_conversations(self, match, body, actor, conv):
         cid = int(match["contact"])
         mine = [c.partial(self.teams) for c in self.conversations.values() if c.contact.id == cid]
@@ -879,6 +896,19 @@ class FakeChatwoot:
         inbox.bot_id = bot_id
         return 200, None
 
+    def _teams(self, match, body, actor, conv):
+        """api/v1/accounts/teams/index.json.jbuilder: a bare array of teams."""
+        return 200, [{**t, "is_member": False} for t in self.teams.values()]
+
+    def _agents(self, match, body, actor, conv):
+        """api/v1/accounts/agents/index.json.jbuilder: a bare array of the account's users, with their role."""
+        account = self.account["id"]
+        return 200, [
+            {**u.push(), "role": (u.roles or {account: u.role}).get(account), "email": f"user{u.id}@acme.example"}
+            for u in self.users.values()
+            if account in (u.roles or {account: u.role})
+        ]
+
     def _agent_bots(self, match, body, actor, conv):
         return 200, [b.json() for b in self.bots.values()]
 
@@ -918,7 +948,12 @@ def _rx(pattern: str) -> re.Pattern[str]:
 
 
 F = FakeChatwoot
-BOT_SINCE = {"show": "bot_reads", "toggle_typing_status": "bot_typing"}  # bot-token endpoints added later
+BOT_SINCE = {
+    "show": "bot_reads",
+    "toggle_typing_status": "bot_typing",
+    "labels": "bot_reads",
+    "set_labels": "bot_reads",
+}  # bot-token endpoints added later
 # method, path, route name, allowed for bot tokens, administrators only, handler
 ROUTES = [
     ("POST", _rx("/conversations/{conv}/toggle_status"), "toggle_status", True, False, F._toggle_status),
@@ -928,6 +963,8 @@ ROUTES = [
     ("GET", _rx("/conversations/{conv}/messages"), "messages_index", False, False, F._messages_index),
     ("POST", _rx("/conversations/{conv}/assignments"), "assignments", True, False, F._assign),
     ("GET", _rx("/conversations/{conv}"), "show", True, False, F._show),
+    ("GET", _rx("/conversations/{conv}/labels"), "labels", True, False, F._labels),
+    ("POST", _rx("/conversations/{conv}/labels"), "set_labels", True, False, F._set_labels),
     ("GET", _rx("/conversations"), "conversations", False, False, F._list_conversations),
     ("GET", _rx("/contacts/{contact}/conversations"), "contact_conversations", False, False, F._contact_conversations),
     ("GET", _rx("/inboxes"), "inboxes", False, False, F._inboxes),
@@ -936,4 +973,7 @@ ROUTES = [
     ("GET", _rx("/agent_bots"), "agent_bots", False, False, F._agent_bots),
     ("POST", _rx("/agent_bots"), "agent_bots_create", False, True, F._create_bot),
     ("PATCH", _rx("/agent_bots/{bot}"), "agent_bots_update", False, True, F._update_bot),
+    # the operator page's names
+    ("GET", _rx("/teams"), "teams", False, False, F._teams),
+    ("GET", _rx("/agents"), "agents", False, False, F._agents),
 ]

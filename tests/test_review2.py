@@ -69,7 +69,7 @@ async def test_a_handoff_the_team_bot_asks_for_pauses_evolutions_bot(fake, start
 )
 async def test_a_hanging_team_bot_does_not_hold_up_another_conversations_handoff(fake, start_bot, team, redis):
     team.slow(6.0, times=20)
-    bot = await start_bot(
+    await start_bot(
         FORWARD_URL=team.url,
         FORWARD_SECRET=SECRET,
         FORWARD_TIMEOUT="10",
@@ -83,4 +83,4 @@ async def test_a_hanging_team_bot_does_not_hold_up_another_conversations_handoff
     await wait_for(lambda: team.in_flight >= 4, 5, "the forwards under way")
     conv = fake.customer_writes(fake.contact("Maria"), "a human please").conversation
     await wait_for(lambda: fake.conversation(conv.display_id).status == "open", 3, "the handoff's open")
-    await bot.idle()
+    # no bot.idle(): the forwards are still hanging

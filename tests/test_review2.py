@@ -144,3 +144,25 @@ async def test_a_handoff_asked_for_in_a_chunked_answer_is_not_lost(fake, start_b
         assert fake.notes(conv.display_id) == ["Your bot asked for a person: wants a refund"]
     finally:
         await team.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review2: before Chatwoot 4.16 the bot cannot read a conversation, so guard._moot's EXPIRE drop "
+    "(seen.customer_latest, from a read only) never fires: a retried expiry resolves a conversation whose customer "
+    "just wrote and the bot heard it; observe/guard should also compare the bot's memory (state.latest_message of "
+    "an incoming message) with the job's trigger",
+)
+@pytest.mark.parametrize("fake", ["4.12"], indirect=True)
+async def test_an_expiry_retried_after_the_customer_wrote_is_dropped_before_416(fake, start_bot):
+    user = {"CHATWOOT_API_TOKEN": "user-token-5", "CHATWOOT_ACCOUNT_ID": "1", "SWEEP_RATE": "0"}
+    bot = await start_bot(**user, PENDING_EXPIRE_AFTER=str(7 * 86400), SWEEP_INTERVAL="0")
+    conv = fake.customer_writes(fake.contact("Silent"), "oi").conversation
+    await bot.idle()
+    fake.age(conv.display_id, 8 * 86400)
+    fake.fail("toggle_status", status=429, retry_after=2)  # the expiry's resolve is refused once
+    assert (await bot.bot.sweeps.once()).counts()["expired"] == {"resolve": 1}
+    await wait_for(lambda: fake.calls_to("toggle_status"), 5, "the refused resolve")
+    fake.customer_writes(conv.contact, "still there? I need help")  # heard by the bot live, same pending period
+    await bot.idle()
+    assert fake.conversation(conv.display_id).status == "pending"

@@ -1,0 +1,168 @@
+"""review2: the seams between the lifecycle model and issues 21-25, as end-to-end stories against the fakes.
+Each xfail names the defect; the fix belongs where its reason says."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import wait_for
+from tests.fakeevolution import GLOBAL_KEY, FakeEvolution
+from tests.teambot import TeamBot
+
+JID = "5511912345678@s.whatsapp.net"
+WHATSAPP = 4  # the fake Chatwoot's API inbox "WhatsApp"; the fake Evolution's instance has that name
+SECRET = "team-bot-secret-0123456789"
+
+
+@pytest.fixture
+async def evo():
+    fake = FakeEvolution()
+    await fake.start()
+    yield fake
+    await fake.close()
+
+
+@pytest.fixture
+async def team():
+    bot = await TeamBot(secret=SECRET).start()
+    yield bot
+    await bot.close()
+
+
+@pytest.fixture(autouse=True)
+def quick_second_pause(monkeypatch):
+    monkeypatch.setattr("agentbot.evolution.SECOND_PAUSE", 0.3)
+
+
+def paused(evo) -> list[str]:
+    return [c.body["remoteJid"] for c in evo.calls_to("changeStatus") if c.body["status"] == "paused"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review2: decide.forward_handoff never calls _switch_evolution (operator_handoff does), and the open it "
+    "queues is seen in phase HANDOFF, so evolution_jobs.transition_of queues no pause either: Evolution's bot keeps "
+    "answering a customer the team's bot handed to humans",
+)
+async def test_a_handoff_the_team_bot_asks_for_pauses_evolutions_bot(fake, start_bot, team, evo):
+    team.ask_handoff("wants a refund")
+    bot = await start_bot(
+        FORWARD_URL=team.url,
+        FORWARD_SECRET=SECRET,
+        EVOLUTION_URL=evo.url,
+        EVOLUTION_API_KEY=GLOBAL_KEY,
+        SWEEP_INTERVAL="0",
+    )
+    contact = fake.contact("Maria Lopez", phone_number="+55 11 91234-5678")
+    conv = fake.customer_writes(contact, "My lamp is broken", inbox=WHATSAPP).conversation
+    await wait_for(lambda: fake.conversation(conv.display_id).status == "open", 5, "the team bot's handoff")
+    await bot.idle()
+    assert fake.notes(conv.display_id) == ["Your bot asked for a person: wants a refund"]
+    assert paused(evo) == [JID, JID]  # as at a rule's handoff: now, and again a moment later
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review2: lanes keep queues apart but the outbox's workers are shared: forwards to a slow team bot "
+    "(and those waiting for forward.IN_FLIGHT's slots) occupy every worker, so a handoff's open in another "
+    "conversation waits FORWARD_TIMEOUT; the forward lane needs its own worker budget (outbox.py / relay.py)",
+)
+async def test_a_hanging_team_bot_does_not_hold_up_another_conversations_handoff(fake, start_bot, team, redis):
+    team.slow(6.0, times=20)
+    await start_bot(
+        FORWARD_URL=team.url,
+        FORWARD_SECRET=SECRET,
+        FORWARD_TIMEOUT="10",
+        STORE_URL=redis,
+        REDIS_MAX_CONNECTIONS="8",  # four outbox workers (half the pool)
+        HANDOFF_KEYWORDS="human",
+        SWEEP_INTERVAL="0",
+    )
+    for n in range(6):
+        fake.customer_writes(fake.contact(f"Customer {n}"), "Which lamp fits my desk?")
+    await wait_for(lambda: team.in_flight >= 4, 5, "the forwards under way")
+    conv = fake.customer_writes(fake.contact("Maria"), "a human please").conversation
+    await wait_for(lambda: fake.conversation(conv.display_id).status == "open", 3, "the handoff's open")
+    # no bot.idle(): the forwards are still hanging
+
+
+class ChunkedTeamBot:
+    """A team bot whose answer comes in two chunks (a streamed or proxied answer: Transfer-Encoding: chunked)."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def start(self) -> ChunkedTeamBot:
+        app = web.Application()
+        app.router.add_post("/hook", self._receive)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def close(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    async def _receive(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        self.received += 1
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(b'{"handoff": ')
+        await asyncio.sleep(0.05)  # the rest of the answer is still on its way
+        await resp.write(b'true, "reason": "wants a refund"}')
+        await resp.write_eof()
+        return resp
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review2: forward.Forwarder._post reads the answer with resp.content.read(MAX_ANSWER), which returns "
+    "whatever arrived first (one chunk), so a handoff asked for in a chunked answer is lost",
+)
+async def test_a_handoff_asked_for_in_a_chunked_answer_is_not_lost(fake, start_bot):
+    team = await ChunkedTeamBot().start()
+    try:
+        bot = await start_bot(FORWARD_URL=team.url, SWEEP_INTERVAL="0")
+        conv = fake.customer_writes(fake.contact(), "My lamp is broken").conversation
+        await wait_for(lambda: team.received, 5, "the forward")
+        await bot.idle()
+        assert fake.conversation(conv.display_id).status == "open"
+        assert fake.notes(conv.display_id) == ["Your bot asked for a person: wants a refund"]
+    finally:
+        await team.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review2: before Chatwoot 4.16 the bot cannot read a conversation, so guard._moot's EXPIRE drop "
+    "(seen.customer_latest, from a read only) never fires: a retried expiry resolves a conversation whose customer "
+    "just wrote and the bot heard it; observe/guard should also compare the bot's memory (state.latest_message of "
+    "an incoming message) with the job's trigger",
+)
+@pytest.mark.parametrize("fake", ["4.12"], indirect=True)
+async def test_an_expiry_retried_after_the_customer_wrote_is_dropped_before_416(fake, start_bot):
+    user = {"CHATWOOT_API_TOKEN": "user-token-5", "CHATWOOT_ACCOUNT_ID": "1", "SWEEP_RATE": "0"}
+    bot = await start_bot(**user, PENDING_EXPIRE_AFTER=str(7 * 86400), SWEEP_INTERVAL="0")
+    conv = fake.customer_writes(fake.contact("Silent"), "oi").conversation
+    await bot.idle()
+    fake.age(conv.display_id, 8 * 86400)
+    fake.fail("toggle_status", status=429, retry_after=2)  # the expiry's resolve is refused once
+    assert (await bot.bot.sweeps.once()).counts()["expired"] == {"resolve": 1}
+    await wait_for(lambda: fake.calls_to("toggle_status"), 5, "the refused resolve")
+    fake.customer_writes(conv.contact, "still there? I need help")  # heard by the bot live, same pending period
+    await bot.idle()
+    assert fake.conversation(conv.display_id).status == "pending"

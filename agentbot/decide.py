@@ -162,7 +162,9 @@ def forward_handoff(
     if state.phase is not Phase.BOT or (period is not None and state.period != period):
         return ignore(f"the conversation is no longer the bot's ({state.phase}, period {state.period})")
     trigger = max(state.latest_message or 0, c.last_message_id or 0) or None
-    return _handoff(c, facts, now, settings.rules_for(c.inbox_id), "forward", reason, trigger)
+    decision = _handoff(c, facts, now, settings.rules_for(c.inbox_id), "forward", reason, trigger)
+    _switch_evolution(decision, c, state, now, settings, trigger)  # Evolution's bot is paused at every handoff
+    return decision
 
 
 # ---- end of forwarding ----

@@ -191,7 +191,7 @@ class Forwarder:
             async with self._session.post(
                 url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
             ) as resp:
-                answer = await resp.content.read(MAX_ANSWER)
+                answer = await _read_at_most(resp.content, MAX_ANSWER)
                 return _result(resp.status, answer, resp.headers.get("Retry-After"))
         except TimeoutError:
             return Retry(f"no answer within FORWARD_TIMEOUT ({self._timeout.total:g} s)")
@@ -273,3 +273,11 @@ async def probe(session: aiohttp.ClientSession, url: str, seconds: float) -> tup
     if status >= 500:
         return False, f"{host} answered {status} to a GET in {took}: is your bot running behind it?"
     return True, f"{host} answers (a GET got {status} in {took})"
+
+
+async def _read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole answer up to `limit` bytes, however it was chunked (`read(n)` returns only what has come)."""
+    try:
+        return await content.readexactly(limit)
+    except asyncio.IncompleteReadError as short:  # a shorter answer: all of it
+        return short.partial

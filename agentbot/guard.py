@@ -39,6 +39,7 @@ class Seen:
     unheard: bool = False  # a read shows a customer message the bot has not been delivered yet
     posted: bool | None = False  # the step's note or message is in the conversation; None: it cannot be told
     customer_latest: int | None = None  # a read's last message, when it is the customer's
+    incoming: int = 0  # the customer's messages the bot heard in the current period
 
 
 # ---- verdicts ----------------------------------------------------------------------------------
@@ -174,9 +175,15 @@ def _moot(job: Job, period: int, step: Step, seen: Seen, maybe: bool) -> Drop | 
     by_status = _by_status(job, step, seen, maybe)
     if isinstance(by_status, Drop):
         return by_status
-    if job.rule == EXPIRE and (seen.customer_latest or 0) > (job.trigger or 0):
+    if job.rule == EXPIRE and _customer_wrote(job, seen):
         return Drop("the customer wrote since it was found stale")
     return _period_over(job, period, seen) or by_status
+
+
+def _customer_wrote(job: Job, seen: Seen) -> bool:
+    """Since an expiry was decided: by a read (4.16+), or by what the bot heard (every version)."""
+    heard = seen.incoming > int(job.context.get("incoming", seen.incoming))
+    return heard or (seen.customer_latest or 0) > (job.trigger or 0)
 
 
 def _period_over(job: Job, period: int, seen: Seen) -> Drop | None:

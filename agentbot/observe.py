@@ -30,6 +30,7 @@ class Observer:
             fresh=view is not None,
             unheard=view is not None and unheard(job, step, view, state.latest_message),
             customer_latest=_customers(view),
+            incoming=state.incoming,
             posted=found,
         )
         return period_of(job.period, job.trigger, state), seen

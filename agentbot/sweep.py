@@ -280,6 +280,7 @@ class Sweeper:
             if dry_run:
                 return Swept(c.key, "expired", action, found.reason)
             job = (label_job if action == "label" else resolve_job)(c, found, now, rules, state.period)
+            job.context["incoming"] = state.incoming  # the guard drops it once the bot heard the customer again
             if not await self.store.commit(self._expiry_commit(c, found, job, now), now):
                 return Swept(c.key, "skipped", "expired before", f"its expiry for message {job.trigger} was queued")
         self.handoffs.on_commit(1)

@@ -41,12 +41,6 @@ def paused(evo) -> list[str]:
     return [c.body["remoteJid"] for c in evo.calls_to("changeStatus") if c.body["status"] == "paused"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review2: decide.forward_handoff never calls _switch_evolution (operator_handoff does), and the open it "
-    "queues is seen in phase HANDOFF, so evolution_jobs.transition_of queues no pause either: Evolution's bot keeps "
-    "answering a customer the team's bot handed to humans",
-)
 async def test_a_handoff_the_team_bot_asks_for_pauses_evolutions_bot(fake, start_bot, team, evo):
     team.ask_handoff("wants a refund")
     bot = await start_bot(
@@ -128,11 +122,6 @@ class ChunkedTeamBot:
         return resp
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review2: forward.Forwarder._post reads the answer with resp.content.read(MAX_ANSWER), which returns "
-    "whatever arrived first (one chunk), so a handoff asked for in a chunked answer is lost",
-)
 async def test_a_handoff_asked_for_in_a_chunked_answer_is_not_lost(fake, start_bot):
     team = await ChunkedTeamBot().start()
     try:
@@ -146,13 +135,6 @@ async def test_a_handoff_asked_for_in_a_chunked_answer_is_not_lost(fake, start_b
         await team.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review2: before Chatwoot 4.16 the bot cannot read a conversation, so guard._moot's EXPIRE drop "
-    "(seen.customer_latest, from a read only) never fires: a retried expiry resolves a conversation whose customer "
-    "just wrote and the bot heard it; observe/guard should also compare the bot's memory (state.latest_message of "
-    "an incoming message) with the job's trigger",
-)
 @pytest.mark.parametrize("fake", ["4.12"], indirect=True)
 async def test_an_expiry_retried_after_the_customer_wrote_is_dropped_before_416(fake, start_bot):
     user = {"CHATWOOT_API_TOKEN": "user-token-5", "CHATWOOT_ACCOUNT_ID": "1", "SWEEP_RATE": "0"}

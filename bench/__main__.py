@@ -21,7 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
-from . import burst, payloads, sweep
+from . import burst, payloads, relay, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("bot", "ceiling", "usual")
@@ -139,21 +139,12 @@ async def wait_arrivals(standin: str, wanted: set[int], timeout: float = 30) -> 
     return got
 
 
-async def open_loop(url: str, standin: str, rate: int, seconds: float, handoff_share: float, first_id: int) -> dict:
-    """Offer `rate` deliveries per second whatever the answers; measure webhook and handoff latency."""
-    ignore = [b.encode() for b in payloads.ignore_bodies()]
-    template = payloads.handoff_template()
-    rng = random.Random(7)
-    plan = []
-    for i in range(int(rate * seconds)):
-        if rng.random() < handoff_share:
-            plan.append((first_id + i, payloads.handoff_body(first_id + i, template)))
-        else:
-            plan.append((None, ignore[i % len(ignore)]))
+async def offer(url: str, plan: list[tuple[int | None, bytes]], rate: int) -> tuple[list[float], dict[int, float], int]:
+    """POST the plan's bodies at `rate` per second whatever the answers: (webhook latencies, when each
+    conversation's delivery went, errors)."""
     latencies: list[float] = []
     sent: dict[int, float] = {}
     errors = 0
-    await records(standin)  # clear
     connector = aiohttp.TCPConnector(limit=512)
     async with aiohttp.ClientSession(connector=connector) as session:
         async def send(conv: int | None, body: bytes) -> None:
@@ -177,6 +168,22 @@ async def open_loop(url: str, standin: str, rate: int, seconds: float, handoff_s
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(send(conv, body)))
         await asyncio.gather(*tasks)
+    return latencies, sent, errors
+
+
+async def open_loop(url: str, standin: str, rate: int, seconds: float, handoff_share: float, first_id: int) -> dict:
+    """Offer `rate` deliveries per second whatever the answers; measure webhook and handoff latency."""
+    ignore = [b.encode() for b in payloads.ignore_bodies()]
+    template = payloads.handoff_template()
+    rng = random.Random(7)
+    plan: list[tuple[int | None, bytes]] = []
+    for i in range(int(rate * seconds)):
+        if rng.random() < handoff_share:
+            plan.append((first_id + i, payloads.handoff_body(first_id + i, template)))
+        else:
+            plan.append((None, ignore[i % len(ignore)]))
+    await records(standin)  # clear
+    latencies, sent, errors = await offer(url, plan, rate)
     arrivals = await wait_arrivals(standin, set(sent))
     handoff = [arrivals[c] - t for c, t in sent.items() if c in arrivals]
     ms = lambda v: v * 1000  # noqa: E731
@@ -268,6 +275,7 @@ async def main() -> None:
     p.add_argument("--burst", type=int, default=1000, help="returning customers for the burst workload (0: skip it)")
     p.add_argument("--burst-limit", type=int, default=200, help="the stand-in's calls per window (Chatwoot: 3000)")
     p.add_argument("--burst-window", type=float, default=2.0, help="the stand-in's window, seconds (Chatwoot: 60)")
+    p.add_argument("--relay", type=int, default=10, help="seconds per run of the relay workload (0: skip it)")
     args = p.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="agentbot-bench-"))
     files = {"ignore": workdir / "ignore.jsonl", "handoff": workdir / "handoff.jsonl"}
@@ -305,6 +313,11 @@ async def main() -> None:
                   flush=True)
             burst_figures = await burst.run(args, standin_url, workdir, Server)
             print(f"  {json.dumps(burst_figures)}", flush=True)
+        relay_figures = None
+        if args.relay and "bot" in targets:
+            print(f"relay workload: {args.relay} s per run, forwarding to a fast stand-in team bot", flush=True)
+            relay_figures = await relay.run(args, standin_url, workdir, Server, free_port, run_wrk, offer)
+            print(f"  {json.dumps(relay_figures)}", flush=True)
         results = {}
         for target in targets if args.rounds else ():
             results[target] = {w: median_of(runs[target][w]) for w in WORKLOADS}
@@ -327,6 +340,10 @@ async def main() -> None:
         report["burst"] = burst_figures
         report["burst_table"] = burst.table(burst_figures)
         print("\n" + report["burst_table"])
+    if relay_figures:
+        report["relay"] = relay_figures
+        report["relay_table"] = relay.table(relay_figures)
+        print("\n" + report["relay_table"])
     (ROOT / "bench" / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwritten to bench/results.json (logs in {workdir})")
 

@@ -1,5 +1,5 @@
 -- wrk script: POST deliveries to /webhook. WORKLOAD=ignore cycles through BODIES (one JSON per line);
--- WORKLOAD=handoff fills the template's token with a unique number per request.
+-- WORKLOAD=handoff (and relay) fills the template's token with a unique number per request.
 local counter, bodies, parts = 0, {}, {}
 local workload = os.getenv("WORKLOAD")
 local token = "987654321"
@@ -31,7 +31,7 @@ end
 function request()
   counter = counter + 1
   local body
-  if workload == "handoff" then
+  if workload == "handoff" or workload == "relay" then
     local n = tostring(1000000 + tid * 10000000 + counter)
     body = table.concat(parts, n)
   else

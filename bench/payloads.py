@@ -42,3 +42,18 @@ def handoff_template() -> str:
 
 def handoff_body(n: int, template: str | None = None) -> bytes:
     return (template or handoff_template()).replace(TOKEN, str(n)).encode()
+
+
+def relay_template() -> str:
+    """A new customer's first message on a pending conversation (no rule fires: the team's bot's);
+    its conversation, message and contact ids are TOKEN, so each delivery is another new customer."""
+    ids = {42, 4711, 58}  # the fixture's conversation, message and contact
+
+    def renumber(node):
+        if isinstance(node, dict):
+            return {k: renumber(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [renumber(v) for v in node]
+        return int(TOKEN) if type(node) is int and node in ids else node
+
+    return _dump(renumber(_fixture("message_created_incoming_pending")))

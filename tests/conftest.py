@@ -436,3 +436,14 @@ async def processes(spawner, fake, tmp_path):
         if p.proc.returncode is None:
             p.proc.kill()
             await p.proc.wait()
+
+
+@pytest.fixture
+async def evo():
+    """The fake Evolution API (tests/fakeevolution) on a loopback port."""
+    from tests.fakeevolution import FakeEvolution
+
+    fake = FakeEvolution()
+    await fake.start()
+    yield fake
+    await fake.close()

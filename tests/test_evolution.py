@@ -28,17 +28,9 @@ from agentbot.evolution import (
     whatsapp_jid,
 )
 from tests.fakechatwoot.model import fixture
-from tests.fakeevolution import GLOBAL_KEY, FakeEvolution
+from tests.fakeevolution import GLOBAL_KEY
 
 MARIA = "5511912345678@s.whatsapp.net"
-
-
-@pytest.fixture
-async def evo():
-    fake = FakeEvolution()
-    await fake.start()
-    yield fake
-    await fake.close()
 
 
 @pytest.fixture

@@ -5,15 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import run_main
-from tests.fakeevolution import GLOBAL_KEY, FakeEvolution
-
-
-@pytest.fixture
-async def evo():
-    fake = FakeEvolution()
-    await fake.start()
-    yield fake
-    await fake.close()
+from tests.fakeevolution import GLOBAL_KEY
 
 
 @pytest.fixture

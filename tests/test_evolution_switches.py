@@ -12,21 +12,13 @@ import pytest
 
 from agentbot.evolution import SECOND_PAUSE
 from tests.conftest import counted, run_main, wait_for
-from tests.fakeevolution import GLOBAL_KEY, FakeEvolution
+from tests.fakeevolution import GLOBAL_KEY
 from tests.test_page_http import client, sign_in
 
 JID = "5511912345678@s.whatsapp.net"
 GROUP = "120363041@g.us"
 WHATSAPP = 4  # the fake Chatwoot's API inbox "WhatsApp"; the fake Evolution's instance has that name
 ASKED = 'Customer asked for a person ("human")'
-
-
-@pytest.fixture
-async def evo():
-    fake = FakeEvolution()
-    await fake.start()
-    yield fake
-    await fake.close()
 
 
 @pytest.fixture(autouse=True)

@@ -9,20 +9,12 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import wait_for
-from tests.fakeevolution import GLOBAL_KEY, FakeEvolution
+from tests.fakeevolution import GLOBAL_KEY
 from tests.teambot import TeamBot
 
 JID = "5511912345678@s.whatsapp.net"
 WHATSAPP = 4  # the fake Chatwoot's API inbox "WhatsApp"; the fake Evolution's instance has that name
 SECRET = "team-bot-secret-0123456789"
-
-
-@pytest.fixture
-async def evo():
-    fake = FakeEvolution()
-    await fake.start()
-    yield fake
-    await fake.close()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 from zoneinfo import ZoneInfo
 
-import aiohttp_jinja2
+import jinja2
 import msgspec
 from aiohttp import web
 from loguru import logger
@@ -16,7 +16,7 @@ from loguru import logger
 from ..chatwoot import ChatwootError
 from ..events import Conversation
 from ..facts import Facts
-from . import chart, panels, words
+from . import LATER, chart, panels, words
 from . import names as names_
 from .auth import (
     RECHECK_SECONDS,
@@ -60,13 +60,20 @@ class Page:
         self.names = names_.Names()
 
 
-PAGE = web.AppKey("page", Page)
+def page_of(request: web.Request) -> Page:
+    """The page's state, made on its first request (page.setup imports none of this module)."""
+    later = request.app[LATER]
+    if later.page is None:
+        later.page = Page(later.bot)
+    return later.page
+
+
+TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("agentbot.page", "templates"), autoescape=True)
 
 
 def render(request: web.Request, template: str, context: dict[str, Any], status: int = 200) -> web.Response:
-    response = aiohttp_jinja2.render_template(template, request, context, status=status)
-    response.headers.update(HEADERS)
-    return response
+    html = TEMPLATES.get_template(template).render(context)
+    return web.Response(text=html, status=status, content_type="text/html", charset="utf-8", headers=HEADERS)
 
 
 def redirect(location: str) -> web.Response:
@@ -113,7 +120,7 @@ async def current(request: web.Request, page: Page, *, action: bool) -> tuple[Se
 
 
 async def index(request: web.Request) -> web.Response:
-    page = request.app[PAGE]
+    page = page_of(request)
     session, cookie, message = await current(request, page, action=False)
     if session is None:
         return sign_in_form(request, message or DONE.get(request.query.get("done", ""), ""))
@@ -276,7 +283,7 @@ def _refusal(page: Page, names: names_.Names, c: Conversation) -> str:
 
 
 async def _session_for_action(request: web.Request) -> tuple[Page, Session, Mapping[str, Any]]:
-    page = request.app[PAGE]
+    page = page_of(request)
     form = await request.post()
     session, _ = page.sessions.read(request, _now(page))
     if session is not None and not csrf_ok(session, form.get("csrf")):
@@ -293,7 +300,7 @@ async def _session_for_action(request: web.Request) -> tuple[Page, Session, Mapp
 
 
 async def sign_in(request: web.Request) -> web.Response:
-    page = request.app[PAGE]
+    page = page_of(request)
     client, now = client_of(request, page.bot.settings.trusted_proxies), _now(page)
     wait = page.limiter.retry_after(client, now)
     if wait is not None:
@@ -325,7 +332,7 @@ async def _read_names(page: Page, token: str, accounts: list[int]) -> None:
 
 
 async def sign_out(request: web.Request) -> web.Response:
-    page = request.app[PAGE]
+    page = page_of(request)
     form = await request.post()
     session, _ = page.sessions.read(request, _now(page))
     if session is None:
@@ -416,7 +423,7 @@ async def sweep(request: web.Request) -> web.Response:
 
 async def sweep_progress(request: web.Request) -> web.Response:
     """The page's latest sweep: its progress while it runs, then its result with links to Chatwoot."""
-    page = request.app[PAGE]
+    page = page_of(request)
     session, _ = page.sessions.read(request, _now(page))
     if session is None:
         return redirect("/")
@@ -450,18 +457,3 @@ async def sweep_progress(request: web.Request) -> web.Response:
 async def favicon(request: web.Request) -> web.Response:
     return web.Response(text=FAVICON, content_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
-
-def setup(app: web.Application, bot: Bot) -> None:
-    import jinja2
-
-    aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("agentbot.page", "templates"), autoescape=True)
-    app[PAGE] = Page(bot)
-    app.router.add_get("/", index)
-    app.router.add_get("/favicon.svg", favicon)
-    app.router.add_get("/favicon.ico", favicon)
-    app.router.add_post("/signin", sign_in)
-    app.router.add_post("/signout", sign_out)
-    app.router.add_post("/actions/handoff", hand_off)
-    app.router.add_post("/actions/retry", retry)
-    app.router.add_post("/actions/sweep", sweep)
-    app.router.add_get("/sweep", sweep_progress)

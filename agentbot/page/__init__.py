@@ -6,7 +6,6 @@ serving deliveries needs none of them, and they were a fifth of the time to the 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from importlib import import_module
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -33,7 +32,9 @@ def later(name: str) -> Handler:
     """The views' handler `name`, imported on its first call."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        handler: Handler = getattr(import_module(".views", __name__), name)
+        from . import views
+
+        handler: Handler = getattr(views, name)
         return await handler(request)
 
     return handle

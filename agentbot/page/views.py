@@ -456,4 +456,3 @@ async def sweep_progress(request: web.Request) -> web.Response:
 
 async def favicon(request: web.Request) -> web.Response:
     return web.Response(text=FAVICON, content_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
-

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .__main__ import ROOT, Server, free_port
+from .__main__ import ROOT, Server, compiled, free_port
 
 
 async def sample(target: str, standin: str, store: str, workdir: Path) -> float:
@@ -34,6 +34,7 @@ async def main() -> None:
     p.add_argument("--store", default="sqlite", help="sqlite (default) or a redis://… URL for the bot")
     args = p.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="agentbot-cold-"))
+    compiled()
     port = free_port()
     standin = subprocess.Popen([sys.executable, "-m", "bench.standin", "--port", str(port)], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

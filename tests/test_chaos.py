@@ -27,7 +27,7 @@ from tests.conftest import returning, wait_for
 
 KEYWORD = "human"
 # The recommended setup: with a user token the bot also reads a conversation's latest messages before it posts
-# a note or message again whose answer was lost (README, "What remains", says what happens without one).
+# a note or message again whose answer was lost (docs/promises.md, "What remains", says what happens without one).
 ENV = {
     "HANDOFF_KEYWORDS": KEYWORD,
     "HANDOFF_MESSAGE": "Thanks {name}, a person will answer.",

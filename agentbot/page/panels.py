@@ -249,10 +249,10 @@ def opens(logged: list[DecisionEntry]) -> list[Opened]:
     for e in reversed(logged):  # oldest first
         key = (e.account_id, e.display_id)
         if e.outcome in ("keep", "defer", "handoff"):
-            before = decided.get(key)
-            if before is not None and before.outcome == "handoff" and e.rule != "operator":
-                first.pop(key, None)  # a decision after a handoff begins a new period (its open never landed or
-                # was undone); Hand off now after a failed handoff carries on the period the customer waits in
+            # A decision after a handoff begins a new period (its open never landed, or was undone); Hand off now
+            # after a failed handoff carries on the period the customer is waiting in.
+            if key in decided and decided[key].outcome == "handoff" and e.rule != "operator":
+                del first[key], decided[key]
             first.setdefault(key, e.at)
             if e.outcome != "keep":
                 decided[key] = e

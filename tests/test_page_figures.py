@@ -92,7 +92,10 @@ def test_only_opens_of_the_last_7_days_count_and_opens_are_no_decisions():
     assert OPENED not in {e.outcome for e in entries}
     assert all("opened" not in words for _, found in figures.spans for words, _ in found)
     rows = panels.decisions(entries, Names(), None, "all", {}, opened)
-    assert [(r.entry.display_id, r.outcome, r.opened) for r in rows] == [(2, "handoff", "opened 9 s later"), (1, "keep", "")]
+    assert [(r.entry.display_id, r.outcome, r.opened) for r in rows] == [
+        (2, "handoff", "opened 9 s later"),
+        (1, "keep", ""),
+    ]
 
 
 async def test_the_median_time_from_message_to_open_shows_when_the_open_landed(fake, start_bot):

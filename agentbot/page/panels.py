@@ -284,10 +284,9 @@ def summary(entries: list[DecisionEntry], opened: list[Opened], now: datetime, z
     latest: dict[tuple[int, int], DecisionEntry] = {}
     for e in recent:  # newest first: the first seen is the conversation's latest decision
         latest.setdefault((e.account_id, e.display_id), e)
-    waits = [o.waited for o in opened if o.at >= week]
     return Summary(
         today=sum(1 for e in recent if e.outcome == "handoff" and e.at >= today),
-        median_open=_duration(statistics.median(waits)) if waits else "–",
+        median_open=median_open(opened, week),
         failed=failed,
         pending=sum(1 for e in latest.values() if e.outcome in ("keep", "defer")),
         spans=[
@@ -295,6 +294,17 @@ def summary(entries: list[DecisionEntry], opened: list[Opened], now: datetime, z
             for span, since in (("today", today), ("last 7 days", week))
         ],
     )
+
+
+def median_open(opened: list[Opened], since: float) -> str:
+    """The median time from message to open of the opens since `since`, in words; "–" without any."""
+    waits = [o.waited for o in opened if o.at >= since]
+    return _duration(statistics.median(waits)) if waits else "–"
+
+
+def _opened_later(opened: Sequence[Opened]) -> dict[str, str]:
+    """Decision key → when the open that carried it out landed, in words."""
+    return {o.decision.key: f"opened {_duration(o.at - o.decision.at)} later" for o in opened if o.decision}
 
 
 def _duration(seconds: float) -> str:
@@ -333,7 +343,7 @@ def decisions(
     """The rows of Recent decisions: `shown` is a key of words.FILTERS; keeps collapse per conversation; a handoff
     or deferral the bot's open carried out says when it landed."""
     outcomes = words.FILTERS.get(shown, words.FILTERS["attention"])[1]
-    later = {o.decision.key: f"opened {_duration(o.at - o.decision.at)} later" for o in opened if o.decision}
+    later = _opened_later(opened)
     rows: list[Row] = []
     keeps: dict[tuple[int, int], Row] = {}
     for e in entries:

@@ -146,11 +146,13 @@ return 1
 )
 
 # ARGV (the last three): the decision log's entry of an open that landed (store.base.opened_entry), or "", with
-# its account and time; logged where the account keeps a log (the next commit bounds it).
-OPENED = """
+# its account and time; logged where the account keeps a log (the next commit bounds its size).
+OPENED = f"""
 local function log_opened(entry, account, at)
-  if entry ~= '' and redis.call('EXISTS', P..'log:'..account) == 1 then
-    redis.call('ZADD', P..'log:'..account, at, entry)
+  local k = P..'log:'..account
+  if entry ~= '' and redis.call('EXISTS', k) == 1 then
+    redis.call('ZADD', k, at, entry)
+    redis.call('ZREMRANGEBYSCORE', k, '-inf', tonumber(at) - {LOG_TTL})
   end
 end
 """

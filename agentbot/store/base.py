@@ -148,7 +148,8 @@ class Store(ABC):
     @abstractmethod
     async def progress(self, job: Job, now: float) -> bool:
         """Save the job's step and context after a step succeeded. A backend may write it without waiting
-        (SQLite): a run cut short before it reaches the disk is recovered, and its steps are checked."""
+        (SQLite): a run cut short before it reaches the disk is recovered, and its steps are checked. With it (and
+        with `finish`) goes the decision log's entry of an open that landed (opened_entry)."""
 
     @abstractmethod
     async def finish(self, job: Job, now: float) -> bool: ...

@@ -134,9 +134,11 @@ def forward_job(
 
 
 def dedup_key(d: Delivery, body: bytes) -> str:
-    """The key a forwarded delivery is committed under: its decision's, except where that would not tell two
-    deliveries apart (a message's updates, such as receipts; a delivery without a conversation): its body's."""
-    if d.conversation is not None and (d.message is None or d.event == "message_created"):
+    """The key a forwarded delivery is committed under: a new message's decision key (its id, which the signature
+    covers); else its body's: a message's updates (receipts) share an id, and a conversation event's key would
+    be X-Chatwoot-Delivery, which the signature does not cover (a signed body posted again under a new id would be
+    forwarded again; Chatwoot's own retry sends the same body)."""
+    if d.conversation is not None and d.message is not None and d.event == "message_created":
         return d.dedup_key
     return "f:" + hashlib.sha256(body).hexdigest()[:40]
 

@@ -4,6 +4,7 @@ Each xfail names the defect; the fix belongs where its reason says."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 import time
@@ -14,6 +15,8 @@ from aiohttp import web
 from tests.conftest import wait_for
 from tests.fakeevolution import GLOBAL_KEY
 from tests.teambot import TeamBot
+from tests.test_security import raw_post
+from tests.test_webhook import signed
 
 JID = "5511912345678@s.whatsapp.net"
 WHATSAPP = 4  # the fake Chatwoot's API inbox "WhatsApp"; the fake Evolution's instance has that name
@@ -198,3 +201,23 @@ async def test_a_handoff_the_team_bot_asked_for_survives_a_store_that_fails_as_i
         assert team.repeats() == {}  # the message was not sent again (the later ones are the open's events)
     finally:
         await team.close()
+
+
+async def test_a_signed_conversation_event_replayed_with_a_new_delivery_id_is_not_forwarded_again(
+    fake, start_bot, team
+):
+    """review2: X-Chatwoot-Delivery is not signed, and a conversation event was de-duplicated by it: whoever saw a
+    signed delivery could post its body again within the 5 minute window under a new id, and the team's bot got
+    it again. Chatwoot's own retry sends the same body, so the body is what tells two deliveries apart."""
+    running = await start_bot(FORWARD_URL=team.url, FORWARD_SECRET=SECRET, SWEEP_INTERVAL="0")
+    conv = fake.customer_writes(fake.contact("Maria"), "Which lamp fits my desk?").conversation
+    fake.set_status(conv.display_id, "snoozed")
+    forwarded = lambda: [r.payload["event"] for r in team.delivered].count("conversation_status_changed")  # noqa: E731
+    await wait_for(forwarded, 5, "the status change, at the team's bot")
+    sent = next(d for d in fake.deliveries if d.event == "conversation_status_changed")
+    body = json.dumps(sent.payload, separators=(",", ":")).encode()
+    bot = fake.bots[7]
+    status, _ = await raw_post(bot.outgoing_url, body, {**signed(body, bot.secret), "X-Chatwoot-Delivery": "x-1"})
+    assert status == 200
+    await running.idle()  # a forward queued for the replay would have gone by now
+    assert forwarded() == 1

@@ -4,6 +4,9 @@ Each xfail names the defect; the fix belongs where its reason says."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
+import time
 
 import pytest
 from aiohttp import web
@@ -169,3 +172,58 @@ async def test_an_expiry_retried_after_the_customer_wrote_is_dropped_before_416(
     fake.customer_writes(conv.contact, "still there? I need help")  # heard by the bot live, same pending period
     await bot.idle()
     assert fake.conversation(conv.display_id).status == "pending"
+
+
+class GatedTeamBot(TeamBot):
+    """A team bot that de-duplicates by X-Chatwoot-Delivery and answers only once `gate` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(dedup=True)
+        self.gate = asyncio.Event()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        await self.gate.wait()
+        return await super()._handle(request)
+
+
+def _hold_write_lock(path: str, taken: threading.Event, release: threading.Event) -> None:
+    other = sqlite3.connect(path, isolation_level=None, timeout=30)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        taken.set()
+        release.wait(30)
+        other.execute("COMMIT")
+    finally:
+        other.close()
+
+
+async def test_a_handoff_the_team_bot_asked_for_survives_a_store_that_fails_as_it_is_committed(
+    fake, start_bot, tmp_path, monkeypatch
+):
+    """review2: the team's bot answered `{"handoff": true}` and the store failed as the handoff was committed (SQLite
+    locked by another connection past its patience): the outbox took it for a failed forward and sent the delivery
+    again, which a team bot that de-duplicates answers without a handoff. The customer stayed pending."""
+    monkeypatch.setattr("agentbot.store.sqlite.PATIENCE", 0.3)
+    path = str(tmp_path / "bot.sqlite3")
+    team = await GatedTeamBot().start()
+    try:
+        team.ask_handoff("wants a refund")
+        bot = await start_bot(STORE_URL=f"sqlite:///{path}", FORWARD_URL=team.url, SWEEP_INTERVAL="0")
+        conv = fake.customer_writes(fake.contact("Maria"), "My lamp is broken").conversation
+        await wait_for(lambda: team.in_flight == 1, 5, "the forward, at the team's bot")
+        taken, release = threading.Event(), threading.Event()
+        holder = asyncio.ensure_future(asyncio.to_thread(_hold_write_lock, path, taken, release))
+        try:
+            await wait_for(taken.is_set, 5, "the other connection's write lock")
+            team.gate.set()  # the answer asks for a person; its commit finds SQLite locked
+            await wait_for(lambda: team.in_flight == 0, 5, "the answer")
+            await wait_for(lambda: time.monotonic() > team.received[0].at + 1.0, 5, "the store failing a while")
+        finally:
+            release.set()
+            await holder
+        await wait_for(lambda: conv.status == "open", 10, "the handoff the team's bot asked for")
+        await bot.idle()
+        assert fake.notes(conv.display_id) == ["Your bot asked for a person: wants a refund"]
+        assert team.repeats() == {}  # the message was not sent again (the later ones are the open's events)
+    finally:
+        await team.close()

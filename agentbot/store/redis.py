@@ -30,6 +30,7 @@ from .base import (
     Lapsed,
     Lease,
     Store,
+    opened_entry,
 )
 
 P = "agentbot:"
@@ -160,28 +161,44 @@ return 1
 """
 )
 
-# ARGV: conv, id, token, job json, now, lease
+# ARGV (the last three): the decision log's entry of an open that landed (store.base.opened_entry), or "", with
+# its account and time; logged where the account keeps a log (the next commit bounds its size).
+OPENED = f"""
+local function log_opened(entry, account, at)
+  local k = P..'log:'..account
+  if entry ~= '' and redis.call('EXISTS', k) == 1 then
+    redis.call('ZADD', k, at, entry)
+    redis.call('ZREMRANGEBYSCORE', k, '-inf', tonumber(at) - {LOG_TTL})
+  end
+end
+"""
+
+# ARGV: conv, id, token, job json, now, lease, (OPENED)
 PROGRESS = (
     OWNED
+    + OPENED
     + """
 local conv, id = ARGV[1], ARGV[2]
 if not owned(conv, id, ARGV[3]) then return 0 end
 redis.call('LSET', P..'q:'..conv, 0, ARGV[4])
+log_opened(ARGV[7], ARGV[8], ARGV[9])
 redis.call('ZADD', ready_of(conv), tonumber(ARGV[5]) + tonumber(ARGV[6]), conv)
 return 1
 """
 )
 
-# ARGV: conv, id, token, how ('done'|'retry'|'dead'), job json, ready_at. A job put back takes its place by
+# ARGV: conv, id, token, how ('done'|'retry'|'dead'), job json, ready_at, (OPENED). A job put back takes its place by
 # order again: one of a lower order queued meanwhile goes first (as SQLite's claim picks it).
 RELEASE = (
     OWNED
     + PUSH
+    + OPENED
     + """
 local conv, id, how, job, at = ARGV[1], ARGV[2], ARGV[4], ARGV[5], tonumber(ARGV[6])
 if not owned(conv, id, ARGV[3]) then return 0 end
 local q = P..'q:'..conv
 redis.call('DEL', P..'owner:'..conv)
+log_opened(ARGV[7], ARGV[8], ARGV[9])
 if how == 'retry' then
   local order = cjson.decode(job).order
   if type(order) == 'number' then
@@ -312,6 +329,11 @@ for i = 1, #found, 2 do
 end
 return moved
 """
+
+
+def _opened(entry: DecisionEntry | None) -> tuple[str, int, float]:
+    """The OPENED script arguments for `entry` (store.base.opened_entry)."""
+    return (entry.dumps(), entry.account_id, entry.at) if entry else ("", 0, 0)
 
 
 def _script(redis: Redis, body: str) -> AsyncScript:
@@ -445,10 +467,11 @@ class RedisStore(Store):
         return bool(await self._renew(args=[job.queue_key, job.id, job.claim, now, LEASE]))
 
     async def progress(self, job: Job, now: float) -> bool:
-        return bool(await self._progress(args=[job.queue_key, job.id, job.claim, job.dumps(), now, LEASE]))
+        opened = _opened(opened_entry(job, now))
+        return bool(await self._progress(args=[job.queue_key, job.id, job.claim, job.dumps(), now, LEASE, *opened]))
 
     async def finish(self, job: Job, now: float) -> bool:
-        return await self._release_as("done", job, now)
+        return await self._release_as("done", job, now, _opened(opened_entry(job, now, finishing=True)))
 
     async def retry(self, job: Job) -> bool:
         return await self._release_as("retry", job, job.next_at)
@@ -456,7 +479,9 @@ class RedisStore(Store):
     async def bury(self, job: Job, now: float) -> bool:
         return await self._release_as("dead", job, now)
 
-    async def _release_as(self, how: str, job: Job, ready_at: float) -> bool:
+    async def _release_as(
+        self, how: str, job: Job, ready_at: float, opened: tuple[str, int, float] = ("", 0, 0)
+    ) -> bool:
         args: list[str | int | float | bytes] = [
             job.queue_key,
             job.id,
@@ -464,6 +489,7 @@ class RedisStore(Store):
             how,
             job.dumps(),
             ready_at,
+            *opened,
         ]
         return bool(await self._release(args=args))
 

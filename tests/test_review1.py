@@ -130,8 +130,8 @@ def _claims(bot) -> list[object]:
     store, seen = bot.bot.store, []
     claim, retry = store.claim, store.retry
 
-    async def claimed(now: float):
-        job = await claim(now)
+    async def claimed(now: float, lanes: bool = True):
+        job = await claim(now, lanes)
         seen.append(job)
         return job
 

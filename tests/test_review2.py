@@ -12,6 +12,7 @@ import time
 import pytest
 from aiohttp import web
 
+from agentbot.forward import IN_FLIGHT
 from tests.conftest import wait_for
 from tests.fakeevolution import GLOBAL_KEY
 from tests.teambot import TeamBot
@@ -56,29 +57,57 @@ async def test_a_handoff_the_team_bot_asks_for_pauses_evolutions_bot(fake, start
     assert paused(evo) == [JID, JID]  # as at a rule's handoff: now, and again a moment later
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review2: lanes keep queues apart but the outbox's workers are shared: forwards to a slow team bot "
-    "(and those waiting for forward.IN_FLIGHT's slots) occupy every worker, so a handoff's open in another "
-    "conversation waits FORWARD_TIMEOUT; the forward lane needs its own worker budget (outbox.py / relay.py)",
-)
-async def test_a_hanging_team_bot_does_not_hold_up_another_conversations_handoff(fake, start_bot, team, redis):
-    team.slow(6.0, times=20)
+# A store's outbox workers, and how many of them the other lanes (forward, evolution) may hold at once: half.
+# SQLite runs 64; Redis with 8 connections half as many as connections, 4. On SQLite 16 forwards are posted at once
+# (forward.IN_FLIGHT), the other 16 of the budget wait for a slot.
+STORES = {"sqlite": (64, 32), "redis": (4, 2)}
+
+
+@pytest.mark.parametrize("backend", STORES)
+async def test_a_hanging_team_bot_does_not_hold_up_another_conversations_handoff(
+    fake, start_bot, team, backend, request, tmp_path
+):
+    workers, budget = STORES[backend]
+    team.slow(6.0, times=workers + 10)
+    redis = {"STORE_URL": request.getfixturevalue("redis"), "REDIS_MAX_CONNECTIONS": "8"}
     await start_bot(
+        **(redis if backend == "redis" else {"STORE_URL": f"sqlite:///{tmp_path}/bot.sqlite3"}),
         FORWARD_URL=team.url,
         FORWARD_SECRET=SECRET,
         FORWARD_TIMEOUT="10",
-        STORE_URL=redis,
-        REDIS_MAX_CONNECTIONS="8",  # four outbox workers (half the pool)
         HANDOFF_KEYWORDS="human",
         SWEEP_INTERVAL="0",
     )
-    for n in range(6):
+    for n in range(workers + 6):  # more hanging forwards than workers
         fake.customer_writes(fake.contact(f"Customer {n}"), "Which lamp fits my desk?")
-    await wait_for(lambda: team.in_flight >= 4, 5, "the forwards under way")
+    await wait_for(lambda: team.in_flight >= min(budget, IN_FLIGHT), 5, "the forwards under way")
     conv = fake.customer_writes(fake.contact("Maria"), "a human please").conversation
     await wait_for(lambda: fake.conversation(conv.display_id).status == "open", 3, "the handoff's open")
-    # no bot.idle(): the forwards are still hanging
+    assert team.most_at_once <= min(budget, IN_FLIGHT)  # no answer yet: the forwards are still hanging
+
+
+async def test_a_hanging_evolution_api_does_not_hold_up_another_conversations_handoff(fake, start_bot, evo, redis):
+    bot = await start_bot(
+        EVOLUTION_URL=evo.url,
+        EVOLUTION_API_KEY=GLOBAL_KEY,
+        EVOLUTION_INSTANCE="WhatsApp",  # conversation events carry no inbox name
+        STORE_URL=redis,
+        REDIS_MAX_CONNECTIONS="8",  # four outbox workers, two of them Chatwoot's own
+        HANDOFF_KEYWORDS="human",
+        SWEEP_INTERVAL="0",
+    )
+    convs = [
+        fake.customer_writes(fake.contact(f"C{n}", phone_number=f"+55 11 9000-000{n}"), "oi", inbox=WHATSAPP)
+        for n in range(6)
+    ]
+    await bot.idle()
+    hang = evo.fail(hang=6.0, times=40)  # below the client's 10 s per call: none ends before the test does
+    for message in convs:  # each resolve closes the contact's session in Evolution: six calls that hang
+        fake.resolve(message.conversation.display_id)
+    await wait_for(lambda: 40 - hang.times >= 2, 5, "the closes under way")
+    conv = fake.customer_writes(fake.contact("Ana"), "a human please").conversation
+    await wait_for(lambda: fake.conversation(conv.display_id).status == "open", 3, "the handoff's open")
+    assert 40 - hang.times - hang.slept <= 2  # hanging at once: the others wait for the two workers lanes may hold
 
 
 class ChunkedTeamBot:

@@ -136,8 +136,9 @@ class Store(ABC):
     # shared store) until its lease runs out; every call below returns False, and changes nothing, when
     # the caller no longer owns the job.
     @abstractmethod
-    async def claim(self, now: float) -> Job | None:
-        """The oldest due job of a queue nobody is working on, now owned by the caller. When a run that claimed it
+    async def claim(self, now: float, lanes: bool = True) -> Job | None:
+        """The oldest due job of a queue nobody is working on, now owned by the caller; of Chatwoot's queues only
+        unless `lanes` (the outbox's budget of workers for the other lanes is spent). When a run that claimed it
         before never released it (a crash, a lapsed lease), it comes with an attempt at its current step that may
         have landed (and `recovered` when a power cut may have lost its progress). Claiming writes nothing."""
 

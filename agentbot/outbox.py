@@ -94,6 +94,8 @@ class Outbox:
         self._ticker: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._running: dict[str, tuple[Job, float]] = {}  # claimed jobs by id, with when their lease was last renewed
+        self.lane_budget = 0  # workers that may hold jobs of the other lanes at once (start() sets it)
+        self._in_lanes = 0  # workers holding, or claiming, a job of another lane than Chatwoot's
         self._store_failing_since: float | None = None
         self._store_error = ""
         self.settle = 2 * (chatwoot.timeout.total or 0)  # how long a call Chatwoot got may still be under way
@@ -110,7 +112,11 @@ class Outbox:
                 jobs -= 1
 
     def start(self) -> None:
-        self.workers = [asyncio.create_task(self._worker()) for _ in range(self.store.outbox_workers(WORKERS))]
+        # Half the workers at most run the other lanes' jobs (a team bot's or Evolution API's calls, which may hang
+        # for their timeout): the rest are Chatwoot's own, so a handoff never waits for another service.
+        workers = max(2, self.store.outbox_workers(WORKERS))
+        self.lane_budget = workers // 2
+        self.workers = [asyncio.create_task(self._worker()) for _ in range(workers)]
         self._ticker = asyncio.create_task(self._tick())
         self._poller = asyncio.create_task(self._poll())
 
@@ -166,11 +172,25 @@ class Outbox:
             logger.warning("outbox: the store failed ({}: {}); trying again", type(exc).__name__, exc)
         self._store_error = f"{type(exc).__name__}: {exc}"
 
+    async def _claim(self) -> Job | None:
+        """The next due job: of Chatwoot's queues only once the lane budget is spent. A slot of the budget is taken
+        before the claim (two workers claiming at once cannot both take the last one) and given back unless the
+        job claimed is another lane's."""
+        lanes = self._in_lanes < self.lane_budget
+        self._in_lanes += lanes
+        job = None
+        try:
+            job = await self.store.claim(self.now(), lanes=lanes)
+        finally:
+            if lanes and (job is None or not job.lane):
+                self._in_lanes -= 1
+        return job
+
     async def _worker(self) -> None:
         """Claim and run jobs until stopped; no exception ends a worker."""
         while not self._stopping.is_set():
             try:
-                job = await self.store.claim(self.now())
+                job = await self._claim()
             except Exception as exc:
                 self._store_failed(exc)
                 await self._idle()
@@ -204,6 +224,7 @@ class Outbox:
                     pass
             finally:
                 self._running.pop(job.id, None)
+                self._in_lanes -= bool(job.lane)
 
     async def _save(self, write: Callable[[], Awaitable[bool]], give_up_on_stop: bool = False) -> None:
         """A store write the job cannot go on without: tried until it succeeds (the store may be

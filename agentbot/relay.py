@@ -7,6 +7,7 @@ bot asks for, or FORWARD_FALLBACK's, is decided like the operator's button: Hand
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections import deque
@@ -19,6 +20,7 @@ from loguru import logger
 from .actions import Forward, ForwardEvent, Job
 from .chatwoot import ChatwootError
 from .config import Settings, forward_host
+from .constants import STORE_BACKOFF_BASE, STORE_BACKOFF_CAP
 from .events import MESSAGE_EVENTS, Delivery
 from .facts import ConversationState
 from .forward import (
@@ -37,6 +39,7 @@ from .forward import (
     verdict,
 )
 from .metrics import Metrics
+from .store import store_failure
 
 LANE = "forward"
 HOLD = 0.5  # seconds a forward waits, so an earlier message Chatwoot's Sidekiq delivered later can overtake it
@@ -131,9 +134,11 @@ def forward_job(
 
 
 def dedup_key(d: Delivery, body: bytes) -> str:
-    """The key a forwarded delivery is committed under: its decision's, except where that would not tell two
-    deliveries apart (a message's updates, such as receipts; a delivery without a conversation): its body's."""
-    if d.conversation is not None and (d.message is None or d.event == "message_created"):
+    """The key a forwarded delivery is committed under: a new message's decision key (its id, which the signature
+    covers); else its body's: a message's updates (receipts) share an id, and a conversation event's key would
+    be X-Chatwoot-Delivery, which the signature does not cover (a signed body posted again under a new id would be
+    forwarded again; Chatwoot's own retry sends the same body)."""
+    if d.conversation is not None and d.message is not None and d.event == "message_created":
         return d.dedup_key
     return "f:" + hashlib.sha256(body).hexdigest()[:40]
 
@@ -191,7 +196,7 @@ class Relay:
                 self.last_success = time.time()
                 self._over(job, "delivered", age)
                 if result.handoff is not None:
-                    await self.hand_off(job, step, handoff_note(result.handoff))
+                    await self._hand_off(job, step, handoff_note(result.handoff))
             case Next.REFUSED:
                 assert isinstance(result, Refused)
                 self._failed()
@@ -210,7 +215,7 @@ class Relay:
         self._over(job, "expired")
         since = step.accepted_at
         if self.settings.forward_fallback == "open":  # decided only if the conversation is still the bot's
-            await self.hand_off(job, step, fallback_note(url, since))
+            await self._hand_off(job, step, fallback_note(url, since))
             return
         logger.warning(
             "conversation {}: your bot at {} did not take the {} within FORWARD_MAX_AGE ({} s); given up{}",
@@ -220,6 +225,25 @@ class Relay:
             self.settings.forward_max_age,
             " (FORWARD_FALLBACK=keep)" if self.settings.forward_fallback == "keep" else "",
         )
+
+    async def _hand_off(self, job: Job, step: Forward, note: str) -> None:
+        """The handoff, committed whatever the store's state: tried again while the store fails, never by sending
+        the forward again (a team bot that de-duplicates answers a repeat without asking again)."""
+        pause = STORE_BACKOFF_BASE
+        while True:
+            try:
+                return await self.hand_off(job, step, note)
+            except Exception as exc:
+                if not store_failure(exc):
+                    raise
+                logger.warning(
+                    "conversation {}: the handoff your bot asked for is not written yet (the store failed: {}); "
+                    "trying again",
+                    job.conversation_key,
+                    exc,
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, STORE_BACKOFF_CAP)
 
     def _over(self, job: Job, result: str, age: float | None = None) -> None:
         self._waiting.pop(job.id, None)

@@ -18,7 +18,7 @@ import os
 import random
 import signal
 import sqlite3
-import threading
+import time
 from collections import Counter
 
 import pytest
@@ -27,7 +27,7 @@ from tests.conftest import returning, wait_for
 
 KEYWORD = "human"
 # The recommended setup: with a user token the bot also reads a conversation's latest messages before it posts
-# a note or message again whose answer was lost (README, "What remains", says what happens without one).
+# a note or message again whose answer was lost (docs/promises.md, "What remains", says what happens without one).
 ENV = {
     "HANDOFF_KEYWORDS": KEYWORD,
     "HANDOFF_MESSAGE": "Thanks {name}, a person will answer.",
@@ -155,14 +155,10 @@ class Faults:
             await asyncio.sleep(seconds)
             self.redis_server.start()
             return
-        # SQLite: another connection holds the write lock (a backup, `outbox --retry`); under its patience
-        other = sqlite3.connect(
-            self.store_url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
-        )
-        other.execute("BEGIN IMMEDIATE")
-        done = threading.Event()
-        threading.Timer(min(seconds, 2.0), lambda: (other.execute("COMMIT"), other.close(), done.set())).start()
-        await asyncio.get_running_loop().run_in_executor(None, done.wait)
+        # SQLite: another connection holds the write lock (a backup, `outbox --retry`); under its patience.
+        # In a thread: waiting for the lock (an outage still under way) on the test's event loop would freeze the
+        # fake Chatwoot, whose deliveries then time out though the bot answered them (seed 144 on SQLite).
+        await asyncio.to_thread(_hold_write_lock, self.store_url.removeprefix("sqlite:///"), min(seconds, 2.0))
 
     async def _kill_one(self) -> None:
         await asyncio.gather(*self._tasks)  # a bot cannot start while its store is down
@@ -182,6 +178,16 @@ class Faults:
     async def end(self) -> None:
         await asyncio.gather(*self._tasks)
         self.fake.faults.clear()
+
+
+def _hold_write_lock(path: str, seconds: float) -> None:
+    other = sqlite3.connect(path, isolation_level=None, timeout=30)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        time.sleep(seconds)  # the outage's length
+        other.execute("COMMIT")
+    finally:
+        other.close()
 
 
 def check(fake) -> list[str]:

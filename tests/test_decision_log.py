@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from agentbot.actions import Job, SetStatus
+from agentbot.actions import Job, PrivateNote, SetStatus
 from agentbot.facts import ConversationState
 from agentbot.store import Commit, DecisionEntry
-from agentbot.store.base import LOG_TTL
+from agentbot.store.base import LOG_TTL, OPENED
 from tests.conftest import returning, wait_for
 
 
@@ -83,8 +83,13 @@ async def test_the_bot_logs_handoffs_and_keeps_but_not_ignores(fake, start_bot):
     await wait_for(lambda: conv.status == "open", 5, "the handoff")
     await bot.idle()
     found = await bot.bot.store.decisions(bot.clock().timestamp())
-    assert [(e.display_id, e.outcome) for e in found] == [(conv.display_id, "handoff"), (newcomer.display_id, "keep")]
-    handoff = found[0]
+    assert [(e.display_id, e.outcome) for e in found] == [
+        (conv.display_id, OPENED),  # when the handoff's open landed (the operator page pairs it with the handoff)
+        (conv.display_id, "handoff"),
+        (newcomer.display_id, "keep"),
+    ]
+    opened, handoff = found[0], found[1]
+    assert opened.rule == "returning" and opened.at >= handoff.at
     assert handoff.rule == "returning" and handoff.reason.startswith("Returning customer:")
     assert handoff.contact == "Maria Lopez" and handoff.inbox_id == 3 and handoff.account_id == 1
 
@@ -96,3 +101,66 @@ async def test_decision_log_size_zero_logs_nothing(fake, start_bot):
     await wait_for(lambda: conv.status == "open", 5, "the handoff")
     await bot.idle()
     assert await bot.bot.store.decisions(bot.clock().timestamp()) == []
+
+
+def handoff_job(n: int, *steps) -> Commit:
+    """A logged handoff decision with its job (default: open, then a note)."""
+    job = Job(1, n, f"reason {n}", list(steps or (SetStatus("open"), PrivateNote("note"))), rule="returning")
+    return logged(n, 100.0, jobs=[job])
+
+
+async def test_an_open_that_lands_is_logged_once_with_the_jobs_progress(store):
+    await store.commit(handoff_job(1), 100.0)
+    job = await store.claim(100.0)
+    job.next_step()  # the open landed
+    assert await store.progress(job, 104.0)
+    job.next_step()  # the note
+    assert await store.finish(job, 105.0)
+    found = await store.decisions(106.0)
+    assert [(e.display_id, e.outcome, e.at, e.rule) for e in found] == [
+        (1, OPENED, 104.0, "returning"),
+        (1, "handoff", 100.0, "returning"),
+    ]
+
+
+async def test_an_open_as_the_last_step_is_logged_with_the_jobs_finish(store):
+    await store.commit(handoff_job(1, SetStatus("open")), 100.0)
+    job = await store.claim(100.0)
+    job.next_step()
+    assert await store.finish(job, 103.0)
+    assert [(e.outcome, e.at) for e in await store.decisions(104.0)] == [(OPENED, 103.0), ("handoff", 100.0)]
+
+
+async def test_an_open_is_logged_once_when_its_job_is_dropped_after_it(store):
+    await store.commit(handoff_job(1), 100.0)
+    job = await store.claim(100.0)
+    job.next_step()
+    assert await store.progress(job, 101.0)
+    assert await store.finish(job, 102.0)  # dropped at its note (the conversation moved on)
+    assert [e.outcome for e in await store.decisions(103.0)] == [OPENED, "handoff"]
+
+
+async def test_no_open_logged_when_it_did_not_land_or_set_no_open(store):
+    await store.commit(handoff_job(1, SetStatus("open")), 100.0)
+    dropped = await store.claim(100.0)
+    assert await store.finish(dropped, 101.0)  # dropped before its open (an agent opened it)
+    await store.commit(handoff_job(2, SetStatus("open")), 100.0)
+    dead = await store.claim(101.0)
+    dead.error = "toggle_status: 422"
+    assert await store.bury(dead, 102.0)
+    await store.commit(handoff_job(3, PrivateNote("note"), SetStatus("pending")), 100.0)  # a give-back
+    given = await store.claim(102.0)
+    given.next_step()
+    assert await store.progress(given, 103.0)
+    given.next_step()
+    assert await store.finish(given, 104.0)
+    assert OPENED not in {e.outcome for e in await store.decisions(105.0)}
+
+
+async def test_no_open_logged_in_an_account_without_a_log(store):
+    job = Job(1, 1, "r", [SetStatus("open")])
+    await store.commit(Commit("d:1", "1:1", jobs=[job]), 100.0)  # DECISION_LOG_SIZE=0: no entry
+    claimed = await store.claim(100.0)
+    claimed.next_step()
+    assert await store.finish(claimed, 101.0)
+    assert await store.decisions(102.0) == []

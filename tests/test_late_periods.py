@@ -299,7 +299,7 @@ async def test_a_handoffs_failing_note_is_not_posted_into_the_next_pending_perio
 
 @pytest.mark.parametrize("fake", ["4.12", "4.16"], indirect=True)
 async def test_an_applied_note_whose_echo_is_late_and_whose_messages_read_is_refused_is_posted_again(fake, start_bot):
-    """README, What remains: an unsure note whose echo has not reached the bot is found only while it is the
+    """docs/promises.md, What remains: an unsure note whose echo has not reached the bot is found only while it is the
     conversation's last message unless CHATWOOT_API_TOKEN may read the conversation's messages. Here the user token
     is refused (404, e.g. the user is not in the inbox), the echo lags (Sidekiq), and an agent wrote after the
     note: what the bot can read is the same as for a note that never landed (test_a_refused_messages_read_does_not_

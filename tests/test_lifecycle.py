@@ -4,7 +4,11 @@ taken for a crash, and the operator's "Hand off now" ignoring the inbox filters 
 
 from __future__ import annotations
 
+import asyncio
 import re
+import sqlite3
+import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -124,3 +128,51 @@ async def test_a_refused_read_of_a_pending_again_conversation_is_tried_again_bef
     await bot.idle()
     assert conv.status == "open"
     assert [by for by in fake.opened_by(conv.display_id) if by.startswith("bot")] == ["bot:7", "bot:7"]
+
+
+def _hold_write_lock(path: str, taken: threading.Event, release: threading.Event) -> None:
+    """Another connection (a backup, `outbox --retry`) holds SQLite's write lock until `release`."""
+    other = sqlite3.connect(path, isolation_level=None, timeout=30)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        taken.set()
+        release.wait(30)
+        other.execute("COMMIT")
+    finally:
+        other.close()
+
+
+async def test_a_commit_cut_short_while_sqlite_is_locked_keeps_the_conversation_until_it_lands(
+    fake, start_bot, tmp_path, monkeypatch
+):
+    """Chaos seeds 75 and 92 (SQLite): a handoff's commit waited for SQLite's write lock (another connection: a
+    backup, `outbox --retry`); the webhook's budget cut the delivery short (500) with the commit still on its way,
+    and the conversation's lock was released. The customer's next message, and Chatwoot's retry, decided on the
+    state before that commit: three handoffs. The lock now waits for the commit, so they see the handoff. (The
+    outbox's guard would drop the later handoffs' steps since, as the conversation is open by then; the decision
+    log, the operator page's, shows what was decided.)"""
+    monkeypatch.setattr("agentbot.store.sqlite.PATIENCE", 8.0)  # 3 s: a window of a few tenths, widened here
+    path = str(tmp_path / "bot.sqlite3")
+    bot = await start_bot(STORE_URL=f"sqlite:///{path}", HANDOFF_KEYWORDS="human")
+    maria = fake.contact("Maria")
+    taken, release = threading.Event(), threading.Event()
+    holder = asyncio.ensure_future(asyncio.to_thread(_hold_write_lock, path, taken, release))
+    try:
+        await wait_for(taken.is_set, 5, "the other connection's write lock")
+        message = fake.customer_writes(maria, "a human please")  # decided at once; its commit waits for SQLite
+        conv = message.conversation
+        delivery = next(d for d in fake.deliveries if d.event == "message_created" and d.payload["id"] == message.id)
+        await wait_for(lambda: delivery.answers, 6, "the delivery, cut short by its budget")
+        assert delivery.answers[0] == 500
+        fake.customer_writes(maria, "human please!")  # with Chatwoot's retry, while the commit is on its way
+        await wait_for(lambda: bot.bot.handoffs.live == 2, 5, "the next message and the retry, in the bot")
+    finally:
+        release.set()
+        await holder
+    await wait_for(lambda: conv.status == "open", 10, "the handoff")
+    await bot.idle()
+    assert fake.opened_by(conv.display_id) == ["bot:7"]
+    assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)
+    assert fake.fallbacks == []
+    handoffs = [e.reason for e in await bot.bot.store.decisions(time.time()) if e.outcome == "handoff"]
+    assert len(handoffs) == 1, handoffs

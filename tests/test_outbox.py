@@ -333,10 +333,10 @@ async def test_jobs_woken_for_during_a_store_outage_run_once_it_is_back(memory):
     real = memory.claim
     down = True
 
-    async def claim(now: float) -> Any:
+    async def claim(now: float, lanes: bool = True) -> Any:
         if down:
             raise ConnectionError("store down")
-        return await real(now)
+        return await real(now, lanes)
 
     memory.claim = claim
     outbox.start()

@@ -63,6 +63,7 @@ async def test_a_dead_letter_is_in_the_red_banner_and_marked_failed_in_the_list_
     assert await attr(browser, link, "href") == f"{fake.url}/app/accounts/1/conversations/{conv.display_id}"
     assert await browser.all("#failures button.retry")
     assert await browser.text("#failed-count") == "1"
+    assert await browser.text("#median-open") == "–"  # its open never landed: no time from message to open
     store = await with_text(browser, "#health li.check", "Store")
     assert await attr(browser, store, "data-level") == "bad"  # not a green tick next to "1 dead letter"
 

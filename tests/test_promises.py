@@ -472,7 +472,9 @@ async def test_after_a_dead_letter_a_resolve_delivered_after_the_customers_messa
     assert fake.bot_messages(conv.display_id) == ["Thanks Maria Lopez"]
 
 
-@pytest.mark.xfail(strict=True, reason="README, What remains: a private note hides the message the bot waits for")
+@pytest.mark.xfail(
+    strict=True, reason="docs/promises.md, What remains: a private note hides the message the bot waits for"
+)
 async def test_an_unsure_handoff_waits_for_an_unheard_message_behind_an_agents_private_note(fake, start_bot):
     """The unsure handoff across a resolve (above), with an agent's private note after the customer's new message:
     Chatwoot shows the note as the conversation's last message, so the bot cannot tell that a customer message

@@ -93,3 +93,22 @@ async def test_the_pace_is_what_chatwoot_let_through_between_two_openings_and_ca
     limit.release(PROBE, Outcome.ANSWERED)
     assert limit.rate == 1.5  # 3 calls let through in 2 s
     assert RateLimit(cap=20).rate == 20 and RateLimit().rate is None
+
+
+async def test_a_one_off_refusal_after_a_minute_of_unanswered_calls_teaches_no_pace():
+    """Chaos seeds 22, 36 and 59 on Redis: Chatwoot hung for a minute (calls went unanswered, one after another,
+    so the count of answered calls never restarted), then one 429 (a fault, a proxy): the two answers of that
+    minute taught 0.03 calls a second for FORGET seconds, and the outboxes never drained. A count that let
+    through less than a call a second says nothing about Chatwoot's limit."""
+    now = [0.0]
+    limit = RateLimit(clock=lambda: now[0])
+    for _ in range(2):
+        limit.release(await limit.acquire(), Outcome.ANSWERED)
+    while now[0] < 60:  # unanswered calls, each sent as the last one gave up
+        ticket = await limit.acquire()
+        now[0] += 0.5
+        limit.release(ticket, Outcome.UNKNOWN)
+    limit.release(await limit.acquire(), Outcome.REFUSED)
+    now[0] += 0.5
+    limit.release(PROBE, Outcome.ANSWERED)
+    assert limit.rate is None and not limit.paused

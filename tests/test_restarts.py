@@ -84,5 +84,5 @@ async def test_a_note_whose_echo_went_with_the_killed_bot_is_not_posted_again_wh
     await wait_for(lambda: fake.in_flight == 0, 10, "deliveries")
     if user_token or not fake.has("bot_reads"):
         assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)
-    else:  # the window README's "What remains" states
+    else:  # the window docs/promises.md's "What remains" states
         assert len(fake.notes(conv.display_id)) == 2, fake.notes(conv.display_id)

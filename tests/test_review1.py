@@ -67,7 +67,7 @@ def _power_cut(db: str, snapshot: str) -> None:
 )
 async def test_a_power_cut_after_a_handoff_ran_posts_nothing_twice(fake, start_bot, tmp_path, token):
     """Before 4.16 without a user token, what cannot be checked is not posted again; from 4.16 the bot sees only
-    the last message, so the note is found with the recommended user token (README, What remains)."""
+    the last message, so the note is found with the recommended user token (docs/promises.md, What remains)."""
     maria, conv = returning(fake)
     db, saved = f"{tmp_path}/bot.sqlite3", f"{tmp_path}/synced.sqlite3"
     # CHATWOOT_TIMEOUT 0.5: the restarted bot waits twice that before it checks what the cut-short run sent
@@ -130,8 +130,8 @@ def _claims(bot) -> list[object]:
     store, seen = bot.bot.store, []
     claim, retry = store.claim, store.retry
 
-    async def claimed(now: float):
-        job = await claim(now)
+    async def claimed(now: float, lanes: bool = True):
+        job = await claim(now, lanes)
         seen.append(job)
         return job
 

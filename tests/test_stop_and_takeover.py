@@ -59,8 +59,8 @@ def claims(bot) -> list[tuple[float, object]]:
     store, seen = bot.bot.store, []
     claim = store.claim
 
-    async def recorded(now: float):
-        job = await claim(now)
+    async def recorded(now: float, lanes: bool = True):
+        job = await claim(now, lanes)
         seen.append((now, job))
         return job
 

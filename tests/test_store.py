@@ -267,3 +267,40 @@ async def test_a_lane_is_ready_when_its_next_job_may_run(store):
     await store.finish(first, 100.6)
     assert await store.claim(100.7) is None
     assert (await store.claim(100.8)).order == 11.0
+
+
+# ---- Chatwoot's jobs alone (the outbox's budget of workers for the other lanes is spent) ----------------------
+async def test_a_claim_of_chatwoots_jobs_alone_finds_them_behind_the_other_lanes_and_takes_none_of_those(store):
+    lanes = [Job(1, n, "forward", [SetStatus("open")], lane=("forward", "evolution")[n % 2]) for n in range(1, 40)]
+    await store.commit(Commit("d:1", "1:1", jobs=lanes), 100.0)  # due first
+    await store.commit(Commit("d:2", "1:99", jobs=[job(99, "open")]), 101.0)
+    opening = await store.claim(200.0, lanes=False)
+    assert opening.reason == "open" and await store.finish(opening, 200.0)
+    assert await store.claim(200.0, lanes=False) is None  # the other lanes' jobs wait for a worker of their budget
+    running = await store.claim(200.0)
+    assert running.lane and await store.renew(running, 201.0) and await store.progress(running, 201.0)
+    running.next_at = 202.0
+    assert await store.retry(running) is True
+    assert await store.claim(300.0, lanes=False) is None  # a retried, renewed or saved job is still another lane's
+    await store.commit(Commit("d:3", "1:98", jobs=[job(98, "open 98")]), 300.0)
+    assert (await store.claim(300.0, lanes=False)).reason == "open 98"
+
+
+async def test_lane_queues_an_older_version_kept_with_chatwoots_are_moved_and_claimed_with_the_lanes(redis):
+    """Before the budget per lane, Redis kept every queue's ready time in one sorted set."""
+    import redis as sync_redis
+
+    old = sync_redis.Redis.from_url(redis)
+    for display_id, lane in ((1, "forward"), (2, "evolution")):
+        queue = f"1:{display_id}/{lane}"
+        old.rpush(f"agentbot:q:{queue}", Job(1, display_id, lane, [SetStatus("open")], lane=lane, id=lane).dumps())
+        old.zadd("agentbot:ready", {queue: 100.0})
+    store = open_store(redis)
+    await store.open()  # moves those there were
+    old.zadd("agentbot:ready", {"1:2/evolution": 100.0})  # an older instance still running puts one back
+    try:
+        assert await store.claim(200.0, lanes=False) is None
+        assert {(await store.claim(200.0)).lane, (await store.claim(200.0)).lane} == {"forward", "evolution"}
+        assert old.zcard("agentbot:ready") == 0
+    finally:
+        await store.close()

@@ -1,6 +1,7 @@
 """A store written by the bot before the period model (tests/data/store-before-periods.sqlite, made by the code
 of f20d241) loads into the model: conversation states as periods and phases, jobs with their attempts, the
-timer and the dead letter, and a job claimed when that bot died is checked, not trusted."""
+timer and the dead letter, and a job claimed when that bot died is checked, not trusted; its decision log takes the
+open that lands (the operator page's time from message to open)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import shutil
 from pathlib import Path
 
 from agentbot.actions import AssignTeam, PrivateNote, PublicMessage, SetStatus
+from agentbot.page.panels import opens
 from agentbot.period import Phase
 from agentbot.store import open_store
+from agentbot.store.base import OPENED
 
 OLD = Path(__file__).parent / "data" / "store-before-periods.sqlite"
 NOW = 1_800_000_000.0  # when that bot wrote it
@@ -44,5 +47,11 @@ async def test_a_store_written_before_the_period_model_loads(tmp_path):
         [dead] = await store.dead_letters()
         assert (dead.display_id, dead.error, dead.attempt) == (44, 'toggle_status: 422 {"error": "fault"}', None)
         assert await store.fire_timers(NOW + 3600) == 1  # the deferred handoff's timer
+        for _ in range(2):  # its team, then its open (landed): the open goes into that bot's decision log
+            job.next_step()
+            assert await store.progress(job, NOW + 20)
+        logged = await store.decisions(NOW + 30)
+        assert [(e.display_id, e.outcome, e.at) for e in logged] == [(40, OPENED, NOW + 20), (40, "handoff", NOW - 5)]
+        assert [o.waited for o in opens(logged)] == [25.0]  # the operator page's time from message to open
     finally:
         await store.close()

@@ -545,10 +545,13 @@ async def test_the_operator_pages_sweep_runs_in_the_background_and_a_dry_run_off
     await bot.idle()
     assert_handed_off_once(fake, back)
     assert new[0].status == "pending"
-    # The decision log has the sweep's handoffs; its keeps (thousands at a first sweep) stay out of it.
+    # The decision log has the sweep's handoffs (and when their opens landed); its keeps (thousands at a first
+    # sweep) stay out of it.
     logged = await bot.bot.store.decisions(datetime.now(timezone.utc).timestamp())
     assert sorted((e.display_id, e.outcome, e.rule, e.event) for e in logged) == [
-        (c.display_id, "handoff", "returning", "sweep") for c in back
+        (c.display_id, outcome, "returning", event)
+        for c in back
+        for outcome, event in (("handoff", "sweep"), ("opened", "outbox"))
     ]
 
 

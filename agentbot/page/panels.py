@@ -7,6 +7,7 @@ import re
 import statistics
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -19,6 +20,7 @@ from ..decide import Decision, decide_from_memory
 from ..events import Delivery, Listed, Message, Person
 from ..facts import ConversationState, Facts
 from ..store import DecisionEntry
+from ..store.base import OPENED
 from . import chart, words
 from .names import Names
 
@@ -69,12 +71,26 @@ class Row:
     count: int = 1
     first_at: float = 0.0
     error: str = ""
+    opened: str = ""  # when the bot's open of this handoff (or deferral) landed: "opened 4 s later"
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A conversation the bot opened (its open landed: store.base.OPENED), paired with its pending period."""
+
+    at: float  # when Chatwoot opened it
+    first: float  # the period's first customer message (its first decision)
+    decision: DecisionEntry | None  # the period's handoff (or deferral) it carried out; None: a timer's (keep)
+
+    @property
+    def waited(self) -> float:
+        return self.at - self.first
 
 
 @dataclass
 class Summary:
     today: int = 0
-    median_wait: str = "–"
+    median_open: str = "–"  # from a customer's first message to the bot's open, the last 7 days
     failed: int = 0
     pending: int = 0
     spans: list[tuple[str, list[tuple[str, int]]]] = field(default_factory=list)
@@ -218,7 +234,38 @@ def counts(bot: Bot) -> dict[str, int]:
     return dict(sorted(found.items()))
 
 
-def activity(entries: list[DecisionEntry], now: datetime, zone: ZoneInfo, failed: int) -> dict[str, Any]:
+def split(logged: list[DecisionEntry]) -> tuple[list[DecisionEntry], list[Opened]]:
+    """The decision log as (its decisions, the bot's opens paired with their periods): an open is no decision."""
+    return [e for e in logged if e.outcome != OPENED], opens(logged)
+
+
+def opens(logged: list[DecisionEntry]) -> list[Opened]:
+    """Each open the bot logged, with its pending period's first decision (its first customer message) and the
+    handoff or deferral it carried out; an open whose period began before the log does not count. Opens by an agent
+    or by Chatwoot's failure fallback are not logged; a handoff whose open failed or is still on its way has none."""
+    found: list[Opened] = []
+    first: dict[tuple[int, int], float] = {}
+    decided: dict[tuple[int, int], DecisionEntry] = {}
+    for e in reversed(logged):  # oldest first
+        key = (e.account_id, e.display_id)
+        if e.outcome in ("keep", "defer", "handoff"):
+            # A decision after a handoff begins a new period (its open never landed, or was undone); Hand off now
+            # after a failed handoff carries on the period the customer is waiting in.
+            if key in decided and decided[key].outcome == "handoff" and e.rule != "operator":
+                del first[key], decided[key]
+            first.setdefault(key, e.at)
+            if e.outcome != "keep":
+                decided[key] = e
+            continue
+        began, decision = first.pop(key, None), decided.pop(key, None)  # an open, a give-back or an expiry ends it
+        if e.outcome == OPENED and began is not None:
+            found.append(Opened(e.at, began, decision))
+    return found
+
+
+def activity(
+    entries: list[DecisionEntry], opened: list[Opened], now: datetime, zone: ZoneInfo, failed: int
+) -> dict[str, Any]:
     week = chart.week_start(now, zone).timestamp()
     recent = [e for e in entries if e.at >= week]
     rules_seen = {e.rule or "other" for e in recent if e.outcome == "handoff"}
@@ -226,20 +273,20 @@ def activity(entries: list[DecisionEntry], now: datetime, zone: ZoneInfo, failed
         "hourly": chart.per_hour(entries, now, zone),
         "daily": chart.per_day(entries, now, zone),
         "legend": [(words.rule(r), words.colour(r), r) for r in sorted(rules_seen, key=words.rule)],
-        "summary": summary(entries, now, zone, failed),
+        "summary": summary(entries, opened, now, zone, failed),
     }
 
 
-def summary(entries: list[DecisionEntry], now: datetime, zone: ZoneInfo, failed: int) -> Summary:
+def summary(entries: list[DecisionEntry], opened: list[Opened], now: datetime, zone: ZoneInfo, failed: int) -> Summary:
+    """`entries`: decisions only (split); `opened`: the bot's opens, of which those of the last 7 days count."""
     today, week = chart.day_start(now, zone).timestamp(), chart.week_start(now, zone).timestamp()
     recent = [e for e in entries if e.at >= week]
     latest: dict[tuple[int, int], DecisionEntry] = {}
     for e in recent:  # newest first: the first seen is the conversation's latest decision
         latest.setdefault((e.account_id, e.display_id), e)
-    waits = _waits(recent)
     return Summary(
         today=sum(1 for e in recent if e.outcome == "handoff" and e.at >= today),
-        median_wait=_duration(statistics.median(waits)) if waits else "–",
+        median_open=median_open(opened, week),
         failed=failed,
         pending=sum(1 for e in latest.values() if e.outcome in ("keep", "defer")),
         spans=[
@@ -249,19 +296,15 @@ def summary(entries: list[DecisionEntry], now: datetime, zone: ZoneInfo, failed:
     )
 
 
-def _waits(recent: list[DecisionEntry]) -> list[float]:
-    """Seconds from a pending period's first decision (its first customer message) to its handoff."""
-    waits: list[float] = []
-    first: dict[tuple[int, int], float] = {}
-    for e in reversed(recent):  # oldest first
-        key = (e.account_id, e.display_id)
-        if e.outcome in ("keep", "defer"):
-            first.setdefault(key, e.at)
-        elif e.outcome == "handoff":
-            waits.append(e.at - first.pop(key, e.at))
-        else:
-            first.pop(key, None)
-    return waits
+def median_open(opened: list[Opened], since: float) -> str:
+    """The median time from message to open of the opens since `since`, in words; "–" without any."""
+    waits = [o.waited for o in opened if o.at >= since]
+    return _duration(statistics.median(waits)) if waits else "–"
+
+
+def _opened_later(opened: Sequence[Opened]) -> dict[str, str]:
+    """Decision key → when the open that carried it out landed, in words."""
+    return {o.decision.key: f"opened {_duration(o.at - o.decision.at)} later" for o in opened if o.decision}
 
 
 def _duration(seconds: float) -> str:
@@ -290,10 +333,17 @@ def failed_entries(entries: list[DecisionEntry], found: list[Failure]) -> dict[s
 
 
 def decisions(
-    entries: list[DecisionEntry], names: Names, inbox: int | None, shown: str, failed: dict[str, Failure]
+    entries: list[DecisionEntry],
+    names: Names,
+    inbox: int | None,
+    shown: str,
+    failed: dict[str, Failure],
+    opened: Sequence[Opened] = (),
 ) -> list[Row]:
-    """The rows of Recent decisions: `shown` is a key of words.FILTERS; keeps collapse per conversation."""
+    """The rows of Recent decisions: `shown` is a key of words.FILTERS; keeps collapse per conversation; a handoff
+    or deferral the bot's open carried out says when it landed."""
     outcomes = words.FILTERS.get(shown, words.FILTERS["attention"])[1]
+    later = _opened_later(opened)
     rows: list[Row] = []
     keeps: dict[tuple[int, int], Row] = {}
     for e in entries:
@@ -309,6 +359,7 @@ def decisions(
                 row.count, row.first_at = row.count + 1, e.at
                 continue
         row = Row(e, outcome, names.inbox(e.account_id, e.inbox_id), first_at=e.at, error=f.words if f else "")
+        row.opened = later.get(e.key, "")
         if outcome == "keep":
             keeps[(e.account_id, e.display_id)] = row
         rows.append(row)

@@ -16,6 +16,7 @@ from loguru import logger
 from ..chatwoot import ChatwootError
 from ..events import Conversation
 from ..facts import Facts
+from ..store.base import OPENED
 from . import LATER, chart, panels, words
 from . import names as names_
 from .auth import (
@@ -135,7 +136,8 @@ async def _context(request: web.Request, page: Page, session: Session) -> dict[s
     now, zone = bot.clock(), ZoneInfo(s.timezone)
     names = page.names.of(session.accounts)
     inbox, shown = _int(q.get("inbox")), q.get("outcome") or "attention"
-    entries = [e for e in await bot.store.decisions(now.timestamp()) if e.account_id in session.accounts]
+    logged = [e for e in await bot.store.decisions(now.timestamp()) if e.account_id in session.accounts]
+    entries, opened = panels.split(logged)
     found = panels.failures([j for j in await bot.store.dead_letters() if j.account_id in session.accounts], entries)
     checks, missing, version = await panels.health(bot, session.accounts, len(found))
     failed = panels.failed_entries(entries, found)
@@ -157,9 +159,9 @@ async def _context(request: web.Request, page: Page, session: Session) -> dict[s
         "inbox_level": lambda row: panels.inbox_level(s, row),
         "read_at": panels.local(min(names.read_at.values()), zone) if names.read_at else "",
         "rules": panels.rules(s, names),
-        "activity": panels.activity(entries, now, zone, len(found)),
+        "activity": panels.activity(entries, opened, now, zone, len(found)),
         "counts": panels.counts(bot),
-        "decisions": panels.decisions(entries, names, inbox, shown, failed),
+        "decisions": panels.decisions(entries, names, inbox, shown, failed, opened),
         "filter_inbox": inbox,
         "filter_outcome": shown if shown in words.FILTERS else "attention",
         "inbox_choices": sorted(
@@ -238,7 +240,7 @@ async def _why(
         "log": [
             e
             for e in await bot.store.decisions(now.timestamp())
-            if e.account_id == account and e.display_id == display_id
+            if e.account_id == account and e.display_id == display_id and e.outcome != OPENED
         ][:10],
     }
     try:

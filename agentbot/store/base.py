@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from ..actions import Job
+from ..actions import Job, SetStatus
 from ..facts import ConversationState, Resolved
 
 DEDUP_TTL = 24 * 3600
@@ -49,7 +49,7 @@ class DecisionEntry(msgspec.Struct, frozen=True):
     inbox_id: int | None
     display_id: int
     contact: str
-    outcome: str  # handoff, defer, keep, pending
+    outcome: str  # handoff, defer, keep, pending, expire; or OPENED (not a decision: when a handoff's open landed)
     rule: str
     reason: str
     event: str
@@ -61,6 +61,22 @@ class DecisionEntry(msgspec.Struct, frozen=True):
     @classmethod
     def loads(cls, text: str | bytes) -> DecisionEntry:
         return msgspec.json.decode(text, type=cls)
+
+
+OPENED = "opened"
+
+
+def opened_entry(job: Job, now: float, finishing: bool = False) -> DecisionEntry | None:
+    """The decision log's OPENED entry when the step the outbox has just carried out set the conversation open (sent,
+    or found landed by its check): when the bot's open landed, which the operator page pairs with the pending period's
+    first message. Written by `progress`/`finish` in their own transaction, so it costs no write of its own."""
+    if finishing and job.step < len(job.steps):  # dropped at this step: the steps before were saved (logged) already
+        return None
+    if job.step == 0 or job.steps[job.step - 1] != SetStatus("open"):
+        return None
+    return DecisionEntry(
+        now, job.account_id, None, job.display_id, "", OPENED, job.rule, job.reason, "outbox", f"opened:{job.id}"
+    )
 
 
 @dataclass
@@ -120,8 +136,9 @@ class Store(ABC):
     # shared store) until its lease runs out; every call below returns False, and changes nothing, when
     # the caller no longer owns the job.
     @abstractmethod
-    async def claim(self, now: float) -> Job | None:
-        """The oldest due job of a queue nobody is working on, now owned by the caller. When a run that claimed it
+    async def claim(self, now: float, lanes: bool = True) -> Job | None:
+        """The oldest due job of a queue nobody is working on, now owned by the caller; of Chatwoot's queues only
+        unless `lanes` (the outbox's budget of workers for the other lanes is spent). When a run that claimed it
         before never released it (a crash, a lapsed lease), it comes with an attempt at its current step that may
         have landed (and `recovered` when a power cut may have lost its progress). Claiming writes nothing."""
 
@@ -132,7 +149,8 @@ class Store(ABC):
     @abstractmethod
     async def progress(self, job: Job, now: float) -> bool:
         """Save the job's step and context after a step succeeded. A backend may write it without waiting
-        (SQLite): a run cut short before it reaches the disk is recovered, and its steps are checked."""
+        (SQLite): a run cut short before it reaches the disk is recovered, and its steps are checked. With it (and
+        with `finish`) goes the decision log's entry of an open that landed (opened_entry)."""
 
     @abstractmethod
     async def finish(self, job: Job, now: float) -> bool: ...

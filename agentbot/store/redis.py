@@ -30,6 +30,7 @@ from .base import (
     Lapsed,
     Lease,
     Store,
+    opened_entry,
 )
 
 P = "agentbot:"
@@ -39,7 +40,8 @@ CONNECTION_WAIT = 10  # seconds a command waits for a free connection when all R
 # Keys: seen:<dedup>, conv:<key>, contact:<key>, lookup:<key> (strings with TTLs);
 # q:<queue> (list of job JSON, head first; a queue is a conversation, or one of its lanes: "<conv>/<lane>");
 # ready (zset queue → when its head may run or the
-# lease of the worker running it ends); owner:<conv> (the claim on its head job); unsure (hash, written
+# lease of the worker running it ends: Chatwoot's queues; ready:lanes the same for the other lanes' queues, so a
+# claim of Chatwoot's jobs alone never looks through them); owner:<conv> (the claim on its head job); unsure (hash, written
 # before the period model: read and removed by CLAIM);
 # timers (zset conv → due) + timer:<conv>; dead (list); depth (counter of queued jobs);
 # lock:<conv> (redis-py Lock); log:<account> (zset entry JSON → time, the decision log) and
@@ -70,7 +72,7 @@ local function push(conv, job, now, order, not_before)
   place(conv, job, order)
   local ready = now
   if type(not_before) == 'number' and not_before > now then ready = not_before end
-  redis.call('ZADD', P..'ready', 'NX', ready, conv)
+  redis.call('ZADD', ready_of(conv), 'NX', ready, conv)
   redis.call('INCR', P..'depth')
 end
 """
@@ -105,25 +107,40 @@ return 1
 # the `ready` score of the conversation is when that worker's lease ends. An owner still there at the next
 # claim never released the job (its instance died, or its lease ran out): that run may have sent its current
 # step's call, so the job comes back with an attempt that may have landed. A ready time beyond the horizon was
-# written before the wall clock stepped back: it is due.
+# written before the wall clock stepped back: it is due. Chatwoot's queues only, unless `lanes` (ARGV[5]).
 CLAIM = """
 local now, lease, token, horizon = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local sets = ARGV[5] == '1' and {P..'ready', P..'ready:lanes'} or {P..'ready'}
+local function first_due()  -- the queue due first of `sets`, and its set
+  local conv, set, at = nil, nil, nil
+  for _, s in ipairs(sets) do
+    local c = redis.call('ZRANGEBYSCORE', s, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1)
+    if #c > 0 and (at == nil or tonumber(c[2]) < at) then conv, set, at = c[1], s, tonumber(c[2]) end
+  end
+  if conv then return conv, set end
+  for _, s in ipairs(sets) do
+    local c = redis.call('ZRANGEBYSCORE', s, '('..(now + horizon), '+inf', 'LIMIT', 0, 1)
+    if #c > 0 then return c[1], s end
+  end
+end
 for _ = 1, 20 do
-  local c = redis.call('ZRANGEBYSCORE', P..'ready', '-inf', now, 'LIMIT', 0, 1)
-  if #c == 0 then c = redis.call('ZRANGEBYSCORE', P..'ready', '('..(now + horizon), '+inf', 'LIMIT', 0, 1) end
-  if #c == 0 then return false end
-  local conv = c[1]
+  local conv, set = first_due()
+  if not conv then return false end
   local job = redis.call('LINDEX', P..'q:'..conv, 0)
-  if job then
+  if set ~= ready_of(conv) then  -- a lane's queue an older version put in `ready`: moved, claimed if `lanes`
+    redis.call('ZADD', ready_of(conv), 'NX', redis.call('ZSCORE', set, conv), conv)
+    redis.call('ZREM', set, conv)
+  elseif job then
     local id = cjson.decode(job).id
     if type(id) ~= 'string' or id == '' then id = conv..'@'..token end  -- written by an older version
-    redis.call('ZADD', P..'ready', now + lease, conv)
+    redis.call('ZADD', set, now + lease, conv)
     local cut_short = redis.call('GET', P..'owner:'..conv) or redis.call('HGET', P..'unsure', id)
     redis.call('HDEL', P..'unsure', id)
     redis.call('SET', P..'owner:'..conv, id..'|'..token)
     return {job, id, cut_short and 1 or 0}
+  else
+    redis.call('ZREM', set, conv)
   end
-  redis.call('ZREM', P..'ready', conv)
 end
 return false
 """
@@ -139,33 +156,49 @@ RENEW = (
     OWNED
     + """
 if not owned(ARGV[1], ARGV[2], ARGV[3]) then return 0 end
-redis.call('ZADD', P..'ready', tonumber(ARGV[4]) + tonumber(ARGV[5]), ARGV[1])
+redis.call('ZADD', ready_of(ARGV[1]), tonumber(ARGV[4]) + tonumber(ARGV[5]), ARGV[1])
 return 1
 """
 )
 
-# ARGV: conv, id, token, job json, now, lease
+# ARGV (the last three): the decision log's entry of an open that landed (store.base.opened_entry), or "", with
+# its account and time; logged where the account keeps a log (the next commit bounds its size).
+OPENED = f"""
+local function log_opened(entry, account, at)
+  local k = P..'log:'..account
+  if entry ~= '' and redis.call('EXISTS', k) == 1 then
+    redis.call('ZADD', k, at, entry)
+    redis.call('ZREMRANGEBYSCORE', k, '-inf', tonumber(at) - {LOG_TTL})
+  end
+end
+"""
+
+# ARGV: conv, id, token, job json, now, lease, (OPENED)
 PROGRESS = (
     OWNED
+    + OPENED
     + """
 local conv, id = ARGV[1], ARGV[2]
 if not owned(conv, id, ARGV[3]) then return 0 end
 redis.call('LSET', P..'q:'..conv, 0, ARGV[4])
-redis.call('ZADD', P..'ready', tonumber(ARGV[5]) + tonumber(ARGV[6]), conv)
+log_opened(ARGV[7], ARGV[8], ARGV[9])
+redis.call('ZADD', ready_of(conv), tonumber(ARGV[5]) + tonumber(ARGV[6]), conv)
 return 1
 """
 )
 
-# ARGV: conv, id, token, how ('done'|'retry'|'dead'), job json, ready_at. A job put back takes its place by
+# ARGV: conv, id, token, how ('done'|'retry'|'dead'), job json, ready_at, (OPENED). A job put back takes its place by
 # order again: one of a lower order queued meanwhile goes first (as SQLite's claim picks it).
 RELEASE = (
     OWNED
     + PUSH
+    + OPENED
     + """
 local conv, id, how, job, at = ARGV[1], ARGV[2], ARGV[4], ARGV[5], tonumber(ARGV[6])
 if not owned(conv, id, ARGV[3]) then return 0 end
 local q = P..'q:'..conv
 redis.call('DEL', P..'owner:'..conv)
+log_opened(ARGV[7], ARGV[8], ARGV[9])
 if how == 'retry' then
   local order = cjson.decode(job).order
   if type(order) == 'number' then
@@ -183,9 +216,9 @@ local head = redis.call('LINDEX', q, 0)
 if head then
   local not_before = cjson.decode(head).not_before  -- the queue is ready when its next job may run
   if type(not_before) == 'number' and not_before > at then at = not_before end
-  redis.call('ZADD', P..'ready', at, conv)
+  redis.call('ZADD', ready_of(conv), at, conv)
 else
-  redis.call('ZREM', P..'ready', conv)
+  redis.call('ZREM', ready_of(conv), conv)
 end
 return 1
 """
@@ -275,8 +308,36 @@ class _ConversationLock(Lock):
             pass
 
 
+# Every script knows where a queue's ready time is kept.
+READY_OF = """
+local function ready_of(queue)
+  if string.find(queue, '/', 1, true) then return P..'ready:lanes' end  -- "<conversation>/<lane>"
+  return P..'ready'
+end
+"""
+
+# Lane queues an older version kept in `ready` move to `ready:lanes` with their times (at start-up; a claim moves
+# any such queue it meets, too).
+MOVE_LANES = """
+local moved, found = 0, redis.call('ZRANGE', P..'ready', 0, -1, 'WITHSCORES')
+for i = 1, #found, 2 do
+  if ready_of(found[i]) ~= P..'ready' then
+    redis.call('ZADD', ready_of(found[i]), 'NX', found[i + 1], found[i])
+    redis.call('ZREM', P..'ready', found[i])
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+
+def _opened(entry: DecisionEntry | None) -> tuple[str, int, float]:
+    """The OPENED script arguments for `entry` (store.base.opened_entry)."""
+    return (entry.dumps(), entry.account_id, entry.at) if entry else ("", 0, 0)
+
+
 def _script(redis: Redis, body: str) -> AsyncScript:
-    return redis.register_script(f"local P = {json.dumps(P)}\n{body}")
+    return redis.register_script(f"local P = {json.dumps(P)}\n{READY_OF}{body}")
 
 
 class RedisStore(Store):
@@ -307,9 +368,11 @@ class RedisStore(Store):
         self._fire = _script(self.redis, FIRE)
         self._requeue = _script(self.redis, REQUEUE)
         self._requeue_one = _script(self.redis, REQUEUE_ONE)
+        self._move_lanes = _script(self.redis, MOVE_LANES)
 
     async def open(self) -> None:
         await self.redis.ping()
+        await self._move_lanes()
 
     def outbox_workers(self, wanted: int) -> int:
         return max(1, min(wanted, self.max_connections // 2))
@@ -388,9 +451,9 @@ class RedisStore(Store):
         lock = self.redis.lock(P + "lease:" + name, timeout=ttl)
         return _RedisLease(lock) if await lock.acquire(blocking=False) else None
 
-    async def claim(self, now: float) -> Job | None:
+    async def claim(self, now: float, lanes: bool = True) -> Job | None:
         token = uuid.uuid4().hex
-        found = await self._claim(args=[now, LEASE, token, HORIZON])
+        found = await self._claim(args=[now, LEASE, token, HORIZON, int(lanes)])
         if not found:
             return None
         raw, job_id, cut_short = found
@@ -404,10 +467,11 @@ class RedisStore(Store):
         return bool(await self._renew(args=[job.queue_key, job.id, job.claim, now, LEASE]))
 
     async def progress(self, job: Job, now: float) -> bool:
-        return bool(await self._progress(args=[job.queue_key, job.id, job.claim, job.dumps(), now, LEASE]))
+        opened = _opened(opened_entry(job, now))
+        return bool(await self._progress(args=[job.queue_key, job.id, job.claim, job.dumps(), now, LEASE, *opened]))
 
     async def finish(self, job: Job, now: float) -> bool:
-        return await self._release_as("done", job, now)
+        return await self._release_as("done", job, now, _opened(opened_entry(job, now, finishing=True)))
 
     async def retry(self, job: Job) -> bool:
         return await self._release_as("retry", job, job.next_at)
@@ -415,7 +479,9 @@ class RedisStore(Store):
     async def bury(self, job: Job, now: float) -> bool:
         return await self._release_as("dead", job, now)
 
-    async def _release_as(self, how: str, job: Job, ready_at: float) -> bool:
+    async def _release_as(
+        self, how: str, job: Job, ready_at: float, opened: tuple[str, int, float] = ("", 0, 0)
+    ) -> bool:
         args: list[str | int | float | bytes] = [
             job.queue_key,
             job.id,
@@ -423,6 +489,7 @@ class RedisStore(Store):
             how,
             job.dumps(),
             ready_at,
+            *opened,
         ]
         return bool(await self._release(args=args))
 

@@ -16,7 +16,7 @@ from loguru import logger
 
 from ..actions import Attempt, Job
 from ..facts import ConversationState, Resolved, fingerprint
-from .base import DEDUP_TTL, ECHOES_KEPT, HORIZON, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Store
+from .base import DEDUP_TTL, ECHOES_KEPT, HORIZON, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Store, opened_entry
 from .locks import KeyedLocks
 
 SCHEMA = """
@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY, conv TEXT NOT NULL, bod
 CREATE INDEX IF NOT EXISTS jobs_conv ON jobs (conv, dead, id);
 CREATE TABLE IF NOT EXISTS queues (conv TEXT PRIMARY KEY, ready_at REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS queues_ready ON queues (ready_at);
+CREATE INDEX IF NOT EXISTS queues_chatwoot_ready ON queues (ready_at) WHERE instr(conv, '/') = 0;
 CREATE TABLE IF NOT EXISTS timers (conv TEXT PRIMARY KEY, due REAL NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS timers_due ON timers (due);
 CREATE TABLE IF NOT EXISTS echoes (conv TEXT NOT NULL, id INTEGER NOT NULL, crc INTEGER NOT NULL, expires REAL NOT NULL,
@@ -322,6 +323,16 @@ class SQLiteStore(Store):
         if seq % TRIM_EVERY == 0:
             self.db.execute("DELETE FROM decisions WHERE account=? AND seq<=?", (account, seq - size))
 
+    def _log_opened(self, entry: DecisionEntry | None) -> None:
+        """Log when a handoff's open landed, bounded as the account's decisions are (no entry where it keeps none)."""
+        if entry is None:
+            return
+        size = self.db.execute(
+            "SELECT size FROM decisions WHERE account=? ORDER BY seq DESC LIMIT 1", (entry.account_id,)
+        ).fetchone()
+        if size is not None:
+            self._log(entry, size[0])
+
     def _push(self, job: Job, now: float) -> None:
         job.created_at = job.created_at or now
         self.db.execute("INSERT INTO jobs (conv, body) VALUES (?,?)", (job.queue_key, job.dumps()))
@@ -341,9 +352,9 @@ class SQLiteStore(Store):
         )
         return (True, Resolved.loads(row[0])) if row else (False, None)
 
-    async def claim(self, now: float) -> Job | None:
+    async def claim(self, now: float, lanes: bool = True) -> Job | None:
         while True:
-            row = await self._read(lambda: self._next(now))
+            row = await self._read(lambda: self._next(now, lanes))
             if row is None:
                 return None
             conv, job_id, body = row
@@ -366,14 +377,18 @@ class SQLiteStore(Store):
             job.recovered = self._recovered.pop(job_id)
         return job
 
-    def _next(self, now: float) -> tuple[str, int | None, str | None] | None:
+    def _next(self, now: float, lanes: bool) -> tuple[str, int | None, str | None] | None:
         busy = tuple(self._busy)
         marks = ",".join("?" * len(busy))
-        # A ready time beyond HORIZON was written before the wall clock stepped back: it is due.
+        # A ready time beyond HORIZON was written before the wall clock stepped back: it is due. Chatwoot's queues
+        # alone (a lane's queue is "<conversation>/<lane>") are found through their own index, however many
+        # queues of the other lanes wait.
+        chatwoot_only = "" if lanes else "AND instr(q.conv, '/') = 0 "
         return self.rdb.execute(
             "SELECT q.conv, j.id, j.body FROM queues q LEFT JOIN jobs j "
             f"ON j.id = (SELECT id FROM jobs WHERE conv=q.conv AND dead=0 {HEAD_FIRST} LIMIT 1) "
-            f"WHERE (q.ready_at<=? OR q.ready_at>?) AND q.conv NOT IN ({marks}) ORDER BY q.ready_at LIMIT 1",
+            f"WHERE (q.ready_at<=? OR q.ready_at>?) AND q.conv NOT IN ({marks}) {chatwoot_only}"
+            "ORDER BY q.ready_at LIMIT 1",
             (now, now + HORIZON, *busy),
         ).fetchone()
 
@@ -381,13 +396,18 @@ class SQLiteStore(Store):
         return True  # one process: a claim ends only with the job
 
     async def progress(self, job: Job, now: float) -> bool:
-        body = job.dumps()
-        apply = partial(self.db.execute, "UPDATE jobs SET body=? WHERE id=?", (body, int(job.id)))
+        body, opened = job.dumps(), opened_entry(job, now)
+
+        def apply() -> None:
+            self.db.execute("UPDATE jobs SET body=? WHERE id=?", (body, int(job.id)))
+            self._log_opened(opened)
+
         await self._enqueue(apply, synced=False)
         return True
 
     async def finish(self, job: Job, now: float) -> bool:
-        return await self._release(job, now, "DELETE FROM jobs WHERE id=?", (int(job.id),), synced=False)
+        opened = opened_entry(job, now, finishing=True)
+        return await self._release(job, now, "DELETE FROM jobs WHERE id=?", (int(job.id),), False, opened)
 
     async def retry(self, job: Job) -> bool:
         return await self._release(job, job.next_at, "UPDATE jobs SET body=? WHERE id=?", (job.dumps(), int(job.id)))
@@ -395,12 +415,21 @@ class SQLiteStore(Store):
     async def bury(self, job: Job, now: float) -> bool:
         return await self._release(job, now, "UPDATE jobs SET body=?, dead=1 WHERE id=?", (job.dumps(), int(job.id)))
 
-    async def _release(self, job: Job, ready_at: float, sql: str, args: tuple[Any, ...], synced: bool = True) -> bool:
-        """Apply `sql` to the job and reschedule its queue, in one transaction."""
+    async def _release(
+        self,
+        job: Job,
+        ready_at: float,
+        sql: str,
+        args: tuple[Any, ...],
+        synced: bool = True,
+        opened: DecisionEntry | None = None,
+    ) -> bool:
+        """Apply `sql` to the job and reschedule its queue, in one transaction (with the open's log entry)."""
         conv = job.queue_key
 
         def apply() -> bool:
             found = self.db.execute(sql, args).rowcount > 0
+            self._log_opened(opened)
             head = self.db.execute(_HEAD_NOT_BEFORE, (conv,)).fetchone()
             if head:  # the queue is ready when its next job may run
                 self.db.execute("UPDATE queues SET ready_at=? WHERE conv=?", (max(ready_at, head[0]), conv))

@@ -4,12 +4,15 @@ stories against the fakes. Each xfail names the defect; the fix belongs where it
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from tests.conftest import Clock, wait_for
+from tests.teambot import TeamBot
 from tests.test_page_http import client, sign_in
 from tests.test_sweep import USER, aged, assert_handed_off_once, came_back, disconnected
 
@@ -94,3 +97,71 @@ async def test_decision_log_size_keeps_that_many_decisions_whatever_opens_landed
     page = await page_of(bot)
     shown = re.findall(r'data-outcome="handoff">.*?#(\d+)', page, re.S)
     assert sorted(int(n) for n in shown) == [c.display_id for c in convs]  # three decisions fit in four
+
+
+# The CLAIM of the version before the lanes' budget (eb6b7fe: one `ready` set for every queue), as an instance of
+# that version runs it beside this one while a deploy replaces it (a zero-downtime deploy starts the new instance
+# before it stops the old one; both take Chatwoot's deliveries and run the outbox meanwhile).
+OLD_CLAIM = """
+local P = 'agentbot:'
+local now, lease, token, horizon = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+for _ = 1, 20 do
+  local c = redis.call('ZRANGEBYSCORE', P..'ready', '-inf', now, 'LIMIT', 0, 1)
+  if #c == 0 then c = redis.call('ZRANGEBYSCORE', P..'ready', '('..(now + horizon), '+inf', 'LIMIT', 0, 1) end
+  if #c == 0 then return false end
+  local conv = c[1]
+  local job = redis.call('LINDEX', P..'q:'..conv, 0)
+  if job then
+    local id = cjson.decode(job).id
+    if type(id) ~= 'string' or id == '' then id = conv..'@'..token end
+    redis.call('ZADD', P..'ready', now + lease, conv)
+    local cut_short = redis.call('GET', P..'owner:'..conv) or redis.call('HGET', P..'unsure', id)
+    redis.call('HDEL', P..'unsure', id)
+    redis.call('SET', P..'owner:'..conv, id..'|'..token)
+    return {job, id, cut_short and 1 or 0}
+  end
+  redis.call('ZREM', P..'ready', conv)
+end
+return false
+"""
+
+
+@pytest.fixture
+async def team():
+    bot = await TeamBot().start()
+    yield bot
+    await bot.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review3: store/redis.py keeps a lane's queue in `ready:lanes` now, where an instance of the previous "
+    "version (one `ready` set) does not see its claim: when that instance queues the customer's next message in the "
+    "same lane (its push puts the queue in `ready`), it claims the head job this instance is running and forwards it "
+    "again (the team's bot answers the customer twice). The fix belongs in redis.py (keep a lane queue's claim "
+    "visible in `ready` while older instances may run, e.g. CLAIM/RENEW also ZADD XX its lease there, or move lane "
+    "queues only once none runs) or in the README's upgrade notes (stop the old instances first)",
+)
+async def test_an_instance_of_the_previous_version_never_claims_the_lane_job_this_one_runs(
+    fake, start_bot, team, redis
+):
+    from redis.asyncio import Redis
+
+    team.slow(3.0)  # the team's bot takes its time: the forward is under way meanwhile
+    await start_bot(STORE_URL=redis, FORWARD_URL=team.url, SWEEP_INTERVAL="0")
+    conv = fake.customer_writes(fake.contact("Maria Lopez"), "Which lamp fits my desk?").conversation
+    await wait_for(lambda: team.in_flight == 1, 5, "the forward under way")
+    r = Redis.from_url(redis)
+    try:
+        queue = f"1:{conv.display_id}/forward"
+        running = json.loads(await r.lindex("agentbot:q:" + queue, 0))
+        # The previous version's instance takes the customer's next message: it queues its forward as it always did.
+        nxt = {**running, "id": "from-the-old-instance", "order": running["order"] + 1}
+        await r.rpush("agentbot:q:" + queue, json.dumps(nxt))
+        await r.zadd("agentbot:ready", {queue: time.time()}, nx=True)
+        await r.incr("agentbot:depth")
+        claimed = await r.eval(OLD_CLAIM, 0, time.time(), 60, "old-instance", 900)
+    finally:
+        await r.aclose()
+    assert team.in_flight == 1  # still under way here
+    assert not claimed or json.loads(claimed[0])["id"] != running["id"], "both instances run the same forward"

@@ -225,7 +225,8 @@ async def test_a_handoff_the_team_bot_asked_for_survives_a_stop_while_the_store_
 ):
     monkeypatch.setattr("agentbot.store.sqlite.PATIENCE", 0.3)
     monkeypatch.setattr("agentbot.app.SHUTDOWN_GRACE", 1.0)
-    url = f"sqlite:///{tmp_path / 'bot.sqlite3'}"
+    path = str(tmp_path / "bot.sqlite3")
+    url = f"sqlite:///{path}"
     team = await GatedTeamBot().start()  # de-duplicates by X-Chatwoot-Delivery
     try:
         team.ask_handoff("wants a refund")
@@ -233,9 +234,7 @@ async def test_a_handoff_the_team_bot_asked_for_survives_a_stop_while_the_store_
         conv = fake.customer_writes(fake.contact("Maria"), "My lamp is broken").conversation
         await wait_for(lambda: team.in_flight == 1, 5, "the forward, at the team's bot")
         taken, release = threading.Event(), threading.Event()
-        holder = asyncio.ensure_future(
-            asyncio.to_thread(_hold_write_lock, str(tmp_path / "bot.sqlite3"), taken, release)
-        )
+        holder = asyncio.ensure_future(asyncio.to_thread(_hold_write_lock, path, taken, release))
         try:
             await wait_for(taken.is_set, 5, "the other connection's write lock")
             team.gate.set()  # the answer asks for a person; its commit finds SQLite locked

@@ -99,7 +99,7 @@ async def test_inboxes(cli):
 
 
 async def test_register(cli, fake):
-    status, out, _ = await cli("register", "--url", "https://bot.example.com/webhook", "--inbox", "3")
+    status, out, _ = await cli("register", "--url", "https://bot.example.com/webhook", "--inbox", "9")
     assert status == 0 and "CHATWOOT_BOT_TOKEN=" in out
     status, _, err = await cli("register", "--url", "https://bot.example.com/webhook", "--inbox", "77")
     assert status == 1 and one_line(err, "unknown inbox id 77")
@@ -111,6 +111,24 @@ async def test_register(cli, fake):
     assert status == 2 and one_line(err, "--url", "/webhook")
     assert len(fake.calls) == calls  # nothing asked of Chatwoot
     assert (await cli("register", "--inbox", "three"))[0] == 2
+
+
+async def test_register_never_silently_replaces_the_bot_an_inbox_has(cli, fake):
+    """Inbox 3 has the team's own bot ("Triage Bot", e.g. an n8n flow): connecting another one would cut it off."""
+    fake.bots[7].description = "Our n8n flow"
+    before = len(fake.bots)
+    status, out, err = await cli("register", "--url", "https://bot.example.com/webhook", "--inbox", "9", "--inbox", "3")
+    assert status == 2 and one_line(err, "inbox 3 (Website) already has the agent bot 'Triage Bot'", "--replace")
+    assert out == "" and len(fake.bots) == before and fake.inboxes[3].bot_id == 7 and fake.inboxes[9].bot_id is None
+    assert not [c for c in fake.calls if c.method != "GET"]  # nothing changed in Chatwoot
+    # Standing in front of it: the same bot, pointed at agentbot; its description stays the team's.
+    status, out, _ = await cli(
+        "register", "--url", "https://bot.example.com/webhook", "--inbox", "3", "--name", "Triage Bot"
+    )
+    assert status == 0 and "Updated agent bot 'Triage Bot' (id 7)" in out
+    assert fake.inboxes[3].bot_id == 7 and fake.bots[7].description == "Our n8n flow"
+    status, out, _ = await cli("register", "--url", "https://bot.example.com/webhook", "--inbox", "3", "--replace")
+    assert status == 0 and "Created agent bot 'Handoff bot'" in out and fake.inboxes[3].bot_id not in (None, 7)
 
 
 def test_the_process_exit_status_is_mains(tmp_path):

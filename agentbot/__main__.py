@@ -34,28 +34,36 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=None)  # the server
     sub = p.add_subparsers(dest="command")
-    sub.add_parser("serve", help="run the web server (default)")
-    sub.add_parser("rules", help="print the effective rules per inbox").set_defaults(run=_later(SHOW, "rules"))
-    ex = sub.add_parser("explain", help="print the decision for one delivery without calling Chatwoot")
+
+    def command(name: str, line: str) -> argparse.ArgumentParser:
+        """A subcommand whose one line shows both in the list and at the top of its own --help."""
+        return sub.add_parser(name, help=line, description=line[0].upper() + line[1:] + ".")
+
+    command("serve", "run the web server (default)")
+    command("rules", "print the effective rules per inbox").set_defaults(run=_later(SHOW, "rules"))
+    ex = command("explain", "print the decision for one delivery without calling Chatwoot")
     ex.set_defaults(run=_later(SHOW, "explain"))
     ex.add_argument("payload", help="a delivery body as JSON file")
     ex.add_argument("--at", help="ISO time to decide at (default: now)")
-    ob = sub.add_parser("outbox", help="list dead letters")
+    ob = command("outbox", "list dead letters")
     ob.set_defaults(run=_later(SHOW, "outbox"))
     ob.add_argument(
         "--retry", dest="run", action="store_const", const=_later(CHANGE, "retry"), help="re-queue every dead letter"
     )
-    reg = sub.add_parser("register", help="create or update the agent bot in Chatwoot and connect inboxes")
+    reg = command("register", "create or update the agent bot in Chatwoot and connect inboxes")
     reg.set_defaults(run=_later(CHANGE, "register"))
     reg.add_argument("--url", help="the bot's public webhook URL, e.g. https://bot.example.com/webhook")
     reg.add_argument("--inbox", type=int, action="append", default=[], help="inbox id (repeatable)")
     reg.add_argument("--name", default="Handoff bot", help="the agent bot's name in Chatwoot (default: %(default)s)")
     reg.add_argument("--detach", action="store_true", help="disconnect the bot from the given inboxes")
-    sub.add_parser("inboxes", help="list the account's inboxes and their bots").set_defaults(
-        run=_later(SHOW, "inboxes")
+    reg.add_argument(
+        "--replace", action="store_true", help="connect even an inbox that has another agent bot (which it replaces)"
     )
-    sub.add_parser("check", help="verify the configuration against Chatwoot").set_defaults(run=_later(SHOW, "check"))
-    sw = sub.add_parser("sweep", help="hand off the pending conversations the rules give to humans (user token)")
+    command("inboxes", "list the account's inboxes and their bots").set_defaults(run=_later(SHOW, "inboxes"))
+    command("check", "verify the configuration against Chatwoot (needs CHATWOOT_ACCOUNT_ID)").set_defaults(
+        run=_later(SHOW, "check")
+    )
+    sw = command("sweep", "hand off the pending conversations the rules give to humans (user token)")
     sw.set_defaults(run=_later(".sweep_cli", "sweep"))
     sw.add_argument("--dry-run", action="store_true", help="print what would happen; change nothing")
     sw.add_argument("--json", action="store_true", help="print the result as JSON")

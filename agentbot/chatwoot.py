@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 import time
 from collections.abc import Callable
 from typing import ClassVar, TypeVar, overload
@@ -100,7 +102,19 @@ def http_error(endpoint: str, status: int, text: str, retry_after: float | None)
         if status >= 500
         else Unexpected
     )
-    return kind(endpoint, status, text[:200], retry_after)
+    return kind(endpoint, status, one_line(text), retry_after)
+
+
+_MARKUP = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->|<[^>]*>", re.S | re.I)
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """An answer's body as one line of an error message: an HTML page (a proxy's 502, a URL that is not Chatwoot or
+    Evolution) without its tags, scripts and styles, and any body without its line breaks and runs of spaces."""
+    text = text[:65536]  # enough for any page's words; bounds the pattern's work on a huge body
+    if text.lstrip().startswith("<"):
+        text = html.unescape(_MARKUP.sub(" ", text))
+    return " ".join(text.split())[:limit]
 
 
 # Chatwoot's answers, as far as the bot reads them (conversations and messages: events.py's partial).

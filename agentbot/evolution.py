@@ -14,6 +14,7 @@ from urllib.parse import quote
 import aiohttp
 import msgspec
 
+from .chatwoot import one_line
 from .config import EVOLUTION_BOTS, Settings
 from .events import Conversation
 from .metrics import Metrics
@@ -112,7 +113,7 @@ def _message(raw: bytes) -> str:
     try:
         message = msgspec.json.decode(raw, type=_Answer).response.get("message")
     except (msgspec.DecodeError, msgspec.ValidationError):
-        return raw.decode(errors="replace")[:200]
+        return one_line(raw.decode(errors="replace"))
     flat: list[str] = []
 
     def walk(value: object) -> None:
@@ -123,7 +124,7 @@ def _message(raw: bytes) -> str:
             flat.append(str(value))
 
     walk(message)
-    return "; ".join(flat)[:200]
+    return one_line("; ".join(flat))
 
 
 def _refusal(endpoint: str, status: int, detail: str, instance: str | None, integration: str | None) -> EvolutionError:

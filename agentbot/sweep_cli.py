@@ -116,7 +116,7 @@ async def _sweep(settings: Settings, args: argparse.Namespace, store: Store) -> 
     else:
         _report(result, queued, Console())
     for failure in result.failures:
-        err.print(f"agentbot: {failure}", markup=False, highlight=False)
+        err.print(f"agentbot: {failure}", markup=False, highlight=False, soft_wrap=True)  # one line, however long
     return 1 if result.failures else 0
 
 

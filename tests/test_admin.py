@@ -23,8 +23,8 @@ def settings(fake, **env):
     )
 
 
-def reg(url="https://bot.example.com/webhook", inbox=(3, 4), name="Handoff bot", detach=False):
-    return argparse.Namespace(url=url, inbox=list(inbox), name=name, detach=detach)
+def reg(url="https://bot.example.com/webhook", inbox=(3, 4), name="Handoff bot", detach=False, replace=True):
+    return argparse.Namespace(url=url, inbox=list(inbox), name=name, detach=detach, replace=replace)
 
 
 async def test_register_creates_the_bot_connects_inboxes_and_prints_env(fake, capsys):

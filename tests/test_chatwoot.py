@@ -7,7 +7,7 @@ import json
 import msgspec
 import pytest
 
-from agentbot.chatwoot import Agent, AgentBot, _agent, _decode_bots, _decode_inbox_bot, _version
+from agentbot.chatwoot import Agent, AgentBot, _agent, _decode_bots, _decode_inbox_bot, _version, one_line
 from agentbot.events import PayloadError, parse_contact_conversations
 from agentbot.events import parse_conversation as _partial
 
@@ -119,3 +119,20 @@ def test_agent_bots_and_their_tokens() -> None:
 )
 def test_the_version(raw: bytes, version: str | None) -> None:
     assert _version(raw) == version
+
+
+@pytest.mark.parametrize(
+    "body, line",
+    [
+        ('{"error":"Invalid Access Token"}', '{"error":"Invalid Access Token"}'),  # Chatwoot's JSON: as it is
+        ("Retry later\n", "Retry later"),
+        (
+            "<!DOCTYPE html>\n<html><head><style>\nbody { color: red }\n</style><script>var a = 1 < 2;</script>"
+            "<title>Not Found &amp; gone</title></head>\n<body>\n  <h1>404</h1>\n<!-- a comment -->\n</body></html>",
+            "Not Found & gone 404",
+        ),
+    ],
+)
+def test_an_error_body_is_one_line_of_its_words(body: str, line: str) -> None:
+    assert one_line(body) == line
+    assert len(one_line("<p>" + "word " * 100 + "</p>")) == 200

@@ -8,10 +8,11 @@ import os
 import sys
 
 import pytest
+from aiohttp import web
 
 from agentbot.actions import Job, SetStatus
 from agentbot.store import Commit, open_store
-from tests.conftest import run_main, without_settings
+from tests.conftest import free_port, run_main, without_settings
 from tests.fakechatwoot.model import fixture
 
 PAYLOAD = "payload.json"
@@ -52,7 +53,7 @@ async def test_explain(cli):
     status, out, _ = await cli("explain", PAYLOAD, "--at", "2026-11-25T10:00:00Z")
     assert status == 0 and out.startswith("handoff: Returning customer")
     status, _, err = await cli("explain", "missing.json")
-    assert status == 2 and one_line(err, "missing.json")
+    assert status == 2 and one_line(err, "missing.json: no such file") and "configuration" not in err
     status, _, err = await cli("explain", PAYLOAD, "--at", "yesterday")
     assert status == 2 and one_line(err, "--at", "yesterday")
     assert (await cli("explain"))[0] == 2  # no payload given
@@ -85,6 +86,9 @@ async def test_check(cli, fake):
     assert status == 1 and "FAIL inbox 9 is not connected to this bot" in out
     status, out, _ = await cli("check", CHATWOOT_BOT_TOKEN="revoked")
     assert status == 1 and "FAIL CHATWOOT_BOT_TOKEN" in out
+    # Only the two required settings (README, Run it): the account is what check needs next.
+    status, out, _ = await cli("check", CHATWOOT_ACCOUNT_ID=None, CHATWOOT_API_TOKEN=None)
+    assert status == 1 and "FAIL CHATWOOT_ACCOUNT_ID is not set: set it (the number after /app/accounts/" in out
     status, _, err = await cli("check", CHATWOOT_URL=None)
     assert status == 2 and one_line(err, "CHATWOOT_URL")
 
@@ -99,7 +103,7 @@ async def test_inboxes(cli):
 
 
 async def test_register(cli, fake):
-    status, out, _ = await cli("register", "--url", "https://bot.example.com/webhook", "--inbox", "3")
+    status, out, _ = await cli("register", "--url", "https://bot.example.com/webhook", "--inbox", "9")
     assert status == 0 and "CHATWOOT_BOT_TOKEN=" in out
     status, _, err = await cli("register", "--url", "https://bot.example.com/webhook", "--inbox", "77")
     assert status == 1 and one_line(err, "unknown inbox id 77")
@@ -111,6 +115,65 @@ async def test_register(cli, fake):
     assert status == 2 and one_line(err, "--url", "/webhook")
     assert len(fake.calls) == calls  # nothing asked of Chatwoot
     assert (await cli("register", "--inbox", "three"))[0] == 2
+
+
+async def test_register_never_silently_replaces_the_bot_an_inbox_has(cli, fake):
+    """Inbox 3 has the team's own bot ("Triage Bot", e.g. an n8n flow): connecting another one would cut it off."""
+    fake.bots[7].description = "Our n8n flow"
+    before = len(fake.bots)
+    status, out, err = await cli("register", "--url", "https://bot.example.com/webhook", "--inbox", "9", "--inbox", "3")
+    assert status == 2 and one_line(err, "inbox 3 (Website) already has the agent bot 'Triage Bot'", "--replace")
+    assert out == "" and len(fake.bots) == before and fake.inboxes[3].bot_id == 7 and fake.inboxes[9].bot_id is None
+    assert not [c for c in fake.calls if c.method != "GET"]  # nothing changed in Chatwoot
+    # Standing in front of it: the same bot, pointed at agentbot; its description stays the team's.
+    status, out, _ = await cli(
+        "register", "--url", "https://bot.example.com/webhook", "--inbox", "3", "--name", "Triage Bot"
+    )
+    assert status == 0 and "Updated agent bot 'Triage Bot' (id 7)" in out
+    assert fake.inboxes[3].bot_id == 7 and fake.bots[7].description == "Our n8n flow"
+    status, out, _ = await cli("register", "--url", "https://bot.example.com/webhook", "--inbox", "3", "--replace")
+    assert status == 0 and "Created agent bot 'Handoff bot'" in out and fake.inboxes[3].bot_id not in (None, 7)
+
+
+PROXY_PAGE = """<html>
+<head><title>502 Bad Gateway</title></head>
+<body>
+<center><h1>502 Bad Gateway</h1></center>
+<hr><center>nginx/1.24.0</center>
+</body>
+</html>
+"""
+
+
+@pytest.fixture
+async def proxy_page():
+    """A URL that is not Chatwoot nor Evolution: a proxy answering every request with its HTML 502 page."""
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(status=502, text=PROXY_PAGE, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def test_an_html_error_page_is_one_line(cli, proxy_page):
+    for argv, env in (
+        (("check",), {"CHATWOOT_URL": proxy_page, "INBOX_IDS": "3"}),
+        (("inboxes",), {"CHATWOOT_URL": proxy_page}),
+        (("sweep", "--dry-run"), {"CHATWOOT_URL": proxy_page}),
+        (("check",), {"EVOLUTION_URL": proxy_page, "EVOLUTION_API_KEY": "k"}),
+    ):
+        status, out, err = await cli(*argv, **env)
+        said = [line for line in (out + err).splitlines() if "502" in line]
+        assert status == 1 and said, (argv, out, err)
+        assert all("Bad Gateway" in line for line in said), said  # the page's words, squashed into the line
+        assert not [line for line in (out + err).splitlines() if "<" in line or "nginx" in line and line not in said]
 
 
 def test_the_process_exit_status_is_mains(tmp_path):

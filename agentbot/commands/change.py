@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import secrets
+import sys
 from datetime import datetime, timezone
 
 from ..chatwoot import AgentBot, Chatwoot, Inbox
@@ -31,6 +32,22 @@ def _webhook_token(settings: Settings, base: str, bot: AgentBot | None) -> str:
     return secrets.token_urlsafe(24)
 
 
+async def _other_bot(
+    cw: Chatwoot, account: int, token: str, inboxes: dict[int, Inbox], args: argparse.Namespace, mine: AgentBot | None
+) -> str | None:
+    """The first inbox of `--inbox` that has another agent bot, as one line for the operator, else None. Chatwoot
+    allows one bot per inbox: connecting ours would silently cut off the team's own (an n8n flow, a Dify workflow)."""
+    for inbox in args.inbox:
+        current = await cw.inbox_agent_bot(account, inbox, token)
+        if current.id is not None and (mine is None or current.id != mine.id):
+            return (
+                f"inbox {inbox} ({inboxes[inbox].name}) already has the agent bot {current.name!r} (id {current.id}), "
+                f"which connecting {args.name!r} would replace: to stand in front of it, run register with "
+                f"--name {current.name!r} (README: In front of your own bot); to replace it, add --replace"
+            )
+    return None
+
+
 async def register(settings: Settings, args: argparse.Namespace) -> int:
     account, token = admin_account(settings)
     if not args.detach and not args.url:
@@ -51,15 +68,16 @@ async def register(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         bots = await cw.list_agent_bots(account, token)
         mine = next((b for b in bots if b.name == args.name and b.account_id == account), None)
+        taken = None if args.replace else await _other_bot(cw, account, token, inboxes, args, mine)
+        if taken:
+            print(f"agentbot: {taken}", file=sys.stderr)
+            return 2
         webhook_token = _webhook_token(settings, base, mine)
         url = f"{base}/{webhook_token}"
+        # An existing bot keeps its description: it may be the team's own bot, which agentbot now stands in front of.
+        described = {} if mine else {"description": "Hands conversations to humans (agentbot)"}
         bot = await cw.save_agent_bot(
-            account,
-            token,
-            mine.id if mine else None,
-            name=args.name,
-            outgoing_url=url,
-            description="Hands conversations to humans (agentbot)",
+            account, token, mine.id if mine else None, name=args.name, outgoing_url=url, **described
         )
         print(f"{'Updated' if mine else 'Created'} agent bot {bot.name!r} (id {bot.id}) → {url}")
         for inbox in args.inbox:

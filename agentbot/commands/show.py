@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from datetime import datetime, timezone
 
@@ -38,6 +39,8 @@ async def rules(settings: Settings, args: argparse.Namespace) -> int:
 
 async def explain(settings: Settings, args: argparse.Namespace) -> int:
     body = _read(args.payload)
+    if body is None:
+        return 2
     try:
         now = datetime.fromisoformat(args.at) if args.at else datetime.now(timezone.utc)
     except ValueError:
@@ -62,12 +65,16 @@ async def explain(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _read(path: str) -> bytes:
+def _read(path: str) -> bytes | None:
+    """The payload file's bytes, else None after one line saying why (a missing file is not a configuration error)."""
     try:
         with open(path, "rb") as f:
             return f.read()
+    except FileNotFoundError:
+        print(f"agentbot: {path}: no such file", file=sys.stderr)
     except OSError as exc:
-        raise ConfigError(f"payload: cannot read {path} ({exc.strerror})") from None
+        print(f"agentbot: {path}: cannot read it ({exc.strerror})", file=sys.stderr)
+    return None
 
 
 async def outbox(settings: Settings, args: argparse.Namespace) -> int:
@@ -116,7 +123,13 @@ async def check(settings: Settings, args: argparse.Namespace) -> int:
 
     async def work(cw: Chatwoot) -> int:
         if account is None:
-            results.append((False, "CHATWOOT_ACCOUNT_ID is not set: set it to check the token and inboxes"))
+            results.append(
+                (
+                    False,
+                    "CHATWOOT_ACCOUNT_ID is not set: set it (the number after /app/accounts/ in Chatwoot's address) "
+                    "to check the token, the inboxes and the sweep",
+                )
+            )
         else:
             try:
                 await cw.probe_bot_token(account)

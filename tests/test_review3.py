@@ -214,11 +214,9 @@ async def test_a_hanging_team_bot_does_not_hold_up_the_handoffs_pause_of_evoluti
 
 @pytest.mark.xfail(
     strict=True,
-    reason="review3: relay.Relay._hand_off retries the handoff while the store fails, but a stop meanwhile (a deploy, "
-    "SHUTDOWN_GRACE) cancels it and the outbox gives the forward job back as maybe sent: the next instance sends the "
-    "forward again, a team bot that de-duplicates answers without a handoff, and the customer stays pending. The fix "
-    "belongs in relay.py/outbox.py (write what the team's bot asked for into the job before anything else, e.g. "
-    "progress with the answer in job.context, so a run after a stop commits the handoff without forwarding again)",
+    reason="review3, a limit (docs/promises.md, What remains): a stop while the store is down, just after the team's "
+    "bot asked for a handoff, leaves nothing of the answer in the store (every write fails, the answer's too), so the "
+    "next instance forwards again and a team bot that answers a repeat with a bare 200 loses the request",
 )
 async def test_a_handoff_the_team_bot_asked_for_survives_a_stop_while_the_store_fails(
     fake, start_bot, tmp_path, monkeypatch

@@ -348,6 +348,8 @@ class Handoffs:
                 decision.reason,
                 event or d.event,
                 dedup_key or d.dedup_key,
+                period=decision.state.period if decision.state else None,  # None: unchanged (the sweep's keeps)
+                began=c.waiting_since,  # the sweep's: a customer who waited while the bot was away
             )
         commit = Commit(
             dedup_key=dedup_key or d.dedup_key,

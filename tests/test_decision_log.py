@@ -164,3 +164,24 @@ async def test_no_open_logged_in_an_account_without_a_log(store):
     claimed.next_step()
     assert await store.finish(claimed, 101.0)
     assert await store.decisions(102.0) == []
+
+
+async def test_opens_take_no_decisions_place_and_are_bounded_alike(store):
+    """DECISION_LOG_SIZE is the decisions kept: the opens that landed are kept beside them, as many at most."""
+    for n in range(1, 6):
+        await store.commit(logged(n, 100.0 + n, size=3, jobs=[Job(1, n, "r", [SetStatus("open")])]), 100.0 + n)
+        job = await store.claim(100.0 + n)
+        job.next_step()
+        assert await store.finish(job, 100.5 + n)
+    found = await store.decisions(110.0)
+    assert [(e.display_id, e.outcome) for e in found] == [
+        (n, outcome) for n in (5, 4, 3) for outcome in (OPENED, "handoff")
+    ]
+
+
+async def test_an_open_carries_its_jobs_period(store):
+    await store.commit(logged(1, 100.0, jobs=[Job(1, 1, "r", [SetStatus("open")], period=4)]), 100.0)
+    claimed = await store.claim(100.0)
+    claimed.next_step()
+    assert await store.finish(claimed, 101.0)
+    assert [(e.outcome, e.period) for e in await store.decisions(102.0)] == [(OPENED, 4), ("handoff", None)]

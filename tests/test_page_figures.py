@@ -8,6 +8,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
+import msgspec
 import pytest
 
 from agentbot.page import panels
@@ -65,6 +66,59 @@ def log(*lines: tuple[int, str, float] | tuple[int, str, float, str]) -> list[De
 )
 def test_each_open_is_paired_with_its_periods_first_message(lines, waited):
     assert [o.waited for o in panels.opens(log(*lines))] == waited
+
+
+def numbered(*lines: tuple[int, str, float, int | None, str, float | None]) -> list[DecisionEntry]:
+    """(conversation, outcome, seconds after T, period, rule, the wait's start after T or None) oldest first."""
+    return [
+        msgspec.structs.replace(e, period=period, began=None if began is None else T + began)
+        for e, (_, _, _, period, _, began) in zip(
+            log(*((n, what, at, rule) for n, what, at, _, rule, _ in lines)), reversed(lines), strict=True
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("lines", "waited"),
+    [
+        pytest.param(
+            [(1, "keep", 0, 1, "", None), (1, "handoff", 10800, 2, "keyword", None), (1, OPENED, 10804, 2, "", None)],
+            [4],
+            id="a-period-that-ended-unlogged",  # resolved by an agent, the team's bot, Chatwoot's fallback
+        ),
+        pytest.param(
+            [(1, "handoff", 0, 1, "keyword", None), (1, "keep", 100, 2, "", None), (1, OPENED, 101, 1, "", None)],
+            [],
+            id="an-earlier-periods-open",
+        ),
+        pytest.param(
+            [
+                (1, "handoff", 0, 1, "keyword", None),
+                (1, "handoff", 300, 2, "operator", None),
+                (1, OPENED, 302, 2, "", None),
+            ],
+            [302],
+            id="hand-off-now-after-a-failed-one",
+        ),
+        pytest.param(
+            [(1, "handoff", 7200, 1, "returning", 0), (1, OPENED, 7205, 1, "", None)],
+            [7205],
+            id="the-sweep-knew-the-wait",
+        ),
+        pytest.param(
+            [(1, "keep", 0, 1, "", None), (1, "handoff", 600, 1, "keyword", 300), (1, OPENED, 605, 1, "", None)],
+            [605],
+            id="the-sweep-after-a-keep",
+        ),
+        pytest.param(
+            [(1, "keep", 0, None, "", None), (1, "handoff", 10, 1, "keyword", None), (1, OPENED, 12, 1, "", None)],
+            [12],
+            id="logged-before-periods-were",
+        ),
+    ],
+)
+def test_an_open_is_paired_with_its_own_periods_first_message_or_wait(lines, waited):
+    assert [o.waited for o in panels.opens(numbered(*lines))] == waited
 
 
 @pytest.mark.parametrize(

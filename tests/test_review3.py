@@ -41,14 +41,6 @@ def median_shown(page: str) -> str:
     return found[1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review3: page/panels.py opens(): a pending period that ends without a logged entry (an agent or the "
-    "team's bot resolves or opens a conversation the bot kept) leaves its first keep as `first`, so the next "
-    "period's open is measured from the earlier period's first message (hours or days). The fix belongs in "
-    "opens() (a decision whose state began a new period must restart `first`: log the period with each entry, "
-    "or log the periods' ends the page needs)",
-)
 async def test_the_time_to_open_runs_from_the_periods_first_message_not_an_earlier_periods(fake, start_bot, store_url):
     clock = Clock(datetime.now(timezone.utc).replace(microsecond=0))
     bot = await start_bot(clock, STORE_URL=store_url, HANDOFF_KEYWORDS="human", SWEEP_INTERVAL="0")
@@ -65,14 +57,6 @@ async def test_the_time_to_open_runs_from_the_periods_first_message_not_an_earli
     assert re.fullmatch(r"\d+ s", median_shown(await page_of(bot))), median_shown(await page_of(bot))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review3: the sweep logs its handoff at the sweep's time and keeps none of the customer's earlier "
-    "messages in the log, so page/panels.py opens() counts a conversation the bot missed (down, redeploying) from "
-    "the sweep, not from the customer's message: the longest waits show as seconds. The fix belongs in sweep.py / "
-    "handoffs.reconcile (log the period's start the sweep knows: waiting_since or the message's created_at) and "
-    "opens() (pair with it)",
-)
 async def test_the_time_to_open_of_a_conversation_the_sweep_found_counts_the_customers_wait(fake, start_bot, store_url):
     disconnected(fake)  # the bot is down: the customer's message is never delivered
     conv = aged(fake, [came_back(fake, "Rui Costa")], 2 * 3600)[0]  # a returning customer, waiting two hours
@@ -84,13 +68,6 @@ async def test_the_time_to_open_of_a_conversation_the_sweep_found_counts_the_cus
     assert median_shown(await page_of(bot)) == "2.0 h"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review3: store/sqlite.py _log_opened and store/redis.py log_opened put each open into the decision log "
-    "under DECISION_LOG_SIZE, which the README calls the decisions kept per account: every handoff now takes two "
-    "places, so the page keeps about half the decisions configured (its 7-day chart comes up short twice as soon). "
-    "The fix belongs in the stores (bound the opens apart from the decisions, or count only decisions)",
-)
 async def test_decision_log_size_keeps_that_many_decisions_whatever_opens_landed(fake, start_bot, store_url):
     bot = await start_bot(STORE_URL=store_url, DECISION_LOG_SIZE="4", HANDOFF_KEYWORDS="human", SWEEP_INTERVAL="0")
     convs = []

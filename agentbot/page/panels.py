@@ -240,27 +240,51 @@ def split(logged: list[DecisionEntry]) -> tuple[list[DecisionEntry], list[Opened
 
 
 def opens(logged: list[DecisionEntry]) -> list[Opened]:
-    """Each open the bot logged, with its pending period's first decision (its first customer message) and the
-    handoff or deferral it carried out; an open whose period began before the log does not count. Opens by an agent
-    or by Chatwoot's failure fallback are not logged; a handoff whose open failed or is still on its way has none."""
+    """Each open the bot logged, with its pending period's first decision (its first customer message, or when the
+    customer began waiting, where the sweep knew) and the handoff or deferral it carried out; an open whose period
+    began before the log does not count. Opens by an agent or by Chatwoot's failure fallback are not logged; a
+    handoff whose open failed or is still on its way has none."""
     found: list[Opened] = []
-    first: dict[tuple[int, int], float] = {}
-    decided: dict[tuple[int, int], DecisionEntry] = {}
+    waiting: dict[tuple[int, int], _Period] = {}
     for e in reversed(logged):  # oldest first
         key = (e.account_id, e.display_id)
+        period = waiting.get(key)
         if e.outcome in ("keep", "defer", "handoff"):
-            # A decision after a handoff begins a new period (its open never landed, or was undone); Hand off now
-            # after a failed handoff carries on the period the customer is waiting in.
-            if key in decided and decided[key].outcome == "handoff" and e.rule != "operator":
-                del first[key], decided[key]
-            first.setdefault(key, e.at)
+            if period is None or period.ended_by(e):
+                period = waiting[key] = _Period(e.period, e.at)
+            period.number = period.number if e.period is None else e.period
+            period.first = min(period.first, e.began or e.at)
             if e.outcome != "keep":
-                decided[key] = e
+                period.decision = e
             continue
-        began, decision = first.pop(key, None), decided.pop(key, None)  # an open, a give-back or an expiry ends it
-        if e.outcome == OPENED and began is not None:
-            found.append(Opened(e.at, began, decision))
+        waiting.pop(key, None)  # an open, a give-back or an expiry ends the period
+        if e.outcome == OPENED and period is not None and period.holds(e):
+            found.append(Opened(e.at, period.first, period.decision))
     return found
+
+
+@dataclass
+class _Period:
+    """A pending period of one conversation as the decision log shows it, while opens() reads the log."""
+
+    number: int | None  # ConversationState.period; None in entries logged before periods were
+    first: float  # its first decision, or when the customer began waiting (the sweep's), whichever is earlier
+    decision: DecisionEntry | None = None  # its latest handoff or deferral
+
+    def ended_by(self, e: DecisionEntry) -> bool:
+        """Whether decision `e` begins a later period. Hand off now after a failed handoff carries on the period the
+        customer is waiting in (the bot numbers it anew). A period that ended unlogged (resolved or opened by an
+        agent, the team's bot, Chatwoot's fallback) is told by the numbers; without them (logged before they were),
+        a decision after a handoff begins a new period (its open never landed, or was undone)."""
+        after_handoff = self.decision is not None and self.decision.outcome == "handoff"
+        if after_handoff and e.rule == "operator":
+            return False
+        if self.number is not None and e.period is not None:
+            return e.period != self.number
+        return after_handoff
+
+    def holds(self, opened: DecisionEntry) -> bool:
+        return self.number is None or opened.period is None or opened.period == self.number
 
 
 def activity(

@@ -41,7 +41,7 @@ def store_failure(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError))  # not an error reply such as WRONGTYPE (a bug)
 
 
-class DecisionEntry(msgspec.Struct, frozen=True):
+class DecisionEntry(msgspec.Struct, frozen=True, omit_defaults=True):
     """One line of the decision log (what the operator page lists and charts)."""
 
     at: float
@@ -54,6 +54,10 @@ class DecisionEntry(msgspec.Struct, frozen=True):
     reason: str
     event: str
     key: str  # the delivery's dedup key: tells two entries of one second apart
+    # The conversation's pending period after the decision (ConversationState.period), or the open's (its job's):
+    # the page pairs an open with its own period's first decision. None: logged before periods were.
+    period: int | None = None
+    began: float | None = None  # when the customer began waiting, where the decision knew (the sweep's waiting_since)
 
     def dumps(self) -> str:
         return msgspec.json.encode(self).decode()
@@ -75,7 +79,17 @@ def opened_entry(job: Job, now: float, finishing: bool = False) -> DecisionEntry
     if job.step == 0 or job.steps[job.step - 1] != SetStatus("open"):
         return None
     return DecisionEntry(
-        now, job.account_id, None, job.display_id, "", OPENED, job.rule, job.reason, "outbox", f"opened:{job.id}"
+        now,
+        job.account_id,
+        None,
+        job.display_id,
+        "",
+        OPENED,
+        job.rule,
+        job.reason,
+        "outbox",
+        f"opened:{job.id}",
+        period=job.period,
     )
 
 

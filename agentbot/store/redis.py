@@ -44,7 +44,8 @@ CONNECTION_WAIT = 10  # seconds a command waits for a free connection when all R
 # claim of Chatwoot's jobs alone never looks through them); owner:<conv> (the claim on its head job); unsure (hash, written
 # before the period model: read and removed by CLAIM);
 # timers (zset conv → due) + timer:<conv>; dead (list); depth (counter of queued jobs);
-# lock:<conv> (redis-py Lock); log:<account> (zset entry JSON → time, the decision log) and
+# lock:<conv> (redis-py Lock); log:<account> (zset entry JSON → time, the decision log), opens:<account> (the same
+# for its opens that landed, bounded apart: they take no decision's place) and
 # log-accounts (set of accounts with a log); echo:<conv> (zset "message id:fingerprint" → message id).
 
 # A job with an `order` (Job.order: a forward's message id) goes before the first queued job of a higher order,
@@ -162,13 +163,16 @@ return 1
 )
 
 # ARGV (the last three): the decision log's entry of an open that landed (store.base.opened_entry), or "", with
-# its account and time; logged where the account keeps a log (the next commit bounds its size).
+# its account and time; logged where the account keeps a log, apart from its decisions: at most as many opens as
+# the account's log holds decisions (DECISION_LOG_SIZE), so opens take no decision's place.
 OPENED = f"""
 local function log_opened(entry, account, at)
-  local k = P..'log:'..account
-  if entry ~= '' and redis.call('EXISTS', k) == 1 then
+  local k = P..'opens:'..account
+  local kept = entry ~= '' and redis.call('ZCARD', P..'log:'..account) or 0
+  if kept > 0 then
     redis.call('ZADD', k, at, entry)
     redis.call('ZREMRANGEBYSCORE', k, '-inf', tonumber(at) - {LOG_TTL})
+    redis.call('ZREMRANGEBYRANK', k, 0, -(kept + 1))
   end
 end
 """
@@ -513,7 +517,8 @@ class RedisStore(Store):
         accounts = await self.redis.smembers(P + "log-accounts")
         async with self.redis.pipeline(transaction=False) as pipe:
             for account in sorted(accounts):
-                pipe.zrevrangebyscore(P + "log:" + account.decode(), "+inf", f"({now - LOG_TTL}")  # type: ignore[union-attr]
+                for kind in ("opens:", "log:"):  # on the same second an open comes after (before, newest first)
+                    pipe.zrevrangebyscore(P + kind + account.decode(), "+inf", f"({now - LOG_TTL}")  # type: ignore[union-attr]
             found = [DecisionEntry.loads(raw) for raws in await pipe.execute() for raw in raws]
         return sorted(found, key=lambda e: e.at, reverse=True)
 

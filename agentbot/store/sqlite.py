@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS echoes (conv TEXT NOT NULL, id INTEGER NOT NULL, crc 
   PRIMARY KEY (conv, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS decisions (account INTEGER NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, size INTEGER NOT NULL,
   body TEXT NOT NULL, PRIMARY KEY (account, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS opens (account INTEGER NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, size INTEGER NOT NULL,
+  body TEXT NOT NULL, PRIMARY KEY (account, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
 """
 # A queue's next job: the lowest `order` (Job.order; a forward's message id), then the first queued.
@@ -311,27 +313,27 @@ class SQLiteStore(Store):
             self._log(c.log, c.log_size)
         return True
 
-    def _log(self, entry: DecisionEntry, size: int) -> None:
+    def _log(self, entry: DecisionEntry, size: int, table: str = "decisions") -> None:
         # A sequence per account makes the bound index seeks, whatever the size. Old entries are deleted
         # every TRIM_EVERY entries (deleting one per commit dirtied one more page per transaction);
         # decisions() never returns more than `size` per account.
         account = entry.account_id
-        seq = self.db.execute("SELECT coalesce(max(seq), 0) + 1 FROM decisions WHERE account=?", (account,)).fetchone()[
-            0
-        ]
-        self.db.execute("INSERT INTO decisions VALUES (?,?,?,?,?)", (account, seq, entry.at, size, entry.dumps()))
+        last = self.db.execute(f"SELECT max(seq) FROM {table} WHERE account=?", (account,)).fetchone()[0]
+        seq = (last or 0) + 1
+        self.db.execute(f"INSERT INTO {table} VALUES (?,?,?,?,?)", (account, seq, entry.at, size, entry.dumps()))
         if seq % TRIM_EVERY == 0:
-            self.db.execute("DELETE FROM decisions WHERE account=? AND seq<=?", (account, seq - size))
+            self.db.execute(f"DELETE FROM {table} WHERE account=? AND seq<=?", (account, seq - size))
 
     def _log_opened(self, entry: DecisionEntry | None) -> None:
-        """Log when a handoff's open landed, bounded as the account's decisions are (no entry where it keeps none)."""
+        """Log when a handoff's open landed, in a table of its own bounded to the account's DECISION_LOG_SIZE (so
+        opens take no decision's place); none where the account keeps no log."""
         if entry is None:
             return
         size = self.db.execute(
             "SELECT size FROM decisions WHERE account=? ORDER BY seq DESC LIMIT 1", (entry.account_id,)
         ).fetchone()
         if size is not None:
-            self._log(entry, size[0])
+            self._log(entry, size[0], "opens")
 
     def _push(self, job: Job, now: float) -> None:
         job.created_at = job.created_at or now
@@ -479,12 +481,16 @@ class SQLiteStore(Store):
         return await self._read(lambda: self.rdb.execute("SELECT count(*) FROM jobs WHERE dead=0").fetchone()[0])
 
     async def decisions(self, now: float) -> list[DecisionEntry]:
-        # Per account only the newest `size` entries (the size in force at the newest entry).
+        # Per account only the newest `size` decisions (the size in force at the newest), and as many opens.
+        newest = (
+            "SELECT d.at, d.seq, {kind} AS kind, body FROM {table} d JOIN (SELECT account, max(seq) AS top FROM {table} "
+            "GROUP BY account) m USING (account) WHERE d.at>? AND d.seq > m.top - (SELECT size FROM {table} "
+            "WHERE account=d.account AND seq=m.top)"
+        )
         rows = self.rdb.execute(
-            "SELECT body FROM decisions d JOIN (SELECT account, max(seq) AS top FROM decisions GROUP BY account) m "
-            "USING (account) WHERE d.at>? AND d.seq > m.top - (SELECT size FROM decisions WHERE account=d.account "
-            "AND seq=m.top) ORDER BY d.at DESC, d.seq DESC",
-            (now - LOG_TTL,),
+            f"SELECT body FROM ({newest.format(kind=0, table='decisions')} UNION ALL "
+            f"{newest.format(kind=1, table='opens')}) ORDER BY at DESC, kind DESC, seq DESC",
+            (now - LOG_TTL, now - LOG_TTL),
         )
         return [DecisionEntry.loads(body) for (body,) in rows]
 
@@ -518,6 +524,7 @@ class SQLiteStore(Store):
                 "(PARTITION BY conv ORDER BY id DESC) AS n FROM echoes) WHERE n > ?)",
                 (ECHOES_KEPT,),
             )
-            self.db.execute("DELETE FROM decisions WHERE at<=?", (now - LOG_TTL,))
+            for table in ("decisions", "opens"):
+                self.db.execute(f"DELETE FROM {table} WHERE at<=?", (now - LOG_TTL,))
 
         await self._write(apply)

@@ -189,10 +189,10 @@ async def test_without_a_user_token_the_sweep_is_off_and_says_so(fake, start_bot
 
 async def test_pending_before_the_bot_existed_dry_run_then_sweep_then_nothing(fake, start_bot, tmp_path):
     disconnected(fake)
-    back = aged(fake, [came_back(fake, f"R{i}") for i in range(60)])
-    asked = aged(fake, [new_customer(fake, f"K{i}", "can I talk to a human please") for i in range(20)])
-    waited = aged(fake, [new_customer(fake, f"W{i}") for i in range(20)], 7200)
-    new = aged(fake, [new_customer(fake, f"N{i}") for i in range(200)])
+    back = aged(fake, [came_back(fake, f"R{i}") for i in range(15)])
+    asked = aged(fake, [new_customer(fake, f"K{i}", "can I talk to a human please") for i in range(5)])
+    waited = aged(fake, [new_customer(fake, f"W{i}") for i in range(5)], 7200)
+    new = aged(fake, [new_customer(fake, f"N{i}") for i in range(50)])
     rules = {
         "HANDOFF_KEYWORDS": "human",
         "HANDOFF_AFTER_SECONDS": "3600",
@@ -204,25 +204,25 @@ async def test_pending_before_the_bot_existed_dry_run_then_sweep_then_nothing(fa
     code, out, err = await sweep_cli(fake, tmp_path, "--dry-run", "--json", **rules)
     assert code == 0, err
     dry = json.loads(out)
-    assert dry["listed"] == 300 and opened_keys(dry) == expected
-    assert dry["counts"]["opened"] == {"returning": 60, "keyword": 20, "wait": 20}
+    assert dry["listed"] == 75 and opened_keys(dry) == expected
+    assert dry["counts"]["opened"] == {"returning": 15, "keyword": 5, "wait": 5}
     assert fake.calls_to("toggle_status") == [] and fake.status_log[-1][2] == "pending"
 
     bot = await start_bot(**USER, **rules, STORE_URL=f"sqlite:///{tmp_path}/bot.sqlite3", SWEEP_INTERVAL="0")
     code, out, err = await sweep_cli(fake, tmp_path, **rules)
     assert code == 0, err
-    assert "returning" in out and "60" in out  # the table
-    await wait_for(lambda: sum(c.status == "open" for c in back + asked + waited) == 100, 20, "100 handoffs")
+    assert "returning" in out and "15" in out  # the table
+    await wait_for(lambda: sum(c.status == "open" for c in back + asked + waited) == 25, 20, "25 handoffs")
     await bot.idle()
     assert_handed_off_once(fake, back + asked + waited)
-    assert [c.status for c in new] == ["pending"] * 200
+    assert [c.status for c in new] == ["pending"] * 50
     assert all(fake.bot_messages(c.display_id) == [] for c in back + asked + waited + new)
 
     calls = len(fake.calls_to("toggle_status")) + len(fake.calls_to("messages"))
     code, out, err = await sweep_cli(fake, tmp_path, "--json", **rules)
     assert code == 0, err
     again = json.loads(out)
-    assert again["listed"] == 200 and again["counts"]["opened"] == {} and again["counts"]["deferred"] == {}
+    assert again["listed"] == 50 and again["counts"]["opened"] == {} and again["counts"]["deferred"] == {}
     await bot.idle()
     assert len(fake.calls_to("toggle_status")) + len(fake.calls_to("messages")) == calls
 

@@ -107,7 +107,7 @@ class TeamBot:
     async def start(self, port: int = 0) -> TeamBot:
         app = web.Application()
         app.router.add_post("/hooks/chatwoot-7f3a", self._receive)
-        self._runner = web.AppRunner(app, handle_signals=False)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.2)  # hanging answers end with it
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()

@@ -103,7 +103,7 @@ class FakeEvolution:
 
     # ---- running ----------------------------------------------------------------------------
     async def start(self, port: int = 0) -> str:
-        self.runner = web.AppRunner(self.app, handler_cancellation=False)
+        self.runner = web.AppRunner(self.app, handler_cancellation=False, shutdown_timeout=0.2)  # hanging calls end
         await self.runner.setup()
         self.site = web.TCPSite(self.runner, "127.0.0.1", port)
         await self.site.start()

@@ -365,6 +365,7 @@ class Handoffs:
         )
         # Shielded: cut short, it still reaches the store, and the conversation's lock waits for it (_locked).
         writing = asyncio.ensure_future(self.store.commit(commit, now))
+        writing.add_done_callback(_seen)  # its caller may be gone (cut short, stopped): no "never retrieved" noise
         self._committing[c.key] = writing
         done = await asyncio.shield(writing)
         self._committing.pop(c.key, None)
@@ -392,3 +393,9 @@ class Handoffs:
         quiet = decision.outcome in ("handoff", "record")
         logger.log("DEBUG" if quiet else "INFO", "{}: {}: {}", where, decision.outcome, decision.reason)
         return decision
+
+
+def _seen(done: asyncio.Future[bool]) -> None:
+    """Mark a shielded commit's failure as retrieved: whoever still waits for it gets it; nobody else must."""
+    if not done.cancelled():
+        done.exception()

@@ -24,7 +24,8 @@ PROBE_MAX = 2.0  # seconds between probes at most: a 60 s window reopens at most
 GROWTH = 0.05  # the pace grows by this share per learned window while calls queue for it
 FORGET = 300.0  # seconds without a 429 after which the learned pace is dropped
 MIN_SAMPLE = 2  # calls a window must have let through to learn a pace from it
-MIN_PACE = 1.0  # calls a second: a slower "pace" is a one-off 429 (a proxy, a fault), not Chatwoot's window
+MIN_PACE = 5.0  # calls a second (a tenth of Rack::Attack's default): a slower "pace" is demand before a one-off 429 (a
+# proxy, a fault), not Chatwoot's window; a Chatwoot limited below it is set with CHATWOOT_RATE
 MAX_SPAN = 120.0  # seconds: a longer count since the last opening (or idle) mixes in slack, so it teaches nothing
 IDLE = 1.0  # seconds without a call in flight after which the count of answered calls starts again
 

@@ -4,7 +4,7 @@ outbox.py reads them (tests shorten POLL, TICK and BACKOFF_BASE on `agentbot.out
 
 from __future__ import annotations
 
-WORKERS = 64  # jobs in flight at once (they wait on Chatwoot); half at most run the lanes' (forward, Evolution) jobs
+WORKERS = 64  # jobs in flight at once (they wait on Chatwoot); the lanes hold a share of them (Outbox.start)
 POLL = 0.25  # seconds between looks at the store when nothing woke us (other instances, retries)
 TICK = 0.5  # seconds between timer checks, lease renewals and worker supervision
 PRUNE_EVERY = 600.0  # seconds between removals of expired dedup keys and look-ups

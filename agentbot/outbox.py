@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 
 from loguru import logger
@@ -51,7 +51,7 @@ from .metrics import Metrics
 from .observe import Observer
 from .relay import Relay
 from .store import Store
-from .store.base import LEASE
+from .store.base import LANES, LEASE, lane_kind
 
 
 def backoff(attempts: int, retry_after: float | None) -> float:
@@ -94,7 +94,9 @@ class Outbox:
         self._ticker: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._running: dict[str, tuple[Job, float]] = {}  # claimed jobs by id, with when their lease was last renewed
-        self.lane_budget = 0  # workers that may hold jobs of the other lanes at once (start() sets it)
+        self.lane_share = 0  # workers that may hold jobs of one lane kind at once (start() sets it)
+        self.lanes_share = 0  # workers that may hold jobs of any lane at once (start() sets it)
+        self._in_lane: Counter[str] = Counter()  # workers holding, or claiming, a job of each lane kind
         self._in_lanes = 0  # workers holding, or claiming, a job of another lane than Chatwoot's
         self._store_failing_since: float | None = None
         self._store_error = ""
@@ -112,10 +114,11 @@ class Outbox:
                 jobs -= 1
 
     def start(self) -> None:
-        # Half the workers at most run the other lanes' jobs (a team bot's or Evolution API's calls, which may hang
-        # for their timeout): the rest are Chatwoot's own, so a handoff never waits for another service.
-        workers = max(2, self.store.outbox_workers(WORKERS))
-        self.lane_budget = workers // 2
+        # The lanes' calls (a team bot's, Evolution API's) may hang for their timeout. A lane kind holds half the
+        # workers at most, the lanes together three quarters: while one kind's service hangs, the other kind and
+        # Chatwoot's jobs keep a quarter each, so neither a handoff's open nor its pause of Evolution's bot waits.
+        workers = max(1 + len(LANES), self.store.outbox_workers(WORKERS))
+        self.lane_share, self.lanes_share = workers // 2, workers - max(1, workers // 4)
         self.workers = [asyncio.create_task(self._worker()) for _ in range(workers)]
         self._ticker = asyncio.create_task(self._tick())
         self._poller = asyncio.create_task(self._poll())
@@ -172,19 +175,32 @@ class Outbox:
             logger.warning("outbox: the store failed ({}: {}); trying again", type(exc).__name__, exc)
         self._store_error = f"{type(exc).__name__}: {exc}"
 
+    def _lanes_with_room(self) -> frozenset[str]:
+        if self._in_lanes >= self.lanes_share:
+            return frozenset()
+        return frozenset(kind for kind in LANES if self._in_lane[kind] < self.lane_share)
+
     async def _claim(self) -> Job | None:
-        """The next due job: of Chatwoot's queues only once the lane budget is spent. A slot of the budget is taken
-        before the claim (two workers claiming at once cannot both take the last one) and given back unless the
-        job claimed is another lane's."""
-        lanes = self._in_lanes < self.lane_budget
-        self._in_lanes += lanes
+        """The next due job: of Chatwoot's queues, or of a lane kind whose share has room. A slot of each share the
+        claim may fill is taken before it (two workers claiming at once cannot both take the last one); those the
+        job claimed does not fill are given back."""
+        lanes = self._lanes_with_room()
+        self._in_lane.update(lanes)
+        self._in_lanes += bool(lanes)
         job = None
         try:
             job = await self.store.claim(self.now(), lanes=lanes)
         finally:
-            if lanes and (job is None or not job.lane):
-                self._in_lanes -= 1
+            kind = lane_kind(job.lane) if job is not None else ""
+            self._in_lane.subtract(lanes - {kind})
+            self._in_lanes -= bool(lanes) and not kind
         return job
+
+    def _left(self, job: Job) -> None:
+        """A worker is done with `job`: its lane's slots are free again."""
+        if job.lane:
+            self._in_lane[lane_kind(job.lane)] -= 1
+            self._in_lanes -= 1
 
     async def _worker(self) -> None:
         """Claim and run jobs until stopped; no exception ends a worker."""
@@ -224,7 +240,7 @@ class Outbox:
                     pass
             finally:
                 self._running.pop(job.id, None)
-                self._in_lanes -= bool(job.lane)
+                self._left(job)
 
     async def _save(self, write: Callable[[], Awaitable[bool]], give_up_on_stop: bool = False) -> None:
         """A store write the job cannot go on without: tried until it succeeds (the store may be

@@ -13,6 +13,7 @@ import pytest
 from agentbot.evolution import SECOND_PAUSE
 from tests.conftest import counted, run_main, wait_for
 from tests.fakeevolution import GLOBAL_KEY
+from tests.teambot import TeamBot
 from tests.test_page_http import client, sign_in
 
 JID = "5511912345678@s.whatsapp.net"
@@ -265,3 +266,29 @@ async def health(bot) -> str:
     section = re.search(r'id="health".*?</section>', page, re.S)
     assert section is not None
     return html.unescape(re.sub(r"<[^>]+>", " ", section.group(0)))
+
+
+# ---- a hanging Evolution API and the forwards to the team's bot: each kind of lane has its own share of workers ----
+async def test_a_hanging_evolution_api_does_not_hold_up_the_forwards_to_the_teams_bot(fake, evo, start, redis):
+    team = await TeamBot().start()
+    try:
+        bot = await start(
+            STORE_URL=redis,
+            REDIS_MAX_CONNECTIONS="8",  # four outbox workers: Evolution API's calls may hold two of them
+            EVOLUTION_INSTANCE="WhatsApp",
+            FORWARD_URL=team.url,
+            INBOX_4_FORWARD_URL="",  # WhatsApp has Evolution's bot; the web widget's messages go to the team's bot
+        )
+        convs = [
+            fake.customer_writes(fake.contact(f"C{n}", phone_number=f"+55 11 9000-000{n}"), "oi", inbox=WHATSAPP)
+            for n in range(6)
+        ]
+        await bot.idle()
+        hang = evo.fail(hang=6.0, times=40)
+        for message in convs:  # each resolve closes the contact's session in Evolution: six calls that hang
+            fake.resolve(message.conversation.display_id)
+        await wait_for(lambda: 40 - hang.times >= 2, 5, "the closes under way")
+        fake.customer_writes(fake.contact("Maria"), "Which lamp fits my desk?")
+        await wait_for(lambda: team.received, 3, "the forward at the team's bot")  # not after the hang's 6 s
+    finally:
+        await team.close()

@@ -357,3 +357,26 @@ async def test_stop_does_not_wait_for_sleeping_workers(memory):
     outbox.start()
     await wait_for(lambda: len(outbox._sleepers) == WORKERS, what="all workers idle")
     await asyncio.wait_for(outbox.stop(30.0), 5.0)  # the grace is 30 s: sleepers are woken at once
+
+
+async def test_claims_that_raise_or_are_cancelled_give_their_lane_slots_back(memory):
+    """Each claim takes a slot of every lane share it may fill before it asks the store: never more than a share,
+    and each slot given back whatever becomes of the claim."""
+    outbox = Outbox(memory, Gated(), Metrics(), Clock(), 3600.0)  # type: ignore[arg-type]
+    asked: list[frozenset[str]] = []
+
+    async def claim(now: float, lanes: frozenset[str]) -> Any:
+        asked.append(lanes)
+        if len(asked) <= 3:
+            raise ConnectionError("store down")
+        await asyncio.Event().wait()  # the store stalls until stop() cancels the claims
+
+    memory.claim = claim
+    outbox.start()
+    await wait_for(lambda: len(asked) == WORKERS + 3, what="every worker claiming, three of them twice")
+    waiting = asked[3:]
+    for kind in ("forward", "evolution"):
+        assert sum(kind in lanes for lanes in waiting) == outbox._in_lane[kind] == outbox.lane_share == WORKERS // 2
+    assert sum(bool(lanes) for lanes in waiting) == outbox._in_lanes <= outbox.lanes_share == WORKERS * 3 // 4
+    await outbox.stop(0.1)
+    assert outbox._in_lanes == 0 and set(outbox._in_lane.values()) == {0}

@@ -114,15 +114,6 @@ async def team():
     await bot.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review3: store/redis.py keeps a lane's queue in `ready:lanes` now, where an instance of the previous "
-    "version (one `ready` set) does not see its claim: when that instance queues the customer's next message in the "
-    "same lane (its push puts the queue in `ready`), it claims the head job this instance is running and forwards it "
-    "again (the team's bot answers the customer twice). The fix belongs in redis.py (keep a lane queue's claim "
-    "visible in `ready` while older instances may run, e.g. CLAIM/RENEW also ZADD XX its lease there, or move lane "
-    "queues only once none runs) or in the README's upgrade notes (stop the old instances first)",
-)
 async def test_an_instance_of_the_previous_version_never_claims_the_lane_job_this_one_runs(
     fake, start_bot, team, redis
 ):
@@ -155,15 +146,6 @@ def paused(evo) -> list[str]:
     return [c.body["remoteJid"] for c in evo.calls_to("changeStatus") if c.body["status"] == "paused"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review3: outbox.py's budget is one for every other lane together, not one per lane: forwards hanging at "
-    "a team bot (FORWARD_TIMEOUT, up to 300 s) hold every slot, so the handoff's pause of Evolution's bot (lane "
-    "evolution) in another inbox waits for them and Evolution's bot goes on answering a customer handed to humans "
-    "(and a hanging Evolution API delays forwards towards FORWARD_MAX_AGE, whose fallback then opens conversations). "
-    "The fix belongs in outbox.py _claim (a share per lane, e.g. budget // lanes each, or claims that skip the lane "
-    "whose share is spent: the stores' claim(lanes=...) naming the lanes it may take)",
-)
 async def test_a_hanging_team_bot_does_not_hold_up_the_handoffs_pause_of_evolutions_bot(
     fake, start_bot, team, evo, redis
 ):

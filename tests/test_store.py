@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -11,6 +12,8 @@ from agentbot.facts import ConversationState, Resolved
 from agentbot.period import Phase
 from agentbot.store import Commit, open_store
 from tests.conftest import wait_for
+
+CHATWOOT_ONLY: frozenset[str] = frozenset()  # a claim's lane kinds once every lane's share is spent
 
 
 def job(display_id: int, reason: str = "r") -> Job:
@@ -274,20 +277,54 @@ async def test_a_claim_of_chatwoots_jobs_alone_finds_them_behind_the_other_lanes
     lanes = [Job(1, n, "forward", [SetStatus("open")], lane=("forward", "evolution")[n % 2]) for n in range(1, 40)]
     await store.commit(Commit("d:1", "1:1", jobs=lanes), 100.0)  # due first
     await store.commit(Commit("d:2", "1:99", jobs=[job(99, "open")]), 101.0)
-    opening = await store.claim(200.0, lanes=False)
+    opening = await store.claim(200.0, lanes=CHATWOOT_ONLY)
     assert opening.reason == "open" and await store.finish(opening, 200.0)
-    assert await store.claim(200.0, lanes=False) is None  # the other lanes' jobs wait for a worker of their budget
+    assert await store.claim(200.0, lanes=CHATWOOT_ONLY) is None  # the lanes' jobs wait for a worker of their share
     running = await store.claim(200.0)
     assert running.lane and await store.renew(running, 201.0) and await store.progress(running, 201.0)
     running.next_at = 202.0
     assert await store.retry(running) is True
-    assert await store.claim(300.0, lanes=False) is None  # a retried, renewed or saved job is still another lane's
+    assert await store.claim(300.0, lanes=CHATWOOT_ONLY) is None  # a retried, renewed or saved job is still a lane's
     await store.commit(Commit("d:3", "1:98", jobs=[job(98, "open 98")]), 300.0)
-    assert (await store.claim(300.0, lanes=False)).reason == "open 98"
+    assert (await store.claim(300.0, lanes=CHATWOOT_ONLY)).reason == "open 98"
 
 
-async def test_lane_queues_an_older_version_kept_with_chatwoots_are_moved_and_claimed_with_the_lanes(redis):
-    """Before the budget per lane, Redis kept every queue's ready time in one sorted set."""
+async def test_a_claim_takes_the_lane_kinds_it_is_given_and_none_of_the_others(store):
+    contact = Job(1, 0, "webwidget_triggered", [SetStatus("open")], lane="forward-contact-7")  # a forward's kind too
+    evolution = Job(1, 2, "pause", [SetStatus("open")], lane="evolution")
+    await store.commit(Commit("d:1", "1:1", jobs=[forward(10.0), contact]), 100.0)
+    await store.commit(Commit("d:2", "1:2", jobs=[evolution]), 101.0)
+    assert (await store.claim(200.0, lanes=frozenset({"evolution"}))).lane == "evolution"
+    assert await store.claim(200.0, lanes=frozenset({"evolution"})) is None  # the forwards wait for their share
+    forwards = {(await store.claim(200.0, lanes=frozenset({"forward"}))).lane for _ in range(2)}
+    assert forwards == {"forward", "forward-contact-7"}
+
+
+async def test_a_lane_job_an_older_version_runs_is_not_claimed_again_before_its_lease_ends(redis):
+    """During a rolling deploy an instance of the version before the shares per lane kind (one `ready` set) claims a
+    lane's head job; this version queues the customer's next message in that lane meanwhile."""
+    import redis as sync_redis
+
+    from agentbot.store.base import LEASE
+    from tests.test_review3 import OLD_CLAIM
+
+    old = sync_redis.Redis.from_url(redis)
+    old.rpush("agentbot:q:1:1/forward", forward(10.0).dumps())
+    old.zadd("agentbot:ready", {"1:1/forward": 100.0}, nx=True)
+    running = json.loads(old.eval(OLD_CLAIM, 0, 100.0, LEASE, "old-instance", 900)[0])
+    store = open_store(redis)
+    await store.open()
+    try:
+        await store.commit(Commit("d:2", "1:1", jobs=[forward(11.0)]), 101.0)
+        assert await store.claim(101.0) is None  # the older instance runs the head job
+        taken = await store.claim(100.0 + LEASE + 1)  # its lease ran out: taken over, its call may have landed
+        assert taken.reason == running["reason"] and taken.attempt.maybe
+    finally:
+        await store.close()
+
+
+async def test_lane_queues_an_older_version_kept_with_chatwoots_are_moved_and_claimed_with_their_kind(redis):
+    """Before the workers' share per lane kind, Redis kept every queue's ready time in one sorted set."""
     import redis as sync_redis
 
     old = sync_redis.Redis.from_url(redis)
@@ -296,11 +333,11 @@ async def test_lane_queues_an_older_version_kept_with_chatwoots_are_moved_and_cl
         old.rpush(f"agentbot:q:{queue}", Job(1, display_id, lane, [SetStatus("open")], lane=lane, id=lane).dumps())
         old.zadd("agentbot:ready", {queue: 100.0})
     store = open_store(redis)
-    await store.open()  # moves those there were
-    old.zadd("agentbot:ready", {"1:2/evolution": 100.0})  # an older instance still running puts one back
+    await store.open()
     try:
-        assert await store.claim(200.0, lanes=False) is None
-        assert {(await store.claim(200.0)).lane, (await store.claim(200.0)).lane} == {"forward", "evolution"}
-        assert old.zcard("agentbot:ready") == 0
+        assert await store.claim(200.0, lanes=CHATWOOT_ONLY) is None  # moved to their kinds' sets as it meets them
+        assert (await store.claim(200.0, lanes=frozenset({"evolution"}))).lane == "evolution"
+        assert (await store.claim(200.0)).lane == "forward"
+        assert old.zrangebyscore("agentbot:ready", "-inf", 200.0) == []  # in `ready`: only the running ones' leases
     finally:
         await store.close()

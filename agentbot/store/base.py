@@ -21,6 +21,14 @@ LEASE = 60.0  # seconds a claimed job belongs to one worker unless renewed (Redi
 HORIZON = 900.0
 LOG_TTL = 7 * 24 * 3600  # how long the decision log keeps an entry
 ECHOES_KEPT = 8  # the bot's own latest messages remembered per conversation (as long as the conversation)
+# The kinds of lane a job may have (Job.lane): each calls a service of its own besides Chatwoot. relay.LANE's lanes
+# ("forward", and "forward-contact-<id>" for deliveries without a conversation) and evolution_jobs.LANE's.
+LANES = frozenset({"forward", "evolution"})
+
+
+def lane_kind(lane: str) -> str:
+    """The kind of a job's lane ("forward" for "forward-contact-7"; "" for Chatwoot's queue)."""
+    return lane.partition("-")[0]
 
 
 class Lapsed(Exception):
@@ -150,11 +158,12 @@ class Store(ABC):
     # shared store) until its lease runs out; every call below returns False, and changes nothing, when
     # the caller no longer owns the job.
     @abstractmethod
-    async def claim(self, now: float, lanes: bool = True) -> Job | None:
-        """The oldest due job of a queue nobody is working on, now owned by the caller; of Chatwoot's queues only
-        unless `lanes` (the outbox's budget of workers for the other lanes is spent). When a run that claimed it
-        before never released it (a crash, a lapsed lease), it comes with an attempt at its current step that may
-        have landed (and `recovered` when a power cut may have lost its progress). Claiming writes nothing."""
+    async def claim(self, now: float, lanes: frozenset[str] = LANES) -> Job | None:
+        """The oldest due job of a queue nobody is working on, now owned by the caller: of Chatwoot's queues, or of
+        a lane whose kind (lane_kind) is in `lanes` (the outbox leaves out a kind whose share of its workers is
+        spent). When a run that claimed it before never released it (a crash, a lapsed lease), it comes with an
+        attempt at its current step that may have landed (and `recovered` when a power cut may have lost its
+        progress). Claiming writes nothing."""
 
     @abstractmethod
     async def renew(self, job: Job, now: float) -> bool:

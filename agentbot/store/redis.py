@@ -22,6 +22,7 @@ from .base import (
     DEDUP_TTL,
     ECHOES_KEPT,
     HORIZON,
+    LANES,
     LEASE,
     LOG_TTL,
     STATE_TTL,
@@ -39,10 +40,10 @@ RECONNECTS = 6  # a dropped connection is tried again this often, 0.05 s apart d
 CONNECTION_WAIT = 10  # seconds a command waits for a free connection when all REDIS_MAX_CONNECTIONS are busy
 # Keys: seen:<dedup>, conv:<key>, contact:<key>, lookup:<key> (strings with TTLs);
 # q:<queue> (list of job JSON, head first; a queue is a conversation, or one of its lanes: "<conv>/<lane>");
-# ready (zset queue → when its head may run or the
-# lease of the worker running it ends: Chatwoot's queues; ready:lanes the same for the other lanes' queues, so a
-# claim of Chatwoot's jobs alone never looks through them); owner:<conv> (the claim on its head job); unsure (hash, written
-# before the period model: read and removed by CLAIM);
+# ready (zset queue → when its head may run or the lease of the worker running it ends: Chatwoot's queues, and the
+# leases of the lane queues being run, see HOLD); ready:<kind> the same for the lane queues of a kind (store.base.
+# lane_kind: ready:forward, ready:evolution), so a claim never looks through the queues of a kind it may not take);
+# owner:<conv> (the claim on its head job); unsure (hash, written before the period model: read and removed by CLAIM);
 # timers (zset conv → due) + timer:<conv>; dead (list); depth (counter of queued jobs);
 # lock:<conv> (redis-py Lock); log:<account> (zset entry JSON → time, the decision log), opens:<account> (the same
 # for its opens that landed, bounded apart: they take no decision's place) and
@@ -105,13 +106,18 @@ return 1
 )
 
 # A claim: `owner:<conv>` holds "<job id>|<token>" of the worker running the conversation's head job;
-# the `ready` score of the conversation is when that worker's lease ends. An owner still there at the next
+# the ready score of the conversation is when that worker's lease ends. An owner still there at the next
 # claim never released the job (its instance died, or its lease ran out): that run may have sent its current
 # step's call, so the job comes back with an attempt that may have landed. A ready time beyond the horizon was
-# written before the wall clock stepped back: it is due. Chatwoot's queues only, unless `lanes` (ARGV[5]).
+# written before the wall clock stepped back: it is due. Chatwoot's queues, and the lanes of the kinds in ARGV[5].
+# A lane's queue found due in `ready` (an older version's push or release, or a lease that ran out) moves to its own
+# set; one that waits in `ready` (an older version's instance runs its head job, or readied it later) is left there
+# until it is due.
 CLAIM = """
 local now, lease, token, horizon = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local sets = ARGV[5] == '1' and {P..'ready', P..'ready:lanes'} or {P..'ready'}
+local sets = {P..'ready'}
+for _, kind in ipairs(cjson.decode(ARGV[5])) do sets[#sets + 1] = P..'ready:'..kind end
+local function due(at) return at <= now or at > now + horizon end
 local function first_due()  -- the queue due first of `sets`, and its set
   local conv, set, at = nil, nil, nil
   for _, s in ipairs(sets) do
@@ -127,14 +133,17 @@ end
 for _ = 1, 20 do
   local conv, set = first_due()
   if not conv then return false end
-  local job = redis.call('LINDEX', P..'q:'..conv, 0)
-  if set ~= ready_of(conv) then  -- a lane's queue an older version put in `ready`: moved, claimed if `lanes`
-    redis.call('ZADD', ready_of(conv), 'NX', redis.call('ZSCORE', set, conv), conv)
+  local job, home = redis.call('LINDEX', P..'q:'..conv, 0), ready_of(conv)
+  local older = home ~= P..'ready' and tonumber(redis.call('ZSCORE', P..'ready', conv))
+  if set ~= home then
+    redis.call('ZADD', home, 'NX', redis.call('ZSCORE', set, conv), conv)
     redis.call('ZREM', set, conv)
+  elseif older and not due(older) then
+    redis.call('ZREM', home, conv)
   elseif job then
     local id = cjson.decode(job).id
     if type(id) ~= 'string' or id == '' then id = conv..'@'..token end  -- written by an older version
-    redis.call('ZADD', set, now + lease, conv)
+    hold(conv, now + lease)
     local cut_short = redis.call('GET', P..'owner:'..conv) or redis.call('HGET', P..'unsure', id)
     redis.call('HDEL', P..'unsure', id)
     redis.call('SET', P..'owner:'..conv, id..'|'..token)
@@ -157,7 +166,7 @@ RENEW = (
     OWNED
     + """
 if not owned(ARGV[1], ARGV[2], ARGV[3]) then return 0 end
-redis.call('ZADD', ready_of(ARGV[1]), tonumber(ARGV[4]) + tonumber(ARGV[5]), ARGV[1])
+hold(ARGV[1], tonumber(ARGV[4]) + tonumber(ARGV[5]))
 return 1
 """
 )
@@ -186,7 +195,7 @@ local conv, id = ARGV[1], ARGV[2]
 if not owned(conv, id, ARGV[3]) then return 0 end
 redis.call('LSET', P..'q:'..conv, 0, ARGV[4])
 log_opened(ARGV[7], ARGV[8], ARGV[9])
-redis.call('ZADD', ready_of(conv), tonumber(ARGV[5]) + tonumber(ARGV[6]), conv)
+hold(conv, tonumber(ARGV[5]) + tonumber(ARGV[6]))
 return 1
 """
 )
@@ -202,6 +211,7 @@ local conv, id, how, job, at = ARGV[1], ARGV[2], ARGV[4], ARGV[5], tonumber(ARGV
 if not owned(conv, id, ARGV[3]) then return 0 end
 local q = P..'q:'..conv
 redis.call('DEL', P..'owner:'..conv)
+if ready_of(conv) ~= P..'ready' then redis.call('ZREM', P..'ready', conv) end  -- the lease HOLD kept there
 log_opened(ARGV[7], ARGV[8], ARGV[9])
 if how == 'retry' then
   local order = cjson.decode(job).order
@@ -312,26 +322,20 @@ class _ConversationLock(Lock):
             pass
 
 
-# Every script knows where a queue's ready time is kept.
+# Every script knows where a queue's ready time is kept ("<conversation>/<lane>": its kind's set, as lane_kind).
+# HOLD: a lease is kept in the queue's set; a lane queue's also in `ready`, where an instance of an older version
+# (one `ready` set for every queue, during a rolling deploy) looks: it neither readies the queue (its push adds to
+# `ready` only a queue not there) nor claims the head job a worker of this version runs. RELEASE takes it out.
 READY_OF = """
 local function ready_of(queue)
-  if string.find(queue, '/', 1, true) then return P..'ready:lanes' end  -- "<conversation>/<lane>"
+  local kind = string.match(queue, '/([^-]+)')
+  if kind then return P..'ready:'..kind end
   return P..'ready'
 end
-"""
-
-# Lane queues an older version kept in `ready` move to `ready:lanes` with their times (at start-up; a claim moves
-# any such queue it meets, too).
-MOVE_LANES = """
-local moved, found = 0, redis.call('ZRANGE', P..'ready', 0, -1, 'WITHSCORES')
-for i = 1, #found, 2 do
-  if ready_of(found[i]) ~= P..'ready' then
-    redis.call('ZADD', ready_of(found[i]), 'NX', found[i + 1], found[i])
-    redis.call('ZREM', P..'ready', found[i])
-    moved = moved + 1
-  end
+local function hold(conv, until_)
+  redis.call('ZADD', ready_of(conv), until_, conv)
+  if ready_of(conv) ~= P..'ready' then redis.call('ZADD', P..'ready', until_, conv) end
 end
-return moved
 """
 
 
@@ -372,11 +376,9 @@ class RedisStore(Store):
         self._fire = _script(self.redis, FIRE)
         self._requeue = _script(self.redis, REQUEUE)
         self._requeue_one = _script(self.redis, REQUEUE_ONE)
-        self._move_lanes = _script(self.redis, MOVE_LANES)
 
     async def open(self) -> None:
         await self.redis.ping()
-        await self._move_lanes()
 
     def outbox_workers(self, wanted: int) -> int:
         return max(1, min(wanted, self.max_connections // 2))
@@ -455,9 +457,9 @@ class RedisStore(Store):
         lock = self.redis.lock(P + "lease:" + name, timeout=ttl)
         return _RedisLease(lock) if await lock.acquire(blocking=False) else None
 
-    async def claim(self, now: float, lanes: bool = True) -> Job | None:
+    async def claim(self, now: float, lanes: frozenset[str] = LANES) -> Job | None:
         token = uuid.uuid4().hex
-        found = await self._claim(args=[now, LEASE, token, HORIZON, int(lanes)])
+        found = await self._claim(args=[now, LEASE, token, HORIZON, json.dumps(sorted(lanes))])
         if not found:
             return None
         raw, job_id, cut_short = found

@@ -16,7 +16,18 @@ from loguru import logger
 
 from ..actions import Attempt, Job
 from ..facts import ConversationState, Resolved, fingerprint
-from .base import DEDUP_TTL, ECHOES_KEPT, HORIZON, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Store, opened_entry
+from .base import (
+    DEDUP_TTL,
+    ECHOES_KEPT,
+    HORIZON,
+    LANES,
+    LOG_TTL,
+    STATE_TTL,
+    Commit,
+    DecisionEntry,
+    Store,
+    opened_entry,
+)
 from .locks import KeyedLocks
 
 SCHEMA = """
@@ -354,7 +365,7 @@ class SQLiteStore(Store):
         )
         return (True, Resolved.loads(row[0])) if row else (False, None)
 
-    async def claim(self, now: float, lanes: bool = True) -> Job | None:
+    async def claim(self, now: float, lanes: frozenset[str] = LANES) -> Job | None:
         while True:
             row = await self._read(lambda: self._next(now, lanes))
             if row is None:
@@ -379,19 +390,20 @@ class SQLiteStore(Store):
             job.recovered = self._recovered.pop(job_id)
         return job
 
-    def _next(self, now: float, lanes: bool) -> tuple[str, int | None, str | None] | None:
+    def _next(self, now: float, lanes: frozenset[str]) -> tuple[str, int | None, str | None] | None:
         busy = tuple(self._busy)
         marks = ",".join("?" * len(busy))
         # A ready time beyond HORIZON was written before the wall clock stepped back: it is due. Chatwoot's queues
         # alone (a lane's queue is "<conversation>/<lane>") are found through their own index, however many
         # queues of the other lanes wait.
-        chatwoot_only = "" if lanes else "AND instr(q.conv, '/') = 0 "
+        kinds = sorted(lanes)
+        of_kinds = "".join(" OR q.conv GLOB ? OR q.conv GLOB ?" for _ in kinds)  # "<conv>/forward", "<conv>/forward-*"
         return self.rdb.execute(
             "SELECT q.conv, j.id, j.body FROM queues q LEFT JOIN jobs j "
             f"ON j.id = (SELECT id FROM jobs WHERE conv=q.conv AND dead=0 {HEAD_FIRST} LIMIT 1) "
-            f"WHERE (q.ready_at<=? OR q.ready_at>?) AND q.conv NOT IN ({marks}) {chatwoot_only}"
+            f"WHERE (q.ready_at<=? OR q.ready_at>?) AND q.conv NOT IN ({marks}) AND (instr(q.conv, '/') = 0{of_kinds}) "
             "ORDER BY q.ready_at LIMIT 1",
-            (now, now + HORIZON, *busy),
+            (now, now + HORIZON, *busy, *(p for k in kinds for p in (f"*/{k}", f"*/{k}-*"))),
         ).fetchone()
 
     async def renew(self, job: Job, now: float) -> bool:

@@ -115,10 +115,10 @@ async def test_a_one_off_refusal_after_a_minute_of_unanswered_calls_teaches_no_p
 
 
 async def test_a_one_off_refusal_after_a_calm_trickle_teaches_no_pace():
-    """Chaos seed 36 on Redis, again: one 429 (a fault) after calls went out at about 2 a second taught that pace for
-    FORGET seconds, and the outboxes took 50 s to drain what Chatwoot would have taken in one. A window that let
-    through less than MIN_PACE (a tenth of Rack::Attack's default) is demand, not Chatwoot's limit; a Chatwoot
-    limited below it is set with CHATWOOT_RATE."""
+    """One 429 (a proxy, a fault) after calls went out at about 2 a second taught that pace for FORGET seconds: a
+    backlog after it would drain at 2 calls a second where Chatwoot allows 50. A window that let through less than
+    MIN_PACE (a tenth of Rack::Attack's default) is demand, not Chatwoot's limit; a Chatwoot limited below it is set
+    with CHATWOOT_RATE."""
     now = [0.0]
     limit = RateLimit(clock=lambda: now[0])
     while now[0] < 20:  # answered calls, one every half second: never a lull (IDLE), so the count runs on

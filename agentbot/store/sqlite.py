@@ -11,8 +11,6 @@ from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any, TypeVar
 
-from loguru import logger
-
 from ..actions import Attempt, Job
 from ..facts import ConversationState, Resolved, fingerprint
 from .base import DEDUP_TTL, ECHOES_KEPT, HORIZON, LOG_TTL, STATE_TTL, Commit, DecisionEntry, Store
@@ -42,14 +40,6 @@ _HEAD_NOT_BEFORE = (
     f"SELECT coalesce(json_extract(body, '$.not_before'), 0) FROM jobs WHERE conv=? AND dead=0 {HEAD_FIRST} LIMIT 1"
 )
 T = TypeVar("T")
-
-
-def _report_lost_echo(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled() and future.exception():
-        logger.warning(
-            "could not remember the bot's own message ({}); a lost answer to it is checked in Chatwoot only",
-            future.exception(),
-        )
 
 
 def _boot_id() -> str:
@@ -181,7 +171,7 @@ class SQLiteStore(Store):
         rows, self._echoes = self._echoes, []
         if rows:
             apply = partial(self.db.executemany, "INSERT OR REPLACE INTO echoes VALUES (?,?,?,?)", rows)
-            self._enqueue(apply, synced=False).add_done_callback(_report_lost_echo)  # not awaited: a hint
+            self._writer.hint(apply, "the bot's own messages; a lost answer to them is checked in Chatwoot only")
 
     async def echoed(self, conversation_key: str, content: str, after: int | None) -> bool:
         crc = fingerprint(content)

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from loguru import logger
+
 PATIENCE = 3.0  # seconds a write waits for another connection's lock before it fails
 BUSY_DELAYS = (0.002, 0.2)  # first and longest pause between tries while the database is locked
 Results = list[tuple[bool, Any]]  # (ok, value or exception) per write
@@ -24,8 +26,14 @@ Results = list[tuple[bool, Any]]  # (ok, value or exception) per write
 
 class Write(NamedTuple):
     apply: Callable[[], Any]
-    future: asyncio.Future[Any]
+    future: asyncio.Future[Any] | None  # None: a hint nobody waits for (Writer.hint)
     synced: bool  # wait for the sync to disk (not echoes, nor the outbox's progress and finished jobs)
+    what: str = ""  # a hint's name in the log line of its failure
+
+
+def _report_lost(what: str, failed: BaseException | None) -> None:
+    if failed is not None:
+        logger.warning("could not remember {} ({})", what, failed)
 
 
 def locked(exc: BaseException) -> bool:
@@ -61,6 +69,15 @@ class Writer:
                 self._loop.call_soon(self._write_inline)
         return future
 
+    def hint(self, apply: Callable[[], Any], what: str) -> None:
+        """A write nobody waits for, without a sync (the bot's echoes): it costs the event loop no answer; its
+        failure is logged, naming `what` it was."""
+        if self._thread is not None:
+            self._queue.put(Write(apply, None, False, what))
+            return
+        written = self.put(apply, synced=False)
+        written.add_done_callback(lambda f: _report_lost(what, None if f.cancelled() else f.exception()))
+
     def stop(self) -> None:
         """Write what is queued, then end the thread (waits for it)."""
         if self._thread is not None and self._thread.is_alive():
@@ -76,8 +93,8 @@ class Writer:
         if isinstance(results, BaseException):
             results = [(False, results)] * len(writes)
         self.pending -= len(writes)
-        for (_, future, _), (ok, value) in zip(writes, results, strict=True):
-            if not future.done():
+        for (_, future, _, _), (ok, value) in zip(writes, results, strict=True):
+            if future is not None and not future.done():
                 future.set_result(value) if ok else future.set_exception(value)
 
     # ---- the writer thread ----
@@ -115,8 +132,16 @@ class Writer:
             time.sleep(min(BUSY_DELAYS[0] * 2 ** ((now - locked_since) / 0.05), BUSY_DELAYS[1]))
             if not self._queue.empty():  # later writes join the wait
                 writes += self._drain(self._queue.get_nowait())
+        if isinstance(results, BaseException):
+            results = [(False, results)] * len(writes)
+        for write, (ok, value) in zip(writes, results, strict=True):
+            if write.future is None and not ok:
+                _report_lost(write.what, value)
+        waited = [(w, r) for w, r in zip(writes, results, strict=True) if w.future is not None]
+        if not waited:
+            return  # hints only: the loop has nothing to hear
         try:
-            self._loop.call_soon_threadsafe(self._answer, writes, results)
+            self._loop.call_soon_threadsafe(self._answer, [w for w, _ in waited], [r for _, r in waited])
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
 

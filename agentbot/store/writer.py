@@ -87,7 +87,7 @@ class Writer:
     # ---- the event loop's side ----
     def _write_inline(self) -> None:
         writes, self._inline = self._inline, []
-        self._answer(writes, self._batch(writes))
+        self._answer(writes, self._attempt(writes))
 
     def _answer(self, writes: list[Write], results: Results | BaseException) -> None:
         if isinstance(results, BaseException):
@@ -122,7 +122,7 @@ class Writer:
     def _commit(self, writes: list[Write]) -> None:
         locked_since = None
         while True:
-            results = self._batch(writes)
+            results = self._attempt(writes)
             if not isinstance(results, BaseException):
                 break
             now = time.monotonic()
@@ -144,6 +144,12 @@ class Writer:
             self._loop.call_soon_threadsafe(self._answer, [w for w, _ in waited], [r for _, r in waited])
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
+
+    def _attempt(self, writes: list[Write]) -> Results | BaseException:
+        try:
+            return self._batch(writes)
+        except Exception as exc:  # the connection failed outside the transaction: these writes fail, not the thread
+            return [(False, exc)] * len(writes)
 
     def _batch(self, writes: list[Write]) -> Results | BaseException:
         """The writes' transaction: (ok, value or exception) each, or the lock error."""

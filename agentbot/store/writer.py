@@ -128,16 +128,19 @@ class Writer:
             now = time.monotonic()
             locked_since = locked_since or now
             if now - locked_since > PATIENCE:
+                results = [(False, results)] * len(writes)
                 break
             time.sleep(min(BUSY_DELAYS[0] * 2 ** ((now - locked_since) / 0.05), BUSY_DELAYS[1]))
             if not self._queue.empty():  # later writes join the wait
                 writes += self._drain(self._queue.get_nowait())
-        if isinstance(results, BaseException):
-            results = [(False, results)] * len(writes)
+        self._tell(writes, results)
+
+    def _tell(self, writes: list[Write], results: Results) -> None:
+        """The outcome to those who wait (on the loop), a hint's failure to the log."""
+        waited = [(w, r) for w, r in zip(writes, results, strict=True) if w.future is not None]
         for write, (ok, value) in zip(writes, results, strict=True):
             if write.future is None and not ok:
                 _report_lost(write.what, value)
-        waited = [(w, r) for w, r in zip(writes, results, strict=True) if w.future is not None]
         if not waited:
             return  # hints only: the loop has nothing to hear
         try:

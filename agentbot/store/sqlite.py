@@ -61,8 +61,8 @@ class SQLiteStore(Store):
     # (writer.py): its sync to disk (synchronous=FULL, so an acknowledged decision survives a power cut)
     # never stalls the event loop, and each caller resumes only after its writes are committed. Only what must
     # survive a power cut waits for the sync (a decision, a retry's attempt): the outbox's progress and the end
-    # of a job are committed without it, in a transaction of their own, as a run cut short before they reach
-    # the disk is found at start-up and its steps are checked, not trusted (`_recovered`). SQLite
+    # of a job need none (synced only when a decision shares their round's transaction), as a run cut short
+    # before they reach the disk is found at start-up and its steps are checked, not trusted (`_recovered`). SQLite
     # never waits for a lock held by another connection (busy_timeout 0): reads and writes that find the
     # database locked are tried again after a pause, for up to PATIENCE seconds. (`memory://` has one
     # connection and writes on the loop: there is no disk to wait for.) Echoes are hints: those of one turn

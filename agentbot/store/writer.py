@@ -1,10 +1,10 @@
 """SQLite's group commit: a writer thread of its own commits whatever was queued while it wrote the last batch.
 
-The thread takes every write waiting, commits those nobody waits a sync for (the outbox's progress, echoes) in
-one transaction without a sync and answers them, then the rest (decisions) in one transaction synced to disk, and
-goes straight on to what came meanwhile. It never waits for the event loop between batches, and a steady stream
-of unsynced writes never holds the synced ones back (both kinds are written in every round). `memory://` writes
-on the event loop instead, at its next turn: there is no disk to wait for.
+Each round takes every write waiting and commits them in one transaction, synced to disk when any of them
+waits for a sync (a decision), else not (the outbox's progress, echoes): writes that ride along with a decision
+pay no sync of their own. It never waits for the event loop between rounds, and a steady stream of unsynced
+writes never holds the synced ones back (before, the unsynced went first, and the decisions only when none
+waited). `memory://` writes on the event loop instead, at its next turn: there is no disk to wait for.
 """
 
 from __future__ import annotations
@@ -100,11 +100,7 @@ class Writer:
     # ---- the writer thread ----
     def _run(self) -> None:
         while not self._stopping:
-            writes = self._drain(self._queue.get())
-            unsynced = [w for w in writes if not w.synced]
-            for group in (unsynced, [w for w in writes if w.synced]):
-                if group:
-                    self._commit(group)
+            self._commit(self._drain(self._queue.get()))
 
     def _drain(self, item: Write | None) -> list[Write]:
         """`item` and every write queued behind it; the stop mark (None) ends the thread once they are written."""

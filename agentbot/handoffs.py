@@ -38,6 +38,14 @@ class Busy(Exception):
 SWEEP_LOGGED = {"handoff", "defer"}  # the sweep's keeps (thousands at its first run) would crowd the log
 
 
+def _echo(d: Delivery) -> bool:
+    """Whether `d` is the bot's own message delivered back (remembered: the outbox looks for it)."""
+    m = d.message
+    return (
+        d.event == "message_created" and m is not None and m.sender.kind == "agent_bot" and d.conversation is not None
+    )
+
+
 async def load_facts(store: Store, d: Delivery) -> Facts:
     """What the store remembers for the delivery's conversation (and, for a message, the contact's past);
     a delivery without a conversation has no facts."""
@@ -78,6 +86,7 @@ class Handoffs:
         )
         self.wait_for_lookups = share is not None
         self.live = 0  # deliveries being decided right now (the sweep gives way to them)
+        self._forwards = settings.forwards  # read per delivery: a property over every inbox's settings
 
     async def _decided(
         self,
@@ -151,6 +160,15 @@ class Handoffs:
             for job in await self.store.dead_letters()
         )
 
+    def ignored(self, d: Delivery, body: bytes | None = None) -> Decision | None:
+        """The decision for a delivery that needs nothing whatever the bot remembers, and is neither the bot's own
+        message to remember nor one for the team's bot: the bulk of deliveries (receipts, agents' replies, messages
+        of open conversations), taken without a coroutine. None: `handle` decides it."""
+        why_not = triage(d, self.settings)
+        if why_not is None or _echo(d) or (self._forwards and worth_a_look(d, body, self.settings)):
+            return None
+        return self._report(d, Decision("ignore", why_not))
+
     async def handle(self, d: Delivery, body: bytes | None = None) -> Decision:
         """`body`: the delivery as Chatwoot sent it (the webhook's), forwarded to the team's bot when it is theirs."""
         self.live += 1
@@ -162,9 +180,9 @@ class Handoffs:
     async def _handle(self, d: Delivery, body: bytes | None) -> Decision:
         why_not = triage(d, self.settings)
         m = d.message
-        if d.event == "message_created" and m is not None and m.sender.kind == "agent_bot" and d.conversation:
+        if _echo(d) and m is not None and d.conversation:
             await self._remember_echo(d.conversation.key, m.id, m.content)
-        if why_not and not worth_a_look(d, body, self.settings):  # the bulk of deliveries: nothing to look up
+        if why_not and not (self._forwards and worth_a_look(d, body, self.settings)):  # nothing to look up
             return self._report(d, Decision("ignore", why_not))
         c = d.conversation
         key = dedup_key(d, body) if body is not None else None

@@ -7,12 +7,9 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from functools import partial
-from typing import Any, NamedTuple, TypeVar
-
-from loguru import logger
+from typing import Any, TypeVar
 
 from ..actions import Attempt, Job
 from ..facts import ConversationState, Resolved, fingerprint
@@ -29,6 +26,7 @@ from .base import (
     opened_entry,
 )
 from .locks import KeyedLocks
+from .writer import BUSY_DELAYS, PATIENCE, Writer, locked
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID;
@@ -56,22 +54,6 @@ _HEAD_NOT_BEFORE = (
     f"SELECT coalesce(json_extract(body, '$.not_before'), 0) FROM jobs WHERE conv=? AND dead=0 {HEAD_FIRST} LIMIT 1"
 )
 T = TypeVar("T")
-PATIENCE = 3.0  # seconds a read or write waits for another connection's lock before it fails
-BUSY_DELAYS = (0.002, 0.2)  # first and longest pause between tries while the database is locked
-
-
-class Write(NamedTuple):
-    apply: Callable[[], Any]
-    future: asyncio.Future[Any]
-    synced: bool  # wait for the sync to disk (not echoes, nor the outbox's progress and finished jobs)
-
-
-def _report_lost_echo(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled() and future.exception():
-        logger.warning(
-            "could not remember the bot's own message ({}); a lost answer to it is checked in Chatwoot only",
-            future.exception(),
-        )
 
 
 def _boot_id() -> str:
@@ -83,36 +65,29 @@ def _boot_id() -> str:
         return "unknown"  # never equal to a stored one: every recovered step is checked
 
 
-def _locked(exc: Exception) -> bool:
-    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
-
-
 TRIM_EVERY = 64  # decision-log entries per account between deletions of the oldest
 
 
 class SQLiteStore(Store):
     # Reads are synchronous on the event loop: a statement or two on a local file, cheaper than handing them
     # to a thread, and WAL lets them run beside a write. Writes made while the previous batch is being
-    # written share one transaction (group commit), which a single writer thread carries out on its own
-    # connection: its sync to disk (synchronous=FULL, so an acknowledged decision survives a power cut)
+    # written share one transaction (group commit), which a writer thread carries out on its own connection
+    # (writer.py): its sync to disk (synchronous=FULL, so an acknowledged decision survives a power cut)
     # never stalls the event loop, and each caller resumes only after its writes are committed. Only what must
     # survive a power cut waits for the sync (a decision, a retry's attempt): the outbox's progress and the end
-    # of a job are committed without it, in a batch of their own, as a run cut short before they reach the disk
-    # is found at start-up and its steps are checked, not trusted (`_recovered`). SQLite
+    # of a job need none (synced only when a decision shares their round's transaction), as a run cut short
+    # before they reach the disk is found at start-up and its steps are checked, not trusted (`_recovered`). SQLite
     # never waits for a lock held by another connection (busy_timeout 0): reads and writes that find the
     # database locked are tried again after a pause, for up to PATIENCE seconds. (`memory://` has one
-    # connection and writes on the loop: there is no disk to wait for.) Echoes are hints: a batch of
-    # nothing else is committed without a sync (synchronous=NORMAL: it survives the process, not a power cut).
+    # connection and writes on the loop: there is no disk to wait for.) Echoes are hints: those of one turn
+    # of the event loop are written together, without a sync (synchronous=NORMAL: it survives the process, not a
+    # power cut).
 
     def __init__(self, path: str, runs_jobs: bool = False) -> None:
         self.path, self.runs_jobs = path, runs_jobs
         self._locks = KeyedLocks()
         self._busy: set[str] = set()  # conversations whose head job a worker is running
-        self._writes: list[Write] = []
-        self._writing = False  # a batch is being written
-        self._locked_since: float | None = None  # the pending writes found the database locked
-        self._writer: ThreadPoolExecutor | None = None
-        self._synced = True  # the writer connection's synchronous setting is FULL
+        self._echoes: list[tuple[str, int, int, float]] = []  # the bot's echoes of this turn of the loop
         # Jobs a run may have been cut short in (found at an unclean start-up), each with whether a power cut may
         # have lost progress written without a sync since.
         self._recovered: dict[int, bool] = {}
@@ -130,11 +105,10 @@ class SQLiteStore(Store):
         if self.runs_jobs:
             self._recover()
         self._opened_at = time.time()  # the queue's clock: wall seconds (clock.SteadyClock starts from them)
-        if self.path == ":memory:":
-            self.rdb = self.db
-        else:
-            self.rdb = self._connect()  # reads, on the event loop
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        memory = self.path == ":memory:"
+        self.rdb = self.db if memory else self._connect()  # reads, on the event loop
+        self._writer = Writer(self.db, threaded=not memory)
+        self._writer.start(asyncio.get_running_loop())
 
     def _recover(self) -> None:
         """After a stop that was not clean (SIGKILL, a crash, a power cut), any job may have been claimed by a run
@@ -150,17 +124,19 @@ class SQLiteStore(Store):
         self.db.execute("INSERT OR REPLACE INTO meta VALUES ('boot', ?)", (_boot_id(),))
 
     async def close(self) -> None:
+        self._write_echoes()
         for _ in range(int(PATIENCE / 0.01)):  # let the batch being written, and what waits for it, finish
-            if not (self._writing or self._writes):
+            if not self._writer.pending:
                 break
             await asyncio.sleep(0.01)
-        if self.runs_jobs and not (self._writing or self._writes or self._recovered or self._busy):
+        clean = not (self._writer.pending or self._recovered or self._busy)
+        self._writer.stop()
+        if self.runs_jobs and clean:
             # Every job released (a run cut short at stop gave its job back with its attempt): the next start-up
             # trusts the stored progress. Without the mark it checks every job: safe, only slower.
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '1')")
-        if self._writer:
-            self._writer.shutdown(wait=True)
+        if self.rdb is not self.db:
             self.rdb.close()
         self.db.close()
 
@@ -169,12 +145,9 @@ class SQLiteStore(Store):
         return await self._enqueue(apply, synced=True)
 
     def _enqueue(self, apply: Callable[[], T], synced: bool) -> asyncio.Future[T]:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._writes.append(Write(apply, future, synced))
-        if len(self._writes) == 1 and not self._writing and self._locked_since is None:
-            loop.call_soon(self._flush)
-        return future
+        if self._echoes:  # written first: a write after them (prune, say) finds them in the store
+            self._write_echoes()
+        return self._writer.put(apply, synced)
 
     async def _read(self, query: Callable[[], T]) -> T:
         started, pause = time.monotonic(), BUSY_DELAYS[0]
@@ -182,92 +155,16 @@ class SQLiteStore(Store):
             try:
                 return query()
             except sqlite3.OperationalError as exc:
-                if not _locked(exc) or time.monotonic() - started > PATIENCE:
+                if not locked(exc) or time.monotonic() - started > PATIENCE:
                     raise
             await asyncio.sleep(pause)
             pause = min(pause * 2, BUSY_DELAYS[1])
-
-    def _flush(self) -> None:
-        if self._writing:
-            return  # the batch being written flushes again when it is done
-        # Writes nobody waits a sync for (the outbox's progress, echoes) go in a transaction of their own, first:
-        # they never wait behind a sync to disk. The synced ones follow in the next batch.
-        writes = [w for w in self._writes if not w.synced] or self._writes
-        self._writes = [w for w in self._writes if w.synced] if len(writes) < len(self._writes) else []
-        if not writes:
-            self._locked_since = None
-            return
-        applies = [w.apply for w in writes]
-        synced = any(w.synced for w in writes)
-        if self._writer is None:
-            self._written(writes, self._batch(applies, synced))
-            return
-        self._writing = True
-        done = asyncio.get_running_loop().run_in_executor(self._writer, self._batch, applies, synced)
-        done.add_done_callback(lambda f: self._written(writes, f.result()))
-
-    def _batch(self, applies: list[Callable[[], Any]], synced: bool) -> list[tuple[bool, Any]] | BaseException:
-        """The writes' transaction (in the writer thread): (ok, value or exception) each, or the lock error."""
-        if synced != self._synced:
-            self.db.execute(f"PRAGMA synchronous={'FULL' if synced else 'NORMAL'}")
-            self._synced = synced
-        try:
-            return [(True, value) for value in self._transaction(applies)]
-        except Exception as exc:
-            if _locked(exc):
-                return exc
-            # one writer's statements failed and took the shared transaction with them: give each its own
-            return [self._alone(apply) for apply in applies] if len(applies) > 1 else [(False, exc)]
-
-    def _written(self, writes: list[Write], results: list[tuple[bool, Any]] | BaseException) -> None:
-        self._writing = False
-        if isinstance(results, BaseException):
-            if self._wait_for_lock(writes):
-                return
-            results = [(False, results)] * len(writes)
-        self._locked_since = None
-        for (_, future, _), (ok, value) in zip(writes, results, strict=True):
-            if not future.done():
-                future.set_result(value) if ok else future.set_exception(value)
-        if self._writes:  # written while this batch was
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _wait_for_lock(self, writes: list[Write]) -> bool:
-        """Another connection holds the write lock: try the same writes again shortly, unless they have
-        waited PATIENCE seconds already. Later writes join them."""
-        now = time.monotonic()
-        if self._locked_since is None:
-            self._locked_since = now
-        waited = now - self._locked_since
-        if waited > PATIENCE:
-            return False
-        self._writes = writes + self._writes
-        pause = min(BUSY_DELAYS[0] * 2 ** (waited / 0.05), BUSY_DELAYS[1])
-        asyncio.get_running_loop().call_later(pause, self._flush)
-        return True
-
-    def _transaction(self, applies: list[Callable[[], Any]]) -> list[Any]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            values = [apply() for apply in applies]
-            self.db.execute("COMMIT")
-        except BaseException:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise
-        return values
-
-    def _alone(self, apply: Callable[[], Any]) -> tuple[bool, Any]:
-        try:
-            return True, self._transaction([apply])[0]
-        except Exception as exc:
-            return False, exc
 
     async def load(self, conversation_key: str, contact_key: str | None) -> tuple[ConversationState, Resolved | None]:
         try:
             state, prev = self._load(conversation_key, contact_key)
         except sqlite3.OperationalError as exc:  # rare with WAL: only while another connection recovers it
-            if not _locked(exc):
+            if not locked(exc):
                 raise
             state, prev = await self._read(lambda: self._load(conversation_key, contact_key))
         return ConversationState.loads(state), Resolved.loads(prev)
@@ -279,16 +176,25 @@ class SQLiteStore(Store):
         ).fetchone()
 
     async def echo(self, conversation_key: str, message_id: int, content: str | None, now: float) -> None:
-        # One statement: the ignore path carries these; prune() keeps the latest ECHOES_KEPT per conversation.
-        row = (conversation_key, message_id, fingerprint(content), now + STATE_TTL)
-        apply = partial(self.db.execute, "INSERT OR REPLACE INTO echoes VALUES (?,?,?,?)", row)
-        self._enqueue(apply, synced=False).add_done_callback(_report_lost_echo)  # not awaited: a hint
+        # The ignore path carries these: written together (prune() keeps the latest ECHOES_KEPT per conversation).
+        self._echoes.append((conversation_key, message_id, fingerprint(content), now + STATE_TTL))
+        if len(self._echoes) == 1:
+            asyncio.get_running_loop().call_soon(self._write_echoes)
+
+    def _write_echoes(self) -> None:
+        rows, self._echoes = self._echoes, []
+        if rows:
+            apply = partial(self.db.executemany, "INSERT OR REPLACE INTO echoes VALUES (?,?,?,?)", rows)
+            self._writer.hint(apply, "the bot's own messages; a lost answer to them is checked in Chatwoot only")
 
     async def echoed(self, conversation_key: str, content: str, after: int | None) -> bool:
+        crc = fingerprint(content)
+        if any(row[0] == conversation_key and row[2] == crc and row[1] > (after or 0) for row in self._echoes):
+            return True  # not written yet
         row = await self._read(
             lambda: self.rdb.execute(
                 "SELECT 1 FROM echoes WHERE conv=? AND crc=? AND id>?",
-                (conversation_key, fingerprint(content), after or 0),
+                (conversation_key, crc, after or 0),
             ).fetchone()
         )
         return row is not None

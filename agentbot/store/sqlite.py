@@ -302,15 +302,22 @@ class SQLiteStore(Store):
         # A ready time beyond HORIZON was written before the wall clock stepped back: it is due. Chatwoot's queues
         # alone (a lane's queue is "<conversation>/<lane>") are found through their own index, however many
         # queues of the other lanes wait.
+        # Two index seeks, not one OR: with forwards held back (relay.HOLD) hundreds of queues wait, and an OR
+        # scanned past all of them on every claim.
         kinds = sorted(lanes)
         of_kinds = "".join(" OR q.conv GLOB ? OR q.conv GLOB ?" for _ in kinds)  # "<conv>/forward", "<conv>/forward-*"
-        return self.rdb.execute(
-            "SELECT q.conv, j.id, j.body FROM queues q LEFT JOIN jobs j "
-            f"ON j.id = (SELECT id FROM jobs WHERE conv=q.conv AND dead=0 {HEAD_FIRST} LIMIT 1) "
-            f"WHERE (q.ready_at<=? OR q.ready_at>?) AND q.conv NOT IN ({marks}) AND (instr(q.conv, '/') = 0{of_kinds}) "
-            "ORDER BY q.ready_at LIMIT 1",
-            (now, now + HORIZON, *busy, *(p for k in kinds for p in (f"*/{k}", f"*/{k}-*"))),
-        ).fetchone()
+        patterns = [p for k in kinds for p in (f"*/{k}", f"*/{k}-*")]
+        for due, bound in (("q.ready_at<=?", now), ("q.ready_at>?", now + HORIZON)):
+            found = self.rdb.execute(
+                "SELECT q.conv, j.id, j.body FROM queues q LEFT JOIN jobs j "
+                f"ON j.id = (SELECT id FROM jobs WHERE conv=q.conv AND dead=0 {HEAD_FIRST} LIMIT 1) "
+                f"WHERE {due} AND q.conv NOT IN ({marks}) AND (instr(q.conv, '/') = 0{of_kinds}) "
+                "ORDER BY q.ready_at LIMIT 1",
+                (bound, *busy, *patterns),
+            ).fetchone()
+            if found is not None:
+                return found
+        return None
 
     async def renew(self, job: Job, now: float) -> bool:
         return True  # one process: a claim ends only with the job

@@ -11,6 +11,7 @@ from agentbot.actions import AssignTeam, Job, PublicMessage, SetStatus
 from agentbot.facts import ConversationState, Resolved
 from agentbot.period import Phase
 from agentbot.store import Commit, open_store
+from agentbot.store.base import HORIZON
 from tests.conftest import wait_for
 
 CHATWOOT_ONLY: frozenset[str] = frozenset()  # a claim's lane kinds once every lane's share is spent
@@ -259,6 +260,19 @@ async def test_a_job_queued_with_a_lower_order_waits_for_the_one_running_then_go
         ran.append(claimed.order)
         await store.finish(claimed, 101.0)
     assert ran == [10.0, 11.0, 12.0]  # once released, the lower ones first
+
+
+async def test_a_ready_time_beyond_the_horizon_is_due_and_a_near_one_waits(store):
+    """Issue 20, time that cannot jump: a retry time written before the wall clock stepped back (here 2,000 s
+    ahead, past HORIZON) must not hold the conversation's queue; one a minute ahead is a real wait."""
+    await store.commit(Commit("d:1", "1:1", jobs=[job(1)]), 100.0)
+    await store.commit(Commit("d:2", "1:2", jobs=[job(2)]), 100.0)
+    for j in (await store.claim(100.0), await store.claim(100.0)):
+        j.attempts, j.next_at = 1, 100.0 + (HORIZON + 1_000 if j.display_id == 1 else 60)
+        await store.retry(j)
+    due = await store.claim(101.0)
+    assert due is not None and due.display_id == 1
+    assert await store.claim(101.0) is None
 
 
 async def test_a_lane_is_ready_when_its_next_job_may_run(store):

@@ -15,9 +15,9 @@ from agentbot.store.redis import P
 
 @pytest.mark.xfail(
     strict=True,
-    reason="review4: a lane queue in `ready:lanes` (the layout of main from 286422c to e2d2236) is in no set the "
-    "CLAIM of e2d2236 reads, and nothing moves it (MOVE_LANES was removed): its jobs are never run; the fix belongs "
-    "in store/redis.py (move `ready:lanes` to the `ready:<kind>` sets at open(), or read it in CLAIM)",
+    reason="review4: a lane queue in `ready:lanes` (main's layout from dd5ca84, budget's 286422c, to ca105ab) is in "
+    "no set the CLAIM of e2d2236 reads, and nothing moves it (MOVE_LANES was removed): its jobs are never run; the fix "
+    "belongs in store/redis.py (move `ready:lanes` to the `ready:<kind>` sets at open(), or read it in CLAIM)",
 )
 async def test_a_lane_job_queued_by_the_previous_layout_is_claimed(redis):
     import redis as sync_redis

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from functools import partial
@@ -66,6 +67,7 @@ def _boot_id() -> str:
 
 
 TRIM_EVERY = 64  # decision-log entries per account between deletions of the oldest
+RECENT_ECHOES = 1024  # the bot's latest echoes also kept in memory (echoed)
 
 
 class SQLiteStore(Store):
@@ -88,6 +90,9 @@ class SQLiteStore(Store):
         self._locks = KeyedLocks()
         self._busy: set[str] = set()  # conversations whose head job a worker is running
         self._echoes: list[tuple[str, int, int, float]] = []  # the bot's echoes of this turn of the loop
+        # The latest echoes, written or not: one handed to the writer thread is not in the database until its turn
+        # comes (another connection may hold the write lock for PATIENCE, or take the echo with it).
+        self._recent: deque[tuple[str, int, int, float]] = deque(maxlen=RECENT_ECHOES)
         # Jobs a run may have been cut short in (found at an unclean start-up), each with whether a power cut may
         # have lost progress written without a sync since.
         self._recovered: dict[int, bool] = {}
@@ -177,7 +182,9 @@ class SQLiteStore(Store):
 
     async def echo(self, conversation_key: str, message_id: int, content: str | None, now: float) -> None:
         # The ignore path carries these: written together (prune() keeps the latest ECHOES_KEPT per conversation).
-        self._echoes.append((conversation_key, message_id, fingerprint(content), now + STATE_TTL))
+        row = (conversation_key, message_id, fingerprint(content), now + STATE_TTL)
+        self._echoes.append(row)
+        self._recent.append(row)
         if len(self._echoes) == 1:
             asyncio.get_running_loop().call_soon(self._write_echoes)
 
@@ -189,8 +196,8 @@ class SQLiteStore(Store):
 
     async def echoed(self, conversation_key: str, content: str, after: int | None) -> bool:
         crc = fingerprint(content)
-        if any(row[0] == conversation_key and row[2] == crc and row[1] > (after or 0) for row in self._echoes):
-            return True  # not written yet
+        if any(row[0] == conversation_key and row[2] == crc and row[1] > (after or 0) for row in self._recent):
+            return True  # this process's own, written or not
         row = await self._read(
             lambda: self.rdb.execute(
                 "SELECT 1 FROM echoes WHERE conv=? AND crc=? AND id>?",
@@ -452,4 +459,7 @@ class SQLiteStore(Store):
             for table in ("decisions", "opens"):
                 self.db.execute(f"DELETE FROM {table} WHERE at<=?", (now - LOG_TTL,))
 
+        recent = len(self._recent)
         await self._write(apply)
+        for _ in range(recent):  # written before the pruning (one queue, in order): the store answers for them now
+            self._recent.popleft()

@@ -27,7 +27,8 @@ from .store import Commit, DecisionEntry, Store
 LOOKUP_TIMEOUT = 2.0  # a read before the webhook answers; Chatwoot waits 5 s
 READ_AGAIN_AFTER = 0.1  # seconds before a refused read is tried again (doubling, within LOOKUP_TIMEOUT)
 LOGGED = {"handoff", "defer", "keep", "pending"}  # decisions the operator page lists ("record" is bookkeeping)
-RELEASE_WITHIN = 0.3  # seconds a conversation lock's release may take before it is left to lapse
+RELEASE_WITHIN = 0.3  # seconds a delivery waits for its conversation lock's release (which then goes on alone)
+RELEASE_GIVES_UP = 10.0  # seconds a release is tried before the lock is left to lapse by itself (a stalled store)
 DELIVERY_BUDGET = 4.0  # seconds for the conversation lock plus the look-up, so the answer beats those 5 s
 
 
@@ -249,23 +250,34 @@ class Handoffs:
         finally:
             writing = self._committing.pop(key, None)
             if writing is not None and not writing.done():
-                writing.add_done_callback(lambda w: self._spawn(self._release(lock, key), w))
+                writing.add_done_callback(lambda w: self._spawn(self._released(lock, key), w))
             else:
                 await self._release(lock, key)
 
     async def _release(self, lock: AbstractAsyncContextManager[None], key: str) -> None:
+        """The release, waited for RELEASE_WITHIN at most. A slower one (every pooled connection busy, a stalled
+        store) goes on in the background: cancelled, it would leave the lock to lapse (LOCK_TTL, 6 s on Redis), and
+        the conversation's next deliveries would wait their 4 s for it and be answered 500 (CI, 2026-12-07)."""
+        release = self._spawn(self._released(lock, key))
         try:
-            async with asyncio.timeout(RELEASE_WITHIN):
+            await asyncio.wait_for(asyncio.shield(release), RELEASE_WITHIN)
+        except TimeoutError:
+            logger.debug("conversation {}: its lock's release is slow; it goes on in the background", key)
+
+    async def _released(self, lock: AbstractAsyncContextManager[None], key: str) -> None:
+        try:
+            async with asyncio.timeout(RELEASE_GIVES_UP):
                 await lock.__aexit__(None, None, None)
         except Exception as exc:
             logger.warning("conversation {}: its lock was not released ({!r}); it lapses by itself", key, exc)
 
-    def _spawn(self, release: Awaitable[None], written: asyncio.Future[bool]) -> None:
-        if not written.cancelled() and written.exception() is not None:  # its delivery, answered 500, is retried
-            logger.warning("a commit cut short failed too ({!r})", written.exception())
+    def _spawn(self, release: Awaitable[None], written: asyncio.Future[bool] | None = None) -> asyncio.Future[None]:
+        if written is not None and not written.cancelled() and written.exception() is not None:
+            logger.warning("a commit cut short failed too ({!r})", written.exception())  # its delivery is retried
         task = asyncio.ensure_future(release)
         self._releasing.add(task)  # keep a reference until it ran
         task.add_done_callback(self._releasing.discard)
+        return task
 
     async def hand_off_now(self, c: Conversation, who: str) -> Decision:
         """The operator page's button, for a conversation Chatwoot says is pending: decided like a delivery

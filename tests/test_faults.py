@@ -255,6 +255,34 @@ async def test_redis_max_connections_bounds_the_pool_and_a_burst_waits_its_turn(
     assert len(clients) - 1 <= 8, clients  # less this look
 
 
+async def test_a_lock_release_slower_than_its_bound_still_frees_the_conversation(
+    fake, redis_server, start_bot, monkeypatch
+):
+    """CI, 2026-12-07 (the test above, on a loaded machine): a delivery's lock release waited for a pooled connection
+    past RELEASE_WITHIN (0.3 s), was cancelled, and the lock was left to lapse (LOCK_TTL, 6 s): the conversation's
+    next deliveries waited their 4 s for it and were answered 500. A release slower than the bound goes on after the
+    delivery stops waiting for it."""
+    from redis.asyncio import BlockingConnectionPool
+
+    get_connection = BlockingConnectionPool.get_connection
+
+    async def busy_pool(self, *args, **kwargs):  # every connection is busy for a moment, as on that machine
+        await asyncio.sleep(0.1)  # latency simulated, not waited for
+        return await get_connection(self, *args, **kwargs)
+
+    monkeypatch.setattr(BlockingConnectionPool, "get_connection", busy_pool)
+    monkeypatch.setattr("agentbot.handoffs.RELEASE_WITHIN", 0.05)  # shorter than that wait
+    contact, conv = returning(fake, "Maria")
+    bot = await start_bot(STORE_URL=redis_server.url)
+    sent = len(fake.deliveries)
+    fake.customer_writes(contact, "Again")
+    await wait_for(lambda: conv.status == "open", 10, "the handoff")
+    await bot.idle(20)
+    assert len(fake.deliveries) - sent >= 3  # the message and the open's events: one conversation, one lock
+    assert [d.answers for d in fake.deliveries[sent:] if d.answers != [200]] == []
+    assert_exactly_once(fake, [conv])
+
+
 # ---- the store fails or stalls ----
 async def health(bot) -> tuple[int, dict]:
     async with aiohttp.ClientSession() as s, s.get(bot.url + "/healthz") as r:

@@ -91,6 +91,7 @@ class Bot:
         if self.sweeps:
             await self.sweeps.stop()
         await self.outbox.stop(SHUTDOWN_GRACE)
+        await self.handoffs.stop()
         await self.session.close()
         await self.store.close()
 

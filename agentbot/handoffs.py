@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
+from typing import Any
 
 from loguru import logger
 from msgspec.structs import replace
@@ -17,6 +18,7 @@ from .chatwoot import Chatwoot, ChatwootError
 from .clock import SteadyClock
 from .config import Settings
 from .decide import Decision, Need, decide, forward_handoff, operator_handoff, triage
+from .eager import eager_task
 from .events import BadBody, Conversation, Delivery, PayloadError, event_label, parse
 from .facts import Facts
 from .lookups import Lookups, Share, contact_key, live_share
@@ -29,6 +31,7 @@ READ_AGAIN_AFTER = 0.1  # seconds before a refused read is tried again (doubling
 LOGGED = {"handoff", "defer", "keep", "pending"}  # decisions the operator page lists ("record" is bookkeeping)
 RELEASE_WITHIN = 0.3  # seconds a delivery waits for its conversation lock's release (which then goes on alone)
 RELEASE_GIVES_UP = 10.0  # seconds a release is tried before the lock is left to lapse by itself (a stalled store)
+RELEASE_WITHIN_STOP = 1.0  # seconds a stopping bot waits for the releases still on their way
 DELIVERY_BUDGET = 4.0  # seconds for the conversation lock plus the look-up, so the answer beats those 5 s
 
 
@@ -258,7 +261,10 @@ class Handoffs:
         """The release, waited for RELEASE_WITHIN at most. A slower one (every pooled connection busy, a stalled
         store) goes on in the background: cancelled, it would leave the lock to lapse (LOCK_TTL, 6 s on Redis), and
         the conversation's next deliveries would wait their 4 s for it and be answered 500 (CI, 2026-12-07)."""
-        release = self._spawn(self._released(lock, key))
+        release = eager_task(self._released(lock, key))  # SQLite's is done at once
+        if release.done():
+            return
+        self._keep(release)
         try:
             await asyncio.wait_for(asyncio.shield(release), RELEASE_WITHIN)
         except TimeoutError:
@@ -271,13 +277,19 @@ class Handoffs:
         except Exception as exc:
             logger.warning("conversation {}: its lock was not released ({!r}); it lapses by itself", key, exc)
 
-    def _spawn(self, release: Awaitable[None], written: asyncio.Future[bool] | None = None) -> asyncio.Future[None]:
-        if written is not None and not written.cancelled() and written.exception() is not None:
-            logger.warning("a commit cut short failed too ({!r})", written.exception())  # its delivery is retried
-        task = asyncio.ensure_future(release)
-        self._releasing.add(task)  # keep a reference until it ran
-        task.add_done_callback(self._releasing.discard)
-        return task
+    def _spawn(self, release: Coroutine[Any, Any, None], written: asyncio.Future[bool]) -> None:
+        if not written.cancelled() and written.exception() is not None:  # its delivery, answered 500, is retried
+            logger.warning("a commit cut short failed too ({!r})", written.exception())
+        self._keep(asyncio.ensure_future(release))
+
+    def _keep(self, release: asyncio.Future[None]) -> None:
+        self._releasing.add(release)  # a reference until it ran, and for stop()
+        release.add_done_callback(self._releasing.discard)
+
+    async def stop(self) -> None:
+        """Before the store closes: the lock releases still on their way (at most RELEASE_WITHIN_STOP)."""
+        if self._releasing:
+            await asyncio.wait(set(self._releasing), timeout=RELEASE_WITHIN_STOP)
 
     async def hand_off_now(self, c: Conversation, who: str) -> Decision:
         """The operator page's button, for a conversation Chatwoot says is pending: decided like a delivery

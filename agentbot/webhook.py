@@ -5,19 +5,17 @@ gets the decision in its answer; any other gets `{"ok": true}`, so an outsider l
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
-import types
-from collections.abc import Coroutine, Generator, Mapping
-from functools import partial
-from typing import Any, TypeVar, cast
+from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 from aiohttp import web
 from loguru import logger
 from pydantic import SecretStr
 
+from .eager import within
 from .events import BadBody, PayloadError, event_label, parse
 from .handoffs import RELEASE_WITHIN, Busy, Handoffs
 from .store import Lapsed, store_failure
@@ -29,7 +27,6 @@ ANSWER_WITHIN = 4.5  # seconds: Chatwoot gives up on a delivery after 5 s and do
 DECIDE_WITHIN = ANSWER_WITHIN - RELEASE_WITHIN
 JSON = {"Content-Type": "application/json"}
 OK = b'{"ok":true}'
-T = TypeVar("T")
 
 
 def answer(data: dict[str, Any], status: int = 200) -> web.Response:
@@ -123,35 +120,3 @@ async def receive(handoffs: Handoffs, request: web.Request) -> web.Response:
 
 def _ok() -> web.Response:
     return web.Response(body=OK, headers=JSON)
-
-
-async def within(coro: Coroutine[Any, Any, T], seconds: float) -> T:
-    """`coro`'s result, cut short by TimeoutError `seconds` after it first has to wait. Most deliveries are
-    decided without waiting at all, and asyncio.timeout costs about 10 µs each (a tenth of the ignore path), so
-    the clock starts only when the coroutine suspends (what Python 3.12's eager tasks do)."""
-    try:
-        waiting_on = coro.send(None)
-    except StopIteration as done:
-        return cast(T, done.value)
-    async with asyncio.timeout(seconds):
-        return cast(T, await _go_on(coro, waiting_on))
-
-
-@types.coroutine
-def _go_on(coro: Coroutine[Any, Any, Any], waiting_on: Any) -> Generator[Any, Any, Any]:
-    """Go on with a started coroutine in the current task, as `await` would have: the task waits for what it
-    waits on, and a cancellation (the timeout) is thrown into it."""
-    while True:
-        try:
-            sent = yield waiting_on
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:
-            step = partial(coro.throw, exc)
-        else:
-            step = partial(coro.send, sent)
-        try:
-            waiting_on = step()
-        except StopIteration as done:
-            return done.value

@@ -255,6 +255,21 @@ async def test_redis_max_connections_bounds_the_pool_and_a_burst_waits_its_turn(
     assert len(clients) - 1 <= 8, clients  # less this look
 
 
+def busy_pool(monkeypatch, latency: float) -> None:
+    """Every pooled Redis connection is busy for `latency` seconds, as on a loaded machine, and a conversation lock's
+    release takes longer than the delivery waits for it."""
+    from redis.asyncio import BlockingConnectionPool
+
+    get_connection = BlockingConnectionPool.get_connection
+
+    async def busy(self, *args, **kwargs):
+        await asyncio.sleep(latency)  # latency simulated, not waited for
+        return await get_connection(self, *args, **kwargs)
+
+    monkeypatch.setattr(BlockingConnectionPool, "get_connection", busy)
+    monkeypatch.setattr("agentbot.handoffs.RELEASE_WITHIN", latency / 2)
+
+
 async def test_a_lock_release_slower_than_its_bound_still_frees_the_conversation(
     fake, redis_server, start_bot, monkeypatch
 ):
@@ -262,16 +277,7 @@ async def test_a_lock_release_slower_than_its_bound_still_frees_the_conversation
     past RELEASE_WITHIN (0.3 s), was cancelled, and the lock was left to lapse (LOCK_TTL, 6 s): the conversation's
     next deliveries waited their 4 s for it and were answered 500. A release slower than the bound goes on after the
     delivery stops waiting for it."""
-    from redis.asyncio import BlockingConnectionPool
-
-    get_connection = BlockingConnectionPool.get_connection
-
-    async def busy_pool(self, *args, **kwargs):  # every connection is busy for a moment, as on that machine
-        await asyncio.sleep(0.1)  # latency simulated, not waited for
-        return await get_connection(self, *args, **kwargs)
-
-    monkeypatch.setattr(BlockingConnectionPool, "get_connection", busy_pool)
-    monkeypatch.setattr("agentbot.handoffs.RELEASE_WITHIN", 0.05)  # shorter than that wait
+    busy_pool(monkeypatch, 0.1)
     contact, conv = returning(fake, "Maria")
     bot = await start_bot(STORE_URL=redis_server.url)
     sent = len(fake.deliveries)
@@ -281,6 +287,22 @@ async def test_a_lock_release_slower_than_its_bound_still_frees_the_conversation
     assert len(fake.deliveries) - sent >= 3  # the message and the open's events: one conversation, one lock
     assert [d.answers for d in fake.deliveries[sent:] if d.answers != [200]] == []
     assert_exactly_once(fake, [conv])
+
+
+async def test_a_lock_release_on_its_way_at_a_stop_is_finished_before_the_store_closes(
+    fake, redis_server, start_bot, monkeypatch
+):
+    """Else the lock stays in Redis until it lapses (6 s), and the conversation's deliveries to the other
+    instances wait for it and are answered 500."""
+    import redis as sync_redis
+
+    busy_pool(monkeypatch, 0.4)
+    bot = await start_bot(STORE_URL=redis_server.url)
+    sent = len(fake.deliveries)
+    fake.customer_writes(fake.contact("Ana"), "Hello")
+    await wait_for(lambda: len(fake.deliveries) > sent and fake.in_flight == 0, 10, "the deliveries answered")
+    await bot.stop()
+    assert sync_redis.Redis.from_url(redis_server.url).keys("agentbot:lock:*") == []
 
 
 # ---- the store fails or stalls ----

@@ -168,7 +168,7 @@ async def test_deeply_nested_json_gets_400(fake, start_bot):
 
 # ---- within: the delivery's time limit, started only once the decision has to wait ------------------------------
 async def test_within_returns_what_a_decision_that_never_waits_returns():
-    from agentbot.webhook import within
+    from agentbot.eager import within
 
     async def decided() -> str:
         return "ignore"
@@ -177,7 +177,7 @@ async def test_within_returns_what_a_decision_that_never_waits_returns():
 
 
 async def test_within_waits_with_the_coroutine_and_passes_its_errors_on():
-    from agentbot.webhook import within
+    from agentbot.eager import within
 
     async def slow(value: str) -> str:
         await asyncio.sleep(0.02)
@@ -194,7 +194,7 @@ async def test_within_waits_with_the_coroutine_and_passes_its_errors_on():
 
 
 async def test_within_cuts_a_stalled_decision_short_and_lets_it_clean_up():
-    from agentbot.webhook import within
+    from agentbot.eager import within
 
     cleaned = []
 

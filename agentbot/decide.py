@@ -249,7 +249,11 @@ def _undone(c: Conversation, m: Message, facts: Facts, live: bool) -> bool | Nee
             return Need.DEAD_LETTER
         if not facts.dead_letter:
             return False
-    return Need.CONVERSATION if facts.pending_now is None else facts.pending_now
+    if facts.pending_now is None:
+        return Need.CONVERSATION
+    # A later customer message shown: this one was written in the handed-off period and delivered late, and the
+    # later one's own delivery begins the new period (chaos seed 46: a handoff on each, two notes).
+    return facts.pending_now and (facts.newest_customer_message or 0) <= m.id
 
 
 def _look_up(c: Conversation, m: Message, facts: Facts, settings: Settings, live: bool) -> Need | None:

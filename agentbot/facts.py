@@ -121,6 +121,7 @@ class Facts(msgspec.Struct, frozen=True):
     queued: bool | None = None  # a job still queued opens the conversation
     dead_letter: bool | None = None  # the conversation has a dead letter
     pending_now: bool | None = None  # Chatwoot shows the conversation pending now
+    newest_customer_message: int | None = None  # with pending_now: the latest customer message Chatwoot shows
 
 
 def fingerprint(content: str | None) -> int:

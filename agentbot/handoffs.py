@@ -19,7 +19,7 @@ from .clock import SteadyClock
 from .config import Settings
 from .decide import Decision, Need, decide, forward_handoff, operator_handoff, triage
 from .eager import eager_task
-from .events import BadBody, Conversation, Delivery, PayloadError, event_label, parse
+from .events import BadBody, Conversation, Delivery, Listed, PayloadError, event_label, parse
 from .facts import Facts
 from .lookups import Lookups, Share, contact_key, live_share
 from .metrics import Metrics
@@ -117,20 +117,25 @@ class Handoffs:
             case Need.DEAD_LETTER:
                 return replace(facts, dead_letter=await self._dead_letter(c.key))
             case Need.CONVERSATION:
-                return replace(facts, pending_now=await self._pending_now(c, deadline))
+                view = await self._read_now(c, deadline)
+                shown = view.last_message if view else None
+                return replace(
+                    facts,
+                    pending_now=view is not None and view.conversation.status == "pending",
+                    newest_customer_message=shown.id if shown and shown.kind == "incoming" else None,
+                )
             case Need.CONTACT:
                 if self.lookups is None:
                     return replace(facts, looked_up=True)
                 looked = await self.lookups.previous(c, wait=self.wait_for_lookups, deadline=deadline, cache=cache)
                 return replace(facts, looked_up=True, previous=looked.previous, lookup_failed=not looked.known)
 
-    async def _pending_now(self, c: Conversation, deadline: float | None) -> bool:
-        """Whether Chatwoot shows the conversation pending now (4.16+; False where it cannot be asked). A read
-        refused for a moment (429, 5xx, no answer) is tried again within the delivery's budget: taken for "not
-        pending", the message would be one of the handed-off period, and the new period would stay pending (chaos
-        seeds 60 and 95)."""
+    async def _read_now(self, c: Conversation, deadline: float | None) -> Listed | None:
+        """The conversation as Chatwoot shows it now (4.16+; None where it cannot be asked). A read refused for a
+        moment (429, 5xx, no answer) is tried again within the delivery's budget: taken for "not pending", the
+        message would be one of the handed-off period, and the new period would stay pending (chaos seeds 60, 95)."""
         if self.chatwoot is None:
-            return False
+            return None
         loop = asyncio.get_running_loop()
         pause = READ_AGAIN_AFTER
         try:  # bounded like a look-up: the conversation's lock is held meanwhile
@@ -150,11 +155,10 @@ class Handoffs:
                 c.key,
                 exc or "no answer in time",
             )
-            return False
+            return None
         if view is not None and view.conversation.status == "pending":
-            logger.info("conversation {}: pending again after the bot handed it off: a new pending period", c.key)
-            return True
-        return False
+            logger.info("conversation {}: Chatwoot shows it pending again after the bot handed it off", c.key)
+        return view
 
     async def _dead_letter(self, conversation_key: str) -> bool:
         """Whether the conversation has a dead letter that was to open it: its handoff's open never landed (read only

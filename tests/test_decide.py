@@ -261,6 +261,27 @@ CASES = [
         message=HUMAN,
     ),
     row(
+        "handed-off-pending-again-with-a-later-customer-message-shown-is-a-late-one-of-the-period",  # chaos seed 46
+        REOPENED,
+        "ignore",
+        state=ConversationState(phase=Phase.HANDOFF),
+        observed={"queued": False, "pending_now": True, "newest_customer_message": 10**9},
+        env=KEYWORD,
+        message=HUMAN,
+        reason="handoff already decided",
+    ),
+    row(
+        "handed-off-pending-again-with-an-earlier-customer-message-shown-begins-a-period",
+        REOPENED,
+        "handoff",
+        "returning",
+        [[OPEN, note("Returning customer: conversation #42 had an agent reply on 2026-09-30")]],
+        state=ConversationState(phase=Phase.HANDOFF),
+        observed={"queued": False, "pending_now": True, "newest_customer_message": 1},
+        env=KEYWORD,
+        message=HUMAN,
+    ),
+    row(
         "returning-asks-for-a-look-up-with-a-user-token",
         PENDING_MSG,
         Need.CONTACT,

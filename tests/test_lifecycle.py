@@ -130,6 +130,41 @@ async def test_a_refused_read_of_a_pending_again_conversation_is_tried_again_bef
     assert [by for by in fake.opened_by(conv.display_id) if by.startswith("bot")] == ["bot:7", "bot:7"]
 
 
+async def test_a_late_message_of_the_handed_off_period_does_not_begin_the_next(fake, start_bot):
+    """Chaos seed 46 (Redis): the customer wrote twice before the handoff's open landed, and the second message was
+    delivered only after an agent had replied and resolved and the customer had written again (a new pending
+    period, whose events had not reached the bot either). Chatwoot showed the conversation pending, so the late
+    message was taken for the first of the new period: a handoff decided on it, the resolve's late events then ended
+    that period, and the new period's own first message was handed off again: a second note. Chatwoot showing a
+    later customer message says the late one is not the new period's first: that one's own delivery begins it."""
+    maria, conv = returning(fake)
+    bot = await start_bot()
+    opening = fake.hold("toggle_status")
+    fake.customer_writes(maria, "Hello?")
+    await wait_for(lambda: opening.waiting == 1, 5, "the handoff's open")
+    second = fake.hold_deliveries(lambda d: d.event == "message_created" and d.payload["content"] == "Hello again?")
+    fake.customer_writes(maria, "Hello again?")  # written before the open landed: the handed-off period's
+    late = fake.hold_deliveries(lambda d: d.event in CONVERSATION_EVENTS)  # from the open on (Sidekiq lag)
+    fake.faults.remove(opening)
+    opening.release.set()
+    await wait_for(lambda: conv.status == "open" and fake.notes(conv.display_id), 5, "the handoff")
+    await wait_for(lambda: _outbox_empty(bot), 5, "the handoff, finished")
+    first = fake.hold_deliveries(lambda d: d.event == "message_created" and d.payload["content"] == "Still broken")
+    fake.agent_writes(conv.display_id, "On it.")
+    fake.resolve(conv.display_id)
+    fake.customer_writes(maria, "Still broken")  # pending again: the next period
+    second.release()
+    await wait_for(lambda: all(d.done for d in second.held), 5, "the late message")
+    await wait_for(lambda: _outbox_empty(bot), 5, "whatever it asked for")
+    late.release()
+    await wait_for(lambda: all(d.done for d in late.held), 5, "the resolve's late events")
+    first.release()
+    await bot.idle()
+    assert conv.status == "open"
+    assert [by for by in fake.opened_by(conv.display_id) if by.startswith("bot")] == ["bot:7", "bot:7"]
+    assert len(fake.notes(conv.display_id)) == 2, fake.notes(conv.display_id)  # one per period
+
+
 def _hold_write_lock(path: str, taken: threading.Event, release: threading.Event) -> None:
     """Another connection (a backup, `outbox --retry`) holds SQLite's write lock until `release`."""
     other = sqlite3.connect(path, isolation_level=None, timeout=30)

@@ -188,6 +188,9 @@ def _decide(
         undone = _undone(c, m, facts, live)
         if isinstance(undone, Need):
             return undone
+        if undone and (facts.newest_customer_message or 0) > m.id:
+            # chaos seed 46: taken for the next period's first, it was handed off, and so was the real first
+            return ignore("a late message of the handed-off period: Chatwoot shows a later one, which begins the next")
         if undone:  # the handed-off period ended unseen: this message begins the next one
             state = on_event(state, PendingAgain(min(state.latest_message or 0, m.id - 1)), now).state
     t = on_event(state, CustomerWrote(m.id, c.status, c.updated, c.bot_owned, bool(facts.queued)), now)
@@ -249,11 +252,7 @@ def _undone(c: Conversation, m: Message, facts: Facts, live: bool) -> bool | Nee
             return Need.DEAD_LETTER
         if not facts.dead_letter:
             return False
-    if facts.pending_now is None:
-        return Need.CONVERSATION
-    # A later customer message shown: this one was written in the handed-off period and delivered late, and the
-    # later one's own delivery begins the new period (chaos seed 46: a handoff on each, two notes).
-    return facts.pending_now and (facts.newest_customer_message or 0) <= m.id
+    return Need.CONVERSATION if facts.pending_now is None else facts.pending_now
 
 
 def _look_up(c: Conversation, m: Message, facts: Facts, settings: Settings, live: bool) -> Need | None:

@@ -387,7 +387,8 @@ class Outbox:
                 "conversation {}: {} ({}); kept as dead letter: {}", job.conversation_key, exc, why, job.describe()
             )
         else:
-            job.next_at = self.now() + backoff(job.attempts, exc.retry_after)
+            delay = backoff(job.attempts, exc.retry_after)
+            job.next_at = self.now() + (delay if exc.retry_within is None else min(delay, exc.retry_within))
             if job.attempt is not None and job.attempt.sent_at:  # not before the call can have landed
                 job.next_at = max(job.next_at, job.attempt.sent_at + self.settle)
             logger.warning(

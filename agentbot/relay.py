@@ -206,7 +206,9 @@ class Relay:
                 self._failed()
                 self._waiting[job.id] = step.accepted_at
                 why = f"your bot at {forward_host(url)}: {result.why}"
-                raise ForwardFailed("forward", None, why, result.retry_after)
+                failed = ForwardFailed("forward", None, why, result.retry_after)
+                failed.retry_within = self.settings.forward_max_age - age  # its last chance at FORWARD_MAX_AGE
+                raise failed
             case Next.EXPIRED:
                 self._failed()
                 await self._expired(job, step, url)

@@ -5,6 +5,7 @@ answers and silences lead to; on both stores, and across a SIGKILL."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 from datetime import datetime, timedelta, timezone
 
@@ -111,6 +112,22 @@ async def test_the_team_bot_asks_for_a_person_and_the_note_says_why(fake, start_
     fake.customer_writes(conv.contact, "Hello?")  # with humans now: not the team bot's
     await bot.idle()
     assert messages(team.received, conv.display_id) == ["My lamp is broken"]
+
+
+async def test_a_forward_is_not_retried_past_forward_max_age(fake, start_bot, team, log_lines):
+    """A retry the backoff (or the team bot's Retry-After) puts past FORWARD_MAX_AGE comes at FORWARD_MAX_AGE, where
+    the forward ends: after the attempt 4.2 s in the backoff's next was 5.1 s later, so a forward with
+    FORWARD_MAX_AGE=5 ended after about 9 s (CI, 2026-12-07: the test below waited 10 s for a forward of the
+    fallback's own open and timed out), and a Retry-After of a minute held it a minute."""
+    team.fail(429, times=1000, retry_after="60")
+    await start_bot(**env(team), FORWARD_MAX_AGE="5", FORWARD_TIMEOUT="1", FORWARD_FALLBACK="keep")
+    fake.customer_writes(fake.contact(), "Anyone there?")
+    given_up = "did not take the message_created within FORWARD_MAX_AGE"
+    await wait_for(lambda: any(given_up in line for line in log_lines), 10, "the message's forward given up")
+    [attempt] = [r for r in team.received if r.payload["event"] == "message_created"]  # then it waited for the end
+    retries = [float(m.group(1)) for line in log_lines if (m := re.search(r"; retry 1 in ([\d.]+) s", line))]
+    assert retries and all(delay <= 5.0 for delay in retries), retries  # was 60 s
+    assert attempt.answer == 429
 
 
 @pytest.mark.parametrize("fallback", ["open", "keep"])

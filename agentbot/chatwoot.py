@@ -37,7 +37,7 @@ class ChatwootError(Exception):
     final: ClassVar[bool] = False
     maybe_applied: ClassVar[bool] = False
     still_running: ClassVar[bool] = False  # no answer in time: Chatwoot may still be carrying the call out
-    retry_within: float | None = None  # seconds after which a retry is too late: the last one comes then at latest
+    retry_within: float | None = None  # seconds after which trying again is too late: looked at then at latest
 
     def __init__(self, endpoint: str, status: int | None, detail: str, retry_after: float | None = None):
         self.endpoint, self.status, self.detail, self.retry_after = endpoint, status, detail, retry_after

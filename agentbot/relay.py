@@ -207,7 +207,7 @@ class Relay:
                 self._waiting[job.id] = step.accepted_at
                 why = f"your bot at {forward_host(url)}: {result.why}"
                 failed = ForwardFailed("forward", None, why, result.retry_after)
-                failed.retry_within = self.settings.forward_max_age - age  # its last chance at FORWARD_MAX_AGE
+                failed.retry_within = self.settings.forward_max_age - age  # looked at when FORWARD_MAX_AGE ends it
                 raise failed
             case Next.EXPIRED:
                 self._failed()

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from loguru import logger
 from msgspec.structs import replace
@@ -18,7 +18,7 @@ from .chatwoot import Chatwoot, ChatwootError
 from .clock import SteadyClock
 from .config import Settings
 from .decide import Decision, Need, decide, forward_handoff, operator_handoff, triage
-from .eager import eager_task
+from .eager import eager_task, within
 from .events import BadBody, Conversation, Delivery, Listed, PayloadError, event_label, parse
 from .facts import Facts
 from .lookups import Lookups, Share, contact_key, live_share
@@ -275,9 +275,8 @@ class Handoffs:
             logger.debug("conversation {}: its lock's release is slow; it goes on in the background", key)
 
     async def _released(self, lock: AbstractAsyncContextManager[None], key: str) -> None:
-        try:
-            async with asyncio.timeout(RELEASE_GIVES_UP):
-                await lock.__aexit__(None, None, None)
+        try:  # bounded only once it has to wait: SQLite's never does
+            await within(cast(Coroutine[Any, Any, None], lock.__aexit__(None, None, None)), RELEASE_GIVES_UP)
         except Exception as exc:
             logger.warning("conversation {}: its lock was not released ({!r}); it lapses by itself", key, exc)
 

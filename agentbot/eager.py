@@ -1,6 +1,7 @@
-"""Coroutines run at once, in the caller's turn of the event loop, until they first have to wait (what Python
-3.12's eager tasks do): most of the bot's work on a delivery never waits, and a task or a timeout costs a tenth
-of the ignore path."""
+"""A time limit that starts only once a coroutine has to wait, in the caller's own task (what Python 3.12's eager
+tasks do): most of the bot's work on a delivery, and an in-process lock's release, never waits, and a timeout costs
+a tenth of the ignore path. (Never run a coroutine's first step here and the rest in another task: a timeout or
+lock it enters belongs to the task it was entered in.)"""
 
 from __future__ import annotations
 
@@ -21,21 +22,6 @@ async def within(coro: Coroutine[Any, Any, T], seconds: float) -> T:
         return cast(T, done.value)
     async with asyncio.timeout(seconds):
         return cast(T, await _go_on(coro, waiting_on))
-
-
-def eager_task(coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
-    """`coro` as a task that has already run until its first wait: a future already done when it never waited."""
-    try:
-        waiting_on = coro.send(None)
-    except StopIteration as done:
-        finished: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        finished.set_result(cast(T, done.value))
-        return finished
-    return asyncio.ensure_future(_resumed(coro, waiting_on))
-
-
-async def _resumed(coro: Coroutine[Any, Any, T], waiting_on: Any) -> T:
-    return cast(T, await _go_on(coro, waiting_on))
 
 
 @types.coroutine

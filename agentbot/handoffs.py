@@ -18,7 +18,7 @@ from .chatwoot import Chatwoot, ChatwootError
 from .clock import SteadyClock
 from .config import Settings
 from .decide import Decision, Need, decide, forward_handoff, operator_handoff, triage
-from .eager import eager_task, within
+from .eager import within
 from .events import BadBody, Conversation, Delivery, Listed, PayloadError, event_label, parse
 from .facts import Facts
 from .lookups import Lookups, Share, contact_key, live_share
@@ -265,13 +265,10 @@ class Handoffs:
         """The release, waited for RELEASE_WITHIN at most. A slower one (every pooled connection busy, a stalled
         store) goes on in the background: cancelled, it would leave the lock to lapse (LOCK_TTL, 6 s on Redis), and
         the conversation's next deliveries would wait their 4 s for it and be answered 500 (CI, 2026-12-07)."""
-        release = eager_task(self._released(lock, key))  # SQLite's is done at once
-        if release.done():
-            return
+        # A task of its own from its first step: a timeout entered there belongs to the release, not to the delivery
+        release = asyncio.ensure_future(self._released(lock, key))
         self._keep(release)
-        try:
-            await asyncio.wait_for(asyncio.shield(release), RELEASE_WITHIN)
-        except TimeoutError:
+        if not (await asyncio.wait({release}, timeout=RELEASE_WITHIN))[0]:
             logger.debug("conversation {}: its lock's release is slow; it goes on in the background", key)
 
     async def _released(self, lock: AbstractAsyncContextManager[None], key: str) -> None:

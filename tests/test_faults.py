@@ -305,6 +305,28 @@ async def test_a_lock_release_on_its_way_at_a_stop_is_finished_before_the_store_
     assert sync_redis.Redis.from_url(redis_server.url).keys("agentbot:lock:*") == []
 
 
+async def test_a_lock_release_that_hangs_in_the_background_is_given_up_after_its_bound(
+    fake, redis_server, start_bot, monkeypatch, log_lines
+):
+    """A release that goes on in the background is bounded in its own task (RELEASE_GIVES_UP), then left to lapse.
+    Its first step ran in the delivery's task, which took its timeout along: a release that hung (Redis stopped,
+    no socket timeout) was never given up, and each one kept a pooled connection (review, 2026-12-07)."""
+    import os
+    import signal
+
+    busy_pool(monkeypatch, 0.3)
+    monkeypatch.setattr("agentbot.handoffs.RELEASE_GIVES_UP", 1.0)
+    await start_bot(STORE_URL=redis_server.url)
+    sent = len(fake.deliveries)
+    fake.customer_writes(fake.contact("Ana"), "Hello")
+    await wait_for(lambda: len(fake.deliveries) > sent and fake.in_flight == 0, 10, "the deliveries answered")
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)  # the releases on their way hang
+    try:
+        await wait_for(lambda: any("its lock was not released" in line for line in log_lines), 5, "a release given up")
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+
+
 # ---- the store fails or stalls ----
 async def health(bot) -> tuple[int, dict]:
     async with aiohttp.ClientSession() as s, s.get(bot.url + "/healthz") as r:

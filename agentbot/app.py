@@ -35,7 +35,7 @@ UNPROTECTED = (
     "#bot note, and post the handoff message or greeting to customers; set WEBHOOK_TOKEN (any Chatwoot: "
     "`python -m agentbot register` makes one) or CHATWOOT_BOT_SECRET (Chatwoot 4.13+)"
 )
-SHUTDOWN_GRACE = 7.0  # outbox grace on SIGTERM; with aiohttp's own shutdown this stays under 10 s
+SHUTDOWN_GRACE = 7.0  # outbox grace on SIGTERM; with aiohttp's 1.5 s and the lock releases' 1 s this stays under 10 s
 
 
 def utcnow() -> datetime:

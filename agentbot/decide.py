@@ -183,16 +183,9 @@ def _decide(
         return _conversation_event(d.event, c, facts.state, now)
     if m.private:
         return _give_back(c, m, facts.state, now)
-    state = facts.state
-    if state.handed_off:
-        undone = _undone(c, m, facts, live)
-        if isinstance(undone, Need):
-            return undone
-        if undone and (facts.newest_customer_message or 0) > m.id:
-            # chaos seed 46: taken for the next period's first, it was handed off, and so was the real first
-            return ignore("a late message of the handed-off period: Chatwoot shows a later one, which begins the next")
-        if undone:  # the handed-off period ended unseen: this message begins the next one
-            state = on_event(state, PendingAgain(min(state.latest_message or 0, m.id - 1)), now).state
+    state = _period_of(c, m, facts, now, live) if facts.state.handed_off else facts.state
+    if not isinstance(state, ConversationState):
+        return state
     t = on_event(state, CustomerWrote(m.id, c.status, c.updated, c.bot_owned, bool(facts.queued)), now)
     if not t.decide:
         return Decision("ignore", str(t.ignored), state=t.state if t.state != facts.state else None)
@@ -230,6 +223,22 @@ _NOT_SHOWN: dict[Need, dict[str, bool]] = {
     Need.CONVERSATION: {"pending_now": False},
     Need.CONTACT: {"looked_up": True},
 }
+
+
+def _period_of(
+    c: Conversation, m: Message, facts: Facts, now: datetime, live: bool
+) -> ConversationState | Decision | Need:
+    """The state a customer's message in a handed-off period is decided on: that period's, or the next one's when
+    the period ended unseen (_undone); or the decision that the message is a late one of the period."""
+    undone = _undone(c, m, facts, live)
+    if isinstance(undone, Need):
+        return undone
+    if not undone:
+        return facts.state
+    if (facts.newest_customer_message or 0) > m.id:
+        # chaos seed 46: taken for the next period's first, it was handed off, and so was the real first
+        return ignore("a late message of the handed-off period: Chatwoot shows a later one, which begins the next")
+    return on_event(facts.state, PendingAgain(min(facts.state.latest_message or 0, m.id - 1)), now).state
 
 
 def _undone(c: Conversation, m: Message, facts: Facts, live: bool) -> bool | Need:

@@ -7,6 +7,7 @@ import zlib
 import msgspec
 from msgspec.structs import replace
 
+from .events import Listed
 from .period import HANDED_OFF, Phase
 
 
@@ -122,6 +123,15 @@ class Facts(msgspec.Struct, frozen=True):
     dead_letter: bool | None = None  # the conversation has a dead letter
     pending_now: bool | None = None  # Chatwoot shows the conversation pending now
     newest_customer_message: int | None = None  # with pending_now: the latest customer message Chatwoot shows
+
+    def read(self, view: Listed | None) -> Facts:
+        """These facts with what a read of the conversation showed (None: it could not be read)."""
+        shown = view.last_message if view else None
+        return replace(
+            self,
+            pending_now=view is not None and view.conversation.status == "pending",
+            newest_customer_message=shown.id if shown and shown.kind == "incoming" else None,
+        )
 
 
 def fingerprint(content: str | None) -> int:

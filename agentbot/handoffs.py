@@ -117,13 +117,7 @@ class Handoffs:
             case Need.DEAD_LETTER:
                 return replace(facts, dead_letter=await self._dead_letter(c.key))
             case Need.CONVERSATION:
-                view = await self._read_now(c, deadline)
-                shown = view.last_message if view else None
-                return replace(
-                    facts,
-                    pending_now=view is not None and view.conversation.status == "pending",
-                    newest_customer_message=shown.id if shown and shown.kind == "incoming" else None,
-                )
+                return facts.read(await self._read_now(c, deadline))
             case Need.CONTACT:
                 if self.lookups is None:
                     return replace(facts, looked_up=True)

@@ -252,6 +252,8 @@ class Handoffs:
             writing = self._committing.pop(key, None)
             if writing is not None and not writing.done():
                 writing.add_done_callback(lambda w: self._spawn(self._released(lock, key), w))
+            elif self.store.local_locks:  # an in-process release never waits: no task, no bound
+                await lock.__aexit__(None, None, None)
             else:
                 await self._release(lock, key)
 

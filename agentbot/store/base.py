@@ -150,6 +150,8 @@ class Store(ABC):
     async def echoed(self, conversation_key: str, content: str, after: int | None) -> bool:
         """Whether the echo of `content` arrived, for a message newer than `after` (the job's trigger)."""
 
+    local_locks = False  # lock() is in-process (one instance): its release never waits
+
     @abstractmethod
     def lock(self, conversation_key: str) -> AbstractAsyncContextManager[None]:
         """One decision per conversation at a time (across instances where the backend is shared)."""

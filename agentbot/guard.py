@@ -23,7 +23,7 @@ class Look(StrEnum):
     """What the bot observes before a step."""
 
     CONVERSATION = "conversation"  # GET the conversation (bot token, Chatwoot 4.16+; else the bot's memory only)
-    ECHO = "echo"  # whether the step's note or message was delivered back to the bot after the job's trigger
+    ECHO = "echo"  # whether the step's note or message was delivered back to the bot in its period (posts_after)
     MESSAGES = "messages"  # the conversation's latest messages (a user token), to find a note or message posted
 
 
@@ -104,9 +104,11 @@ def needs(job: Job, step: Step, now: float) -> frozenset[Look]:
     maybe, old = _maybe(job), late(job, now)
     # A handoff's message looks even on its first run: the period may have ended since its open landed.
     read = maybe or old or (isinstance(step, PublicMessage) and job.status_done)
-    # A late note or message (a retry, `outbox --retry`) is not repeated when the same text went out after its
-    # trigger, e.g. from the handoff that replaced a dead letter; one that may have landed is looked for everywhere.
-    posted = (Look.ECHO, Look.MESSAGES) if maybe else (Look.ECHO,) if old else ()
+    # A handoff's note or message is not posted when the same text went out in its period (posts_after), e.g. from a
+    # call of the period before that Chatwoot carried out late; a late one (a retry, `outbox --retry`) when it went out
+    # after its trigger, e.g. from the handoff that replaced a dead letter: its echo says so, the bot's own message
+    # delivered back. One that may have landed is looked for everywhere.
+    posted = (Look.ECHO, Look.MESSAGES) if maybe else (Look.ECHO,) if old or job.status_target == "open" else ()
     return frozenset(((Look.CONVERSATION,) if read else ()) + (posted if _posts(step) else ()))
 
 
@@ -143,12 +145,15 @@ def _catching_up(job: Job, step: Step, seen: Seen, now: float) -> Wait | None:
 
 
 def _posting(job: Job, step: Step, seen: Seen, now: float) -> Done | Send:
-    """A note or message that may have landed, or runs late, is not posted again when it is found (or cannot be
-    told: better lost than sent twice)."""
-    if not (_posts(step) and (_maybe(job) or late(job, now))) or seen.posted is False:
+    """A note or message is not posted again when it is found in its period; one that may have landed, or runs late,
+    neither when that cannot be told (better lost than sent twice)."""
+    if not _posts(step) or seen.posted is False:
         return Send()
-    found = "was posted already" if seen.posted else "may have been posted already and cannot be checked"
-    return Done(f"the {step.op} {found}")
+    if seen.posted:
+        return Done(f"the {step.op} was posted already")
+    if _maybe(job) or late(job, now):
+        return Done(f"the {step.op} may have been posted already and cannot be checked")
+    return Send()
 
 
 def _by_period(rule: Guard, period: int, seen: Seen) -> Drop | None:
@@ -240,17 +245,29 @@ def unheard(job: Job, step: Step, view: Listed, latest_message: int | None) -> b
 
 
 def posted(
-    content: str, trigger: int | None, echoed: bool, view: Listed | None, latest: list[Message] | None
+    content: str, after: int | None, echoed: bool, view: Listed | None, latest: list[Message] | None
 ) -> bool | None:
-    """Whether the bot's `content` is in the conversation after its trigger, from the evidence gathered: its echo
+    """Whether the bot's `content` is in the conversation after message `after` (posts_after), from the evidence
+    gathered: its echo
     (delivered back to the bot), the conversation's last message (a read), its latest messages (a user token).
     None when nothing could show it either way."""
     last = [view.last_message] if view and view.last_message else []
     if echoed or any(_ours(m, content, None) for m in last):
         return True
     if latest is not None:
-        return any(_ours(m, content, trigger) for m in latest)
+        return any(_ours(m, content, after) for m in latest)
     return False if view is not None else None
+
+
+def posts_after(job: Job, period: int, first_message: int | None) -> int | None:
+    """The message after which the job's note or message counts as posted (`period` and `first_message`: the
+    conversation's current period and the first customer message the bot heard in it): its trigger, or for a
+    handoff in its own period the period's first message when earlier. A period has one handoff, so its note and
+    message go out once per period: the period before's, carried out late by Chatwoot after the customer wrote
+    again, count (chaos seed 276). Other posts (an expiry's notice may come twice in a period) keep their trigger."""
+    if job.status_target == "open" and job.period == period and first_message is not None:
+        return min(job.trigger or first_message, first_message)
+    return job.trigger
 
 
 def _ours(m: Message, content: str, after: int | None) -> bool:

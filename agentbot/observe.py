@@ -8,7 +8,7 @@ from loguru import logger
 from .actions import Job, Step, posted_text
 from .chatwoot import Chatwoot, ChatwootError, Unreadable
 from .events import Listed, Message
-from .guard import Look, Seen, posted, unheard
+from .guard import Look, Seen, posted, posts_after, unheard
 from .period import period_of
 from .store import Store
 
@@ -22,7 +22,11 @@ class Observer:
         """The job's period and what was seen; a ChatwootError when a read failed and is worth trying again."""
         view = await self._read(job) if Look.CONVERSATION in looks else None
         state, _ = await self.store.load(job.conversation_key, None)
-        found = await self._posted(job, step, looks, view) if Look.ECHO in looks else False
+        found = (
+            await self._posted(job, step, looks, view, posts_after(job, state.period, state.first_message))
+            if Look.ECHO in looks
+            else False
+        )
         seen = Seen(
             period=state.period,
             phase=state.phase,
@@ -35,14 +39,16 @@ class Observer:
         )
         return period_of(job.period, job.trigger, state), seen
 
-    async def _posted(self, job: Job, step: Step, looks: frozenset[Look], view: Listed | None) -> bool | None:
-        """Whether the step's note or message is in the conversation: its echo; with Look.MESSAGES also the
-        conversation's last message and latest messages (guard.posted weighs them)."""
+    async def _posted(
+        self, job: Job, step: Step, looks: frozenset[Look], view: Listed | None, after: int | None
+    ) -> bool | None:
+        """Whether the step's note or message is in the conversation after message `after`: its echo; with
+        Look.MESSAGES also the conversation's last message and latest messages (guard.posted weighs them)."""
         text = posted_text(job, step)
-        echoed = await self.store.echoed(job.conversation_key, text, job.trigger)
+        echoed = await self.store.echoed(job.conversation_key, text, after)
         if Look.MESSAGES not in looks or echoed:
             return echoed
-        return posted(text, job.trigger, echoed, view, await self._messages(job, view))
+        return posted(text, after, echoed, view, await self._messages(job, view))
 
     async def _read(self, job: Job) -> Listed | None:
         try:

@@ -141,7 +141,9 @@ def _customer_wrote(state: ConversationState, e: CustomerWrote) -> Transition:
     if state.since is not None and e.message_id <= state.since:
         return Transition(state, ignored="late delivery: the conversation left pending after this message was written")
     if state.phase in LEFT:
-        return Transition(_next_period(state), decide=True)
+        state = _next_period(state)
+    if state.first_message is None:  # the period's first customer message the bot hears (its own posts follow it)
+        state = replace(state, first_message=e.message_id)
     return Transition(state, decide=True)
 
 
@@ -151,7 +153,7 @@ def _left(state: ConversationState, phase: Phase, since: int | None, **changes: 
 
 
 def _next_period(state: ConversationState, **changes: object) -> ConversationState:
-    return replace(state, period=state.period + 1, phase=Phase.BOT, **{**_FRESH, **changes})
+    return replace(state, period=state.period + 1, phase=Phase.BOT, **{**_FRESH, "first_message": None, **changes})
 
 
 _FRESH: dict[str, object] = dict(incoming=0, timer_due=None, away_period=None, given_back=False, contact_known=False)

@@ -178,6 +178,13 @@ ROWS = [
         "posted already",
     ),
     row(
+        "seed-276-a-fresh-message-that-a-late-call-of-the-period-before-posted-in-this-one-is-done",
+        job(at="message"),
+        seen("open", Phase.HUMANS, fresh=True, posted=True),
+        Done,
+        "posted already",
+    ),
+    row(
         "a-message-of-a-resolved-period-is-dropped",
         job(at="message"),
         seen("resolved", Phase.CLOSED, fresh=True),
@@ -305,10 +312,10 @@ C, E, M = Look.CONVERSATION, Look.ECHO, Look.MESSAGES
         pytest.param(job(at="open"), set(), id="a-fresh-open-looks-at-memory-only"),
         pytest.param(job(at="team", attempts=1), {C}, id="a-retried-step-reads-the-conversation"),
         pytest.param(job(at="open", attempt=MAYBE), {C}, id="an-open-that-may-have-landed-reads-it"),
-        pytest.param(job(at="note"), set(), id="a-fresh-note-looks-at-memory-only"),
+        pytest.param(job(at="note"), {E}, id="a-fresh-note-looks-for-its-echo-in-its-period"),
         pytest.param(job(at="note", attempts=1), {C, E}, id="a-retried-note-looks-for-its-echo"),
         pytest.param(job(at="note", attempt=MAYBE), {C, E, M}, id="a-note-that-may-have-landed-is-looked-for"),
-        pytest.param(job(at="message"), {C}, id="a-message-after-the-open-reads-the-conversation-first"),
+        pytest.param(job(at="message"), {C, E}, id="a-message-after-the-open-reads-the-conversation-first"),
         pytest.param(job([MESSAGE]), set(), id="a-fresh-greeting-looks-at-memory-only"),
         pytest.param(job(at="open", recovered=True), {C}, id="a-recovered-step-reads-the-conversation"),
         pytest.param(job(at="note", verify=True), {C, E}, id="the-sweeps-late-facts-are-checked"),
@@ -392,3 +399,20 @@ def test_verdict_of_forwards(j: Job, s: Seen, verdict: type, why: str) -> None:
     assert type(v) is verdict, v
     assert why in getattr(v, "why", "")
     assert guard.needs(j, j.steps[0], NOW) == set()  # the bot's memory is all a forward follows
+
+
+@pytest.mark.parametrize(
+    "j, period, first_message, after",
+    [
+        pytest.param(job(trigger=100), 2, 90, 90, id="in-its-period-from-the-message-the-period-began-with"),
+        pytest.param(job(trigger=100), 2, None, 100, id="a-period-begun-without-a-message-from-the-trigger"),
+        pytest.param(job(trigger=100), 3, 120, 100, id="a-later-periods-beginning-is-not-the-jobs"),
+        pytest.param(job(trigger=None), 2, 90, 90, id="a-job-without-a-trigger-from-the-periods-first"),
+        pytest.param(job(trigger=80), 2, 90, 80, id="a-trigger-before-the-periods-first-message-from-the-trigger"),
+        pytest.param(
+            job([MESSAGE, SetStatus("resolved")], trigger=100), 2, 90, 100, id="an-expirys-notice-from-its-trigger"
+        ),
+    ],
+)
+def test_where_a_note_or_message_counts_as_posted(j: Job, period: int, first_message: int | None, after: int) -> None:
+    assert guard.posts_after(j, period, first_message) == after

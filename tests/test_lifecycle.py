@@ -165,6 +165,44 @@ async def test_a_late_message_of_the_handed_off_period_does_not_begin_the_next(f
     assert len(fake.notes(conv.display_id)) == 2, fake.notes(conv.display_id)  # one per period
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_message_landing_late_in_the_next_period_is_not_posted_again_there(
+    fake, start_bot, log_lines, request, tmp_path, backend
+):
+    """Chaos seed 276 (Redis): a handoff's message call was slow (it hung past CHATWOOT_TIMEOUT there), and Chatwoot
+    carried it out only after an agent had resolved the conversation and the customer had written again (a new
+    pending period). The next period's handoff posted the same message again: the customer read it twice in a row.
+    A handoff's note and message are posted once per period: not when the bot's own messages delivered back show the
+    same text since the period's first customer message, even before the job's trigger."""
+    url = request.getfixturevalue("redis") if backend == "redis" else f"sqlite:///{tmp_path}/bot.sqlite3"
+    bot = await start_bot(
+        STORE_URL=url,
+        HANDOFF_RETURNING="false",
+        HANDOFF_KEYWORDS="human",
+        HANDOFF_NOTE="false",
+        HANDOFF_MESSAGE="A person will answer.",
+        CHATWOOT_TIMEOUT="0.5",
+    )
+    maria = fake.contact("Maria")
+    posting = fake.hold("messages")
+    conv = fake.customer_writes(maria, "I need a human").conversation
+    await wait_for(lambda: posting.waiting == 1 and conv.status == "open", 5, "the handoff's message, hanging")
+    fake.faults.remove(posting)  # calls from now on are answered; the hanging one lands when released
+    fake.agent_writes(conv.display_id, "On it.")
+    fake.resolve(conv.display_id)
+    fake.customer_writes(maria, "Still broken")  # the next period: no rule fires on it
+    await wait_for(lambda: fake.in_flight == 0, 5, "its delivery")
+    posting.release.set()
+    await wait_for(lambda: fake.bot_messages(conv.display_id), 5, "the hanging message, landing late")
+    await wait_for(lambda: fake.in_flight == 0, 5, "its echo's delivery")
+    fake.customer_writes(maria, "A human, please")  # this period's handoff
+    await wait_for(lambda: conv.status == "open", 5, "the second handoff's open")
+    await bot.idle()
+    assert [by for by in fake.opened_by(conv.display_id) if by.startswith("bot")] == ["bot:7", "bot:7"]
+    assert fake.bot_messages(conv.display_id) == ["A person will answer."]  # once, though it landed late
+    assert any("the message was posted already" in line for line in log_lines)
+
+
 def _hold_write_lock(path: str, taken: threading.Event, release: threading.Event) -> None:
     """Another connection (a backup, `outbox --retry`) holds SQLite's write lock until `release`."""
     other = sqlite3.connect(path, isolation_level=None, timeout=30)

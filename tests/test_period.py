@@ -65,9 +65,42 @@ def row(name: str, before: ConversationState, event: Event, period: int, phase: 
 
 ROWS = [
     # ---- a customer message ----
-    row("bot-message-is-decided", state(BOT), wrote(), 2, BOT, decide=True),
-    row("message-after-a-resolve-begins-the-next-period", state(CLOSED, since=90), wrote(), 3, BOT, decide=True),
-    row("message-after-an-open-begins-the-next-period", state(HUMANS, since=90), wrote(), 3, BOT, decide=True),
+    row(
+        "bot-message-is-decided-and-the-periods-first-is-remembered",
+        state(BOT),
+        wrote(),
+        2,
+        BOT,
+        decide=True,
+        more={"first_message": 101},
+    ),
+    row(
+        "bot-message-after-the-periods-first-keeps-it",
+        state(BOT, first_message=90),
+        wrote(),
+        2,
+        BOT,
+        decide=True,
+        more={"first_message": 90},
+    ),
+    row(
+        "message-after-a-resolve-begins-the-next-period-with-it",
+        state(CLOSED, since=90, first_message=80),
+        wrote(),
+        3,
+        BOT,
+        decide=True,
+        more={"first_message": 101},
+    ),
+    row(
+        "message-after-an-open-begins-the-next-period-with-it",
+        state(HUMANS, since=90),
+        wrote(),
+        3,
+        BOT,
+        decide=True,
+        more={"first_message": 101},
+    ),
     row(
         "message-written-before-the-period-began-is-late",
         state(BOT, since=101),
@@ -195,13 +228,13 @@ ROWS = [
         more={"timer_due": None},
     ),
     row(
-        "give-back-begins-the-next-period",
-        state(HUMANS, since=90),
+        "give-back-begins-the-next-period-with-no-customer-message",
+        state(HUMANS, since=90, first_message=80),
         GivenBack(),
         3,
         BOT,
         effects=frozenset({CANCEL}),
-        more={"given_back": True},
+        more={"given_back": True, "first_message": None},
     ),
     row(
         "seeds-11-and-36-pending-again-after-an-unseen-resolve-begins-the-next-period",

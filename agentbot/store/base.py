@@ -148,7 +148,7 @@ class Store(ABC):
 
     @abstractmethod
     async def echoed(self, conversation_key: str, content: str, after: int | None) -> bool:
-        """Whether the echo of `content` arrived, for a message newer than `after` (the job's trigger)."""
+        """Whether the echo of `content` arrived, for a message newer than `after` (guard.posts_after)."""
 
     local_locks = False  # lock() is in-process (one instance): its release never waits
 

@@ -147,6 +147,19 @@ class ForwardEvent(Forward, tag="forward_event", frozen=True):
     guard: ClassVar[Guard] = Guard.ALWAYS
 
 
+class DecideAgain(_Step, tag="decide_again", frozen=True):
+    """Decide a customer's message again, once the handoff that was queued when it came has ended (queued behind it
+    in the conversation's queue): it may have begun a new period, and Chatwoot shows whether it did (chaos seed
+    272). Carried out by Handoffs.decide_again: the decision reads the conversation's state."""
+
+    body: str  # the delivery's body, as Chatwoot sent it
+    delivery: str | None  # its X-Chatwoot-Delivery
+    guard: ClassVar[Guard] = Guard.NO_LATER  # not once a later period began (a give-back, the message's own)
+
+    def words(self) -> str:
+        return "decide the customer's message again"
+
+
 Step = (
     AssignTeam
     | AddLabel
@@ -159,6 +172,7 @@ Step = (
     | EvolutionPause
     | Forward
     | ForwardEvent
+    | DecideAgain
 )
 
 

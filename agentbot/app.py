@@ -74,6 +74,7 @@ class Bot:
         )
         lookups = self.chatwoot.sibling(Priority.LOOKUP)  # Handoffs only reads (look-ups) while a delivery waits
         self.handoffs = Handoffs(s, self.store, lookups, self.metrics, self.clock, self.outbox.wake, self.steady)
+        self.outbox.decide_again = self.handoffs.decide_again
         # Forwarding to the team's own bot (relay.py): on the app's one session, off the webhook's path.
         forwarder = Forwarder(self.session, s.forward_secret, s.forward_timeout, self.metrics)
         self.relay = Relay(s, forwarder, self.metrics, self.steady, self.handoffs.forward_handoff)

@@ -14,7 +14,17 @@ from typing import Literal
 
 from msgspec.structs import replace
 
-from .actions import AssignAgent, AssignTeam, Job, PrivateNote, PublicMessage, SetPriority, SetStatus, Step
+from .actions import (
+    AssignAgent,
+    AssignTeam,
+    DecideAgain,
+    Job,
+    PrivateNote,
+    PublicMessage,
+    SetPriority,
+    SetStatus,
+    Step,
+)
 from .config import Rules, Settings
 from .events import Conversation, Delivery, Message
 from .evolution_jobs import evolution_jobs, transition_of
@@ -125,7 +135,24 @@ def decide(
         _switch_evolution(decision, c, facts.state, now, settings, m.id if m else c.last_message_id)
     if isinstance(decision, Decision) and body is not None:
         _forward(d, body, facts, decision, now, settings)
+        _again(d, body, facts, decision, now)
     return decision
+
+
+def _again(d: Delivery, body: bytes, facts: Facts, decision: Decision, now: datetime) -> None:
+    """A customer's message that a queued handoff's open was to catch is decided again once that handoff has ended
+    (queued behind it): its open may have landed already, and the conversation been resolved and reopened since,
+    with those events still on their way; then the message began a new period (chaos seed 272)."""
+    m, c = d.message, d.conversation
+    if not (facts.queued and not facts.again and decision.outcome == "ignore" and m and c and c.status == "pending"):
+        return
+    # Only on 4.16+ (a read tells, later) and only where the open may have landed: it ends the bot's ownership, so a
+    # conversation still the bot's has not been opened. A deferred handoff's timer has opened nothing yet.
+    if c.bot_owned is not False or facts.state.phase is not Phase.HANDOFF:
+        return
+    period = (decision.state or facts.state).period
+    step = DecideAgain(body.decode(), d.delivery_id)
+    decision.jobs.append(_job(c, "the message came while a handoff was queued", [step], now, "again", m.id, period))
 
 
 def _switch_evolution(
@@ -254,7 +281,8 @@ def _undone(c: Conversation, m: Message, facts: Facts, live: bool) -> bool | Nee
         return False
     if not live:
         return True
-    if not (m.kind == "incoming" and c.status == "pending" and c.updated > facts.state.updated):
+    fresh = c.updated > facts.state.updated or facts.again  # decided again: the bot remembered this delivery's save
+    if not (m.kind == "incoming" and c.status == "pending" and fresh):
         return False
     if c.bot_owned:
         if facts.dead_letter is None:

@@ -124,6 +124,7 @@ class Facts(msgspec.Struct, frozen=True):
     dead_letter: bool | None = None  # the conversation has a dead letter
     pending_now: bool | None = None  # Chatwoot shows the conversation pending now
     newest_customer_message: int | None = None  # with pending_now: the latest customer message Chatwoot shows
+    again: bool = False  # the message is decided again: the handoff queued when it came has ended (DecideAgain)
 
     def read(self, view: Listed | None) -> Facts:
         """These facts with what a read of the conversation showed (None: it could not be read)."""

@@ -13,7 +13,7 @@ from typing import Any, cast
 from loguru import logger
 from msgspec.structs import replace
 
-from .actions import Forward, Job
+from .actions import DecideAgain, Forward, Job
 from .chatwoot import Chatwoot, ChatwootError
 from .clock import SteadyClock
 from .config import Settings
@@ -334,6 +334,22 @@ class Handoffs:
         logger.info("conversation {}: {}: {}: {}", c.key, reason, decision.outcome, decision.reason)
 
     # ---- end of forwarding ----
+
+    async def decide_again(self, job: Job, step: DecideAgain) -> None:
+        """A customer's message that came while a handoff was queued to open the conversation, decided again now that
+        the handoff has ended (decide._again): if Chatwoot shows the conversation pending (4.16+), the message began a
+        new period, which the rules decide. Under the conversation's lock, once (its own dedup key)."""
+        d = parse(step.body.encode(), step.delivery)  # it was parsed when it came
+        c = d.conversation
+        assert c is not None  # a customer's message
+        deadline = asyncio.get_running_loop().time() + DELIVERY_BUDGET
+        async with self._locked(c.key, deadline):
+            facts = replace(await load_facts(self.store, d), again=True)
+            decision = await self._decided(self._rules(d, body=step.body.encode()), d, facts, deadline)
+            decision = await self._committed(d, decision, f"again:{d.dedup_key}")
+        self.metrics.decisions.labels(decision.outcome, decision.rule or "-").inc()
+        level = "DEBUG" if decision.outcome in ("ignore", "duplicate", "record") else "INFO"
+        logger.log(level, "conversation {}: decided again: {}: {}", c.key, decision.outcome, decision.reason)
 
     async def reconcile(self, d: Delivery, incoming: int | None, dry_run: bool = False) -> Decision:
         """The sweep's way in: decide a listed conversation like a delivery of its last customer message, seen

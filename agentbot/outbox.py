@@ -23,6 +23,7 @@ from .actions import (
     AssignAgent,
     AssignTeam,
     Attempt,
+    DecideAgain,
     EvolutionSwitch,
     Forward,
     Job,
@@ -87,6 +88,8 @@ class Outbox:
         (app.py sets it once Handoffs exists)."""
         self.store, self.chatwoot, self.metrics, self.clock, self.max_age = store, chatwoot, metrics, clock, max_age
         self.evolution, self.relay = evolution, relay
+        # Handoffs.decide_again, for DecideAgain steps (app.py sets it once Handoffs exists)
+        self.decide_again: Callable[[Job, DecideAgain], Awaitable[None]] | None = None
         self.observer = Observer(store, chatwoot, reader_token)
         self._sleepers: deque[asyncio.Future[None]] = deque()  # idle workers, woken one per new job
         self._stopping = asyncio.Event()
@@ -422,6 +425,10 @@ class Outbox:
                 if self.relay is None:
                     raise Refused("forward", None, "this process does not forward (no relay)")
                 await self.relay.run(job, step)
+            case DecideAgain():  # a decision, not a call (Handoffs.decide_again)
+                if self.decide_again is None:
+                    raise Refused("decide_again", None, "this process does not decide (no Handoffs)")
+                await self.decide_again(job, step)
             case _:
                 await self._call_chatwoot(job, step)
 

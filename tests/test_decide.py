@@ -16,6 +16,7 @@ from msgspec.structs import replace
 from agentbot.actions import (
     AssignAgent,
     AssignTeam,
+    DecideAgain,
     EvolutionPause,
     EvolutionSwitch,
     PrivateNote,
@@ -1045,3 +1046,48 @@ def test_the_team_bots_handoff_only_while_the_conversation_is_the_bots(state, pe
     assert decision.outcome == want, decision.reason
     if want == "handoff":
         assert outcome(decision) == ("handoff", "forward", [[AssignTeam(2), OPEN, note(HANDED)]], None)
+
+
+# ---- a message swallowed while a handoff was queued is decided again once it ended (chaos seed 272) ----
+H, D = Phase.HANDOFF, Phase.DEFERRED
+
+
+@pytest.mark.parametrize(
+    "payload, phase, observed, again",
+    [
+        pytest.param(
+            REOPENED, H, {"queued": True}, True, id="swallowed-while-an-open-is-queued-is-decided-again-later"
+        ),
+        pytest.param(REOPENED, H, {"queued": True, "again": True}, False, id="decided-again-not-queued-a-third-time"),
+        pytest.param(REOPENED, H, {"queued": False, "pending_now": False}, False, id="swallowed-with-nothing-queued"),
+        pytest.param(PENDING_MSG, H, {"queued": True}, False, id="still-the-bots-so-its-open-has-not-landed"),
+        pytest.param(REOPENED, D, {"queued": True}, False, id="a-deferred-handoffs-timer-has-opened-nothing"),
+    ],
+)
+def test_a_message_a_queued_handoff_was_to_catch_is_decided_again(
+    payload: str, phase: Phase, observed: dict, again: bool
+) -> None:
+    state = ConversationState(phase=phase, timer_due=MONDAY_9 if phase is D else None)
+    case = Case(payload, "ignore", state=state, env=KEYWORD, message=HUMAN)
+    d = delivery(case)
+    decision = decide(d, Facts(case.state, **observed), NOON, settings(**KEYWORD), body=b'{"event": "message_created"}')
+    assert decision.outcome == "ignore" and "handoff" in decision.reason, decision.reason
+    steps = [job.steps for job in decision.jobs]
+    assert steps == ([[DecideAgain('{"event": "message_created"}', d.delivery_id)]] if again else [])
+
+
+@pytest.mark.parametrize(
+    "observed, outcome",
+    [
+        pytest.param({"queued": False}, Need.CONVERSATION, id="decided-again-asks-chatwoot-though-the-save-is-known"),
+        pytest.param({"queued": False, "pending_now": True}, "handoff", id="decided-again-pending-begins-a-period"),
+        pytest.param({"queued": False, "pending_now": False}, "ignore", id="decided-again-open-is-the-handoffs"),
+    ],
+)
+def test_a_message_decided_again_asks_chatwoot_whether_it_began_a_period(observed: dict, outcome: Any) -> None:
+    case = Case(REOPENED, "", env=KEYWORD, message=HUMAN)
+    d = delivery(case)
+    assert d.conversation is not None
+    state = ConversationState(phase=Phase.HANDOFF, updated=d.conversation.updated)  # this delivery's save, heard
+    decision = decide(d, Facts(state, again=True, **observed), NOON, settings(**KEYWORD))
+    assert (decision if isinstance(decision, Need) else decision.outcome) == outcome

@@ -13,6 +13,7 @@ from agentbot.actions import (
     AssignAgent,
     AssignTeam,
     Attempt,
+    DecideAgain,
     EvolutionPause,
     EvolutionSwitch,
     Forward,
@@ -243,6 +244,9 @@ class Always(_Step, tag="test-always", frozen=True):
     guard = Guard.ALWAYS
 
 
+AGAIN = DecideAgain("{}", None)  # a customer's message decided again once the handoff queued when it came ended
+
+
 @pytest.mark.parametrize(
     "step, s, verdict",
     [
@@ -252,6 +256,8 @@ class Always(_Step, tag="test-always", frozen=True):
         pytest.param(AfterClose(), seen("resolved", Phase.CLOSED), Send, id="no-later-step-after-the-resolve-is-sent"),
         pytest.param(AfterClose(), seen(period=3), Drop, id="no-later-step-once-a-later-period-began-is-dropped"),
         pytest.param(Always(), seen(period=9), Send, id="always-step-is-sent"),
+        pytest.param(AGAIN, seen(phase=Phase.HUMANS), Send, id="decide-again-in-its-period-is-carried-out"),
+        pytest.param(AGAIN, seen(period=3, phase=Phase.BOT), Drop, id="decide-again-once-given-back-is-dropped"),
     ],
 )
 def test_verdict_of_steps_that_follow_the_periods(step: Any, s: Seen, verdict: type) -> None:

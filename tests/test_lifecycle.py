@@ -203,6 +203,37 @@ async def test_a_message_landing_late_in_the_next_period_is_not_posted_again_the
     assert any("the message was posted already" in line for line in log_lines)
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_message_heard_while_the_handoff_was_queued_is_decided_once_it_ended(
+    fake, start_bot, log_lines, request, tmp_path, backend
+):
+    """Chaos seed 272 (Redis): the handoff's open landed but the bot had not written that down yet (the store failed
+    for a moment; here, the answer is slow) when an agent resolved and the customer wrote again, with those events
+    still on their way. The bot took the message for one the queued handoff would catch ("handoff already
+    decided"), and once the handoff ended nobody decided the new period: pending until the sweep or the customer's
+    next message. Such a message is decided again once the handoff ended, and Chatwoot, read then, shows whether it
+    began a new period."""
+    url = request.getfixturevalue("redis") if backend == "redis" else f"sqlite:///{tmp_path}/bot.sqlite3"
+    maria, conv = returning(fake)
+    bot = await start_bot(STORE_URL=url, HANDOFF_NOTE="false", CHATWOOT_TIMEOUT="3")
+    late = fake.hold_deliveries(lambda d: d.event in CONVERSATION_EVENTS)  # the open's and the resolve's (Sidekiq lag)
+    slow = fake.fail("toggle_status", applied=True, hang=1.0)  # the open lands; its answer takes a second
+    fake.customer_writes(maria, "Hello?")
+    await wait_for(lambda: conv.status == "open", 5, "the handoff's open")
+    fake.agent_writes(conv.display_id, "On it.")
+    fake.resolve(conv.display_id)
+    fake.customer_writes(maria, "Still broken")  # pending again: the next period, while the open's answer is slow
+    heard = [d for d in fake.deliveries if d.event == "message_created" and d.payload["content"] == "Still broken"]
+    await wait_for(lambda: heard[0].done, 5, "the message's delivery")
+    await wait_for(lambda: _outbox_empty(bot), 5, "the handoff to end (its open's answer came), and what it left")
+    late.release()
+    await bot.idle()
+    assert slow.times == 0 and conv.status == "open"
+    assert [by for by in fake.opened_by(conv.display_id) if by.startswith("bot")] == ["bot:7", "bot:7"]
+    assert any("handoff already decided" in line for line in log_lines)  # left to the queued handoff first
+    assert any("decided again: handoff" in line for line in log_lines)
+
+
 def _hold_write_lock(path: str, taken: threading.Event, release: threading.Event) -> None:
     """Another connection (a backup, `outbox --retry`) holds SQLite's write lock until `release`."""
     other = sqlite3.connect(path, isolation_level=None, timeout=30)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
-from ..actions import AssignAgent, AssignTeam, PrivateNote, PublicMessage, SetPriority, SetStatus
+from ..actions import AssignAgent, AssignTeam, DecideAgain, PrivateNote, PublicMessage, SetPriority, SetStatus
 from ..hours import Hours
 
 # rule → (words, colour). Fixed, so a rule keeps its colour in every view, on every day, whatever else appears.
@@ -78,6 +78,8 @@ def step(s: Any) -> str:
             return f"assigning agent {agent} failed"
         case SetPriority(priority=priority):
             return f"setting priority {priority} failed"
+        case DecideAgain():
+            return "deciding the customer's message again failed"
     return "a Chatwoot call failed"
 
 

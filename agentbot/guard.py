@@ -248,9 +248,8 @@ def posted(
     content: str, after: int | None, echoed: bool, view: Listed | None, latest: list[Message] | None
 ) -> bool | None:
     """Whether the bot's `content` is in the conversation after message `after` (posts_after), from the evidence
-    gathered: its echo
-    (delivered back to the bot), the conversation's last message (a read), its latest messages (a user token).
-    None when nothing could show it either way."""
+    gathered: its echo (delivered back to the bot), the conversation's last message (a read), its latest messages
+    (a user token). None when nothing could show it either way."""
     last = [view.last_message] if view and view.last_message else []
     if echoed or any(_ours(m, content, None) for m in last):
         return True

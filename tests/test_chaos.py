@@ -213,7 +213,7 @@ def _check_conversation(fake, display_id, conv) -> list[str]:
     periods: list[dict] = []
     current = {"returning": False, "keyword": False, "opened_by_bot": 0} if _created_pending(events) else None
     bot_opens = notes = messages = 0
-    in_period = 0  # the bot's public messages since the conversation last became pending
+    in_period = Counter()  # the bot's notes and public messages since the conversation last became pending
     after_last_open = None  # its notes since its last handoff, and messages in the period that handoff opened
     for kind, data in events:
         if kind == "status":
@@ -227,12 +227,13 @@ def _check_conversation(fake, display_id, conv) -> list[str]:
                 current = None
             if after == "pending":
                 current = {"returning": before == "resolved", "keyword": False, "opened_by_bot": 0}
-                in_period = 0
+                in_period = Counter()
             bot_opened = after == "open" and by.startswith("bot")
             bot_opens += bot_opened
-            # The customer's message may come before the open in the same period: an earlier handoff's, posted
-            # after the conversation moved on with the events on their way, which this handoff does not repeat.
-            after_last_open = Counter(message=in_period) if bot_opened and before == "pending" else None
+            # The note and the message may come before the open in the same period: an earlier handoff's, posted
+            # after the conversation moved on with the events on their way, which this handoff does not repeat (its
+            # echo, from the period's first customer message on: guard.posts_after; seeds 276, 334).
+            after_last_open = Counter(in_period) if bot_opened and before == "pending" else None
         else:
             m = data
             if current is not None and m.message_type == "incoming" and KEYWORD in (m.content or ""):
@@ -240,7 +241,7 @@ def _check_conversation(fake, display_id, conv) -> list[str]:
             if m.sender_type == "AgentBot":
                 notes += m.private
                 messages += not m.private
-                in_period += not m.private
+                in_period["note" if m.private else "message"] += 1
                 if after_last_open is not None:
                     after_last_open["note" if m.private else "message"] += 1
     if current is not None:

@@ -38,7 +38,6 @@ CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY, conv TEXT NOT NULL, bod
 CREATE INDEX IF NOT EXISTS jobs_conv ON jobs (conv, dead, id);
 CREATE TABLE IF NOT EXISTS queues (conv TEXT PRIMARY KEY, ready_at REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS queues_ready ON queues (ready_at);
-CREATE INDEX IF NOT EXISTS queues_chatwoot_ready ON queues (ready_at) WHERE instr(conv, '/') = 0;
 CREATE TABLE IF NOT EXISTS timers (conv TEXT PRIMARY KEY, due REAL NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS timers_due ON timers (due);
 CREATE TABLE IF NOT EXISTS echoes (conv TEXT NOT NULL, id INTEGER NOT NULL, crc INTEGER NOT NULL, expires REAL NOT NULL,
@@ -49,6 +48,13 @@ CREATE TABLE IF NOT EXISTS opens (account INTEGER NOT NULL, seq INTEGER NOT NULL
   body TEXT NOT NULL, PRIMARY KEY (account, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
 """
+# Which queues are of Chatwoot ("") or of a lane kind ("<conversation>/<kind>" or "<conversation>/<kind>-…"). Each has
+# an index of its own, so a claim leaving some kinds out walks only the others' due queues, however many wait.
+_OF_KIND = {"": "instr(conv, '/') = 0", **{k: f"(conv GLOB '*/{k}' OR conv GLOB '*/{k}-*')" for k in sorted(LANES)}}
+SCHEMA += "".join(
+    f"CREATE INDEX IF NOT EXISTS queues_{kind or 'chatwoot'}_ready ON queues (ready_at) WHERE {where};\n"
+    for kind, where in _OF_KIND.items()
+)
 # A queue's next job: the lowest `order` (Job.order; a forward's message id), then the first queued.
 HEAD_FIRST = "ORDER BY coalesce(json_extract(body, '$.order'), 0), id"
 _HEAD_NOT_BEFORE = (
@@ -306,33 +312,37 @@ class SQLiteStore(Store):
         return job
 
     def _next(self, now: float, lanes: frozenset[str]) -> tuple[str, int | None, str | None] | None:
-        # Due queues in the order they came due, walked in the index (covering: it holds the queue's key), busy ones
+        # Due queues in the order they came due, walked in an index (covering: it holds the queue's key), busy ones
         # skipped here: passed as an IN list they cost an ephemeral table on every claim, with dozens of busy queues
-        # at the index's front under load. A ready time beyond HORIZON was written before the wall clock stepped
-        # back: it is due. Without lanes, Chatwoot's queues are walked in their own index, however many lanes' queues
-        # wait; with some lane kinds left out (a share spent on a hanging service), theirs are skipped in the query.
-        where, patterns = self._of_lanes(lanes)
-        for due, bound in (("ready_at<=?", now), ("ready_at>?", now + HORIZON)):
-            with contextlib.closing(
-                self.rdb.execute(f"SELECT conv FROM queues WHERE {due}{where} ORDER BY ready_at", (bound, *patterns))
-            ) as rows:  # closed even when the head's read fails: an open statement would pin the read snapshot
-                for (conv,) in rows:
-                    if conv in self._busy:
-                        continue
-                    head = self.rdb.execute(
-                        f"SELECT id, body FROM jobs WHERE conv=? AND dead=0 {HEAD_FIRST} LIMIT 1", (conv,)
-                    ).fetchone()
-                    return (conv, *(head or (None, None)))
-        return None
+        # at the index's front under load. With every lane kind in, one walk of all queues; with some left out (a
+        # share spent), a walk of each kind's own index, the earliest found wins: thousands of a left-out kind's
+        # queues due cost nothing (scanned in one query, the relay's backlog made every claim slower as it grew). A
+        # ready time beyond HORIZON was written before the wall clock stepped back: it is due.
+        kinds: list[str | None] = [None] if lanes >= LANES else ["", *sorted(lanes)]
+        found = self._earliest_free(kinds, "ready_at<=?", now)
+        if (
+            found is None
+            and self.rdb.execute("SELECT 1 FROM queues WHERE ready_at>? LIMIT 1", (now + HORIZON,)).fetchone()
+        ):
+            found = self._earliest_free(kinds, "ready_at>?", now + HORIZON)
+        if found is None:
+            return None
+        head = self.rdb.execute(
+            f"SELECT id, body FROM jobs WHERE conv=? AND dead=0 {HEAD_FIRST} LIMIT 1", (found,)
+        ).fetchone()
+        return (found, *(head or (None, None)))
 
-    @staticmethod
-    def _of_lanes(lanes: frozenset[str]) -> tuple[str, list[str]]:
-        """The claim's condition on a queue's lane (a lane's queue is "<conversation>/<lane>"), with its patterns."""
-        if lanes >= LANES:
-            return "", []
-        kinds = sorted(lanes)
-        of_kinds = "".join(" OR conv GLOB ? OR conv GLOB ?" for _ in kinds)  # "<conv>/forward", "<conv>/forward-*"
-        return f" AND (instr(conv, '/') = 0{of_kinds})", [p for k in kinds for p in (f"*/{k}", f"*/{k}-*")]
+    def _earliest_free(self, kinds: list[str | None], due: str, bound: float) -> str | None:
+        found = [q for kind in kinds if (q := self._first_free(kind, due, bound))]
+        return min(found, key=lambda q: q[1])[0] if found else None
+
+    def _first_free(self, kind: str | None, due: str, bound: float) -> tuple[str, float] | None:
+        """The first queue in `kind`'s index (None: every queue's) that no worker holds."""
+        where = "" if kind is None else f" AND {_OF_KIND[kind]}"
+        with contextlib.closing(
+            self.rdb.execute(f"SELECT conv, ready_at FROM queues WHERE {due}{where} ORDER BY ready_at", (bound,))
+        ) as rows:  # closed before the head's read: an open statement would pin the read snapshot
+            return next((row for row in rows if row[0] not in self._busy), None)
 
     async def renew(self, job: Job, now: float) -> bool:
         return True  # one process: a claim ends only with the job

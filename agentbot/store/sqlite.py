@@ -9,7 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from functools import partial
+from functools import cache, partial
 from typing import Any, TypeVar
 
 from ..actions import Attempt, Job
@@ -55,6 +55,19 @@ SCHEMA += "".join(
     f"CREATE INDEX IF NOT EXISTS queues_{kind or 'chatwoot'}_ready ON queues (ready_at) WHERE {where};\n"
     for kind, where in _OF_KIND.items()
 )
+
+
+@cache
+def _walk(due: str, lanes: frozenset[str]) -> str:
+    """The query of the due queues, earliest first: every queue's, or those of Chatwoot and of the lane kinds in
+    `lanes`, each kind's walked in its own index and merged (a kind left out costs nothing, however many of its
+    queues are due: one query matching the kinds walked them all, 649 µs a claim with 3,000 forwards due)."""
+    if lanes >= LANES:
+        return f"SELECT conv, ready_at FROM queues WHERE {due} ORDER BY ready_at"
+    parts = [f"SELECT conv, ready_at FROM queues WHERE {due} AND {_OF_KIND[k]}" for k in ("", *sorted(lanes & LANES))]
+    return " UNION ALL ".join(parts) + " ORDER BY ready_at"
+
+
 # A queue's next job: the lowest `order` (Job.order; a forward's message id), then the first queued.
 HEAD_FIRST = "ORDER BY coalesce(json_extract(body, '$.order'), 0), id"
 _HEAD_NOT_BEFORE = (
@@ -312,37 +325,19 @@ class SQLiteStore(Store):
         return job
 
     def _next(self, now: float, lanes: frozenset[str]) -> tuple[str, int | None, str | None] | None:
-        # Due queues in the order they came due, walked in an index (covering: it holds the queue's key), busy ones
-        # skipped here: passed as an IN list they cost an ephemeral table on every claim, with dozens of busy queues
-        # at the index's front under load. With every lane kind in, one walk of all queues; with some left out (a
-        # share spent), a walk of each kind's own index, the earliest found wins: thousands of a left-out kind's
-        # queues due cost nothing (scanned in one query, the relay's backlog made every claim slower as it grew). A
-        # ready time beyond HORIZON was written before the wall clock stepped back: it is due.
-        kinds: list[str | None] = [None] if lanes >= LANES else ["", *sorted(lanes)]
-        found = self._earliest_free(kinds, "ready_at<=?", now)
-        if (
-            found is None
-            and self.rdb.execute("SELECT 1 FROM queues WHERE ready_at>? LIMIT 1", (now + HORIZON,)).fetchone()
-        ):
-            found = self._earliest_free(kinds, "ready_at>?", now + HORIZON)
-        if found is None:
-            return None
-        head = self.rdb.execute(
-            f"SELECT id, body FROM jobs WHERE conv=? AND dead=0 {HEAD_FIRST} LIMIT 1", (found,)
-        ).fetchone()
-        return (found, *(head or (None, None)))
-
-    def _earliest_free(self, kinds: list[str | None], due: str, bound: float) -> str | None:
-        found = [q for kind in kinds if (q := self._first_free(kind, due, bound))]
-        return min(found, key=lambda q: q[1])[0] if found else None
-
-    def _first_free(self, kind: str | None, due: str, bound: float) -> tuple[str, float] | None:
-        """The first queue in `kind`'s index (None: every queue's) that no worker holds."""
-        where = "" if kind is None else f" AND {_OF_KIND[kind]}"
-        with contextlib.closing(
-            self.rdb.execute(f"SELECT conv, ready_at FROM queues WHERE {due}{where} ORDER BY ready_at", (bound,))
-        ) as rows:  # closed before the head's read: an open statement would pin the read snapshot
-            return next((row for row in rows if row[0] not in self._busy), None)
+        # Due queues in the order they came due (_walk), busy ones skipped here: passed as an IN list they cost an
+        # ephemeral table on every claim, with dozens of busy queues at the index's front under load. A ready time
+        # beyond HORIZON was written before the wall clock stepped back: it is due.
+        for due, bound in (("ready_at<=:bound", now), ("ready_at>:bound", now + HORIZON)):
+            with contextlib.closing(self.rdb.execute(_walk(due, lanes), {"bound": bound})) as rows:
+                for conv, _ in rows:  # closed even if the head's read fails: an open statement pins the snapshot
+                    if conv in self._busy:
+                        continue
+                    head = self.rdb.execute(
+                        f"SELECT id, body FROM jobs WHERE conv=? AND dead=0 {HEAD_FIRST} LIMIT 1", (conv,)
+                    ).fetchone()
+                    return (conv, *(head or (None, None)))
+        return None
 
     async def renew(self, job: Job, now: float) -> bool:
         return True  # one process: a claim ends only with the job

@@ -103,7 +103,8 @@ def table(out: dict) -> str:
     rows = [
         ("deliveries/s the webhook accepted (wrk, new customers)", f"{t['accepted_per_second']:,.1f}"),
         ("deliveries/s forwarded end to end (at the team's bot)", f"{t['forwarded_per_second']:,.1f}"),
-        ("forwarded / accepted", f"{t['forwarded']:,} / {t['accepted']:,}"),
+        ("forwarded / accepted (wrk leaves out the requests still open when it stops)",
+         f"{t['forwarded']:,} / {t['accepted']:,}"),
         (f"webhook p99 ms at {out['rate']}/s, relay off", f"{off['p99_ms']:,.1f}"),
         (f"webhook p99 ms at {out['rate']}/s, relay on", f"{on['p99_ms']:,.1f}"),
         ("relay on / off (goal ≤ 1.5)", f"{out['p99_on_over_off']:.2f}"),

@@ -198,15 +198,21 @@ class Handoffs:
             if c is None:  # forwarded only (webwidget_triggered): no conversation to lock
                 return self._report(d, await self._forwarded_alone(d, decision, key))
         assert c is not None  # triage ignores messages without a conversation
-        deadline = asyncio.get_running_loop().time() + DELIVERY_BUDGET
         with logger.contextualize(
             account=c.account_id, inbox=c.inbox_id, conversation=c.display_id, delivery=d.delivery_id
         ):
-            async with self._locked(c.key, deadline):
-                facts = await load_facts(self.store, d)
-                decision = await self._decided(self._rules(d, body=body), d, facts, deadline)
-                decision = await self._committed(d, decision, key)
-            return self._report(d, decision)
+            return self._report(d, await self._locked_decision(d, body, key))
+
+    async def _locked_decision(self, d: Delivery, body: bytes | None, key: str | None, again: bool = False) -> Decision:
+        """Under the conversation's lock: what the store remembers, the decision on it, and its commit."""
+        assert d.conversation is not None
+        deadline = asyncio.get_running_loop().time() + DELIVERY_BUDGET
+        async with self._locked(d.conversation.key, deadline):
+            facts = await load_facts(self.store, d)
+            if again:
+                facts = replace(facts, again=True)
+            decision = await self._decided(self._rules(d, body=body), d, facts, deadline)
+            return await self._committed(d, decision, key)
 
     async def _committed(self, d: Delivery, decision: Decision, key: str | None) -> Decision:
         """The decision, written unless the delivery was seen before (then "duplicate"). One that writes nothing is
@@ -339,14 +345,11 @@ class Handoffs:
         """A customer's message that came while a handoff was queued to open the conversation, decided again now that
         the handoff has ended (decide._again): if Chatwoot shows the conversation pending (4.16+), the message began a
         new period, which the rules decide. Under the conversation's lock, once (its own dedup key)."""
-        d = parse(step.body.encode(), step.delivery)  # it was parsed when it came
+        body = step.body.encode()
+        d = parse(body, step.delivery)  # it was parsed when it came
         c = d.conversation
         assert c is not None  # a customer's message
-        deadline = asyncio.get_running_loop().time() + DELIVERY_BUDGET
-        async with self._locked(c.key, deadline):
-            facts = replace(await load_facts(self.store, d), again=True)
-            decision = await self._decided(self._rules(d, body=step.body.encode()), d, facts, deadline)
-            decision = await self._committed(d, decision, f"again:{d.dedup_key}")
+        decision = await self._locked_decision(d, body, f"again:{d.dedup_key}", again=True)
         self.metrics.decisions.labels(decision.outcome, decision.rule or "-").inc()
         level = "DEBUG" if decision.outcome in ("ignore", "duplicate", "record") else "INFO"
         logger.log(level, "conversation {}: decided again: {}: {}", c.key, decision.outcome, decision.reason)

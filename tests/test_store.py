@@ -350,6 +350,43 @@ async def test_a_claim_leaving_a_lane_kind_out_walks_none_of_its_due_queues_howe
         await store.close()
 
 
+async def test_a_claim_asks_sqlite_only_once_a_job_was_queued_or_freed_since_one_found_none_due(tmp_path):
+    """SQLite: most claims find nothing (a worker woken for a job another took, one that finished), and under load
+    each read starts cold (another connection committed). Until this process queues or frees a job, or
+    RECHECK passes (another process's jobs), a claim after one that found the next free queue due later need
+    not look."""
+    from agentbot.store.sqlite import RECHECK
+
+    store = open_store(f"sqlite:///{tmp_path}/s.sqlite3")
+    await store.open()
+    other = open_store(f"sqlite:///{tmp_path}/s.sqlite3")  # a command beside the server
+    await other.open()
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    try:
+        store.rdb.set_progress_handler(count, 1)
+        await store.commit(Commit("d:1", "1:1", jobs=[forward(10.0, not_before=100.5)]), 100.0)  # held till 100.5
+        assert await store.claim(100.0) is None
+        steps = 0
+        assert await store.claim(100.05) is None and steps == 0  # nothing queued or freed since: no look
+        await store.commit(Commit("d:2", "1:2", jobs=[job(2, "first"), job(2, "second")]), 100.06)
+        first = await store.claim(100.06)  # queued: claimed at once
+        assert first.reason == "first" and await store.claim(100.07) is None  # its queue is busy, the forward held
+        assert await store.finish(first, 100.08)
+        assert (await store.claim(100.08)).reason == "second"  # freed by the finish: claimed at once
+        assert (await store.claim(100.5)).lane == "forward"  # due
+        await other.commit(Commit("d:3", "1:3", jobs=[job(3, "the command's")]), 100.5)
+        assert (await store.claim(100.5 + RECHECK)).reason == "the command's"  # another process's: after RECHECK
+    finally:
+        await other.close()
+        await store.close()
+
+
 async def test_a_lane_job_an_older_version_runs_is_not_claimed_again_before_its_lease_ends(redis):
     """During a rolling deploy an instance of the version before the shares per lane kind (one `ready` set) claims a
     lane's head job; this version queues the customer's next message in that lane meanwhile."""

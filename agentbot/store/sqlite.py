@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from functools import cache, partial
 from typing import Any, TypeVar
@@ -87,6 +88,7 @@ def _boot_id() -> str:
 
 TRIM_EVERY = 64  # decision-log entries per account between deletions of the oldest
 RECENT_ECHOES = 1024  # the bot's latest echoes also kept in memory (echoed)
+RECHECK = 0.1  # seconds a claim that found nothing due trusts it (other processes' jobs: found after this)
 
 
 class SQLiteStore(Store):
@@ -110,6 +112,10 @@ class SQLiteStore(Store):
         self.path, self.runs_jobs = path, runs_jobs
         self._locks = KeyedLocks()
         self._busy: set[str] = set()  # conversations whose head job a worker is running
+        # No queue is free and due before this (the outbox's clock), as far as this process knows: a claim learns it
+        # from the walk, and each write that queues or frees a job moves it back. Other processes' writes (the
+        # commands beside the server) are seen at the next claim after RECHECK.
+        self._quiet_until = -math.inf
         self._echoes: list[tuple[str, int, int, float]] = []  # the bot's echoes of this turn of the loop
         # The latest echoes, written or not: one handed to the writer thread is not in the database until its turn
         # comes (another connection may hold the write lock for PATIENCE, or take the echo with it).
@@ -231,7 +237,15 @@ class SQLiteStore(Store):
         return self._locks(conversation_key)
 
     async def commit(self, c: Commit, now: float) -> bool:
-        return await self._write(lambda: self._commit(c, now))
+        written = await self._write(lambda: self._commit(c, now))
+        if written:
+            for job in c.jobs:
+                self._stir(max(now, job.not_before))
+        return written
+
+    def _stir(self, ready_at: float) -> None:
+        """A written queue may be claimed from `ready_at` on."""
+        self._quiet_until = min(self._quiet_until, ready_at)
 
     def _commit(self, c: Commit, now: float) -> bool:
         db = self.db
@@ -300,6 +314,8 @@ class SQLiteStore(Store):
         return (True, Resolved.loads(row[0])) if row else (False, None)
 
     async def claim(self, now: float, lanes: frozenset[str] = LANES) -> Job | None:
+        if now < self._quiet_until:
+            return None  # nothing was queued or freed since a claim found the next free queue due later
         while True:
             row = await self._read(lambda: self._next(now, lanes))
             if row is None:
@@ -325,19 +341,36 @@ class SQLiteStore(Store):
         return job
 
     def _next(self, now: float, lanes: frozenset[str]) -> tuple[str, int | None, str | None] | None:
-        # Due queues in the order they came due (_walk), busy ones skipped here: passed as an IN list they cost an
+        # Queues in the order they come due (_walk), busy ones skipped here: passed as an IN list they cost an
         # ephemeral table on every claim, with dozens of busy queues at the index's front under load. A ready time
-        # beyond HORIZON was written before the wall clock stepped back: it is due.
-        for due, bound in (("ready_at<=:bound", now), ("ready_at>:bound", now + HORIZON)):
+        # beyond HORIZON was written before the wall clock stepped back: it is due. A walk of every kind goes on to
+        # the next free queue: until it is due, and nothing is queued or freed, a claim need not look (_quiet_until).
+        every = lanes >= LANES
+        soonest = now + RECHECK
+        for due, bound in (("ready_at<=:bound" if not every else "1", now), ("ready_at>:bound", now + HORIZON)):
             with contextlib.closing(self.rdb.execute(_walk(due, lanes), {"bound": bound})) as rows:
-                for conv, _ in rows:  # closed even if the head's read fails: an open statement pins the snapshot
+                for conv, ready_at in rows:  # closed even if the head's read fails: an open statement pins the snapshot
                     if conv in self._busy:
                         continue
+                    if now < ready_at <= now + HORIZON:  # the first free queue (a walk of every kind) is not due
+                        soonest = min(soonest, ready_at)
+                        break
                     head = self.rdb.execute(
                         f"SELECT id, body FROM jobs WHERE conv=? AND dead=0 {HEAD_FIRST} LIMIT 1", (conv,)
                     ).fetchone()
+                    if every:
+                        self._quiet_until = min(soonest, self._next_free(rows, conv, now))
                     return (conv, *(head or (None, None)))
+        if every:
+            self._quiet_until = soonest
         return None
+
+    def _next_free(self, rows: Iterable[tuple[str, float]], taken: str, now: float) -> float:
+        """When the walk's next free queue (after `taken`) is due."""
+        for conv, ready_at in rows:
+            if conv != taken and conv not in self._busy:
+                return now if ready_at > now + HORIZON else min(ready_at, now + RECHECK)
+        return now + RECHECK
 
     async def renew(self, job: Job, now: float) -> bool:
         return True  # one process: a claim ends only with the job
@@ -374,18 +407,20 @@ class SQLiteStore(Store):
         """Apply `sql` to the job and reschedule its queue, in one transaction (with the open's log entry)."""
         conv = job.queue_key
 
-        def apply() -> bool:
+        def apply() -> tuple[bool, float | None]:
             found = self.db.execute(sql, args).rowcount > 0
             self._log_opened(opened)
             head = self.db.execute(_HEAD_NOT_BEFORE, (conv,)).fetchone()
             if head:  # the queue is ready when its next job may run
                 self.db.execute("UPDATE queues SET ready_at=? WHERE conv=?", (max(ready_at, head[0]), conv))
-            else:
-                self.db.execute("DELETE FROM queues WHERE conv=?", (conv,))
-            return found
+                return found, max(ready_at, head[0])
+            self.db.execute("DELETE FROM queues WHERE conv=?", (conv,))
+            return found, None
 
-        found = await self._enqueue(apply, synced)
+        found, next_at = await self._enqueue(apply, synced)
         self._busy.discard(conv)  # only once released: until then no other worker may take the conversation
+        if next_at is not None:
+            self._stir(next_at)
         return found
 
     async def dead_letters(self) -> list[Job]:
@@ -400,9 +435,11 @@ class SQLiteStore(Store):
         return jobs
 
     async def requeue_dead(self, now: float) -> int:
-        return await self._write(
+        revived = await self._write(
             lambda: self._revive(self.db.execute("SELECT id, body FROM jobs WHERE dead=1").fetchall(), now)
         )
+        self._stir(now)
+        return revived
 
     def _revive(self, rows: list[tuple[int, str]], now: float) -> int:
         """Dead letters (id, body) back into their conversations' queues, with a fresh ACTION_MAX_AGE."""
@@ -446,7 +483,9 @@ class SQLiteStore(Store):
         def rows() -> list[Any]:
             return self.db.execute("SELECT id, body FROM jobs WHERE id=? AND dead=1", (int(job_id),)).fetchall()
 
-        return await self._write(lambda: self._revive(rows(), now) == 1)
+        revived = await self._write(lambda: self._revive(rows(), now) == 1)
+        self._stir(now)
+        return revived
 
     async def fire_timers(self, now: float) -> int:
         def apply() -> int:
@@ -458,7 +497,9 @@ class SQLiteStore(Store):
                 self._push(job, now)
             return len(due)
 
-        return await self._write(apply)
+        fired = await self._write(apply)
+        self._stir(now)
+        return fired
 
     async def prune(self, now: float) -> None:
         def apply() -> None:

@@ -382,8 +382,35 @@ async def test_a_claim_asks_sqlite_only_once_a_job_was_queued_or_freed_since_one
         assert (await store.claim(100.5)).lane == "forward"  # due
         await other.commit(Commit("d:3", "1:3", jobs=[job(3, "the command's")]), 100.5)
         assert (await store.claim(100.5 + RECHECK)).reason == "the command's"  # another process's: after RECHECK
+
+        await store.commit(Commit("d:4", "1:4", timer=(101.0, job(4, "timer"))), 100.7)
+        assert await store.claim(100.95) is None  # nothing due until RECHECK from now
+        assert await store.fire_timers(101.0) == 1 and (await store.claim(101.0)).reason == "timer"  # fired
+        buried = job(5, "dead letter")
+        await store.commit(Commit("d:5", "1:5", jobs=[buried]), 101.0)
+        assert await store.bury(await store.claim(101.0), 101.0) and await store.claim(101.0) is None
+        assert await store.requeue_dead(101.0) == 1 and (await store.claim(101.0)).reason == "dead letter"  # revived
     finally:
         await other.close()
+        await store.close()
+
+
+async def test_a_queue_beyond_horizon_is_claimed_next_though_the_next_free_queue_is_due_later(tmp_path):
+    """A ready time beyond HORIZON (written before the wall clock stepped back) is due: the claim that takes another
+    queue must not remember "nothing due until the held forward" past it (a review's case)."""
+    store = open_store(f"sqlite:///{tmp_path}/s.sqlite3")
+    await store.open()
+    try:
+        await store.commit(Commit("d:1", "1:1", jobs=[forward(10.0, not_before=100.5)]), 100.0)  # due at 100.5
+        await store.commit(Commit("d:3", "1:3", jobs=[job(3, "past the horizon")]), 100.0)
+        await store.commit(Commit("d:4", "1:4", jobs=[job(4, "ordinary")]), 100.0)
+        stepped = await store.claim(100.0)
+        assert stepped.reason == "past the horizon"
+        stepped.next_at = 100.0 + HORIZON + 500
+        assert await store.retry(stepped)
+        assert (await store.claim(100.02)).reason == "ordinary"
+        assert (await store.claim(100.02)).reason == "past the horizon"
+    finally:
         await store.close()
 
 

@@ -366,10 +366,13 @@ class SQLiteStore(Store):
         return None
 
     def _next_free(self, rows: Iterable[tuple[str, float]], taken: str, now: float) -> float:
-        """When the walk's next free queue (after `taken`) is due."""
+        """When the walk's next free queue (after `taken`) is due; now when a queue beyond HORIZON waits (due)."""
         for conv, ready_at in rows:
             if conv != taken and conv not in self._busy:
-                return now if ready_at > now + HORIZON else min(ready_at, now + RECHECK)
+                if ready_at <= now or ready_at > now + HORIZON:
+                    return ready_at if ready_at <= now else now
+                beyond = self.rdb.execute("SELECT 1 FROM queues WHERE ready_at>? LIMIT 1", (now + HORIZON,))
+                return now if beyond.fetchone() else min(ready_at, now + RECHECK)
         return now + RECHECK
 
     async def renew(self, job: Job, now: float) -> bool:
@@ -438,7 +441,8 @@ class SQLiteStore(Store):
         revived = await self._write(
             lambda: self._revive(self.db.execute("SELECT id, body FROM jobs WHERE dead=1").fetchall(), now)
         )
-        self._stir(now)
+        if revived:
+            self._stir(now)
         return revived
 
     def _revive(self, rows: list[tuple[int, str]], now: float) -> int:
@@ -484,7 +488,8 @@ class SQLiteStore(Store):
             return self.db.execute("SELECT id, body FROM jobs WHERE id=? AND dead=1", (int(job_id),)).fetchall()
 
         revived = await self._write(lambda: self._revive(rows(), now) == 1)
-        self._stir(now)
+        if revived:
+            self._stir(now)
         return revived
 
     async def fire_timers(self, now: float) -> int:
@@ -498,7 +503,8 @@ class SQLiteStore(Store):
             return len(due)
 
         fired = await self._write(apply)
-        self._stir(now)
+        if fired:
+            self._stir(now)
         return fired
 
     async def prune(self, now: float) -> None:

@@ -21,6 +21,19 @@ def job(display_id: int, reason: str = "r") -> Job:
     return Job(1, display_id, reason, [SetStatus("open")])
 
 
+class Instructions:
+    """SQLite's virtual-machine instructions run on a store's read connection: the work its reads did, whatever the
+    machine's speed."""
+
+    def __init__(self, store) -> None:
+        self.count = 0
+        store.rdb.set_progress_handler(self._step, 1)
+
+    def _step(self) -> int:
+        self.count += 1
+        return 0
+
+
 async def test_commit_is_once_per_delivery_and_saves_everything(store):
     state = ConversationState(period=3, phase=Phase.HANDOFF, incoming=2)
     c = Commit("d:1", "1:42", state, [job(42)], contact_key="1:58", resolved=Resolved(38, "2026-11-20", 5))
@@ -320,25 +333,18 @@ async def test_a_claim_leaving_a_lane_kind_out_walks_none_of_its_due_queues_howe
     machine instructions on the store's read connection: the claim's work, whatever the machine's speed."""
     store = open_store(f"sqlite:///{tmp_path}/s.sqlite3")
     await store.open()
-    steps = 0
-
-    def count() -> int:
-        nonlocal steps
-        steps += 1
-        return 0
+    steps = Instructions(store)
 
     async def claim_work() -> int:
-        nonlocal steps
-        steps = 0
+        steps.count = 0
         assert await store.claim(200.0, lanes=frozenset({"evolution"})) is None
         assert await store.claim(200.0, lanes=CHATWOOT_ONLY) is None
-        return steps
+        return steps.count
 
     def forwards(conversations: range) -> list[Job]:
         return [Job(1, n, "message", [SetStatus("open")], lane="forward") for n in conversations]
 
     try:
-        store.rdb.set_progress_handler(count, 1)
         await store.commit(Commit("d:1", "1:1", jobs=forwards(range(1, 11))), 100.0)
         await claim_work()  # the first claim also reads the schema
         few = await claim_work()
@@ -361,19 +367,12 @@ async def test_a_claim_asks_sqlite_only_once_a_job_was_queued_or_freed_since_one
     await store.open()
     other = open_store(f"sqlite:///{tmp_path}/s.sqlite3")  # a command beside the server
     await other.open()
-    steps = 0
-
-    def count() -> int:
-        nonlocal steps
-        steps += 1
-        return 0
-
+    steps = Instructions(store)
     try:
-        store.rdb.set_progress_handler(count, 1)
         await store.commit(Commit("d:1", "1:1", jobs=[forward(10.0, not_before=100.5)]), 100.0)  # held till 100.5
         assert await store.claim(100.0) is None
-        steps = 0
-        assert await store.claim(100.05) is None and steps == 0  # nothing queued or freed since: no look
+        steps.count = 0
+        assert await store.claim(100.05) is None and steps.count == 0  # nothing queued or freed since: no look
         await store.commit(Commit("d:2", "1:2", jobs=[job(2, "first"), job(2, "second")]), 100.06)
         first = await store.claim(100.06)  # queued: claimed at once
         assert first.reason == "first" and await store.claim(100.07) is None  # its queue is busy, the forward held

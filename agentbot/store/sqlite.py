@@ -69,6 +69,12 @@ def _walk(due: str, lanes: frozenset[str]) -> str:
     return " UNION ALL ".join(parts) + " ORDER BY ready_at"
 
 
+def _waits(ready_at: float, now: float) -> bool:
+    """Whether a queue ready at `ready_at` is not due yet (one beyond HORIZON was written before the wall clock
+    stepped back: it is due)."""
+    return now < ready_at <= now + HORIZON
+
+
 # A queue's next job: the lowest `order` (Job.order; a forward's message id), then the first queued.
 HEAD_FIRST = "ORDER BY coalesce(json_extract(body, '$.order'), 0), id"
 _HEAD_NOT_BEFORE = (
@@ -347,12 +353,12 @@ class SQLiteStore(Store):
         # the next free queue: until it is due, and nothing is queued or freed, a claim need not look (_quiet_until).
         every = lanes >= LANES
         soonest = now + RECHECK
-        for due, bound in (("ready_at<=:bound" if not every else "1", now), ("ready_at>:bound", now + HORIZON)):
+        for due, bound in (("1" if every else "ready_at<=:bound", now), ("ready_at>:bound", now + HORIZON)):
             with contextlib.closing(self.rdb.execute(_walk(due, lanes), {"bound": bound})) as rows:
                 for conv, ready_at in rows:  # closed even if the head's read fails: an open statement pins the snapshot
                     if conv in self._busy:
                         continue
-                    if now < ready_at <= now + HORIZON:  # the first free queue (a walk of every kind) is not due
+                    if _waits(ready_at, now):  # the first free queue (a walk of every kind) is not due
                         soonest = min(soonest, ready_at)
                         break
                     head = self.rdb.execute(
@@ -369,8 +375,8 @@ class SQLiteStore(Store):
         """When the walk's next free queue (after `taken`) is due; now when a queue beyond HORIZON waits (due)."""
         for conv, ready_at in rows:
             if conv != taken and conv not in self._busy:
-                if ready_at <= now or ready_at > now + HORIZON:
-                    return ready_at if ready_at <= now else now
+                if not _waits(ready_at, now):
+                    return now
                 beyond = self.rdb.execute("SELECT 1 FROM queues WHERE ready_at>? LIMIT 1", (now + HORIZON,))
                 return now if beyond.fetchone() else min(ready_at, now + RECHECK)
         return now + RECHECK
@@ -415,8 +421,9 @@ class SQLiteStore(Store):
             self._log_opened(opened)
             head = self.db.execute(_HEAD_NOT_BEFORE, (conv,)).fetchone()
             if head:  # the queue is ready when its next job may run
-                self.db.execute("UPDATE queues SET ready_at=? WHERE conv=?", (max(ready_at, head[0]), conv))
-                return found, max(ready_at, head[0])
+                next_at = max(ready_at, head[0])
+                self.db.execute("UPDATE queues SET ready_at=? WHERE conv=?", (next_at, conv))
+                return found, next_at
             self.db.execute("DELETE FROM queues WHERE conv=?", (conv,))
             return found, None
 

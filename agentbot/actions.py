@@ -299,3 +299,9 @@ def posted_text(job: Job, step: Step) -> str:
         case PublicMessage(content):
             return content
     raise TypeError(f"{step.op} posts no message")
+
+
+def echo_text(private: bool, content: str) -> str:
+    """The bot's own post as its echo (delivered back) is remembered and looked for: a note apart from a message of
+    the same text (HANDOFF_MESSAGE="{reason}" words the message as the note)."""
+    return "[note] " + content if private else content

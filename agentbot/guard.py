@@ -245,16 +245,16 @@ def unheard(job: Job, step: Step, view: Listed, latest_message: int | None) -> b
 
 
 def posted(
-    content: str, after: int | None, echoed: bool, view: Listed | None, latest: list[Message] | None
+    content: str, private: bool, after: int | None, echoed: bool, view: Listed | None, latest: list[Message] | None
 ) -> bool | None:
-    """Whether the bot's `content` is in the conversation after message `after` (posts_after), from the evidence
-    gathered: its echo (delivered back to the bot), the conversation's last message (a read), its latest messages
-    (a user token). None when nothing could show it either way."""
+    """Whether the bot's `content`, a note when `private`, is in the conversation after message `after` (posts_after),
+    from the evidence gathered: its echo (delivered back to the bot), the conversation's last message (a read), its
+    latest messages (a user token). None when nothing could show it either way."""
     last = [view.last_message] if view and view.last_message else []
-    if echoed or any(_ours(m, content, None) for m in last):
+    if echoed or any(_ours(m, content, private, None) for m in last):
         return True
     if latest is not None:
-        return any(_ours(m, content, after) for m in latest)
+        return any(_ours(m, content, private, after) for m in latest)
     return False if view is not None else None
 
 
@@ -269,5 +269,5 @@ def posts_after(job: Job, period: int, first_message: int | None) -> int | None:
     return job.trigger
 
 
-def _ours(m: Message, content: str, after: int | None) -> bool:
-    return m.sender.kind == "agent_bot" and m.content == content and m.id > (after or 0)
+def _ours(m: Message, content: str, private: bool, after: int | None) -> bool:
+    return m.sender.kind == "agent_bot" and m.content == content and m.private == private and m.id > (after or 0)

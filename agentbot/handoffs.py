@@ -13,7 +13,7 @@ from typing import Any, cast
 from loguru import logger
 from msgspec.structs import replace
 
-from .actions import DecideAgain, Forward, Job
+from .actions import DecideAgain, Forward, Job, echo_text
 from .chatwoot import Chatwoot, ChatwootError
 from .clock import SteadyClock
 from .config import Settings
@@ -183,7 +183,7 @@ class Handoffs:
         why_not = triage(d, self.settings)
         m = d.message
         if _echo(d) and m is not None and d.conversation:
-            await self._remember_echo(d.conversation.key, m.id, m.content)
+            await self._remember_echo(d.conversation.key, m.id, echo_text(m.private, m.content or ""))
         if why_not and not (self._forwards and worth_a_look(d, body, self.settings)):  # nothing to look up
             return self._report(d, Decision("ignore", why_not))
         c = d.conversation

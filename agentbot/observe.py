@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from loguru import logger
 
-from .actions import Job, Step, posted_text
+from .actions import Job, PrivateNote, Step, echo_text, posted_text
 from .chatwoot import Chatwoot, ChatwootError, Unreadable
 from .events import Listed, Message
 from .guard import Look, Seen, posted, posts_after, unheard
@@ -44,11 +44,11 @@ class Observer:
     ) -> bool | None:
         """Whether the step's note or message is in the conversation after message `after`: its echo; with
         Look.MESSAGES also the conversation's last message and latest messages (guard.posted weighs them)."""
-        text = posted_text(job, step)
-        echoed = await self.store.echoed(job.conversation_key, text, after)
+        text, private = posted_text(job, step), isinstance(step, PrivateNote)
+        echoed = await self.store.echoed(job.conversation_key, echo_text(private, text), after)
         if Look.MESSAGES not in looks or echoed:
             return echoed
-        return posted(text, after, echoed, view, await self._messages(job, view))
+        return posted(text, private, after, echoed, view, await self._messages(job, view))
 
     async def _read(self, job: Job) -> Listed | None:
         try:

@@ -493,3 +493,14 @@ async def test_a_blank_inbox_value_switches_a_global_extra_off_in_that_inbox(fak
     await opened(bot, website)
     await opened(bot, whatsapp)
     assert website.team_id == 2 and whatsapp.team_id is None
+
+
+async def test_a_handoff_message_worded_as_its_note_is_posted_too(fake, start_bot):
+    """HANDOFF_MESSAGE="{reason}" makes the message's text the note's: the note's echo, delivered back to the bot
+    before the message goes out, is not the message's (a review's case: echoes were matched by text alone)."""
+    bot = await start_bot(HANDOFF_KEYWORDS="human", HANDOFF_MESSAGE="{reason}")
+    conv = fake.customer_writes(fake.contact("Maria"), "I need a human").conversation
+    await opened(bot, conv)
+    note = ['Customer asked for a person ("human")']
+    await wait_for(lambda: fake.bot_messages(conv.display_id) == note, 5, "the handoff's message")
+    assert fake.notes(conv.display_id) == note

@@ -18,7 +18,7 @@ class ConversationState(msgspec.Struct, frozen=True, omit_defaults=True):
     period: int = 0  # the pending periods the bot has seen begin (jobs carry the one they were decided in)
     phase: Phase = Phase.BOT
     since: int | None = None  # messages up to this id were written in earlier periods
-    first_message: int | None = None  # the first customer message the bot heard in this period
+    first_message: int | None = None  # the earliest customer message the bot heard in this period
     resolved_on: str | None = None  # date the bot saw this conversation resolved
     greeted: bool = False
     incoming: int = 0  # customer messages in the current pending period

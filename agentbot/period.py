@@ -142,8 +142,8 @@ def _customer_wrote(state: ConversationState, e: CustomerWrote) -> Transition:
         return Transition(state, ignored="late delivery: the conversation left pending after this message was written")
     if state.phase in LEFT:
         state = _next_period(state)
-    if state.first_message is None:  # the period's first customer message the bot hears (its own posts follow it)
-        state = replace(state, first_message=e.message_id)
+    if state.first_message is None or e.message_id < state.first_message:  # the period's first customer message
+        state = replace(state, first_message=e.message_id)  # (its own posts follow it), whatever order it came in
     return Transition(state, decide=True)
 
 

@@ -75,6 +75,15 @@ ROWS = [
         more={"first_message": 101},
     ),
     row(
+        "bot-message-written-before-the-first-heard-becomes-the-periods-first",  # delivered out of order (a review)
+        state(BOT, since=90, first_message=105),
+        wrote(103),
+        2,
+        BOT,
+        decide=True,
+        more={"first_message": 103},
+    ),
+    row(
         "bot-message-after-the-periods-first-keeps-it",
         state(BOT, first_message=90),
         wrote(),

@@ -147,8 +147,8 @@ def _again(d: Delivery, body: bytes, facts: Facts, decision: Decision, now: date
     if not (facts.queued and not facts.again and decision.outcome == "ignore" and m and c and c.status == "pending"):
         return
     # Only on 4.16+ (a read tells, later) and only where the open may have landed: it ends the bot's ownership, so a
-    # conversation still the bot's has not been opened. A deferred handoff's timer has opened nothing yet.
-    if c.bot_owned is not False or facts.state.phase is not Phase.HANDOFF:
+    # conversation still the bot's has not been opened.
+    if c.bot_owned is not False or not facts.state.opening(now.timestamp()):
         return
     period = (decision.state or facts.state).period
     step = DecideAgain(body.decode(), d.delivery_id)

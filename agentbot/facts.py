@@ -41,6 +41,11 @@ class ConversationState(msgspec.Struct, frozen=True, omit_defaults=True):
         """A handoff is decided in the current pending period (queued, or waiting for the opening time)."""
         return self.phase in HANDED_OFF
 
+    def opening(self, now: float) -> bool:
+        """The period's handoff is opening the conversation: queued, or deferred with its timer fired."""
+        due = self.timer_due
+        return self.phase is Phase.HANDOFF or (self.phase is Phase.DEFERRED and due is not None and due <= now)
+
     @property
     def in_period(self) -> bool:
         return self.handed_off or bool(self.incoming) or self.timer_due is not None

@@ -1050,6 +1050,7 @@ def test_the_team_bots_handoff_only_while_the_conversation_is_the_bots(state, pe
 
 # ---- a message swallowed while a handoff was queued is decided again once it ended (chaos seed 272) ----
 H, D = Phase.HANDOFF, Phase.DEFERRED
+FIRED = "deferred, its timer fired"  # a deferred handoff whose open job is queued now (a review's case)
 
 
 @pytest.mark.parametrize(
@@ -1062,12 +1063,14 @@ H, D = Phase.HANDOFF, Phase.DEFERRED
         pytest.param(REOPENED, H, {"queued": False, "pending_now": False}, False, id="swallowed-with-nothing-queued"),
         pytest.param(PENDING_MSG, H, {"queued": True}, False, id="still-the-bots-so-its-open-has-not-landed"),
         pytest.param(REOPENED, D, {"queued": True}, False, id="a-deferred-handoffs-timer-has-opened-nothing"),
+        pytest.param(REOPENED, FIRED, {"queued": True}, True, id="a-deferred-handoffs-fired-timer-may-have-opened-it"),
     ],
 )
 def test_a_message_a_queued_handoff_was_to_catch_is_decided_again(
-    payload: str, phase: Phase, observed: dict, again: bool
+    payload: str, phase: Phase | str, observed: dict, again: bool
 ) -> None:
-    state = ConversationState(phase=phase, timer_due=MONDAY_9 if phase is D else None)
+    timer_due = {D: MONDAY_9, FIRED: NOON.timestamp() - 60}.get(phase)
+    state = ConversationState(phase=D if phase == FIRED else Phase(phase), timer_due=timer_due)
     case = Case(payload, "ignore", state=state, env=KEYWORD, message=HUMAN)
     d = delivery(case)
     decision = decide(d, Facts(case.state, **observed), NOON, settings(**KEYWORD), body=b'{"event": "message_created"}')

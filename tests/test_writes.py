@@ -16,9 +16,9 @@ async def test_a_handoff_pays_one_synced_write_for_its_decision(fake, start_bot,
     writes: collections.Counter[tuple[str, bool]] = collections.Counter()
     enqueue = sqlite.SQLiteStore._enqueue
 
-    def counting(self, apply, synced):
+    def counting(self, apply, synced, bulk=False):
         writes[(traceback.extract_stack(limit=3)[0].name, synced)] += 1
-        return enqueue(self, apply, synced)
+        return enqueue(self, apply, synced, bulk)
 
     maria, conv = returning(fake)
     bot = await start_bot(STORE_URL=f"sqlite:///{tmp_path}/s.sqlite3", HANDOFF_MESSAGE="A person will answer.")

@@ -99,16 +99,16 @@ RECHECK = 0.1  # seconds a claim that found nothing due trusts it (other process
 
 class SQLiteStore(Store):
     # Reads are synchronous on the event loop: a statement or two on a local file, cheaper than handing them
-    # to a thread, and WAL lets them run beside a write. Writes made while the previous batch is being
-    # written share one transaction (group commit), which a writer thread carries out on its own connection
-    # (writer.py): its sync to disk (synchronous=FULL, so an acknowledged decision survives a power cut)
-    # never stalls the event loop, and each caller resumes only after its writes are committed. Only what must
+    # to a thread, and WAL lets them run beside a write. Writes made while the previous transaction commits
+    # share the next one (group commit), on a connection of their own (writer.py): its statements run on the loop,
+    # its COMMIT and sync to disk (synchronous=FULL, so an acknowledged decision survives a power cut) in a
+    # writer thread, which never stalls the event loop; each caller resumes only after its writes are committed. Only what must
     # survive a power cut waits for the sync (a decision, a retry's attempt): the outbox's progress and the end
     # of a job need none (synced only when a decision shares their round's transaction), as a run cut short
     # before they reach the disk is found at start-up and its steps are checked, not trusted (`_recovered`). SQLite
     # never waits for a lock held by another connection (busy_timeout 0): reads and writes that find the
     # database locked are tried again after a pause, for up to PATIENCE seconds. (`memory://` has one
-    # connection and writes on the loop: there is no disk to wait for.) Echoes are hints: those of one turn
+    # connection and commits on the loop too: there is no disk to wait for.) Echoes are hints: those of one turn
     # of the event loop are written together, without a sync (synchronous=NORMAL: it survives the process, not a
     # power cut).
 
@@ -178,14 +178,15 @@ class SQLiteStore(Store):
             self.rdb.close()
         self.db.close()
 
-    async def _write(self, apply: Callable[[], T]) -> T:
-        """Run `apply` (statements only) in the next shared write transaction; return what it returned."""
-        return await self._enqueue(apply, synced=True)
+    async def _write(self, apply: Callable[[], T], bulk: bool = False) -> T:
+        """Run `apply` (statements only) in the next shared write transaction; return what it returned. `bulk`:
+        it touches as many rows as there are, so it runs in the writer thread, not on the loop."""
+        return await self._enqueue(apply, synced=True, bulk=bulk)
 
-    def _enqueue(self, apply: Callable[[], T], synced: bool) -> asyncio.Future[T]:
+    def _enqueue(self, apply: Callable[[], T], synced: bool, bulk: bool = False) -> asyncio.Future[T]:
         if self._echoes:  # written first: a write after them (prune, say) finds them in the store
             self._write_echoes()
-        return self._writer.put(apply, synced)
+        return self._writer.put(apply, synced, bulk)
 
     async def _read(self, query: Callable[[], T]) -> T:
         started, pause = time.monotonic(), BUSY_DELAYS[0]
@@ -446,7 +447,7 @@ class SQLiteStore(Store):
 
     async def requeue_dead(self, now: float) -> int:
         revived = await self._write(
-            lambda: self._revive(self.db.execute("SELECT id, body FROM jobs WHERE dead=1").fetchall(), now)
+            lambda: self._revive(self.db.execute("SELECT id, body FROM jobs WHERE dead=1").fetchall(), now), bulk=True
         )
         if revived:
             self._stir(now)
@@ -509,7 +510,7 @@ class SQLiteStore(Store):
                 self._push(job, now)
             return len(due)
 
-        fired = await self._write(apply)
+        fired = await self._write(apply, bulk=True)
         if fired:
             self._stir(now)
         return fired
@@ -527,6 +528,6 @@ class SQLiteStore(Store):
                 self.db.execute(f"DELETE FROM {table} WHERE at<=?", (now - LOG_TTL,))
 
         recent = len(self._recent)
-        await self._write(apply)
+        await self._write(apply, bulk=True)
         for _ in range(recent):  # written before the pruning (one queue, in order): the store answers for them now
             self._recent.popleft()

@@ -1,20 +1,26 @@
-"""SQLite's group commit: a writer thread of its own commits whatever was queued while it wrote the last batch.
+"""SQLite's group commit: the writes queued while a transaction commits share the next one.
 
-Each round takes every write waiting and commits them in one transaction, synced to disk when any of them
-waits for a sync (a decision), else not (the outbox's progress, echoes): writes that ride along with a decision
-pay no sync of their own. It never waits for the event loop between rounds, and a steady stream of unsynced
-writes never holds the synced ones back (before, the unsynced went first, and the decisions only when none
-waited). `memory://` writes on the event loop instead, at its next turn: there is no disk to wait for.
+A transaction's statements run on the event loop: each takes microseconds, and a thread running them had to win
+the GIL back from the busy loop after every one (under the relay workload, four fifths of its time went to that
+wait, and every delivery waited for its commit). Its COMMIT, which writes the WAL and syncs it to disk, runs in a
+thread of its own, so the loop never waits for the disk. A transaction is synced when any of its writes waits for
+a sync (a decision), else not (the outbox's progress, echoes): writes that ride along with a decision pay no sync
+of their own, and a steady stream of unsynced writes never holds a synced one back. Bulk writes (the pruning,
+timers firing, dead letters revived: as many rows as there are) run whole in that thread, in their turn, so the
+loop never runs a statement without bound. `memory://` commits on the loop too: there is no disk to wait for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 from loguru import logger
@@ -29,6 +35,7 @@ class Write(NamedTuple):
     future: asyncio.Future[Any] | None  # None: a hint nobody waits for (Writer.hint)
     synced: bool  # wait for the sync to disk (not echoes, nor the outbox's progress and finished jobs)
     what: str = ""  # a hint's name in the log line of its failure
+    bulk: bool = False  # rows without bound: run whole in the thread
 
 
 def _report_lost(what: str, failed: BaseException | None) -> None:
@@ -40,144 +47,191 @@ def locked(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
 
+def _pause(locked_for: float) -> float:
+    return min(BUSY_DELAYS[0] * 2 ** (locked_for / 0.05), BUSY_DELAYS[1])
+
+
 class Writer:
-    """Carries out writes on the writer connection `db` (busy_timeout 0: a locked database is tried again
-    after a pause, for up to PATIENCE seconds, later writes joining the wait)."""
+    """Carries out writes on the writer connection `db` (busy_timeout 0: a locked database is tried again after a
+    pause, for up to PATIENCE seconds, later writes joining the wait). The connection is the thread's from a
+    COMMIT (or a bulk write) handed to it until its answer reaches the loop, and the loop's otherwise."""
 
     def __init__(self, db: sqlite3.Connection, threaded: bool) -> None:
         self.db = db
-        self.pending = 0  # writes queued and not answered yet (on the loop)
+        self.pending = 0  # writes queued and not answered yet
         self._synced = True  # the connection's synchronous setting is FULL
-        self._queue: queue.SimpleQueue[Write | None] = queue.SimpleQueue()
-        self._inline: list[Write] = []  # memory://: written at the loop's next turn
+        self._queued: deque[Write] = deque()  # in the order put, for the next transactions
+        self._busy = False  # a transaction is open, committing, or waiting for another connection's lock
+        self._scheduled = False  # the loop's next turn starts a transaction
+        self._locked_since: float | None = None
+        self._stopped = False
+        self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True) if threaded else None
-        self._stopping = False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         if self._thread is not None:
             self._thread.start()
 
-    def put(self, apply: Callable[[], Any], synced: bool) -> asyncio.Future[Any]:
+    def put(self, apply: Callable[[], Any], synced: bool, bulk: bool = False) -> asyncio.Future[Any]:
         future = self._loop.create_future()
-        self.pending += 1
-        if self._thread is not None:
-            self._queue.put(Write(apply, future, synced))
-        else:
-            self._inline.append(Write(apply, future, synced))
-            if len(self._inline) == 1:
-                self._loop.call_soon(self._write_inline)
+        self._add(Write(apply, future, synced, bulk=bulk))
         return future
 
     def hint(self, apply: Callable[[], Any], what: str) -> None:
         """A write nobody waits for, without a sync (the bot's echoes): it costs the event loop no answer; its
         failure is logged, naming `what` it was."""
-        if self._thread is not None:
-            self._queue.put(Write(apply, None, False, what))
-            return
-        written = self.put(apply, synced=False)
-        written.add_done_callback(lambda f: _report_lost(what, None if f.cancelled() else f.exception()))
+        self._add(Write(apply, None, False, what))
 
     def stop(self) -> None:
-        """Write what is queued, then end the thread (waits for it)."""
+        """End the thread once its work is done (waits for it); what is still queued is written here, at once."""
+        self._stopped = True
         if self._thread is not None and self._thread.is_alive():
-            self._queue.put(None)
+            self._work.put(None)
             self._thread.join()
+        if self._queued:
+            writes = list(self._queued)
+            self._queued.clear()
+            self._answer(writes, self._whole(writes))
 
     # ---- the event loop's side ----
-    def _write_inline(self) -> None:
-        writes, self._inline = self._inline, []
-        self._answer(writes, self._attempt(writes))
+    def _add(self, write: Write) -> None:
+        self.pending += 1
+        self._queued.append(write)
+        if not (self._busy or self._scheduled):
+            self._scheduled = True
+            self._loop.call_soon(self._next)
 
-    def _answer(self, writes: list[Write], results: Results | BaseException) -> None:
-        if isinstance(results, BaseException):
-            results = [(False, results)] * len(writes)
+    def _next(self) -> None:
+        """The next transaction, if the connection is free: the writes queued up to a bulk one, or that one."""
+        self._scheduled = False
+        if self._busy or self._stopped or not self._queued:
+            return
+        self._busy = True
+        if self._queued[0].bulk and self._thread is not None:
+            self._work.put(partial(self._in_thread, [self._queued.popleft()]))
+            return
+        writes: list[Write] = []
+        while self._queued and not (self._queued[0].bulk and writes):
+            writes.append(self._queued.popleft())
+        try:
+            results = self._statements(writes)
+        except Exception as exc:
+            if locked(exc) and self._wait_for_lock(writes):
+                return
+            self._answer(writes, [(False, exc)] * len(writes))
+            return
+        self._locked_since = None
+        if self._thread is None:
+            self._answer(writes, self._committed(results))
+        else:
+            self._work.put(partial(self._commit_in_thread, writes, results))
+
+    def _wait_for_lock(self, writes: list[Write]) -> bool:
+        """Another connection holds the write lock: try again after a pause (later writes join), up to PATIENCE.
+        False when the patience is spent."""
+        now = time.monotonic()
+        self._locked_since = self._locked_since or now
+        if now - self._locked_since > PATIENCE:
+            self._locked_since = None
+            return False
+        self._queued.extendleft(reversed(writes))
+        self._loop.call_later(_pause(now - self._locked_since), self._resume)
+        return True
+
+    def _resume(self) -> None:
+        self._busy = False
+        self._next()
+
+    def _answer(self, writes: list[Write], results: Results) -> None:
+        """The outcome to those who wait, a hint's failure to the log; then the next transaction."""
         self.pending -= len(writes)
-        for (_, future, _, _), (ok, value) in zip(writes, results, strict=True):
-            if future is not None and not future.done():
-                future.set_result(value) if ok else future.set_exception(value)
-
-    # ---- the writer thread ----
-    def _run(self) -> None:
-        while not self._stopping:
-            self._commit(self._drain(self._queue.get()))
-
-    def _drain(self, item: Write | None) -> list[Write]:
-        """`item` and every write queued behind it; the stop mark (None) ends the thread once they are written."""
-        writes = []
-        while True:
-            if item is None:
-                self._stopping = True
-            else:
-                writes.append(item)
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return writes
-
-    def _commit(self, writes: list[Write]) -> None:
-        locked_since = None
-        while True:
-            results = self._attempt(writes)
-            if not isinstance(results, BaseException):
-                break
-            now = time.monotonic()
-            locked_since = locked_since or now
-            if now - locked_since > PATIENCE:
-                results = [(False, results)] * len(writes)
-                break
-            time.sleep(min(BUSY_DELAYS[0] * 2 ** ((now - locked_since) / 0.05), BUSY_DELAYS[1]))
-            if not self._queue.empty():  # later writes join the wait
-                writes += self._drain(self._queue.get_nowait())
-        self._tell(writes, results)
-
-    def _tell(self, writes: list[Write], results: Results) -> None:
-        """The outcome to those who wait (on the loop), a hint's failure to the log."""
-        waited = [(w, r) for w, r in zip(writes, results, strict=True) if w.future is not None]
         for write, (ok, value) in zip(writes, results, strict=True):
-            if write.future is None and not ok:
-                _report_lost(write.what, value)
-        if not waited:
-            return  # hints only: the loop has nothing to hear
-        try:
-            self._loop.call_soon_threadsafe(self._answer, [w for w, _ in waited], [r for _, r in waited])
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
+            if write.future is None:
+                _report_lost(write.what, None if ok else value)
+            elif not write.future.done():
+                write.future.set_result(value) if ok else write.future.set_exception(value)
+        self._busy = False
+        self._next()
 
-    def _attempt(self, writes: list[Write]) -> Results | BaseException:
-        try:
-            return self._batch(writes)
-        except Exception as exc:  # the connection failed outside the transaction: these writes fail, not the thread
-            return [(False, exc)] * len(writes)
-
-    def _batch(self, writes: list[Write]) -> Results | BaseException:
-        """The writes' transaction: (ok, value or exception) each, or the lock error."""
+    # ---- either side: the connection is theirs ----
+    def _statements(self, writes: list[Write]) -> Results:
+        """BEGIN and each write's statements, the transaction left open for its COMMIT; raises what stopped them
+        all (another connection's lock, a failed connection). A write whose statements fail takes the transaction
+        with it: then each is applied again in a savepoint of its own, and only the failed ones are undone."""
         synced = any(w.synced for w in writes)
         if synced != self._synced:
             self.db.execute(f"PRAGMA synchronous={'FULL' if synced else 'NORMAL'}")
             self._synced = synced
-        applies = [w.apply for w in writes]
-        try:
-            return [(True, value) for value in self._transaction(applies)]
-        except Exception as exc:
-            if locked(exc):
-                return exc
-            # one writer's statements failed and took the shared transaction with them: give each its own
-            return [self._alone(apply) for apply in applies] if len(applies) > 1 else [(False, exc)]
-
-    def _transaction(self, applies: list[Callable[[], Any]]) -> list[Any]:
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            values = [apply() for apply in applies]
-            self.db.execute("COMMIT")
+            return [(True, w.apply()) for w in writes]
+        except Exception as exc:
+            self._rollback()
+            if locked(exc):
+                raise
+            if len(writes) == 1:
+                return [(False, exc)]
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            return [self._alone(w.apply) for w in writes]
         except BaseException:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
+            self._rollback()
             raise
-        return values
 
     def _alone(self, apply: Callable[[], Any]) -> tuple[bool, Any]:
+        self.db.execute("SAVEPOINT one")
         try:
-            return True, self._transaction([apply])[0]
+            value = apply()
         except Exception as exc:
+            self.db.execute("ROLLBACK TO one")
+            self.db.execute("RELEASE one")
             return False, exc
+        self.db.execute("RELEASE one")
+        return True, value
+
+    def _committed(self, results: Results) -> Results:
+        """COMMIT the open transaction: `results` once it is on disk, else its failure for every write."""
+        if not self.db.in_transaction:  # every write failed alone: nothing to commit
+            return results
+        try:
+            self.db.execute("COMMIT")
+        except Exception as exc:
+            self._rollback()
+            return [(False, exc)] * len(results)
+        return results
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+
+    def _whole(self, writes: list[Write]) -> Results:
+        """A transaction run to its end here and now: waits (sleeping) for another connection's lock up to
+        PATIENCE."""
+        since = time.monotonic()
+        while True:
+            try:
+                return self._committed(self._statements(writes))
+            except Exception as exc:
+                waited = time.monotonic() - since
+                if not locked(exc) or waited > PATIENCE:
+                    return [(False, exc)] * len(writes)
+            time.sleep(_pause(waited))
+
+    # ---- the writer thread ----
+    def _run(self) -> None:
+        while (work := self._work.get()) is not None:
+            work()
+
+    def _commit_in_thread(self, writes: list[Write], results: Results) -> None:
+        self._tell(writes, self._committed(results))
+
+    def _in_thread(self, writes: list[Write]) -> None:
+        self._tell(writes, self._whole(writes))
+
+    def _tell(self, writes: list[Write], results: Results) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._answer, writes, results)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -47,7 +48,8 @@ class Bot:
 
     def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow, store: Store | None = None):
         self.settings, self.clock = settings, clock
-        self.steady = SteadyClock(lambda: clock().timestamp())  # the outbox's and the store queue's clock
+        # the outbox's and the store queue's clock (read for every claim: time.time, not a datetime, when it can)
+        self.steady = SteadyClock(time.time if clock is utcnow else lambda: clock().timestamp())
         self.store = store or store_for(settings, runs_jobs=True)
         self.metrics = Metrics()
         self.evolution: Switcher | None = None  # Evolution API's switches (EVOLUTION_URL), made at start-up

@@ -4,8 +4,11 @@ and every write is answered in the order the store needs."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 
 from agentbot.actions import Job, SetStatus
+from agentbot.facts import ConversationState
 from agentbot.store import Commit, open_store
 
 
@@ -48,3 +51,41 @@ async def test_echoes_are_written_before_a_later_write(tmp_path):
     assert not await store.echoed("1:42", "note 11", after=None)  # pruned: it was in the store by then
     assert await store.echoed("1:42", "note 12", after=None)
     await store.close()
+
+
+async def test_statements_run_on_the_loop_and_bulk_writes_in_the_writer_thread(tmp_path):
+    """A write's statements are microseconds: on the loop they wait for no GIL; a bulk write (pruning, timers,
+    dead letters: rows without bound) runs whole in the writer thread, so the loop never runs it."""
+    store = open_store(f"sqlite:///{tmp_path}/s.sqlite3")
+    await store.open()
+    try:
+        where = lambda: threading.current_thread().name  # noqa: E731
+        assert await store._write(where) == threading.current_thread().name
+        assert await store._write(where, bulk=True) == "sqlite-writer"
+    finally:
+        await store.close()
+
+
+async def test_writes_wait_for_another_connections_lock_without_stopping_the_loop_and_land_in_order(tmp_path):
+    path = tmp_path / "s.sqlite3"
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    other.execute("BEGIN IMMEDIATE")  # a backup, `outbox --retry`: SQLite's write lock is theirs
+    try:
+        first = asyncio.ensure_future(store.commit(Commit("d:1", "1:1", ConversationState(incoming=1)), 1.0))
+        turns = 0
+        while turns < 50:  # the loop keeps turning while the write waits
+            await asyncio.sleep(0.001)
+            turns += 1
+        assert not first.done()
+        bulk = asyncio.ensure_future(store.prune(2.0))  # joins the wait, after the first
+        later = asyncio.ensure_future(store.commit(Commit("d:1", "1:1", ConversationState(incoming=2)), 1.0))
+        other.execute("ROLLBACK")
+        assert await first is True
+        await bulk
+        assert await later is False  # the same delivery: the first one's dedup key, written before it
+        assert (await store.load("1:1", None))[0] == ConversationState(incoming=1)
+    finally:
+        other.close()
+        await store.close()

@@ -27,6 +27,7 @@ from loguru import logger
 
 PATIENCE = 3.0  # seconds a write waits for another connection's lock before it fails
 BUSY_DELAYS = (0.002, 0.2)  # first and longest pause between tries while the database is locked
+MOST = 256  # writes in one transaction on the loop: a lock wait gathers thousands, and the loop runs them at once
 Results = list[tuple[bool, Any]]  # (ok, value or exception) per write
 
 
@@ -45,6 +46,15 @@ def _report_lost(what: str, failed: BaseException | None) -> None:
 
 def locked(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
+def _failure(exc: BaseException) -> Exception:
+    """What a future can be failed with (not a StopIteration, nor a BaseException)."""
+    if isinstance(exc, Exception) and not isinstance(exc, StopIteration):
+        return exc
+    failure = RuntimeError(f"the write raised {exc!r}")
+    failure.__cause__ = exc
+    return failure
 
 
 def _pause(locked_for: float) -> float:
@@ -92,10 +102,14 @@ class Writer:
         if self._queued:
             writes = list(self._queued)
             self._queued.clear()
-            self._answer(writes, self._whole(writes))
+            self._answer(writes, self._whole(writes, self._locked_since))
 
     # ---- the event loop's side ----
     def _add(self, write: Write) -> None:
+        if self._stopped:  # the connection is closing: nothing will write it
+            failure = RuntimeError("the store is closed")
+            _report_lost(write.what, failure) if write.future is None else write.future.set_exception(failure)
+            return
         self.pending += 1
         self._queued.append(write)
         if not (self._busy or self._scheduled):
@@ -112,14 +126,18 @@ class Writer:
             self._work.put(partial(self._in_thread, [self._queued.popleft()]))
             return
         writes: list[Write] = []
-        while self._queued and not (self._queued[0].bulk and writes):
+        while self._queued and not (self._queued[0].bulk and writes) and len(writes) < MOST:
             writes.append(self._queued.popleft())
         try:
             results = self._statements(writes)
-        except Exception as exc:
+        except BaseException as exc:
             if locked(exc) and self._wait_for_lock(writes):
                 return
-            self._answer(writes, [(False, exc)] * len(writes))
+            self._locked_since = None
+            self._rollback()
+            self._answer(writes, [(False, _failure(exc))] * len(writes))
+            if not isinstance(exc, Exception):
+                raise
             return
         self._locked_since = None
         if self._thread is None:
@@ -146,44 +164,60 @@ class Writer:
     def _answer(self, writes: list[Write], results: Results) -> None:
         """The outcome to those who wait, a hint's failure to the log; then the next transaction."""
         self.pending -= len(writes)
-        for write, (ok, value) in zip(writes, results, strict=True):
-            if write.future is None:
-                _report_lost(write.what, None if ok else value)
-            elif not write.future.done():
-                write.future.set_result(value) if ok else write.future.set_exception(value)
-        self._busy = False
-        self._next()
+        try:
+            for write, (ok, value) in zip(writes, results, strict=True):
+                if write.future is None:
+                    _report_lost(write.what, None if ok else value)
+                elif not write.future.done():
+                    write.future.set_result(value) if ok else write.future.set_exception(_failure(value))
+        finally:
+            self._busy = False
+            self._next()
 
     # ---- either side: the connection is theirs ----
     def _statements(self, writes: list[Write]) -> Results:
         """BEGIN and each write's statements, the transaction left open for its COMMIT; raises what stopped them
         all (another connection's lock, a failed connection). A write whose statements fail takes the transaction
-        with it: then each is applied again in a savepoint of its own, and only the failed ones are undone."""
+        with it: then each is applied again in a savepoint of its own, and only the failed ones are undone (one
+        whose failure ends the whole transaction, a full disk say, is left out and the others applied again)."""
         synced = any(w.synced for w in writes)
         if synced != self._synced:
             self.db.execute(f"PRAGMA synchronous={'FULL' if synced else 'NORMAL'}")
             self._synced = synced
+        if self.db.in_transaction:  # left by a ROLLBACK that failed: the connection is only ever ours here
+            self.db.execute("ROLLBACK")
         self.db.execute("BEGIN IMMEDIATE")
         try:
             return [(True, w.apply()) for w in writes]
-        except Exception as exc:
+        except BaseException as exc:
             self._rollback()
-            if locked(exc):
+            if locked(exc) or not isinstance(exc, Exception):
                 raise
             if len(writes) == 1:
                 return [(False, exc)]
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            return [self._alone(w.apply) for w in writes]
-        except BaseException:
-            self._rollback()
-            raise
+        failed: dict[int, Exception] = {}
+        while True:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                results: Results = []
+                for i, w in enumerate(writes):
+                    results.append((False, failed[i]) if i in failed else self._alone(w.apply))
+                    if not results[-1][0] and not self.db.in_transaction:  # it took the transaction with it
+                        failed[i] = results[-1][1]
+                        break
+                else:
+                    return results
+            except BaseException:
+                self._rollback()
+                raise
 
     def _alone(self, apply: Callable[[], Any]) -> tuple[bool, Any]:
         self.db.execute("SAVEPOINT one")
         try:
             value = apply()
         except Exception as exc:
+            if not self.db.in_transaction:
+                return False, exc
             self.db.execute("ROLLBACK TO one")
             self.db.execute("RELEASE one")
             return False, exc
@@ -192,7 +226,7 @@ class Writer:
 
     def _committed(self, results: Results) -> Results:
         """COMMIT the open transaction: `results` once it is on disk, else its failure for every write."""
-        if not self.db.in_transaction:  # every write failed alone: nothing to commit
+        if not self.db.in_transaction:  # its one write failed and was rolled back: nothing to commit
             return results
         try:
             self.db.execute("COMMIT")
@@ -206,17 +240,18 @@ class Writer:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
 
-    def _whole(self, writes: list[Write]) -> Results:
+    def _whole(self, writes: list[Write], since: float | None = None) -> Results:
         """A transaction run to its end here and now: waits (sleeping) for another connection's lock up to
         PATIENCE."""
-        since = time.monotonic()
+        since = since or time.monotonic()
         while True:
             try:
                 return self._committed(self._statements(writes))
-            except Exception as exc:
+            except BaseException as exc:  # in the thread, a BaseException has nowhere to go but the write
                 waited = time.monotonic() - since
                 if not locked(exc) or waited > PATIENCE:
-                    return [(False, exc)] * len(writes)
+                    self._rollback()
+                    return [(False, _failure(exc))] * len(writes)
             time.sleep(_pause(waited))
 
     # ---- the writer thread ----

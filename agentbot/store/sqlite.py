@@ -126,6 +126,7 @@ class SQLiteStore(Store):
         # The latest echoes, written or not: one handed to the writer thread is not in the database until its turn
         # comes (another connection may hold the write lock for PATIENCE, or take the echo with it).
         self._recent: deque[tuple[str, int, int, float]] = deque(maxlen=RECENT_ECHOES)
+        self._echoes_made = 0  # every echo appended to _recent so far
         # Jobs a run may have been cut short in (found at an unclean start-up), each with whether a power cut may
         # have lost progress written without a sync since.
         self._recovered: dict[int, bool] = {}
@@ -219,6 +220,7 @@ class SQLiteStore(Store):
         row = (conversation_key, message_id, fingerprint(content), now + STATE_TTL)
         self._echoes.append(row)
         self._recent.append(row)
+        self._echoes_made += 1
         if len(self._echoes) == 1:
             asyncio.get_running_loop().call_soon(self._write_echoes)
 
@@ -527,7 +529,9 @@ class SQLiteStore(Store):
             for table in ("decisions", "opens"):
                 self.db.execute(f"DELETE FROM {table} WHERE at<=?", (now - LOG_TTL,))
 
-        recent = len(self._recent)
+        made = self._echoes_made
         await self._write(apply, bulk=True)
-        for _ in range(recent):  # written before the pruning (one queue, in order): the store answers for them now
+        # Those made before the pruning were written before it (one queue, in order): the store answers for them now;
+        # those made since wait behind it (_recent is bounded: they may have pushed older ones out).
+        while len(self._recent) > self._echoes_made - made:
             self._recent.popleft()

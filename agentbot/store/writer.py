@@ -37,6 +37,7 @@ class Write(NamedTuple):
     synced: bool  # wait for the sync to disk (not echoes, nor the outbox's progress and finished jobs)
     what: str = ""  # a hint's name in the log line of its failure
     bulk: bool = False  # rows without bound: run whole in the thread
+    queued: float = 0.0  # time.monotonic() when it was put: its patience counts from then at the earliest
 
 
 def _report_lost(what: str, failed: BaseException | None) -> None:
@@ -58,7 +59,7 @@ def _failure(exc: BaseException) -> Exception:
 
 
 def _pause(locked_for: float) -> float:
-    return min(BUSY_DELAYS[0] * 2 ** (locked_for / 0.05), BUSY_DELAYS[1])
+    return min(BUSY_DELAYS[0] * 2 ** min(locked_for / 0.05, 20), BUSY_DELAYS[1])  # no float overflow
 
 
 class Writer:
@@ -85,13 +86,13 @@ class Writer:
 
     def put(self, apply: Callable[[], Any], synced: bool, bulk: bool = False) -> asyncio.Future[Any]:
         future = self._loop.create_future()
-        self._add(Write(apply, future, synced, bulk=bulk))
+        self._add(Write(apply, future, synced, bulk=bulk, queued=time.monotonic()))
         return future
 
     def hint(self, apply: Callable[[], Any], what: str) -> None:
         """A write nobody waits for, without a sync (the bot's echoes): it costs the event loop no answer; its
         failure is logged, naming `what` it was."""
-        self._add(Write(apply, None, False, what))
+        self._add(Write(apply, None, False, what, queued=time.monotonic()))
 
     def stop(self) -> None:
         """End the thread once its work is done (waits for it); what is still queued is written here, at once."""
@@ -112,7 +113,11 @@ class Writer:
             return
         self.pending += 1
         self._queued.append(write)
-        if not (self._busy or self._scheduled):
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """The next transaction on a later turn of the loop (never nested in this one's callback)."""
+        if self._queued and not (self._busy or self._scheduled or self._stopped):
             self._scheduled = True
             self._loop.call_soon(self._next)
 
@@ -131,38 +136,48 @@ class Writer:
         try:
             results = self._statements(writes)
         except BaseException as exc:
-            if locked(exc) and self._wait_for_lock(writes):
+            if locked(exc):
+                spent = self._wait_for_lock(writes)
+                if spent == 0:
+                    return
+                if not self._queued:  # every write of the wait failed: the next one waits from its own start
+                    self._locked_since = None
+                writes, results = writes[:spent], [(False, exc)] * spent  # the others wait on, in front
+            else:
+                self._locked_since = None
+                self._rollback()
+                self._answer(writes, [(False, _failure(exc))] * len(writes))
+                self._schedule()
+                if not isinstance(exc, Exception):
+                    raise
                 return
-            self._locked_since = None
-            self._rollback()
-            self._answer(writes, [(False, _failure(exc))] * len(writes))
-            if not isinstance(exc, Exception):
-                raise
-            return
-        self._locked_since = None
-        if self._thread is None:
-            self._answer(writes, self._committed(results))
         else:
-            self._work.put(partial(self._commit_in_thread, writes, results))
+            self._locked_since = None
+            if self._thread is not None:
+                self._work.put(partial(self._commit_in_thread, writes, results))
+                return
+            results = self._committed(results)
+        self._answer(writes, results)
+        self._schedule()  # a later turn: a long queue on memory:// must not nest transactions in one callback
 
-    def _wait_for_lock(self, writes: list[Write]) -> bool:
-        """Another connection holds the write lock: try again after a pause (later writes join), up to PATIENCE.
-        False when the patience is spent."""
+    def _wait_for_lock(self, writes: list[Write]) -> int:
+        """Another connection holds the write lock: try again after a pause (later writes join). Each write waits
+        up to PATIENCE from the start of the wait or its own queueing, whichever is later: how many of `writes`
+        (the first ones) have spent it; the others are queued again in front, and tried after a pause if none."""
         now = time.monotonic()
         self._locked_since = self._locked_since or now
-        if now - self._locked_since > PATIENCE:
-            self._locked_since = None
-            return False
-        self._queued.extendleft(reversed(writes))
-        self._loop.call_later(_pause(now - self._locked_since), self._resume)
-        return True
+        spent = sum(now - max(w.queued, self._locked_since) > PATIENCE for w in writes)  # FIFO: a prefix
+        self._queued.extendleft(reversed(writes[spent:]))
+        if not spent:
+            self._loop.call_later(_pause(now - self._locked_since), self._resume)
+        return spent
 
     def _resume(self) -> None:
         self._busy = False
         self._next()
 
     def _answer(self, writes: list[Write], results: Results) -> None:
-        """The outcome to those who wait, a hint's failure to the log; then the next transaction."""
+        """The outcome to those who wait, a hint's failure to the log; the connection is the loop's again."""
         self.pending -= len(writes)
         try:
             for write, (ok, value) in zip(writes, results, strict=True):
@@ -172,29 +187,42 @@ class Writer:
                     write.future.set_result(value) if ok else write.future.set_exception(_failure(value))
         finally:
             self._busy = False
-            self._next()
+
+    def _answered(self, writes: list[Write], results: Results) -> None:
+        """The thread's answer, on the loop: then the next transaction at once (what was queued meanwhile)."""
+        self._answer(writes, results)
+        self._next()
 
     # ---- either side: the connection is theirs ----
     def _statements(self, writes: list[Write]) -> Results:
         """BEGIN and each write's statements, the transaction left open for its COMMIT; raises what stopped them
         all (another connection's lock, a failed connection). A write whose statements fail takes the transaction
-        with it: then each is applied again in a savepoint of its own, and only the failed ones are undone (one
-        whose failure ends the whole transaction, a full disk say, is left out and the others applied again)."""
+        with it: then they are applied again, each in a savepoint of its own (`_isolated`)."""
+        if self.db.in_transaction:  # left by a ROLLBACK that failed: the connection is only ever ours here
+            self.db.execute("ROLLBACK")  # first: SQLite refuses to change the safety level inside a transaction
         synced = any(w.synced for w in writes)
         if synced != self._synced:
             self.db.execute(f"PRAGMA synchronous={'FULL' if synced else 'NORMAL'}")
             self._synced = synced
-        if self.db.in_transaction:  # left by a ROLLBACK that failed: the connection is only ever ours here
-            self.db.execute("ROLLBACK")
         self.db.execute("BEGIN IMMEDIATE")
+        results: Results = []
         try:
-            return [(True, w.apply()) for w in writes]
+            for w in writes:
+                results.append((True, w.apply()))
+                if not self.db.in_transaction:  # it caught an error that ended the transaction (before it too)
+                    break
         except BaseException as exc:
             self._rollback()
             if locked(exc) or not isinstance(exc, Exception):
                 raise
             if len(writes) == 1:
                 return [(False, exc)]
+            return self._isolated(writes)
+        return results if self.db.in_transaction else self._isolated(writes)
+
+    def _isolated(self, writes: list[Write]) -> Results:
+        """The writes in a transaction again, each in a savepoint: only the failed ones are undone. One whose failure
+        ends the whole transaction (a full disk, say) is left out, and the others are applied again."""
         failed: dict[int, Exception] = {}
         while True:
             self.db.execute("BEGIN IMMEDIATE")
@@ -221,6 +249,8 @@ class Writer:
             self.db.execute("ROLLBACK TO one")
             self.db.execute("RELEASE one")
             return False, exc
+        if not self.db.in_transaction:  # it caught the error that ended the transaction
+            return False, sqlite3.OperationalError("the write ended its transaction")
         self.db.execute("RELEASE one")
         return True, value
 
@@ -267,6 +297,6 @@ class Writer:
 
     def _tell(self, writes: list[Write], results: Results) -> None:
         try:
-            self._loop.call_soon_threadsafe(self._answer, writes, results)
+            self._loop.call_soon_threadsafe(self._answered, writes, results)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass

@@ -65,7 +65,7 @@ async def test_start_up_imports_no_page_cli_or_sweep_module_and_the_page_works_a
 
 
 async def test_a_served_bot_sets_its_start_up_heap_aside_from_garbage_collection(processes):
-    """Full collections under load walked every module and class, 15 to 30 ms with the event loop stopped."""
+    """Full collections under load walked every module and class, 20 to 34 ms with the event loop stopped."""
     bot = await processes()
     settled = re.search(r"(\d+) start-up objects set aside from garbage collection", bot.log.read_text())
     assert settled, "serve() did not set the start-up heap aside"

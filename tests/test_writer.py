@@ -67,6 +67,8 @@ async def test_statements_run_on_the_loop_and_bulk_writes_in_the_writer_thread(t
 
 
 async def test_writes_wait_for_another_connections_lock_without_stopping_the_loop_and_land_in_order(tmp_path):
+    """The loop waits for SQLite's write lock with timers, not by sleeping: it keeps turning, later writes (a bulk one
+    too) join the wait, and all land in the order they were put once the lock is free."""
     path = tmp_path / "s.sqlite3"
     store = open_store(f"sqlite:///{path}")
     await store.open()
@@ -74,10 +76,8 @@ async def test_writes_wait_for_another_connections_lock_without_stopping_the_loo
     other.execute("BEGIN IMMEDIATE")  # a backup, `outbox --retry`: SQLite's write lock is theirs
     try:
         first = asyncio.ensure_future(store.commit(Commit("d:1", "1:1", ConversationState(incoming=1)), 1.0))
-        turns = 0
-        while turns < 50:  # the loop keeps turning while the write waits
-            await asyncio.sleep(0.001)
-            turns += 1
+        for _ in range(50):  # the loop keeps turning while the write waits
+            await asyncio.sleep(0)
         assert not first.done()
         bulk = asyncio.ensure_future(store.prune(2.0))  # joins the wait, after the first
         later = asyncio.ensure_future(store.commit(Commit("d:1", "1:1", ConversationState(incoming=2)), 1.0))

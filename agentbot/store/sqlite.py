@@ -123,7 +123,7 @@ class SQLiteStore(Store):
         # commands beside the server) are seen at the next claim after RECHECK.
         self._quiet_until = -math.inf
         self._echoes: list[tuple[str, int, int, float]] = []  # the bot's echoes of this turn of the loop
-        # The latest echoes, written or not: one handed to the writer thread is not in the database until its turn
+        # The latest echoes, written or not: one handed to the writer is not in the database until its turn
         # comes (another connection may hold the write lock for PATIENCE, or take the echo with it).
         self._recent: deque[tuple[str, int, int, float]] = deque(maxlen=RECENT_ECHOES)
         self._echoes_made = 0  # every echo appended to _recent so far

@@ -133,6 +133,32 @@ async def test_timers_fire_once_and_can_be_cancelled(store):
     assert await store.claim(151.0) is None
 
 
+async def test_a_tick_with_no_timer_due_takes_no_write_lock(tmp_path, monkeypatch):
+    """The outbox's tick asks for due timers every 0.5 s: it opened a write transaction each time, so while another
+    connection held SQLite's write lock (a backup, `outbox --retry`) every idle tick waited PATIENCE and failed, and
+    the outbox counted the store as failing. A look with the reader comes first now."""
+    import sqlite3
+
+    from agentbot.store import writer
+
+    monkeypatch.setattr(writer, "PATIENCE", 0.2)
+    path = tmp_path / "s.sqlite3"
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    await store.commit(Commit("d:1", "1:1", timer=(150.0, job(1, "late"))), 100.0)
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        assert await store.fire_timers(120.0) == 0  # none due: answered without the lock
+        firing = asyncio.ensure_future(store.fire_timers(150.0))  # one due: it waits for the lock
+        await asyncio.sleep(0)
+        other.execute("ROLLBACK")
+        assert await firing == 1
+    finally:
+        other.close()
+        await store.close()
+
+
 async def test_lookups_are_cached(store):
     assert await store.recall("1:58", 100.0) == (False, None)
     await store.remember("1:58", None, 3600, 100.0)

@@ -97,6 +97,9 @@ RECENT_ECHOES = 1024  # the bot's latest echoes also kept in memory (echoed)
 RECHECK = 0.1  # seconds a claim that found nothing due trusts it (other processes' jobs: found after this)
 
 
+_TIMER_DUE = "SELECT 1 FROM timers WHERE due<=? LIMIT 1"
+
+
 class SQLiteStore(Store):
     # Reads are synchronous on the event loop: a statement or two on a local file, cheaper than handing them
     # to a thread, and WAL lets them run beside a write. Writes made while the previous transaction commits
@@ -503,6 +506,10 @@ class SQLiteStore(Store):
         return revived
 
     async def fire_timers(self, now: float) -> int:
+        # Asked every TICK: a look first, so an idle tick takes no write lock (another connection may hold it).
+        if not await self._read(lambda: self.rdb.execute(_TIMER_DUE, (now,)).fetchone()):
+            return 0
+
         def apply() -> int:
             due = self.db.execute("SELECT conv, body FROM timers WHERE due<=?", (now,)).fetchall()
             for conv, body in due:

@@ -105,11 +105,11 @@ class SQLiteStore(Store):
     # to a thread, and WAL lets them run beside a write. Writes made while the previous transaction commits
     # share the next one (group commit), on a connection of their own (writer.py): its statements run on the loop,
     # its COMMIT and sync to disk (synchronous=FULL, so an acknowledged decision survives a power cut) in a
-    # writer thread, which never stalls the event loop; each caller resumes only after its writes are committed. Only what must
-    # survive a power cut waits for the sync (a decision, a retry's attempt): the outbox's progress and the end
-    # of a job need none (synced only when a decision shares their round's transaction), as a run cut short
-    # before they reach the disk is found at start-up and its steps are checked, not trusted (`_recovered`). SQLite
-    # never waits for a lock held by another connection (busy_timeout 0): reads and writes that find the
+    # writer thread, which never stalls the event loop; each caller resumes only after its writes are committed.
+    # Only what must survive a power cut waits for the sync (a decision, a retry's attempt): the outbox's progress
+    # and the end of a job need none (synced only when a decision shares their round's transaction), as a run cut
+    # short before they reach the disk is found at start-up and its steps are checked, not trusted (`_recovered`).
+    # SQLite never waits for a lock held by another connection (busy_timeout 0): reads and writes that find the
     # database locked are tried again after a pause, for up to PATIENCE seconds. (`memory://` has one
     # connection and commits on the loop too: there is no disk to wait for.) Echoes are hints: those of one turn
     # of the event loop are written together, without a sync (synchronous=NORMAL: it survives the process, not a

@@ -130,47 +130,47 @@ class Writer:
         if self._queued[0].bulk and self._thread is not None:
             self._work.put(partial(self._in_thread, [self._queued.popleft()]))
             return
-        writes: list[Write] = []
-        while self._queued and not (self._queued[0].bulk and writes) and len(writes) < MOST:
-            writes.append(self._queued.popleft())
+        writes = self._take()
         try:
             results = self._statements(writes)
         except BaseException as exc:
-            if locked(exc):
-                spent = self._wait_for_lock(writes)
-                if spent == 0:
-                    return
-                if not self._queued:  # every write of the wait failed: the next one waits from its own start
-                    self._locked_since = None
-                writes, results = writes[:spent], [(False, exc)] * spent  # the others wait on, in front
-            else:
+            self._rollback()
+            if not locked(exc):
                 self._locked_since = None
-                self._rollback()
-                self._answer(writes, [(False, _failure(exc))] * len(writes))
-                self._schedule()
-                if not isinstance(exc, Exception):
-                    raise
+            elif not (writes := self._wait_for_lock(writes)):
                 return
-        else:
-            self._locked_since = None
-            if self._thread is not None:
-                self._work.put(partial(self._commit_in_thread, writes, results))
-                return
-            results = self._committed(results)
-        self._answer(writes, results)
+            self._answer(writes, [(False, exc)] * len(writes))
+            self._schedule()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._locked_since = None
+        if self._thread is not None:
+            self._work.put(partial(self._commit_in_thread, writes, results))
+            return
+        self._answer(writes, self._committed(results))
         self._schedule()  # a later turn: a long queue on memory:// must not nest transactions in one callback
 
-    def _wait_for_lock(self, writes: list[Write]) -> int:
+    def _take(self) -> list[Write]:
+        """The next transaction's writes: the first queued and those behind it, up to a bulk one or MOST."""
+        writes = [self._queued.popleft()]
+        while self._queued and not self._queued[0].bulk and len(writes) < MOST:
+            writes.append(self._queued.popleft())
+        return writes
+
+    def _wait_for_lock(self, writes: list[Write]) -> list[Write]:
         """Another connection holds the write lock: try again after a pause (later writes join). Each write waits
-        up to PATIENCE from the start of the wait or its own queueing, whichever is later: how many of `writes`
-        (the first ones) have spent it; the others are queued again in front, and tried after a pause if none."""
+        up to PATIENCE from the start of the wait or its own queueing, whichever is later: the writes that have
+        spent it (the first ones), to fail; the others are queued again in front, and tried after a pause if none."""
         now = time.monotonic()
         self._locked_since = self._locked_since or now
         spent = sum(now - max(w.queued, self._locked_since) > PATIENCE for w in writes)  # FIFO: a prefix
         self._queued.extendleft(reversed(writes[spent:]))
         if not spent:
             self._loop.call_later(_pause(now - self._locked_since), self._resume)
-        return spent
+        elif not self._queued:  # every write of the wait fails: the next one waits from its own start
+            self._locked_since = None
+        return writes[:spent]
 
     def _resume(self) -> None:
         self._busy = False
@@ -281,7 +281,7 @@ class Writer:
                 waited = time.monotonic() - since
                 if not locked(exc) or waited > PATIENCE:
                     self._rollback()
-                    return [(False, _failure(exc))] * len(writes)
+                    return [(False, exc)] * len(writes)
             time.sleep(_pause(waited))
 
     # ---- the writer thread ----

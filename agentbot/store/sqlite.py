@@ -13,6 +13,8 @@ from contextlib import AbstractAsyncContextManager
 from functools import cache, partial
 from typing import Any, TypeVar
 
+from loguru import logger
+
 from ..actions import Attempt, Job
 from ..facts import ConversationState, Resolved, fingerprint
 from .base import (
@@ -231,7 +233,17 @@ class SQLiteStore(Store):
         rows, self._echoes = self._echoes, []
         if rows:
             apply = partial(self.db.executemany, "INSERT OR REPLACE INTO echoes VALUES (?,?,?,?)", rows)
-            self._writer.hint(apply, "the bot's own messages; a lost answer to them is checked in Chatwoot only")
+            self._writer.hint(apply, partial(self._echoes_lost, rows))
+
+    def _echoes_lost(self, rows: list[tuple[str, int, int, float]], failed: BaseException) -> None:
+        """Echoes whose write failed stay in memory as if made now (a pruning that lands meanwhile keeps them); one
+        that waited for another connection's lock past PATIENCE is written again."""
+        logger.warning("could not remember the bot's own messages ({}); kept in memory", failed)
+        self._recent.extend(rows)
+        self._echoes_made += len(rows)
+        if locked(failed):
+            self._echoes.extend(rows)
+            asyncio.get_running_loop().call_soon(self._write_echoes)
 
     async def echoed(self, conversation_key: str, content: str, after: int | None) -> bool:
         crc = fingerprint(content)

@@ -23,8 +23,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
-from loguru import logger
-
 PATIENCE = 3.0  # seconds a write waits for another connection's lock before it fails
 BUSY_DELAYS = (0.002, 0.2)  # first and longest pause between tries while the database is locked
 MOST = 256  # writes in one transaction on the loop: a lock wait gathers thousands, and the loop runs them at once
@@ -35,14 +33,9 @@ class Write(NamedTuple):
     apply: Callable[[], Any]
     future: asyncio.Future[Any] | None  # None: a hint nobody waits for (Writer.hint)
     synced: bool  # wait for the sync to disk (not echoes, nor the outbox's progress and finished jobs)
-    what: str = ""  # a hint's name in the log line of its failure
+    lost: Callable[[BaseException], None] | None = None  # a hint's failure goes here
     bulk: bool = False  # rows without bound: run whole in the thread
     queued: float = 0.0  # time.monotonic() when it was put: its patience counts from then at the earliest
-
-
-def _report_lost(what: str, failed: BaseException | None) -> None:
-    if failed is not None:
-        logger.warning("could not remember {} ({})", what, failed)
 
 
 def locked(exc: BaseException) -> bool:
@@ -89,10 +82,10 @@ class Writer:
         self._add(Write(apply, future, synced, bulk=bulk, queued=time.monotonic()))
         return future
 
-    def hint(self, apply: Callable[[], Any], what: str) -> None:
+    def hint(self, apply: Callable[[], Any], lost: Callable[[BaseException], None]) -> None:
         """A write nobody waits for, without a sync (the bot's echoes): it costs the event loop no answer; its
-        failure is logged, naming `what` it was."""
-        self._add(Write(apply, None, False, what, queued=time.monotonic()))
+        failure goes to `lost`."""
+        self._add(Write(apply, None, False, lost, queued=time.monotonic()))
 
     def stop(self) -> None:
         """End the thread once its work is done (waits for it); what is still queued is written here, at once."""
@@ -109,7 +102,10 @@ class Writer:
     def _add(self, write: Write) -> None:
         if self._stopped:  # the connection is closing: nothing will write it
             failure = RuntimeError("the store is closed")
-            _report_lost(write.what, failure) if write.future is None else write.future.set_exception(failure)
+            if write.lost:
+                write.lost(failure)
+            elif write.future:
+                write.future.set_exception(failure)
             return
         self.pending += 1
         self._queued.append(write)
@@ -128,6 +124,7 @@ class Writer:
             return
         self._busy = True
         if self._queued[0].bulk and self._thread is not None:
+            self._locked_since = None  # a wait on the loop ends here: the thread waits its own PATIENCE
             self._work.put(partial(self._in_thread, [self._queued.popleft()]))
             return
         writes = self._take()
@@ -181,9 +178,10 @@ class Writer:
         self.pending -= len(writes)
         try:
             for write, (ok, value) in zip(writes, results, strict=True):
-                if write.future is None:
-                    _report_lost(write.what, None if ok else value)
-                elif not write.future.done():
+                if write.lost:
+                    if not ok:
+                        write.lost(value)
+                elif write.future and not write.future.done():
                     write.future.set_result(value) if ok else write.future.set_exception(_failure(value))
         finally:
             self._busy = False
@@ -213,7 +211,7 @@ class Writer:
                     break
         except BaseException as exc:
             self._rollback()
-            if locked(exc) or not isinstance(exc, Exception):
+            if locked(exc) or not isinstance(exc, Exception) or self.db.in_transaction:  # or the ROLLBACK failed
                 raise
             if len(writes) == 1:
                 return [(False, exc)]

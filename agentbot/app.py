@@ -24,6 +24,7 @@ from .outbox import Outbox
 from .ratelimit import Priority, RateLimit
 from .relay import Relay
 from .store import Store, open_or_refuse, store_for
+from .turns import Turns
 from .webhook import MAX_BODY, receive
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class Bot:
         self.steady = SteadyClock(time.time if clock is utcnow else lambda: clock().timestamp())
         self.store = store or store_for(settings, runs_jobs=True)
         self.metrics = Metrics()
+        self.turns = Turns()  # the webhook's answers before the outbox's steps
         self.evolution: Switcher | None = None  # Evolution API's switches (EVOLUTION_URL), made at start-up
         self.sweeper: PageSweeper | None = (
             None  # the sweep, when the app has one (page.panels.Sweeper); the operator page offers it
@@ -72,7 +74,7 @@ class Bot:
         reader = s.chatwoot_api_token.get_secret_value() if s.chatwoot_api_token else None
         self.evolution = self._evolution()
         self.outbox = Outbox(
-            self.store, self.chatwoot, self.metrics, self.steady, s.action_max_age, reader, self.evolution
+            self.store, self.chatwoot, self.metrics, self.steady, s.action_max_age, reader, self.evolution, self.turns
         )
         lookups = self.chatwoot.sibling(Priority.LOOKUP)  # Handoffs only reads (look-ups) while a delivery waits
         self.handoffs = Handoffs(s, self.store, lookups, self.metrics, self.clock, self.outbox.wake, self.steady)
@@ -170,7 +172,8 @@ def build_app(
     bot = app[BOT]
 
     async def handler(request: web.Request) -> web.Response:
-        return await receive(bot.handoffs, request)  # the Handoffs made at start-up
+        with bot.turns.webhook():  # the outbox's workers are paced meanwhile (turns.py)
+            return await receive(bot.handoffs, request)  # the Handoffs made at start-up
 
     if settings.webhook_token:
         app.router.add_route("*", "/webhook/{token}", handler)

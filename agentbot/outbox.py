@@ -53,6 +53,7 @@ from .observe import Observer
 from .relay import Relay
 from .store import Store
 from .store.base import LANES, LEASE, lane_kind
+from .turns import Turns
 
 
 def backoff(attempts: int, retry_after: float | None) -> float:
@@ -81,6 +82,7 @@ class Outbox:
         max_age: float,
         reader_token: str | None = None,
         evolution: Switcher | None = None,
+        turns: Turns | None = None,
         relay: Relay | None = None,
     ):
         """`clock`: the steady clock (clock.SteadyClock) the store's queue times are written with; `evolution`:
@@ -88,6 +90,7 @@ class Outbox:
         (app.py sets it once Handoffs exists)."""
         self.store, self.chatwoot, self.metrics, self.clock, self.max_age = store, chatwoot, metrics, clock, max_age
         self.evolution, self.relay = evolution, relay
+        self.turns = turns or Turns()  # each step waits its turn while a delivery is being answered
         # Handoffs.decide_again, for DecideAgain steps (app.py sets it once Handoffs exists)
         self.decide_again: Callable[[Job, DecideAgain], Awaitable[None]] | None = None
         self.observer = Observer(store, chatwoot, reader_token)
@@ -209,6 +212,7 @@ class Outbox:
         """Claim and run jobs until stopped; no exception ends a worker."""
         while not self._stopping.is_set():
             try:
+                await self.turns.take()
                 job = await self._claim()
             except Exception as exc:
                 self._store_failed(exc)
@@ -221,6 +225,7 @@ class Outbox:
             self.wake(1)  # more may be due: another idle worker looks too
             self._running[job.id] = (job, time.monotonic())
             try:
+                await self.turns.take()
                 with logger.contextualize(account=job.account_id, conversation=job.display_id):
                     await self.run(job)
             except LostClaim:

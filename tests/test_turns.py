@@ -1,0 +1,118 @@
+"""The webhook goes first (turns.py): while a delivery is being answered the outbox's workers start one step per
+turn of the event loop, in the order they asked; none waits when no delivery is; and a delivery that never
+finishes arriving paces the outbox but does not stop it (the real app, the fake Chatwoot, the stand-in team bot)."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import nullcontext
+
+import pytest
+
+from agentbot.turns import Turns
+from tests.conftest import wait_for
+from tests.teambot import TeamBot
+
+
+class LoopTurns:
+    """Counts the event loop's turns: a callback that schedules itself again runs once per turn."""
+
+    def __init__(self) -> None:
+        self.count, self._stopped = 0, False
+        asyncio.get_running_loop().call_soon(self._tick)
+
+    def _tick(self) -> None:
+        if not self._stopped:
+            self.count += 1
+            asyncio.get_running_loop().call_soon(self._tick)
+
+    def stop(self) -> None:
+        self._stopped = True
+
+
+async def _steps(turns: Turns, n: int, clock: LoopTurns) -> tuple[list[asyncio.Task[None]], list[tuple[int, int]]]:
+    """`n` workers asking for a turn, in order; what they record: (worker, loop turn it got its turn in)."""
+    got: list[tuple[int, int]] = []
+
+    async def worker(i: int) -> None:
+        await turns.take()
+        got.append((i, clock.count))
+
+    tasks = [asyncio.create_task(worker(i)) for i in range(n)]
+    await asyncio.sleep(0)  # each has asked
+    return tasks, got
+
+
+@pytest.mark.parametrize(
+    ("answering", "cancelled", "expected"),
+    [
+        # no delivery being answered: every step at once, in one turn
+        (False, set(), {"order": [0, 1, 2, 3], "turns": 1}),
+        # one being answered: one step per turn, in the order they asked
+        (True, set(), {"order": [0, 1, 2, 3], "turns": 4}),
+        # a worker cancelled while it waits (shutdown) gives up its place and takes no turn
+        (True, {1}, {"order": [0, 2, 3], "turns": 3}),
+    ],
+)
+async def test_steps_take_turns_while_a_delivery_is_answered(answering, cancelled, expected):
+    turns, clock = Turns(), LoopTurns()
+    with turns.webhook() if answering else nullcontext():
+        tasks, got = await _steps(turns, 4, clock)
+        for i in cancelled:
+            tasks[i].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    clock.stop()
+    assert [i for i, _ in got] == expected["order"]
+    assert len({turn for _, turn in got}) == expected["turns"]
+
+
+async def test_no_step_waits_when_no_delivery_is_answered_and_the_rest_go_once_it_is():
+    turns, clock = Turns(), LoopTurns()
+    asked = clock.count
+    await turns.take()
+    assert clock.count == asked  # it did not wait for a turn
+    with turns.webhook():
+        tasks, got = await _steps(turns, 5, clock)
+        while len(got) < 2:  # bounded: one step per turn
+            await asyncio.sleep(0)
+    ended = clock.count
+    await asyncio.gather(*tasks)  # the answer is out: the others at once
+    clock.stop()
+    assert [i for i, _ in got] == [0, 1, 2, 3, 4]
+    assert got[0][1] < got[1][1] <= ended  # one per turn while it was being answered
+    rest = [turn for _, turn in got[2:]]
+    assert max(rest) - ended <= 2  # the three left went together (one per turn would take three)
+    assert turns.webhooks == 0
+
+
+async def test_a_delivery_still_arriving_paces_the_outbox_but_never_stops_it(fake, start_bot):
+    team = await TeamBot().start()
+    try:
+        running = await start_bot(FORWARD_URL=team.url, HANDOFF_KEYWORDS="human")
+        bot = running.bot
+        assert bot.outbox.turns is bot.turns  # the webhook's answers and the outbox's steps share one pace
+        host, port = running.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /webhook HTTP/1.1\r\nHost: bot\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )  # the headers and the first byte of a body that does not come (a slow or stuck sender)
+        await writer.drain()
+        await wait_for(lambda: bot.turns.webhooks == 1, 5, "the bot to answer the stuck delivery")
+        maria, joao = fake.contact("Maria Lopez"), fake.contact("João Silva")
+        conv = fake.customer_writes(maria, "Hi, is my order on its way?").conversation
+        handed = fake.customer_writes(joao, "a human please").conversation
+        await wait_for(lambda: handed.status == "open", 5, "João's handoff while the stuck delivery waits")
+        await wait_for(
+            lambda: any(r.payload.get("conversation", {}).get("id") == conv.display_id for r in team.delivered),
+            5,
+            "Maria's message at the team's bot while the stuck delivery waits",
+        )
+        assert bot.turns.webhooks == 1  # all of it happened while the delivery was still being answered
+        writer.write(b" " * 99)  # the rest of it: not a delivery
+        await writer.drain()
+        status = await reader.readline()
+        assert status.startswith(b"HTTP/1.1 4")  # refused, as any bad delivery is
+        writer.close()
+        await wait_for(lambda: bot.turns.webhooks == 0, 5, "the stuck delivery's answer")
+    finally:
+        await team.close()

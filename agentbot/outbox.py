@@ -211,8 +211,10 @@ class Outbox:
     async def _worker(self) -> None:
         """Claim and run jobs until stopped; no exception ends a worker."""
         while not self._stopping.is_set():
+            await self.turns.take()  # the claim and the job it finds: one step while a delivery is answered
+            if self._stopping.is_set():  # stop() began while it waited: no new job now
+                return
             try:
-                await self.turns.take()
                 job = await self._claim()
             except Exception as exc:
                 self._store_failed(exc)
@@ -225,7 +227,6 @@ class Outbox:
             self.wake(1)  # more may be due: another idle worker looks too
             self._running[job.id] = (job, time.monotonic())
             try:
-                await self.turns.take()
                 with logger.contextualize(account=job.account_id, conversation=job.display_id):
                     await self.run(job)
             except LostClaim:

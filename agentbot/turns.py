@@ -1,12 +1,12 @@
-"""The webhook goes first: while one of Chatwoot's deliveries is being answered, the outbox's workers start one
-step (a claim, or a job) per turn of the event loop.
+"""The webhook goes first: while one of Chatwoot's deliveries is being answered, the outbox's workers take turns:
+one claims (and starts the job it finds) per turn of the event loop.
 
 Chatwoot waits for the webhook's answer (a Sidekiq thread each; 5 s and it opens the conversation itself); the
 outbox's steps are background work (a forward is held half a second anyway). On one event loop every callback
 that is ready runs before the loop looks for new requests again, so dozens of workers resuming at once made each
 of the webhook's own turns (read, decision, commit, answer) wait behind all of them: with forwarding on at
-500 deliveries/s, its p99 was three to four times longer than with the workers paced (docs/benchmark.md). Each
-turn still starts a step, so the outbox is paced, never stopped, however long a request takes to arrive.
+500 deliveries/s, its p99 was two to four times longer than with the workers paced (docs/benchmark.md). Each
+turn still lets a worker claim, so the outbox is paced, never stopped, however long a request takes to arrive.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Turns:
             self.webhooks -= 1
 
     async def take(self) -> None:
-        """Before a worker's step: at once, unless a delivery is being answered or others wait before it."""
+        """Before a worker's claim: at once, unless a delivery is being answered or others wait before it."""
         if not (self.webhooks or self._waiting):
             return
         loop = asyncio.get_running_loop()
@@ -45,7 +45,7 @@ class Turns:
         await turn  # a cancelled worker's turn is skipped by _pace
 
     def _pace(self) -> None:
-        """One waiting step per turn of the loop while a delivery is being answered; all of them when none is."""
+        """One waiting worker per turn of the loop while a delivery is being answered; all of them when none is."""
         while self._waiting:
             turn = self._waiting.popleft()
             if not turn.done():

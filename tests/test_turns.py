@@ -1,6 +1,7 @@
 """The webhook goes first (turns.py): while a delivery is being answered the outbox's workers start one step per
-turn of the event loop, in the order they asked; none waits when no delivery is; and a delivery that never
-finishes arriving paces the outbox but does not stop it (the real app, the fake Chatwoot, the stand-in team bot)."""
+turn of the event loop, in the order they asked; none waits when no delivery is; a stop that begins meanwhile
+starts no new job; and a delivery that never finishes arriving paces the outbox but does not stop it (the real
+app, the fake Chatwoot, the stand-in team bot)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,14 @@ from contextlib import nullcontext
 
 import pytest
 
+from agentbot.constants import WORKERS
+from agentbot.metrics import Metrics
+from agentbot.outbox import Outbox
+from agentbot.store.base import LANES
 from agentbot.turns import Turns
 from tests.conftest import wait_for
 from tests.teambot import TeamBot
+from tests.test_outbox import Clock, Gated, memory, queue  # noqa: F401 (memory: the fixture)
 
 
 class LoopTurns:
@@ -48,7 +54,7 @@ async def _steps(turns: Turns, n: int, clock: LoopTurns) -> tuple[list[asyncio.T
     [
         # no delivery being answered: every step at once, in one turn
         (False, set(), {"order": [0, 1, 2, 3], "turns": 1}),
-        # one being answered: one step per turn, in the order they asked
+        # one being answered: one step per turn, in the order they asked, turn after turn
         (True, set(), {"order": [0, 1, 2, 3], "turns": 4}),
         # a worker cancelled while it waits (shutdown) gives up its place and takes no turn
         (True, {1}, {"order": [0, 2, 3], "turns": 3}),
@@ -60,10 +66,11 @@ async def test_steps_take_turns_while_a_delivery_is_answered(answering, cancelle
         tasks, got = await _steps(turns, 4, clock)
         for i in cancelled:
             tasks[i].cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)  # a stuck pace fails, not hangs
     clock.stop()
     assert [i for i, _ in got] == expected["order"]
-    assert len({turn for _, turn in got}) == expected["turns"]
+    turns_taken = sorted({turn for _, turn in got})
+    assert len(turns_taken) == expected["turns"] == turns_taken[-1] - turns_taken[0] + 1  # no turn wasted
 
 
 async def test_no_step_waits_when_no_delivery_is_answered_and_the_rest_go_once_it_is():
@@ -76,13 +83,66 @@ async def test_no_step_waits_when_no_delivery_is_answered_and_the_rest_go_once_i
         while len(got) < 2:  # bounded: one step per turn
             await asyncio.sleep(0)
     ended = clock.count
-    await asyncio.gather(*tasks)  # the answer is out: the others at once
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)  # the answer is out: the others at once
     clock.stop()
     assert [i for i, _ in got] == [0, 1, 2, 3, 4]
     assert got[0][1] < got[1][1] <= ended  # one per turn while it was being answered
     rest = [turn for _, turn in got[2:]]
     assert max(rest) - ended <= 2  # the three left went together (one per turn would take three)
     assert turns.webhooks == 0
+
+
+@pytest.mark.parametrize("answering", [True, False])
+async def test_the_outbox_claims_one_job_per_turn_while_a_delivery_is_answered(memory, answering):  # noqa: F811
+    clock, client, turns = Clock(), Gated(), LoopTurns()
+    client.gate.set()
+    outbox = Outbox(memory, client, Metrics(), clock, 3600.0)  # type: ignore[arg-type]
+    claims: list[int] = []  # the loop turn of each claim
+    real = memory.claim
+
+    async def claim(now: float, lanes: frozenset[str] = LANES) -> object:
+        claims.append(turns.count)
+        return await real(now, lanes)
+
+    memory.claim = claim
+    outbox.start()
+    try:
+        await wait_for(lambda: len(outbox._sleepers) == WORKERS, what="every worker idle")
+        claims.clear()
+        with outbox.turns.webhook() if answering else nullcontext():
+            await queue(memory, clock, 8)
+            outbox.wake()  # every idle worker looks
+            await wait_for(lambda: client.done == 8, what="the eight jobs done")
+    finally:
+        await outbox.stop(1.0)
+        turns.stop()
+    together = len(claims) - len(set(claims))  # claims that shared a turn with another
+    assert (together == 0) if answering else (together > 0)
+
+
+async def test_a_stop_that_begins_while_workers_wait_their_turn_starts_no_claim(memory):  # noqa: F811
+    """Workers woken while a delivery is answered wait their turn; stop() begins meanwhile: none of them claims
+    (a job claimed then would start during the grace and be cut off at its end)."""
+    clock, client = Clock(), Gated()
+    client.gate.set()
+    outbox = Outbox(memory, client, Metrics(), clock, 3600.0)  # type: ignore[arg-type]
+    late: list[float] = []
+    real = memory.claim
+
+    async def claim(now: float, lanes: frozenset[str] = LANES) -> object:
+        if outbox._stopping.is_set():
+            late.append(now)
+        return await real(now, lanes)
+
+    memory.claim = claim
+    outbox.start()
+    await wait_for(lambda: len(outbox._sleepers) == WORKERS, what="every worker idle")
+    await queue(memory, clock, 1)
+    with outbox.turns.webhook():
+        outbox.wake()
+        await asyncio.sleep(0)  # they are awake, waiting their turn
+        await outbox.stop(5.0)
+    assert late == [] and client.calls == []
 
 
 async def test_a_delivery_still_arriving_paces_the_outbox_but_never_stops_it(fake, start_bot):

@@ -211,7 +211,7 @@ class Outbox:
     async def _worker(self) -> None:
         """Claim and run jobs until stopped; no exception ends a worker."""
         while not self._stopping.is_set():
-            await self.turns.take()  # the claim and the job it finds: one step while a delivery is answered
+            await self.turns.take()  # the claim: one worker per turn of the loop while a delivery is answered
             if self._stopping.is_set():  # stop() began while it waited: no new job now
                 return
             try:
@@ -226,7 +226,10 @@ class Outbox:
                 continue
             self.wake(1)  # more may be due: another idle worker looks too
             self._running[job.id] = (job, time.monotonic())
+            begun = False
             try:
+                await self.turns.take()  # its start: a turn of its own while a delivery is answered
+                begun = True
                 with logger.contextualize(account=job.account_id, conversation=job.display_id):
                     await self.run(job)
             except LostClaim:
@@ -236,7 +239,9 @@ class Outbox:
                     job.reason,
                 )
             except asyncio.CancelledError:  # shutdown: give the job back (its progress is saved) at once
-                job.next_at, job.attempt = self.now(), Attempt(job.step, maybe=True)
+                job.next_at = self.now()
+                if begun:  # a call of it may be under way; cancelled before it began, it is given back as it was
+                    job.attempt = Attempt(job.step, maybe=True)
                 with contextlib.suppress(LostClaim):
                     await asyncio.shield(self._save(lambda: self.store.retry(job), give_up_on_stop=True))  # noqa: B023 (awaited here)
                 raise

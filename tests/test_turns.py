@@ -145,6 +145,29 @@ async def test_a_stop_that_begins_while_workers_wait_their_turn_starts_no_claim(
     assert late == [] and client.calls == []
 
 
+async def test_a_job_claimed_but_cut_off_before_its_turn_is_given_back_as_it_was(memory):  # noqa: F811
+    """The job's start waits a turn of its own; stop() cuts it off there: no call was made, so it is given back
+    without the mark of a call that may have landed (which would let the guard skip a note it cannot check)."""
+    clock, client = Clock(), Gated()
+    client.gate.set()
+    outbox = Outbox(memory, client, Metrics(), clock, 3600.0)  # type: ignore[arg-type]
+    outbox.start()
+    await wait_for(lambda: len(outbox._sleepers) == WORKERS, what="every worker idle")
+    await queue(memory, clock, 1)
+    with outbox.turns.webhook():
+        outbox.wake()  # every worker waits for a turn to claim; the one that claims waits for another to start
+        for _ in range(10 * WORKERS):  # bounded: one turn each
+            if outbox._running:
+                break
+            await asyncio.sleep(0)
+        assert outbox._running and client.done == client.in_flight == 0  # claimed, not begun
+        await outbox.stop(0.0)
+    job = await memory.claim(clock())
+    assert job is not None and job.attempt is None
+    await Outbox(memory, client, Metrics(), clock, 3600.0).run(job)  # type: ignore[arg-type]
+    assert client.done == 1  # the note is posted, not taken for posted
+
+
 async def test_a_delivery_still_arriving_paces_the_outbox_but_never_stops_it(fake, start_bot):
     team = await TeamBot().start()
     try:
@@ -176,3 +199,23 @@ async def test_a_delivery_still_arriving_paces_the_outbox_but_never_stops_it(fak
         await wait_for(lambda: bot.turns.webhooks == 0, 5, "the stuck delivery's answer")
     finally:
         await team.close()
+
+
+@pytest.mark.parametrize("cut", ["sender gone mid-body", "wrong token"])
+async def test_a_delivery_that_ends_without_an_answer_is_no_longer_counted(fake, start_bot, cut):
+    """The count of deliveries being answered comes back down when the handler is cut off (the sender hangs up
+    mid-body) or raises (a wrong WEBHOOK_TOKEN is a 404 raised before the body is read)."""
+    running = await start_bot(WEBHOOK_TOKEN="t0ken-for-the-webhook-path")
+    bot = running.bot
+    host, port = running.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    path = running.webhook_path if cut == "sender gone mid-body" else "/webhook/not-the-token"
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: bot\r\nContent-Length: 100\r\n\r\n{{".encode())
+    await writer.drain()
+    if cut == "sender gone mid-body":
+        await wait_for(lambda: bot.turns.webhooks == 1, 5, "the bot to answer the delivery")
+        writer.transport.abort()
+    else:
+        assert (await reader.readline()).startswith(b"HTTP/1.1 404")
+        writer.close()
+    await wait_for(lambda: bot.turns.webhooks == 0, 5, "the count back to zero")

@@ -228,7 +228,8 @@ class Outbox:
             self._running[job.id] = (job, time.monotonic())
             begun = False
             try:
-                await self.turns.take()  # its start: a turn of its own while a delivery is answered
+                if job.lane:  # a forward's or an Evolution switch's start: a turn of its own; a handoff at once
+                    await self.turns.take()
                 begun = True
                 with logger.contextualize(account=job.account_id, conversation=job.display_id):
                     await self.run(job)

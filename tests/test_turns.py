@@ -10,9 +10,11 @@ from contextlib import nullcontext
 
 import pytest
 
+from agentbot.actions import Job, PrivateNote
 from agentbot.constants import WORKERS
 from agentbot.metrics import Metrics
 from agentbot.outbox import Outbox
+from agentbot.store import Commit
 from agentbot.store.base import LANES
 from agentbot.turns import Turns
 from tests.conftest import wait_for
@@ -120,6 +122,45 @@ async def test_the_outbox_claims_one_job_per_turn_while_a_delivery_is_answered(m
     assert (together == 0) if answering else (together > 0)
 
 
+async def test_a_handoff_starts_when_it_is_claimed_a_lanes_job_on_a_turn_of_its_own(memory):  # noqa: F811
+    clock, turns = Clock(), LoopTurns()
+    claimed: dict[str, int] = {}  # each job's note: the loop turn its claim returned in, and its call began in
+    began: dict[str, int] = {}
+
+    class Client(Gated):
+        async def create_message(self, account: int, display_id: int, content: str, private: bool) -> None:
+            began[content] = turns.count
+            await super().create_message(account, display_id, content, private)
+
+    client = Client()
+    client.gate.set()
+    outbox = Outbox(memory, client, Metrics(), clock, 3600.0)  # type: ignore[arg-type]
+    real = memory.claim
+
+    async def claim(now: float, lanes: frozenset[str] = LANES) -> object:
+        job = await real(now, lanes)
+        if job is not None:
+            claimed[job.steps[0].content] = turns.count
+        return job
+
+    memory.claim = claim
+    outbox.start()
+    try:
+        await wait_for(lambda: len(outbox._sleepers) == WORKERS, what="every worker idle")
+        now = clock()
+        for display, lane in ((1, ""), (2, "forward")):
+            job = Job(1, display, "why", [PrivateNote(lane or "handoff")], created_at=now, decided_at=now, lane=lane)
+            assert await memory.commit(Commit(f"d:{display}", f"1:{display}", jobs=[job]), now)
+        with outbox.turns.webhook():
+            outbox.wake()
+            await wait_for(lambda: client.done == 2, what="both jobs done")
+    finally:
+        await outbox.stop(1.0)
+        turns.stop()
+    assert began["handoff"] == claimed["handoff"]  # the bot's own duty: at once
+    assert began["forward"] > claimed["forward"]  # background: after a turn
+
+
 async def test_a_stop_that_begins_while_workers_wait_their_turn_starts_no_claim(memory):  # noqa: F811
     """Workers woken while a delivery is answered wait their turn; stop() begins meanwhile: none of them claims
     (a job claimed then would start during the grace and be cut off at its end)."""
@@ -146,14 +187,17 @@ async def test_a_stop_that_begins_while_workers_wait_their_turn_starts_no_claim(
 
 
 async def test_a_job_claimed_but_cut_off_before_its_turn_is_given_back_as_it_was(memory):  # noqa: F811
-    """The job's start waits a turn of its own; stop() cuts it off there: no call was made, so it is given back
-    without the mark of a call that may have landed (which would let the guard skip a note it cannot check)."""
+    """A lane's job (a forward, an Evolution switch) starts on a turn of its own; stop() cuts it off there: no call
+    was made, so it is given back without the mark of a call that may have landed (which lets the guard take a
+    note it cannot check for posted: shown with a note queued in a lane, which the outbox runs like any step)."""
     clock, client = Clock(), Gated()
     client.gate.set()
     outbox = Outbox(memory, client, Metrics(), clock, 3600.0)  # type: ignore[arg-type]
     outbox.start()
     await wait_for(lambda: len(outbox._sleepers) == WORKERS, what="every worker idle")
-    await queue(memory, clock, 1)
+    now = clock()
+    job = Job(1, 1, "why", [PrivateNote("n")], created_at=now, decided_at=now, trigger=1, lane="forward")
+    assert await memory.commit(Commit("d:1", "1:1", jobs=[job]), now)
     with outbox.turns.webhook():
         outbox.wake()  # every worker waits for a turn to claim; the one that claims waits for another to start
         for _ in range(10 * WORKERS):  # bounded: one turn each

@@ -53,7 +53,7 @@ class Bot:
         self.steady = SteadyClock(time.time if clock is utcnow else lambda: clock().timestamp())
         self.store = store or store_for(settings, runs_jobs=True)
         self.metrics = Metrics()
-        self.turns = Turns()  # the webhook's answers before the outbox's steps
+        self.turns = Turns()  # the webhook's answers before the lanes' jobs (forwards, Evolution switches)
         self.evolution: Switcher | None = None  # Evolution API's switches (EVOLUTION_URL), made at start-up
         self.sweeper: PageSweeper | None = (
             None  # the sweep, when the app has one (page.panels.Sweeper); the operator page offers it
@@ -172,7 +172,7 @@ def build_app(
     bot = app[BOT]
 
     async def handler(request: web.Request) -> web.Response:
-        with bot.turns.webhook():  # the outbox's workers are paced meanwhile (turns.py)
+        with bot.turns.webhook():  # the lanes' jobs are paced meanwhile (turns.py)
             return await receive(bot.handoffs, request)  # the Handoffs made at start-up
 
     if settings.webhook_token:

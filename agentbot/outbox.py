@@ -90,7 +90,7 @@ class Outbox:
         (app.py sets it once Handoffs exists)."""
         self.store, self.chatwoot, self.metrics, self.clock, self.max_age = store, chatwoot, metrics, clock, max_age
         self.evolution, self.relay = evolution, relay
-        self.turns = turns or Turns()  # each step waits its turn while a delivery is being answered
+        self.turns = turns or Turns()  # a lane's job waits its turn while a delivery is being answered
         # Handoffs.decide_again, for DecideAgain steps (app.py sets it once Handoffs exists)
         self.decide_again: Callable[[Job, DecideAgain], Awaitable[None]] | None = None
         self.observer = Observer(store, chatwoot, reader_token)
@@ -211,9 +211,6 @@ class Outbox:
     async def _worker(self) -> None:
         """Claim and run jobs until stopped; no exception ends a worker."""
         while not self._stopping.is_set():
-            await self.turns.take()  # the claim: one worker per turn of the loop while a delivery is answered
-            if self._stopping.is_set():  # stop() began while it waited: no new job now
-                return
             try:
                 job = await self._claim()
             except Exception as exc:
@@ -230,6 +227,8 @@ class Outbox:
             try:
                 if job.lane:  # a forward's or an Evolution switch's start: a turn of its own; a handoff at once
                     await self.turns.take()
+                    if self._stopping.is_set():  # stop() began meanwhile: given back as it was, not started
+                        return await self._give_back(job)
                 begun = True
                 with logger.contextualize(account=job.account_id, conversation=job.display_id):
                     await self.run(job)
@@ -239,12 +238,10 @@ class Outbox:
                     job.conversation_key,
                     job.reason,
                 )
-            except asyncio.CancelledError:  # shutdown: give the job back (its progress is saved) at once
-                job.next_at = self.now()
+            except asyncio.CancelledError:  # shutdown
                 if begun:  # a call of it may be under way; cancelled before it began, it is given back as it was
                     job.attempt = Attempt(job.step, maybe=True)
-                with contextlib.suppress(LostClaim):
-                    await asyncio.shield(self._save(lambda: self.store.retry(job), give_up_on_stop=True))  # noqa: B023 (awaited here)
+                await self._give_back(job)
                 raise
             except Exception as exc:  # a bug: retried like a failed call, within ACTION_MAX_AGE
                 logger.exception("conversation {}: job failed unexpectedly", job.conversation_key)
@@ -256,6 +253,14 @@ class Outbox:
             finally:
                 self._running.pop(job.id, None)
                 self._left(job)
+            if job.lane:  # after a lane's job, the next claim waits its turn too (a handoff's does not)
+                await self.turns.take()
+
+    async def _give_back(self, job: Job) -> None:
+        """Shutdown: the job back in the store at once, as it stands (its progress is saved)."""
+        job.next_at = self.now()
+        with contextlib.suppress(LostClaim):
+            await asyncio.shield(self._save(lambda: self.store.retry(job), give_up_on_stop=True))
 
     async def _save(self, write: Callable[[], Awaitable[bool]], give_up_on_stop: bool = False) -> None:
         """A store write the job cannot go on without: tried until it succeeds (the store may be

@@ -1,13 +1,13 @@
-"""The webhook goes first: while one of Chatwoot's deliveries is being answered, the outbox's workers take turns:
-one claims per turn of the event loop, and a lane's job it finds (a forward, an Evolution switch) starts on a
-turn of its own; a handoff starts at once, the bot's own duty.
+"""The webhook goes first: while one of Chatwoot's deliveries is being answered, a lane's job (a forward to the
+team's bot, an Evolution switch) starts on a turn of the event loop of its own, one per turn, and the worker
+that ran one waits another turn before it claims again. A handoff never waits: it is the bot's own duty.
 
 Chatwoot waits for the webhook's answer (a Sidekiq thread each; 5 s and it opens the conversation itself); the
 outbox's steps are background work (a forward is held half a second anyway). On one event loop every callback
 that is ready runs before the loop looks for new requests again, so dozens of workers resuming at once made each
 of the webhook's own turns (read, decision, commit, answer) wait behind all of them: with forwarding on at
 500 deliveries/s, its p99 was two to four times longer than with the workers paced (docs/benchmark.md). Each
-turn still lets a worker go, so the outbox is paced, never stopped, however long a request takes to arrive."""
+turn still lets one go, so the lanes are paced, never stopped, however long a request takes to arrive."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ class Turns:
             self.webhooks -= 1
 
     async def take(self) -> None:
-        """Before a worker's claim or a lane job's start: at once, unless a delivery is being answered or others wait
-        before it."""
+        """Before a lane job's start, and a claim after one: at once, unless a delivery is being answered or others
+        wait before it."""
         if not (self.webhooks or self._waiting):
             return
         loop = asyncio.get_running_loop()

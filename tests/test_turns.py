@@ -1,6 +1,6 @@
 """The webhook goes first (turns.py): while a delivery is being answered the outbox's workers start one step per
 turn of the event loop, in the order they asked; none waits when no delivery is; a stop that begins meanwhile
-starts no new job; and a delivery that never finishes arriving paces the outbox but does not stop it (the real
+starts no lane's job; and a delivery that never finishes arriving paces the outbox but does not stop it (the real
 app, the fake Chatwoot, the stand-in team bot)."""
 
 from __future__ import annotations
@@ -94,32 +94,53 @@ async def test_no_step_waits_when_no_delivery_is_answered_and_the_rest_go_once_i
     assert turns.webhooks == 0
 
 
-@pytest.mark.parametrize("answering", [True, False])
-async def test_the_outbox_claims_one_job_per_turn_while_a_delivery_is_answered(memory, answering):  # noqa: F811
-    clock, client, turns = Clock(), Gated(), LoopTurns()
+async def test_a_lanes_job_starts_a_turn_after_its_claim_and_the_next_claim_waits_its_turn_too(memory):  # noqa: F811
+    """Three handoff jobs of one conversation, then three forward-lane jobs of another, while a delivery is
+    answered: a handoff starts in its claim's turn; a lane's job a turn later, and the claim after it (another
+    worker's, or the same one's) comes later than after a handoff."""
+    clock, turns = Clock(), LoopTurns()
+    claimed: dict[str, list[int]] = {"": [], "forward": []}  # per lane: each claim's turn, each call's start turn
+    began: dict[str, list[int]] = {"": [], "forward": []}
+
+    class Client(Gated):
+        async def create_message(self, account: int, display_id: int, content: str, private: bool) -> None:
+            began[content].append(turns.count)
+            await super().create_message(account, display_id, content, private)
+
+    client = Client()
     client.gate.set()
     outbox = Outbox(memory, client, Metrics(), clock, 3600.0)  # type: ignore[arg-type]
-    claims: list[int] = []  # the loop turn of each claim
     real = memory.claim
 
     async def claim(now: float, lanes: frozenset[str] = LANES) -> object:
-        claims.append(turns.count)
-        return await real(now, lanes)
+        job = await real(now, lanes)
+        if job is not None:
+            claimed[job.lane].append(turns.count)
+        return job
 
     memory.claim = claim
     outbox.start()
     try:
-        await wait_for(lambda: len(outbox._sleepers) == WORKERS, what="every worker idle")
-        claims.clear()
-        with outbox.turns.webhook() if answering else nullcontext():
-            await queue(memory, clock, 8)
-            outbox.wake()  # every idle worker looks
-            await wait_for(lambda: client.done == 8, what="the eight jobs done")
+        for display, lane in ((1, ""), (2, "forward")):
+            await wait_for(lambda: len(outbox._sleepers) == len(outbox.workers), what="every worker idle")
+            now = clock()
+            jobs = [Job(1, display, "why", [PrivateNote(lane)], created_at=now, decided_at=now, lane=lane)] * 3
+            assert await memory.commit(Commit(f"d:{display}", f"1:{display}", jobs=jobs), now)
+            with outbox.turns.webhook():
+                outbox.wake(1)
+                await wait_for(lambda: len(began[lane]) == 3 and client.in_flight == 0, what="the three jobs done")  # noqa: B023
     finally:
         await outbox.stop(1.0)
         turns.stop()
-    together = len(claims) - len(set(claims))  # claims that shared a turn with another
-    assert (together == 0) if answering else (together > 0)
+
+    def gaps(lane: str) -> tuple[set[int], set[int]]:
+        c, b = claimed[lane], began[lane]
+        return {b[k] - c[k] for k in range(3)}, {c[k + 1] - b[k] for k in range(2)}
+
+    (handoff_start,), (handoff_next,) = gaps("")
+    (lane_start,), (lane_next,) = gaps("forward")
+    assert handoff_start == 0 < lane_start  # a handoff at once; a lane's job on a turn of its own
+    assert lane_next > handoff_next  # after a lane's job the next claim waits its turn
 
 
 async def test_a_handoff_starts_when_it_is_claimed_a_lanes_job_on_a_turn_of_its_own(memory):  # noqa: F811
@@ -161,51 +182,29 @@ async def test_a_handoff_starts_when_it_is_claimed_a_lanes_job_on_a_turn_of_its_
     assert began["forward"] > claimed["forward"]  # background: after a turn
 
 
-async def test_a_stop_that_begins_while_workers_wait_their_turn_starts_no_claim(memory):  # noqa: F811
-    """Workers woken while a delivery is answered wait their turn; stop() begins meanwhile: none of them claims
-    (a job claimed then would start during the grace and be cut off at its end)."""
-    clock, client = Clock(), Gated()
-    client.gate.set()
-    outbox = Outbox(memory, client, Metrics(), clock, 3600.0)  # type: ignore[arg-type]
-    late: list[float] = []
-    real = memory.claim
-
-    async def claim(now: float, lanes: frozenset[str] = LANES) -> object:
-        if outbox._stopping.is_set():
-            late.append(now)
-        return await real(now, lanes)
-
-    memory.claim = claim
-    outbox.start()
-    await wait_for(lambda: len(outbox._sleepers) == WORKERS, what="every worker idle")
-    await queue(memory, clock, 1)
-    with outbox.turns.webhook():
-        outbox.wake()
-        await asyncio.sleep(0)  # they are awake, waiting their turn
-        await outbox.stop(5.0)
-    assert late == [] and client.calls == []
-
-
-async def test_a_job_claimed_but_cut_off_before_its_turn_is_given_back_as_it_was(memory):  # noqa: F811
-    """A lane's job (a forward, an Evolution switch) starts on a turn of its own; stop() cuts it off there: no call
-    was made, so it is given back without the mark of a call that may have landed (which lets the guard take a
-    note it cannot check for posted: shown with a note queued in a lane, which the outbox runs like any step)."""
+@pytest.mark.parametrize("grace", [0.0, 5.0])
+async def test_a_lanes_job_stopped_before_its_turn_to_start_is_given_back_as_it_was(memory, grace):  # noqa: F811
+    """A lane's job (a forward, an Evolution switch) starts on a turn of its own; stop() begins while it waits (and
+    with no grace cuts it off there): no call was made, so it is not started and is given back without the mark
+    of a call that may have landed, which lets the guard take a note it cannot check for posted (shown with a
+    note queued in a lane, which the outbox runs like any step)."""
     clock, client = Clock(), Gated()
     client.gate.set()
     outbox = Outbox(memory, client, Metrics(), clock, 3600.0)  # type: ignore[arg-type]
     outbox.start()
-    await wait_for(lambda: len(outbox._sleepers) == WORKERS, what="every worker idle")
+    await wait_for(lambda: len(outbox._sleepers) == len(outbox.workers), what="every worker idle")
     now = clock()
     job = Job(1, 1, "why", [PrivateNote("n")], created_at=now, decided_at=now, trigger=1, lane="forward")
     assert await memory.commit(Commit("d:1", "1:1", jobs=[job]), now)
     with outbox.turns.webhook():
-        outbox.wake()  # every worker waits for a turn to claim; the one that claims waits for another to start
-        for _ in range(10 * WORKERS):  # bounded: one turn each
+        outbox.wake(1)
+        for _ in range(100):  # bounded: a turn each
             if outbox._running:
                 break
             await asyncio.sleep(0)
-        assert outbox._running and client.done == client.in_flight == 0  # claimed, not begun
-        await outbox.stop(0.0)
+        assert outbox._running and client.done == client.in_flight == 0  # claimed, waiting for its turn
+        await outbox.stop(grace)
+    assert client.done == client.in_flight == 0  # not started
     job = await memory.claim(clock())
     assert job is not None and job.attempt is None
     await Outbox(memory, client, Metrics(), clock, 3600.0).run(job)  # type: ignore[arg-type]

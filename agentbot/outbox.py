@@ -223,38 +223,52 @@ class Outbox:
                 continue
             self.wake(1)  # more may be due: another idle worker looks too
             self._running[job.id] = (job, time.monotonic())
-            begun = False
             try:
-                if job.lane:  # a forward's or an Evolution switch's start: a turn of its own; a handoff at once
-                    await self.turns.take()
-                    if self._stopping.is_set():  # stop() began meanwhile: given back as it was, not started
-                        return await self._give_back(job)
-                begun = True
-                with logger.contextualize(account=job.account_id, conversation=job.display_id):
-                    await self.run(job)
-            except LostClaim:
-                logger.warning(
-                    "conversation {}: another worker took over the job after its lease ran out: {}",
-                    job.conversation_key,
-                    job.reason,
-                )
-            except asyncio.CancelledError:  # shutdown
-                if begun:  # a call of it may be under way; cancelled before it began, it is given back as it was
-                    job.attempt = Attempt(job.step, maybe=True)
-                await self._give_back(job)
-                raise
-            except Exception as exc:  # a bug: retried like a failed call, within ACTION_MAX_AGE
-                logger.exception("conversation {}: job failed unexpectedly", job.conversation_key)
-                try:
-                    job.attempt = Attempt.after(job.attempt, job.step, True, False, self.now())
-                    await self._failed(job, NoAnswer("outbox", None, f"{type(exc).__name__}: {exc}"))
-                except LostClaim:
-                    pass
+                if job.lane and not await self._lane_turn(job):
+                    return  # stop() began while it waited
+                await self._carry(job)
             finally:
                 self._running.pop(job.id, None)
                 self._left(job)
             if job.lane:  # after a lane's job, the next claim waits its turn too (a handoff's does not)
                 await self.turns.take()
+
+    async def _lane_turn(self, job: Job) -> bool:
+        """A forward's or an Evolution switch's start: a turn of its own while a delivery is answered (a handoff
+        starts at once). Cut off by stop(), or its turn come after stop() began: given back as it was, not started
+        (no call was made; False)."""
+        try:
+            await self.turns.take()
+        except asyncio.CancelledError:
+            await self._give_back(job)
+            raise
+        if self._stopping.is_set():
+            await self._give_back(job)
+            return False
+        return True
+
+    async def _carry(self, job: Job) -> None:
+        """Run a claimed job; what stops it (a lost claim, shutdown, a bug) is dealt with here."""
+        try:
+            with logger.contextualize(account=job.account_id, conversation=job.display_id):
+                await self.run(job)
+        except LostClaim:
+            logger.warning(
+                "conversation {}: another worker took over the job after its lease ran out: {}",
+                job.conversation_key,
+                job.reason,
+            )
+        except asyncio.CancelledError:  # shutdown: a call of it may be under way
+            job.attempt = Attempt(job.step, maybe=True)
+            await self._give_back(job)
+            raise
+        except Exception as exc:  # a bug: retried like a failed call, within ACTION_MAX_AGE
+            logger.exception("conversation {}: job failed unexpectedly", job.conversation_key)
+            try:
+                job.attempt = Attempt.after(job.attempt, job.step, True, False, self.now())
+                await self._failed(job, NoAnswer("outbox", None, f"{type(exc).__name__}: {exc}"))
+            except LostClaim:
+                pass
 
     async def _give_back(self, job: Job) -> None:
         """Shutdown: the job back in the store at once, as it stands (its progress is saved)."""

@@ -11,7 +11,6 @@ from contextlib import nullcontext
 import pytest
 
 from agentbot.actions import Job, PrivateNote
-from agentbot.constants import WORKERS
 from agentbot.metrics import Metrics
 from agentbot.outbox import Outbox
 from agentbot.store import Commit
@@ -143,51 +142,12 @@ async def test_a_lanes_job_starts_a_turn_after_its_claim_and_the_next_claim_wait
     assert lane_next > handoff_next  # after a lane's job the next claim waits its turn
 
 
-async def test_a_handoff_starts_when_it_is_claimed_a_lanes_job_on_a_turn_of_its_own(memory):  # noqa: F811
-    clock, turns = Clock(), LoopTurns()
-    claimed: dict[str, int] = {}  # each job's note: the loop turn its claim returned in, and its call began in
-    began: dict[str, int] = {}
-
-    class Client(Gated):
-        async def create_message(self, account: int, display_id: int, content: str, private: bool) -> None:
-            began[content] = turns.count
-            await super().create_message(account, display_id, content, private)
-
-    client = Client()
-    client.gate.set()
-    outbox = Outbox(memory, client, Metrics(), clock, 3600.0)  # type: ignore[arg-type]
-    real = memory.claim
-
-    async def claim(now: float, lanes: frozenset[str] = LANES) -> object:
-        job = await real(now, lanes)
-        if job is not None:
-            claimed[job.steps[0].content] = turns.count
-        return job
-
-    memory.claim = claim
-    outbox.start()
-    try:
-        await wait_for(lambda: len(outbox._sleepers) == WORKERS, what="every worker idle")
-        now = clock()
-        for display, lane in ((1, ""), (2, "forward")):
-            job = Job(1, display, "why", [PrivateNote(lane or "handoff")], created_at=now, decided_at=now, lane=lane)
-            assert await memory.commit(Commit(f"d:{display}", f"1:{display}", jobs=[job]), now)
-        with outbox.turns.webhook():
-            outbox.wake()
-            await wait_for(lambda: client.done == 2, what="both jobs done")
-    finally:
-        await outbox.stop(1.0)
-        turns.stop()
-    assert began["handoff"] == claimed["handoff"]  # the bot's own duty: at once
-    assert began["forward"] > claimed["forward"]  # background: after a turn
-
-
-@pytest.mark.parametrize("grace", [0.0, 5.0])
+@pytest.mark.parametrize("grace", [0.0, 5.0, None])
 async def test_a_lanes_job_stopped_before_its_turn_to_start_is_given_back_as_it_was(memory, grace):  # noqa: F811
-    """A lane's job (a forward, an Evolution switch) starts on a turn of its own; stop() begins while it waits (and
-    with no grace cuts it off there): no call was made, so it is not started and is given back without the mark
-    of a call that may have landed, which lets the guard take a note it cannot check for posted (shown with a
-    note queued in a lane, which the outbox runs like any step)."""
+    """A lane's job (a forward, an Evolution switch) starts on a turn of its own; stop() begins while it waits, or
+    its grace ends there (None: the worker is cancelled while it waits): no call was made, so it is not started and
+    is given back without the mark of a call that may have landed, which lets the guard take a note it cannot
+    check for posted (shown with a note queued in a lane, which the outbox runs like any step)."""
     clock, client = Clock(), Gated()
     client.gate.set()
     outbox = Outbox(memory, client, Metrics(), clock, 3600.0)  # type: ignore[arg-type]
@@ -203,7 +163,10 @@ async def test_a_lanes_job_stopped_before_its_turn_to_start_is_given_back_as_it_
                 break
             await asyncio.sleep(0)
         assert outbox._running and client.done == client.in_flight == 0  # claimed, waiting for its turn
-        await outbox.stop(grace)
+        if grace is None:  # what stop() does to the workers when its grace ends, while the job waits
+            for task in outbox.workers:
+                task.cancel()
+        await outbox.stop(grace or 0.0)
     assert client.done == client.in_flight == 0  # not started
     job = await memory.claim(clock())
     assert job is not None and job.attempt is None

@@ -239,13 +239,13 @@ class Outbox:
         (no call was made; False)."""
         try:
             await self.turns.take()
-        except asyncio.CancelledError:
-            await self._give_back(job)
-            raise
-        if self._stopping.is_set():
+            if not self._stopping.is_set():
+                return True
             await self._give_back(job)
             return False
-        return True
+        except asyncio.CancelledError:  # also while being given back: then written again, and waited for
+            await self._give_back(job)
+            raise
 
     async def _carry(self, job: Job) -> None:
         """Run a claimed job; what stops it (a lost claim, shutdown, a bug) is dealt with here."""

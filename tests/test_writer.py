@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 
 from agentbot.actions import Job, SetStatus
 from agentbot.facts import ConversationState
 from agentbot.store import Commit, open_store
+from agentbot.store.writer import LAZY
 
 
 async def test_a_decision_is_written_while_the_outbox_keeps_writing_its_progress(tmp_path):
@@ -88,4 +90,59 @@ async def test_writes_wait_for_another_connections_lock_without_stopping_the_loo
         assert (await store.load("1:1", None))[0] == ConversationState(incoming=1)
     finally:
         other.close()
+        await store.close()
+
+
+def _commits(store) -> list[str]:
+    """The COMMITs the store's writer connection runs from now on (in either thread)."""
+    seen: list[str] = []
+    store.db.set_trace_callback(lambda sql: seen.append(sql) if sql == "COMMIT" else None)
+    return seen
+
+
+async def test_the_outboxs_progress_waits_for_a_decision_to_share_its_commit_while_decisions_come(tmp_path):
+    """Under a stream of decisions (the relay workload: a forward finished per delivery), the outbox's progress waits
+    up to LAZY for the next decision and rides in its transaction: one COMMIT, and the decision never waits behind a
+    transaction of the progress alone. Here the progress is queued, the loop turns, then a decision comes."""
+    store = open_store(f"sqlite:///{tmp_path}/s.sqlite3")
+    await store.open()
+    job = Job(1, 42, "r", [SetStatus("open")])
+    job.id = "1"
+    try:
+        assert await store.commit(Commit("d:1", "1:1", ConversationState(incoming=1)), 1.0)  # decisions are coming
+        commits = _commits(store)
+        progress = asyncio.ensure_future(store.progress(job, 1.0))
+        for _ in range(5):  # turns of the loop: a transaction of its own would start in the first
+            await asyncio.sleep(0)
+        assert not progress.done()
+        assert await store.commit(Commit("d:2", "1:2", ConversationState(incoming=1)), 1.0)
+        assert await progress is True
+        assert commits == ["COMMIT"]
+    finally:
+        await store.close()
+
+
+async def test_the_outboxs_progress_waits_no_longer_than_lazy_for_a_decision(tmp_path):
+    """No decision follows: the progress is written in a transaction of its own once it waited LAZY; with no decision
+    lately (a quiet webhook), it waits for none."""
+    store = open_store(f"sqlite:///{tmp_path}/s.sqlite3")
+    await store.open()
+    job = Job(1, 42, "r", [SetStatus("open")])
+    job.id = "1"
+    try:
+        assert await store.commit(Commit("d:1", "1:1", ConversationState(incoming=1)), 1.0)
+        commits = _commits(store)
+        assert await asyncio.wait_for(store.progress(job, 1.0), 1.0) is True  # the LAZY timer, not a decision
+        assert commits == ["COMMIT"]
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() - store._writer._synced_at <= LAZY:  # until no decision came for LAZY
+            assert time.monotonic() < deadline
+            await asyncio.sleep(LAZY / 4)
+        progress = asyncio.ensure_future(store.progress(job, 1.0))
+        for _ in range(5):  # its transaction starts on the next turn and its COMMIT runs in the thread
+            await asyncio.sleep(0)
+        assert store._writer._busy or progress.done()
+        assert await progress is True
+        assert commits == ["COMMIT", "COMMIT"]
+    finally:
         await store.close()

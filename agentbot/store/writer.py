@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 PATIENCE = 3.0  # seconds a write waits for another connection's lock before it fails
 BUSY_DELAYS = (0.002, 0.2)  # first and longest pause between tries while the database is locked
 MOST = 256  # writes in one transaction on the loop: a lock wait gathers thousands, and the loop runs them at once
+LAZY = 0.01  # seconds an unsynced write waits for a synced one to share its transaction, while synced ones come
 Results = list[tuple[bool, Any]]  # (ok, value or exception) per write
 
 
@@ -67,6 +68,9 @@ class Writer:
         self._queued: deque[Write] = deque()  # in the order put, for the next transactions
         self._busy = False  # a transaction is open, committing, or waiting for another connection's lock
         self._scheduled = False  # the loop's next turn starts a transaction
+        self._later: asyncio.TimerHandle | None = None  # a transaction of unsynced writes, once they waited LAZY
+        self._urgent = 0  # queued writes that start a transaction at once (synced, or bulk)
+        self._synced_at = -LAZY  # time.monotonic() when the latest synced write was put
         self._locked_since: float | None = None
         self._stopped = False
         self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
@@ -90,12 +94,15 @@ class Writer:
     def stop(self) -> None:
         """End the thread once its work is done (waits for it); what is still queued is written here, at once."""
         self._stopped = True
+        if self._later is not None:
+            self._later.cancel()
         if self._thread is not None and self._thread.is_alive():
             self._work.put(None)
             self._thread.join()
         if self._queued:
             writes = list(self._queued)
             self._queued.clear()
+            self._urgent = 0
             self._answer(writes, self._whole(writes, self._locked_since))
 
     # ---- the event loop's side ----
@@ -109,23 +116,47 @@ class Writer:
             return
         self.pending += 1
         self._queued.append(write)
+        if write.synced or write.bulk:
+            self._urgent += 1
+            self._synced_at = write.queued
         self._schedule()
 
+    def _patience(self) -> float:
+        """Seconds the queued writes may still wait for a synced one to share its transaction (the outbox's progress
+        riding along with a decision: one COMMIT, one wait for the GIL, and the decision never queues behind a
+        transaction of their own). Only while synced writes come (a busy webhook), and only where a thread commits."""
+        if self._urgent or self._thread is None or not self._queued:
+            return 0.0
+        now = time.monotonic()
+        if now - self._synced_at > LAZY:
+            return 0.0
+        return self._queued[0].queued + LAZY - now
+
     def _schedule(self) -> None:
-        """The next transaction on a later turn of the loop (never nested in this one's callback)."""
-        if self._queued and not (self._busy or self._scheduled or self._stopped):
-            self._scheduled = True
-            self._loop.call_soon(self._next)
+        """The next transaction on a later turn of the loop (never nested in this one's callback), or once the
+        unsynced writes queued have waited their LAZY for a synced one."""
+        if not self._queued or self._busy or self._scheduled or self._stopped:
+            return
+        wait = self._patience()
+        if wait > 0:
+            if self._later is None:
+                self._later = self._loop.call_later(wait, self._next)
+            return
+        self._scheduled = True
+        self._loop.call_soon(self._next)
 
     def _next(self) -> None:
         """The next transaction, if the connection is free: the writes queued up to a bulk one, or that one."""
         self._scheduled = False
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         if self._busy or self._stopped or not self._queued:
             return
         self._busy = True
         if self._queued[0].bulk and self._thread is not None:
             self._locked_since = None  # a wait on the loop ends here: the thread waits its own PATIENCE
-            self._work.put(partial(self._in_thread, [self._queued.popleft()]))
+            self._work.put(partial(self._in_thread, [self._popleft()]))
             return
         writes = self._take()
         try:
@@ -150,10 +181,15 @@ class Writer:
 
     def _take(self) -> list[Write]:
         """The next transaction's writes: the first queued and those behind it, up to a bulk one or MOST."""
-        writes = [self._queued.popleft()]
+        writes = [self._popleft()]
         while self._queued and not self._queued[0].bulk and len(writes) < MOST:
-            writes.append(self._queued.popleft())
+            writes.append(self._popleft())
         return writes
+
+    def _popleft(self) -> Write:
+        write = self._queued.popleft()
+        self._urgent -= write.synced or write.bulk
+        return write
 
     def _wait_for_lock(self, writes: list[Write]) -> list[Write]:
         """Another connection holds the write lock: try again after a pause (later writes join). Each write waits
@@ -163,6 +199,7 @@ class Writer:
         self._locked_since = self._locked_since or now
         spent = sum(now - max(w.queued, self._locked_since) > PATIENCE for w in writes)  # FIFO: a prefix
         self._queued.extendleft(reversed(writes[spent:]))
+        self._urgent += sum(w.synced or w.bulk for w in writes[spent:])
         if not spent:
             self._loop.call_later(_pause(now - self._locked_since), self._resume)
         elif not self._queued:  # every write of the wait fails: the next one waits from its own start
@@ -187,9 +224,13 @@ class Writer:
             self._busy = False
 
     def _answered(self, writes: list[Write], results: Results) -> None:
-        """The thread's answer, on the loop: then the next transaction at once (what was queued meanwhile)."""
+        """The thread's answer, on the loop: then the next transaction at once (what was queued meanwhile), unless
+        it is only unsynced writes that may wait for a synced one."""
         self._answer(writes, results)
-        self._next()
+        if self._patience() > 0:
+            self._schedule()
+        else:
+            self._next()
 
     # ---- either side: the connection is theirs ----
     def _statements(self, writes: list[Write]) -> Results:

@@ -15,7 +15,7 @@ import pytest
 from agentbot.actions import Job, SetStatus
 from agentbot.facts import ConversationState
 from agentbot.store import Commit, open_store, writer
-from agentbot.store.writer import locked
+from agentbot.store.writer import Kind, locked
 from tests.conftest import wait_for
 
 
@@ -33,7 +33,7 @@ async def test_a_write_whose_failure_cannot_be_set_on_its_future_does_not_stop_t
         raise StopIteration
 
     try:
-        failed = store._enqueue(stops, synced=True)
+        failed = store._enqueue(stops, Kind.SYNCED)
         await wait_for(lambda: store._writer.pending == 0, what="the failing write's transaction")
         later = asyncio.ensure_future(store._write(lambda: "written"))
         await wait_for(lambda: later.done(), timeout=2.0, what="a later write")
@@ -47,8 +47,8 @@ class Abort(BaseException):
     pass
 
 
-@pytest.mark.parametrize("bulk", [False, True], ids=["on the loop", "in the thread"])
-async def test_a_write_raising_a_base_exception_leaves_no_transaction_open_and_the_writer_going(tmp_path, bulk):
+@pytest.mark.parametrize("kind", [Kind.SYNCED, Kind.BULK], ids=["on the loop", "in the thread"])
+async def test_a_write_raising_a_base_exception_leaves_no_transaction_open_and_the_writer_going(tmp_path, kind):
     """A BaseException from a write's statements escapes _statements with BEGIN's transaction open (no ROLLBACK):
     on the loop it escapes _next with _busy True, in the thread it ends the thread. Every later write waits for
     ever (and close() fails them: 'cannot start a transaction within a transaction')."""
@@ -60,7 +60,7 @@ async def test_a_write_raising_a_base_exception_leaves_no_transaction_open_and_t
         raise Abort
 
     try:
-        failed = store._writer.put(aborts, synced=True, bulk=bulk)
+        failed = store._writer.put(aborts, kind)
         await wait_for(lambda: not store._writer._queued, what="the write taken")
         later = asyncio.ensure_future(store._write(lambda: "written"))
         await wait_for(lambda: later.done(), timeout=2.0, what="a later write")
@@ -144,7 +144,7 @@ async def test_the_writes_queued_through_a_lock_wait_do_not_stop_the_loop_once_i
         return store.rdb.execute("SELECT count(*) FROM meta WHERE key GLOB 'w*'").fetchone()[0]
 
     try:
-        written = [store._enqueue(partial(write, n), synced=True) for n in range(3000)]
+        written = [store._enqueue(partial(write, n), Kind.SYNCED) for n in range(3000)]
         await asyncio.sleep(0)  # a loop turn: the writer finds the lock taken
         other.execute("ROLLBACK")
         before = await asyncio.gather(*written)

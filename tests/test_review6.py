@@ -10,7 +10,7 @@ from functools import partial
 
 from agentbot.store import open_store, writer
 from agentbot.store import sqlite as sqlite_store
-from agentbot.store.writer import locked
+from agentbot.store.writer import Kind, locked
 from tests.conftest import wait_for
 
 
@@ -23,7 +23,7 @@ async def test_a_transaction_left_open_is_rolled_back_even_when_the_next_write_c
     try:
         await store._write(lambda: None)  # synced: the connection is at FULL
         store.db.execute("BEGIN")  # what a failed ROLLBACK leaves (the writer is idle: the connection is the loop's)
-        assert await store._enqueue(lambda: "written", synced=False) == "written"
+        assert await store._enqueue(lambda: "written", Kind.UNSYNCED) == "written"
     finally:
         await store.close()
 
@@ -41,7 +41,7 @@ async def test_writes_queued_together_through_a_lock_wait_run_out_of_patience_to
     other.execute("BEGIN IMMEDIATE")  # held until the first writes fail
     try:
         insert = partial(store.db.execute, "INSERT INTO meta VALUES (?, '')")
-        written = [store._enqueue(partial(insert, (f"w{n}",)), synced=True) for n in range(12)]
+        written = [store._enqueue(partial(insert, (f"w{n}",)), Kind.SYNCED) for n in range(12)]
         await asyncio.wait(written, return_when=asyncio.FIRST_COMPLETED)
         for _ in range(5):
             await asyncio.sleep(0)  # loop turns
@@ -85,7 +85,7 @@ async def test_a_memory_store_answers_every_write_of_a_long_queue(monkeypatch):
     store = open_store("memory://")
     await store.open()
     try:
-        written = [store._enqueue(lambda: "written", synced=True) for _ in range(2000)]
+        written = [store._enqueue(lambda: "written", Kind.SYNCED) for _ in range(2000)]
         await wait_for(lambda: all(w.done() for w in written), what="every write answered")
         assert [w.result() for w in written] == ["written"] * 2000
     finally:

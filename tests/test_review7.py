@@ -7,7 +7,7 @@ import asyncio
 import sqlite3
 
 from agentbot.store import open_store, writer
-from agentbot.store.writer import locked
+from agentbot.store.writer import Kind, locked
 from tests.conftest import wait_for
 
 
@@ -38,7 +38,7 @@ async def test_a_lock_wait_after_a_bulk_write_counts_from_its_own_start(tmp_path
     other.execute("BEGIN IMMEDIATE")
     try:
         w1 = asyncio.ensure_future(store._write(insert("w1")))
-        b = asyncio.ensure_future(store._write(bulk, bulk=True))
+        b = asyncio.ensure_future(store._write(bulk, Kind.BULK))
         w2 = asyncio.ensure_future(store._write(insert("w2")))
         [out] = await asyncio.gather(w1, return_exceptions=True)
         assert locked(out)  # spent its patience: the lock was never free

@@ -11,7 +11,8 @@ import time
 from agentbot.actions import Job, SetStatus
 from agentbot.facts import ConversationState
 from agentbot.store import Commit, open_store
-from agentbot.store.writer import LAZY
+from agentbot.store import writer as writer_module
+from agentbot.store.writer import LAZY, Kind
 
 
 async def test_a_decision_is_written_while_the_outbox_keeps_writing_its_progress(tmp_path):
@@ -63,7 +64,7 @@ async def test_statements_run_on_the_loop_and_bulk_writes_in_the_writer_thread(t
     try:
         where = lambda: threading.current_thread().name  # noqa: E731
         assert await store._write(where) == threading.current_thread().name
-        assert await store._write(where, bulk=True) == "sqlite-writer"
+        assert await store._write(where, Kind.BULK) == "sqlite-writer"
     finally:
         await store.close()
 
@@ -88,6 +89,10 @@ async def test_writes_wait_for_another_connections_lock_without_stopping_the_loo
         await bulk
         assert await later is False  # the same delivery: the first one's dedup key, written before it
         assert (await store.load("1:1", None))[0] == ConversationState(incoming=1)
+        decision = store._writer.put(_nothing, Kind.SYNCED)  # the wait left no count behind: it starts at once
+        await asyncio.sleep(0)
+        assert store._writer._busy
+        await decision
     finally:
         other.close()
         await store.close()
@@ -100,49 +105,79 @@ def _commits(store) -> list[str]:
     return seen
 
 
-async def test_the_outboxs_progress_waits_for_a_decision_to_share_its_commit_while_decisions_come(tmp_path):
+async def _turns(n: int = 5) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def _nothing() -> None:
+    return None
+
+
+async def test_while_decisions_come_the_outboxs_progress_waits_for_the_next_one_to_share_its_commit(
+    tmp_path, monkeypatch
+):
     """Under a stream of decisions (the relay workload: a forward finished per delivery), the outbox's progress waits
-    up to LAZY for the next decision and rides in its transaction: one COMMIT, and the decision never waits behind a
-    transaction of the progress alone. Here the progress is queued, the loop turns, then a decision comes."""
+    up to LAZY for the next decision and rides in its transaction: one COMMIT, not one more of its own. Here it is
+    queued while a decision commits, and waits once that is answered; the next decision starts its transaction at
+    once (a synced write never waits) and takes it along. (LAZY is long here: a slow disk changes nothing.)"""
+    monkeypatch.setattr(writer_module, "LAZY", 5.0)
     store = open_store(f"sqlite:///{tmp_path}/s.sqlite3")
     await store.open()
-    job = Job(1, 42, "r", [SetStatus("open")])
-    job.id = "1"
+    w = store._writer
     try:
-        assert await store.commit(Commit("d:1", "1:1", ConversationState(incoming=1)), 1.0)  # decisions are coming
         commits = _commits(store)
-        progress = asyncio.ensure_future(store.progress(job, 1.0))
-        for _ in range(5):  # turns of the loop: a transaction of its own would start in the first
-            await asyncio.sleep(0)
-        assert not progress.done()
-        assert await store.commit(Commit("d:2", "1:2", ConversationState(incoming=1)), 1.0)
-        assert await progress is True
-        assert commits == ["COMMIT"]
+        first = w.put(_nothing, Kind.SYNCED)
+        await asyncio.sleep(0)  # its transaction began: its COMMIT is in the thread, answered on a later turn
+        assert w._busy
+        progress = w.put(_nothing, Kind.UNSYNCED)
+        await first
+        await _turns()
+        assert not progress.done() and not w._busy  # waiting for a decision, not written alone
+        second = w.put(_nothing, Kind.SYNCED)
+        await asyncio.sleep(0)
+        assert w._busy  # the decision's transaction began on the next turn, the progress in it
+        await second
+        assert progress.done()
+        assert commits == ["COMMIT", "COMMIT"]
     finally:
         await store.close()
 
 
-async def test_the_outboxs_progress_waits_no_longer_than_lazy_for_a_decision(tmp_path):
+async def test_the_outboxs_progress_waits_no_longer_than_lazy_and_not_at_all_without_decisions(tmp_path):
     """No decision follows: the progress is written in a transaction of its own once it waited LAZY; with no decision
     lately (a quiet webhook), it waits for none."""
     store = open_store(f"sqlite:///{tmp_path}/s.sqlite3")
     await store.open()
-    job = Job(1, 42, "r", [SetStatus("open")])
-    job.id = "1"
+    w = store._writer
     try:
-        assert await store.commit(Commit("d:1", "1:1", ConversationState(incoming=1)), 1.0)
+        await w.put(_nothing, Kind.SYNCED)
         commits = _commits(store)
-        assert await asyncio.wait_for(store.progress(job, 1.0), 1.0) is True  # the LAZY timer, not a decision
+        await asyncio.wait_for(w.put(_nothing, Kind.UNSYNCED), 1.0)  # the LAZY timer, or at once if the COMMIT was slow
         assert commits == ["COMMIT"]
         deadline = time.monotonic() + 1.0
-        while time.monotonic() - store._writer._synced_at <= LAZY:  # until no decision came for LAZY
+        while time.monotonic() - w._synced_at <= LAZY:  # until no decision came for LAZY
             assert time.monotonic() < deadline
             await asyncio.sleep(LAZY / 4)
-        progress = asyncio.ensure_future(store.progress(job, 1.0))
-        for _ in range(5):  # its transaction starts on the next turn and its COMMIT runs in the thread
-            await asyncio.sleep(0)
-        assert store._writer._busy or progress.done()
-        assert await progress is True
+        progress = w.put(_nothing, Kind.UNSYNCED)
+        await asyncio.sleep(0)
+        assert w._busy  # its transaction began on the next turn
+        await progress
         assert commits == ["COMMIT", "COMMIT"]
+    finally:
+        await store.close()
+
+
+async def test_memory_stores_write_the_outboxs_progress_at_once(monkeypatch):
+    """memory:// commits on the loop: nothing to share, so nothing waits."""
+    monkeypatch.setattr(writer_module, "LAZY", 5.0)
+    store = open_store("memory://")
+    await store.open()
+    w = store._writer
+    try:
+        await w.put(_nothing, Kind.SYNCED)
+        progress = w.put(_nothing, Kind.UNSYNCED)
+        await _turns()
+        assert progress.done()
     finally:
         await store.close()

@@ -9,6 +9,7 @@ import collections
 import traceback
 
 from agentbot.store import sqlite
+from agentbot.store.writer import Kind
 from tests.conftest import returning, wait_for
 
 
@@ -16,9 +17,9 @@ async def test_a_handoff_pays_one_synced_write_for_its_decision(fake, start_bot,
     writes: collections.Counter[tuple[str, bool]] = collections.Counter()
     enqueue = sqlite.SQLiteStore._enqueue
 
-    def counting(self, apply, synced, bulk=False):
-        writes[(traceback.extract_stack(limit=3)[0].name, synced)] += 1
-        return enqueue(self, apply, synced, bulk)
+    def counting(self, apply, kind):
+        writes[(traceback.extract_stack(limit=3)[0].name, kind is not Kind.UNSYNCED)] += 1
+        return enqueue(self, apply, kind)
 
     maria, conv = returning(fake)
     bot = await start_bot(STORE_URL=f"sqlite:///{tmp_path}/s.sqlite3", HANDOFF_MESSAGE="A person will answer.")

@@ -30,7 +30,7 @@ from .base import (
     opened_entry,
 )
 from .locks import KeyedLocks
-from .writer import BUSY_DELAYS, PATIENCE, Writer, locked
+from .writer import BUSY_DELAYS, PATIENCE, Kind, Writer, locked
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID;
@@ -109,7 +109,8 @@ class SQLiteStore(Store):
     # its COMMIT and sync to disk (synchronous=FULL, so an acknowledged decision survives a power cut) in a
     # writer thread, which never stalls the event loop; each caller resumes only after its writes are committed.
     # Only what must survive a power cut waits for the sync (a decision, a retry's attempt): the outbox's progress
-    # and the end of a job need none (synced only when a decision shares their round's transaction), as a run cut
+    # and the end of a job need none (synced when a decision shares their transaction: while decisions come, they
+    # wait up to writer.LAZY for one), as a run cut
     # short before they reach the disk is found at start-up and its steps are checked, not trusted (`_recovered`).
     # SQLite never waits for a lock held by another connection (busy_timeout 0): reads and writes that find the
     # database locked are tried again after a pause, for up to PATIENCE seconds. (`memory://` has one
@@ -184,15 +185,15 @@ class SQLiteStore(Store):
             self.rdb.close()
         self.db.close()
 
-    async def _write(self, apply: Callable[[], T], bulk: bool = False) -> T:
-        """Run `apply` (statements only) in the next shared write transaction; return what it returned. `bulk`:
-        it touches as many rows as there are, so it runs in the writer thread, not on the loop."""
-        return await self._enqueue(apply, synced=True, bulk=bulk)
+    async def _write(self, apply: Callable[[], T], kind: Kind = Kind.SYNCED) -> T:
+        """Run `apply` (statements only) in the next shared write transaction, synced; return what it returned.
+        Kind.BULK: it touches as many rows as there are, so it runs in the writer thread, not on the loop."""
+        return await self._enqueue(apply, kind)
 
-    def _enqueue(self, apply: Callable[[], T], synced: bool, bulk: bool = False) -> asyncio.Future[T]:
+    def _enqueue(self, apply: Callable[[], T], kind: Kind) -> asyncio.Future[T]:
         if self._echoes:  # written first: a write after them (prune, say) finds them in the store
             self._write_echoes()
-        return self._writer.put(apply, synced, bulk)
+        return self._writer.put(apply, kind)
 
     async def _read(self, query: Callable[[], T]) -> T:
         started, pause = time.monotonic(), BUSY_DELAYS[0]
@@ -409,12 +410,12 @@ class SQLiteStore(Store):
             self.db.execute("UPDATE jobs SET body=? WHERE id=?", (body, int(job.id)))
             self._log_opened(opened)
 
-        await self._enqueue(apply, synced=False)
+        await self._enqueue(apply, Kind.UNSYNCED)
         return True
 
     async def finish(self, job: Job, now: float) -> bool:
         opened = opened_entry(job, now, finishing=True)
-        return await self._release(job, now, "DELETE FROM jobs WHERE id=?", (int(job.id),), False, opened)
+        return await self._release(job, now, "DELETE FROM jobs WHERE id=?", (int(job.id),), Kind.UNSYNCED, opened)
 
     async def retry(self, job: Job) -> bool:
         return await self._release(job, job.next_at, "UPDATE jobs SET body=? WHERE id=?", (job.dumps(), int(job.id)))
@@ -428,7 +429,7 @@ class SQLiteStore(Store):
         ready_at: float,
         sql: str,
         args: tuple[Any, ...],
-        synced: bool = True,
+        kind: Kind = Kind.SYNCED,
         opened: DecisionEntry | None = None,
     ) -> bool:
         """Apply `sql` to the job and reschedule its queue, in one transaction (with the open's log entry)."""
@@ -445,7 +446,7 @@ class SQLiteStore(Store):
             self.db.execute("DELETE FROM queues WHERE conv=?", (conv,))
             return found, None
 
-        found, next_at = await self._enqueue(apply, synced)
+        found, next_at = await self._enqueue(apply, kind)
         self._busy.discard(conv)  # only once released: until then no other worker may take the conversation
         if next_at is not None:
             self._stir(next_at)
@@ -464,7 +465,7 @@ class SQLiteStore(Store):
 
     async def requeue_dead(self, now: float) -> int:
         revived = await self._write(
-            lambda: self._revive(self.db.execute("SELECT id, body FROM jobs WHERE dead=1").fetchall(), now), bulk=True
+            lambda: self._revive(self.db.execute("SELECT id, body FROM jobs WHERE dead=1").fetchall(), now), Kind.BULK
         )
         if revived:
             self._stir(now)
@@ -531,7 +532,7 @@ class SQLiteStore(Store):
                 self._push(job, now)
             return len(due)
 
-        fired = await self._write(apply, bulk=True)
+        fired = await self._write(apply, Kind.BULK)
         if fired:
             self._stir(now)
         return fired
@@ -549,7 +550,7 @@ class SQLiteStore(Store):
                 self.db.execute(f"DELETE FROM {table} WHERE at<=?", (now - LOG_TTL,))
 
         made = self._echoes_made
-        await self._write(apply, bulk=True)
+        await self._write(apply, Kind.BULK)
         # Those made before the pruning were written before it (one queue, in order): the store answers for them now;
         # those made since wait behind it (_recent is bounded: they may have pushed older ones out).
         while len(self._recent) > self._echoes_made - made:

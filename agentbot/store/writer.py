@@ -5,7 +5,9 @@ the GIL back from the busy loop after every one (under the relay workload, four 
 wait, and every delivery waited for its commit). Its COMMIT, which writes the WAL and syncs it to disk, runs in a
 thread of its own, so the loop never waits for the disk. A transaction is synced when any of its writes waits for
 a sync (a decision), else not (the outbox's progress, echoes): writes that ride along with a decision pay no sync
-of their own, and a steady stream of unsynced writes never holds a synced one back. Bulk writes (the pruning,
+of their own, and a steady stream of unsynced writes never holds a synced one back. While decisions come (the
+relay workload: a forward finished per delivery), unsynced writes wait up to LAZY for the next one and share its
+transaction: one COMMIT, and one wait for the GIL, instead of two. Bulk writes (the pruning,
 timers firing, dead letters revived: as many rows as there are) run whole in that thread, in their turn, so the
 loop never runs a statement without bound. `memory://` commits on the loop too: there is no disk to wait for.
 """
@@ -20,6 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from enum import Enum
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -30,13 +33,28 @@ LAZY = 0.01  # seconds an unsynced write waits for a synced one to share its tra
 Results = list[tuple[bool, Any]]  # (ok, value or exception) per write
 
 
+class Kind(Enum):
+    """What a write waits for."""
+
+    SYNCED = "synced"  # its transaction on disk, synced (a decision, a retry's attempt): starts one at once
+    UNSYNCED = "unsynced"  # no sync of its own (the outbox's progress and finished jobs, echoes): rides along
+    BULK = "bulk"  # synced, rows without bound (the pruning, timers firing, dead letters revived): whole in the thread
+
+
 class Write(NamedTuple):
     apply: Callable[[], Any]
     future: asyncio.Future[Any] | None  # None: a hint nobody waits for (Writer.hint)
-    synced: bool  # wait for the sync to disk (not echoes, nor the outbox's progress and finished jobs)
+    kind: Kind
     lost: Callable[[BaseException], None] | None = None  # a hint's failure goes here
-    bulk: bool = False  # rows without bound: run whole in the thread
     queued: float = 0.0  # time.monotonic() when it was put: its patience counts from then at the earliest
+
+    @property
+    def synced(self) -> bool:
+        return self.kind is not Kind.UNSYNCED
+
+    @property
+    def bulk(self) -> bool:
+        return self.kind is Kind.BULK
 
 
 def locked(exc: BaseException) -> bool:
@@ -69,8 +87,8 @@ class Writer:
         self._busy = False  # a transaction is open, committing, or waiting for another connection's lock
         self._scheduled = False  # the loop's next turn starts a transaction
         self._later: asyncio.TimerHandle | None = None  # a transaction of unsynced writes, once they waited LAZY
-        self._urgent = 0  # queued writes that start a transaction at once (synced, or bulk)
-        self._synced_at = -LAZY  # time.monotonic() when the latest synced write was put
+        self._urgent = 0  # queued writes that start a transaction at once (synced or bulk)
+        self._synced_at = -LAZY  # time.monotonic() when the latest SYNCED write was put (one an unsynced can join)
         self._locked_since: float | None = None
         self._stopped = False
         self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
@@ -81,21 +99,22 @@ class Writer:
         if self._thread is not None:
             self._thread.start()
 
-    def put(self, apply: Callable[[], Any], synced: bool, bulk: bool = False) -> asyncio.Future[Any]:
+    def put(self, apply: Callable[[], Any], kind: Kind) -> asyncio.Future[Any]:
         future = self._loop.create_future()
-        self._add(Write(apply, future, synced, bulk=bulk, queued=time.monotonic()))
+        self._add(Write(apply, future, kind, queued=time.monotonic()))
         return future
 
     def hint(self, apply: Callable[[], Any], lost: Callable[[BaseException], None]) -> None:
         """A write nobody waits for, without a sync (the bot's echoes): it costs the event loop no answer; its
         failure goes to `lost`."""
-        self._add(Write(apply, None, False, lost, queued=time.monotonic()))
+        self._add(Write(apply, None, Kind.UNSYNCED, lost, queued=time.monotonic()))
 
     def stop(self) -> None:
         """End the thread once its work is done (waits for it); what is still queued is written here, at once."""
         self._stopped = True
         if self._later is not None:
             self._later.cancel()
+            self._later = None
         if self._thread is not None and self._thread.is_alive():
             self._work.put(None)
             self._thread.join()
@@ -116,8 +135,8 @@ class Writer:
             return
         self.pending += 1
         self._queued.append(write)
-        if write.synced or write.bulk:
-            self._urgent += 1
+        self._urgent += write.synced
+        if write.kind is Kind.SYNCED:
             self._synced_at = write.queued
         self._schedule()
 
@@ -188,7 +207,7 @@ class Writer:
 
     def _popleft(self) -> Write:
         write = self._queued.popleft()
-        self._urgent -= write.synced or write.bulk
+        self._urgent -= write.synced
         return write
 
     def _wait_for_lock(self, writes: list[Write]) -> list[Write]:
@@ -199,7 +218,7 @@ class Writer:
         self._locked_since = self._locked_since or now
         spent = sum(now - max(w.queued, self._locked_since) > PATIENCE for w in writes)  # FIFO: a prefix
         self._queued.extendleft(reversed(writes[spent:]))
-        self._urgent += sum(w.synced or w.bulk for w in writes[spent:])
+        self._urgent += sum(w.synced for w in writes[spent:])
         if not spent:
             self._loop.call_later(_pause(now - self._locked_since), self._resume)
         elif not self._queued:  # every write of the wait fails: the next one waits from its own start

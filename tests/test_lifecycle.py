@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sqlite3
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -15,6 +14,7 @@ import pytest
 
 from agentbot.events import CONVERSATION_EVENTS
 from tests.conftest import Clock, returning, wait_for
+from tests.sqlite_locks import hold_write_lock
 from tests.test_page_http import client, sign_in
 
 WRITES = {"toggle_status", "messages", "assignments", "toggle_priority"}
@@ -234,18 +234,6 @@ async def test_a_message_heard_while_the_handoff_was_queued_is_decided_once_it_e
     assert any("decided again: handoff" in line for line in log_lines)
 
 
-def _hold_write_lock(path: str, taken: threading.Event, release: threading.Event) -> None:
-    """Another connection (a backup, `outbox --retry`) holds SQLite's write lock until `release`."""
-    other = sqlite3.connect(path, isolation_level=None, timeout=30)
-    try:
-        other.execute("BEGIN IMMEDIATE")
-        taken.set()
-        release.wait(30)
-        other.execute("COMMIT")
-    finally:
-        other.close()
-
-
 async def test_a_commit_cut_short_while_sqlite_is_locked_keeps_the_conversation_until_it_lands(
     fake, start_bot, tmp_path, monkeypatch
 ):
@@ -260,7 +248,7 @@ async def test_a_commit_cut_short_while_sqlite_is_locked_keeps_the_conversation_
     bot = await start_bot(STORE_URL=f"sqlite:///{path}", HANDOFF_KEYWORDS="human")
     maria = fake.contact("Maria")
     taken, release = threading.Event(), threading.Event()
-    holder = asyncio.ensure_future(asyncio.to_thread(_hold_write_lock, path, taken, release))
+    holder = asyncio.ensure_future(asyncio.to_thread(hold_write_lock, path, taken, release))
     try:
         await wait_for(taken.is_set, 5, "the other connection's write lock")
         message = fake.customer_writes(maria, "a human please")  # decided at once; its commit waits for SQLite

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import threading
 import time
 
@@ -15,6 +14,7 @@ from aiohttp import web
 from agentbot.forward import IN_FLIGHT
 from tests.conftest import wait_for
 from tests.fakeevolution import GLOBAL_KEY
+from tests.sqlite_locks import hold_write_lock
 from tests.teambot import TeamBot
 from tests.test_security import raw_post
 from tests.test_webhook import signed
@@ -189,17 +189,6 @@ class GatedTeamBot(TeamBot):
         return await super()._handle(request)
 
 
-def _hold_write_lock(path: str, taken: threading.Event, release: threading.Event) -> None:
-    other = sqlite3.connect(path, isolation_level=None, timeout=30)
-    try:
-        other.execute("BEGIN IMMEDIATE")
-        taken.set()
-        release.wait(30)
-        other.execute("COMMIT")
-    finally:
-        other.close()
-
-
 async def test_a_handoff_the_team_bot_asked_for_survives_a_store_that_fails_as_it_is_committed(
     fake, start_bot, tmp_path, monkeypatch
 ):
@@ -215,7 +204,7 @@ async def test_a_handoff_the_team_bot_asked_for_survives_a_store_that_fails_as_i
         conv = fake.customer_writes(fake.contact("Maria"), "My lamp is broken").conversation
         await wait_for(lambda: team.in_flight == 1, 5, "the forward, at the team's bot")
         taken, release = threading.Event(), threading.Event()
-        holder = asyncio.ensure_future(asyncio.to_thread(_hold_write_lock, path, taken, release))
+        holder = asyncio.ensure_future(asyncio.to_thread(hold_write_lock, path, taken, release))
         try:
             await wait_for(taken.is_set, 5, "the other connection's write lock")
             team.gate.set()  # the answer asks for a person; its commit finds SQLite locked

@@ -15,9 +15,10 @@ import pytest
 
 from tests.conftest import Clock, wait_for
 from tests.fakeevolution import GLOBAL_KEY
+from tests.sqlite_locks import hold_write_lock
 from tests.teambot import TeamBot
 from tests.test_page_http import client, sign_in
-from tests.test_review2 import GatedTeamBot, _hold_write_lock
+from tests.test_review2 import GatedTeamBot
 from tests.test_sweep import USER, aged, assert_handed_off_once, came_back, disconnected
 
 
@@ -191,7 +192,7 @@ async def test_a_handoff_the_team_bot_asked_for_survives_a_stop_while_the_store_
         conv = fake.customer_writes(fake.contact("Maria"), "My lamp is broken").conversation
         await wait_for(lambda: team.in_flight == 1, 5, "the forward, at the team's bot")
         taken, release = threading.Event(), threading.Event()
-        holder = asyncio.ensure_future(asyncio.to_thread(_hold_write_lock, path, taken, release))
+        holder = asyncio.ensure_future(asyncio.to_thread(hold_write_lock, path, taken, release))
         try:
             await wait_for(taken.is_set, 5, "the other connection's write lock")
             team.gate.set()  # the answer asks for a person; its commit finds SQLite locked

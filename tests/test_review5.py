@@ -17,6 +17,7 @@ from agentbot.facts import ConversationState
 from agentbot.store import Commit, open_store, writer
 from agentbot.store.writer import Kind, locked
 from tests.conftest import wait_for
+from tests.sqlite_locks import holding_write_lock
 
 
 def decision(i: int) -> Commit:
@@ -136,8 +137,7 @@ async def test_the_writes_queued_through_a_lock_wait_do_not_stop_the_loop_once_i
     path = tmp_path / "s.sqlite3"
     store = open_store(f"sqlite:///{path}")
     await store.open()
-    other = sqlite3.connect(path, isolation_level=None, timeout=0)
-    other.execute("BEGIN IMMEDIATE")
+    other = holding_write_lock(path)
 
     def write(n: int) -> int:
         store.db.execute("INSERT INTO meta VALUES (?, '')", (f"w{n}",))
@@ -167,8 +167,7 @@ async def test_close_during_a_lock_wait_gives_the_waiting_writes_their_patience_
     path = tmp_path / "s.sqlite3"
     store = open_store(f"sqlite:///{path}")
     await store.open()
-    other = sqlite3.connect(path, isolation_level=None, timeout=0)
-    other.execute("BEGIN IMMEDIATE")  # held throughout
+    other = holding_write_lock(path)  # held throughout
     try:
         written = asyncio.ensure_future(store.commit(decision(1), 1.0))
         await wait_for(lambda: store._writer._locked_since is not None, what="the lock wait")

@@ -12,6 +12,7 @@ from agentbot.store import open_store, writer
 from agentbot.store import sqlite as sqlite_store
 from agentbot.store.writer import Kind, locked
 from tests.conftest import wait_for
+from tests.sqlite_locks import holding_write_lock
 
 
 async def test_a_transaction_left_open_is_rolled_back_even_when_the_next_write_changes_the_sync_level(tmp_path):
@@ -37,8 +38,7 @@ async def test_writes_queued_together_through_a_lock_wait_run_out_of_patience_to
     path = tmp_path / "s.sqlite3"
     store = open_store(f"sqlite:///{path}")
     await store.open()
-    other = sqlite3.connect(path, isolation_level=None, timeout=0)
-    other.execute("BEGIN IMMEDIATE")  # held until the first writes fail
+    other = holding_write_lock(path)  # held until the first writes fail
     try:
         insert = partial(store.db.execute, "INSERT INTO meta VALUES (?, '')")
         written = [store._enqueue(partial(insert, (f"w{n}",)), Kind.SYNCED) for n in range(12)]

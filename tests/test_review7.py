@@ -9,6 +9,7 @@ import sqlite3
 from agentbot.store import open_store, writer
 from agentbot.store.writer import Kind, locked
 from tests.conftest import wait_for
+from tests.sqlite_locks import holding_write_lock
 
 
 async def test_a_lock_wait_after_a_bulk_write_counts_from_its_own_start(tmp_path, monkeypatch):
@@ -92,8 +93,7 @@ async def test_an_echo_whose_write_ran_out_of_patience_is_not_forgotten_by_a_pru
     path = tmp_path / "s.sqlite3"
     store = open_store(f"sqlite:///{path}")
     await store.open()
-    other = sqlite3.connect(path, isolation_level=None, timeout=0)
-    other.execute("BEGIN IMMEDIATE")  # a backup
+    other = holding_write_lock(path)  # a backup
     try:
         await store.echo("1:1", 7, "the bot's message", 1.0)
         pruning = asyncio.ensure_future(store.prune(2.0))  # flushes the echo's hint first, then queues behind it

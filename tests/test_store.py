@@ -13,6 +13,7 @@ from agentbot.period import Phase
 from agentbot.store import Commit, open_store
 from agentbot.store.base import HORIZON
 from tests.conftest import wait_for
+from tests.sqlite_locks import holding_write_lock
 
 CHATWOOT_ONLY: frozenset[str] = frozenset()  # a claim's lane kinds once every lane's share is spent
 
@@ -137,7 +138,6 @@ async def test_a_tick_with_no_timer_due_takes_no_write_lock(tmp_path, monkeypatc
     """The outbox's tick asks for due timers every 0.5 s: it opened a write transaction each time, so while another
     connection held SQLite's write lock (a backup, `outbox --retry`) every idle tick waited PATIENCE and failed, and
     the outbox counted the store as failing. A look with the reader comes first now."""
-    import sqlite3
 
     from agentbot.store import writer
 
@@ -146,8 +146,7 @@ async def test_a_tick_with_no_timer_due_takes_no_write_lock(tmp_path, monkeypatc
     store = open_store(f"sqlite:///{path}")
     await store.open()
     await store.commit(Commit("d:1", "1:1", timer=(150.0, job(1, "late"))), 100.0)
-    other = sqlite3.connect(path, isolation_level=None, timeout=0)
-    other.execute("BEGIN IMMEDIATE")
+    other = holding_write_lock(path)
     try:
         assert await store.fire_timers(120.0) == 0  # none due: answered without the lock
         firing = asyncio.ensure_future(store.fire_timers(150.0))  # one due: it waits for the lock

@@ -4,7 +4,6 @@ and every write is answered in the order the store needs."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 import time
 
@@ -13,6 +12,7 @@ from agentbot.facts import ConversationState
 from agentbot.store import Commit, open_store
 from agentbot.store import writer as writer_module
 from agentbot.store.writer import LAZY, Kind
+from tests.sqlite_locks import holding_write_lock
 
 
 async def test_a_decision_is_written_while_the_outbox_keeps_writing_its_progress(tmp_path):
@@ -75,8 +75,7 @@ async def test_writes_wait_for_another_connections_lock_without_stopping_the_loo
     path = tmp_path / "s.sqlite3"
     store = open_store(f"sqlite:///{path}")
     await store.open()
-    other = sqlite3.connect(path, isolation_level=None, timeout=0)
-    other.execute("BEGIN IMMEDIATE")  # a backup, `outbox --retry`: SQLite's write lock is theirs
+    other = holding_write_lock(path)  # a backup, `outbox --retry`: SQLite's write lock is theirs
     try:
         first = asyncio.ensure_future(store.commit(Commit("d:1", "1:1", ConversationState(incoming=1)), 1.0))
         for _ in range(50):  # the loop keeps turning while the write waits

@@ -88,7 +88,8 @@ async def test_writes_wait_for_another_connections_lock_without_stopping_the_loo
         await bulk
         assert await later is False  # the same delivery: the first one's dedup key, written before it
         assert (await store.load("1:1", None))[0] == ConversationState(incoming=1)
-        decision = store._writer.put(_nothing, Kind.SYNCED)  # the wait left no count behind: it starts at once
+        assert store._writer._urgent == 0  # the requeues kept the count of synced writes queued
+        decision = store._writer.put(_nothing, Kind.SYNCED)  # so it starts at once
         await asyncio.sleep(0)
         assert store._writer._busy
         await decision
@@ -178,5 +179,22 @@ async def test_memory_stores_write_the_outboxs_progress_at_once(monkeypatch):
         progress = w.put(_nothing, Kind.UNSYNCED)
         await _turns()
         assert progress.done()
+    finally:
+        await store.close()
+
+
+async def test_a_bulk_write_opens_no_wait_for_the_outboxs_progress(tmp_path, monkeypatch):
+    """A bulk write (the pruning, timers) runs alone in the thread: nothing can share it, so what follows it does not
+    wait for one."""
+    monkeypatch.setattr(writer_module, "LAZY", 5.0)
+    store = open_store(f"sqlite:///{tmp_path}/s.sqlite3")
+    await store.open()
+    w = store._writer
+    try:
+        await w.put(_nothing, Kind.BULK)
+        progress = w.put(_nothing, Kind.UNSYNCED)
+        await asyncio.sleep(0)
+        assert w._busy  # its transaction began on the next turn
+        await progress
     finally:
         await store.close()

@@ -110,8 +110,8 @@ class SQLiteStore(Store):
     # writer thread, which never stalls the event loop; each caller resumes only after its writes are committed.
     # Only what must survive a power cut waits for the sync (a decision, a retry's attempt): the outbox's progress
     # and the end of a job need none (synced when a decision shares their transaction: while decisions come, they
-    # wait up to writer.LAZY for one), as a run cut
-    # short before they reach the disk is found at start-up and its steps are checked, not trusted (`_recovered`).
+    # wait up to writer.LAZY for one), as a run cut short before they reach the disk is found at start-up and its
+    # steps are checked, not trusted (`_recovered`).
     # SQLite never waits for a lock held by another connection (busy_timeout 0): reads and writes that find the
     # database locked are tried again after a pause, for up to PATIENCE seconds. (`memory://` has one
     # connection and commits on the loop too: there is no disk to wait for.) Echoes are hints: those of one turn

@@ -7,9 +7,9 @@ thread of its own, so the loop never waits for the disk. A transaction is synced
 a sync (a decision), else not (the outbox's progress, echoes): writes that ride along with a decision pay no sync
 of their own, and a steady stream of unsynced writes never holds a synced one back. While decisions come (the
 relay workload: a forward finished per delivery), unsynced writes wait up to LAZY for the next one and share its
-transaction: one COMMIT, and one wait for the GIL, instead of two. Bulk writes (the pruning,
-timers firing, dead letters revived: as many rows as there are) run whole in that thread, in their turn, so the
-loop never runs a statement without bound. `memory://` commits on the loop too: there is no disk to wait for.
+transaction: one COMMIT, and one wait for the GIL, instead of two. Bulk writes (the pruning, timers firing, dead
+letters revived: as many rows as there are) run whole in that thread, in their turn, so the loop never runs a
+statement without bound. `memory://` commits on the loop too: there is no disk to wait for.
 """
 
 from __future__ import annotations
@@ -142,8 +142,8 @@ class Writer:
 
     def _patience(self) -> float:
         """Seconds the queued writes may still wait for a synced one to share its transaction (the outbox's progress
-        riding along with a decision: one COMMIT, one wait for the GIL, and the decision never queues behind a
-        transaction of their own). Only while synced writes come (a busy webhook), and only where a thread commits."""
+        riding along with a decision: one COMMIT and one wait for the GIL, not two). Only while synced writes come
+        (a busy webhook), and only where a thread commits."""
         if self._urgent or self._thread is None or not self._queued:
             return 0.0
         now = time.monotonic()

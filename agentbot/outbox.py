@@ -258,8 +258,7 @@ class Outbox:
                 job.conversation_key,
                 job.reason,
             )
-        except asyncio.CancelledError:  # shutdown: a call of it may be under way
-            job.attempt = Attempt(job.step, maybe=True)
+        except asyncio.CancelledError:  # shutdown: given back as it stands (_send marks a call cut off in flight)
             await self._give_back(job)
             raise
         except Exception as exc:  # a bug: retried like a failed call, within ACTION_MAX_AGE
@@ -396,13 +395,17 @@ class Outbox:
         return True
 
     async def _send(self, job: Job, step: Step) -> None:
-        """The step's call; a failure is recorded as the step's attempt (the one place that writes it)."""
+        """The step's call; a failure, or a cut-off while it is under way (shutdown), is recorded as the step's
+        attempt (the one place that writes it)."""
         sent_at = self.now()
         try:
             await self._do(job, step)
         except ChatwootError as exc:
             if not _optional_refused(step, exc):
                 job.attempt = Attempt.after(job.attempt, job.step, exc.maybe_applied, exc.still_running, sent_at)
+            raise
+        except asyncio.CancelledError:  # it may have landed
+            job.attempt = Attempt.after(job.attempt, job.step, True, False, sent_at)
             raise
 
     async def _failed(self, job: Job, exc: ChatwootError) -> None:

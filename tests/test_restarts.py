@@ -86,3 +86,54 @@ async def test_a_note_whose_echo_went_with_the_killed_bot_is_not_posted_again_wh
         assert len(fake.notes(conv.display_id)) == 1, fake.notes(conv.display_id)
     else:  # the window docs/promises.md's "What remains" states
         assert len(fake.notes(conv.display_id)) == 2, fake.notes(conv.display_id)
+
+
+async def test_a_job_cut_off_by_shutdown_before_its_call_is_not_marked_as_a_call_that_may_have_landed(
+    fake, start_bot, tmp_path, monkeypatch
+):
+    """A handoff's message is cut off by shutdown while the guard reads the conversation, before its call: given back
+    as it was, not as a call that may have landed. Marked so, the next run would look for the message in the
+    conversation's messages, which a bot token may not list, and drop it as "may have been posted already and cannot
+    be checked": the customer would never get it."""
+    monkeypatch.setattr("agentbot.app.SHUTDOWN_GRACE", 0.3)
+    store = f"sqlite:///{tmp_path}/s.sqlite3"
+    env = {"STORE_URL": store, "HANDOFF_MESSAGE": "A person will answer."}
+    maria, conv = returning(fake)
+    first = await start_bot(**env)
+    reading = fake.hold("show")  # the guard's read of the conversation before the message
+    fake.customer_writes(maria, "Hello again")
+    await wait_for(lambda: reading.waiting, 5, "the guard's read before the message")
+    assert fake.opened_by(conv.display_id) and not fake.bot_messages(conv.display_id)
+    await first.stop()  # the grace ends while the read hangs: the job is cut off and given back
+    fake.faults.remove(reading)
+    reading.release.set()
+    second = await start_bot(**env)
+    await wait_for(lambda: fake.bot_messages(conv.display_id), 5, "the handoff's message")
+    await second.idle()
+    assert fake.bot_messages(conv.display_id) == ["A person will answer."]
+
+
+async def test_a_job_cut_off_by_shutdown_during_its_call_is_not_sent_again_unchecked(
+    fake, start_bot, tmp_path, monkeypatch
+):
+    """The other side: cut off while its call is under way, the message may land (here it does, once released), so
+    the next run posts it only if it can tell it is not there; where it cannot (4.12: a bot token may not list the
+    messages), it is better lost than sent twice."""
+    monkeypatch.setattr("agentbot.app.SHUTDOWN_GRACE", 0.3)
+    env = {
+        "STORE_URL": f"sqlite:///{tmp_path}/s.sqlite3",
+        "HANDOFF_NOTE": "false",
+        "HANDOFF_MESSAGE": "A person will answer.",
+    }
+    maria, conv = returning(fake)
+    first = await start_bot(**env)
+    posting = fake.hold("messages")
+    fake.customer_writes(maria, "Hello again")
+    await wait_for(lambda: posting.waiting, 5, "the message's call")
+    await first.stop()  # the grace ends while the call is under way
+    fake.faults.remove(posting)
+    posting.release.set()
+    await wait_for(lambda: fake.bot_messages(conv.display_id), 5, "the message landing")
+    second = await start_bot(**env)
+    await second.idle()
+    assert fake.bot_messages(conv.display_id) == ["A person will answer."]

@@ -6,6 +6,7 @@ import html
 import re
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import ClassVar, TypeVar, overload
 
 import aiohttp
@@ -27,6 +28,9 @@ from .ratelimit import Outcome, Priority, RateLimit
 
 FINAL_STATUSES = {400, 401, 403, 404, 422}
 T = TypeVar("T")
+# The changing calls (not GETs) the current task sent, their requests begun past the rate limit: a Chatwoot step the
+# outbox cuts off at shutdown may have landed only if one went out (Outbox._send sets a fresh list).
+sent: ContextVar[list[str] | None] = ContextVar("sent", default=None)
 
 
 class ChatwootError(Exception):
@@ -306,6 +310,8 @@ class Chatwoot:
             await self.throttle.wait()
         ticket = await self.limit.acquire(self.priority)
         started, status, outcome, retry_after = time.perf_counter(), "error", Outcome.UNKNOWN, None
+        if method != "GET" and (went := sent.get()) is not None:
+            went.append(endpoint)
         try:
             async with self.session.request(
                 method,

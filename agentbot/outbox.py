@@ -34,7 +34,7 @@ from .actions import (
     Step,
     posted_text,
 )
-from .chatwoot import Agent, Chatwoot, ChatwootError, NoAnswer, Refused
+from .chatwoot import Agent, Chatwoot, ChatwootError, NoAnswer, Refused, sent
 from .constants import (
     BACKOFF_BASE,
     BACKOFF_CAP,
@@ -66,6 +66,10 @@ def backoff(attempts: int, retry_after: float | None) -> float:
 def _optional_refused(step: Step, exc: ChatwootError) -> bool:
     """Team, agent and priority are extras: an older Chatwoot refusing them to bots must not stop the handoff."""
     return step.optional and exc.refused_to_bots
+
+
+# Steps whose call is not Chatwoot's (Outbox._do): cut off at shutdown, they count as maybe landed, as ever.
+OTHER_LANES = (EvolutionSwitch, Forward, DecideAgain)
 
 
 class LostClaim(Exception):
@@ -395,18 +399,22 @@ class Outbox:
         return True
 
     async def _send(self, job: Job, step: Step) -> None:
-        """The step's call; a failure, or a cut-off while it is under way (shutdown), is recorded as the step's
+        """The step's call; a failure, or a cut-off (shutdown) once a request went out, is recorded as the step's
         attempt (the one place that writes it)."""
-        sent_at = self.now()
+        sent_at, went = self.now(), sent.set([])
         try:
             await self._do(job, step)
         except ChatwootError as exc:
             if not _optional_refused(step, exc):
                 job.attempt = Attempt.after(job.attempt, job.step, exc.maybe_applied, exc.still_running, sent_at)
             raise
-        except asyncio.CancelledError:  # it may have landed
-            job.attempt = Attempt.after(job.attempt, job.step, True, False, sent_at)
+        except asyncio.CancelledError:  # a request that went out may land, and may still be under way in Chatwoot
+            went_out = bool(sent.get())
+            if went_out or isinstance(step, OTHER_LANES):
+                job.attempt = Attempt.after(job.attempt, job.step, True, went_out, sent_at)
             raise
+        finally:
+            sent.reset(went)
 
     async def _failed(self, job: Job, exc: ChatwootError) -> None:
         job.attempts += 1

@@ -113,17 +113,20 @@ async def test_a_job_cut_off_by_shutdown_before_its_call_is_not_marked_as_a_call
     assert fake.bot_messages(conv.display_id) == ["A person will answer."]
 
 
-async def test_a_job_cut_off_by_shutdown_during_its_call_is_not_sent_again_unchecked(
+async def test_a_job_cut_off_by_shutdown_during_its_call_waits_for_it_to_settle_before_checking(
     fake, start_bot, tmp_path, monkeypatch
 ):
-    """The other side: cut off while its call is under way, the message may land (here it does, once released), so
-    the next run posts it only if it can tell it is not there; where it cannot (4.12: a bot token may not list the
-    messages), it is better lost than sent twice."""
+    """The other side: cut off while its call is under way, the message may land, and may land late: Chatwoot goes on
+    with a request whose sender has gone. The next run waits until the call can no longer be under way (twice
+    CHATWOOT_TIMEOUT after it went out), then checks, and where it cannot tell (4.12: a bot token may not list the
+    messages) it does not post again: better lost than sent twice. Here the cut-off call lands only after the
+    restarted bot has looked."""
     monkeypatch.setattr("agentbot.app.SHUTDOWN_GRACE", 0.3)
     env = {
         "STORE_URL": f"sqlite:///{tmp_path}/s.sqlite3",
         "HANDOFF_NOTE": "false",
         "HANDOFF_MESSAGE": "A person will answer.",
+        "CHATWOOT_TIMEOUT": "1",
     }
     maria, conv = returning(fake)
     first = await start_bot(**env)
@@ -131,9 +134,35 @@ async def test_a_job_cut_off_by_shutdown_during_its_call_is_not_sent_again_unche
     fake.customer_writes(maria, "Hello again")
     await wait_for(lambda: posting.waiting, 5, "the message's call")
     await first.stop()  # the grace ends while the call is under way
-    fake.faults.remove(posting)
-    posting.release.set()
-    await wait_for(lambda: fake.bot_messages(conv.display_id), 5, "the message landing")
+    fake.faults.remove(posting)  # later calls go through; the cut-off one is still being carried out
     second = await start_bot(**env)
+
+    async def looked() -> bool:  # the restarted bot posted the message, dropped it, or waits before checking
+        if fake.bot_messages(conv.display_id):
+            return True
+        jobs = await second.bot.store.jobs(f"{conv.account_id}:{conv.display_id}")
+        return not jobs or jobs[0].next_at > second.bot.outbox.now()
+
+    await wait_for(looked, 5, "the restarted bot to look at the message")
+    posting.release.set()  # the cut-off call lands now
     await second.idle()
     assert fake.bot_messages(conv.display_id) == ["A person will answer."]
+
+
+async def test_a_job_cut_off_by_shutdown_while_its_call_waits_for_chatwoots_budget_is_not_marked(
+    fake, start_bot, tmp_path, monkeypatch
+):
+    """Cut off while its call still waits for its turn under CHATWOOT_RATE: nothing went out, so it is given back as
+    it was. Marked as a call that may have landed, the note would be dropped on 4.12 as "cannot be checked"."""
+    monkeypatch.setattr("agentbot.app.SHUTDOWN_GRACE", 0.3)
+    env = {"STORE_URL": f"sqlite:///{tmp_path}/s.sqlite3"}
+    maria, conv = returning(fake)
+    first = await start_bot(**env, CHATWOOT_RATE="0.5")  # a call every 2 s
+    fake.customer_writes(maria, "Hello again")
+    await wait_for(lambda: fake.opened_by(conv.display_id) and first.bot.ratelimit._waiters, 10, "the note's turn")
+    await first.stop()  # the grace ends while the note's call waits for its turn
+    assert not fake.notes(conv.display_id)
+    second = await start_bot(**env)
+    await wait_for(lambda: fake.notes(conv.display_id), 5, "the handoff's note")
+    await second.idle()
+    assert len(fake.notes(conv.display_id)) == 1

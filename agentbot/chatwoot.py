@@ -28,9 +28,10 @@ from .ratelimit import Outcome, Priority, RateLimit
 
 FINAL_STATUSES = {400, 401, 403, 404, 422}
 T = TypeVar("T")
-# The changing calls (not GETs) the current task sent, their requests begun past the rate limit: a Chatwoot step the
-# outbox cuts off at shutdown may have landed only if one went out (Outbox._send sets a fresh list).
-sent: ContextVar[list[str] | None] = ContextVar("sent", default=None)
+# When (time.monotonic()) the current task's changing calls (not GETs) went out, past the rate limit: a Chatwoot step
+# the outbox cuts off at shutdown may have landed only if one did, and may still be under way from then on
+# (Outbox._send sets a fresh list).
+sent: ContextVar[list[float] | None] = ContextVar("sent", default=None)
 
 
 class ChatwootError(Exception):
@@ -311,7 +312,7 @@ class Chatwoot:
         ticket = await self.limit.acquire(self.priority)
         started, status, outcome, retry_after = time.perf_counter(), "error", Outcome.UNKNOWN, None
         if method != "GET" and (went := sent.get()) is not None:
-            went.append(endpoint)
+            went.append(time.monotonic())
         try:
             async with self.session.request(
                 method,

@@ -68,10 +68,6 @@ def _optional_refused(step: Step, exc: ChatwootError) -> bool:
     return step.optional and exc.refused_to_bots
 
 
-# Steps whose call is not Chatwoot's (Outbox._do): cut off at shutdown, they count as maybe landed, as ever.
-OTHER_LANES = (EvolutionSwitch, Forward, DecideAgain)
-
-
 class LostClaim(Exception):
     """Another worker owns the job now (this one's lease ran out): leave it alone."""
 
@@ -400,21 +396,26 @@ class Outbox:
 
     async def _send(self, job: Job, step: Step) -> None:
         """The step's call; a failure, or a cut-off (shutdown) once a request went out, is recorded as the step's
-        attempt (the one place that writes it)."""
-        sent_at, went = self.now(), sent.set([])
+        attempt (the one place that writes it), with when its last request went out (after any wait for its turn)."""
+        started, went = self.now(), list[float]()
+        token = sent.set(went)
         try:
             await self._do(job, step)
         except ChatwootError as exc:
             if not _optional_refused(step, exc):
-                job.attempt = Attempt.after(job.attempt, job.step, exc.maybe_applied, exc.still_running, sent_at)
+                at = self._went_out(started, went)
+                job.attempt = Attempt.after(job.attempt, job.step, exc.maybe_applied, exc.still_running, at)
             raise
         except asyncio.CancelledError:  # a request that went out may land, and may still be under way in Chatwoot
-            went_out = bool(sent.get())
-            if went_out or isinstance(step, OTHER_LANES):
-                job.attempt = Attempt.after(job.attempt, job.step, True, went_out, sent_at)
+            if went:  # (the guard reads no attempt of the other lanes' steps)
+                job.attempt = Attempt.after(job.attempt, job.step, True, True, self._went_out(started, went))
             raise
         finally:
-            sent.reset(went)
+            sent.reset(token)
+
+    def _went_out(self, started: float, went: list[float]) -> float:
+        """When the step's last changing request went out, on the outbox's clock; when the step began if none did."""
+        return self.now() - (time.monotonic() - went[-1]) if went else started
 
     async def _failed(self, job: Job, exc: ChatwootError) -> None:
         job.attempts += 1

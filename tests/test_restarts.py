@@ -166,3 +166,37 @@ async def test_a_job_cut_off_by_shutdown_while_its_call_waits_for_chatwoots_budg
     await wait_for(lambda: fake.notes(conv.display_id), 5, "the handoff's note")
     await second.idle()
     assert len(fake.notes(conv.display_id)) == 1
+
+
+async def test_a_call_cut_off_after_waiting_for_its_turn_counts_as_under_way_from_when_it_went_out(
+    fake, start_bot, tmp_path, monkeypatch
+):
+    """Its wait for its turn under CHATWOOT_RATE (2 s here) is longer than a call can stay under way (twice
+    CHATWOOT_TIMEOUT: 1 s): timed from the step's start, the restarted bot would check at once and post the message a
+    second time when the cut-off request lands after it looked (4.16)."""
+    monkeypatch.setattr("agentbot.app.SHUTDOWN_GRACE", 0.3)
+    env = {
+        "STORE_URL": f"sqlite:///{tmp_path}/s.sqlite3",
+        "HANDOFF_NOTE": "false",
+        "HANDOFF_MESSAGE": "A person will answer.",
+        "CHATWOOT_TIMEOUT": "0.5",
+    }
+    maria, conv = returning(fake)
+    first = await start_bot(**env, CHATWOOT_RATE="0.5")  # a call every 2 s: the message waits its turn
+    posting = fake.hold("messages")
+    fake.customer_writes(maria, "Hello again")
+    await wait_for(lambda: posting.waiting, 10, "the message's call")
+    await first.stop()  # the grace ends while the call is under way
+    fake.faults.remove(posting)
+    second = await start_bot(**env)
+
+    async def looked() -> bool:  # the restarted bot posted the message, dropped it, or waits before checking
+        if fake.bot_messages(conv.display_id):
+            return True
+        jobs = await second.bot.store.jobs(f"{conv.account_id}:{conv.display_id}")
+        return not jobs or jobs[0].next_at > second.bot.outbox.now()
+
+    await wait_for(looked, 5, "the restarted bot to look at the message")
+    posting.release.set()  # the cut-off call lands now
+    await second.idle()
+    assert fake.bot_messages(conv.display_id) == ["A person will answer."]

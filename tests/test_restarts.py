@@ -113,26 +113,33 @@ async def test_a_job_cut_off_by_shutdown_before_its_call_is_not_marked_as_a_call
     assert fake.bot_messages(conv.display_id) == ["A person will answer."]
 
 
+@pytest.mark.parametrize(
+    ("timeout", "rate", "bound"),
+    [("1", None, 5), ("0.5", "0.5", 10)],
+    ids=["sent at once", "sent after waiting its turn"],
+)
 async def test_a_job_cut_off_by_shutdown_during_its_call_waits_for_it_to_settle_before_checking(
-    fake, start_bot, tmp_path, monkeypatch
+    fake, start_bot, tmp_path, monkeypatch, timeout, rate, bound
 ):
     """The other side: cut off while its call is under way, the message may land, and may land late: Chatwoot goes on
     with a request whose sender has gone. The next run waits until the call can no longer be under way (twice
     CHATWOOT_TIMEOUT after it went out), then checks, and where it cannot tell (4.12: a bot token may not list the
     messages) it does not post again: better lost than sent twice. Here the cut-off call lands only after the
-    restarted bot has looked."""
+    restarted bot has looked. In the second case the call waits its turn under CHATWOOT_RATE (2 s) longer than it
+    can stay under way (1 s): timed from the step's start instead of from when it went out, the restarted bot would
+    check at once and post the message a second time (4.16)."""
     monkeypatch.setattr("agentbot.app.SHUTDOWN_GRACE", 0.3)
     env = {
         "STORE_URL": f"sqlite:///{tmp_path}/s.sqlite3",
         "HANDOFF_NOTE": "false",
         "HANDOFF_MESSAGE": "A person will answer.",
-        "CHATWOOT_TIMEOUT": "1",
+        "CHATWOOT_TIMEOUT": timeout,
     }
     maria, conv = returning(fake)
-    first = await start_bot(**env)
+    first = await start_bot(**env, **({"CHATWOOT_RATE": rate} if rate else {}))
     posting = fake.hold("messages")
     fake.customer_writes(maria, "Hello again")
-    await wait_for(lambda: posting.waiting, 5, "the message's call")
+    await wait_for(lambda: posting.waiting, bound, "the message's call")
     await first.stop()  # the grace ends while the call is under way
     fake.faults.remove(posting)  # later calls go through; the cut-off one is still being carried out
     second = await start_bot(**env)
@@ -166,37 +173,3 @@ async def test_a_job_cut_off_by_shutdown_while_its_call_waits_for_chatwoots_budg
     await wait_for(lambda: fake.notes(conv.display_id), 5, "the handoff's note")
     await second.idle()
     assert len(fake.notes(conv.display_id)) == 1
-
-
-async def test_a_call_cut_off_after_waiting_for_its_turn_counts_as_under_way_from_when_it_went_out(
-    fake, start_bot, tmp_path, monkeypatch
-):
-    """Its wait for its turn under CHATWOOT_RATE (2 s here) is longer than a call can stay under way (twice
-    CHATWOOT_TIMEOUT: 1 s): timed from the step's start, the restarted bot would check at once and post the message a
-    second time when the cut-off request lands after it looked (4.16)."""
-    monkeypatch.setattr("agentbot.app.SHUTDOWN_GRACE", 0.3)
-    env = {
-        "STORE_URL": f"sqlite:///{tmp_path}/s.sqlite3",
-        "HANDOFF_NOTE": "false",
-        "HANDOFF_MESSAGE": "A person will answer.",
-        "CHATWOOT_TIMEOUT": "0.5",
-    }
-    maria, conv = returning(fake)
-    first = await start_bot(**env, CHATWOOT_RATE="0.5")  # a call every 2 s: the message waits its turn
-    posting = fake.hold("messages")
-    fake.customer_writes(maria, "Hello again")
-    await wait_for(lambda: posting.waiting, 10, "the message's call")
-    await first.stop()  # the grace ends while the call is under way
-    fake.faults.remove(posting)
-    second = await start_bot(**env)
-
-    async def looked() -> bool:  # the restarted bot posted the message, dropped it, or waits before checking
-        if fake.bot_messages(conv.display_id):
-            return True
-        jobs = await second.bot.store.jobs(f"{conv.account_id}:{conv.display_id}")
-        return not jobs or jobs[0].next_at > second.bot.outbox.now()
-
-    await wait_for(looked, 5, "the restarted bot to look at the message")
-    posting.release.set()  # the cut-off call lands now
-    await second.idle()
-    assert fake.bot_messages(conv.display_id) == ["A person will answer."]

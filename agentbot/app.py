@@ -7,12 +7,11 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-import aiohttp
 from aiohttp import web
 from loguru import logger
 
 from . import page
-from .chatwoot import Chatwoot, Throttle
+from .chatwoot import Chatwoot, Throttle, client_session
 from .clock import SteadyClock
 from .config import ConfigError, Settings, mask
 from .evolution import Evolution
@@ -37,6 +36,7 @@ UNPROTECTED = (
     "#bot note, and post the handoff message or greeting to customers; set WEBHOOK_TOKEN (any Chatwoot: "
     "`python -m agentbot register` makes one) or CHATWOOT_BOT_SECRET (Chatwoot 4.13+)"
 )
+CONNECTIONS = 64  # the app's one client session: Chatwoot's calls, forwards and Evolution's share them
 SHUTDOWN_GRACE = 7.0  # outbox grace on SIGTERM; with aiohttp's 1.5 s and the lock releases' 1 s this stays under 10 s
 
 
@@ -63,7 +63,7 @@ class Bot:
         s = self.settings
         assert s.chatwoot_url is not None  # serve requires it (config.REQUIRED)
         await open_or_refuse(self.store, s)
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30))
+        self.session = client_session(CONNECTIONS)
         token = s.chatwoot_bot_token.get_secret_value() if s.chatwoot_bot_token else None
         # One budget for every call to Chatwoot (its 429s pause them all); handoffs' calls first, then look-ups.
         self.ratelimit = RateLimit(s.chatwoot_rate)

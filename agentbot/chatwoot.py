@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
+from types import SimpleNamespace
 from typing import ClassVar, TypeVar, overload
 
 import aiohttp
@@ -28,10 +29,27 @@ from .ratelimit import Outcome, Priority, RateLimit
 
 FINAL_STATUSES = {400, 401, 403, 404, 422}
 T = TypeVar("T")
-# When (time.monotonic()) the current task's changing calls (not GETs) went out, past the rate limit: a Chatwoot step
-# the outbox cuts off at shutdown may have landed only if one did, and may still be under way from then on
-# (Outbox._send sets a fresh list).
+# When (time.monotonic()) the current task's changing calls (not GETs) went out, past the rate limit and the wait for a
+# connection: a Chatwoot step the outbox cuts off at shutdown may have landed only if one did, and may still be under
+# way from then on (Outbox._send sets a fresh list).
 sent: ContextVar[list[float] | None] = ContextVar("sent", default=None)
+
+
+async def _headers_sent(session: object, ctx: SimpleNamespace, params: object) -> None:
+    """A request's headers are about to be written: from now on Chatwoot may carry the call out."""
+    if isinstance(ctx.trace_request_ctx, list):
+        ctx.trace_request_ctx.append(time.monotonic())
+
+
+TRACE = aiohttp.TraceConfig()
+TRACE.on_request_headers_sent.append(_headers_sent)
+
+
+def client_session(connections: int = 100) -> aiohttp.ClientSession:
+    """A client session Chatwoot's client can tell from which calls went out (TRACE): one that timed out or was cut
+    off before it had a connection never reached Chatwoot. `connections`: at most this many at once."""
+    connector = aiohttp.TCPConnector(limit=connections, keepalive_timeout=30)
+    return aiohttp.ClientSession(connector=connector, trace_configs=[TRACE])
 
 
 class ChatwootError(Exception):
@@ -249,7 +267,9 @@ class Chatwoot:
         priority: Priority = Priority.LIVE,
     ):
         """`limit` is Chatwoot's budget, shared by every client of the app (default: this client's own);
-        `priority` is this client's place in its queue."""
+        `priority` is this client's place in its queue. `session`: made by client_session()."""
+        if TRACE not in session.trace_configs:
+            raise ValueError("Chatwoot's client needs a session made by chatwoot.client_session()")
         self.session, self.base_url, self.token = session, base_url, token
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.metrics, self.throttle = metrics, throttle
@@ -311,8 +331,7 @@ class Chatwoot:
             await self.throttle.wait()
         ticket = await self.limit.acquire(self.priority)
         started, status, outcome, retry_after = time.perf_counter(), "error", Outcome.UNKNOWN, None
-        if method != "GET" and (went := sent.get()) is not None:
-            went.append(time.monotonic())
+        out: list[float] = []  # when its headers went out (TRACE); empty: it never reached Chatwoot
         try:
             async with self.session.request(
                 method,
@@ -322,6 +341,7 @@ class Chatwoot:
                 params=params,
                 timeout=self.timeout,
                 allow_redirects=False,
+                trace_request_ctx=out,
             ) as resp:
                 status = str(resp.status)
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
@@ -332,14 +352,18 @@ class Chatwoot:
                 return decoder(raw) if decoder is not None else None
         except TimeoutError:
             status = "timeout"
+            if not out:  # CHATWOOT_TIMEOUT ran out while the call waited for a connection
+                raise Unreachable(endpoint, None, "no free connection to Chatwoot in time") from None
             raise TimedOut(endpoint, None, "timed out") from None
-        except aiohttp.ClientConnectorError as exc:  # nothing reached Chatwoot
-            raise Unreachable(endpoint, None, f"{type(exc).__name__}: {exc}") from None
         except aiohttp.ClientError as exc:
+            if isinstance(exc, aiohttp.ClientConnectorError) or not out:  # nothing reached Chatwoot
+                raise Unreachable(endpoint, None, f"{type(exc).__name__}: {exc}") from None
             raise NoAnswer(endpoint, None, f"{type(exc).__name__}: {exc}") from None
         except (msgspec.DecodeError, PayloadError) as exc:  # a 2xx whose body is not what the bot reads
             raise Unreadable(endpoint, int(status) if status.isdigit() else None, f"unreadable answer: {exc}") from None
         finally:
+            if out and method != "GET" and (went := sent.get()) is not None:
+                went.append(out[-1])
             self.limit.release(ticket, outcome, retry_after)
             if self.metrics:
                 self.metrics.observe_call(endpoint, status, time.perf_counter() - started)

@@ -6,13 +6,12 @@ import argparse
 import json
 from datetime import datetime, timezone
 
-import aiohttp
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from .chatwoot import Chatwoot, Throttle
+from .chatwoot import Chatwoot, Throttle, client_session
 from .commands.common import opened_store
 from .config import ConfigError, Settings
 from .handoffs import Handoffs
@@ -83,7 +82,7 @@ async def sweep(settings: Settings, args: argparse.Namespace) -> int:
 async def _sweep(settings: Settings, args: argparse.Namespace, store: Store) -> int:
     metrics, token = Metrics(), settings.chatwoot_bot_token.get_secret_value() if settings.chatwoot_bot_token else None
     err = Console(stderr=True)
-    async with aiohttp.ClientSession() as session:
+    async with client_session() as session:
         assert settings.chatwoot_url is not None  # _check required it
         chatwoot = Chatwoot(
             session, settings.chatwoot_url, token, settings.chatwoot_timeout, metrics, Throttle(settings.sweep_rate)

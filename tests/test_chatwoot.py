@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import json
 
+import aiohttp
 import msgspec
 import pytest
 
-from agentbot.chatwoot import Agent, AgentBot, _agent, _decode_bots, _decode_inbox_bot, _version, one_line
+from agentbot.chatwoot import (
+    Agent,
+    AgentBot,
+    Chatwoot,
+    _agent,
+    _decode_bots,
+    _decode_inbox_bot,
+    _version,
+    client_session,
+    one_line,
+)
 from agentbot.events import PayloadError, parse_contact_conversations
 from agentbot.events import parse_conversation as _partial
 
@@ -136,3 +147,11 @@ def test_the_version(raw: bytes, version: str | None) -> None:
 def test_an_error_body_is_one_line_of_its_words(body: str, line: str) -> None:
     assert one_line(body) == line
     assert len(one_line("<p>" + "word " * 100 + "</p>")) == 200
+
+
+async def test_the_client_refuses_a_session_that_cannot_tell_which_calls_went_out() -> None:
+    """Without chatwoot.TRACE every call that failed would look as if it never reached Chatwoot."""
+    async with aiohttp.ClientSession() as bare, client_session() as traced:
+        with pytest.raises(ValueError, match="client_session"):
+            Chatwoot(bare, "http://127.0.0.1:1", "token")
+        Chatwoot(traced, "http://127.0.0.1:1", "token")

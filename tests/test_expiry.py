@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import aiohttp
 import pytest
 from msgspec import Raw
 from msgspec.structs import replace
 
 from agentbot.actions import Job, PublicMessage, SetStatus
-from agentbot.chatwoot import Chatwoot, ChatwootError
+from agentbot.chatwoot import Chatwoot, ChatwootError, client_session
 from agentbot.config import ConfigError, load
 from agentbot.events import Conversation, Message, Person
 from agentbot.expiry import Known, Verdict, dedup_key, expiry, resolve_job
@@ -145,7 +144,7 @@ def test_the_expiry_job_sends_the_message_then_resolves_for_the_customers_last_m
 async def test_labels_replace_the_whole_list_bot_token_on_416_user_token_before(fake):
     conv = fake.customer_writes(fake.contact("Maria"), "Hi").conversation
     fake.label(conv.display_id, "vip")
-    async with aiohttp.ClientSession() as session:
+    async with client_session() as session:
         bot = Chatwoot(session, fake.url, "bot-token-7")
         if fake.has("bot_reads"):
             assert await bot.labels(1, conv.display_id) == ["vip"]

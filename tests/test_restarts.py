@@ -173,3 +173,68 @@ async def test_a_job_cut_off_by_shutdown_while_its_call_waits_for_chatwoots_budg
     await wait_for(lambda: fake.notes(conv.display_id), 5, "the handoff's note")
     await second.idle()
     assert len(fake.notes(conv.display_id)) == 1
+
+
+def waiting_for_a_connection(bot, port: int) -> int:
+    """The app's requests to `port` waiting for a free connection of its one session (aiohttp's own queue)."""
+    return sum(len(w) for key, w in bot.bot.session.connector._waiters.items() if key.port == port)
+
+
+async def a_note_waiting_for_a_connection(fake, start_bot, team, monkeypatch, **env):
+    """A returning customer's handoff whose note waits for a connection of the app's session, every one of them taken
+    by a forward your bot answers only after 4 s (the lookups, forwards and Evolution's calls share the pool with the
+    outbox's; here it has one connection). Returns the conversation and the bot."""
+    monkeypatch.setattr("agentbot.app.CONNECTIONS", 1)
+    fake.keep_alive = False  # else a call reuses an idle connection to Chatwoot at once, whatever the limit
+    maria, conv = returning(fake)
+    bot = await start_bot(FORWARD_URL=team.url, **env)
+    opening = fake.hold("toggle_status")  # the open holds the one connection meanwhile
+    fake.customer_writes(maria, "Hello again")
+    await wait_for(lambda: opening.waiting, 5, "the handoff's open")
+    team.slow(4)
+    fake.customer_writes(fake.contact("João Silva"), "Hi")  # the bot's conversation: forwarded after half a second
+    await wait_for(lambda: waiting_for_a_connection(bot, team.port), 5, "the forward, waiting for the connection")
+    fake.faults.remove(opening)
+    opening.release.set()  # the connection goes to the forward; the note waits behind it
+    fake_port = int(fake.url.rsplit(":", 1)[1])
+    await wait_for(lambda: waiting_for_a_connection(bot, fake_port), 5, "the note, waiting for the connection")
+    assert team.in_flight == 1 and not fake.notes(conv.display_id)
+    return conv, bot
+
+
+@pytest.fixture
+async def team():
+    from tests.teambot import TeamBot
+
+    bot = await TeamBot().start()
+    yield bot
+    await bot.close()
+
+
+async def test_a_call_that_timed_out_waiting_for_a_connection_did_not_reach_chatwoot(
+    fake, start_bot, team, monkeypatch, tmp_path
+):
+    """CHATWOOT_TIMEOUT counts the wait for a connection too. A call that timed out before it got one never went out:
+    tried again as a call that cannot have landed. Taken as one that may have landed, the note was dropped on 4.12
+    (a bot token may not list the messages to check) and the customer's agents never saw it."""
+    env = {"STORE_URL": f"sqlite:///{tmp_path}/s.sqlite3", "CHATWOOT_TIMEOUT": "2"}  # the forward holds it for 4 s
+    conv, bot = await a_note_waiting_for_a_connection(fake, start_bot, team, monkeypatch, **env)
+    await wait_for(lambda: fake.notes(conv.display_id), 15, "the handoff's note")
+    await bot.idle()
+    assert len(fake.notes(conv.display_id)) == 1
+
+
+async def test_a_job_cut_off_by_shutdown_while_its_call_waits_for_a_connection_is_not_marked(
+    fake, start_bot, team, monkeypatch, tmp_path
+):
+    """Cut off while its call waits for a connection: nothing went out, so the next run posts the note at once. Marked
+    as a call that may have landed (and still be under way), it would wait twice CHATWOOT_TIMEOUT, then drop the note
+    on 4.12 as "cannot be checked"."""
+    monkeypatch.setattr("agentbot.app.SHUTDOWN_GRACE", 0.3)
+    env = {"STORE_URL": f"sqlite:///{tmp_path}/s.sqlite3", "CHATWOOT_TIMEOUT": "5"}
+    conv, first = await a_note_waiting_for_a_connection(fake, start_bot, team, monkeypatch, **env)
+    await first.stop()  # the grace ends while the note waits for the connection
+    second = await start_bot(FORWARD_URL=team.url, **env)
+    await wait_for(lambda: fake.notes(conv.display_id), 5, "the handoff's note")
+    await second.idle()
+    assert len(fake.notes(conv.display_id)) == 1

@@ -6,9 +6,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-import aiohttp
-
-from ..chatwoot import Chatwoot, ChatwootError
+from ..chatwoot import Chatwoot, ChatwootError, client_session
 from ..config import Settings, mask
 from ..store import Store, open_or_refuse, store_for
 
@@ -47,7 +45,7 @@ async def with_chatwoot(settings: Settings, work: Callable[[Chatwoot], Awaitable
     """Run `work` with a Chatwoot client (the bot token, when set); Chatwoot's refusal or a `Failed` is one line
     on stderr and exit status 1."""
     assert settings.chatwoot_url is not None  # every command that talks to Chatwoot requires it first
-    async with aiohttp.ClientSession() as session:
+    async with client_session() as session:
         token = settings.chatwoot_bot_token.get_secret_value() if settings.chatwoot_bot_token else None
         chatwoot = Chatwoot(session, settings.chatwoot_url, token, settings.chatwoot_timeout)
         try:

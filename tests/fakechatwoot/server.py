@@ -144,6 +144,7 @@ class FakeChatwoot:
         self._tasks: set[asyncio.Task] = set()
         self._refusing = False
         self._wall = time.time()  # creation times: distinct and increasing, as in a real installation
+        self.keep_alive = True  # False: every answer closes its connection (a proxy or server that keeps none)
         self._reorder = 0.0  # deliveries delayed by up to this many seconds each (Sidekiq: no order)
         self._random = random.Random(0)
         self._auto_assign = itertools.count()
@@ -550,15 +551,19 @@ class FakeChatwoot:
             return web.json_response(data, status=status, headers=headers)
 
         if self._throttled(request.remote or "?"):
-            return answer(429, text="Retry later")  # rack-attack: text/plain, no Retry-After
-        if name == "contact_conversations":
+            response: web.StreamResponse = answer(429, text="Retry later")  # rack-attack: text/plain, no Retry-After
+        elif name == "contact_conversations":
             self.lookups_in_flight += 1
             self.max_lookups_in_flight = max(self.max_lookups_in_flight, self.lookups_in_flight)
             try:
-                return await self._api_call(request, route, name, body, token, answer)
+                response = await self._api_call(request, route, name, body, token, answer)
             finally:
                 self.lookups_in_flight -= 1
-        return await self._api_call(request, route, name, body, token, answer)
+        else:
+            response = await self._api_call(request, route, name, body, token, answer)
+        if not self.keep_alive:
+            response.force_close()
+        return response
 
     def _throttled(self, client: str) -> bool:
         """rack-attack's `req/ip` throttle: every request counts (refused ones too), fixed windows of

@@ -356,7 +356,7 @@ class Chatwoot:
                 raise Unreachable(endpoint, None, "no free connection to Chatwoot in time") from None
             raise TimedOut(endpoint, None, "timed out") from None
         except aiohttp.ClientError as exc:
-            if isinstance(exc, aiohttp.ClientConnectorError) or not out:  # nothing reached Chatwoot
+            if not out:  # nothing reached Chatwoot (no connection, say)
                 raise Unreachable(endpoint, None, f"{type(exc).__name__}: {exc}") from None
             raise NoAnswer(endpoint, None, f"{type(exc).__name__}: {exc}") from None
         except (msgspec.DecodeError, PayloadError) as exc:  # a 2xx whose body is not what the bot reads

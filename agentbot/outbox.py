@@ -415,7 +415,7 @@ class Outbox:
 
     def _went_out(self, started: float, went: list[float]) -> float:
         """When the step's last changing request went out, on the outbox's clock; when the step began if none did."""
-        return self.now() - (time.monotonic() - went[-1]) if went else started
+        return self.now() - (time.monotonic() - max(went)) if went else started
 
     async def _failed(self, job: Job, exc: ChatwootError) -> None:
         job.attempts += 1

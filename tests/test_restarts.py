@@ -198,7 +198,8 @@ async def a_note_waiting_for_a_connection(fake, start_bot, team, monkeypatch, **
     opening.release.set()  # the connection goes to the forward; the note waits behind it
     fake_port = int(fake.url.rsplit(":", 1)[1])
     await wait_for(lambda: waiting_for_a_connection(bot, fake_port), 5, "the note, waiting for the connection")
-    assert team.in_flight == 1 and not fake.notes(conv.display_id)
+    await wait_for(lambda: team.in_flight == 1, 5, "the forward, at your bot")
+    assert waiting_for_a_connection(bot, fake_port) and not fake.notes(conv.display_id)
     return conv, bot
 
 

@@ -104,6 +104,18 @@ class Server:
                 pass
         return total / os.sysconf("SC_CLK_TCK")
 
+    def waited_seconds(self) -> float | None:
+        """Seconds the process's threads were ready to run but waited for a core (the kernel's schedstat); None
+        where the kernel does not say."""
+        total = 0
+        for pid in self.pids():
+            try:
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    total += int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                return None
+        return total / 1e9
+
     def peak_rss_mb(self) -> float:
         total = 0
         for pid in self.pids():

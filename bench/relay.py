@@ -56,11 +56,18 @@ async def _latency(args, bot: dict, offer) -> dict:
     plan = [(None, payloads.handoff_body(i, template)) for i in ids]
     if bot["teambot"]:
         await _received(bot["teambot"], clear=True)
+    server = bot["server"]
+    waited = server.waited_seconds()
+    started = time.perf_counter()
     latencies, _, errors = await offer(bot["url"], plan, args.rate)
+    span = time.perf_counter() - started
+    if waited is not None and (now := server.waited_seconds()) is not None:
+        waited = 1000 * (now - waited) / span  # ms per second the bot's threads waited for a core: the machine's share
     forwarded = (await _drained(bot["teambot"], len(plan)))["count"] if bot["teambot"] else None
     latencies.sort()
     return {"deliveries": len(plan), "errors": errors, "forwarded": forwarded,
-            "p50_ms": 1000 * latencies[len(latencies) // 2], "p99_ms": 1000 * latencies[int(0.99 * len(latencies))]}
+            "p50_ms": 1000 * latencies[len(latencies) // 2], "p99_ms": 1000 * latencies[int(0.99 * len(latencies))],
+            "waited_ms_per_s": waited}
 
 
 async def _with_bot(args, standin, workdir, server_cls, teambot: str | None, work):
@@ -69,7 +76,7 @@ async def _with_bot(args, standin, workdir, server_cls, teambot: str | None, wor
     server = server_cls("bot", "relay" if teambot else "relay-off", standin, args.store, workdir, env=env)
     try:
         await server.ready()
-        return await work({"url": server.url, "teambot": teambot})
+        return await work({"url": server.url, "teambot": teambot, "server": server})
     finally:
         server.stop()
 
@@ -114,5 +121,12 @@ def table(out: dict) -> str:
         ("relay on / off (goal ≤ 1.5), the median pair", f"{out['p99_on_over_off']:.2f}"),
         ("relay on / off, each pair in the order run", ", ".join(f"{p['p99_on_over_off']:.2f}" for p in out["pairs"])),
         ("forwarded at that rate / offered", f"{on['forwarded']:,} / {on['deliveries']:,}"),
+        ("the bot's threads waiting for a core, ms per s, off / on, each pair (the machine's share of the spread)",
+         ", ".join(f"{_ms(p['relay_off'])} / {_ms(p['relay_on'])}" for p in out["pairs"])),
     ]
     return "\n".join(["| relay figure | bot |", "|---|---:|"] + [f"| {a} | {b} |" for a, b in rows])
+
+
+def _ms(run: dict) -> str:
+    waited = run.get("waited_ms_per_s")
+    return "?" if waited is None else f"{waited:.0f}"

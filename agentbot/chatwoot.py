@@ -352,8 +352,8 @@ class Chatwoot:
                 return decoder(raw) if decoder is not None else None
         except TimeoutError:
             status = "timeout"
-            if not out:  # CHATWOOT_TIMEOUT ran out while the call waited for a connection
-                raise Unreachable(endpoint, None, "no free connection to Chatwoot in time") from None
+            if not out:  # CHATWOOT_TIMEOUT ran out before it had a connection (all taken, or a slow connect)
+                raise Unreachable(endpoint, None, "no connection to Chatwoot within CHATWOOT_TIMEOUT") from None
             raise TimedOut(endpoint, None, "timed out") from None
         except aiohttp.ClientError as exc:
             if not out:  # nothing reached Chatwoot (no connection, say)

@@ -51,7 +51,7 @@ from .evolution_switch import Switcher
 from .metrics import Metrics
 from .observe import Observer
 from .relay import Relay
-from .store import Store
+from .store import Store, store_failure
 from .store.base import LANES, LEASE, lane_kind
 from .turns import Turns
 
@@ -251,7 +251,12 @@ class Outbox:
         """Run a claimed job; what stops it (a lost claim, shutdown, a bug) is dealt with here."""
         try:
             with logger.contextualize(account=job.account_id, conversation=job.display_id):
-                await self.run(job)
+                try:
+                    await self.run(job)
+                except (LostClaim, asyncio.CancelledError):
+                    raise
+                except Exception as exc:  # the store failing where a step looks, or a bug: retried like a failed call
+                    await self._failed(job, self._unexpected(job, exc))
         except LostClaim:
             logger.warning(
                 "conversation {}: another worker took over the job after its lease ran out: {}",
@@ -261,13 +266,14 @@ class Outbox:
         except asyncio.CancelledError:  # shutdown: given back as it stands (_send marks a call cut off in flight)
             await self._give_back(job)
             raise
-        except Exception as exc:  # a bug: retried like a failed call, within ACTION_MAX_AGE
+
+    def _unexpected(self, job: Job, exc: Exception) -> ChatwootError:
+        """What a failure outside a call is retried as; the step's attempt is _send's to mark (a call that went out)."""
+        if store_failure(exc):
+            logger.warning("conversation {}: the store failed ({}); trying the step again", job.conversation_key, exc)
+        else:
             logger.exception("conversation {}: job failed unexpectedly", job.conversation_key)
-            try:
-                job.attempt = Attempt.after(job.attempt, job.step, True, False, self.now())
-                await self._failed(job, NoAnswer("outbox", None, f"{type(exc).__name__}: {exc}"))
-            except LostClaim:
-                pass
+        return NoAnswer("outbox", None, f"{type(exc).__name__}: {exc}")
 
     async def _give_back(self, job: Job) -> None:
         """Shutdown: the job back in the store at once, as it stands (its progress is saved)."""
@@ -406,7 +412,7 @@ class Outbox:
                 at = self._went_out(started, went)
                 job.attempt = Attempt.after(job.attempt, job.step, exc.maybe_applied, exc.still_running, at)
             raise
-        except asyncio.CancelledError:  # a request that went out may land, and may still be under way in Chatwoot
+        except BaseException:  # cut off at shutdown, or a bug: a request that went out may land, may still be under way
             if went:  # (the guard reads no attempt of the other lanes' steps)
                 job.attempt = Attempt.after(job.attempt, job.step, True, True, self._went_out(started, went))
             raise

@@ -504,3 +504,30 @@ async def test_a_delivery_whose_commit_is_refused_for_a_lapsed_lock_is_one_warni
     errors = [line.splitlines()[0] for line in log_lines if line.startswith("ERROR")]
     assert errors == [], errors
     assert not [line for line in log_lines if "lapses by itself" in line]
+
+
+async def test_a_store_failure_while_a_step_looks_is_not_taken_for_a_call_that_may_have_landed(
+    fake, redis_server, start_bot, log_lines
+):
+    """Redis goes away while the handoff's message step reads the conversation, before its call: once Redis is back
+    the step is tried again as one whose call never went out, and the log says the store failed. It was taken for a
+    bug after a call that may have landed ("job failed unexpectedly", with a traceback): the retry then looked for
+    the message in the latest messages (here with the user token), and on Chatwoot before 4.16 without one, where
+    nothing can be looked at, that marking drops the message as "cannot be checked"."""
+    maria, conv = returning(fake)
+    env = {"STORE_URL": redis_server.url, "CHATWOOT_API_TOKEN": "user-token-5", "CHATWOOT_ACCOUNT_ID": "1"}
+    bot = await start_bot(**env, HANDOFF_MESSAGE="A person will answer.")
+    reading = fake.hold("show")  # the message step's read of the conversation (4.16+), after the open and the note
+    fake.customer_writes(maria, "Hello again")
+    await wait_for(lambda: reading.waiting, 5, "the message step's read")
+    redis_server.stop()
+    fake.faults.remove(reading)
+    reading.release.set()  # the step goes on to the bot's memory: Redis is gone
+    await wait_for(lambda: bot.bot.outbox.problem(), 5, "the outbox to find the store failing")
+    redis_server.start()
+    await wait_for(lambda: fake.bot_messages(conv.display_id), 10, "the handoff's message")
+    await bot.idle()
+    assert fake.bot_messages(conv.display_id) == ["A person will answer."]
+    assert not fake.calls_to("messages_index", conv.display_id, caller="user")
+    assert not [line for line in log_lines if "failed unexpectedly" in line]
+    assert [line for line in log_lines if "the store failed" in line and "1:40" in line]

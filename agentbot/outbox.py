@@ -270,6 +270,7 @@ class Outbox:
     def _unexpected(self, job: Job, exc: Exception) -> ChatwootError:
         """What a failure outside a call is retried as; the step's attempt is _send's to mark (a call that went out)."""
         if store_failure(exc):
+            self._store_failed(exc)  # /healthz says so too
             logger.warning("conversation {}: the store failed ({}); trying the step again", job.conversation_key, exc)
         else:
             logger.exception("conversation {}: job failed unexpectedly", job.conversation_key)

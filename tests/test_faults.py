@@ -530,4 +530,4 @@ async def test_a_store_failure_while_a_step_looks_is_not_taken_for_a_call_that_m
     assert fake.bot_messages(conv.display_id) == ["A person will answer."]
     assert not fake.calls_to("messages_index", conv.display_id, caller="user")
     assert not [line for line in log_lines if "failed unexpectedly" in line]
-    assert [line for line in log_lines if "the store failed" in line and "1:40" in line]
+    assert [line for line in log_lines if "conversation 1:40: the store failed" in line]

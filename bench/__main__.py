@@ -286,7 +286,7 @@ async def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench")
     p.add_argument("--store", default="sqlite", help="sqlite (default) or a redis://… URL for the bot")
     p.add_argument("--seconds", type=int, default=6, help="seconds per throughput run and per mixed run")
-    p.add_argument("--rounds", type=int, default=3, help="rounds; each figure is the median over them (0: only the sweep and burst workloads)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds; each figure is the median over them (0: only the sweep, burst and relay workloads)")
     p.add_argument("--rate", type=int, default=500, help="offered deliveries/s for the latency runs")
     p.add_argument("--connections", type=int, default=32, help="wrk connections")
     p.add_argument("--targets", default=",".join(TARGETS))

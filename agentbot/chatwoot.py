@@ -233,6 +233,15 @@ def _version(raw: bytes) -> str | None:
         return None
 
 
+def _unanswered(endpoint: str, exc: Exception, went_out: bool) -> ChatwootError:
+    """A call without an answer: nothing reached Chatwoot unless its headers went out (TRACE); else it may have been
+    carried out, and after a timeout may still be under way."""
+    timeout, why = isinstance(exc, TimeoutError), f"{type(exc).__name__}: {exc}"
+    if not went_out:  # no connection: refused, all of them taken, or a slow connect
+        return Unreachable(endpoint, None, "no connection to Chatwoot within CHATWOOT_TIMEOUT" if timeout else why)
+    return TimedOut(endpoint, None, "timed out") if timeout else NoAnswer(endpoint, None, why)
+
+
 def _retry_after(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value else None
@@ -350,15 +359,9 @@ class Chatwoot:
                 if resp.status >= 300:
                     raise http_error(endpoint, resp.status, raw.decode(errors="replace"), retry_after)
                 return decoder(raw) if decoder is not None else None
-        except TimeoutError:
-            status = "timeout"
-            if not out:  # CHATWOOT_TIMEOUT ran out before it had a connection (all taken, or a slow connect)
-                raise Unreachable(endpoint, None, "no connection to Chatwoot within CHATWOOT_TIMEOUT") from None
-            raise TimedOut(endpoint, None, "timed out") from None
-        except aiohttp.ClientError as exc:
-            if not out:  # nothing reached Chatwoot (no connection, say)
-                raise Unreachable(endpoint, None, f"{type(exc).__name__}: {exc}") from None
-            raise NoAnswer(endpoint, None, f"{type(exc).__name__}: {exc}") from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            status = "timeout" if isinstance(exc, TimeoutError) else status
+            raise _unanswered(endpoint, exc, went_out=bool(out)) from None
         except (msgspec.DecodeError, PayloadError) as exc:  # a 2xx whose body is not what the bot reads
             raise Unreadable(endpoint, int(status) if status.isdigit() else None, f"unreadable answer: {exc}") from None
         finally:

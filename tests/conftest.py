@@ -447,3 +447,13 @@ async def evo():
     await fake.start()
     yield fake
     await fake.close()
+
+
+@pytest.fixture
+async def team():
+    """The team's own bot behind agentbot (tests/teambot), unsigned; test_relay and test_review2 use a signed one."""
+    from tests.teambot import TeamBot
+
+    bot = await TeamBot().start()
+    yield bot
+    await bot.close()

@@ -203,15 +203,6 @@ async def a_note_waiting_for_a_connection(fake, start_bot, team, monkeypatch, **
     return conv, bot
 
 
-@pytest.fixture
-async def team():
-    from tests.teambot import TeamBot
-
-    bot = await TeamBot().start()
-    yield bot
-    await bot.close()
-
-
 async def test_a_call_that_timed_out_waiting_for_a_connection_did_not_reach_chatwoot(
     fake, start_bot, team, monkeypatch, tmp_path
 ):

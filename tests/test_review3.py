@@ -16,7 +16,6 @@ import pytest
 from tests.conftest import Clock, wait_for
 from tests.fakeevolution import GLOBAL_KEY
 from tests.sqlite_locks import hold_write_lock
-from tests.teambot import TeamBot
 from tests.test_page_http import client, sign_in
 from tests.test_review2 import GatedTeamBot
 from tests.test_sweep import USER, aged, assert_handed_off_once, came_back, disconnected
@@ -106,13 +105,6 @@ for _ = 1, 20 do
 end
 return false
 """
-
-
-@pytest.fixture
-async def team():
-    bot = await TeamBot().start()
-    yield bot
-    await bot.close()
 
 
 async def test_an_instance_of_the_previous_version_never_claims_the_lane_job_this_one_runs(

@@ -253,7 +253,7 @@ class Outbox:
             with logger.contextualize(account=job.account_id, conversation=job.display_id):
                 try:
                     await self.run(job)
-                except (LostClaim, asyncio.CancelledError):
+                except LostClaim:
                     raise
                 except Exception as exc:  # the store failing where a step looks, or a bug: retried like a failed call
                     await self._failed(job, self._unexpected(job, exc))

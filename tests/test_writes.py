@@ -9,7 +9,6 @@ import collections
 import traceback
 
 from agentbot.store import sqlite
-from agentbot.store.writer import Kind
 from tests.conftest import returning, wait_for
 
 
@@ -18,7 +17,7 @@ async def test_a_handoff_pays_one_synced_write_for_its_decision(fake, start_bot,
     enqueue = sqlite.SQLiteStore._enqueue
 
     def counting(self, apply, kind):
-        writes[(traceback.extract_stack(limit=3)[0].name, kind is not Kind.UNSYNCED)] += 1
+        writes[(traceback.extract_stack(limit=3)[0].name, kind.synced)] += 1
         return enqueue(self, apply, kind)
 
     maria, conv = returning(fake)

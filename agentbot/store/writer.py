@@ -40,6 +40,10 @@ class Kind(Enum):
     UNSYNCED = "unsynced"  # no sync of its own (the outbox's progress and finished jobs, echoes): rides along
     BULK = "bulk"  # synced, rows without bound (the pruning, timers firing, dead letters revived): whole in the thread
 
+    @property
+    def synced(self) -> bool:
+        return self is not Kind.UNSYNCED
+
 
 class Write(NamedTuple):
     apply: Callable[[], Any]
@@ -50,7 +54,7 @@ class Write(NamedTuple):
 
     @property
     def synced(self) -> bool:
-        return self.kind is not Kind.UNSYNCED
+        return self.kind.synced
 
     @property
     def bulk(self) -> bool:

@@ -57,12 +57,11 @@ async def _latency(args, bot: dict, offer) -> dict:
     if bot["teambot"]:
         await _received(bot["teambot"], clear=True)
     server = bot["server"]
-    waited = server.waited_seconds()
-    started = time.perf_counter()
+    before, started = server.waited_seconds(), time.perf_counter()
     latencies, _, errors = await offer(bot["url"], plan, args.rate)
-    span = time.perf_counter() - started
-    if waited is not None and (now := server.waited_seconds()) is not None:
-        waited = 1000 * (now - waited) / span  # ms per second the bot's threads waited for a core: the machine's share
+    span, after = time.perf_counter() - started, server.waited_seconds()
+    # ms per second the bot's threads waited for a core: the machine's share
+    waited = None if before is None or after is None else 1000 * (after - before) / span
     forwarded = (await _drained(bot["teambot"], len(plan)))["count"] if bot["teambot"] else None
     latencies.sort()
     return {"deliveries": len(plan), "errors": errors, "forwarded": forwarded,

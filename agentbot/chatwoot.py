@@ -238,7 +238,8 @@ def _unanswered(endpoint: str, exc: Exception, went_out: bool) -> ChatwootError:
     carried out, and after a timeout may still be under way."""
     timeout, why = isinstance(exc, TimeoutError), f"{type(exc).__name__}: {exc}"
     if not went_out:  # no connection: refused, all of them taken, or a slow connect
-        return Unreachable(endpoint, None, "no connection to Chatwoot within CHATWOOT_TIMEOUT" if timeout else why)
+        busy = "no connection to Chatwoot within CHATWOOT_TIMEOUT (all of the app's in use, or a slow connect)"
+        return Unreachable(endpoint, None, busy if timeout else why)
     return TimedOut(endpoint, None, "timed out") if timeout else NoAnswer(endpoint, None, why)
 
 
